@@ -1,0 +1,196 @@
+//! The policy document every filter shares: a common header (`policy_version`, `mode`,
+//! `failure_mode`, `client_address`), an ordered `rules` list (first match wins) and a `default`,
+//! plus the filter's own top-level fields.
+//!
+//! ```json
+//! {"policy_version": "2026-11-22.3", "mode": "enforce", "failure_mode": "deny",
+//!  "rules": [{"name": "admin", "match": {"path_prefix": "/admin"}, "allow": ["10.0.0.0/8"]}],
+//!  "default": {}}
+//! ```
+//!
+//! Each filter declares its document with [`policy_document!`], which adds the common fields to
+//! the filter's own, so every document is one flat, `deny_unknown_fields` struct whose serde
+//! errors carry exact field paths and whose JSON Schema is generated from the same type.
+
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::client_address::{ClientAddressConfig, ClientAddressResolver};
+use crate::error::{quote, ConfigError, FieldPath};
+
+/// Whether denials are enforced or only logged and counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Deny what the policy denies (the default).
+    #[default]
+    Enforce,
+    /// Evaluate, log and count what would be denied, but let every request through.
+    DryRun,
+}
+
+/// What to do when a dependency (JWKS, geo database, rate-limit service) is unavailable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Fail closed: deny the request (the default).
+    #[default]
+    Deny,
+    /// Fail open: skip the checks that need the dependency.
+    Allow,
+}
+
+/// Declares a filter's policy document: the common header fields plus the filter's own fields.
+///
+/// ```ignore
+/// policy_document! {
+///     /// The IP/geo filter's policy.
+///     pub struct IpGeoDocument for IpGeoRule {
+///         /// Where the country database comes from.
+///         #[serde(default)]
+///         pub geo_database: Option<GeoDatabaseSource>,
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! policy_document {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident for $rule:ty {
+            $( $(#[$fmeta:meta])* pub $field:ident : $fty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// Free-form version of this policy (e.g. `2026-11-22.3`), echoed in every log line
+            /// and decision header. 1 to 128 characters from `A-Z a-z 0-9 . _ : + - / @`.
+            pub policy_version: String,
+            /// `enforce` (default) or `dry_run`: evaluate and log, never deny.
+            #[serde(default)]
+            pub mode: $crate::document::Mode,
+            /// `deny` (default) or `allow`: what to do when a dependency is unavailable.
+            #[serde(default)]
+            pub failure_mode: $crate::document::FailureMode,
+            /// How the client address is found (peer address by default).
+            #[serde(default)]
+            pub client_address: $crate::client_address::ClientAddressConfig,
+            /// Ordered rules: the first whose `match` matches the request decides.
+            #[serde(default)]
+            pub rules: Vec<$rule>,
+            /// What applies when no rule matches (it takes no `name` and no `match`).
+            #[serde(default)]
+            pub default: $rule,
+            $( $(#[$fmeta])* pub $field : $fty, )*
+        }
+
+        impl $crate::document::PolicyDocument for $name {
+            type Rule = $rule;
+            fn policy_version(&self) -> &str { &self.policy_version }
+            fn mode(&self) -> $crate::document::Mode { self.mode }
+            fn failure_mode(&self) -> $crate::document::FailureMode { self.failure_mode }
+            fn client_address(&self) -> &$crate::client_address::ClientAddressConfig { &self.client_address }
+            fn rules(&self) -> &[$rule] { &self.rules }
+            fn default_rule(&self) -> &$rule { &self.default }
+        }
+    };
+}
+
+/// Access to the common part of any filter's document.
+pub trait PolicyDocument: DeserializeOwned + JsonSchema {
+    type Rule;
+    fn policy_version(&self) -> &str;
+    fn mode(&self) -> Mode;
+    fn failure_mode(&self) -> FailureMode;
+    fn client_address(&self) -> &ClientAddressConfig;
+    fn rules(&self) -> &[Self::Rule];
+    fn default_rule(&self) -> &Self::Rule;
+}
+
+/// A compiled policy of one filter.
+pub trait FilterPolicy: Sized {
+    /// The filter's name in metrics, logs and headers: `ip_geo` ⇒ `gatewarden_ip_geo_denied`.
+    const NAME: &'static str;
+    type Document: PolicyDocument;
+
+    /// Checks cross-field rules and prepares everything a request needs (tables, regexes, keys).
+    fn compile(doc: Self::Document) -> Result<Self, ConfigError>;
+
+    /// The compiled common header.
+    fn header(&self) -> &Header;
+}
+
+/// The compiled common header of a policy.
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub policy_version: Arc<str>,
+    pub mode: Mode,
+    pub failure_mode: FailureMode,
+    pub client_address: ClientAddressResolver,
+}
+
+impl Header {
+    /// Compiles the common header of `doc`.
+    pub fn compile<D: PolicyDocument>(doc: &D) -> Result<Self, ConfigError> {
+        let version = doc.policy_version();
+        validate_policy_version(version)?;
+        Ok(Self {
+            policy_version: Arc::from(version),
+            mode: doc.mode(),
+            failure_mode: doc.failure_mode(),
+            client_address: ClientAddressResolver::compile(
+                doc.client_address(),
+                &FieldPath::root().field("client_address"),
+            )?,
+        })
+    }
+}
+
+fn validate_policy_version(v: &str) -> Result<(), ConfigError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "._:+-/@".contains(c);
+    if v.is_empty() || v.len() > 128 || !v.chars().all(ok_char) {
+        return Err(ConfigError::new(
+            "policy_version",
+            format!("invalid version {}: use 1 to 128 characters from A-Z a-z 0-9 . _ : + - / @", quote(v)),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a document from JSON bytes. Errors carry the JSON path of the bad field.
+pub fn parse_document<D: DeserializeOwned>(bytes: &[u8]) -> Result<D, ConfigError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let doc: D = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." || path == "?" { String::new() } else { path };
+        ConfigError::new(path, e.into_inner().to_string())
+    })?;
+    de.end().map_err(|e| ConfigError::new("", e.to_string()))?;
+    Ok(doc)
+}
+
+/// Parses and compiles a policy: what `on_configure` and `gatewarden validate` both run.
+pub fn compile<P: FilterPolicy>(bytes: &[u8]) -> Result<P, ConfigError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ConfigError::new("", "empty configuration: a policy document is required"));
+    }
+    P::compile(parse_document::<P::Document>(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_version_rejects_header_breaking_characters() {
+        assert!(validate_policy_version("2026-11-22.3").is_ok());
+        let err = validate_policy_version("v1; rule=x").unwrap_err();
+        assert_eq!(err.path(), "policy_version");
+        assert!(err.message().contains("\"v1; rule=x\""), "{err}");
+        assert!(validate_policy_version("").is_err());
+    }
+}

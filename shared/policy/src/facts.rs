@@ -1,0 +1,83 @@
+//! The request facts a policy decides from, read once from the host per request.
+
+/// What a policy may know about a request. Header names are lowercase (as HTTP/2 and both hosts
+/// deliver them); pseudo-headers (`:path`, `:method`, `:authority`) are read from the same list.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// All request headers, in the order the host gave them.
+    pub headers: &'a [(String, String)],
+    /// The peer address as the host reports it: `ip:port` (Envoy), `ip` (Kong), `[v6]:port`.
+    pub peer: Option<&'a str>,
+}
+
+impl<'a> RequestFacts<'a> {
+    pub fn new(headers: &'a [(String, String)], peer: Option<&'a str>) -> Self {
+        Self { headers, peer }
+    }
+
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of header `name`, in order.
+    pub fn header_values(&self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn method(&self) -> &'a str {
+        self.header(":method").unwrap_or("")
+    }
+
+    /// The path without query string or fragment.
+    pub fn path(&self) -> &'a str {
+        let full = self.header(":path").unwrap_or("");
+        let end = full.find(['?', '#']).unwrap_or(full.len());
+        full.get(..end).unwrap_or(full)
+    }
+
+    /// The host without port, as sent (`:authority`, else `host`).
+    pub fn host(&self) -> &'a str {
+        let authority = self.header(":authority").or_else(|| self.header("host")).unwrap_or("");
+        strip_port(authority)
+    }
+
+    /// The request id (`x-request-id`), for logs.
+    pub fn request_id(&self) -> &'a str {
+        self.header("x-request-id").unwrap_or("")
+    }
+}
+
+fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn path_drops_query_and_fragment() {
+        let headers = h(&[(":path", "/a/b?x=1#f")]);
+        assert_eq!(RequestFacts::new(&headers, None).path(), "/a/b");
+    }
+
+    #[test]
+    fn host_drops_port_for_names_and_v6() {
+        for (authority, host) in [("api.example.com:8443", "api.example.com"), ("[2001:db8::1]:443", "2001:db8::1"), ("example.com", "example.com")] {
+            let headers = h(&[(":authority", authority)]);
+            assert_eq!(RequestFacts::new(&headers, None).host(), host, "authority {authority}");
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! `GeoDb`: the country database, a MaxMind DB (`.mmdb`) held in memory.
+//!
+//! Two record layouts are read: GeoIP2/GeoLite2 Country (`country.iso_code`, falling back to
+//! `registered_country.iso_code`) and ip-location-db's (`country_code`), so a user can swap the
+//! free default for their own GeoLite2/GeoIP2 file without rebuilding the module.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use maxminddb::Reader;
+use serde::Deserialize;
+
+use crate::cidr::normalize;
+
+/// An ISO 3166-1 alpha-2 code, uppercase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CountryCode([u8; 2]);
+
+impl CountryCode {
+    /// Parses two ASCII letters, any case.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.as_bytes() {
+            [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                Some(Self([a.to_ascii_uppercase(), b.to_ascii_uppercase()]))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+}
+
+impl fmt::Display for CountryCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a database was refused or a lookup failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeoDbError(String);
+
+impl fmt::Display for GeoDbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for GeoDbError {}
+
+#[derive(Deserialize)]
+struct IsoCode<'a> {
+    #[serde(borrow, default)]
+    iso_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct CountryRecord<'a> {
+    #[serde(borrow, default)]
+    country_code: Option<&'a str>,
+    #[serde(borrow, default)]
+    country: Option<IsoCode<'a>>,
+    #[serde(borrow, default)]
+    registered_country: Option<IsoCode<'a>>,
+}
+
+/// A loaded country database.
+pub struct GeoDb {
+    reader: Reader<Vec<u8>>,
+    build_epoch: u64,
+    database_type: String,
+}
+
+impl fmt::Debug for GeoDb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeoDb").field("database_type", &self.database_type).field("build_epoch", &self.build_epoch).finish()
+    }
+}
+
+impl GeoDb {
+    /// Opens a database from its bytes. A file that is not a MaxMind DB, is truncated, or has
+    /// a corrupt search tree or data section is refused here (full `verify`), not at request time.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, GeoDbError> {
+        let reader = Reader::from_source(bytes).map_err(|e| GeoDbError(format!("not a valid MaxMind DB: {e}")))?;
+        reader.verify().map_err(|e| GeoDbError(format!("corrupt MaxMind DB: {e}")))?;
+        let db = Self {
+            build_epoch: reader.metadata.build_epoch,
+            database_type: reader.metadata.database_type.clone(),
+            reader,
+        };
+        // Probe one lookup per address family so a corrupt tree or data section is caught now.
+        for probe in [IpAddr::from([8, 8, 8, 8]), IpAddr::from([0x2001, 0x4860, 0, 0, 0, 0, 0, 0x8888])] {
+            if db.reader.metadata.ip_version == 4 && probe.is_ipv6() {
+                continue;
+            }
+            db.country(probe)?;
+        }
+        Ok(db)
+    }
+
+    /// The country of `ip`, `Ok(None)` when the database does not know the address.
+    pub fn country(&self, ip: IpAddr) -> Result<Option<CountryCode>, GeoDbError> {
+        let ip = normalize(ip);
+        if ip.is_ipv6() && self.reader.metadata.ip_version == 4 {
+            return Ok(None);
+        }
+        let record: Option<CountryRecord<'_>> = self
+            .reader
+            .lookup(ip)
+            .and_then(|found| found.decode())
+            .map_err(|e| GeoDbError(format!("lookup failed: {e}")))?;
+        let Some(record) = record else { return Ok(None) };
+        let code = record
+            .country
+            .and_then(|c| c.iso_code)
+            .or(record.country_code)
+            .or_else(|| record.registered_country.and_then(|c| c.iso_code));
+        Ok(code.and_then(CountryCode::parse))
+    }
+
+    /// The database's `build_epoch` (seconds since 1970), for logs.
+    pub fn build_epoch(&self) -> u64 {
+        self.build_epoch
+    }
+
+    /// The database's `database_type`, for logs.
+    pub fn database_type(&self) -> &str {
+        &self.database_type
+    }
+}
