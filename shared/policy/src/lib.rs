@@ -20,6 +20,7 @@ pub mod error;
 pub mod facts;
 pub mod ip_geo;
 pub mod matcher;
+pub mod refresh;
 pub mod rules;
 pub mod schema;
 

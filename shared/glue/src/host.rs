@@ -1,0 +1,320 @@
+//! The host adapter: every Proxy-Wasm host call the filters make, with every status handled.
+//!
+//! Why not the SDK's helpers: `proxy_wasm::hostcalls` panics on any status it does not expect
+//! (and decodes statuses into a Rust enum, undefined for values a host may add), and a panic
+//! traps the VM and fails every request on that worker. Here each import is declared with plain
+//! integer types and every call returns `Result<_, HostError>`. Kong's ngx_wasm_module returns
+//! statuses Envoy never does for the same call, so nothing is assumed.
+//!
+//! One exception: HTTP callouts go through the SDK's `dispatch_http_call`, because the SDK's
+//! dispatcher must register the call's token to route the response back (its registry is
+//! private). That function returns `Err` for the statuses of the spec and panics only on a
+//! status outside the ABI.
+
+use std::ptr::null_mut;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A host call failed with this ABI status (e.g. 1 NotFound, 2 BadArgument, 8 CasMismatch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostError(pub u32);
+
+pub const STATUS_OK: u32 = 0;
+pub const STATUS_NOT_FOUND: u32 = 1;
+pub const STATUS_CAS_MISMATCH: u32 = 8;
+
+/// Log levels of the ABI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum Level {
+    Trace = 0,
+    Debug = 1,
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+    Critical = 5,
+}
+
+// Buffer and map types of ABI 0.2.1.
+const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
+const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
+const MAP_HTTP_REQUEST_HEADERS: u32 = 0;
+const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
+const METRIC_COUNTER: u32 = 0;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(key_data: *const u8, key_size: usize, value_data: *const u8, value_size: usize, cas: u32) -> u32;
+    fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+}
+
+fn status(code: u32) -> Result<(), HostError> {
+    if code == STATUS_OK {
+        Ok(())
+    } else {
+        Err(HostError(code))
+    }
+}
+
+/// Takes ownership of a buffer the host allocated through `proxy_on_memory_allocate`.
+fn take(ptr: *mut u8, size: usize) -> Vec<u8> {
+    if ptr.is_null() || size == 0 {
+        return Vec::new();
+    }
+    // SAFETY: the host wrote `size` bytes into memory it obtained from the SDK's
+    // `proxy_on_memory_allocate`, which allocates exactly `size` bytes as a Vec<u8>.
+    unsafe { Vec::from_raw_parts(ptr, size, size) }
+}
+
+/// Logs a message; a failed log call is ignored (there is nowhere else to report it).
+pub fn log(level: Level, message: &str) {
+    // SAFETY: pointer and length describe a live &str.
+    let _ = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
+}
+
+/// The host's wall clock.
+pub fn now() -> SystemTime {
+    let mut ns: u64 = 0;
+    // SAFETY: `ns` is a valid out-pointer.
+    match status(unsafe { proxy_get_current_time_nanoseconds(&mut ns) }) {
+        Ok(()) => UNIX_EPOCH + Duration::from_nanos(ns),
+        Err(_) => UNIX_EPOCH,
+    }
+}
+
+/// Milliseconds since 1970 by the host clock.
+pub fn now_ms() -> u64 {
+    now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub fn set_tick_period(period: Duration) -> Result<(), HostError> {
+    let ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+    // SAFETY: plain integer argument.
+    status(unsafe { proxy_set_tick_period_milliseconds(ms) })
+}
+
+fn get_buffer(buffer_type: u32, max: usize) -> Result<Vec<u8>, HostError> {
+    let mut ptr = null_mut();
+    let mut size = 0usize;
+    // SAFETY: out-pointers are valid; the returned buffer is taken by `take`.
+    let code = unsafe { proxy_get_buffer_bytes(buffer_type, 0, max, &mut ptr, &mut size) };
+    match code {
+        STATUS_OK => Ok(take(ptr, size)),
+        // Envoy answers NotFound for an empty buffer, Kong may too: both mean "no bytes".
+        STATUS_NOT_FOUND => Ok(Vec::new()),
+        other => Err(HostError(other)),
+    }
+}
+
+/// The plugin configuration (the policy document).
+pub fn plugin_configuration() -> Result<Vec<u8>, HostError> {
+    get_buffer(BUFFER_PLUGIN_CONFIGURATION, usize::MAX)
+}
+
+/// The body of an HTTP callout's response, at most `max` bytes.
+pub fn http_call_response_body(max: usize) -> Result<Vec<u8>, HostError> {
+    get_buffer(BUFFER_HTTP_CALL_RESPONSE_BODY, max)
+}
+
+fn get_map(map_type: u32) -> Result<Vec<(String, String)>, HostError> {
+    let mut ptr = null_mut();
+    let mut size = 0usize;
+    // SAFETY: out-pointers are valid; the returned buffer is taken by `take`.
+    status(unsafe { proxy_get_header_map_pairs(map_type, &mut ptr, &mut size) })?;
+    Ok(decode_pairs(&take(ptr, size)))
+}
+
+/// All request headers, pseudo-headers included: one boundary crossing per request.
+pub fn request_headers() -> Result<Vec<(String, String)>, HostError> {
+    get_map(MAP_HTTP_REQUEST_HEADERS)
+}
+
+/// The headers of an HTTP callout's response (`:status` included).
+pub fn http_call_response_headers() -> Result<Vec<(String, String)>, HostError> {
+    get_map(MAP_HTTP_CALL_RESPONSE_HEADERS)
+}
+
+/// Sets (replacing any value the client sent) a request header.
+pub fn set_request_header(name: &str, value: &str) -> Result<(), HostError> {
+    // SAFETY: pointers and lengths describe live strs.
+    status(unsafe {
+        proxy_replace_header_map_value(MAP_HTTP_REQUEST_HEADERS, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+    })
+}
+
+/// A property such as `source.address`; `Ok(None)` when the host has none.
+pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
+    let encoded = encode_path(path);
+    let mut ptr = null_mut();
+    let mut size = 0usize;
+    // SAFETY: pointers are valid; the returned buffer is taken by `take`.
+    let code = unsafe { proxy_get_property(encoded.as_ptr(), encoded.len(), &mut ptr, &mut size) };
+    match code {
+        STATUS_OK => Ok(Some(take(ptr, size))),
+        STATUS_NOT_FOUND => Ok(None),
+        other => Err(HostError(other)),
+    }
+}
+
+/// Answers the request locally.
+pub fn send_local_response(status_code: u16, details: &str, headers: &[(&str, &str)], body: &str) -> Result<(), HostError> {
+    let headers = encode_pairs(headers);
+    // SAFETY: all pointers and lengths describe live buffers.
+    status(unsafe {
+        proxy_send_local_response(
+            u32::from(status_code),
+            details.as_ptr(),
+            details.len(),
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    })
+}
+
+/// Shared data: the value and its CAS, `Ok(None)` when the key is absent.
+pub fn get_shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+    let mut ptr = null_mut();
+    let mut size = 0usize;
+    let mut cas = 0u32;
+    // SAFETY: out-pointers are valid; the returned buffer is taken by `take`.
+    let code = unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut ptr, &mut size, &mut cas) };
+    match code {
+        STATUS_OK => Ok(Some((take(ptr, size), cas))),
+        STATUS_NOT_FOUND => Ok(None),
+        other => Err(HostError(other)),
+    }
+}
+
+/// Sets shared data if its CAS still is `cas`. Beware the host difference: with `cas == 0`
+/// Envoy overwrites unconditionally, Kong succeeds only if the key is absent.
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), HostError> {
+    // SAFETY: pointers and lengths describe live buffers.
+    status(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) })
+}
+
+/// Defines a counter and returns its id.
+pub fn define_counter(name: &str) -> Result<u32, HostError> {
+    let mut id = 0u32;
+    // SAFETY: pointer and length describe a live str; `id` is a valid out-pointer.
+    status(unsafe { proxy_define_metric(METRIC_COUNTER, name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+pub fn increment(metric_id: u32, by: i64) -> Result<(), HostError> {
+    // SAFETY: plain integer arguments.
+    status(unsafe { proxy_increment_metric(metric_id, by) })
+}
+
+/// Starts an HTTP callout; the response arrives in the root context's `on_http_call_response`.
+pub fn dispatch_http_call(
+    upstream: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<u32, HostError> {
+    proxy_wasm::hostcalls::dispatch_http_call(upstream, headers.to_vec(), None, Vec::new(), timeout)
+        .map_err(|s| HostError(s as u32))
+}
+
+/// Decodes the ABI's header map format: u32 count, then (u32 key_len, u32 value_len) per pair,
+/// then each key and value followed by a NUL. Malformed input yields the pairs read so far.
+pub fn decode_pairs(bytes: &[u8]) -> Vec<(String, String)> {
+    let read_u32 = |at: usize| -> Option<usize> {
+        let b: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        Some(u32::from_le_bytes(b) as usize)
+    };
+    let Some(count) = read_u32(0) else { return Vec::new() };
+    let mut pairs = Vec::with_capacity(count.min(256));
+    let mut data = 4usize.saturating_add(count.saturating_mul(8));
+    for i in 0..count {
+        let at = i.saturating_mul(8).saturating_add(4);
+        let (Some(klen), Some(vlen)) = (read_u32(at), read_u32(at.saturating_add(4))) else { break };
+        let Some(key) = data.checked_add(klen).and_then(|end| bytes.get(data..end)) else { break };
+        data = data.saturating_add(klen).saturating_add(1);
+        let Some(value) = data.checked_add(vlen).and_then(|end| bytes.get(data..end)) else { break };
+        data = data.saturating_add(vlen).saturating_add(1);
+        pairs.push((String::from_utf8_lossy(key).into_owned(), String::from_utf8_lossy(value).into_owned()));
+    }
+    pairs
+}
+
+fn encode_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+fn encode_path(path: &[&str]) -> Vec<u8> {
+    // Property paths are NUL-separated segments.
+    path.join("\0").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_round_trip_and_truncation_is_safe() {
+        let encoded = encode_pairs(&[(":path", "/x"), ("a", "")]);
+        assert_eq!(decode_pairs(&encoded), vec![(":path".into(), "/x".into()), ("a".into(), "".into())]);
+        for cut in 0..encoded.len() {
+            let _ = decode_pairs(&encoded[..cut]);
+        }
+        let mut huge = encode_pairs(&[("a", "b")]);
+        huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_pairs(&huge).len(), 0);
+    }
+}

@@ -1,0 +1,15 @@
+//! The thin Proxy-Wasm host adapter every Gatewarden filter uses: host calls with every status
+//! handled ([`host`]), a panic hook that logs, counters, the decision log line, background
+//! fetches shared by all workers, and the generic root/request contexts ([`runtime`]).
+//!
+//! A filter crate is a few lines: an [`runtime::Enforcer`] and
+//! `proxy_wasm::main! {{ proxy_wasm::set_root_context(|id| Box::new(Root::<MyEnforcer>::new(id))); }}`.
+
+pub mod decision_log;
+pub mod host;
+pub mod metrics;
+pub mod panic_hook;
+pub mod runtime;
+pub mod shared_fetch;
+
+pub use runtime::{Enforcer, Evaluation, Root};
