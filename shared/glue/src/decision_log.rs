@@ -1,7 +1,6 @@
 //! One structured JSON log line per denial (and per dry-run denial): filter, decision, reason,
 //! rule, policy_version, request id, client address. Never a secret: callers pass only these.
 
-use serde_json::json;
 
 /// The fields of one decision log line.
 pub struct DecisionRecord<'a> {
@@ -18,25 +17,53 @@ pub struct DecisionRecord<'a> {
 }
 
 impl DecisionRecord<'_> {
-    /// The JSON line.
+    /// The JSON line. Written by hand: `serde_json::Value` would pull its number formatting
+    /// into every module for nothing.
     pub fn to_line(&self) -> String {
-        let mut v = json!({
-            "gatewarden": "decision",
-            "filter": self.filter,
-            "decision": self.decision,
-            "reason": self.reason,
-            "rule": self.rule,
-            "policy_version": self.policy_version,
-            "request_id": self.request_id,
-            "client": self.client,
-        });
-        if !self.detail.is_empty() {
-            if let Some(obj) = v.as_object_mut() {
-                obj.insert("detail".into(), self.detail.into());
+        let mut out = String::with_capacity(256);
+        out.push('{');
+        let fields = [
+            ("gatewarden", "decision"),
+            ("filter", self.filter),
+            ("decision", self.decision),
+            ("reason", self.reason),
+            ("rule", self.rule),
+            ("policy_version", self.policy_version),
+            ("request_id", self.request_id),
+            ("client", self.client),
+            ("detail", self.detail),
+        ];
+        for (i, (k, v)) in fields.iter().enumerate() {
+            if *k == "detail" && v.is_empty() {
+                continue;
             }
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_string(&mut out, k);
+            out.push(':');
+            push_json_string(&mut out, v);
         }
-        v.to_string()
+        out.push('}');
+        out
     }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -60,5 +87,8 @@ mod tests {
         assert_eq!(v["request_id"], "abc\"def");
         assert_eq!(v["reason"], "ip_denied");
         assert!(v.get("detail").is_none());
+        let mut s = String::new();
+        push_json_string(&mut s, "a\u{1}\n\\");
+        assert_eq!(serde_json::from_str::<String>(&s).unwrap(), "a\u{1}\n\\");
     }
 }

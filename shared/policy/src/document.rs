@@ -70,6 +70,10 @@ macro_rules! policy_document {
             /// Free-form version of this policy (e.g. `2026-11-22.3`), echoed in every log line
             /// and decision header. 1 to 128 characters from `A-Z a-z 0-9 . _ : + - / @`.
             pub policy_version: String,
+            /// Which filter this policy is for (e.g. `ip_geo`); when given, a filter refuses a
+            /// policy written for another one.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub filter: Option<String>,
             /// `enforce` (default) or `dry_run`: evaluate and log, never deny.
             #[serde(default)]
             pub mode: $crate::document::Mode,
@@ -91,6 +95,7 @@ macro_rules! policy_document {
         impl $crate::document::PolicyDocument for $name {
             type Rule = $rule;
             fn policy_version(&self) -> &str { &self.policy_version }
+            fn filter(&self) -> Option<&str> { self.filter.as_deref() }
             fn mode(&self) -> $crate::document::Mode { self.mode }
             fn failure_mode(&self) -> $crate::document::FailureMode { self.failure_mode }
             fn client_address(&self) -> &$crate::client_address::ClientAddressConfig { &self.client_address }
@@ -104,6 +109,7 @@ macro_rules! policy_document {
 pub trait PolicyDocument: DeserializeOwned + JsonSchema {
     type Rule;
     fn policy_version(&self) -> &str;
+    fn filter(&self) -> Option<&str>;
     fn mode(&self) -> Mode;
     fn failure_mode(&self) -> FailureMode;
     fn client_address(&self) -> &ClientAddressConfig;
@@ -134,8 +140,13 @@ pub struct Header {
 }
 
 impl Header {
-    /// Compiles the common header of `doc`.
-    pub fn compile<D: PolicyDocument>(doc: &D) -> Result<Self, ConfigError> {
+    /// Compiles the common header of `doc`, a document for the filter named `filter`.
+    pub fn compile<D: PolicyDocument>(doc: &D, filter: &str) -> Result<Self, ConfigError> {
+        if let Some(named) = doc.filter() {
+            if named != filter {
+                return Err(ConfigError::new("filter", format!("this policy is for filter {}, not {}", quote(named), quote(filter))));
+            }
+        }
         let version = doc.policy_version();
         validate_policy_version(version)?;
         Ok(Self {

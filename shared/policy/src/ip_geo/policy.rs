@@ -92,7 +92,7 @@ impl FilterPolicy for IpGeoPolicy {
     type Document = IpGeoDocument;
 
     fn compile(doc: IpGeoDocument) -> Result<Self, ConfigError> {
-        let header = Header::compile(&doc)?;
+        let header = Header::compile(&doc, Self::NAME)?;
         let geo_database = doc.geo_database.clone();
         if let Some(src) = &geo_database {
             validate_source(src, &FieldPath::root().field("geo_database"))?;

@@ -153,6 +153,8 @@ fn config_errors_name_field_and_value() {
          "geo_database.refresh_seconds: 1 is less than the minimum 10"),
         (r#"{"policy_version":"t","client_address":{"xff_num_trusted_hops":-1}}"#,
          "client_address.xff_num_trusted_hops: invalid value: integer `-1`, expected u32"),
+        (r#"{"policy_version":"t","filter":"jwt"}"#,
+         r#"filter: this policy is for filter "jwt", not "ip_geo""#),
         (r#"{"policy_version":"t","unknown":1}"#,
          "unknown: unknown field `unknown`"),
         (r#"{"mode":"enforce"}"#,

@@ -1,0 +1,128 @@
+//! `gatewarden`: the policy lifecycle command.
+//!
+//! ```text
+//! gatewarden validate [--filter NAME] [--format text|json] POLICY...   exit 0 valid, 1 invalid, 2 could not run
+//! gatewarden schema NAME [--kong]                                       JSON Schema (or Kong meta.json)
+//! gatewarden render-json POLICY                                         the policy as the JSON a filter receives
+//! ```
+//! Validation runs exactly the code the filter runs in `on_configure`.
+
+mod policy_file;
+
+use std::process::ExitCode;
+
+use policy_file::{load, Filter, LoadError};
+
+const USAGE: &str = "usage:
+  gatewarden validate [--filter NAME] [--format text|json] POLICY...
+  gatewarden schema NAME [--kong]
+  gatewarden render-json [--filter NAME] POLICY
+filters: ip_geo";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("gatewarden: {msg}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+struct Options {
+    filter: Option<Filter>,
+    json: bool,
+    kong: bool,
+    files: Vec<String>,
+}
+
+fn parse_options(args: &[String]) -> Result<Options, String> {
+    let mut o = Options { filter: None, json: false, kong: false, files: Vec::new() };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--filter" => {
+                let name = it.next().ok_or("--filter needs a name")?;
+                o.filter = Some(Filter::from_name(name).ok_or_else(|| format!("unknown filter {name:?}"))?);
+            }
+            "--format" => match it.next().map(String::as_str) {
+                Some("json") => o.json = true,
+                Some("text") => o.json = false,
+                other => return Err(format!("--format takes text or json, got {other:?}")),
+            },
+            "--kong" => o.kong = true,
+            s if s.starts_with("--") => return Err(format!("unknown option {s}")),
+            _ => o.files.push(a.clone()),
+        }
+    }
+    Ok(o)
+}
+
+fn run(args: &[String]) -> Result<ExitCode, String> {
+    let Some((cmd, rest)) = args.split_first() else { return Err("no command".into()) };
+    let o = parse_options(rest)?;
+    match cmd.as_str() {
+        "validate" => validate(&o),
+        "schema" => {
+            let [name] = o.files.as_slice() else { return Err("schema takes one filter name".into()) };
+            let filter = Filter::from_name(name).ok_or_else(|| format!("unknown filter {name:?}"))?;
+            let schema = filter.schema();
+            let out = if o.kong { gatewarden_policy::schema::kong_meta(schema) } else { schema };
+            println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        "render-json" => {
+            let [file] = o.files.as_slice() else { return Err("render-json takes one policy file".into()) };
+            match load(file, o.filter) {
+                Ok(p) => {
+                    println!("{}", p.json);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => report_one(file, &e),
+            }
+        }
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(format!("unknown command {other:?}")),
+    }
+}
+
+fn report_one(file: &str, e: &LoadError) -> Result<ExitCode, String> {
+    eprintln!("{file}: {e}");
+    Ok(ExitCode::from(if e.is_invalid() { 1 } else { 2 }))
+}
+
+fn validate(o: &Options) -> Result<ExitCode, String> {
+    if o.files.is_empty() {
+        return Err("validate needs at least one policy file".into());
+    }
+    let mut worst = 0u8;
+    let mut results = Vec::new();
+    for file in &o.files {
+        let result = load(file, o.filter);
+        let code = match &result {
+            Ok(_) => 0,
+            Err(e) if e.is_invalid() => 1,
+            Err(_) => 2,
+        };
+        worst = worst.max(code);
+        if o.json {
+            results.push(match &result {
+                Ok(p) => serde_json::json!({"file": file, "valid": true, "filter": p.filter.name(), "policy_version": p.policy_version}),
+                Err(e) => serde_json::json!({"file": file, "valid": false, "error": e.to_string(), "field": e.field(), "could_not_run": code == 2}),
+            });
+        } else {
+            match &result {
+                Ok(p) => println!("{file}: valid {} policy {:?}", p.filter.name(), p.policy_version),
+                Err(e) => eprintln!("{file}: {e}"),
+            }
+        }
+    }
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?);
+    }
+    Ok(ExitCode::from(worst))
+}
