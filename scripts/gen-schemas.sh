@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Regenerates the config schemas shipped for Kong (<filter>.meta.json) from the Rust types.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build -q -p gatewarden
+for f in ip_geo; do
+  ./target/debug/gatewarden schema "$f" --kong > "envoy-config/kong/gatewarden_${f}.meta.json"
+  echo "wrote envoy-config/kong/gatewarden_${f}.meta.json"
+done
