@@ -80,18 +80,35 @@ impl fmt::Debug for GeoDb {
 }
 
 impl GeoDb {
-    /// Opens a database from its bytes. A file that is not a MaxMind DB, is truncated, or has
-    /// a corrupt search tree or data section is refused here (full `verify`), not at request time.
+    /// Opens a database from its bytes. A file that is not a MaxMind DB, is truncated, or whose
+    /// search tree or records cannot be read at the probe addresses is refused here.
+    ///
+    /// Why not `Reader::verify`: it also rejects files that every reader accepts (the free
+    /// ip-location-db file has an empty `description` map), and it doubles the module's MaxMind
+    /// code. A corrupt record elsewhere is a lookup error at request time, which the policy
+    /// treats as "database unavailable" (`failure_mode`).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, GeoDbError> {
         let reader = Reader::from_source(bytes).map_err(|e| GeoDbError(format!("not a valid MaxMind DB: {e}")))?;
-        reader.verify().map_err(|e| GeoDbError(format!("corrupt MaxMind DB: {e}")))?;
+        if !matches!(reader.metadata.ip_version, 4 | 6) {
+            return Err(GeoDbError(format!("not a valid MaxMind DB: ip_version {}", reader.metadata.ip_version)));
+        }
         let db = Self {
             build_epoch: reader.metadata.build_epoch,
             database_type: reader.metadata.database_type.clone(),
             reader,
         };
-        // Probe one lookup per address family so a corrupt tree or data section is caught now.
-        for probe in [IpAddr::from([8, 8, 8, 8]), IpAddr::from([0x2001, 0x4860, 0, 0, 0, 0, 0, 0x8888])] {
+        // Probe lookups across the address space so a truncated or corrupt tree is caught now.
+        let probes = [
+            IpAddr::from([1, 1, 1, 1]),
+            IpAddr::from([8, 8, 8, 8]),
+            IpAddr::from([100, 64, 0, 1]),
+            IpAddr::from([198, 51, 100, 1]),
+            IpAddr::from([203, 0, 113, 1]),
+            IpAddr::from([223, 255, 255, 254]),
+            IpAddr::from([0x2001, 0x4860, 0, 0, 0, 0, 0, 0x8888]),
+            IpAddr::from([0x2a00, 0x1450, 0, 0, 0, 0, 0, 1]),
+        ];
+        for probe in probes {
             if db.reader.metadata.ip_version == 4 && probe.is_ipv6() {
                 continue;
             }

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Benchmark: no filter vs floor Wasm filter vs ip-geo (10 / 100k CIDRs) vs Envoy's native RBAC.
+#   scripts/bench.sh                        # 5 rounds x 10 s per configuration (~5 min with all five)
+#   ROUNDS=2 DURATION=3 scripts/bench.sh    # quick look
+#   CONFIGS=none,floor,rbac_10 scripts/bench.sh
+# Writes target/bench/results.md (Markdown table) and results.json (every run).
+. "$(dirname "$0")/lib.sh"
+
+[[ "${SKIP_SETUP:-}" == 1 ]] || "$ROOT/scripts/setup.sh"
+if [[ "${SKIP_BUILD:-}" != 1 ]]; then
+    # ip-geo is optional here: the benchmark skips its configurations when the module is missing.
+    "$ROOT/scripts/build.sh" || { log "full build failed; building the floor filter only";
+                                  "$ROOT/scripts/build.sh" gatewarden-floor; }
+fi
+exec "$PY" "$ROOT/scripts/bench.py"

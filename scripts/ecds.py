@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Render a Gatewarden policy into the ECDS resource Envoy watches, and write it atomically. Stdlib only.
+
+The ECDS file is a DiscoveryResponse in JSON holding one TypedExtensionConfig named
+`gatewarden.<filter>` that wraps an `envoy.extensions.filters.http.wasm.v3.Wasm` filter whose plugin
+`configuration` is the policy JSON (a google.protobuf.StringValue). Envoy's watched_directory reloads
+the file when a file is moved into the directory, so writes go to a temp file in the same directory,
+then rename(2) over the watched file: Envoy never sees a half-written file, and each push is one reload.
+
+    python3 scripts/ecds.py --filter ip_geo --policy envoy-config/policies/ip_geo.json \\
+        --module target/wasm32-wasip1/release/gatewarden_ip_geo.wasm --ecds-dir /tmp/gw/ecds
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+EXTENSION_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+STRING_VALUE_TYPE = "type.googleapis.com/google.protobuf.StringValue"
+
+
+def resource_name(filter_name: str) -> str:
+    """ECDS resource name; the HTTP filter in the bootstrap has the same name."""
+    return f"gatewarden.{filter_name}"
+
+
+def policy_text(policy: Any) -> str:
+    """The plugin configuration bytes: a str/bytes is used verbatim (to test invalid configs), else JSON."""
+    if isinstance(policy, bytes):
+        return policy.decode()
+    if isinstance(policy, str):
+        return policy
+    return json.dumps(policy, separators=(",", ":"), ensure_ascii=False)
+
+
+def resource(filter_name: str, policy: Any, module: str | os.PathLike[str], *,
+             vm_id: str | None = None) -> dict[str, Any]:
+    """The ECDS DiscoveryResponse (as a dict) configuring `filter_name` with `policy` from `module`.
+
+    root_id and vm_id default to `gatewarden_<filter>`. Filters with the same vm_id (and module)
+    share one VM per worker, each with its own root context; pass vm_id to run several instances
+    of one module (e.g. the benchmark's ip_geo_10 and ip_geo_100k) in one VM.
+    """
+    text = policy_text(policy)
+    version = policy.get("policy_version") if isinstance(policy, dict) else None
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    ident = vm_id or f"gatewarden_{filter_name}"
+    return {
+        "version_info": f"{version or 'raw'}-{digest}",
+        "resources": [
+            {
+                "@type": EXTENSION_TYPE,
+                "name": resource_name(filter_name),
+                "typed_config": {
+                    "@type": WASM_TYPE,
+                    "config": {
+                        "name": resource_name(filter_name),
+                        "root_id": ident,
+                        "vm_config": {
+                            "vm_id": ident,
+                            "runtime": "envoy.wasm.runtime.v8",
+                            "code": {"local": {"filename": os.fspath(module)}},
+                        },
+                        "configuration": {"@type": STRING_VALUE_TYPE, "value": text},
+                        # A VM that fails (or panics) rejects requests rather than skipping the filter.
+                        "failure_policy": "FAIL_CLOSED",
+                    },
+                },
+            }
+        ],
+    }
+
+
+def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
+    """Write `data` to `path` via a temp file in the same directory + fsync + rename."""
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def push(ecds_dir: str | os.PathLike[str], filter_name: str, policy: Any,
+         module: str | os.PathLike[str], *, vm_id: str | None = None) -> Path:
+    """Render and atomically write `<ecds_dir>/<filter>.json`; returns its path."""
+    path = Path(ecds_dir) / f"{filter_name}.json"
+    write_atomic(path, json.dumps(resource(filter_name, policy, module, vm_id=vm_id), indent=2) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--filter", required=True, help="filter name, e.g. ip_geo (resource gatewarden.<filter>)")
+    p.add_argument("--policy", required=True, help="policy JSON file ('-' for stdin)")
+    p.add_argument("--module", required=True, help="path of the .wasm module as Envoy will see it")
+    p.add_argument("--raw", action="store_true", help="pass the policy bytes verbatim, unparsed")
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--ecds-dir", help="write <dir>/<filter>.json")
+    dest.add_argument("--out", help="write this file ('-' for stdout)")
+    args = p.parse_args(argv)
+
+    text = sys.stdin.read() if args.policy == "-" else Path(args.policy).read_text()
+    policy: Any = text
+    if not args.raw:
+        try:
+            policy = json.loads(text)
+        except json.JSONDecodeError as e:
+            p.error(f"{args.policy}: not JSON ({e}); use --raw to push it anyway")
+    if args.ecds_dir:
+        print(push(args.ecds_dir, args.filter, policy, args.module))
+    else:
+        body = json.dumps(resource(args.filter, policy, args.module), indent=2) + "\n"
+        if args.out == "-":
+            sys.stdout.write(body)
+        else:
+            write_atomic(args.out, body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

