@@ -18,10 +18,10 @@ What runs, all on 127.0.0.1 (and [::1] when IPv6 loopback works), on free ports:
   can be told to fail (fail_status) or stall (delay_seconds); records the paths requested.
 - Envoy: envoy-config/envoy.yaml rendered into the workdir by scripts/envoyconf.py, each filter's
   policy written as ECDS by scripts/ecds.py, logs in <workdir>/envoy.log.
-Envoy quirk to know when testing client addresses: with use_remote_address, Envoy appends the peer
-to x-forwarded-for, except when the peer is exactly 127.0.0.1 or ::1: then it appends its own local
-address (this host's first non-loopback IP, e.g. 192.0.2.2). Use sources such as 127.0.0.2 ...
-127.255.255.254 (`source=`) for IPv4 tests; over IPv6 loopback only ::1 exists.
+Client addresses: the shipped bootstrap sets skip_xff_append, so the filters see x-forwarded-for
+exactly as the test sends it and the peer address from the connection. (Without it, Envoy appends
+the peer, or for a peer of exactly 127.0.0.1 or ::1 its own non-loopback address.) Sources such as
+127.0.0.2 ... 127.255.255.254 (`source=`) give distinct IPv4 peers; over IPv6 only ::1 exists.
 Every process and server is stopped by stop()/__exit__, by atexit, and (Envoy) by the kernel if
 the test process dies (PR_SET_PDEATHSIG).
 """

@@ -20,9 +20,10 @@ def test_request_passes_through_floor_filter(start_gateway):
     echoed = r.json()
     assert echoed["path"] == "/hello?x=1"
     assert echoed["headers"]["x-test"] == "yes"
-    # use_remote_address: Envoy appends the peer to x-forwarded-for before the filters run
-    # (but its own address for a peer of exactly 127.0.0.1 or ::1: see harness.py)
-    assert echoed["headers"]["x-forwarded-for"] == "127.0.0.7"
+    # skip_xff_append: Envoy passes x-forwarded-for on as the client sent it (here: none); the
+    # filters read the peer from the connection.
+    assert "x-forwarded-for" not in echoed["headers"]
+    assert echoed["headers"]["x-envoy-external-address"] == "127.0.0.7"
     assert gw.ecds_counts("floor")["update_success"] == 1
 
 

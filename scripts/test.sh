@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every test, on a fresh machine of this kind: installs what is missing, then runs
+#   1. lints (clippy, native and wasm32), with unwrap/expect/panic denied outside tests
+#   2. native unit tests + Wasm-host tests (the release .wasm files in our wasmtime host) + CLI tests
+#   3. `envoy --mode validate` on every shipped Envoy config
+#   4. end-to-end tests against a real Envoy on 127.0.0.1
+#   scripts/test.sh
+. "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+start=$SECONDS
+
+"$ROOT/scripts/setup.sh"
+"$ROOT/scripts/build.sh"
+
+log "clippy (native, all targets)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+log "clippy (wasm32 filters)"
+clippy_args=()
+for p in "${WASM_PACKAGES[@]}"; do clippy_args+=(-p "$p"); done
+cargo clippy --target "$WASM_TARGET" "${clippy_args[@]}" --quiet -- -D warnings
+
+log "native and wasm-host tests"
+GATEWARDEN_REQUIRE_REAL_DB=1 GATEWARDEN_WASM_DIR="$WASM_DIR" cargo test --workspace --quiet
+
+log "envoy --mode validate on every shipped config"
+"$ROOT/scripts/validate-configs.sh"
+
+log "end-to-end tests against Envoy"
+SKIP_SETUP=1 SKIP_BUILD=1 "$ROOT/scripts/e2e.sh"
+
+log "all tests passed in $((SECONDS - start)) s"
