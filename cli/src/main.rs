@@ -4,6 +4,7 @@
 //! gatewarden validate [--filter NAME] [--format text|json] POLICY...   exit 0 valid, 1 invalid, 2 could not run
 //! gatewarden schema NAME [--kong]                                       JSON Schema (or Kong meta.json)
 //! gatewarden render-json POLICY                                         the policy as the JSON a filter receives
+//! gatewarden geo-lookup DB.mmdb IP...                                   the country a database gives each address
 //! ```
 //! Validation runs exactly the code the filter runs in `on_configure`.
 
@@ -17,6 +18,7 @@ const USAGE: &str = "usage:
   gatewarden validate [--filter NAME] [--format text|json] POLICY...
   gatewarden schema NAME [--kong]
   gatewarden render-json [--filter NAME] POLICY
+  gatewarden geo-lookup DB.mmdb IP...
 filters: ip_geo";
 
 fn main() -> ExitCode {
@@ -82,6 +84,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
                 Err(e) => report_one(file, &e),
             }
         }
+        "geo-lookup" => geo_lookup(&o.files),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -125,4 +128,29 @@ fn validate(o: &Options) -> Result<ExitCode, String> {
         println!("{}", serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?);
     }
     Ok(ExitCode::from(worst))
+}
+
+/// Prints the country the database gives each address, as the filter would read it.
+fn geo_lookup(args: &[String]) -> Result<ExitCode, String> {
+    let [db, ips @ ..] = args else { return Err("geo-lookup takes a database and addresses".into()) };
+    if ips.is_empty() {
+        return Err("geo-lookup takes a database and addresses".into());
+    }
+    let bytes = std::fs::read(db).map_err(|e| format!("{db}: cannot read: {e}"))?;
+    let geo = match gatewarden_policy::ip_geo::GeoDb::from_bytes(bytes) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("{db}: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for ip in ips {
+        let addr = gatewarden_policy::cidr::parse_address(ip).ok_or_else(|| format!("not an address: {ip:?}"))?;
+        match geo.country(addr) {
+            Ok(Some(cc)) => println!("{ip}\t{cc}"),
+            Ok(None) => println!("{ip}\tunknown"),
+            Err(e) => println!("{ip}\terror: {e}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
