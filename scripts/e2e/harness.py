@@ -410,6 +410,9 @@ class Gateway(_Stoppable):
       The module is module_path(name) unless modules={name: path} overrides it. Empty -> router only.
     geo_files: {name: bytes | path} installed in the geo-DB server before Envoy starts,
       e.g. {"country.mmdb": GEO_DB}.
+    geo_fail_status / geo_delay_seconds: the geo-DB server answers every request with this status
+      (e.g. 503) / only after this delay, from the start (before Envoy's first fetch); change them
+      later with `gw.geo_db.fail_status` / `gw.geo_db.delay_seconds`.
     ipv6: also listen on [::1] (None: if IPv6 loopback is usable). `self.ipv6` tells which.
     check_modules=False: start even if a module file is missing (to test that Envoy fails closed).
     """
@@ -420,11 +423,13 @@ class Gateway(_Stoppable):
                  concurrency: int = 2, log_level: str = "info",
                  component_log_levels: str | None = "wasm:debug",
                  ipv6: bool | None = None, extra_args: Iterable[str] = (),
-                 ready_timeout: float = 30.0, check_modules: bool = True) -> None:
+                 ready_timeout: float = 30.0, check_modules: bool = True,
+                 geo_fail_status: int | None = None, geo_delay_seconds: float = 0.0) -> None:
         self.workdir = Path(workdir)
         self.filters = dict(filters or {})
         self.modules = {n: Path(modules[n]) if modules and n in modules else module_path(n) for n in self.filters}
         self.geo_files = dict(geo_files or {})
+        self.geo_fail_status, self.geo_delay_seconds = geo_fail_status, geo_delay_seconds
         self.concurrency, self.log_level = concurrency, log_level
         self.component_log_levels = component_log_levels
         self.ipv6 = ipv6_loopback_usable() if ipv6 is None else ipv6
@@ -453,6 +458,7 @@ class Gateway(_Stoppable):
         _live.add(self)
         self.upstream = EchoUpstream()
         self.geo_db = FileServer(self.workdir / "geo-db")
+        self.geo_db.fail_status, self.geo_db.delay_seconds = self.geo_fail_status, self.geo_delay_seconds
         for name, content in self.geo_files.items():
             self.geo_db.put(name, content)
         self.port, self.admin_port = free_port(), free_port()

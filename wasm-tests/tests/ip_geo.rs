@@ -170,6 +170,27 @@ fn one_fetch_serves_every_worker() {
 }
 
 #[test]
+fn policy_update_during_the_fetch_does_not_stall_loading() {
+    let table = scenarios();
+    let host = host(Profile::Envoy);
+    host.script_http_response(CLUSTER, DB_PATH, HttpResponse::new(200).body(scenario_db()));
+    let mut worker = vm(&host, &table["policy"]);
+    host.tick().unwrap();
+    assert_eq!(host.pending_calls().len(), 1, "fetch in flight");
+    // The update replaces the root context that owns the in-flight fetch.
+    let mut updated = table["policy"].clone();
+    updated["policy_version"] = json!("scenarios.2");
+    assert!(worker.configure(updated.to_string().as_bytes()).unwrap());
+    host.deliver_pending_calls().unwrap();
+    host.tick().unwrap();
+    host.deliver_pending_calls().unwrap();
+    host.tick().unwrap();
+    assert!(host.metric_value("gatewarden_ip_geo_geo_db_loaded") >= 1, "loaded without waiting for the lease: {:#?}", host.logs());
+    assert_eq!(get(&mut worker, "/", "10.0.0.1:1", Some("203.0.113.5")).status, 403);
+    assert_eq!(decision_lines(&host).pop().unwrap()["reason"], "country_denied");
+}
+
+#[test]
 fn geo_unavailable_follows_failure_mode_then_recovers() {
     let mut policy = scenarios()["policy"].clone();
     policy["geo_database"]["retry_seconds"] = json!(5);

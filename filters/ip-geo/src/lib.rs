@@ -7,8 +7,6 @@
 //! the new file opens and verifies.
 
 use std::cell::RefCell;
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +37,6 @@ thread_local! {
 }
 
 struct IpGeo {
-    owner: u64,
     fetch: Option<SharedFetch>,
 }
 
@@ -82,10 +79,8 @@ impl Enforcer for IpGeo {
         shared_fetch::counter_names(RESOURCE)
     }
 
-    fn new(root_context_id: u32) -> Self {
-        // Different in every worker VM (root context ids are not): WASI random via RandomState.
-        let owner = RandomState::new().hash_one((root_context_id, host::now_ms()));
-        Self { owner, fetch: None }
+    fn new(_root_context_id: u32) -> Self {
+        Self { fetch: None }
     }
 
     fn on_policy(&mut self, policy: &Arc<IpGeoPolicy>) -> Option<Duration> {
@@ -102,7 +97,7 @@ impl Enforcer for IpGeo {
             retry_ms: src.retry_seconds.saturating_mul(1000),
             lease_ms: src.timeout_ms.saturating_add(2000),
         };
-        self.fetch = Some(SharedFetch::new(FILTER, RESOURCE, source, schedule, self.owner));
+        self.fetch = Some(SharedFetch::new(FILTER, RESOURCE, source, schedule));
         Some(TICK_LOADING)
     }
 

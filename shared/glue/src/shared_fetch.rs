@@ -5,6 +5,9 @@
 //! also names Kong's shm_kv zone), the callout, and status handling. Kong's CAS 0 means "only if
 //! absent", Envoy's means "overwrite", so every overwrite passes the CAS it just read.
 
+use std::cell::OnceCell;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::time::Duration;
 
 use gatewarden_policy::refresh::{RefreshSchedule, SharedMeta};
@@ -21,6 +24,16 @@ pub struct FetchSource {
     pub path: String,
     pub timeout: Duration,
     pub max_bytes: usize,
+}
+
+thread_local! {
+    static VM_OWNER: OnceCell<u64> = const { OnceCell::new() };
+}
+
+/// This VM's fetch-owner id: random (WASI random through `RandomState`), fixed for the VM's
+/// life, so a root context created by a policy update recognises a lease its predecessor took.
+pub fn vm_owner_id() -> u64 {
+    VM_OWNER.with(|o| *o.get_or_init(|| RandomState::new().hash_one(host::now_ms()).max(1)))
 }
 
 /// Counter suffixes a `SharedFetch` named `name` uses: define them at start.
@@ -45,8 +58,8 @@ pub struct SharedFetch {
 }
 
 impl SharedFetch {
-    /// `owner` must differ between workers (e.g. derived from the root context id and time).
-    pub fn new(filter: &'static str, name: &'static str, source: FetchSource, schedule: RefreshSchedule, owner: u64) -> Self {
+    /// A fetcher for one root context; the lease owner is this VM ([`vm_owner_id`]).
+    pub fn new(filter: &'static str, name: &'static str, source: FetchSource, schedule: RefreshSchedule) -> Self {
         let id = fnv1a(format!("{}\n{}\n{}", source.upstream, source.authority, source.path).as_bytes());
         let base = format!("gatewarden/{filter}/{name}/{id:016x}");
         Self {
@@ -56,7 +69,7 @@ impl SharedFetch {
             data_key: format!("{base}/data"),
             source,
             schedule,
-            owner: owner.max(1),
+            owner: vm_owner_id(),
             pending: None,
         }
     }
@@ -92,7 +105,10 @@ impl SharedFetch {
             return;
         }
         let Ok((meta, cas)) = self.read_meta() else { return };
-        if !self.schedule.is_due(meta.as_ref(), now_ms) {
+        // A lease held by this VM while this root context has nothing pending: the root context
+        // that took it was replaced by a policy update and its response will not reach us.
+        let orphaned = meta.as_ref().is_some_and(|m| m.owner == self.owner);
+        if !orphaned && !self.schedule.is_due(meta.as_ref(), now_ms) {
             return;
         }
         let lease = self.schedule.lease(meta.as_ref(), now_ms, self.owner);
