@@ -77,14 +77,13 @@ def random_cidrs(n: int, seed: int) -> list[str]:
 
 
 def ip_geo_policy(cidrs: list[str], version: str) -> dict[str, Any]:
-    """Deny-list policy whose rule matches every path, so each request does a CIDR lookup that finds
-    nothing and is allowed. The schema is the ip-geo filter's; keep this in step with it."""
+    """A global deny list (the default rule, as RBAC's DENY policy applies to every request): each
+    request does a CIDR lookup that finds nothing and is allowed. The ip-geo filter's schema."""
     return {
         "policy_version": version,
         "mode": "enforce",
         "failure_mode": "deny",
-        "rules": [{"name": "bench-deny-list", "match": {"path_prefix": "/"}, "deny": cidrs}],
-        "default": {},
+        "default": {"deny": cidrs},
     }
 
 
@@ -129,6 +128,7 @@ def listener(name: str, port: int, http_filters: list[dict[str, Any]]) -> dict[s
                 "@type": HCM_TYPE,
                 "stat_prefix": name,
                 "use_remote_address": True,
+                "skip_xff_append": True,
                 "xff_num_trusted_hops": 0,
                 "route_config": {"name": name, "virtual_hosts": [{
                     "name": "all", "domains": ["*"],

@@ -8,15 +8,15 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use gatewarden_glue::host::{self, Level};
 use gatewarden_glue::shared_fetch::{self, FetchSource, SharedFetch};
-use gatewarden_glue::{metrics, Enforcer, Evaluation, Root};
+use gatewarden_glue::{export_filter, metrics, Enforcer, Evaluation};
 use gatewarden_policy::ip_geo::{GeoDb, IpGeoPolicy, IpGeoReason};
 use gatewarden_policy::refresh::RefreshSchedule;
-use gatewarden_policy::{FilterPolicy, RequestFacts};
+use gatewarden_policy::facts::HeaderNeeds;
+use gatewarden_policy::{FilterPolicy, RequestFacts, Verdict};
 
 const FILTER: &str = IpGeoPolicy::NAME;
 const RESOURCE: &str = "geo_db";
@@ -83,7 +83,7 @@ impl Enforcer for IpGeo {
         Self { fetch: None }
     }
 
-    fn on_policy(&mut self, policy: &Arc<IpGeoPolicy>) -> Option<Duration> {
+    fn on_policy(&mut self, policy: &IpGeoPolicy) -> Option<Duration> {
         let src = policy.geo_database()?;
         let source = FetchSource {
             upstream: src.cluster.clone(),
@@ -101,7 +101,7 @@ impl Enforcer for IpGeo {
         Some(TICK_LOADING)
     }
 
-    fn on_tick(&mut self, _policy: &Arc<IpGeoPolicy>) -> Option<Duration> {
+    fn on_tick(&mut self, _policy: &IpGeoPolicy) -> Option<Duration> {
         let loaded = self.load_published();
         if let Some(fetch) = &mut self.fetch {
             fetch.tick(host::now_ms());
@@ -118,19 +118,22 @@ impl Enforcer for IpGeo {
         }
     }
 
+    fn header_needs(policy: &IpGeoPolicy) -> HeaderNeeds {
+        policy.header_needs()
+    }
+
     fn evaluate(policy: &IpGeoPolicy, facts: &RequestFacts<'_>) -> Evaluation {
         let out = GEO.with(|g| {
             let g = g.borrow();
             policy.decide(facts, g.as_ref().map(|l| l.db.as_ref()))
         });
-        Evaluation {
-            decision: out.decision,
-            client: out.client.map(|ip| ip.to_string()),
-            detail: out.country.map(|c| format!("country={c}")).unwrap_or_default(),
-        }
+        // The detail is for the denial log line only: no formatting on the allow path.
+        let detail = match (&out.decision.verdict, out.country) {
+            (Verdict::Deny(_), Some(cc)) => format!("country={cc}"),
+            _ => String::new(),
+        };
+        Evaluation { decision: out.decision, client: out.client, detail }
     }
 }
 
-proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|context_id| Box::new(Root::<IpGeo>::new(context_id)));
-}}
+export_filter!(IpGeo);

@@ -6,10 +6,8 @@
 //! integer types and every call returns `Result<_, HostError>`. Kong's ngx_wasm_module returns
 //! statuses Envoy never does for the same call, so nothing is assumed.
 //!
-//! One exception: HTTP callouts go through the SDK's `dispatch_http_call`, because the SDK's
-//! dispatcher must register the call's token to route the response back (its registry is
-//! private). That function returns `Err` for the statuses of the spec and panics only on a
-//! status outside the ABI.
+//! The SDK is not used at all: its dispatcher exports every callback (Envoy then calls seven
+//! per request where we need three) and panics on unknown context ids; `crate::abi` exports ours.
 
 use std::ptr::null_mut;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -54,6 +52,25 @@ extern "C" {
         return_buffer_size: *mut usize,
     ) -> u32;
     fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_http_call(
+        upstream_data: *const u8,
+        upstream_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        trailers_data: *const u8,
+        trailers_size: usize,
+        timeout_milliseconds: u32,
+        return_token: *mut u32,
+    ) -> u32;
     fn proxy_replace_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -170,6 +187,21 @@ pub fn request_headers() -> Result<Vec<(String, String)>, HostError> {
     get_map(MAP_HTTP_REQUEST_HEADERS)
 }
 
+/// One request header (the first value), `Ok(None)` when absent.
+pub fn request_header(name: &str) -> Result<Option<String>, HostError> {
+    let mut ptr = null_mut();
+    let mut size = 0usize;
+    // SAFETY: pointers are valid; the returned buffer is taken by `take`.
+    let code = unsafe { proxy_get_header_map_value(MAP_HTTP_REQUEST_HEADERS, name.as_ptr(), name.len(), &mut ptr, &mut size) };
+    match code {
+        // Envoy answers Ok with no bytes for an absent header; Kong answers NotFound.
+        STATUS_OK if ptr.is_null() => Ok(None),
+        STATUS_OK => Ok(Some(String::from_utf8_lossy(&take(ptr, size)).into_owned())),
+        STATUS_NOT_FOUND => Ok(None),
+        other => Err(HostError(other)),
+    }
+}
+
 /// The headers of an HTTP callout's response (`:status` included).
 pub fn http_call_response_headers() -> Result<Vec<(String, String)>, HostError> {
     get_map(MAP_HTTP_CALL_RESPONSE_HEADERS)
@@ -255,8 +287,26 @@ pub fn dispatch_http_call(
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<u32, HostError> {
-    proxy_wasm::hostcalls::dispatch_http_call(upstream, headers.to_vec(), None, Vec::new(), timeout)
-        .map_err(|s| HostError(s as u32))
+    let headers = encode_pairs(headers);
+    let trailers = encode_pairs(&[]);
+    let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    let mut token = 0u32;
+    // SAFETY: all pointers and lengths describe live buffers; `token` is a valid out-pointer.
+    status(unsafe {
+        proxy_http_call(
+            upstream.as_ptr(),
+            upstream.len(),
+            headers.as_ptr(),
+            headers.len(),
+            std::ptr::null(),
+            0,
+            trailers.as_ptr(),
+            trailers.len(),
+            timeout_ms,
+            &mut token,
+        )
+    })?;
+    Ok(token)
 }
 
 /// Decodes the ABI's header map format: u32 count, then (u32 key_len, u32 value_len) per pair,

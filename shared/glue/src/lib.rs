@@ -2,9 +2,10 @@
 //! handled ([`host`]), a panic hook that logs, counters, the decision log line, background
 //! fetches shared by all workers, and the generic root/request contexts ([`runtime`]).
 //!
-//! A filter crate is a few lines: an [`runtime::Enforcer`] and
-//! `proxy_wasm::main! {{ proxy_wasm::set_root_context(|id| Box::new(Root::<MyEnforcer>::new(id))); }}`.
+//! A filter crate is a few lines: an [`runtime::Enforcer`] and `export_filter!(MyEnforcer);`.
+//! There is no proxy-wasm SDK dependency: [`abi`] exports only the callbacks we use.
 
+pub mod abi;
 pub mod decision_log;
 pub mod host;
 pub mod metrics;

@@ -1,35 +1,44 @@
-//! The generic root and request contexts every filter uses.
+//! The generic root context and request handling every filter uses, driven by the ABI exports
+//! of [`crate::abi`].
 //!
 //! ```text
-//! on_configure(bytes) ─ compile::<F::Policy>() ─▶ Arc<Policy>   (or log the error, count, return false)
-//! on_http_request_headers ─ headers + source.address ─▶ F::evaluate(policy, facts) ─▶ Evaluation
+//! on_configure(bytes) ─ compile::<F::Policy>() ─▶ Arc<Compiled>   (or log the error, count, return false)
+//! on_request_headers ─ the headers the policy reads + source.address ─▶ F::evaluate ─▶ Evaluation
 //!   allow        → decision header to the upstream, Continue
 //!   deny         → log line, counters, local response (status, fixed JSON body), Pause
 //!   dry-run deny → log line, counters, decision header, Continue
 //! ```
-//! A filter supplies only an [`Enforcer`]: how to evaluate, and what to do on ticks and
-//! callouts (background fetches). Returning false from `on_configure` makes Envoy keep the last
-//! good policy; at first start it makes the plugin fail closed.
+//! A filter supplies only an [`Enforcer`]: how to evaluate, which headers that reads, and what to
+//! do on ticks and callouts (background fetches). Returning false from `on_configure` makes Envoy
+//! keep the last good policy; at first start it makes the plugin fail closed.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use gatewarden_policy::decision::UNAVAILABLE_BODY;
+use gatewarden_policy::facts::HeaderNeeds;
 use gatewarden_policy::{compile, Decision, FilterPolicy, Mode, RequestFacts, Verdict};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
 
 use crate::decision_log::DecisionRecord;
 use crate::host::{self, Level};
 use crate::{metrics, panic_hook};
+
+/// What the host should do with the request after a callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Action {
+    Continue = 0,
+    Pause = 1,
+}
 
 /// What a filter decided for one request.
 #[derive(Debug, Clone)]
 pub struct Evaluation {
     pub decision: Decision,
     /// The client address the decision was about, for the log line.
-    pub client: Option<String>,
-    /// Extra safe detail for the log line (e.g. `country=KP`).
+    pub client: Option<IpAddr>,
+    /// Extra safe detail for the log line of a denial (e.g. `country=KP`); may be empty.
     pub detail: String,
 }
 
@@ -46,41 +55,33 @@ pub trait Enforcer: 'static {
     /// A new root context (at start and after every accepted update).
     fn new(root_context_id: u32) -> Self;
     /// The policy was accepted; return the tick period wanted, if any. Must not call out.
-    fn on_policy(&mut self, policy: &Arc<Self::Policy>) -> Option<Duration>;
+    fn on_policy(&mut self, policy: &Self::Policy) -> Option<Duration>;
     /// Periodic work (fetches). May change the tick period.
-    fn on_tick(&mut self, _policy: &Arc<Self::Policy>) -> Option<Duration> {
+    fn on_tick(&mut self, _policy: &Self::Policy) -> Option<Duration> {
         None
     }
-    /// A callout answered.
+    /// A callout this root context made was answered.
     fn on_http_call_response(&mut self, _token: u32, _body_size: usize) {}
+    /// The request headers `evaluate` reads; only these cross the Wasm boundary.
+    fn header_needs(policy: &Self::Policy) -> HeaderNeeds;
     /// Decides for one request.
     fn evaluate(policy: &Self::Policy, facts: &RequestFacts<'_>) -> Evaluation;
 }
 
-/// The root context of filter `F`.
-pub struct Root<F: Enforcer> {
-    enforcer: F,
-    policy: Option<Arc<F::Policy>>,
-    tick: Option<Duration>,
-}
-
-impl<F: Enforcer> Root<F> {
-    pub fn new(context_id: u32) -> Self {
-        start::<F>();
-        Self { enforcer: F::new(context_id), policy: None, tick: None }
-    }
-
-    fn set_tick(&mut self, tick: Option<Duration>) {
-        if let Some(period) = tick {
-            if self.tick != Some(period) && host::set_tick_period(period).is_ok() {
-                self.tick = Some(period);
-            }
-        }
-    }
+/// A compiled policy and what its requests need, prepared once in `on_configure`.
+pub struct Compiled<F: Enforcer> {
+    pub policy: F::Policy,
+    needs: HeaderNeeds,
+    header_name: String,
 }
 
 fn name<F: Enforcer>() -> &'static str {
     <F::Policy as FilterPolicy>::NAME
+}
+
+/// The decision header sent to the upstream: `x-gatewarden-<filter>` (dashes).
+pub fn decision_header_name(filter: &str) -> String {
+    format!("x-gatewarden-{}", filter.replace('_', "-"))
 }
 
 /// Once per VM: panic hook and counters.
@@ -91,18 +92,34 @@ fn start<F: Enforcer>() {
     metrics::define(name::<F>(), &F::reasons(), &extra);
 }
 
-impl<F: Enforcer> Context for Root<F> {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        self.enforcer.on_http_call_response(token_id, body_size);
-    }
+/// The root context of filter `F`.
+pub struct Root<F: Enforcer> {
+    enforcer: F,
+    policy: Option<Arc<Compiled<F>>>,
+    tick: Option<Duration>,
 }
 
-impl<F: Enforcer> RootContext for Root<F> {
-    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
-        true
+impl<F: Enforcer> Root<F> {
+    pub fn new(context_id: u32) -> Self {
+        start::<F>();
+        Self { enforcer: F::new(context_id), policy: None, tick: None }
     }
 
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+    /// The policy requests created now will use (None: no valid policy yet).
+    pub fn current_policy(&self) -> Option<Arc<Compiled<F>>> {
+        self.policy.clone()
+    }
+
+    fn set_tick(&mut self, tick: Option<Duration>) {
+        if let Some(period) = tick {
+            if self.tick != Some(period) && host::set_tick_period(period).is_ok() {
+                self.tick = Some(period);
+            }
+        }
+    }
+
+    /// Parses, validates and compiles the plugin configuration. A pure function of the bytes.
+    pub fn on_configure(&mut self) -> bool {
         let filter = name::<F>();
         let bytes = match host::plugin_configuration() {
             Ok(b) => b,
@@ -114,15 +131,12 @@ impl<F: Enforcer> RootContext for Root<F> {
         };
         match compile::<F::Policy>(&bytes) {
             Ok(policy) => {
-                let policy = Arc::new(policy);
-                host::log(
-                    Level::Info,
-                    &format!("gatewarden {filter}: policy {:?} accepted", &*policy.header().policy_version),
-                );
+                host::log(Level::Info, &format!("gatewarden {filter}: policy {:?} accepted", &*policy.header().policy_version));
                 metrics::count(filter, "config_accepted");
                 let tick = self.enforcer.on_policy(&policy);
                 self.set_tick(tick);
-                self.policy = Some(policy);
+                let needs = F::header_needs(&policy);
+                self.policy = Some(Arc::new(Compiled { policy, needs, header_name: decision_header_name(filter) }));
                 true
             }
             Err(e) => {
@@ -133,33 +147,16 @@ impl<F: Enforcer> RootContext for Root<F> {
         }
     }
 
-    fn on_tick(&mut self) {
-        if let Some(policy) = &self.policy {
-            let tick = self.enforcer.on_tick(policy);
+    pub fn on_tick(&mut self) {
+        if let Some(compiled) = self.policy.clone() {
+            let tick = self.enforcer.on_tick(&compiled.policy);
             self.set_tick(tick);
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request::<F> { policy: self.policy.clone() }))
+    pub fn on_http_call_response(&mut self, token: u32, body_size: usize) {
+        self.enforcer.on_http_call_response(token, body_size);
     }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-/// The request context of filter `F`: holds the policy that was current when it began, so a
-/// live update never changes the rules in the middle of a request.
-pub struct Request<F: Enforcer> {
-    policy: Option<Arc<F::Policy>>,
-}
-
-impl<F: Enforcer> Context for Request<F> {}
-
-/// The decision header sent to the upstream: `x-gatewarden-<filter>` (dashes).
-pub fn decision_header_name(filter: &str) -> String {
-    format!("x-gatewarden-{}", filter.replace('_', "-"))
 }
 
 fn fail_closed(filter: &str, why: &str, outcome: &str) -> Action {
@@ -172,60 +169,70 @@ fn fail_closed(filter: &str, why: &str, outcome: &str) -> Action {
     Action::Pause
 }
 
-impl<F: Enforcer> HttpContext for Request<F> {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let filter = name::<F>();
-        let Some(policy) = self.policy.as_ref() else {
-            return fail_closed(filter, "no valid policy is loaded", "no_policy");
-        };
-        let headers = match host::request_headers() {
-            Ok(h) => h,
-            Err(e) => return fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), "host_error"),
-        };
-        let peer = match host::property(&["source", "address"]) {
-            Ok(p) => p.map(|b| String::from_utf8_lossy(&b).into_owned()),
-            Err(e) => return fail_closed(filter, &format!("cannot read source.address (status {})", e.0), "host_error"),
-        };
-        let facts = RequestFacts::new(&headers, peer.as_deref());
-        let eval = F::evaluate(policy, &facts);
-        let header = policy.header();
-        let version = &*header.policy_version;
-        let rule = &*eval.decision.rule;
-        let header_name = decision_header_name(filter);
-        match (&eval.decision.verdict, header.mode) {
-            (Verdict::Allow, _) => {
-                metrics::count(filter, "allowed");
-                let _ = host::set_request_header(&header_name, &format!("allow; rule={rule}; version={version}"));
-                Action::Continue
+/// Reads the headers the policy needs: none, one (a single lookup), or all in one crossing.
+fn read_headers(needs: &HeaderNeeds) -> Result<Vec<(String, String)>, host::HostError> {
+    match needs.names() {
+        [] => Ok(Vec::new()),
+        [one] => Ok(host::request_header(one)?.map(|v| vec![(one.clone(), v)]).unwrap_or_default()),
+        _ => host::request_headers(),
+    }
+}
+
+/// Handles request headers with the policy the request was created under.
+pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action {
+    let filter = name::<F>();
+    let Some(compiled) = compiled else {
+        return fail_closed(filter, "no valid policy is loaded", "no_policy");
+    };
+    let headers = match read_headers(&compiled.needs) {
+        Ok(h) => h,
+        Err(e) => return fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), "host_error"),
+    };
+    let peer = match host::property(&["source", "address"]) {
+        Ok(p) => p,
+        Err(e) => return fail_closed(filter, &format!("cannot read source.address (status {})", e.0), "host_error"),
+    };
+    let peer = peer.as_deref().and_then(|b| std::str::from_utf8(b).ok());
+    let facts = RequestFacts::new(&headers, peer);
+    let eval = F::evaluate(&compiled.policy, &facts);
+    let header = compiled.policy.header();
+    let version = &*header.policy_version;
+    let rule = &*eval.decision.rule;
+    match (&eval.decision.verdict, header.mode) {
+        (Verdict::Allow, _) => {
+            metrics::count(filter, "allowed");
+            let _ = host::set_request_header(&compiled.header_name, &format!("allow; rule={rule}; version={version}"));
+            Action::Continue
+        }
+        (Verdict::Deny(denial), mode) => {
+            let dry_run = mode == Mode::DryRun;
+            // Read only on a denial: the id is for the log line.
+            let request_id = host::request_header("x-request-id").ok().flatten().unwrap_or_default();
+            let client = eval.client.map(|ip| ip.to_string()).unwrap_or_default();
+            let record = DecisionRecord {
+                filter,
+                decision: if dry_run { "dry_run_deny" } else { "deny" },
+                reason: denial.reason,
+                rule,
+                policy_version: version,
+                request_id: &request_id,
+                client: &client,
+                detail: &eval.detail,
+            };
+            host::log(Level::Info, &record.to_line());
+            let outcome = if dry_run { "dry_run_denied" } else { "denied" };
+            metrics::count(filter, outcome);
+            metrics::count(filter, &format!("{outcome}_{}", denial.reason));
+            if dry_run {
+                let value = format!("dry_run_deny; reason={}; rule={rule}; version={version}", denial.reason);
+                let _ = host::set_request_header(&compiled.header_name, &value);
+                return Action::Continue;
             }
-            (Verdict::Deny(denial), mode) => {
-                let dry_run = mode == Mode::DryRun;
-                let decision = if dry_run { "dry_run_deny" } else { "deny" };
-                let record = DecisionRecord {
-                    filter,
-                    decision,
-                    reason: denial.reason,
-                    rule,
-                    policy_version: version,
-                    request_id: facts.request_id(),
-                    client: eval.client.as_deref().unwrap_or(""),
-                    detail: &eval.detail,
-                };
-                host::log(Level::Info, &record.to_line());
-                let outcome = if dry_run { "dry_run_denied" } else { "denied" };
-                metrics::count(filter, outcome);
-                metrics::count(filter, &format!("{outcome}_{}", denial.reason));
-                if dry_run {
-                    let value = format!("dry_run_deny; reason={}; rule={rule}; version={version}", denial.reason);
-                    let _ = host::set_request_header(&header_name, &value);
-                    return Action::Continue;
-                }
-                let details = format!("gatewarden_{filter}_{}", denial.reason);
-                if let Err(e) = host::send_local_response(denial.status, &details, &[("content-type", "application/json")], denial.body) {
-                    host::log(Level::Error, &format!("gatewarden {filter}: cannot send the denial (status {})", e.0));
-                }
-                Action::Pause
+            let details = format!("gatewarden_{filter}_{}", denial.reason);
+            if let Err(e) = host::send_local_response(denial.status, &details, &[("content-type", "application/json")], denial.body) {
+                host::log(Level::Error, &format!("gatewarden {filter}: cannot send the denial (status {})", e.0));
             }
+            Action::Pause
         }
     }
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cidr::{parse_address, CidrTable};
 use crate::error::{ConfigError, FieldPath};
-use crate::facts::RequestFacts;
+use crate::facts::{HeaderNeeds, RequestFacts};
 
 /// Longest XFF chain we walk; a longer header is treated as malformed.
 const MAX_XFF_ENTRIES: usize = 64;
@@ -85,6 +85,13 @@ impl ClientAddressResolver {
             }
         };
         Ok(Self { strategy })
+    }
+
+    /// Adds the headers `resolve` reads.
+    pub fn add_needs(&self, needs: &mut HeaderNeeds) {
+        if self.uses_forwarded_for() {
+            needs.add("x-forwarded-for");
+        }
     }
 
     /// Whether `x-forwarded-for` is consulted at all.

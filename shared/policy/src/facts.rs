@@ -1,5 +1,26 @@
 //! The request facts a policy decides from, read once from the host per request.
 
+/// The request headers a compiled policy reads, so the glue fetches only those across the Wasm
+/// boundary (each crossing costs more than most policy logic). Lowercase, sorted, unique.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderNeeds {
+    names: Vec<String>,
+}
+
+impl HeaderNeeds {
+    /// Adds a header name (any case).
+    pub fn add(&mut self, name: &str) {
+        let name = name.to_ascii_lowercase();
+        if let Err(at) = self.names.binary_search(&name) {
+            self.names.insert(at, name);
+        }
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
 /// What a policy may know about a request. Header names are lowercase (as HTTP/2 and both hosts
 /// deliver them); pseudo-headers (`:path`, `:method`, `:authority`) are read from the same list.
 #[derive(Debug, Clone, Copy)]

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{quote, ConfigError, FieldPath};
-use crate::facts::RequestFacts;
+use crate::facts::{HeaderNeeds, RequestFacts};
 
 /// Longest regex source we accept; regex-lite matches in linear time, this bounds compile cost.
 const MAX_REGEX_LEN: usize = 1024;
@@ -140,6 +140,22 @@ impl RequestMatcher {
         }
 
         Ok(Self { path: path_match, methods, hosts, headers })
+    }
+
+    /// Adds the headers `matches` reads.
+    pub fn add_needs(&self, needs: &mut HeaderNeeds) {
+        if !matches!(self.path, PathMatch::Any) {
+            needs.add(":path");
+        }
+        if !self.methods.is_empty() {
+            needs.add(":method");
+        }
+        if !self.hosts.is_empty() {
+            needs.add(":authority");
+        }
+        for h in &self.headers {
+            needs.add(&h.name);
+        }
     }
 
     /// Whether every condition holds for `facts`.

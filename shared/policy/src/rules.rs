@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::error::{quote, ConfigError, FieldPath};
-use crate::facts::RequestFacts;
+use crate::facts::{HeaderNeeds, RequestFacts};
 use crate::matcher::{MatchSpec, RequestMatcher};
 
 /// What the rule list needs from a filter's rule type.
@@ -73,6 +73,13 @@ impl<A> RuleSet<A> {
             .iter()
             .find(|r| r.matcher.as_ref().is_none_or(|m| m.matches(facts)))
             .unwrap_or(&self.default)
+    }
+
+    /// Adds the headers rule selection reads.
+    pub fn add_needs(&self, needs: &mut HeaderNeeds) {
+        for m in self.rules.iter().filter_map(|r| r.matcher.as_ref()) {
+            m.add_needs(needs);
+        }
     }
 
     /// Every rule, then the default.

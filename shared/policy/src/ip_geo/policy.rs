@@ -7,7 +7,7 @@ use crate::client_address::ClientAddressError;
 use crate::decision::{Decision, Denial, FORBIDDEN_BODY};
 use crate::document::{FailureMode, FilterPolicy, Header};
 use crate::error::{quote, ConfigError, FieldPath};
-use crate::facts::RequestFacts;
+use crate::facts::{HeaderNeeds, RequestFacts};
 use crate::rules::RuleSet;
 
 use super::config::{GeoDatabaseSource, IpGeoDocument, IpGeoRule, UnknownCountry};
@@ -114,6 +114,14 @@ impl FilterPolicy for IpGeoPolicy {
 }
 
 impl IpGeoPolicy {
+    /// The request headers `decide` reads.
+    pub fn header_needs(&self) -> HeaderNeeds {
+        let mut needs = HeaderNeeds::default();
+        self.rules.add_needs(&mut needs);
+        self.header.client_address.add_needs(&mut needs);
+        needs
+    }
+
     /// Where the geo database comes from, if any rule needs one.
     pub fn geo_database(&self) -> Option<&GeoDatabaseSource> {
         self.geo_database.as_ref()

@@ -181,3 +181,19 @@ fn lookup_cost_does_not_depend_on_list_size() {
     assert_eq!(decide(&p, None, "/", Some("32.0.0.3:1"), &[]).0, "allow");
     assert_eq!(decide(&p, None, "/", Some("32.3.13.62:1"), &[]).0, "ip_denied", "last entry");
 }
+
+#[test]
+fn header_needs_list_exactly_what_decide_reads() {
+    let names = |json: &str| policy(json).header_needs().names().to_vec();
+    assert!(names(r#"{"policy_version":"t","default":{"deny":["10.0.0.0/8"]}}"#).is_empty(), "peer-only policy reads no header");
+    assert_eq!(names(r#"{"policy_version":"t","client_address":{"xff_num_trusted_hops":1}}"#), ["x-forwarded-for"]);
+    assert_eq!(
+        names(POLICY),
+        [":path", "x-tenant-id"],
+        "path rules and the tenant header"
+    );
+    assert_eq!(
+        names(r#"{"policy_version":"t","rules":[{"match":{"methods":["GET"],"hosts":["a.example"],"headers":[{"name":"X-A"}]}}]}"#),
+        [":authority", ":method", "x-a"]
+    );
+}
