@@ -158,10 +158,14 @@ def build(workdir: Path, configs: list[str]) -> tuple[dict[str, Any], dict[str, 
             ecds.push(ecds_dir, "floor", {"policy_version": "bench"}, module_path("floor"))
             filters = [ecds_filter("floor", ecds_dir)]
         elif cfg.startswith("ip_geo_"):
-            cidrs = cidrs10 if cfg == "ip_geo_10" else random_cidrs(100_000, seed=100_000)
-            ecds.push(ecds_dir, cfg, ip_geo_policy(cidrs, f"bench-{cfg}"), module_path("ip_geo"),
-                      vm_id="gatewarden_ip_geo")
-            filters = [ecds_filter(cfg, ecds_dir)]
+            # "ip_geo_10@oz": the same policy on the module named by $BENCH_MODULE_oz (a variant build,
+            # e.g. another opt-level), in its own VM; compared side by side in one run.
+            base, _, variant = cfg.partition("@")
+            cidrs = cidrs10 if base == "ip_geo_10" else random_cidrs(100_000, seed=100_000)
+            module = Path(os.environ[f"BENCH_MODULE_{variant}"]) if variant else module_path("ip_geo")
+            ecds.push(ecds_dir, cfg.replace("@", "_"), ip_geo_policy(cidrs, f"bench-{base}"), module,
+                      vm_id=f"gatewarden_ip_geo{'_' + variant if variant else ''}")
+            filters = [ecds_filter(cfg.replace("@", "_"), ecds_dir)]
         elif cfg == "rbac_10":
             filters = [rbac_filter(cidrs10)]
         else:
