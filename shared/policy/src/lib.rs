@@ -19,6 +19,7 @@ pub mod document;
 pub mod error;
 pub mod facts;
 pub mod ip_geo;
+pub mod jwt;
 pub mod matcher;
 pub mod refresh;
 pub mod rules;

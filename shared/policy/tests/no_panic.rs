@@ -51,7 +51,7 @@ fn random_requests_never_panic() {
     let table: serde_json::Value = serde_json::from_str(include_str!("fixtures/ip_geo_scenarios.json")).unwrap();
     let policy: IpGeoPolicy = compile(table["policy"].to_string().as_bytes()).unwrap();
     let mut rng = XorShift(0x5eed_0000_0000_0002);
-    let mut piece = |rng: &mut XorShift| -> String {
+    let piece = |rng: &mut XorShift| -> String {
         let len = rng.below(40);
         (0..len).map(|_| ALPHABET[rng.below(ALPHABET.len())] as char).collect()
     };

@@ -1,0 +1,228 @@
+//! The verified-token cache: a repeated token skips signature verification.
+//!
+//! ```ignore
+//! let mut cache = TokenCache::new(1024);     // one per worker and compiled policy
+//! policy.decide(&facts, now, &keys, Some(&mut cache));
+//! ```
+//! - Keyed by SHA-256 of (provider, token): a collision would need a SHA-256 collision, and only
+//!   tokens that verified are ever stored, so a client cannot fill it with junk.
+//! - Bounded by count; when full, the oldest entry goes (first in, first out). Every operation
+//!   is O(1) (amortised).
+//! - Never serves a token at or past its `exp` plus skew; every claim check except the
+//!   signature still runs on a hit, with the current time.
+//! - Cleared when the key sets change ([`super::KeyLookup::generation`] differs), so a key
+//!   removed from a JWKS stops validating its tokens at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// The cache key: SHA-256 of the provider index and the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct CacheKey([u8; 32]);
+
+impl CacheKey {
+    pub fn new(provider: usize, token: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update((provider as u64).to_le_bytes());
+        h.update(token.as_bytes());
+        Self(h.finalize().into())
+    }
+}
+
+/// The key is already a uniform hash: use 8 of its bytes, no second hashing (and no random
+/// seed, which a Wasm host may not provide).
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for (i, b) in bytes.iter().take(8).enumerate() {
+            self.0 |= u64::from(*b) << (8 * i);
+        }
+    }
+}
+
+/// A token that passed verification: its claims.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedToken {
+    pub claims: Map<String, Value>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    token: Arc<VerifiedToken>,
+    /// First second at which the entry must not be served (`exp + skew`), if the token expires.
+    stale_at: Option<i64>,
+}
+
+/// Bounded cache of verified tokens.
+#[derive(Debug, Clone)]
+pub struct TokenCache {
+    capacity: usize,
+    generation: u64,
+    map: HashMap<CacheKey, Entry, BuildHasherDefault<KeyHasher>>,
+    /// Insertion order; may hold keys already removed (skipped on eviction).
+    order: VecDeque<CacheKey>,
+    hits: u64,
+    misses: u64,
+}
+
+impl TokenCache {
+    /// A cache of at most `capacity` tokens (0: caches nothing).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            generation: 0,
+            map: HashMap::with_capacity_and_hasher(
+                capacity.min(4096),
+                BuildHasherDefault::default(),
+            ),
+            order: VecDeque::with_capacity(capacity.min(4096)),
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Lookups that found a servable token, and those that did not.
+    pub fn stats(&self) -> (u64, u64) {
+        (self.hits, self.misses)
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+
+    /// Clears the cache if the key sets changed since the last call.
+    pub fn sync_generation(&mut self, generation: u64) {
+        if generation != self.generation {
+            self.clear();
+            self.generation = generation;
+        }
+    }
+
+    pub(crate) fn get(&mut self, key: &CacheKey, now: i64) -> Option<Arc<VerifiedToken>> {
+        let found = match self.map.get(key) {
+            Some(e) if e.stale_at.is_none_or(|s| now < s) => Some(Arc::clone(&e.token)),
+            Some(_) => {
+                self.map.remove(key);
+                None
+            }
+            None => None,
+        };
+        if found.is_some() {
+            self.hits += 1;
+        } else {
+            self.misses += 1;
+        }
+        found
+    }
+
+    pub(crate) fn insert(
+        &mut self,
+        key: CacheKey,
+        token: Arc<VerifiedToken>,
+        stale_at: Option<i64>,
+    ) {
+        if self.capacity == 0 {
+            return;
+        }
+        while self.map.len() >= self.capacity && !self.map.contains_key(&key) {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+        if self.map.insert(key, Entry { token, stale_at }).is_none() {
+            self.order.push_back(key);
+        }
+        // Keys removed on expiry stay in `order`; compact before it grows past twice the capacity.
+        if self.order.len() > self.capacity.saturating_mul(2) {
+            let map = &self.map;
+            self.order.retain(|k| map.contains_key(k));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tok(n: u64) -> Arc<VerifiedToken> {
+        let mut claims = Map::new();
+        claims.insert("n".into(), n.into());
+        Arc::new(VerifiedToken { claims })
+    }
+
+    #[test]
+    fn bounded_oldest_goes_first() {
+        let mut c = TokenCache::new(3);
+        for i in 0..5 {
+            c.insert(CacheKey::new(0, &format!("t{i}")), tok(i), None);
+            assert!(c.len() <= 3);
+        }
+        assert!(c.get(&CacheKey::new(0, "t0"), 0).is_none());
+        assert!(c.get(&CacheKey::new(0, "t1"), 0).is_none());
+        assert_eq!(c.get(&CacheKey::new(0, "t4"), 0).unwrap().claims["n"], 4);
+        assert_eq!(c.stats(), (1, 2));
+    }
+
+    #[test]
+    fn never_serves_past_exp_and_keys_differ_per_provider() {
+        let mut c = TokenCache::new(10);
+        c.insert(CacheKey::new(0, "t"), tok(1), Some(100));
+        assert!(c.get(&CacheKey::new(0, "t"), 99).is_some());
+        assert!(
+            c.get(&CacheKey::new(1, "t"), 99).is_none(),
+            "another provider"
+        );
+        assert!(c.get(&CacheKey::new(0, "t"), 100).is_none());
+        assert!(c.is_empty(), "the stale entry is dropped");
+    }
+
+    #[test]
+    fn generation_change_clears() {
+        let mut c = TokenCache::new(10);
+        c.sync_generation(1);
+        c.insert(CacheKey::new(0, "t"), tok(1), None);
+        c.sync_generation(1);
+        assert_eq!(c.len(), 1);
+        c.sync_generation(2);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn order_queue_stays_bounded_under_churn() {
+        let mut c = TokenCache::new(4);
+        for i in 0..1000 {
+            let k = CacheKey::new(0, &format!("t{i}"));
+            c.insert(k, tok(i), Some(i as i64 + 1));
+            assert!(c.get(&k, i as i64 + 1).is_none());
+            assert!(c.order.len() <= 8);
+        }
+        let mut z = TokenCache::new(0);
+        z.insert(CacheKey::new(0, "t"), tok(0), None);
+        assert!(z.is_empty());
+    }
+}
