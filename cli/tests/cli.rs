@@ -1,5 +1,8 @@
 //! Runs the built `gatewarden` binary on temp files: exit codes, messages, JSON output.
 
+// Helpers outside #[test] functions may unwrap too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -70,6 +70,7 @@ impl IpGeo {
 
 impl Enforcer for IpGeo {
     type Policy = IpGeoPolicy;
+    type PolicyState = ();
 
     fn reasons() -> Vec<&'static str> {
         IpGeoReason::ALL.iter().map(|r| r.as_str()).collect()
@@ -122,7 +123,9 @@ impl Enforcer for IpGeo {
         policy.header_needs()
     }
 
-    fn evaluate(policy: &IpGeoPolicy, facts: &RequestFacts<'_>) -> Evaluation {
+    fn policy_state(_policy: &IpGeoPolicy) {}
+
+    fn evaluate(policy: &IpGeoPolicy, _state: &(), facts: &RequestFacts<'_>) -> Evaluation {
         let out = GEO.with(|g| {
             let g = g.borrow();
             policy.decide(facts, g.as_ref().map(|l| l.db.as_ref()))
@@ -132,7 +135,7 @@ impl Enforcer for IpGeo {
             (Verdict::Deny(_), Some(cc)) => format!("country={cc}"),
             _ => String::new(),
         };
-        Evaluation { decision: out.decision, client: out.client, detail }
+        Evaluation::new(out.decision, out.client, detail)
     }
 }
 

@@ -11,7 +11,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use crate::runtime::{Compiled, Enforcer, Root};
 
@@ -19,7 +18,7 @@ use crate::runtime::{Compiled, Enforcer, Root};
 /// after every policy update) and, per live request, the policy it was created under.
 pub struct Runtime<F: Enforcer> {
     roots: HashMap<u32, Rc<RefCell<Root<F>>>>,
-    requests: HashMap<u32, Option<Arc<Compiled<F>>>>,
+    requests: HashMap<u32, Option<Rc<Compiled<F>>>>,
 }
 
 impl<F: Enforcer> Default for Runtime<F> {
@@ -44,7 +43,7 @@ impl<F: Enforcer> Runtime<F> {
     }
 
     /// The policy of a request, taken: it is needed once, on request headers.
-    pub fn take_request(&mut self, context_id: u32) -> Option<Arc<Compiled<F>>> {
+    pub fn take_request(&mut self, context_id: u32) -> Option<Rc<Compiled<F>>> {
         self.requests.remove(&context_id).flatten()
     }
 

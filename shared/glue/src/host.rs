@@ -78,6 +78,7 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
         path_size: usize,
@@ -213,6 +214,16 @@ pub fn set_request_header(name: &str, value: &str) -> Result<(), HostError> {
     status(unsafe {
         proxy_replace_header_map_value(MAP_HTTP_REQUEST_HEADERS, name.as_ptr(), name.len(), value.as_ptr(), value.len())
     })
+}
+
+/// Removes every value of a request header. An absent header is not an error (Envoy answers
+/// Ok, Kong may answer NotFound).
+pub fn remove_request_header(name: &str) -> Result<(), HostError> {
+    // SAFETY: pointer and length describe a live str.
+    match unsafe { proxy_remove_header_map_value(MAP_HTTP_REQUEST_HEADERS, name.as_ptr(), name.len()) } {
+        STATUS_OK | STATUS_NOT_FOUND => Ok(()),
+        other => Err(HostError(other)),
+    }
 }
 
 /// A property such as `source.address`; `Ok(None)` when the host has none.

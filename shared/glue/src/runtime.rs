@@ -2,18 +2,22 @@
 //! of [`crate::abi`].
 //!
 //! ```text
-//! on_configure(bytes) ─ compile::<F::Policy>() ─▶ Arc<Compiled>   (or log the error, count, return false)
+//! on_configure(bytes) ─ compile::<F::Policy>() ─▶ Rc<Compiled>    (or log the error, count, return false)
 //! on_request_headers ─ the headers the policy reads + source.address ─▶ F::evaluate ─▶ Evaluation
-//!   allow        → decision header to the upstream, Continue
-//!   deny         → log line, counters, local response (status, fixed JSON body), Pause
-//!   dry-run deny → log line, counters, decision header, Continue
+//!   allow        → header mutations (removals, then sets), decision header, Continue
+//!   deny         → log line, counters, local response (status, fixed JSON body, the
+//!                  evaluation's response headers), Pause
+//!   dry-run deny → log line, counters, header mutations, decision header, Continue
 //! ```
+//! Per-request mutable state: a filter keeps per-VM state (loaded key sets, a geo database) in
+//! its own thread_locals, and state tied to one compiled policy (JWT's verified-token cache) in
+//! [`Enforcer::PolicyState`], created with the policy and dropped with it.
 //! A filter supplies only an [`Enforcer`]: how to evaluate, which headers that reads, and what to
 //! do on ticks and callouts (background fetches). Returning false from `on_configure` makes Envoy
 //! keep the last good policy; at first start it makes the plugin fail closed.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::Duration;
 
 use gatewarden_policy::decision::UNAVAILABLE_BODY;
@@ -40,11 +44,30 @@ pub struct Evaluation {
     pub client: Option<IpAddr>,
     /// Extra safe detail for the log line of a denial (e.g. `country=KP`); may be empty.
     pub detail: String,
+    /// Request headers to remove on allow and dry-run (before `set_headers`), e.g. headers the
+    /// filter sets itself and a client must not forge. Empty Vecs do not allocate.
+    pub remove_headers: Vec<String>,
+    /// Request headers to set (replacing any value) on allow and dry-run.
+    pub set_headers: Vec<(String, String)>,
+    /// Extra headers of the local response of a denial (e.g. `www-authenticate`).
+    pub response_headers: Vec<(String, String)>,
+}
+
+impl Evaluation {
+    /// A decision without header changes.
+    pub fn new(decision: Decision, client: Option<IpAddr>, detail: String) -> Self {
+        Self { decision, client, detail, remove_headers: Vec::new(), set_headers: Vec::new(), response_headers: Vec::new() }
+    }
 }
 
 /// A filter's policy-specific part of the glue.
 pub trait Enforcer: 'static {
     type Policy: FilterPolicy + 'static;
+    /// Mutable state that lives exactly as long as one compiled policy in one VM (JWT: the
+    /// verified-token cache, sized by the policy); `()` when none. Created in `on_configure`
+    /// after the policy is accepted; a VM is single-threaded, so interior mutability
+    /// (`RefCell`) is the filter's business.
+    type PolicyState: 'static;
 
     /// Every denial reason, for the counters `gatewarden_<filter>_denied_<reason>`.
     fn reasons() -> Vec<&'static str>;
@@ -64,14 +87,23 @@ pub trait Enforcer: 'static {
     fn on_http_call_response(&mut self, _token: u32, _body_size: usize) {}
     /// The request headers `evaluate` reads; only these cross the Wasm boundary.
     fn header_needs(policy: &Self::Policy) -> HeaderNeeds;
+    /// Whether `evaluate` needs every request header (one `get_header_map_pairs` crossing),
+    /// whatever `header_needs` says: JWT counts headers and looks for tokens and cookies.
+    fn reads_all_headers(_policy: &Self::Policy) -> bool {
+        false
+    }
+    /// The state of a newly accepted policy.
+    fn policy_state(policy: &Self::Policy) -> Self::PolicyState;
     /// Decides for one request.
-    fn evaluate(policy: &Self::Policy, facts: &RequestFacts<'_>) -> Evaluation;
+    fn evaluate(policy: &Self::Policy, state: &Self::PolicyState, facts: &RequestFacts<'_>) -> Evaluation;
 }
 
 /// A compiled policy and what its requests need, prepared once in `on_configure`.
 pub struct Compiled<F: Enforcer> {
     pub policy: F::Policy,
+    pub state: F::PolicyState,
     needs: HeaderNeeds,
+    all_headers: bool,
     header_name: String,
 }
 
@@ -95,7 +127,7 @@ fn start<F: Enforcer>() {
 /// The root context of filter `F`.
 pub struct Root<F: Enforcer> {
     enforcer: F,
-    policy: Option<Arc<Compiled<F>>>,
+    policy: Option<Rc<Compiled<F>>>,
     tick: Option<Duration>,
 }
 
@@ -106,7 +138,7 @@ impl<F: Enforcer> Root<F> {
     }
 
     /// The policy requests created now will use (None: no valid policy yet).
-    pub fn current_policy(&self) -> Option<Arc<Compiled<F>>> {
+    pub fn current_policy(&self) -> Option<Rc<Compiled<F>>> {
         self.policy.clone()
     }
 
@@ -136,7 +168,9 @@ impl<F: Enforcer> Root<F> {
                 let tick = self.enforcer.on_policy(&policy);
                 self.set_tick(tick);
                 let needs = F::header_needs(&policy);
-                self.policy = Some(Arc::new(Compiled { policy, needs, header_name: decision_header_name(filter) }));
+                let all_headers = F::reads_all_headers(&policy);
+                let state = F::policy_state(&policy);
+                self.policy = Some(Rc::new(Compiled { policy, state, needs, all_headers, header_name: decision_header_name(filter) }));
                 true
             }
             Err(e) => {
@@ -170,7 +204,10 @@ fn fail_closed(filter: &str, why: &str, outcome: &str) -> Action {
 }
 
 /// Reads the headers the policy needs: none, one (a single lookup), or all in one crossing.
-fn read_headers(needs: &HeaderNeeds) -> Result<Vec<(String, String)>, host::HostError> {
+fn read_headers(needs: &HeaderNeeds, all: bool) -> Result<Vec<(String, String)>, host::HostError> {
+    if all {
+        return host::request_headers();
+    }
     match needs.names() {
         [] => Ok(Vec::new()),
         [one] => Ok(host::request_header(one)?.map(|v| vec![(one.clone(), v)]).unwrap_or_default()),
@@ -184,7 +221,7 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
     let Some(compiled) = compiled else {
         return fail_closed(filter, "no valid policy is loaded", "no_policy");
     };
-    let headers = match read_headers(&compiled.needs) {
+    let headers = match read_headers(&compiled.needs, compiled.all_headers) {
         Ok(h) => h,
         Err(e) => return fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), "host_error"),
     };
@@ -194,12 +231,15 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
     };
     let peer = peer.as_deref().and_then(|b| std::str::from_utf8(b).ok());
     let facts = RequestFacts::new(&headers, peer);
-    let eval = F::evaluate(&compiled.policy, &facts);
+    let eval = F::evaluate(&compiled.policy, &compiled.state, &facts);
     let header = compiled.policy.header();
     let version = &*header.policy_version;
     let rule = &*eval.decision.rule;
     match (&eval.decision.verdict, header.mode) {
         (Verdict::Allow, _) => {
+            if let Err(e) = apply_request_mutations(&eval) {
+                return fail_closed(filter, &format!("cannot change the request headers (status {})", e.0), "host_error");
+            }
             metrics::count(filter, "allowed");
             let _ = host::set_request_header(&compiled.header_name, &format!("allow; rule={rule}; version={version}"));
             Action::Continue
@@ -224,15 +264,33 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
             metrics::count(filter, outcome);
             metrics::count(filter, &format!("{outcome}_{}", denial.reason));
             if dry_run {
+                if let Err(e) = apply_request_mutations(&eval) {
+                    return fail_closed(filter, &format!("cannot change the request headers (status {})", e.0), "host_error");
+                }
                 let value = format!("dry_run_deny; reason={}; rule={rule}; version={version}", denial.reason);
                 let _ = host::set_request_header(&compiled.header_name, &value);
                 return Action::Continue;
             }
             let details = format!("gatewarden_{filter}_{}", denial.reason);
-            if let Err(e) = host::send_local_response(denial.status, &details, &[("content-type", "application/json")], denial.body) {
+            let mut headers: Vec<(&str, &str)> = Vec::with_capacity(1 + eval.response_headers.len());
+            headers.push(("content-type", "application/json"));
+            headers.extend(eval.response_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            if let Err(e) = host::send_local_response(denial.status, &details, &headers, denial.body) {
                 host::log(Level::Error, &format!("gatewarden {filter}: cannot send the denial (status {})", e.0));
             }
             Action::Pause
         }
     }
+}
+
+/// Removes, then sets, the request headers of an evaluation. A failure is reported: a header
+/// the filter could not strip may be a client's forgery, so the caller fails closed.
+fn apply_request_mutations(eval: &Evaluation) -> Result<(), host::HostError> {
+    for name in &eval.remove_headers {
+        host::remove_request_header(name)?;
+    }
+    for (name, value) in &eval.set_headers {
+        host::set_request_header(name, value)?;
+    }
+    Ok(())
 }

@@ -38,7 +38,7 @@ pub fn vm_owner_id() -> u64 {
 
 /// Counter suffixes a `SharedFetch` named `name` uses: define them at start.
 pub fn counter_names(name: &str) -> Vec<String> {
-    ["fetch_started", "fetch_succeeded", "fetch_failed", "loaded", "load_failed"]
+    ["fetch_started", "fetch_succeeded", "fetch_failed", "fetch_early", "loaded", "load_failed"]
         .iter()
         .map(|s| format!("{name}_{s}"))
         .collect()
@@ -129,6 +129,27 @@ impl SharedFetch {
             }
             Err(e) => self.fail(now_ms, &format!("cannot start the fetch from {:?} (status {})", self.source.upstream, e.0)),
         }
+    }
+
+    /// Asks for the next fetch to start now (on the next tick of any worker) because a request
+    /// needs a newer resource, e.g. a JWT `kid` the loaded JWKS lacks. Shared by all workers and
+    /// rate-limited by [`RefreshSchedule::bring_forward`]: at most one such fetch per
+    /// `min_interval`. Returns whether the fetch was brought forward (counted `<name>_fetch_early`).
+    pub fn bring_forward(&mut self, now_ms: u64, min_interval: Duration) -> bool {
+        if self.pending.is_some() {
+            return false;
+        }
+        let Ok((meta, cas)) = self.read_meta() else { return false };
+        let min_ms = u64::try_from(min_interval.as_millis()).unwrap_or(u64::MAX);
+        let Some(early) = self.schedule.bring_forward(meta.as_ref(), now_ms, min_ms) else { return false };
+        // A record exists (bring_forward needs one), so `cas` is its CAS on both hosts; a
+        // mismatch means another worker changed it first.
+        if host::set_shared_data(&self.meta_key, &early.encode(), cas).is_err() {
+            return false;
+        }
+        self.count("fetch_early");
+        host::log(Level::Info, &format!("gatewarden {}: {} refetch from {} brought forward", self.filter, self.name, self.source.upstream));
+        true
     }
 
     /// Handles a callout response if `token` is this fetcher's. `validate` checks the bytes
