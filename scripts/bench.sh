@@ -3,6 +3,7 @@
 #   scripts/bench.sh                        # 5 rounds x 10 s per configuration (~5 min with all five)
 #   ROUNDS=2 DURATION=3 scripts/bench.sh    # quick look
 #   CONFIGS=none,floor,rbac_10 scripts/bench.sh
+#   INSTRUCTIONS=1 scripts/bench.sh         # also instructions/request under callgrind (noise-free)
 # Writes target/bench/results.md (Markdown table) and results.json (every run).
 . "$(dirname "$0")/lib.sh"
 
@@ -12,4 +13,10 @@ if [[ "${SKIP_BUILD:-}" != 1 ]]; then
     "$ROOT/scripts/build.sh" || { log "full build failed; building the floor filter only";
                                   "$ROOT/scripts/build.sh" gatewarden-floor; }
 fi
-exec "$PY" "$ROOT/scripts/bench.py"
+"$PY" "$ROOT/scripts/bench.py"
+# The noise-free half: instructions per request under callgrind (needs valgrind; ~3 min per
+# configuration). INSTRUCTIONS=1 scripts/bench.sh
+if [[ "${INSTRUCTIONS:-}" == 1 ]]; then
+    command -v valgrind >/dev/null || ensure_apt valgrind
+    "$PY" "$ROOT/scripts/bench_instructions.py"
+fi
