@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -18,26 +18,10 @@ const KONG_UPSTREAM: &str = "geo-db:80";
 const DB_PATH: &str = "/country.mmdb";
 const DENY_BODY: &str = r#"{"error":"forbidden","message":"access denied by policy"}"#;
 
-/// The release module, built first by scripts/build.sh (GATEWARDEN_WASM_DIR) or here if missing.
+/// The release module (see `common::filter_module`), compiled once per test binary.
 fn module() -> &'static Module {
     static MODULE: OnceLock<Module> = OnceLock::new();
-    MODULE.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let dir = std::env::var_os("GATEWARDEN_WASM_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target/wasm32-wasip1/release"));
-        let wasm = dir.join("gatewarden_ip_geo.wasm");
-        if !wasm.exists() {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--release", "--quiet", "--target", "wasm32-wasip1", "-p", "gatewarden-ip-geo"])
-                .current_dir(&root)
-                .env_remove("RUSTFLAGS")
-                .status()
-                .unwrap();
-            assert!(status.success(), "building gatewarden-ip-geo failed");
-        }
-        Module::from_file(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()))
-    })
+    MODULE.get_or_init(|| common::filter_module("gatewarden-ip-geo"))
 }
 
 fn scenarios() -> Value {

@@ -14,8 +14,8 @@
     clippy::indexing_slicing
 )]
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,34 +33,10 @@ const EXP: u64 = 4_102_444_800;
 const UNAUTHORIZED_BODY: &str = r#"{"error":"unauthorized","message":"authentication required"}"#;
 const FORBIDDEN_BODY: &str = r#"{"error":"forbidden","message":"access denied by policy"}"#;
 
-/// The release module, built first by scripts/build.sh (GATEWARDEN_WASM_DIR) or here if missing.
+/// The release module (see `common::filter_module`), compiled once per test binary.
 fn module() -> &'static Module {
     static MODULE: OnceLock<Module> = OnceLock::new();
-    MODULE.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let dir = std::env::var_os("GATEWARDEN_WASM_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target/wasm32-wasip1/release"));
-        let wasm = dir.join("gatewarden_jwt.wasm");
-        if !wasm.exists() {
-            let status = Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "--release",
-                    "--quiet",
-                    "--target",
-                    "wasm32-wasip1",
-                    "-p",
-                    "gatewarden-jwt",
-                ])
-                .current_dir(&root)
-                .env_remove("RUSTFLAGS")
-                .status()
-                .unwrap();
-            assert!(status.success(), "building gatewarden-jwt failed");
-        }
-        Module::from_file(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()))
-    })
+    MODULE.get_or_init(|| common::filter_module("gatewarden-jwt"))
 }
 
 fn fixtures() -> Value {

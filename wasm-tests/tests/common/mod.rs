@@ -71,3 +71,24 @@ pub fn configured_vm(host: &Host, config: &str) -> Vm {
     );
     vm
 }
+
+/// The release module of filter package `package` (e.g. `gatewarden-ip-geo`): built first by
+/// scripts/build.sh into `GATEWARDEN_WASM_DIR` (default target/wasm32-wasip1/release), or built
+/// here if missing. Compile it once per test binary (keep the result in a `OnceLock`).
+pub fn filter_module(package: &str) -> Module {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = std::env::var_os("GATEWARDEN_WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/wasm32-wasip1/release"));
+    let wasm = dir.join(format!("{}.wasm", package.replace('-', "_")));
+    if !wasm.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip1", "-p", package])
+            .current_dir(&root)
+            .env_remove("RUSTFLAGS")
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building {package} failed");
+    }
+    Module::from_file(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()))
+}
