@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use gatewarden_glue::host::{self, Level};
-use gatewarden_glue::shared_fetch::{self, FetchSource, SharedFetch};
+use gatewarden_glue::shared_fetch::{self, FetchSource, SharedFetch, TICK_LOADED, TICK_LOADING};
 use gatewarden_glue::{export_filter, metrics, Enforcer, Evaluation};
 use gatewarden_policy::ip_geo::{GeoDb, IpGeoPolicy, IpGeoReason};
 use gatewarden_policy::refresh::RefreshSchedule;
@@ -20,9 +20,6 @@ use gatewarden_policy::{FilterPolicy, RequestFacts, Verdict};
 
 const FILTER: &str = IpGeoPolicy::NAME;
 const RESOURCE: &str = "geo_db";
-/// Tick fast until a database is loaded, then slowly (a tick reads one shared-data record).
-const TICK_LOADING: Duration = Duration::from_millis(200);
-const TICK_LOADED: Duration = Duration::from_secs(1);
 
 struct LoadedDb {
     /// The shared-data key of the source it came from.

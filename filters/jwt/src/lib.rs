@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use gatewarden_glue::host::{self, Level};
-use gatewarden_glue::shared_fetch::{self, FetchSource, SharedFetch};
+use gatewarden_glue::shared_fetch::{self, FetchSource, SharedFetch, TICK_LOADED, TICK_LOADING};
 use gatewarden_glue::{export_filter, metrics, Enforcer, Evaluation};
 use gatewarden_policy::facts::HeaderNeeds;
 use gatewarden_policy::jwt::{
@@ -34,10 +34,6 @@ use gatewarden_policy::{FilterPolicy, RequestFacts, Verdict};
 
 const FILTER: &str = JwtPolicy::NAME;
 const RESOURCE: &str = "jwks";
-/// Tick fast until every key set is loaded, then once a second (a tick reads one shared-data
-/// record per source; an early refetch waits for the next tick).
-const TICK_LOADING: Duration = Duration::from_millis(200);
-const TICK_LOADED: Duration = Duration::from_secs(1);
 
 /// What this VM last took from shared data for one provider.
 struct Seen {

@@ -26,6 +26,12 @@ pub struct FetchSource {
     pub max_bytes: usize,
 }
 
+/// Tick period of a filter while a shared resource is not loaded yet: fast, so the first load
+/// follows the fetch closely.
+pub const TICK_LOADING: Duration = Duration::from_millis(200);
+/// Tick period once loaded: a tick reads one shared-data record per resource.
+pub const TICK_LOADED: Duration = Duration::from_secs(1);
+
 thread_local! {
     static VM_OWNER: OnceCell<u64> = const { OnceCell::new() };
 }
