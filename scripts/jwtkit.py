@@ -6,6 +6,11 @@ filter's RustCrypto verifier. Never used by the filters themselves.
     key = SigningKey.generate("ES256", kid="ec-1")
     jwks = jwks_document([key])                        # {"keys": [public JWK]}
     token = key.sign({"iss": "https://idp.test", "aud": "api", "sub": "u1", "exp": exp_in(300)})
+
+As a command, it signs a token with the demo key whose public half envoy-config/jwks/jwks.json
+holds (for the docker-compose setup; a demo key, never a production one):
+
+    .venv/bin/python scripts/jwtkit.py sign '{"sub": "alice", "scope": "orders:read"}'
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import hashlib
 import hmac
 import json
 import os
+import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 
@@ -53,6 +60,11 @@ class SigningKey:
         if alg == "HS256":
             return cls(alg, kid, os.urandom(32))
         raise ValueError(f"unsupported alg {alg}")
+
+    @classmethod
+    def from_pem(cls, path: str | os.PathLike[str], alg: str, kid: str) -> "SigningKey":
+        """An RS256 or ES256 private key from a PEM file."""
+        return cls(alg, kid, serialization.load_pem_private_key(Path(path).read_bytes(), None))
 
     def public_jwk(self) -> dict[str, str]:
         """The JWK a verifier needs (for HS256: the secret itself, as an `oct` key)."""
@@ -100,3 +112,34 @@ def tamper_signature(token: str) -> str:
 
 def payload_of(token: str) -> str:
     return token.split(".")[1]
+
+
+# The demo identity provider of the shipped configs (envoy-config/policies/jwt.json).
+DEMO_KEY_PATH = Path(__file__).resolve().parent.parent / "envoy-config" / "jwks" / "demo-signing-key.pem"
+DEMO_KID = "demo-es256-1"
+DEMO_ISSUER = "https://idp.demo.gatewarden.test"
+DEMO_AUDIENCE = "orders-api"
+
+
+def demo_key() -> SigningKey:
+    return SigningKey.from_pem(DEMO_KEY_PATH, "ES256", DEMO_KID)
+
+
+def demo_claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    return {"iss": DEMO_ISSUER, "aud": DEMO_AUDIENCE, "sub": "alice", "tenant": "acme",
+            "scope": "orders:read", "iat": now, "exp": now + 3600, **overrides}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (1, 2) or argv[0] != "sign":
+        print("usage: jwtkit.py sign ['{\"sub\": \"alice\", \"scope\": \"orders:read orders:write\"}']",
+              file=sys.stderr)
+        return 2
+    overrides = json.loads(argv[1]) if len(argv) == 2 else {}
+    print(demo_key().sign(demo_claims(**overrides)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

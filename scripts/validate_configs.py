@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Check every Envoy config we ship with `envoy --mode validate` (pip Envoy, same version as the image).
 
-- envoy-config/envoy.yaml rendered by scripts/envoyconf.py: default (ip_geo), and floor + ip_geo + IPv6;
-- the same template rendered by envoy-config/docker/entrypoint.sh (sed), as docker compose does;
+- envoy-config/envoy.yaml rendered by scripts/envoyconf.py: default (ip_geo), ip_geo + jwt, and
+  floor + ip_geo + jwt + IPv6;
+- the same template rendered by envoy-config/docker/entrypoint.sh (awk + sed) with ip_geo + jwt, as
+  docker compose does;
 - every ECDS resource in envoy-config/ecds/*.json, inlined as a static HTTP filter (validate mode does
   not read ECDS files, so this is how their Wasm config gets checked);
 - the benchmark's bootstrap (scripts/bench.py), with every configuration.
@@ -46,7 +48,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gatewarden-validate-") as tmp:
         t = Path(tmp)
         cases = [("envoy.yaml (ip_geo)", ["ip_geo"], set()),
-                 ("envoy.yaml (floor + ip_geo, IPv6)", ["floor", "ip_geo"], {"ipv6"}),
+                 ("envoy.yaml (ip_geo + jwt)", ["ip_geo", "jwt"], set()),
+                 ("envoy.yaml (floor + ip_geo + jwt, IPv6)", ["floor", "ip_geo", "jwt"], {"ipv6"}),
                  ("envoy.yaml (no filter)", [], set())]
         for i, (label, filters, optional) in enumerate(cases):
             path = t / f"envoy-{i}.yaml"
@@ -55,8 +58,9 @@ def main() -> int:
 
         env = dict(os.environ, PATH=f"{ENVOY.parent}:{os.environ.get('PATH', '')}",
                    TEMPLATE=str(ROOT / "envoy-config" / "envoy.yaml"), OUT=str(t / "docker.yaml"),
-                   ECDS_DIR=str(ROOT / "envoy-config" / "ecds"))  # the container's /gatewarden is the repo
-        ok &= validate("envoy.yaml rendered by docker/entrypoint.sh", t / "docker.yaml",
+                   ECDS_DIR=str(ROOT / "envoy-config" / "ecds"),  # the container's /gatewarden is the repo
+                   FILTERS="ip_geo jwt")  # as docker-compose.yaml sets it
+        ok &= validate("envoy.yaml rendered by docker/entrypoint.sh (ip_geo + jwt)", t / "docker.yaml",
                        ["sh", str(ROOT / "envoy-config" / "docker" / "entrypoint.sh"), "--mode", "validate"], env)
 
         for res_path in sorted((ROOT / "envoy-config" / "ecds").glob("*.json")):

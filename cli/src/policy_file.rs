@@ -3,20 +3,23 @@
 use std::fmt;
 
 use gatewarden_policy::ip_geo::IpGeoPolicy;
+use gatewarden_policy::jwt::JwtPolicy;
 use gatewarden_policy::{compile, ConfigError, FilterPolicy};
 
 /// The filters the CLI knows. Adding one is a line here and one in each `match`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filter {
     IpGeo,
+    Jwt,
 }
 
 impl Filter {
-    pub const ALL: [Filter; 1] = [Filter::IpGeo];
+    pub const ALL: [Filter; 2] = [Filter::IpGeo, Filter::Jwt];
 
     pub fn name(self) -> &'static str {
         match self {
             Filter::IpGeo => IpGeoPolicy::NAME,
+            Filter::Jwt => JwtPolicy::NAME,
         }
     }
 
@@ -28,12 +31,14 @@ impl Filter {
     pub fn check(self, json: &[u8]) -> Result<String, ConfigError> {
         match self {
             Filter::IpGeo => compile::<IpGeoPolicy>(json).map(|p| p.header().policy_version.to_string()),
+            Filter::Jwt => compile::<JwtPolicy>(json).map(|p| p.header().policy_version.to_string()),
         }
     }
 
     pub fn schema(self) -> serde_json::Value {
         match self {
             Filter::IpGeo => gatewarden_policy::schema::ip_geo(),
+            Filter::Jwt => gatewarden_policy::schema::jwt(),
         }
     }
 }
