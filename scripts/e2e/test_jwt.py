@@ -442,3 +442,32 @@ def test_live_update_adds_a_provider(start_gateway):
     assert gw.jwks.fetches(IDP_PATH) == 1, gw.jwks.requests
     assert counter(gw, "jwks_loaded") == 2 * vms(gw)
     assert len(re.findall(r"JWKS generation 1 loaded for partner \(1 keys\)", gw.log())) == vms(gw)
+
+
+# --------------------------------------------------------------------------------------------
+# The shipped example policy with the demo key (what scripts/demo.py and docker compose run)
+
+def test_shipped_policy_with_the_demo_key(start_gateway):
+    import jwtkit
+
+    shipped = json.loads((harness.ROOT / "envoy-config/policies/jwt.json").read_text())
+    gw = start_gateway({FILTER: shipped}, ipv6=False,
+                       jwks_files={"jwks.json": harness.ROOT / "envoy-config/jwks/jwks.json"})
+    wait_jwks_loaded(gw, vms(gw))
+    version, realm = shipped["policy_version"], shipped["realm"]
+    key = jwtkit.demo_key()
+    reader = key.sign(jwtkit.demo_claims(scope="orders:read"))
+    writer = key.sign(jwtkit.demo_claims(scope="orders:read orders:write"))
+    assert_allowed(gw.get("/shop"), "default", version)
+    r = gw.get("/api/orders")
+    assert (r.status, r.headers.get("www-authenticate")) == (401, f'Bearer realm="{realm}"')
+    upstream = assert_allowed(gw.get("/api/orders", headers=bearer(reader)), "orders-read", version)
+    assert (upstream["x-user"], upstream["x-tenant"]) == ("alice", "acme")
+    r = gw.get("/api/orders", headers=bearer(reader), method="POST")
+    assert (r.status, r.headers.get("www-authenticate")) == (403, f'Bearer realm="{realm}", error="insufficient_scope"')
+    assert_allowed(gw.get("/api/orders", headers=bearer(writer), method="POST"), "orders-write", version)
+    # The token may come in the access_token cookie too; it is removed before the upstream.
+    upstream = assert_allowed(gw.get("/api/tenants/acme", headers={"cookie": f"access_token={reader}; theme=dark",
+                                                                  "x-tenant-id": "acme"}), "tenant", version)
+    assert upstream["cookie"] == "theme=dark", upstream
+    assert gw.get("/api/tenants/other", headers={**bearer(reader), "x-tenant-id": "other"}).status == 403
