@@ -443,6 +443,16 @@ def test_live_update_adds_a_provider(start_gateway):
     assert counter(gw, "jwks_loaded") == 2 * vms(gw)
     assert len(re.findall(r"JWKS generation 1 loaded for partner \(1 keys\)", gw.log())) == vms(gw)
 
+    # An update naming an unknown provider is refused; live-2 keeps deciding, keys and all.
+    bad = {**v2, "policy_version": "live-bad", "default": {"requires": {"provider": "partnr"}}}
+    rejected = counter(gw, "config_rejected")
+    assert gw.push_policy(FILTER, bad) == "rejected"
+    assert counter(gw, "config_rejected") > rejected
+    gw.wait_for_log(r"\[error\]\[wasm\].*gatewarden jwt: policy refused: default\.requires\.provider: "
+                    r"unknown provider \"partnr\"")
+    assert_allowed(gw.get("/orders", headers=bearer(theirs)), "default", "live-2")
+    assert_unauthorized(gw.get("/orders"), MISSING_CHALLENGE)
+
 
 # --------------------------------------------------------------------------------------------
 # The shipped example policy with the demo key (what scripts/demo.py and docker compose run)
