@@ -6,6 +6,7 @@
 //! gatewarden render-json POLICY                                         the policy as the JSON a filter receives
 //! gatewarden geo-lookup DB.mmdb IP...                                   the country a database gives each address
 //! gatewarden test [--modules DIR] [--junit FILE] [DIR|FILE]...          policy tests through the built .wasm
+//! gatewarden render --target envoy|istio|kong|compose POLICY            the plugin config for each host
 //! ```
 //! Validation runs exactly the code the filter runs in `on_configure`.
 
@@ -13,6 +14,7 @@ mod junit;
 mod modules;
 mod policy_file;
 mod policy_test;
+mod render;
 mod run;
 mod timefmt;
 
@@ -26,6 +28,8 @@ const USAGE: &str = "usage:
   gatewarden render-json [--filter NAME] POLICY
   gatewarden geo-lookup DB.mmdb IP...
   gatewarden test [--modules DIR] [--junit FILE] [DIR|FILE]...
+  gatewarden render --target envoy|istio|kong|compose [--out PATH] [--module PATH | --modules DIR]
+                  [--vm-id ID] [--url URL] [--sha256 HEX] [--namespace NS] [--service NAME] POLICY
 filters: ip_geo, jwt";
 
 fn main() -> ExitCode {
@@ -73,6 +77,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     // Commands with their own options.
     match cmd.as_str() {
         "test" => return policy_test::main(rest),
+        "render" => return render::main(rest),
         _ => {}
     }
     let o = parse_options(rest)?;

@@ -125,3 +125,59 @@ fn no_tests_or_no_module_exits_two() {
     assert_eq!(code, 2);
     assert!(out.contains("/nonexistent/gatewarden_jwt.wasm: cannot read the module"), "{out}");
 }
+
+#[test]
+fn render_envoy_equals_what_ecds_py_writes() {
+    let d = temp_dir("render");
+    let (code, json, err) = run(&["render-json", "examples/policies/ip_geo.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    let policy = d.join("p.json");
+    std::fs::write(&policy, json.trim_end()).unwrap();
+    let module = "target/wasm32-wasip1/release/gatewarden_ip_geo.wasm";
+    let (code, ours, err) = run(&["render", "--target", "envoy", "examples/policies/ip_geo.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    let theirs = Command::new("python3")
+        .current_dir(root())
+        .args(["scripts/ecds.py", "--filter", "ip_geo", "--policy", policy.to_str().unwrap(), "--module", module, "--out", "-"])
+        .output()
+        .unwrap();
+    assert!(theirs.status.success(), "{}", String::from_utf8_lossy(&theirs.stderr));
+    assert_eq!(ours, String::from_utf8_lossy(&theirs.stdout));
+    // --module and --vm-id reach the resource.
+    let (_, other, _) = run(&["render", "--target", "envoy", "--module", "/opt/f.wasm", "--vm-id", "shared", "examples/policies/ip_geo.yaml"]);
+    let v: serde_json::Value = serde_json::from_str(&other).unwrap();
+    let c = &v["resources"][0]["typed_config"]["config"];
+    assert_eq!((c["vm_config"]["code"]["local"]["filename"].as_str(), c["root_id"].as_str()), (Some("/opt/f.wasm"), Some("shared")));
+}
+
+#[test]
+fn render_istio_kong_compose() {
+    let (code, out, err) = run(&["render", "--target", "istio", "--modules", &modules_arg(), "examples/policies/jwt.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_norway::from_str(&out).unwrap();
+    assert_eq!(doc["kind"], "WasmPlugin");
+    let want = Command::new("sha256sum").arg(modules_dir().join("gatewarden_jwt.wasm")).output().unwrap();
+    assert!(String::from_utf8_lossy(&want.stdout).starts_with(doc["spec"]["sha256"].as_str().unwrap()));
+    assert_eq!(doc["spec"]["pluginConfig"]["realm"], "orders");
+    assert_eq!(doc["spec"]["pluginName"], "gatewarden_jwt");
+
+    let d = temp_dir("kong");
+    let (code, _, err) = run(&["render", "--target", "kong", "--service", "orders", "--out", d.to_str().unwrap(), "examples/policies/ip_geo.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    let chain: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(d.join("filter_chains.yaml")).unwrap()).unwrap();
+    assert_eq!(chain["filter_chains"][0]["service"], "orders");
+    assert_eq!(chain["filter_chains"][0]["filters"][0]["name"], "gatewarden_ip_geo");
+    assert_eq!(chain["filter_chains"][0]["filters"][0]["config"]["rules"][1]["name"], "embargo");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("gatewarden_ip_geo.meta.json")).unwrap()).unwrap();
+    let shipped: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("envoy-config/kong/gatewarden_ip_geo.meta.json")).unwrap()).unwrap();
+    assert_eq!(meta, shipped);
+
+    let (code, out, _) = run(&["render", "--target", "compose", "examples/policies/jwt.yaml"]);
+    assert_eq!(code, 0);
+    let c: serde_json::Value = serde_norway::from_str(&out).unwrap();
+    assert_eq!(c["services"]["envoy"]["environment"]["FILTER"], "jwt");
+    assert!(c["services"].get("geo-db").is_none());
+    let (code, _, err) = run(&["render", "--target", "nginx", "examples/policies/jwt.yaml"]);
+    assert_eq!(code, 2, "{err}");
+}
+
