@@ -7,9 +7,13 @@
 //! gatewarden geo-lookup DB.mmdb IP...                                   the country a database gives each address
 //! gatewarden test [--modules DIR] [--junit FILE] [DIR|FILE]...          policy tests through the built .wasm
 //! gatewarden render --target envoy|istio|kong|compose POLICY            the plugin config for each host
+//! gatewarden apply POLICY --to DIR [--author A] [-m MSG]                validate + atomic ECDS write + history
+//! gatewarden history --to DIR | diff A B | rollback --to DIR [--version V]
 //! ```
 //! Validation runs exactly the code the filter runs in `on_configure`.
 
+mod apply;
+mod diff;
 mod junit;
 mod modules;
 mod policy_file;
@@ -30,6 +34,10 @@ const USAGE: &str = "usage:
   gatewarden test [--modules DIR] [--junit FILE] [DIR|FILE]...
   gatewarden render --target envoy|istio|kong|compose [--out PATH] [--module PATH | --modules DIR]
                   [--vm-id ID] [--url URL] [--sha256 HEX] [--namespace NS] [--service NAME] POLICY
+  gatewarden apply POLICY --to DIR [--author A] [-m MSG] [--module PATH | --modules DIR] [--vm-id ID]
+  gatewarden history --to DIR [--filter NAME] [--format text|json]
+  gatewarden diff [--to DIR] [--format text|json] A B          A, B: policy files or history versions
+  gatewarden rollback --to DIR [--version V] [--filter NAME] [--author A] [-m MSG]
 filters: ip_geo, jwt";
 
 fn main() -> ExitCode {
@@ -78,6 +86,10 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     match cmd.as_str() {
         "test" => return policy_test::main(rest),
         "render" => return render::main(rest),
+        "apply" => return apply::main_apply(rest),
+        "history" => return apply::main_history(rest),
+        "diff" => return diff::main(rest),
+        "rollback" => return apply::main_rollback(rest),
         _ => {}
     }
     let o = parse_options(rest)?;

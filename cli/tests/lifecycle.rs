@@ -181,3 +181,86 @@ fn render_istio_kong_compose() {
     assert_eq!(code, 2, "{err}");
 }
 
+fn history_json(dir: &Path) -> serde_json::Value {
+    let (code, out, err) = run(&["history", "--to", dir.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn apply_history_diff_rollback_on_a_directory() {
+    let d = temp_dir("apply");
+    let ecds = d.join("ecds");
+    std::fs::create_dir_all(&ecds).unwrap();
+    let to = ecds.to_str().unwrap();
+    let v1 = d.join("v1.yaml");
+    let base = std::fs::read_to_string(root().join("examples/policies/ip_geo.yaml")).unwrap();
+    std::fs::write(&v1, &base).unwrap();
+    let (code, out, err) = run(&["apply", v1.to_str().unwrap(), "--to", to, "--author", "ann", "-m", "first"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("applied version 1 of"), "{out}");
+    let first = std::fs::read_to_string(ecds.join("ip_geo.json")).unwrap();
+    let (_, rendered, _) = run(&["render", "--target", "envoy", v1.to_str().unwrap()]);
+    assert_eq!(first, rendered, "apply writes exactly what render prints");
+
+    // An invalid policy is refused and nothing on disk changes.
+    let bad = d.join("bad.yaml");
+    std::fs::write(&bad, base.replace("10.0.0.0/8", "10.0.0.0/33")).unwrap();
+    let before: Vec<_> = walk(&ecds);
+    let (code, _, err) = run(&["apply", bad.to_str().unwrap(), "--to", to]);
+    assert_eq!(code, 1);
+    assert!(err.contains("rules[0].allow[0]: invalid CIDR \"10.0.0.0/33\"") && err.contains("nothing changed"), "{err}");
+    assert_eq!(walk(&ecds), before);
+
+    // Version 2: a country more, the office rule moved below.
+    let v2 = d.join("v2.yaml");
+    std::fs::write(&v2, base.replace("\"2026-11-23.1\"", "\"2026-11-23.2\"").replace("[KP, IR]", "[KP, IR, RU]")).unwrap();
+    let (code, out, err) = run(&["apply", v2.to_str().unwrap(), "--to", to, "--author", "bob", "-m", "block RU"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("applied version 2"), "{out}");
+    let (code, out, _) = run(&["apply", v2.to_str().unwrap(), "--to", to]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("unchanged"), "{out}");
+
+    let h = history_json(&ecds);
+    assert_eq!(h.as_array().unwrap().len(), 2);
+    assert_eq!((h[0]["author"].as_str(), h[0]["message"].as_str(), h[0]["current"].as_bool()), (Some("ann"), Some("first"), Some(false)));
+    assert_eq!((h[1]["policy_version"].as_str(), h[1]["current"].as_bool()), (Some("2026-11-23.2"), Some(true)));
+    let (_, text, _) = run(&["history", "--to", to]);
+    assert!(text.lines().any(|l| l.starts_with("*   2") && l.contains("bob") && l.contains("block RU")), "{text}");
+
+    let (code, out, _) = run(&["diff", "--to", to, "1", "2"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("~ policy_version: \"2026-11-23.1\" -> \"2026-11-23.2\""), "{out}");
+    assert!(out.contains("~ rule embargo\n    + deny_countries: item \"RU\""), "{out}");
+    let (code, _, _) = run(&["diff", "--to", to, "2", v2.to_str().unwrap()]);
+    assert_eq!(code, 0);
+
+    // Rollback: the previous version comes back, recorded as version 3.
+    let (code, out, err) = run(&["rollback", "--to", to, "--author", "carol"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("applied version 3") && out.contains("(rollback to version 1)"), "{out}");
+    assert_eq!(std::fs::read_to_string(ecds.join("ip_geo.json")).unwrap(), first);
+    let h = history_json(&ecds);
+    assert_eq!((h[2]["rollback_of"].as_u64(), h[2]["author"].as_str()), (Some(1), Some("carol")));
+    let (code, out, _) = run(&["rollback", "--to", to, "--version", "2"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("applied version 4"), "{out}");
+    let (code, _, err) = run(&["rollback", "--to", to, "--version", "9"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no version 9"), "{err}");
+}
+
+fn walk(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
