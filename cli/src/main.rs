@@ -6,6 +6,7 @@
 //! gatewarden render-json POLICY                                         the policy as the JSON a filter receives
 //! gatewarden geo-lookup DB.mmdb IP...                                   the country a database gives each address
 //! gatewarden test [--modules DIR] [--junit FILE] [DIR|FILE]...          policy tests through the built .wasm
+//! gatewarden eval --policy P [--request R.yaml] [flags]                 one request through the .wasm, as JSON
 //! gatewarden render --target envoy|istio|kong|compose POLICY            the plugin config for each host
 //! gatewarden apply POLICY --to DIR [--author A] [-m MSG]                validate + atomic ECDS write + history
 //! gatewarden history --to DIR | diff A B | rollback --to DIR [--version V]
@@ -14,6 +15,7 @@
 
 mod apply;
 mod diff;
+mod eval;
 mod junit;
 mod modules;
 mod policy_file;
@@ -32,6 +34,8 @@ const USAGE: &str = "usage:
   gatewarden render-json [--filter NAME] POLICY
   gatewarden geo-lookup DB.mmdb IP...
   gatewarden test [--modules DIR] [--junit FILE] [DIR|FILE]...
+  gatewarden eval --policy POLICY [--request R.yaml] [--fixtures TESTFILE] [--method M] [--path P]
+                  [--header 'name: value']... [--peer IP] [--body TEXT] [--time T] [--modules DIR]
   gatewarden render --target envoy|istio|kong|compose [--out PATH] [--module PATH | --modules DIR]
                   [--vm-id ID] [--url URL] [--sha256 HEX] [--namespace NS] [--service NAME] POLICY
   gatewarden apply POLICY --to DIR [--author A] [-m MSG] [--module PATH | --modules DIR] [--vm-id ID]
@@ -85,6 +89,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     // Commands with their own options.
     match cmd.as_str() {
         "test" => return policy_test::main(rest),
+        "eval" => return eval::main(rest),
         "render" => return render::main(rest),
         "apply" => return apply::main_apply(rest),
         "history" => return apply::main_history(rest),

@@ -127,6 +127,34 @@ fn no_tests_or_no_module_exits_two() {
 }
 
 #[test]
+fn eval_prints_decision_rule_headers_and_log_line() {
+    let tokens: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("examples/fixtures/tokens.json")).unwrap()).unwrap();
+    let auth = format!("authorization: Bearer {}", tokens["reader"].as_str().unwrap());
+    let (code, out, err) = run(&[
+        "eval", "--policy", "examples/policies/jwt.yaml", "--fixtures", "examples/tests/jwt.test.yaml",
+        "--modules", &modules_arg(), "--method", "DELETE", "--path", "/orders/1", "--header", &auth,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"], "deny");
+    assert_eq!(v["status"], 403);
+    assert_eq!(v["rule"], "orders-write");
+    assert_eq!(v["reason"], "scope");
+    assert_eq!(v["log"]["reason"], "scope");
+    assert_eq!(v["log"]["policy_version"], "2026-11-23.1");
+    assert!(!out.contains(tokens["reader"].as_str().unwrap()), "the token must not be printed back from the log");
+    let (code, out, _) = run(&[
+        "eval", "--policy", "examples/policies/jwt.yaml", "--fixtures", "examples/tests/jwt.test.yaml",
+        "--modules", &modules_arg(), "--path", "/orders/1", "--header", &auth,
+    ]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["decision"].as_str(), v["status"].as_u64()), (Some("allow"), Some(200)));
+    assert_eq!(v["upstream_headers"]["x-user"], "alice");
+    assert_eq!(v["module"]["sha256"].as_str().unwrap().len(), 64);
+}
+
+#[test]
 fn render_envoy_equals_what_ecds_py_writes() {
     let d = temp_dir("render");
     let (code, json, err) = run(&["render-json", "examples/policies/ip_geo.yaml"]);
