@@ -361,6 +361,23 @@ pub fn main_history(args: &[String]) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The version a rollback re-applies: `version`, else the entry of the filter before its current one.
+pub fn rollback_target(h: &History, filter: Option<Filter>, version: Option<u64>) -> Result<&Entry, String> {
+    if let Some(v) = version {
+        let e = h.entry(v)?;
+        if let Some(f) = filter.filter(|f| f.name() != e.filter) {
+            return Err(format!("version {v} is a {} policy, not {}", e.filter, f.name()));
+        }
+        return Ok(e);
+    }
+    let filter = h.filter(filter)?;
+    let mine: Vec<&Entry> = h.entries().iter().filter(|e| e.filter == filter.name()).collect();
+    match mine.as_slice() {
+        [.., prev, _current] => Ok(prev),
+        _ => Err(format!("{}: no earlier {} version to roll back to", h.dir.display(), filter.name())),
+    }
+}
+
 /// `gatewarden rollback --to DIR [--version V] [--filter F] [--author A] [-m MSG]`: re-applies
 /// version V (default: the one before the current) as a new version.
 pub fn main_rollback(args: &[String]) -> Result<ExitCode, String> {
@@ -377,22 +394,12 @@ pub fn main_rollback(args: &[String]) -> Result<ExitCode, String> {
         Ok(h) => h,
         Err(e) => return fail(e),
     };
-    let filter = match o.version.map(|v| h.entry(v).and_then(Entry::filter)).unwrap_or_else(|| h.filter(o.filter)) {
-        Ok(f) => f,
+    let target = match rollback_target(&h, o.filter, o.version) {
+        Ok(t) => t.clone(),
         Err(e) => return fail(e),
     };
-    let target = match o.version {
-        Some(v) => h.entry(v).cloned(),
-        None => {
-            let mine: Vec<&Entry> = h.entries().iter().filter(|e| e.filter == filter.name()).collect();
-            match mine.as_slice() {
-                [.., prev, _cur] => Ok((*prev).clone()),
-                _ => Err(format!("{dir}: no earlier {} version to roll back to", filter.name())),
-            }
-        }
-    };
-    let target = match target {
-        Ok(t) => t,
+    let filter = match target.filter() {
+        Ok(f) => f,
         Err(e) => return fail(e),
     };
     // The same validation as apply: the filter of today must still accept the old policy.
@@ -472,6 +479,31 @@ mod tests {
     fn a_missing_directory_is_refused() {
         let r = apply(Path::new("/nonexistent-gw-dir"), &policy("v1"), &settings(), meta(0));
         assert!(matches!(&r, Err(e) if e.contains("not a directory")), "{r:?}");
+    }
+
+    #[test]
+    fn rollback_goes_to_the_version_before_the_current_one() {
+        let d = temp_dir("rollback");
+        let h = History::open(&d.to_string_lossy()).unwrap();
+        assert!(rollback_target(&h, None, None).unwrap_err().contains("nothing applied"));
+        apply(&d, &policy("v1"), &settings(), meta(0)).unwrap();
+        let h = History::open(&d.to_string_lossy()).unwrap();
+        assert!(rollback_target(&h, None, None).unwrap_err().contains("no earlier ip_geo version"));
+        apply(&d, &policy("v2"), &settings(), meta(1)).unwrap();
+        let h = History::open(&d.to_string_lossy()).unwrap();
+        assert_eq!(rollback_target(&h, None, None).unwrap().policy_version, "v1");
+        assert_eq!(rollback_target(&h, None, Some(2)).unwrap().policy_version, "v2");
+        assert!(rollback_target(&h, Some(Filter::Jwt), Some(1)).unwrap_err().contains("is a ip_geo policy, not jwt"));
+        assert!(rollback_target(&h, None, Some(7)).unwrap_err().contains("no version 7"));
+        // The rollback is a new version; the next plain rollback goes back to v2.
+        let mut m = meta(2);
+        m.rollback_of = Some(1);
+        apply(&d, &policy("v1"), &settings(), m).unwrap();
+        let h = History::open(&d.to_string_lossy()).unwrap();
+        assert_eq!(h.entries().len(), 3);
+        assert_eq!(h.current(Filter::IpGeo).unwrap().rollback_of, Some(1));
+        assert_eq!(rollback_target(&h, None, None).unwrap().policy_version, "v2");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -59,7 +59,7 @@ struct Output<'a> {
     actual: &'a Actual,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Options {
     policy: Option<String>,
     request: Option<String>,
@@ -220,4 +220,32 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     };
     println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn flags_build_the_request() {
+        let o = parse_args(&args(&["--policy", "p.yaml", "--method", "POST", "-H", "X-Api-Key:  k1 ", "--peer", "10.0.0.1"])).unwrap();
+        assert_eq!(o.policy.as_deref(), Some("p.yaml"));
+        assert_eq!(o.headers, vec![("x-api-key".to_string(), "k1".to_string())]);
+        assert_eq!((o.method.as_deref(), o.peer.as_deref()), (Some("POST"), Some("10.0.0.1")));
+        assert!(parse_args(&args(&["-H", "no-colon"])).unwrap_err().contains("expected 'name: value'"));
+        assert!(parse_args(&args(&["--bogus"])).unwrap_err().contains("unknown option"));
+    }
+
+    #[test]
+    fn a_request_file_is_a_bare_request_or_one_with_fixtures() {
+        let bare: EvalDoc = serde_norway::from_str("path: /a\nheaders: { x-a: b }\n").unwrap();
+        assert!(matches!(bare, EvalDoc::Bare(r) if r.path == "/a"));
+        let full: EvalDoc = serde_norway::from_str("request: { path: /b }\nfixtures: [{ upstream: jwks, fail: true }]\nprofile: kong\n").unwrap();
+        assert!(matches!(full, EvalDoc::Full(f) if f.request.path == "/b" && f.fixtures.len() == 1));
+        assert!(serde_norway::from_str::<EvalDoc>("pth: /typo\n").is_err());
+    }
 }
