@@ -292,3 +292,31 @@ fn walk(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out.sort();
     out
 }
+
+#[test]
+fn dry_run_decisions_and_the_kong_profile() {
+    let d = temp_dir("dryrun");
+    std::fs::write(
+        d.join("p.yaml"),
+        "filter: ip_geo\npolicy_version: dr.1\nmode: dry_run\nrules:\n  - { name: block, deny: [203.0.113.0/24] }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("envoy.test.yaml"),
+        "policy: p.yaml\ncases:\n  - name: would deny\n    request: { peer: 203.0.113.9 }\n    expect: { status: 200, decision: dry_run_deny, rule: block }\n",
+    )
+    .unwrap();
+    // Kong: the peer is nginx's remote_addr; a denial in enforce mode is the same 403.
+    std::fs::write(
+        d.join("kong.test.yaml"),
+        "policy: p.yaml\nprofile: kong\ncases:\n  - name: would deny on kong too\n    request: { peer: 203.0.113.9 }\n    expect: { status: 200, decision: dry_run_deny }\n  - name: others pass\n    request: { peer: 198.51.100.1 }\n    expect: { status: 200, decision: allow, rule: block }\n",
+    )
+    .unwrap();
+    let (code, out, err) = run_in(&d, &["test", "--modules", &modules_arg()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("3 passed, 0 failed"), "{out}");
+    std::fs::write(d.join("bad.test.yaml"), "policy: p.yaml\nprofile: nginx\ncases: []\n").unwrap();
+    let (code, out, _) = run_in(&d, &["test", "--modules", &modules_arg(), "bad.test.yaml"]);
+    assert_eq!(code, 2);
+    assert!(out.contains("profile: \"nginx\" is not envoy or kong"), "{out}");
+}
