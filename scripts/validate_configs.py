@@ -6,7 +6,8 @@
 - the same template rendered by envoy-config/docker/entrypoint.sh (awk + sed) with ip_geo + jwt, as
   docker compose does;
 - every ECDS resource in envoy-config/ecds/*.json, inlined as a static HTTP filter (validate mode does
-  not read ECDS files, so this is how their Wasm config gets checked);
+  not read ECDS files, so this is how their Wasm config gets checked), and likewise the resources
+  `gatewarden render --target envoy` writes for examples/policies/*.yaml;
 - the benchmark's bootstrap (scripts/bench.py), with every configuration.
 Exit status 1 if any fails. Stdlib only.
 """
@@ -63,9 +64,21 @@ def main() -> int:
         ok &= validate("envoy.yaml rendered by docker/entrypoint.sh (ip_geo + jwt)", t / "docker.yaml",
                        ["sh", str(ROOT / "envoy-config" / "docker" / "entrypoint.sh"), "--mode", "validate"], env)
 
-        for res_path in sorted((ROOT / "envoy-config" / "ecds").glob("*.json")):
-            resource = json.loads(res_path.read_text())["resources"][0]
-            label = f"ecds/{res_path.name} (inlined)"
+        resources = [(f"ecds/{p.name}", p.stem, json.loads(p.read_text()))
+                     for p in sorted((ROOT / "envoy-config" / "ecds").glob("*.json"))]
+        # What `gatewarden render --target envoy` (and `gatewarden apply`) writes for the example policies.
+        for policy in sorted((ROOT / "examples" / "policies").glob("*.yaml")):
+            out = subprocess.run(gatewarden_cli() + ["render", "--target", "envoy", str(policy)],
+                                 cwd=ROOT, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"FAIL gatewarden render --target envoy {policy.name}: {out.stderr}", file=sys.stderr)
+                ok = False
+                continue
+            resources.append((f"gatewarden render --target envoy examples/policies/{policy.name}",
+                              f"render-{policy.stem}", json.loads(out.stdout)))
+        for name, stem, doc in resources:
+            resource = doc["resources"][0]
+            label = f"{name} (inlined)"
             code = resource["typed_config"]["config"]["vm_config"]["code"]["local"]
             if not (ROOT / code["filename"]).exists():
                 # Not built yet: still check the resource's structure, with the floor module.
@@ -74,7 +87,7 @@ def main() -> int:
             boot = json.loads(json.dumps(STATIC_BOOTSTRAP))
             hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
             hcm["http_filters"].insert(0, {"name": resource["name"], "typed_config": resource["typed_config"]})
-            path = t / f"ecds-{res_path.stem}.json"
+            path = t / f"ecds-{stem}.json"
             path.write_text(json.dumps(boot))
             ok &= validate(label, path)
 
@@ -85,6 +98,16 @@ def main() -> int:
         path.write_text(json.dumps(bootstrap))
         ok &= validate("bench bootstrap (all configurations)", path)
     return 0 if ok else 1
+
+
+def gatewarden_cli() -> list[str]:
+    """The gatewarden command: $GATEWARDEN_CLI, else the debug build, else through cargo."""
+    if os.environ.get("GATEWARDEN_CLI"):
+        return [os.environ["GATEWARDEN_CLI"]]
+    built = ROOT / "target" / "debug" / "gatewarden"
+    if built.exists():
+        return [str(built)]
+    return ["cargo", "run", "--quiet", "-p", "gatewarden", "--"]
 
 
 STATIC_BOOTSTRAP = {

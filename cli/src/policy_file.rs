@@ -41,6 +41,21 @@ impl Filter {
             Filter::Jwt => gatewarden_policy::schema::jwt(),
         }
     }
+
+    /// The release module's file name: `gatewarden_<name>.wasm` (package `gatewarden-<name>`).
+    pub fn module_file(self) -> String {
+        format!("gatewarden_{}.wasm", self.name())
+    }
+
+    /// Root id and VM id the shipped configs use: `gatewarden_<name>`.
+    pub fn root_id(self) -> String {
+        format!("gatewarden_{}", self.name())
+    }
+
+    /// The decision header the glue sends upstream: `x-gatewarden-<name>` (dashes).
+    pub fn decision_header(self) -> String {
+        format!("x-gatewarden-{}", self.name().replace('_', "-"))
+    }
 }
 
 /// A valid policy file.
@@ -92,10 +107,15 @@ impl fmt::Display for LoadError {
 /// filter named by `--filter` or by the document's `filter` field.
 pub fn load(path: &str, filter: Option<Filter>) -> Result<LoadedPolicy, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|e| LoadError::Io(format!("cannot read: {e}")))?;
+    load_text(path, &text, filter)
+}
+
+/// [`load`] for text already read; `path` only tells JSON (`.json`) from YAML.
+pub fn load_text(path: &str, text: &str, filter: Option<Filter>) -> Result<LoadedPolicy, LoadError> {
     let value: serde_json::Value = if path.ends_with(".json") {
-        serde_json::from_str(&text).map_err(|e| LoadError::Syntax(format!("not valid JSON: {e}")))?
+        serde_json::from_str(text).map_err(|e| LoadError::Syntax(format!("not valid JSON: {e}")))?
     } else {
-        serde_norway::from_str(&text).map_err(|e| LoadError::Syntax(format!("not valid YAML: {e}")))?
+        serde_norway::from_str(text).map_err(|e| LoadError::Syntax(format!("not valid YAML: {e}")))?
     };
     let named = value.get("filter").and_then(|f| f.as_str());
     let filter = match (filter, named) {
