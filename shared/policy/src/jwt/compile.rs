@@ -25,6 +25,8 @@ pub(crate) struct Provider {
     pub remote: Option<RemoteJwksSpec>,
     pub forward: bool,
     pub payload_header: Option<String>,
+    /// `pad_forward_payload_header`: add base64 `=` padding to the forwarded payload.
+    pub pad_payload: bool,
     /// (claim path, lowercase header name)
     pub claim_headers: Vec<(String, String)>,
     pub max_token_bytes: usize,
@@ -181,6 +183,11 @@ pub(crate) fn compile_provider(
         .as_deref()
         .map(|h| header_name(h, &path.field("forward_payload_header")))
         .transpose()?;
+    if spec.pad_forward_payload_header && payload_header.is_none() {
+        return Err(path
+            .field("pad_forward_payload_header")
+            .error("true needs forward_payload_header"));
+    }
     let mut claim_headers = Vec::with_capacity(spec.claim_to_headers.len());
     for (i, c) in spec.claim_to_headers.iter().enumerate() {
         let cp = path.field("claim_to_headers").index(i);
@@ -226,6 +233,7 @@ pub(crate) fn compile_provider(
         remote: spec.remote_jwks.clone(),
         forward: spec.forward,
         payload_header,
+        pad_payload: spec.pad_forward_payload_header,
         claim_headers,
         max_token_bytes: spec.max_token_bytes,
     })
