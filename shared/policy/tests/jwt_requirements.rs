@@ -98,6 +98,9 @@ fn policy_doc() -> Value {
             {"name": "small-any", "match": {"path_prefix": "/small-any/"}, "requires": {"requires_any": [{"provider": "small"}, {"provider": "hs"}]}},
             {"name": "nested", "match": {"path_prefix": "/nested/"}, "requires": {"requires_any": [{"requires_all": [{"provider": "idp"}, {"provider": "hs"}]}, {"provider": "small"}]}},
             {"name": "opt", "match": {"path_prefix": "/opt/"}, "requires": "allow_missing"},
+            {"name": "opt-hs", "match": {"path_prefix": "/opt-hs/"}, "requires": {"requires_any": [{"provider": "hs"}, "allow_missing"]}},
+            {"name": "opt-idp", "match": {"path_prefix": "/opt-idp/"}, "requires": {"requires_any": [{"provider": "idp"}, "allow_missing"]}},
+            {"name": "lax-idp", "match": {"path_prefix": "/lax-idp/"}, "requires": {"requires_any": [{"provider": "idp"}, "allow_missing_or_failed"]}},
             {"name": "lax", "match": {"path_prefix": "/lax/"}, "requires": "allow_missing_or_failed"},
             {"name": "hs", "match": {"path_prefix": "/hs/"}, "requires": {"provider": "hs"}},
             {"name": "idp", "match": {"path_prefix": "/idp/"}, "requires": {"provider": "idp"}}
@@ -478,4 +481,39 @@ fn payload_header_padded_on_request_and_claims_of_every_type() {
         err.to_string(),
         "providers.hs.pad_forward_payload_header: true needs forward_payload_header"
     );
+}
+
+/// Inside `requires_any`, `allow_missing` and `allow_missing_or_failed` apply to the listed
+/// alternatives only (as in Envoy): a token of an unlisted provider is not accepted in their
+/// place, and its claims are never forwarded on that route.
+#[test]
+fn allow_missing_inside_requires_any_covers_the_listed_providers_only() {
+    let p = policy_from(&policy_doc());
+    let idp_ok = format!("Bearer {}", token(IDP, json!({"sub": "alice"})));
+    let hs_ok = token(HS, json!({"sub": "bob"}));
+    let hs_expired = token(HS, json!({"iat": NOW - 7200, "exp": NOW - 3600}));
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Vec<(&str, &str)>, &str, Vec<(&str, &str)>)> = vec![
+        ("/opt-hs/", vec![], "allow", vec![]),
+        ("/opt-hs/", vec![("x-hs-token", &hs_ok)], "allow", vec![("x-hs-user", "bob")]),
+        ("/opt-hs/", vec![("x-hs-token", &hs_expired)], "expired", vec![]),
+        // A valid token of idp, which the rule does not list: hs sees a token not its own.
+        ("/opt-hs/", vec![("authorization", &idp_ok)], "issuer", vec![]),
+        // Where the listed provider does not look, the request passes as without a token, and
+        // the unlisted provider's claims do not reach the upstream.
+        ("/opt-idp/", vec![("x-hs-token", &hs_ok)], "allow", vec![]),
+        ("/opt-idp/", vec![("authorization", &idp_ok)], "allow", vec![("x-idp-user", "alice")]),
+        ("/lax-idp/", vec![("x-hs-token", &hs_ok)], "allow", vec![]),
+        ("/lax-idp/", vec![("authorization", &idp_ok)], "allow", vec![("x-idp-user", "alice")]),
+    ];
+    for (path, hs, want, set) in cases {
+        let o = decide(&p, path, &hs);
+        let names: Vec<&str> = hs.iter().map(|h| h.0).collect();
+        assert_eq!(public(&o).0, want, "{path} with {names:?}");
+        let set: Vec<(String, String)> = set
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(o.set_headers, set, "{path} with {names:?}");
+    }
 }

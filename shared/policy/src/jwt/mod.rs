@@ -20,7 +20,9 @@
 //!    its issuer checked, its signature verified with the provider's keys ([`jwk`]), then its
 //!    claims (`claims.rs`). `requires_any` passes if one passes; `requires_all` needs all;
 //!    `allow_missing` passes when no provider refuses a token of its own and a token present
-//!    verifies for some provider; `allow_missing_or_failed` always passes. A failed
+//!    verifies for some provider; `allow_missing_or_failed` always passes (among the
+//!    alternatives of a `requires_any`, these two qualify the listed providers, as in Envoy,
+//!    instead of looking at every provider). A failed
 //!    requirement reports its most telling failure, at every nesting level (`policy::Failure`):
 //!    a token refused by the provider its `iss` names (`expired`, `audience`, …), else a token
 //!    nobody could read (`malformed`, `too_large`, …), else `issuer`, else `missing`; the

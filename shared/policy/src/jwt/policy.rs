@@ -397,14 +397,39 @@ impl<'a> Request<'_, 'a, '_> {
         match r {
             Requirement::Provider(i) => self.eval_provider(*i),
             Requirement::Any(items) => {
+                // As in Envoy, `allow_missing` and `allow_missing_or_failed` among alternatives
+                // qualify the listed providers (their outcome), rather than accept any
+                // provider's token; alone, they stand for themselves over every provider.
+                let (mut allow_missing, mut allow_failed) = (false, false);
                 let mut best = None;
+                let mut listed = 0usize;
                 for item in items {
-                    match self.eval(item) {
-                        Eval::Pass(v) => return Eval::Pass(v),
-                        Eval::Fail(f) => Failure::keep(&mut best, f),
+                    match item {
+                        Requirement::AllowMissing => allow_missing = true,
+                        Requirement::AllowMissingOrFailed => allow_failed = true,
+                        _ => {
+                            listed += 1;
+                            match self.eval(item) {
+                                Eval::Pass(v) => return Eval::Pass(v),
+                                Eval::Fail(f) => Failure::keep(&mut best, f),
+                            }
+                        }
                     }
                 }
-                Eval::Fail(best.unwrap_or(Failure::MISSING))
+                if listed == 0 {
+                    let alone = if allow_failed {
+                        Requirement::AllowMissingOrFailed
+                    } else {
+                        Requirement::AllowMissing
+                    };
+                    return self.eval(&alone);
+                }
+                let best = best.unwrap_or(Failure::MISSING);
+                if allow_failed || (allow_missing && best == Failure::MISSING) {
+                    Eval::Pass(Vec::new())
+                } else {
+                    Eval::Fail(best)
+                }
             }
             Requirement::All(items) => {
                 // Every part is evaluated, so the most telling failure is reported (a token
