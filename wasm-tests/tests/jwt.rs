@@ -892,3 +892,44 @@ fn decision_log_has_the_token_s_own_reason_and_the_resolved_client() {
         "{line}"
     );
 }
+
+/// A verified token is cut from the query and from every `cookie` header (HTTP/2 sends one per
+/// cookie): the glue removes every cookie header, then sets what is left as one.
+#[test]
+fn the_token_is_cut_from_the_query_and_every_cookie_header() {
+    for profile in [Profile::Envoy, Profile::Kong] {
+        cut_from_query_and_cookies(profile);
+    }
+}
+
+fn cut_from_query_and_cookies(profile: Profile) {
+    let host = host(profile);
+    let mut p = provider(json!({"local_jwks": jwks()}));
+    p["from_headers"] = json!([{"name": "authorization", "value_prefix": "Bearer "}]);
+    p["from_params"] = json!(["access_token"]);
+    p["from_cookies"] = json!(["session"]);
+    let mut vm = vm(&host, &policy_with(p));
+    let rs = token("RS256");
+    let r = Request::get(&format!("/api?x=1&access_token={rs}"))
+        .source("10.0.0.1:5000")
+        .header("cookie", "theme=dark")
+        .header("cookie", &format!("session={rs}"))
+        .header("cookie", "lang=en");
+    let out = vm.http_request(r).unwrap();
+    assert_eq!(out.status, 200, "{out:?} {:#?}", host.logs());
+    let up = out.upstream_request.as_ref().unwrap();
+    assert_eq!(out.upstream_header(":path"), Some("/api?x=1"));
+    let cookies: Vec<&str> = up
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies, vec!["theme=dark; lang=en"]);
+    assert!(
+        !up.headers.iter().any(|(_, v)| v.contains(&rs)),
+        "{:?}",
+        up.headers
+    );
+    assert_eq!(out.upstream_header("x-user"), Some("user-1"));
+}
