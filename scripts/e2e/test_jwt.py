@@ -73,6 +73,8 @@ def idp(**remote_overrides: Any) -> dict[str, Any]:
 
 
 HS_PROVIDER = {"issuer": ISS_HS, "local_jwks": {"keys": [HS.public_jwk()]},
+               "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
+               "from_params": ["hs_token"], "from_cookies": ["hs_session"],
                "claim_to_headers": [{"claim": "sub", "header": "x-user"}]}
 PARTNER_PROVIDER = {"issuer": ISS_PARTNER, "remote_jwks": remote(PARTNER_PATH),
                     "claim_to_headers": [{"claim": "sub", "header": "x-user"}]}
@@ -189,6 +191,9 @@ def wait_jwks_loaded(gw: Gateway, loads: int, timeout: float = 15.0) -> None:
 # Valid and invalid tokens, requirements, CORS: one Envoy, keys fetched once
 
 MAIN = policy("jwt-1", {"idp": idp(), "hs": HS_PROVIDER}, {"requires_any": [{"provider": "idp"}, {"provider": "hs"}]})
+# One trusted proxy in front: the decision log's client is the last x-forwarded-for entry (the peer
+# when there is none, as in most tests here).
+MAIN["client_address"] = {"xff_num_trusted_hops": 1}
 
 
 @pytest.fixture(scope="module")
@@ -273,6 +278,46 @@ def test_scope_and_claim_requirements_are_403(gw: Gateway):
         "rq_2xx": 2, "rq_4xx": 4, "upstream_requests": 2}
     assert wait_decision(gw, lines, client="127.0.3.1")["rule"] == "admin"
     assert wait_decision(gw, lines, client="127.0.3.2")["reason"] == "claim"
+
+
+def test_requires_any_logs_the_reason_of_the_token_s_own_provider(gw: Gateway):
+    """Under requires_any [idp, hs], an hs token that hs refuses is logged and counted with hs's
+    reason, not idp's `issuer` (the token is not idp's)."""
+    before, lines = snapshot(gw), len(decisions(gw))
+    now = int(time.time())
+    expired = HS.sign(claims(ISS_HS, iat=now - 7200, exp=now - 3600))
+    assert_unauthorized(gw.get("/orders", headers=bearer(expired), source="127.0.4.1"), INVALID_CHALLENGE)
+    assert wait_decision(gw, lines, client="127.0.4.1")["reason"] == "expired"
+    tampered = tamper_signature(HS.sign(claims(ISS_HS)))
+    assert_unauthorized(gw.get("/orders", headers=bearer(tampered), source="127.0.4.2"), INVALID_CHALLENGE)
+    assert wait_decision(gw, lines, client="127.0.4.2")["reason"] == "bad_signature"
+    got = changes(before, snapshot(gw))
+    assert got == {"denied": 2, "denied_expired": 1, "denied_bad_signature": 1, "rq_4xx": 2}, got
+
+
+def test_decision_log_client_follows_client_address(gw: Gateway):
+    lines = len(decisions(gw))
+    # xff_num_trusted_hops 1: the client is what the trusted proxy saw, not the proxy (the peer).
+    assert_unauthorized(gw.get("/orders", headers={"x-forwarded-for": "6.6.6.6, 203.0.113.77"}, source="127.0.4.3"),
+                        MISSING_CHALLENGE)
+    assert wait_decision(gw, lines, client="203.0.113.77")["reason"] == "missing"
+    # A malformed x-forwarded-for changes no decision: the client is unknown, the detail says why.
+    assert_allowed(gw.get("/orders", headers={**bearer(RS.sign(claims())), "x-forwarded-for": "bogus"}),
+                   "default", "jwt-1")
+    assert_unauthorized(gw.get("/orders", headers={"x-forwarded-for": "10.0.0.9, bogus"}, source="127.0.4.4"),
+                        MISSING_CHALLENGE)
+    line = wait_decision(gw, lines, detail="client_address=malformed_forwarded_for; peer=127.0.4.4")
+    assert (line["client"], line["reason"]) == ("", "missing"), line
+
+
+def test_forward_false_strips_the_token_from_query_and_cookie(gw: Gateway):
+    token = HS.sign(claims(ISS_HS, sub="svc-8"))
+    r = gw.get(f"/orders?a=1&hs_token={token}&b=2", headers={"cookie": f"theme=dark; hs_session={token}; lang=en"})
+    upstream = assert_allowed(r, "default", "jwt-1")
+    assert r.json()["path"] == "/orders?a=1&b=2", r.json()
+    assert upstream["cookie"] == "theme=dark; lang=en", upstream
+    assert upstream["x-user"] == "svc-8"
+    assert token not in r.text, r.text
 
 
 def test_cors_preflight_passes_without_a_token(gw: Gateway):

@@ -824,3 +824,112 @@ fn hostile_inputs_never_trap_the_vm() {
         "still serving the first policy"
     );
 }
+
+/// Under `requires_any: [other, idp]`, an expired idp token is logged and counted as `expired`
+/// (idp's reason), not as the first alternative's `issuer`; the log's client is the one the
+/// policy's `client_address` resolves, and a malformed `x-forwarded-for` changes no decision.
+#[test]
+fn decision_log_has_the_token_s_own_reason_and_the_resolved_client() {
+    let host = host(Profile::Envoy);
+    let mut policy = inline_policy();
+    policy["client_address"] = json!({"xff_num_trusted_hops": 1});
+    policy["providers"]["other"] =
+        json!({"issuer": "https://other.example.com", "local_jwks": jwks()});
+    policy["default"] =
+        json!({"requires": {"requires_any": [{"provider": "other"}, {"provider": "idp"}]}});
+    let mut vm = vm(&host, &policy);
+    let rs = token("RS256");
+    let request = |xff: &str, token: Option<&str>| {
+        let mut r = Request::get("/api")
+            .source("10.0.0.1:5000")
+            .header("x-request-id", "req-9")
+            .header("x-forwarded-for", xff);
+        if let Some(t) = token {
+            r = r.header("authorization", &bearer(t));
+        }
+        r
+    };
+
+    host.set_time(at(EXP + 60));
+    let out = vm
+        .http_request(request("6.6.6.6, 203.0.113.9", Some(&rs)))
+        .unwrap();
+    assert_denied(
+        &out,
+        401,
+        Some(r#"Bearer realm="api", error="invalid_token""#),
+        "expired",
+    );
+    let line = decision_lines(&host).pop().unwrap();
+    assert_eq!(
+        (line["reason"].as_str(), line["client"].as_str()),
+        (Some("expired"), Some("203.0.113.9")),
+        "{line}"
+    );
+    assert_eq!(host.metric_value("gatewarden_jwt_denied_expired"), 1);
+    assert_eq!(host.metric_value("gatewarden_jwt_denied_issuer"), 0);
+
+    // A malformed x-forwarded-for: authentication is unchanged, the client is unknown.
+    host.set_time(at(NOW));
+    let out = vm
+        .http_request(request("10.9.9.9, bogus", Some(&rs)))
+        .unwrap();
+    assert_eq!(out.status, 200, "{out:?} {:#?}", host.logs());
+    let out = vm.http_request(request("10.9.9.9, bogus", None)).unwrap();
+    assert_denied(&out, 401, Some(r#"Bearer realm="api""#), "missing");
+    let line = decision_lines(&host).pop().unwrap();
+    assert_eq!(
+        (
+            line["reason"].as_str(),
+            line["client"].as_str(),
+            line["detail"].as_str()
+        ),
+        (
+            Some("missing"),
+            Some(""),
+            Some("client_address=malformed_forwarded_for; peer=10.0.0.1")
+        ),
+        "{line}"
+    );
+}
+
+/// A verified token is cut from the query and from every `cookie` header (HTTP/2 sends one per
+/// cookie): the glue removes every cookie header, then sets what is left as one.
+#[test]
+fn the_token_is_cut_from_the_query_and_every_cookie_header() {
+    for profile in [Profile::Envoy, Profile::Kong] {
+        cut_from_query_and_cookies(profile);
+    }
+}
+
+fn cut_from_query_and_cookies(profile: Profile) {
+    let host = host(profile);
+    let mut p = provider(json!({"local_jwks": jwks()}));
+    p["from_headers"] = json!([{"name": "authorization", "value_prefix": "Bearer "}]);
+    p["from_params"] = json!(["access_token"]);
+    p["from_cookies"] = json!(["session"]);
+    let mut vm = vm(&host, &policy_with(p));
+    let rs = token("RS256");
+    let r = Request::get(&format!("/api?x=1&access_token={rs}"))
+        .source("10.0.0.1:5000")
+        .header("cookie", "theme=dark")
+        .header("cookie", &format!("session={rs}"))
+        .header("cookie", "lang=en");
+    let out = vm.http_request(r).unwrap();
+    assert_eq!(out.status, 200, "{out:?} {:#?}", host.logs());
+    let up = out.upstream_request.as_ref().unwrap();
+    assert_eq!(out.upstream_header(":path"), Some("/api?x=1"));
+    let cookies: Vec<&str> = up
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies, vec!["theme=dark; lang=en"]);
+    assert!(
+        !up.headers.iter().any(|(_, v)| v.contains(&rs)),
+        "{:?}",
+        up.headers
+    );
+    assert_eq!(out.upstream_header("x-user"), Some("user-1"));
+}

@@ -18,13 +18,13 @@
 //!   generation changes.
 
 use std::cell::RefCell;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use gatewarden_glue::host::{self, Level};
 use gatewarden_glue::shared_fetch::{self, FetchSource, SharedFetch, TICK_LOADED, TICK_LOADING};
 use gatewarden_glue::{export_filter, metrics, Enforcer, Evaluation};
+use gatewarden_policy::cidr::parse_address;
 use gatewarden_policy::facts::HeaderNeeds;
 use gatewarden_policy::jwt::{
     JwksSet, JwtPolicy, JwtReason, KeyLookup, NoRemoteKeys, RemoteKeys, TokenCache,
@@ -298,26 +298,30 @@ impl Enforcer for Jwt {
             // Not reachable (no host callback re-enters a request): decide without remote keys.
             Err(_) => policy.decide(facts, now, &NoRemoteKeys, cache.as_deref_mut()),
         });
-        let client = match out.decision.verdict {
-            Verdict::Deny(_) => facts.peer.and_then(peer_ip),
-            Verdict::Allow => None,
+        // The log's client (denials only): the policy's client_address settings decide, as in
+        // the IP filter. When they cannot (a malformed x-forwarded-for), the decision stands,
+        // the client is left empty and the detail says why, with the peer.
+        let (client, detail) = match (&out.decision.verdict, out.client) {
+            (Verdict::Deny(_), Some(Ok(ip))) => (Some(ip), String::new()),
+            (Verdict::Deny(_), Some(Err(e))) => {
+                let peer = facts
+                    .peer
+                    .and_then(parse_address)
+                    .map(|ip| format!("; peer={ip}"))
+                    .unwrap_or_default();
+                (None, format!("client_address={}{peer}", e.as_str()))
+            }
+            _ => (None, String::new()),
         };
         Evaluation {
             decision: out.decision,
             client,
-            detail: String::new(),
+            detail,
             remove_headers: out.remove_headers,
             set_headers: out.set_headers,
             response_headers: out.response_headers,
         }
     }
-}
-
-/// The peer's IP for the log line: `ip:port`, `[v6]:port` (Envoy) or a bare address (Kong).
-fn peer_ip(peer: &str) -> Option<IpAddr> {
-    peer.parse::<IpAddr>()
-        .ok()
-        .or_else(|| peer.parse::<SocketAddr>().ok().map(|s| s.ip()))
 }
 
 export_filter!(Jwt);

@@ -50,6 +50,16 @@ pub enum ClientAddressError {
     MalformedForwardedFor,
 }
 
+impl ClientAddressError {
+    /// A fixed snake_case name, for logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NoPeer => "no_peer",
+            Self::MalformedForwardedFor => "malformed_forwarded_for",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Strategy {
     Peer,

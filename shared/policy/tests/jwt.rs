@@ -915,14 +915,11 @@ fn token_cache_serves_verified_tokens_until_exp_and_clears_on_key_change() {
 #[test]
 fn limits_refuse_before_decoding() {
     let p = policy();
+    // A 1 MB token is refused by its length, before any decoding (no timing assertion here:
+    // the cost lives in scripts/bench.sh).
     let huge = format!("Bearer {}", "a".repeat(1 << 20));
-    let start = std::time::Instant::now();
     let o = decide(&p, "/api", &[("authorization", &huge)]);
     assert_eq!(outcome(&o), "too_large");
-    assert!(
-        start.elapsed() < std::time::Duration::from_secs(1),
-        "a 1 MB header is refused cheaply"
-    );
     let many: Vec<(String, String)> = (0..300)
         .map(|i| (format!("x-h{i}"), "v".to_string()))
         .collect();

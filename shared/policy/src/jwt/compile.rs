@@ -25,6 +25,8 @@ pub(crate) struct Provider {
     pub remote: Option<RemoteJwksSpec>,
     pub forward: bool,
     pub payload_header: Option<String>,
+    /// `pad_forward_payload_header`: add base64 `=` padding to the forwarded payload.
+    pub pad_payload: bool,
     /// (claim path, lowercase header name)
     pub claim_headers: Vec<(String, String)>,
     pub max_token_bytes: usize,
@@ -67,6 +69,39 @@ pub(crate) fn header_name(name: &str, path: &FieldPath) -> Result<String, Config
     } else {
         Err(path.error(format!("invalid header name {}", quote(name))))
     }
+}
+
+/// Headers a token may not set (every output header is also removed from every request):
+/// message framing, routing and proxy control, and Gatewarden's own decision headers.
+const RESERVED_OUTPUT_HEADERS: [&str; 10] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "x-forwarded-for",
+];
+const RESERVED_OUTPUT_PREFIXES: [&str; 2] = ["x-envoy-", "x-gatewarden-"];
+
+/// A header the policy writes from a token: a valid name that is not reserved. Lowercased.
+fn output_header_name(name: &str, path: &FieldPath) -> Result<String, ConfigError> {
+    let name = header_name(name, path)?;
+    if RESERVED_OUTPUT_HEADERS.contains(&name.as_str())
+        || RESERVED_OUTPUT_PREFIXES.iter().any(|p| name.starts_with(p))
+    {
+        return Err(path.error(format!(
+            "header {} is reserved: framing, routing and proxy headers (host, content-length, \
+             transfer-encoding, connection, keep-alive, proxy-connection, te, trailer, upgrade, \
+             x-forwarded-for, x-envoy-*) and Gatewarden's own (x-gatewarden-*) cannot be set \
+             from a token",
+            quote(&name)
+        )));
+    }
+    Ok(name)
 }
 
 pub(crate) fn validate_provider_name(name: &str, path: &FieldPath) -> Result<(), ConfigError> {
@@ -179,14 +214,19 @@ pub(crate) fn compile_provider(
     let payload_header = spec
         .forward_payload_header
         .as_deref()
-        .map(|h| header_name(h, &path.field("forward_payload_header")))
+        .map(|h| output_header_name(h, &path.field("forward_payload_header")))
         .transpose()?;
+    if spec.pad_forward_payload_header && payload_header.is_none() {
+        return Err(path
+            .field("pad_forward_payload_header")
+            .error("true needs forward_payload_header"));
+    }
     let mut claim_headers = Vec::with_capacity(spec.claim_to_headers.len());
     for (i, c) in spec.claim_to_headers.iter().enumerate() {
         let cp = path.field("claim_to_headers").index(i);
         claim_headers.push((
             claim_path(&c.claim, &cp.field("claim"))?,
-            header_name(&c.header, &cp.field("header"))?,
+            output_header_name(&c.header, &cp.field("header"))?,
         ));
     }
     if spec.clock_skew_seconds > 86_400 {
@@ -226,6 +266,7 @@ pub(crate) fn compile_provider(
         remote: spec.remote_jwks.clone(),
         forward: spec.forward,
         payload_header,
+        pad_payload: spec.pad_forward_payload_header,
         claim_headers,
         max_token_bytes: spec.max_token_bytes,
     })

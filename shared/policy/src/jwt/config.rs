@@ -64,6 +64,11 @@ pub struct ProviderSpec {
     /// Send the verified token's payload (base64url, as in the token) upstream in this header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward_payload_header: Option<String>,
+    /// Pad the forwarded payload with `=` to a multiple of 4 characters, for upstreams whose
+    /// base64 decoder needs padding (Envoy's `pad_forward_payload_header`; default false:
+    /// unpadded, as in the token).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub pad_forward_payload_header: bool,
     /// Copy claims into request headers for the upstream.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub claim_to_headers: Vec<ClaimToHeaderSpec>,
@@ -245,6 +250,9 @@ fn default_clock_skew_seconds() -> u64 {
 }
 fn default_true() -> bool {
     true
+}
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 fn default_max_token_bytes() -> usize {
     8192

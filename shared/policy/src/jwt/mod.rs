@@ -18,17 +18,27 @@
 //!    different tokens of its issuer are `multiple_tokens`; a token longer than
 //!    `max_token_bytes` is `too_large` before any decoding. The token is parsed ([`jose`]),
 //!    its issuer checked, its signature verified with the provider's keys ([`jwk`]), then its
-//!    claims (`claims.rs`). `requires_any` passes if one passes (else reports a failed token
-//!    before a missing one); `requires_all` needs all; `allow_missing` passes when no provider
-//!    finds a token of its own, and fails on a present invalid one; `allow_missing_or_failed`
-//!    always passes.
+//!    claims (`claims.rs`). `requires_any` passes if one passes; `requires_all` needs all;
+//!    `allow_missing` passes when no provider refuses a token of its own and a token present
+//!    verifies for some provider; `allow_missing_or_failed` always passes (among the
+//!    alternatives of a `requires_any`, these two qualify the listed providers, as in Envoy,
+//!    instead of looking at every provider). A failed
+//!    requirement reports its most telling failure, at every nesting level (`policy::Failure`):
+//!    a token refused by the provider its `iss` names (`expired`, `audience`, …), else a token
+//!    nobody could read (`malformed`, `too_large`, …), else `issuer`, else `missing`; the
+//!    earliest among equals. So the reason, counter and status are those of the token's own
+//!    provider, whatever the order of the alternatives.
 //! 4. A remote key set not loaded yet: `failure_mode: deny` ⇒ 401 `jwks_unavailable`;
 //!    `failure_mode: allow` ⇒ that provider's requirement passes without a token (and the
 //!    rule's `scopes`/`claims`, which need one, are skipped). Either way `needs_keys` names it.
 //! 5. The rule's `scopes` and `claims` are checked against the first verified token (403).
-//! 6. Allowed: `claim_to_headers` and `forward_payload_header` are set from verified tokens;
-//!    the token is removed from where it was found unless `forward`. Every header the policy
-//!    can set is always removed from the request first, so a client cannot forge one.
+//! 6. Allowed: `claim_to_headers` and `forward_payload_header` (optionally `=`-padded) are set
+//!    from verified tokens; the token is removed from everywhere it was found unless `forward`.
+//!    Every header the policy can set is always removed from the request first, so a client
+//!    cannot forge one.
+//!
+//! A denial carries the client for the decision log (`JwtOutcome::client`), resolved with the
+//! policy's `client_address` settings; it never changes the decision.
 //!
 //! Responses: 401 with `WWW-Authenticate: Bearer realm="…"` (plus `error="invalid_token"` when a
 //! token was presented and refused), 403 for audience, subject, scope (`error="insufficient_scope"`)

@@ -1,9 +1,11 @@
 //! The compiled JWT policy and its decision (semantics in the module docs of [`super`]).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::client_address::ClientAddressError;
 use crate::decision::Decision;
 use crate::document::{FailureMode, FilterPolicy, Header};
 use crate::error::{quote, ConfigError, FieldPath};
@@ -46,6 +48,10 @@ pub struct JwtOutcome {
     pub needs_keys: Vec<Arc<str>>,
     /// The providers whose tokens verified (for the log), in evaluation order.
     pub verified: Vec<Arc<str>>,
+    /// On a denial, the client for the decision log, found with the policy's `client_address`
+    /// settings (as the IP filter finds it). Informational only: it never changes the
+    /// decision, so a malformed `x-forwarded-for` cannot break authentication. `None` when allowed.
+    pub client: Option<Result<IpAddr, ClientAddressError>>,
 }
 
 /// A remote key set the glue must fetch for a provider.
@@ -193,7 +199,7 @@ impl FilterPolicy for JwtPolicy {
 #[derive(Debug, Clone)]
 enum ProviderState<'a> {
     Missing,
-    Failed(JwtReason),
+    Failed(Failure),
     /// The remote key set is not loaded.
     Unavailable,
     Verified {
@@ -206,7 +212,59 @@ enum ProviderState<'a> {
 enum Eval {
     /// Passed, with the indices of the providers whose tokens verified.
     Pass(Vec<usize>),
-    Fail(JwtReason),
+    Fail(Failure),
+}
+
+/// Why a requirement failed, and whether the provider that refused claimed the token.
+///
+/// Which reason a failed `requires_any`, `requires_all` or `allow_missing` reports (its log
+/// line, counter and so its public response): the most telling failure of its parts, the
+/// earliest one among equals. From most to least telling:
+/// 1. `claimed`: a provider refused a token it took as its own (its `iss` is the provider's
+///    issuer): `expired`, `bad_signature`, `audience`, `jwks_unavailable`, … — the reason of
+///    the provider the token names;
+/// 2. a token that no provider could read (`malformed`, `too_large`, `multiple_tokens`, a
+///    non-string `iss`);
+/// 3. `issuer`: a token was sent, but it is not this provider's;
+/// 4. `missing`: no token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Failure {
+    reason: JwtReason,
+    claimed: bool,
+}
+
+impl Failure {
+    const MISSING: Failure = Failure::unclaimed(JwtReason::Missing);
+
+    const fn unclaimed(reason: JwtReason) -> Self {
+        Self {
+            reason,
+            claimed: false,
+        }
+    }
+
+    const fn claimed(reason: JwtReason) -> Self {
+        Self {
+            reason,
+            claimed: true,
+        }
+    }
+
+    fn rank(self) -> u8 {
+        match (self.claimed, self.reason) {
+            (true, _) => 3,
+            (false, JwtReason::Missing) => 0,
+            (false, JwtReason::Issuer) => 1,
+            (false, _) => 2,
+        }
+    }
+
+    /// Keeps the more telling of `best` and `next` (the earlier on a tie).
+    fn keep(best: &mut Option<Failure>, next: Failure) {
+        if best.is_none_or(|b| next.rank() > b.rank()) {
+            *best = Some(next);
+        }
+    }
 }
 
 struct Request<'p, 'a, 'c> {
@@ -270,9 +328,10 @@ impl JwtPolicy {
             response_headers: Vec::new(),
             needs_keys: Vec::new(),
             verified: Vec::new(),
+            client: None,
         };
         if facts.headers.len() > self.max_request_headers {
-            self.deny(&mut out, rule, JwtReason::TooManyHeaders);
+            self.deny(&mut out, rule, JwtReason::TooManyHeaders, facts);
             return out;
         }
         let action = &rule.action;
@@ -298,20 +357,27 @@ impl JwtPolicy {
         };
         let result = req.eval(requires);
         let verdict = match result {
-            Eval::Fail(reason) => Err(reason),
+            Eval::Fail(failure) => Err(failure.reason),
             Eval::Pass(verified) => req.check_rule_claims(action, &verified).map(|()| verified),
         };
         match verdict {
-            Err(reason) => self.deny(&mut out, rule, reason),
+            Err(reason) => self.deny(&mut out, rule, reason, facts),
             Ok(verified) => req.forward(&verified, &mut out),
         }
         out.needs_keys = req.needs_keys;
         out
     }
 
-    fn deny(&self, out: &mut JwtOutcome, rule: &CompiledRule<JwtAction>, reason: JwtReason) {
+    fn deny(
+        &self,
+        out: &mut JwtOutcome,
+        rule: &CompiledRule<JwtAction>,
+        reason: JwtReason,
+        facts: &RequestFacts<'_>,
+    ) {
         out.decision = Decision::deny(&rule.name, reason.denial());
         out.reason = Some(reason);
+        out.client = Some(self.header.client_address.resolve(facts));
         out.set_headers.clear();
         if let Some(v) = reason.www_authenticate(&self.realm) {
             out.response_headers
@@ -331,56 +397,83 @@ impl<'a> Request<'_, 'a, '_> {
         match r {
             Requirement::Provider(i) => self.eval_provider(*i),
             Requirement::Any(items) => {
-                let mut missing = None;
-                let mut failed = None;
+                // As in Envoy, `allow_missing` and `allow_missing_or_failed` among alternatives
+                // qualify the listed providers (their outcome), rather than accept any
+                // provider's token; alone, they stand for themselves over every provider.
+                let (mut allow_missing, mut allow_failed) = (false, false);
+                let mut best = None;
+                let mut listed = 0usize;
                 for item in items {
-                    match self.eval(item) {
-                        Eval::Pass(v) => return Eval::Pass(v),
-                        Eval::Fail(JwtReason::Missing) => missing = Some(JwtReason::Missing),
-                        Eval::Fail(r) => {
-                            failed.get_or_insert(r);
+                    match item {
+                        Requirement::AllowMissing => allow_missing = true,
+                        Requirement::AllowMissingOrFailed => allow_failed = true,
+                        _ => {
+                            listed += 1;
+                            match self.eval(item) {
+                                Eval::Pass(v) => return Eval::Pass(v),
+                                Eval::Fail(f) => Failure::keep(&mut best, f),
+                            }
                         }
                     }
                 }
-                // The most telling failure: a token that failed, rather than one that is absent.
-                Eval::Fail(failed.or(missing).unwrap_or(JwtReason::Missing))
+                if listed == 0 {
+                    let alone = if allow_failed {
+                        Requirement::AllowMissingOrFailed
+                    } else {
+                        Requirement::AllowMissing
+                    };
+                    return self.eval(&alone);
+                }
+                let best = best.unwrap_or(Failure::MISSING);
+                if allow_failed || (allow_missing && best == Failure::MISSING) {
+                    Eval::Pass(Vec::new())
+                } else {
+                    Eval::Fail(best)
+                }
             }
             Requirement::All(items) => {
+                // Every part is evaluated, so the most telling failure is reported (a token
+                // that failed rather than another provider's token that is absent).
                 let mut verified = Vec::new();
+                let mut best = None;
                 for item in items {
                     match self.eval(item) {
-                        Eval::Pass(v) => verified.extend(
-                            v.into_iter()
-                                .filter(|i| !verified.contains(i))
-                                .collect::<Vec<_>>(),
-                        ),
-                        fail => return fail,
+                        Eval::Pass(v) => {
+                            for i in v {
+                                if !verified.contains(&i) {
+                                    verified.push(i);
+                                }
+                            }
+                        }
+                        Eval::Fail(f) => Failure::keep(&mut best, f),
                     }
                 }
-                Eval::Pass(verified)
+                match best {
+                    Some(f) => Eval::Fail(f),
+                    None => Eval::Pass(verified),
+                }
             }
             Requirement::AllowMissing | Requirement::AllowMissingOrFailed => {
                 let mut verified = Vec::new();
-                let mut failed = None;
-                let mut foreign = false;
+                let mut best = None;
                 for i in 0..self.policy.providers.len() {
                     match self.eval_provider(i) {
                         Eval::Pass(v) => verified.extend(v),
-                        // A token of another issuer is not this provider's token.
-                        Eval::Fail(JwtReason::Issuer) => foreign = true,
-                        Eval::Fail(JwtReason::Missing) => {}
-                        Eval::Fail(r) => {
-                            failed.get_or_insert(r);
-                        }
+                        Eval::Fail(f) => Failure::keep(&mut best, f),
                     }
                 }
-                if matches!(r, Requirement::AllowMissingOrFailed) || !verified.is_empty() {
+                if matches!(r, Requirement::AllowMissingOrFailed) {
                     return Eval::Pass(verified);
                 }
-                match (failed, foreign) {
-                    (Some(r), _) => Eval::Fail(r),
-                    (None, true) => Eval::Fail(JwtReason::Issuer),
-                    (None, false) => Eval::Pass(Vec::new()),
+                match best {
+                    // A token its provider refused fails the request, even beside a valid
+                    // token of another provider (as in Envoy: every token present must verify).
+                    Some(f) if f.claimed => Eval::Fail(f),
+                    // What one provider cannot read or does not own, another may have verified.
+                    _ if !verified.is_empty() => Eval::Pass(verified),
+                    // A token that no provider verified: refused (`issuer` if nobody owns it).
+                    Some(f) if f != Failure::MISSING => Eval::Fail(f),
+                    _ => Eval::Pass(Vec::new()),
                 }
             }
         }
@@ -396,13 +489,13 @@ impl<'a> Request<'_, 'a, '_> {
                 }
                 s
             }
-            None => return Eval::Fail(JwtReason::Missing),
+            None => return Eval::Fail(Failure::MISSING),
         };
         match state {
-            ProviderState::Missing => Eval::Fail(JwtReason::Missing),
-            ProviderState::Failed(r) => Eval::Fail(r),
+            ProviderState::Missing => Eval::Fail(Failure::MISSING),
+            ProviderState::Failed(f) => Eval::Fail(f),
             ProviderState::Unavailable => match self.policy.header.failure_mode {
-                FailureMode::Deny => Eval::Fail(JwtReason::JwksUnavailable),
+                FailureMode::Deny => Eval::Fail(Failure::claimed(JwtReason::JwksUnavailable)),
                 FailureMode::Allow => {
                     self.degraded = true;
                     Eval::Pass(Vec::new())
@@ -418,12 +511,14 @@ impl<'a> Request<'_, 'a, '_> {
         };
         let candidates = match p.sources.extract(self.facts) {
             Extracted::None => return ProviderState::Missing,
-            Extracted::Multiple => return ProviderState::Failed(JwtReason::MultipleTokens),
+            Extracted::Multiple => {
+                return ProviderState::Failed(Failure::unclaimed(JwtReason::MultipleTokens))
+            }
             Extracted::Some(c) => c,
         };
         // Bound the work before decoding anything.
         if candidates.iter().any(|c| c.token.len() > p.max_token_bytes) {
-            return ProviderState::Failed(JwtReason::TooLarge);
+            return ProviderState::Failed(Failure::unclaimed(JwtReason::TooLarge));
         }
         let single = candidates.len() == 1;
         let mut chosen = None;
@@ -436,7 +531,7 @@ impl<'a> Request<'_, 'a, '_> {
                 .and_then(|cache| cache.get(&key, self.now))
             {
                 if chosen.is_some() {
-                    return ProviderState::Failed(JwtReason::MultipleTokens);
+                    return ProviderState::Failed(Failure::claimed(JwtReason::MultipleTokens));
                 }
                 chosen = Some((c, key, Ok(hit)));
                 continue;
@@ -461,7 +556,7 @@ impl<'a> Request<'_, 'a, '_> {
                 }
             }
             if chosen.is_some() {
-                return ProviderState::Failed(JwtReason::MultipleTokens);
+                return ProviderState::Failed(Failure::claimed(JwtReason::MultipleTokens));
             }
             chosen = Some((c, key, Err(parsed)));
         }
@@ -472,7 +567,7 @@ impl<'a> Request<'_, 'a, '_> {
             } else {
                 first_failure.map(|_| JwtReason::Issuer)
             };
-            return ProviderState::Failed(r.unwrap_or(JwtReason::Issuer));
+            return ProviderState::Failed(Failure::unclaimed(r.unwrap_or(JwtReason::Issuer)));
         };
         let (text, locations) = (c.token, c.locations);
         let parsed = match found {
@@ -483,7 +578,7 @@ impl<'a> Request<'_, 'a, '_> {
                         text,
                         locations,
                     },
-                    Err(r) => ProviderState::Failed(r),
+                    Err(r) => ProviderState::Failed(Failure::claimed(r)),
                 };
             }
             Err(parsed) => parsed,
@@ -502,10 +597,10 @@ impl<'a> Request<'_, 'a, '_> {
             if r == JwtReason::UnknownKid && p.remote.is_some() {
                 self.need_keys(&p.name);
             }
-            return ProviderState::Failed(r);
+            return ProviderState::Failed(Failure::claimed(r));
         }
         if let Err(r) = p.checks.check(&parsed.claims, self.now) {
-            return ProviderState::Failed(r);
+            return ProviderState::Failed(Failure::claimed(r));
         }
         let stale_at =
             claims::expiration(&parsed.claims).map(|exp| exp.saturating_add(p.checks.skew));
@@ -589,7 +684,13 @@ impl<'a> Request<'_, 'a, '_> {
             out.verified.push(Arc::clone(&p.name));
             if let Some(h) = &p.payload_header {
                 let payload = text.split('.').nth(1).unwrap_or("");
-                set_header(out, h, payload.to_owned());
+                let mut value = payload.to_owned();
+                if p.pad_payload {
+                    // base64url with `=` padding to a multiple of 4 (Envoy's
+                    // pad_forward_payload_header); the token's own segment has none.
+                    value.extend(std::iter::repeat_n('=', (4 - payload.len() % 4) % 4));
+                }
+                set_header(out, h, value);
             }
             for (claim, header) in &p.claim_headers {
                 if let Some(v) = claims::lookup(&token.claims, claim).and_then(claim_header_value) {
@@ -616,13 +717,13 @@ impl<'a> Request<'_, 'a, '_> {
             set_header(out, ":path", path);
         }
         if !strip_cookies.is_empty() {
-            match cookies_without(self.facts, &strip_cookies) {
-                Some(c) => set_header(out, "cookie", c),
-                None => {
-                    if !out.remove_headers.iter().any(|h| h == "cookie") {
-                        out.remove_headers.push("cookie".to_owned());
-                    }
-                }
+            // Every `cookie` header goes, then the rest comes back as one: replacing a header
+            // does not remove its other values on every host, and the token may be in any.
+            if !out.remove_headers.iter().any(|h| h == "cookie") {
+                out.remove_headers.push("cookie".to_owned());
+            }
+            if let Some(c) = cookies_without(self.facts, &strip_cookies) {
+                set_header(out, "cookie", c);
             }
         }
     }
