@@ -5,10 +5,14 @@
 //! gatewarden schema NAME [--kong]                                       JSON Schema (or Kong meta.json)
 //! gatewarden render-json POLICY                                         the policy as the JSON a filter receives
 //! gatewarden geo-lookup DB.mmdb IP...                                   the country a database gives each address
+//! gatewarden keygen | sign | verify                                     approvals (src/sign.rs)
+//! gatewarden promote | abort                                            end a rollout (src/rollout.rs)
 //! ```
 //! Validation runs exactly the code the filter runs in `on_configure`.
 
 mod policy_file;
+mod rollout;
+mod sign;
 
 use std::process::ExitCode;
 
@@ -19,6 +23,11 @@ const USAGE: &str = "usage:
   gatewarden schema NAME [--kong]
   gatewarden render-json [--filter NAME] POLICY
   gatewarden geo-lookup DB.mmdb IP...
+  gatewarden keygen --out PREFIX
+  gatewarden sign --key KEYFILE --key-id ID [--filter NAME] POLICY
+  gatewarden verify --trust TRUST.json [--filter NAME] POLICY
+  gatewarden promote [--filter NAME] POLICY
+  gatewarden abort [--filter NAME] POLICY
 filters: ip_geo";
 
 fn main() -> ExitCode {
@@ -63,6 +72,14 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
 
 fn run(args: &[String]) -> Result<ExitCode, String> {
     let Some((cmd, rest)) = args.split_first() else { return Err("no command".into()) };
+    match cmd.as_str() {
+        "keygen" => return sign::keygen(rest),
+        "sign" => return sign::sign(rest),
+        "verify" => return sign::verify(rest),
+        "promote" => return rollout::promote(rest),
+        "abort" => return rollout::abort(rest),
+        _ => {}
+    }
     let o = parse_options(rest)?;
     match cmd.as_str() {
         "validate" => validate(&o),

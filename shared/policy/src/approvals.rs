@@ -301,7 +301,7 @@ pub fn encode_b64(input: &[u8]) -> String {
 /// Strict standard base64 with padding; `None` for anything else (non-zero unused bits too).
 pub fn decode_b64(input: &str) -> Option<Vec<u8>> {
     let bytes = input.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let value = |c: u8| B64.iter().position(|&x| x == c).map(|p| p as u32);
