@@ -254,3 +254,53 @@ fn invalid_trust_settings_refuse_to_start() {
     }
     assert_eq!(host.metric_value("gatewarden_ip_geo_trust_config_rejected"), 3);
 }
+
+// ------------------------------------------------------------------------------------------
+// The same glue serves every filter: the JWT module with a shadow and a header-hashed canary.
+
+fn jwt_module() -> &'static Module {
+    static MODULE: OnceLock<Module> = OnceLock::new();
+    MODULE.get_or_init(|| common::filter_module("gatewarden-jwt"))
+}
+
+fn jwt_doc(version: &str, public_open: bool) -> Value {
+    let jwks: Value = serde_json::from_str(include_str!("../../shared/policy/tests/fixtures/jwt/jwks.json")).unwrap();
+    let rules = if public_open { json!([{"name": "public", "match": {"path_prefix": "/public"}}]) } else { json!([]) };
+    json!({
+        "policy_version": version,
+        "providers": {"idp": {"issuer": "https://idp.example.com", "audiences": ["api"], "local_jwks": jwks}},
+        "rules": rules,
+        "default": {"requires": {"provider": "idp"}}
+    })
+}
+
+#[test]
+fn jwt_module_shadow_and_header_canary() {
+    let host = Host::new(Profile::Envoy);
+    host.set_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_100));
+    let mut shadow = jwt_doc("j1", true);
+    shadow["rollout"] = json!({"shadow": true, "candidate": jwt_doc("j2", false)});
+    let mut vm = host.load_vm(jwt_module(), VmOptions::new("gatewarden_jwt").vm_id("gatewarden_jwt")).unwrap();
+    assert!(vm.configure(shadow.to_string().as_bytes()).unwrap(), "{:#?}", host.logs());
+    let out = vm.http_request(Request::get("/public/x").source("10.0.0.1:1")).unwrap();
+    assert_eq!(out.status, 200, "the active policy (public open) is enforced");
+    assert_eq!(out.upstream_header("x-gatewarden-jwt"), Some("allow; rule=public; version=j1"));
+    assert_eq!(vm.http_request(Request::get("/private").source("10.0.0.1:1")).unwrap().status, 401);
+    assert_eq!(host.metric_value("gatewarden_jwt_shadow_disagreed"), 1);
+    assert_eq!(host.metric_value("gatewarden_jwt_shadow_agreed"), 1);
+    let line = &json_lines(&host, "shadow_disagreement")[0];
+    assert_eq!(line["candidate"].as_str().unwrap().split(':').next(), Some("deny"), "{line}");
+    assert_eq!(line["candidate"].as_str().unwrap().rsplit(':').next(), Some("401"), "{line}");
+
+    // Canary on 100 % of users identified by x-user-id; requests without it stay on the active policy.
+    let mut canary = jwt_doc("j1", true);
+    canary["rollout"] = json!({"percent": 100, "hash_on": {"header": "x-user-id"}, "candidate": jwt_doc("j2", false)});
+    assert!(vm.configure(canary.to_string().as_bytes()).unwrap(), "{:#?}", host.logs());
+    let with_user = vm.http_request(Request::get("/public/x").source("10.0.0.1:1").header("x-user-id", "u1")).unwrap();
+    assert_eq!(with_user.status, 401, "the candidate requires a token everywhere");
+    let anonymous = vm.http_request(Request::get("/public/x").source("10.0.0.1:1")).unwrap();
+    assert_eq!(anonymous.status, 200);
+    assert_eq!(host.metric_value("gatewarden_jwt_rollout_candidate"), 1);
+    assert_eq!(host.metric_value("gatewarden_jwt_candidate_denied"), 1);
+    assert_eq!(host.metric_value("gatewarden_jwt_rollout_active"), 1);
+}
