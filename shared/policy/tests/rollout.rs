@@ -160,3 +160,52 @@ fn hash_on_header() {
     assert_eq!(role(&set, &[], "10.0.0.1:1"), Role::Active, "no header: the active policy");
     assert_eq!(IpGeoPolicy::NAME, "ip_geo");
 }
+
+#[test]
+fn mutated_rollout_and_signed_documents_never_panic() {
+    use ed25519_compact::{KeyPair, Seed};
+    use gatewarden_policy::approvals::{encode_b64, signing_message, TrustConfig};
+    let kp = KeyPair::from_seed(Seed::new([7; 32]));
+    let trust = TrustConfig::parse(json!({"trusted_signers": [{"key_id": "k", "public_key": encode_b64(kp.pk.as_ref())}], "required_signatures": 1}).to_string().as_bytes()).unwrap();
+    let mut base: Value = serde_json::from_str(&doc(json!({"candidate": candidate(), "percent": 12.5, "hash_on": {"header": "x-u"}}))).unwrap();
+    let sig = encode_b64(kp.sk.sign(signing_message(&base).unwrap(), None).as_ref());
+    base["signatures"] = json!([{"key_id": "k", "sig": sig}]);
+    let base = base.to_string().into_bytes();
+    assert!(trust.verify(&base).is_ok());
+    assert!(compile_set::<IpGeoPolicy>(&base).is_ok());
+    const ALPHABET: &[u8] = b"0123456789.:/[]{}\",-_ e+E\\\x00\xff\xc3";
+    let mut state = 0x5eed_7011_0u64;
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let (mut compiled, mut verified) = (0, 0);
+    for _ in 0..10_000 {
+        let mut bytes = base.clone();
+        for _ in 0..=next(3) {
+            let at = next(bytes.len());
+            match next(3) {
+                0 => bytes[at] = ALPHABET[next(ALPHABET.len())],
+                1 => {
+                    bytes.remove(at);
+                }
+                _ => bytes.insert(at, ALPHABET[next(ALPHABET.len())]),
+            }
+        }
+        if let Ok(set) = compile_set::<IpGeoPolicy>(&bytes) {
+            compiled += 1;
+            if let Some(r) = &set.rollout {
+                let headers = vec![("x-u".to_string(), "someone".to_string())];
+                let _ = r.assign(set.header(), &RequestFacts::new(&headers, Some("10.0.0.1:1")));
+            }
+        }
+        if trust.verify(&bytes).is_ok() {
+            verified += 1;
+        }
+    }
+    assert!(compiled > 100, "mutations should keep some documents valid: {compiled}");
+    // A change that survives parsing changes the signed content (or only whitespace/signatures).
+    assert!(verified < compiled, "{verified} verified of {compiled} compiled");
+}
