@@ -174,7 +174,7 @@ fn mutated_rollout_and_signed_documents_never_panic() {
     assert!(trust.verify(&base).is_ok());
     assert!(compile_set::<IpGeoPolicy>(&base).is_ok());
     const ALPHABET: &[u8] = b"0123456789.:/[]{}\",-_ e+E\\\x00\xff\xc3";
-    let mut state = 0x5eed_7011_0u64;
+    let mut state = 0x5eed_7011_u64;
     let mut next = |n: usize| {
         state ^= state << 13;
         state ^= state >> 7;
