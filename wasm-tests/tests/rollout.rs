@@ -304,3 +304,28 @@ fn jwt_module_shadow_and_header_canary() {
     assert_eq!(host.metric_value("gatewarden_jwt_candidate_denied"), 1);
     assert_eq!(host.metric_value("gatewarden_jwt_rollout_active"), 1);
 }
+
+#[test]
+fn canary_and_shadow_cost_one_counter_call_per_request() {
+    let host = Host::new(Profile::Envoy);
+    let one = |percent: Option<f64>| {
+        let mut policy = json!({"policy_version": "v1", "default": {}});
+        policy["rollout"] = match percent {
+            Some(p) => json!({"percent": p, "candidate": {"policy_version": "v2", "default": {}}}),
+            None => json!({"shadow": true, "candidate": {"policy_version": "v2", "default": {}}}),
+        };
+        let mut vm = vm(&host, &policy);
+        host.clear_calls();
+        assert_eq!(vm.http_request(Request::get("/").source("192.0.2.1:1")).unwrap().status, 200);
+        host.calls().iter().map(|c| c.name).collect::<Vec<&str>>()
+    };
+    // Canary, active decides: + the assignment counter.
+    assert_eq!(one(Some(0.0)), ["proxy_get_property", "proxy_increment_metric", "proxy_increment_metric", "proxy_replace_header_map_value"]);
+    // Canary, candidate decides: + the assignment counter and candidate_allowed.
+    assert_eq!(
+        one(Some(100.0)),
+        ["proxy_get_property", "proxy_increment_metric", "proxy_increment_metric", "proxy_increment_metric", "proxy_replace_header_map_value"]
+    );
+    // Shadow, agreeing: + shadow_agreed (the second evaluation makes no host call).
+    assert_eq!(one(None), ["proxy_get_property", "proxy_increment_metric", "proxy_increment_metric", "proxy_replace_header_map_value"]);
+}
