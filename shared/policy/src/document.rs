@@ -144,6 +144,13 @@ pub trait FilterPolicy: Sized {
 
     /// The compiled common header.
     fn header(&self) -> &Header;
+
+    /// Refuses a rollout candidate this filter's glue could not serve beside `self`, the active
+    /// policy: background resources (geo database, remote JWKS) are fetched for the active policy
+    /// only. Paths are relative to the candidate (the caller adds `rollout.candidate.`).
+    fn check_candidate(&self, _candidate: &Self) -> Result<(), ConfigError> {
+        Ok(())
+    }
 }
 
 /// The compiled common header of a policy.

@@ -124,6 +124,7 @@ impl<P: FilterPolicy> Rollout<P> {
             return Err(cpath.field("signatures").error("sign the whole document, not the candidate"));
         }
         let candidate = P::compile(candidate).map_err(|e| prefix_error(e, "rollout.candidate"))?;
+        active.check_candidate(&candidate).map_err(|e| prefix_error(e, "rollout.candidate"))?;
         let version = &candidate.header().policy_version;
         if version == &active.header().policy_version {
             return Err(cpath.field("policy_version").error(format!(

@@ -66,6 +66,14 @@ fn config_errors_name_the_field() {
         let err = compile::<IpGeoPolicy>(doc(rollout.clone()).as_bytes()).unwrap_err();
         assert_eq!(err.to_string(), want, "rollout {rollout}");
     }
+    // The candidate uses the background resources of the active policy: no other geo database.
+    let geo = |path: &str| json!({"cluster": "gatewarden_geo_db", "path": path});
+    let mut with_db: Value = serde_json::from_str(&doc(json!({"percent": 5, "candidate": {"policy_version": "v2", "geo_database": geo("/b.mmdb")}}))).unwrap();
+    with_db["geo_database"] = geo("/a.mmdb");
+    let err = compile::<IpGeoPolicy>(with_db.to_string().as_bytes()).unwrap_err();
+    assert!(err.to_string().starts_with("rollout.candidate.geo_database: a candidate must use the active policy's geo_database (cluster \"gatewarden_geo_db\", path \"/b.mmdb\")"), "{err}");
+    with_db["rollout"]["candidate"]["geo_database"] = geo("/a.mmdb");
+    compile::<IpGeoPolicy>(with_db.to_string().as_bytes()).unwrap();
     // Unknown fields, in the rollout and in the candidate, are serde errors with their paths.
     let err = compile::<IpGeoPolicy>(doc(json!({"candidate": candidate(), "percent": 5, "percentage": 5})).as_bytes()).unwrap_err();
     assert_eq!(err.path(), "rollout.percentage", "{err}");
@@ -208,4 +216,22 @@ fn mutated_rollout_and_signed_documents_never_panic() {
     assert!(compiled > 100, "mutations should keep some documents valid: {compiled}");
     // A change that survives parsing changes the signed content (or only whitespace/signatures).
     assert!(verified < compiled, "{verified} verified of {compiled} compiled");
+}
+
+#[test]
+fn jwt_candidate_must_use_the_active_remote_jwks() {
+    use gatewarden_policy::jwt::JwtPolicy;
+    let provider = |path: &str| json!({"issuer": "https://idp", "remote_jwks": {"cluster": "jwks", "path": path}});
+    let doc = |cand_path: &str| {
+        json!({
+            "policy_version": "j1",
+            "providers": {"idp": provider("/a")},
+            "default": {"requires": {"provider": "idp"}},
+            "rollout": {"percent": 5, "candidate": {"policy_version": "j2", "providers": {"idp": provider(cand_path)}, "default": {"requires": {"provider": "idp"}}}}
+        })
+        .to_string()
+    };
+    compile::<JwtPolicy>(doc("/a").as_bytes()).unwrap();
+    let err = compile::<JwtPolicy>(doc("/b").as_bytes()).unwrap_err();
+    assert_eq!(err.path(), "rollout.candidate.providers.idp.remote_jwks", "{err}");
 }
