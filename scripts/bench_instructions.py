@@ -59,7 +59,7 @@ def run(cfg: str, n: int, out: Path) -> int:
     with log.open("wb") as lf:
         proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, cwd=bench.ROOT)
     try:
-        bench.wait_ready(proc, ports["admin"], log, timeout=600)
+        bench.wait_ready(proc, ports["admin"], log, timeout=int(os.environ.get("READY_TIMEOUT", "600")))
         requests(ports[cfg], 10)  # the first request of a Wasm filter compiles and warms up
         requests(ports[cfg], n)
     finally:

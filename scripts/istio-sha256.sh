@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Fill the sha256 of envoy-config/istio/wasmplugin-ip-geo.yaml.
+# Fill the sha256 of envoy-config/istio/wasmplugin-<filter>.yaml (FILTER=ip-geo by default, or jwt).
 #   scripts/istio-sha256.sh                    # sha256 of the built module (file:// or https:// url)
 #   scripts/istio-sha256.sh sha256:<digest>    # an OCI image digest (oci:// url)
+#   FILTER=jwt scripts/istio-sha256.sh
 . "$(dirname "$0")/lib.sh"
 
-file="$ROOT/envoy-config/istio/wasmplugin-ip-geo.yaml"
+filter="${FILTER:-ip-geo}"
+[[ "$filter" == ip-geo || "$filter" == jwt ]] || die "FILTER must be ip-geo or jwt, not $filter"
+file="$ROOT/envoy-config/istio/wasmplugin-$filter.yaml"
 if (($#)); then
     sum="${1#sha256:}"
 else
-    module="$(module_path gatewarden-ip-geo)"
+    module="$(module_path "gatewarden-$filter")"
     [[ -f "$module" ]] || die "$module missing: run scripts/build.sh (or pass an OCI digest)"
     sum="$(sha256sum "$module" | cut -d' ' -f1)"
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test, on a fresh machine of this kind: installs what is missing, then runs
 #   1. lints (clippy, native and wasm32), with unwrap/expect/panic denied outside tests
-#   2. native unit tests + Wasm-host tests (the release .wasm files in our wasmtime host) + CLI tests
+#   2. native unit tests + Wasm-host tests (the release .wasm files in our wasmtime host) + CLI tests,
+#      then `gatewarden test examples` (the example policy repo's tests through the release modules)
 #   3. `envoy --mode validate` on every shipped Envoy config
 #   4. end-to-end tests against a real Envoy on 127.0.0.1
 #   scripts/test.sh
@@ -21,6 +22,9 @@ cargo clippy --target "$WASM_TARGET" "${clippy_args[@]}" --quiet -- -D warnings
 
 log "native and wasm-host tests"
 GATEWARDEN_REQUIRE_REAL_DB=1 GATEWARDEN_WASM_DIR="$WASM_DIR" cargo test --workspace --quiet
+
+log "policy tests of examples/ through the release modules (gatewarden test)"
+cargo run --quiet -p gatewarden -- test --modules "$WASM_DIR" --junit "$ROOT/target/gatewarden-examples.junit.xml" examples
 
 log "envoy --mode validate on every shipped config"
 "$ROOT/scripts/validate-configs.sh"

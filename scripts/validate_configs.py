@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Check every Envoy config we ship with `envoy --mode validate` (pip Envoy, same version as the image).
 
-- envoy-config/envoy.yaml rendered by scripts/envoyconf.py: default (ip_geo), and floor + ip_geo + IPv6;
-- the same template rendered by envoy-config/docker/entrypoint.sh (sed), as docker compose does;
+- envoy-config/envoy.yaml rendered by scripts/envoyconf.py: default (ip_geo), ip_geo + jwt, and
+  floor + ip_geo + jwt + IPv6;
+- the same template rendered by envoy-config/docker/entrypoint.sh (awk + sed) with ip_geo + jwt, as
+  docker compose does;
 - every ECDS resource in envoy-config/ecds/*.json, inlined as a static HTTP filter (validate mode does
-  not read ECDS files, so this is how their Wasm config gets checked);
+  not read ECDS files, so this is how their Wasm config gets checked), and likewise the resources
+  `gatewarden render --target envoy` writes for examples/policies/*.yaml;
 - the benchmark's bootstrap (scripts/bench.py), with every configuration.
 Exit status 1 if any fails. Stdlib only.
 """
@@ -46,7 +49,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gatewarden-validate-") as tmp:
         t = Path(tmp)
         cases = [("envoy.yaml (ip_geo)", ["ip_geo"], set()),
-                 ("envoy.yaml (floor + ip_geo, IPv6)", ["floor", "ip_geo"], {"ipv6"}),
+                 ("envoy.yaml (ip_geo + jwt)", ["ip_geo", "jwt"], set()),
+                 ("envoy.yaml (floor + ip_geo + jwt, IPv6)", ["floor", "ip_geo", "jwt"], {"ipv6"}),
                  ("envoy.yaml (no filter)", [], set())]
         for i, (label, filters, optional) in enumerate(cases):
             path = t / f"envoy-{i}.yaml"
@@ -55,13 +59,26 @@ def main() -> int:
 
         env = dict(os.environ, PATH=f"{ENVOY.parent}:{os.environ.get('PATH', '')}",
                    TEMPLATE=str(ROOT / "envoy-config" / "envoy.yaml"), OUT=str(t / "docker.yaml"),
-                   ECDS_DIR=str(ROOT / "envoy-config" / "ecds"))  # the container's /gatewarden is the repo
-        ok &= validate("envoy.yaml rendered by docker/entrypoint.sh", t / "docker.yaml",
+                   ECDS_DIR=str(ROOT / "envoy-config" / "ecds"),  # the container's /gatewarden is the repo
+                   FILTERS="ip_geo jwt")  # as docker-compose.yaml sets it
+        ok &= validate("envoy.yaml rendered by docker/entrypoint.sh (ip_geo + jwt)", t / "docker.yaml",
                        ["sh", str(ROOT / "envoy-config" / "docker" / "entrypoint.sh"), "--mode", "validate"], env)
 
-        for res_path in sorted((ROOT / "envoy-config" / "ecds").glob("*.json")):
-            resource = json.loads(res_path.read_text())["resources"][0]
-            label = f"ecds/{res_path.name} (inlined)"
+        resources = [(f"ecds/{p.name}", p.stem, json.loads(p.read_text()))
+                     for p in sorted((ROOT / "envoy-config" / "ecds").glob("*.json"))]
+        # What `gatewarden render --target envoy` (and `gatewarden apply`) writes for the example policies.
+        for policy in sorted((ROOT / "examples" / "policies").glob("*.yaml")):
+            out = subprocess.run(gatewarden_cli() + ["render", "--target", "envoy", str(policy)],
+                                 cwd=ROOT, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"FAIL gatewarden render --target envoy {policy.name}: {out.stderr}", file=sys.stderr)
+                ok = False
+                continue
+            resources.append((f"gatewarden render --target envoy examples/policies/{policy.name}",
+                              f"render-{policy.stem}", json.loads(out.stdout)))
+        for name, stem, doc in resources:
+            resource = doc["resources"][0]
+            label = f"{name} (inlined)"
             code = resource["typed_config"]["config"]["vm_config"]["code"]["local"]
             if not (ROOT / code["filename"]).exists():
                 # Not built yet: still check the resource's structure, with the floor module.
@@ -70,7 +87,7 @@ def main() -> int:
             boot = json.loads(json.dumps(STATIC_BOOTSTRAP))
             hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
             hcm["http_filters"].insert(0, {"name": resource["name"], "typed_config": resource["typed_config"]})
-            path = t / f"ecds-{res_path.stem}.json"
+            path = t / f"ecds-{stem}.json"
             path.write_text(json.dumps(boot))
             ok &= validate(label, path)
 
@@ -81,6 +98,16 @@ def main() -> int:
         path.write_text(json.dumps(bootstrap))
         ok &= validate("bench bootstrap (all configurations)", path)
     return 0 if ok else 1
+
+
+def gatewarden_cli() -> list[str]:
+    """The gatewarden command: $GATEWARDEN_CLI, else the debug build, else through cargo."""
+    if os.environ.get("GATEWARDEN_CLI"):
+        return [os.environ["GATEWARDEN_CLI"]]
+    built = ROOT / "target" / "debug" / "gatewarden"
+    if built.exists():
+        return [str(built)]
+    return ["cargo", "run", "--quiet", "-p", "gatewarden", "--"]
 
 
 STATIC_BOOTSTRAP = {

@@ -5,14 +5,28 @@
 //! gatewarden schema NAME [--kong]                                       JSON Schema (or Kong meta.json)
 //! gatewarden render-json POLICY                                         the policy as the JSON a filter receives
 //! gatewarden geo-lookup DB.mmdb IP...                                   the country a database gives each address
+//! gatewarden test [--modules DIR] [--junit FILE] [DIR|FILE]...          policy tests through the built .wasm
+//! gatewarden eval --policy P [--request R.yaml] [flags]                 one request through the .wasm, as JSON
+//! gatewarden render --target envoy|istio|kong|compose POLICY            the plugin config for each host
+//! gatewarden apply POLICY --to DIR [--author A] [-m MSG]                validate + atomic ECDS write + history
+//! gatewarden history --to DIR | diff A B | rollback --to DIR [--version V]
 //! gatewarden keygen | sign | verify                                     approvals (src/sign.rs)
 //! gatewarden promote | abort                                            end a rollout (src/rollout.rs)
 //! ```
 //! Validation runs exactly the code the filter runs in `on_configure`.
 
+mod apply;
+mod diff;
+mod eval;
+mod junit;
+mod modules;
 mod policy_file;
+mod policy_test;
+mod render;
 mod rollout;
+mod run;
 mod sign;
+mod timefmt;
 
 use std::process::ExitCode;
 
@@ -23,12 +37,21 @@ const USAGE: &str = "usage:
   gatewarden schema NAME [--kong]
   gatewarden render-json [--filter NAME] POLICY
   gatewarden geo-lookup DB.mmdb IP...
+  gatewarden test [--modules DIR] [--junit FILE] [DIR|FILE]...
+  gatewarden eval --policy POLICY [--request R.yaml] [--fixtures TESTFILE] [--method M] [--path P]
+                  [--header 'name: value']... [--peer IP] [--body TEXT] [--time T] [--modules DIR]
+  gatewarden render --target envoy|istio|kong|compose [--out PATH] [--module PATH | --modules DIR]
+                  [--vm-id ID] [--url URL] [--sha256 HEX] [--namespace NS] [--service NAME] POLICY
+  gatewarden apply POLICY --to DIR [--author A] [-m MSG] [--module PATH | --modules DIR] [--vm-id ID]
+  gatewarden history --to DIR [--filter NAME] [--format text|json]
+  gatewarden diff [--to DIR] [--format text|json] A B          A, B: policy files or history versions
+  gatewarden rollback --to DIR [--version V] [--filter NAME] [--author A] [-m MSG]
   gatewarden keygen --out PREFIX
   gatewarden sign --key KEYFILE --key-id ID [--filter NAME] POLICY
   gatewarden verify --trust TRUST.json [--filter NAME] POLICY
   gatewarden promote [--filter NAME] POLICY
   gatewarden abort [--filter NAME] POLICY
-filters: ip_geo";
+filters: ip_geo, jwt";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -72,7 +95,15 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
 
 fn run(args: &[String]) -> Result<ExitCode, String> {
     let Some((cmd, rest)) = args.split_first() else { return Err("no command".into()) };
+    // Commands with their own options.
     match cmd.as_str() {
+        "test" => return policy_test::main(rest),
+        "eval" => return eval::main(rest),
+        "render" => return render::main(rest),
+        "apply" => return apply::main_apply(rest),
+        "history" => return apply::main_history(rest),
+        "diff" => return diff::main(rest),
+        "rollback" => return apply::main_rollback(rest),
         "keygen" => return sign::keygen(rest),
         "sign" => return sign::sign(rest),
         "verify" => return sign::verify(rest),

@@ -3,20 +3,23 @@
 use std::fmt;
 
 use gatewarden_policy::ip_geo::IpGeoPolicy;
+use gatewarden_policy::jwt::JwtPolicy;
 use gatewarden_policy::{compile, ConfigError, FilterPolicy};
 
 /// The filters the CLI knows. Adding one is a line here and one in each `match`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filter {
     IpGeo,
+    Jwt,
 }
 
 impl Filter {
-    pub const ALL: [Filter; 1] = [Filter::IpGeo];
+    pub const ALL: [Filter; 2] = [Filter::IpGeo, Filter::Jwt];
 
     pub fn name(self) -> &'static str {
         match self {
             Filter::IpGeo => IpGeoPolicy::NAME,
+            Filter::Jwt => JwtPolicy::NAME,
         }
     }
 
@@ -28,13 +31,30 @@ impl Filter {
     pub fn check(self, json: &[u8]) -> Result<String, ConfigError> {
         match self {
             Filter::IpGeo => compile::<IpGeoPolicy>(json).map(|p| p.header().policy_version.to_string()),
+            Filter::Jwt => compile::<JwtPolicy>(json).map(|p| p.header().policy_version.to_string()),
         }
     }
 
     pub fn schema(self) -> serde_json::Value {
         match self {
             Filter::IpGeo => gatewarden_policy::schema::ip_geo(),
+            Filter::Jwt => gatewarden_policy::schema::jwt(),
         }
+    }
+
+    /// The release module's file name: `gatewarden_<name>.wasm` (package `gatewarden-<name>`).
+    pub fn module_file(self) -> String {
+        format!("gatewarden_{}.wasm", self.name())
+    }
+
+    /// Root id and VM id the shipped configs use: `gatewarden_<name>`.
+    pub fn root_id(self) -> String {
+        format!("gatewarden_{}", self.name())
+    }
+
+    /// The decision header the glue sends upstream: `x-gatewarden-<name>` (dashes).
+    pub fn decision_header(self) -> String {
+        format!("x-gatewarden-{}", self.name().replace('_', "-"))
     }
 }
 
@@ -87,10 +107,15 @@ impl fmt::Display for LoadError {
 /// filter named by `--filter` or by the document's `filter` field.
 pub fn load(path: &str, filter: Option<Filter>) -> Result<LoadedPolicy, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|e| LoadError::Io(format!("cannot read: {e}")))?;
+    load_text(path, &text, filter)
+}
+
+/// [`load`] for text already read; `path` only tells JSON (`.json`) from YAML.
+pub fn load_text(path: &str, text: &str, filter: Option<Filter>) -> Result<LoadedPolicy, LoadError> {
     let value: serde_json::Value = if path.ends_with(".json") {
-        serde_json::from_str(&text).map_err(|e| LoadError::Syntax(format!("not valid JSON: {e}")))?
+        serde_json::from_str(text).map_err(|e| LoadError::Syntax(format!("not valid JSON: {e}")))?
     } else {
-        serde_norway::from_str(&text).map_err(|e| LoadError::Syntax(format!("not valid YAML: {e}")))?
+        serde_norway::from_str(text).map_err(|e| LoadError::Syntax(format!("not valid YAML: {e}")))?
     };
     let named = value.get("filter").and_then(|f| f.as_str());
     let filter = match (filter, named) {

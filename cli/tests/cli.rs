@@ -83,13 +83,16 @@ fn render_json_gives_what_the_filter_receives() {
 
 #[test]
 fn shipped_kong_meta_json_matches_the_generated_schema() {
-    let (code, out, _) = run(&["schema", "ip_geo", "--kong"]);
-    assert_eq!(code, 0);
-    let generated: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(generated["config_schema"]["properties"]["policy_version"]["type"], "string");
-    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../envoy-config/kong/gatewarden_ip_geo.meta.json");
-    let shipped: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&shipped).unwrap()).unwrap();
-    assert_eq!(shipped, generated, "envoy-config/kong/gatewarden_ip_geo.meta.json is stale: run scripts/gen-schemas.sh");
+    for filter in ["ip_geo", "jwt"] {
+        let (code, out, _) = run(&["schema", filter, "--kong"]);
+        assert_eq!(code, 0, "{filter}");
+        let generated: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(generated["config_schema"]["properties"]["policy_version"]["type"], "string");
+        let name = format!("envoy-config/kong/gatewarden_{filter}.meta.json");
+        let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(&name);
+        let shipped: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&shipped).unwrap()).unwrap();
+        assert_eq!(shipped, generated, "{name} is stale: run scripts/gen-schemas.sh");
+    }
 }
 
 #[test]
@@ -97,4 +100,58 @@ fn usage_errors_exit_two() {
     assert_eq!(run(&[]).0, 2);
     assert_eq!(run(&["frobnicate"]).0, 2);
     assert_eq!(run(&["validate", "--format", "xml", "x"]).0, 2);
+}
+
+/// The shipped policy of a filter, and the same policy as embedded in the Kong and Istio configs:
+/// all valid, and equal apart from where the remote resources are fetched from (an Envoy cluster
+/// name here, `host:port` on Kong, an Istio `outbound|…` cluster).
+#[test]
+fn shipped_policies_are_valid_and_kong_and_istio_embed_the_same() {
+    fn yaml_docs(rel: &str) -> Vec<serde_json::Value> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
+        let text = std::fs::read_to_string(&path).unwrap();
+        text.split("\n---\n").map(|doc| serde_norway::from_str(doc).unwrap()).collect()
+    }
+    /// Replaces every fetch target (`cluster`, `authority`) with a placeholder.
+    fn without_targets(mut v: serde_json::Value) -> serde_json::Value {
+        for source in ["geo_database"] {
+            if let Some(s) = v.get_mut(source) {
+                s["cluster"] = "X".into();
+                s["authority"] = "X".into();
+            }
+        }
+        if let Some(providers) = v.get_mut("providers").and_then(|p| p.as_object_mut()) {
+            for p in providers.values_mut() {
+                if let Some(r) = p.get_mut("remote_jwks") {
+                    r["cluster"] = "X".into();
+                    r["authority"] = "X".into();
+                }
+            }
+        }
+        v
+    }
+    let kong = yaml_docs("envoy-config/kong/kong.yaml");
+    let istio_ip_geo = yaml_docs("envoy-config/istio/wasmplugin-ip-geo.yaml");
+    let istio_jwt = yaml_docs("envoy-config/istio/wasmplugin-jwt.yaml");
+    for (filter, istio) in [("ip_geo", &istio_ip_geo), ("jwt", &istio_jwt)] {
+        let shipped_path = format!("envoy-config/policies/{filter}.json");
+        let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(&shipped_path);
+        let (code, out, err) = run(&["validate", "--filter", filter, file.to_str().unwrap()]);
+        assert_eq!(code, 0, "{shipped_path}: {out}{err}");
+        let shipped: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+
+        let kong_filter = kong[0]["filter_chains"][0]["filters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == format!("gatewarden_{filter}"))
+            .unwrap_or_else(|| panic!("kong.yaml has no gatewarden_{filter}"));
+        let istio_config = &istio[0]["spec"]["pluginConfig"];
+        for (label, embedded) in [("kong.yaml", &kong_filter["config"]), ("istio", istio_config)] {
+            let f = temp_file(&format!("{label}-{filter}.json"), &embedded.to_string());
+            let (code, out, err) = run(&["validate", "--filter", filter, f.to_str().unwrap()]);
+            assert_eq!(code, 0, "{label} {filter}: {out}{err}");
+            assert_eq!(without_targets(embedded.clone()), without_targets(shipped.clone()), "{label} {filter} differs from {shipped_path}");
+        }
+    }
 }

@@ -16,6 +16,7 @@ What runs, all on 127.0.0.1 (and [::1] when IPv6 loopback works), on free ports:
   the headers a filter added or removed.
 - FileServer ("geo DB"): serves files from a directory the test controls (put() swaps one atomically);
   can be told to fail (fail_status) or stall (delay_seconds); records the paths requested.
+- A second FileServer ("JWKS"), behind the bootstrap's gatewarden_jwks cluster, serves key sets.
 - Envoy: envoy-config/envoy.yaml rendered into the workdir by scripts/envoyconf.py, each filter's
   policy written as ECDS by scripts/ecds.py, logs in <workdir>/envoy.log.
 Client addresses: the shipped bootstrap sets skip_xff_append, so the filters see x-forwarded-for
@@ -413,6 +414,9 @@ class Gateway(_Stoppable):
     geo_fail_status / geo_delay_seconds: the geo-DB server answers every request with this status
       (e.g. 503) / only after this delay, from the start (before Envoy's first fetch); change them
       later with `gw.geo_db.fail_status` / `gw.geo_db.delay_seconds`.
+    jwks_files / jwks_fail_status: the same for the JWKS server (cluster gatewarden_jwks), e.g.
+      {"idp.json": b'{"keys": [...]}'}; `gw.jwks` is that server.
+    jwks_down: start no JWKS server; the cluster points at a loopback port nobody listens on.
     ipv6: also listen on [::1] (None: if IPv6 loopback is usable). `self.ipv6` tells which.
     check_modules=False: start even if a module file is missing (to test that Envoy fails closed).
     vm_configurations: {name: value} — the filter's `vm_config.configuration` (e.g. the trust settings
@@ -427,6 +431,8 @@ class Gateway(_Stoppable):
                  ipv6: bool | None = None, extra_args: Iterable[str] = (),
                  ready_timeout: float = 30.0, check_modules: bool = True,
                  geo_fail_status: int | None = None, geo_delay_seconds: float = 0.0,
+                 jwks_files: Mapping[str, bytes | str | os.PathLike[str]] | None = None,
+                 jwks_fail_status: int | None = None, jwks_down: bool = False,
                  vm_configurations: Mapping[str, Any] | None = None) -> None:
         self.workdir = Path(workdir)
         self.vm_configurations = dict(vm_configurations or {})
@@ -434,6 +440,8 @@ class Gateway(_Stoppable):
         self.modules = {n: Path(modules[n]) if modules and n in modules else module_path(n) for n in self.filters}
         self.geo_files = dict(geo_files or {})
         self.geo_fail_status, self.geo_delay_seconds = geo_fail_status, geo_delay_seconds
+        self.jwks_files = dict(jwks_files or {})
+        self.jwks_fail_status, self.jwks_down = jwks_fail_status, jwks_down
         self.concurrency, self.log_level = concurrency, log_level
         self.component_log_levels = component_log_levels
         self.ipv6 = ipv6_loopback_usable() if ipv6 is None else ipv6
@@ -446,6 +454,7 @@ class Gateway(_Stoppable):
         self.proc: subprocess.Popen[bytes] | None = None
         self.upstream: EchoUpstream | None = None
         self.geo_db: FileServer | None = None
+        self.jwks: FileServer | None = None
         self.host = "127.0.0.1"
         self.port = self.port6 = self.admin_port = 0
 
@@ -465,10 +474,18 @@ class Gateway(_Stoppable):
         self.geo_db.fail_status, self.geo_db.delay_seconds = self.geo_fail_status, self.geo_delay_seconds
         for name, content in self.geo_files.items():
             self.geo_db.put(name, content)
+        jwks_port = free_port()  # down: nothing listens there
+        if not self.jwks_down:
+            self.jwks = FileServer(self.workdir / "jwks")
+            self.jwks.fail_status = self.jwks_fail_status
+            for name, content in self.jwks_files.items():
+                self.jwks.put(name, content)
+            jwks_port = self.jwks.port
         self.port, self.admin_port = free_port(), free_port()
         self.port6 = free_port("::1") if self.ipv6 else 0
         values = {"ADMIN_PORT": self.admin_port, "LISTEN_PORT": self.port, "LISTEN_PORT6": self.port6,
                   "UPSTREAM_PORT": self.upstream.port, "GEO_DB_PORT": self.geo_db.port,
+                  "JWKS_PORT": jwks_port,
                   "ECDS_DIR": self.ecds_dir}
         self.config_path.write_text(envoyconf.render(values, list(self.filters),
                                                      {"ipv6"} if self.ipv6 else set()))
@@ -516,7 +533,7 @@ class Gateway(_Stoppable):
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        for server in (self.upstream, self.geo_db):
+        for server in (self.upstream, self.geo_db, self.jwks):
             if server is not None:
                 server.stop()
 

@@ -4,10 +4,16 @@
 use schemars::schema_for;
 
 use crate::ip_geo::IpGeoDocument;
+use crate::jwt::JwtDocument;
 
 /// The JSON Schema of the IP/geo filter's policy document.
 pub fn ip_geo() -> serde_json::Value {
     serde_json::to_value(schema_for!(IpGeoDocument)).unwrap_or(serde_json::Value::Null)
+}
+
+/// The JSON Schema of the JWT filter's policy document.
+pub fn jwt() -> serde_json::Value {
+    serde_json::to_value(schema_for!(JwtDocument)).unwrap_or(serde_json::Value::Null)
 }
 
 /// Kong's `<filter>.meta.json`: `{ "config_schema": <JSON Schema> }`.

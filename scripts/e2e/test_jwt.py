@@ -1,0 +1,483 @@
+"""End-to-end tests of the JWT filter (filters/jwt) in a real Envoy.
+
+Keys and tokens are made here (scripts/jwtkit.py signs with Python's `cryptography`, independent of
+the filter's verifier): RS256 and ES256 keys served as a remote JWKS by the harness's JWKS server
+behind the bootstrap's `gatewarden_jwks` cluster, and an HS256 key given inline (`local_jwks`).
+
+Each test checks statuses, bodies and `WWW-Authenticate`, the headers the upstream received
+(claims, payload, decision header; the token removed), the filter's counters
+(wasmcustom.gatewarden_jwt_*) and decision log lines, and how often the JWKS server was asked.
+Envoy runs with --concurrency 2: one VM per worker plus the main thread's, and one JWKS fetch
+(through shared data) serves them all.
+
+Gateways: the read-only scenarios share a module-scoped Envoy; tests that rotate keys, break the
+JWKS server or push policies start their own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from typing import Any
+
+import pytest
+
+import harness
+from harness import Gateway, Response
+from jwtkit import SigningKey, b64url, exp_in, jwks_bytes, payload_of, tamper_signature
+
+FILTER = "jwt"
+HEADER = "x-gatewarden-jwt"
+COUNTER = "wasmcustom.gatewarden_jwt_"
+UNAUTHORIZED = b'{"error":"unauthorized","message":"authentication required"}'
+FORBIDDEN = b'{"error":"forbidden","message":"access denied by policy"}'
+REALM = "api"
+MISSING_CHALLENGE = f'Bearer realm="{REALM}"'
+INVALID_CHALLENGE = f'Bearer realm="{REALM}", error="invalid_token"'
+SCOPE_CHALLENGE = f'Bearer realm="{REALM}", error="insufficient_scope"'
+DECISION_LINE = re.compile(r'(\{"gatewarden":"decision".*\})\s*$', re.M)
+
+ISS, ISS_HS, ISS_PARTNER = "https://idp.test", "https://hs.test", "https://partner.test"
+IDP_PATH, PARTNER_PATH = "/idp.json", "/partner.json"
+
+RS = SigningKey.generate("RS256", "rsa-1")
+EC = SigningKey.generate("ES256", "ec-1")
+EC_NEW = SigningKey.generate("ES256", "ec-2")   # rotated in by the issuer
+HS = SigningKey.generate("HS256", "hs-1")       # inline key of a second provider
+PARTNER = SigningKey.generate("ES256", "partner-1")
+IMPOSTOR = SigningKey.generate("RS256", "rsa-1")  # same kid as RS, another key
+
+
+def claims(iss: str = ISS, **overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    return {"iss": iss, "aud": "api", "sub": "user-1", "iat": now, "exp": now + 600,
+            "org": {"tenant": "acme"}, "roles": ["reader"], "scope": "read", **overrides}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def remote(path: str, **overrides: Any) -> dict[str, Any]:
+    return {"cluster": "gatewarden_jwks", "path": path, **overrides}
+
+
+def idp(**remote_overrides: Any) -> dict[str, Any]:
+    return {"issuer": ISS, "audiences": ["api"], "remote_jwks": remote(IDP_PATH, **remote_overrides),
+            "forward_payload_header": "x-jwt-payload",
+            "claim_to_headers": [{"claim": "sub", "header": "x-user"},
+                                 {"claim": "org.tenant", "header": "x-tenant"},
+                                 {"claim": "roles", "header": "x-roles"}]}
+
+
+HS_PROVIDER = {"issuer": ISS_HS, "local_jwks": {"keys": [HS.public_jwk()]},
+               "claim_to_headers": [{"claim": "sub", "header": "x-user"}]}
+PARTNER_PROVIDER = {"issuer": ISS_PARTNER, "remote_jwks": remote(PARTNER_PATH),
+                    "claim_to_headers": [{"claim": "sub", "header": "x-user"}]}
+
+
+def policy(version: str, providers: dict[str, Any], requires: Any, failure_mode: str = "deny") -> dict[str, Any]:
+    return {
+        "policy_version": version,
+        "failure_mode": failure_mode,
+        "realm": REALM,
+        "providers": providers,
+        "rules": [
+            {"name": "public", "match": {"path_prefix": "/public"}},
+            {"name": "admin", "match": {"path_prefix": "/admin"}, "requires": {"provider": "idp"},
+             "scopes": ["admin"]},
+            {"name": "tenant", "match": {"path_prefix": "/tenants"}, "requires": {"provider": "idp"},
+             "claims": [{"name": "org.tenant", "equals_header": "x-tenant-id"}]},
+        ],
+        "default": {"requires": requires},
+    }
+
+
+def vms(gw: Gateway) -> int:
+    """VMs running the plugin, each loading every published key set once: one per worker plus
+    the main thread's (as for the geo database)."""
+    return gw.concurrency + 1
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def snapshot(gw: Gateway) -> dict[str, int]:
+    """The filter's counters (short names), Envoy's downstream response classes and the echo
+    upstream's request count."""
+    stats = gw.stats(r"^(wasmcustom\.gatewarden_jwt_|http\.ingress\.downstream_rq_[2-5]xx$)")
+    out: dict[str, int] = {}
+    for name, value in stats.items():
+        if not isinstance(value, int):
+            continue
+        if name.startswith(COUNTER):
+            out[name[len(COUNTER):]] = value
+        else:
+            out[name.rsplit(".", 1)[1].replace("downstream_", "")] = value
+    assert gw.upstream is not None
+    out["upstream_requests"] = gw.upstream.count
+    return out
+
+
+def changes(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    keys = set(before) | set(after)
+    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(keys) if after.get(k, 0) != before.get(k, 0)}
+
+
+def counter(gw: Gateway, name: str) -> int:
+    value = gw.stat(COUNTER + name, 0)
+    assert isinstance(value, int), (name, value)
+    return value
+
+
+def wait_counter(gw: Gateway, name: str, value: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = counter(gw, name)
+        if seen >= value:
+            return seen
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{name}: wanted >= {value}, saw {seen} after {timeout}s")
+        time.sleep(0.05)
+
+
+def decisions(gw: Gateway) -> list[dict[str, Any]]:
+    return [json.loads(m.group(1)) for m in DECISION_LINE.finditer(gw.log())]
+
+
+def wait_decision(gw: Gateway, after: int, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = decisions(gw)[after:]
+        for line in lines:
+            if all(line.get(k) == v for k, v in fields.items()):
+                return line
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"no decision line with {fields} among {lines}")
+        time.sleep(0.02)
+
+
+def assert_unauthorized(r: Response, challenge: str) -> None:
+    assert r.status == 401, (r.status, r.text)
+    assert r.body == UNAUTHORIZED
+    assert r.headers.get("content-type") == "application/json", r.headers
+    assert r.headers.get("www-authenticate") == challenge, r.headers
+
+
+def assert_forbidden(r: Response, challenge: str | None) -> None:
+    assert r.status == 403, (r.status, r.text)
+    assert r.body == FORBIDDEN
+    assert r.headers.get("www-authenticate") == challenge, r.headers
+
+
+def assert_allowed(r: Response, rule: str, version: str) -> dict[str, str]:
+    assert r.status == 200, (r.status, r.text, r.headers)
+    upstream = r.upstream_headers
+    assert upstream is not None, r.text
+    assert upstream.get(HEADER) == f"allow; rule={rule}; version={version}", upstream
+    return upstream
+
+
+def wait_jwks_loaded(gw: Gateway, loads: int, timeout: float = 15.0) -> None:
+    gw.wait_for_stat(COUNTER + "jwks_loaded", loads, timeout)
+
+
+# --------------------------------------------------------------------------------------------
+# Valid and invalid tokens, requirements, CORS: one Envoy, keys fetched once
+
+MAIN = policy("jwt-1", {"idp": idp(), "hs": HS_PROVIDER}, {"requires_any": [{"provider": "idp"}, {"provider": "hs"}]})
+
+
+@pytest.fixture(scope="module")
+def gw(start_module_gateway) -> Gateway:
+    gateway = start_module_gateway({FILTER: MAIN}, jwks_files={IDP_PATH.lstrip("/"): jwks_bytes([RS, EC])},
+                                   concurrency=2)
+    wait_jwks_loaded(gateway, vms(gateway))
+    return gateway
+
+
+def test_valid_tokens_pass_with_claims_forwarded(gw: Gateway):
+    before = snapshot(gw)
+    forged = {"x-user": "admin", "x-tenant": "evil", "x-jwt-payload": "e30", HEADER: "allow; forged"}
+    for key in (RS, EC):
+        token = key.sign(claims())
+        upstream = assert_allowed(gw.get("/orders", headers={**bearer(token), **forged}), "default", "jwt-1")
+        assert upstream["x-user"] == "user-1", (key.alg, upstream)
+        assert upstream["x-tenant"] == "acme"  # nested claim by path
+        assert upstream["x-roles"] == b64url(b'["reader"]')  # arrays as base64url JSON
+        assert upstream["x-jwt-payload"] == payload_of(token)
+        assert "authorization" not in upstream, "the token is not forwarded by default"
+        assert "forged" not in json.dumps(upstream) and "evil" not in json.dumps(upstream)
+        assert token not in gw.log(), "a token is never logged"
+    # HS256 with the inline key of the second provider: only its own claim header is set.
+    upstream = assert_allowed(gw.get("/orders", headers={**bearer(HS.sign(claims(ISS_HS, sub="svc-7"))), **forged}),
+                              "default", "jwt-1")
+    assert upstream["x-user"] == "svc-7"
+    assert "x-tenant" not in upstream and "x-jwt-payload" not in upstream, upstream
+    assert changes(before, snapshot(gw)) == {"allowed": 3, "rq_2xx": 3, "upstream_requests": 3}
+
+
+def test_missing_token_is_401_without_error(gw: Gateway):
+    before, lines = snapshot(gw), len(decisions(gw))
+    assert_unauthorized(gw.get("/orders", source="127.0.0.3"), MISSING_CHALLENGE)
+    # A prefix other than Bearer is no token either.
+    assert_unauthorized(gw.get("/orders", headers={"authorization": "Basic dXNlcjpwYXNz"}), MISSING_CHALLENGE)
+    assert changes(before, snapshot(gw)) == {"denied": 2, "denied_missing": 2, "rq_4xx": 2}
+    line = wait_decision(gw, lines, client="127.0.0.3")
+    assert {k: line[k] for k in ("filter", "decision", "reason", "rule", "policy_version")} == {
+        "filter": "jwt", "decision": "deny", "reason": "missing", "rule": "default", "policy_version": "jwt-1"}
+    assert re.fullmatch(r"[0-9a-f-]{36}", line["request_id"]), line
+
+
+def test_invalid_tokens_are_401_invalid_token(gw: Gateway):
+    before, lines = snapshot(gw), len(decisions(gw))
+    now = int(time.time())
+    cases = [
+        (tamper_signature(RS.sign(claims())), "bad_signature"),
+        (tamper_signature(EC.sign(claims())), "bad_signature"),
+        (IMPOSTOR.sign(claims()), "bad_signature"),  # the right kid, another key
+        (EC.sign(claims(iat=now - 7200, exp=now - 3600)), "expired"),
+        (RS.sign(claims(nbf=now + 3600)), "not_yet_valid"),
+        ("not.a.jwt", "malformed"),
+    ]
+    for i, (token, reason) in enumerate(cases):
+        source = f"127.0.2.{i + 1}"
+        assert_unauthorized(gw.get("/orders", headers=bearer(token), source=source), INVALID_CHALLENGE)
+        assert wait_decision(gw, lines, client=source)["reason"] == reason, (i, reason)
+    # A valid token for another audience is authenticated but not authorized: 403, no challenge.
+    assert_forbidden(gw.get("/orders", headers=bearer(RS.sign(claims(aud="billing")))), None)
+    got = changes(before, snapshot(gw))
+    assert got == {"denied": 7, "denied_bad_signature": 3, "denied_expired": 1, "denied_not_yet_valid": 1,
+                   "denied_malformed": 1, "denied_audience": 1, "rq_4xx": 7}, got
+
+
+def test_scope_and_claim_requirements_are_403(gw: Gateway):
+    before, lines = snapshot(gw), len(decisions(gw))
+    reader = RS.sign(claims())
+    admin = EC.sign(claims(scope="read admin"))
+    assert_forbidden(gw.get("/admin/users", headers=bearer(reader), source="127.0.3.1"), SCOPE_CHALLENGE)
+    assert_allowed(gw.get("/admin/users", headers=bearer(admin)), "admin", "jwt-1")
+    # The tenant header must equal the token's org.tenant claim.
+    assert_allowed(gw.get("/tenants/acme", headers={**bearer(reader), "x-tenant-id": "acme"}), "tenant", "jwt-1")
+    assert_forbidden(gw.get("/tenants/other", headers={**bearer(reader), "x-tenant-id": "other"},
+                            source="127.0.3.2"), None)
+    assert_forbidden(gw.get("/tenants/acme", headers=bearer(reader), source="127.0.3.3"), None)
+    # /admin needs the idp provider: a valid token of the other provider is not enough.
+    assert_unauthorized(gw.get("/admin/users", headers=bearer(HS.sign(claims(ISS_HS, scope="admin")))),
+                        INVALID_CHALLENGE)
+    assert changes(before, snapshot(gw)) == {
+        "allowed": 2, "denied": 4, "denied_scope": 1, "denied_claim": 2, "denied_issuer": 1,
+        "rq_2xx": 2, "rq_4xx": 4, "upstream_requests": 2}
+    assert wait_decision(gw, lines, client="127.0.3.1")["rule"] == "admin"
+    assert wait_decision(gw, lines, client="127.0.3.2")["reason"] == "claim"
+
+
+def test_cors_preflight_passes_without_a_token(gw: Gateway):
+    before = snapshot(gw)
+    preflight = {"origin": "https://app.example", "access-control-request-method": "POST"}
+    r = gw.get("/orders", headers=preflight, method="OPTIONS")
+    assert_allowed(r, "default", "jwt-1")
+    assert r.json()["method"] == "OPTIONS"
+    # Not a preflight (no Access-Control-Request-Method): a token is needed.
+    assert_unauthorized(gw.get("/orders", headers={"origin": "https://app.example"}, method="OPTIONS"),
+                        MISSING_CHALLENGE)
+    # A route without requirements needs no token.
+    assert_allowed(gw.get("/public/info"), "public", "jwt-1")
+    assert changes(before, snapshot(gw)) == {"allowed": 2, "denied": 1, "denied_missing": 1,
+                                             "rq_2xx": 2, "rq_4xx": 1, "upstream_requests": 2}
+
+
+def test_one_jwks_fetch_serves_every_worker(gw: Gateway):
+    assert gw.jwks is not None
+    time.sleep(0.6)  # three loading ticks: a second fetch by a slower worker would have started
+    c = snapshot(gw)
+    assert (c["jwks_fetch_started"], c["jwks_fetch_succeeded"], c.get("jwks_fetch_failed", 0)) == (1, 1, 0), c
+    assert c["jwks_loaded"] == vms(gw), c
+    assert c.get("jwks_load_failed", 0) == 0 and c.get("jwks_fetch_early", 0) == 0, c
+    assert gw.jwks.fetches(IDP_PATH) == 1, gw.jwks.requests
+    log = gw.log()
+    assert len(re.findall(r"gatewarden jwt: jwks fetched from gatewarden_jwks \(\d+ bytes\)", log)) == 1
+    assert len(re.findall(r"gatewarden jwt: JWKS generation 1 loaded for idp \(2 keys\)", log)) == vms(gw)
+
+
+# --------------------------------------------------------------------------------------------
+# Key rotation, kid floods, scheduled refresh
+
+def test_key_rotation_refetches_once_and_kid_floods_are_bounded(start_gateway):
+    p = policy("rot-1", {"idp": idp(cache_duration_seconds=10, unknown_kid_refetch_seconds=5)},
+               {"provider": "idp"})
+    gw = start_gateway({FILTER: p}, jwks_files={"idp.json": jwks_bytes([RS])}, ipv6=False)
+    assert gw.jwks is not None
+    wait_jwks_loaded(gw, vms(gw))
+    old = RS.sign(claims())
+    assert_allowed(gw.get("/", headers=bearer(old)), "default", "rot-1")
+
+    # The issuer adds ec-2 and signs with it: the first such token finds an unknown kid and is
+    # refused; the refetch it asks for is brought forward, once, for all workers.
+    gw.jwks.put("idp.json", jwks_bytes([RS, EC_NEW]))
+    new = EC_NEW.sign(claims(sub="user-2"))
+    lines = len(decisions(gw))
+    assert_unauthorized(gw.get("/", headers=bearer(new), source="127.0.4.1"), INVALID_CHALLENGE)
+    assert wait_decision(gw, lines, client="127.0.4.1")["reason"] == "unknown_kid"
+    wait_counter(gw, "jwks_fetch_succeeded", 2, timeout=10)
+    wait_jwks_loaded(gw, 2 * vms(gw))
+    upstream = assert_allowed(gw.get("/", headers=bearer(new)), "default", "rot-1")
+    assert upstream["x-user"] == "user-2"
+    assert_allowed(gw.get("/", headers=bearer(old)), "default", "rot-1")
+    assert counter(gw, "jwks_fetch_early") == 1
+    assert gw.jwks.fetches(IDP_PATH) == 2, gw.jwks.requests
+
+    # A flood of tokens with random kids over many connections (so every worker sees some):
+    # all refused, and at most one more early refetch (unknown_kid_refetch_seconds is 5).
+    early, fetches, unknown = counter(gw, "jwks_fetch_early"), gw.jwks.fetches(IDP_PATH), counter(gw, "denied_unknown_kid")
+    for i in range(60):
+        r = gw.get("/", headers=bearer(EC_NEW.sign(claims(), kid=secrets.token_hex(8))))
+        assert r.status == 401, (i, r.status)
+    time.sleep(1.5)  # several ticks of every VM: a refetch asked for by the flood would have started
+    assert counter(gw, "denied_unknown_kid") == unknown + 60
+    assert counter(gw, "jwks_fetch_early") <= early + 1
+    assert gw.jwks.fetches(IDP_PATH) <= fetches + 1, gw.jwks.requests
+
+    # The issuer withdraws rsa-1; the scheduled refresh (cache_duration_seconds 10) picks that up,
+    # and a token of the old key is refused although it was verified (and cached) before.
+    gw.jwks.put("idp.json", jwks_bytes([EC_NEW]))
+    succeeded = counter(gw, "jwks_fetch_succeeded")
+    wait_counter(gw, "jwks_fetch_succeeded", succeeded + 1, timeout=25)
+    wait_jwks_loaded(gw, (succeeded + 1) * vms(gw))
+    lines = len(decisions(gw))
+    assert_unauthorized(gw.get("/", headers=bearer(old), source="127.0.4.2"), INVALID_CHALLENGE)
+    assert wait_decision(gw, lines, client="127.0.4.2")["reason"] == "unknown_kid"
+    assert_allowed(gw.get("/", headers=bearer(new)), "default", "rot-1")
+
+    # Every fetch went through Envoy once: one per refresh (scheduled or early), not per worker.
+    c = snapshot(gw)
+    assert gw.jwks.fetches(IDP_PATH) == c["jwks_fetch_started"], (gw.jwks.requests, c)
+    assert c["jwks_fetch_started"] <= c["jwks_fetch_succeeded"] + 1, c  # at most one in flight
+    assert c["jwks_loaded"] >= c["jwks_fetch_succeeded"] * vms(gw) - vms(gw), c
+    assert c.get("jwks_fetch_failed", 0) == 0 and c.get("jwks_load_failed", 0) == 0, c
+
+
+# --------------------------------------------------------------------------------------------
+# JWKS endpoint unavailable: failure_mode
+
+def test_jwks_failing_with_failure_mode_deny_then_recovering(start_gateway):
+    p = policy("down-deny", {"idp": idp(retry_seconds=1), "hs": HS_PROVIDER},
+               {"requires_any": [{"provider": "idp"}, {"provider": "hs"}]})
+    gw = start_gateway({FILTER: p}, jwks_files={"idp.json": jwks_bytes([RS])}, jwks_fail_status=503, ipv6=False)
+    assert gw.jwks is not None
+    wait_counter(gw, "jwks_fetch_failed", 1, timeout=10)
+    gw.wait_for_log(r"gatewarden jwt: fetching jwks from gatewarden_jwks failed: status 503")
+
+    before, lines = snapshot(gw), len(decisions(gw))
+    token = RS.sign(claims())
+    # No key set: a token of the remote provider is refused like a missing one (no error=) ...
+    assert_unauthorized(gw.get("/orders", headers=bearer(token), source="127.0.5.1"), MISSING_CHALLENGE)
+    assert wait_decision(gw, lines, client="127.0.5.1")["reason"] == "jwks_unavailable"
+    # ... while the inline provider and routes without requirements work.
+    assert_allowed(gw.get("/orders", headers=bearer(HS.sign(claims(ISS_HS)))), "default", "down-deny")
+    assert_allowed(gw.get("/public"), "public", "down-deny")
+    got = changes(before, snapshot(gw))
+    assert {k: got.get(k, 0) for k in ("allowed", "denied", "denied_jwks_unavailable", "upstream_requests")} == {
+        "allowed": 2, "denied": 1, "denied_jwks_unavailable": 1, "upstream_requests": 2}, got
+    assert counter(gw, "jwks_loaded") == 0
+
+    # The endpoint recovers: the next retry (retry_seconds 1) loads the keys.
+    gw.jwks.fail_status = None
+    wait_jwks_loaded(gw, vms(gw), timeout=10)
+    assert_allowed(gw.get("/orders", headers=bearer(token)), "default", "down-deny")
+    c = snapshot(gw)
+    assert gw.jwks.fetches(IDP_PATH) == c["jwks_fetch_started"] == c["jwks_fetch_failed"] + 1, (gw.jwks.requests, c)
+
+
+def test_jwks_down_with_failure_mode_allow(start_gateway):
+    p = policy("down-allow", {"idp": idp()}, {"provider": "idp"}, failure_mode="allow")
+    gw = start_gateway({FILTER: p}, jwks_down=True, ipv6=False)
+    wait_counter(gw, "jwks_fetch_failed", 1, timeout=10)
+    gw.wait_for_log(r"gatewarden jwt: fetching jwks from gatewarden_jwks failed: (status 503|no response)")
+    before = snapshot(gw)
+    # The token cannot be verified without keys: the requirement passes (so does the rule's scope
+    # check, which needs a verified token), and no claim is forwarded.
+    token = RS.sign(claims())
+    upstream = assert_allowed(gw.get("/orders", headers=bearer(token)), "default", "down-allow")
+    assert "x-user" not in upstream and "x-jwt-payload" not in upstream, upstream
+    assert_allowed(gw.get("/admin", headers=bearer(tamper_signature(token))), "admin", "down-allow")
+    # A request without any token is still refused: failure_mode concerns the keys, not the token.
+    assert_unauthorized(gw.get("/orders"), MISSING_CHALLENGE)
+    assert changes(before, snapshot(gw)) == {"allowed": 2, "denied": 1, "denied_missing": 1,
+                                             "rq_2xx": 2, "rq_4xx": 1, "upstream_requests": 2}
+
+
+# --------------------------------------------------------------------------------------------
+# A live policy update adding a provider
+
+def test_live_update_adds_a_provider(start_gateway):
+    v1 = policy("live-1", {"idp": idp()}, {"provider": "idp"})
+    gw = start_gateway({FILTER: v1}, ipv6=False, jwks_files={
+        "idp.json": jwks_bytes([EC]), "partner.json": jwks_bytes([PARTNER])})
+    assert gw.jwks is not None
+    wait_jwks_loaded(gw, vms(gw))
+    ours, theirs = EC.sign(claims()), PARTNER.sign(claims(ISS_PARTNER, sub="partner-user", aud="partner"))
+    assert_allowed(gw.get("/orders", headers=bearer(ours)), "default", "live-1")
+    lines = len(decisions(gw))
+    assert_unauthorized(gw.get("/orders", headers=bearer(theirs), source="127.0.6.1"), INVALID_CHALLENGE)
+    assert wait_decision(gw, lines, client="127.0.6.1")["reason"] == "issuer"
+    assert gw.jwks.fetches(PARTNER_PATH) == 0
+
+    v2 = policy("live-2", {"idp": idp(), "partner": PARTNER_PROVIDER},
+                {"requires_any": [{"provider": "idp"}, {"provider": "partner"}]})
+    accepted = counter(gw, "config_accepted")
+    assert gw.push_policy(FILTER, v2) == "success"
+    assert counter(gw, "config_accepted") >= accepted + vms(gw)
+    # The new provider's keys are fetched once; the old provider's loaded keys are kept.
+    wait_jwks_loaded(gw, 2 * vms(gw))
+    upstream = assert_allowed(gw.get("/orders", headers=bearer(theirs)), "default", "live-2")
+    assert upstream["x-user"] == "partner-user"
+    upstream = assert_allowed(gw.get("/orders", headers=bearer(ours)), "default", "live-2")
+    assert upstream["x-user"] == "user-1"
+    time.sleep(0.5)  # a refetch after the update would start on the next tick
+    assert gw.jwks.fetches(PARTNER_PATH) == 1, gw.jwks.requests
+    assert gw.jwks.fetches(IDP_PATH) == 1, gw.jwks.requests
+    assert counter(gw, "jwks_loaded") == 2 * vms(gw)
+    assert len(re.findall(r"JWKS generation 1 loaded for partner \(1 keys\)", gw.log())) == vms(gw)
+
+    # An update naming an unknown provider is refused; live-2 keeps deciding, keys and all.
+    bad = {**v2, "policy_version": "live-bad", "default": {"requires": {"provider": "partnr"}}}
+    rejected = counter(gw, "config_rejected")
+    assert gw.push_policy(FILTER, bad) == "rejected"
+    assert counter(gw, "config_rejected") > rejected
+    gw.wait_for_log(r"\[error\]\[wasm\].*gatewarden jwt: policy refused: default\.requires\.provider: "
+                    r"unknown provider \"partnr\"")
+    assert_allowed(gw.get("/orders", headers=bearer(theirs)), "default", "live-2")
+    assert_unauthorized(gw.get("/orders"), MISSING_CHALLENGE)
+
+
+# --------------------------------------------------------------------------------------------
+# The shipped example policy with the demo key (what scripts/demo.py and docker compose run)
+
+def test_shipped_policy_with_the_demo_key(start_gateway):
+    import jwtkit
+
+    shipped = json.loads((harness.ROOT / "envoy-config/policies/jwt.json").read_text())
+    gw = start_gateway({FILTER: shipped}, ipv6=False,
+                       jwks_files={"jwks.json": harness.ROOT / "envoy-config/jwks/jwks.json"})
+    wait_jwks_loaded(gw, vms(gw))
+    version, realm = shipped["policy_version"], shipped["realm"]
+    key = jwtkit.demo_key()
+    reader = key.sign(jwtkit.demo_claims(scope="orders:read"))
+    writer = key.sign(jwtkit.demo_claims(scope="orders:read orders:write"))
+    assert_allowed(gw.get("/shop"), "default", version)
+    r = gw.get("/api/orders")
+    assert (r.status, r.headers.get("www-authenticate")) == (401, f'Bearer realm="{realm}"')
+    upstream = assert_allowed(gw.get("/api/orders", headers=bearer(reader)), "orders-read", version)
+    assert (upstream["x-user"], upstream["x-tenant"]) == ("alice", "acme")
+    r = gw.get("/api/orders", headers=bearer(reader), method="POST")
+    assert (r.status, r.headers.get("www-authenticate")) == (403, f'Bearer realm="{realm}", error="insufficient_scope"')
+    assert_allowed(gw.get("/api/orders", headers=bearer(writer), method="POST"), "orders-write", version)
+    # The token may come in the access_token cookie too; it is removed before the upstream.
+    upstream = assert_allowed(gw.get("/api/tenants/acme", headers={"cookie": f"access_token={reader}; theme=dark",
+                                                                  "x-tenant-id": "acme"}), "tenant", version)
+    assert upstream["cookie"] == "theme=dark", upstream
+    assert gw.get("/api/tenants/other", headers={**bearer(reader), "x-tenant-id": "other"}).status == 403
