@@ -43,9 +43,10 @@ const USAGE: &str = "usage:
   gatewarden render --target envoy|istio|kong|compose [--out PATH] [--module PATH | --modules DIR]
                   [--vm-id ID] [--url URL] [--sha256 HEX] [--namespace NS] [--service NAME] POLICY
   gatewarden apply POLICY --to DIR [--author A] [-m MSG] [--module PATH | --modules DIR] [--vm-id ID]
+                  [--vm-config TRUST.json]
   gatewarden history --to DIR [--filter NAME] [--format text|json]
   gatewarden diff [--to DIR] [--format text|json] A B          A, B: policy files or history versions
-  gatewarden rollback --to DIR [--version V] [--filter NAME] [--author A] [-m MSG]
+  gatewarden rollback --to DIR [--version V] [--filter NAME] [--author A] [-m MSG] [--vm-config TRUST.json]
   gatewarden keygen --out PREFIX
   gatewarden sign --key KEYFILE --key-id ID [--filter NAME] POLICY
   gatewarden verify --trust TRUST.json [--filter NAME] POLICY

@@ -182,3 +182,33 @@ fn promote_makes_the_candidate_the_policy() {
         assert_eq!(code, 0, "{out} {err}");
     }
 }
+
+#[test]
+fn apply_with_trust_settings_checks_signatures_and_writes_them_into_the_vm_config() {
+    let dir = temp_dir("apply");
+    let trust = keys(&dir, 1);
+    let ecds = dir.join("ecds");
+    std::fs::create_dir_all(&ecds).unwrap();
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, POLICY_YAML).unwrap();
+    let module = dir.join("gatewarden_ip_geo.wasm");
+    std::fs::write(&module, b"\0asm").unwrap();
+    let apply = |file: &Path| run(&["apply", s(file), "--to", s(&ecds), "--module", s(&module), "--vm-config", s(&trust), "-m", "test"]);
+
+    let (code, out, err) = apply(&policy);
+    assert_eq!(code, 1, "unsigned: {out} {err}");
+    assert!(err.contains("the filter would refuse it: signatures: 0 valid signature(s)"), "{err}");
+    assert!(err.contains("apply refused, nothing changed"), "{err}");
+    assert!(!ecds.join("ip_geo.json").exists(), "nothing written");
+
+    let (code, _, err) = run(&["sign", "--key", s(&dir.join("bob.key")), "--key-id", "bob", s(&policy)]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = apply(&policy);
+    assert_eq!(code, 0, "{out} {err}");
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(ecds.join("ip_geo.json")).unwrap()).unwrap();
+    let config = &written["resources"][0]["typed_config"]["config"];
+    let vm_configuration = config["vm_config"]["configuration"]["value"].as_str().unwrap();
+    assert_eq!(vm_configuration, std::fs::read_to_string(&trust).unwrap(), "the trust settings ride along");
+    let trust = TrustConfig::parse(vm_configuration.as_bytes()).unwrap();
+    assert!(trust.verify(config["configuration"]["value"].as_str().unwrap().as_bytes()).is_ok());
+}
