@@ -42,17 +42,29 @@ def policy_text(policy: Any) -> str:
 
 
 def resource(filter_name: str, policy: Any, module: str | os.PathLike[str], *,
-             vm_id: str | None = None) -> dict[str, Any]:
+             vm_id: str | None = None, vm_configuration: Any = None) -> dict[str, Any]:
     """The ECDS DiscoveryResponse (as a dict) configuring `filter_name` with `policy` from `module`.
 
     root_id and vm_id default to `gatewarden_<filter>`. Filters with the same vm_id (and module)
     share one VM per worker, each with its own root context; pass vm_id to run several instances
     of one module (e.g. the benchmark's ip_geo_10 and ip_geo_100k) in one VM.
+
+    vm_configuration: the VM configuration (`vm_config.configuration`), e.g. the trust settings of
+    approvals {"trusted_signers": [...], "required_signatures": N}; a dict is sent as JSON. It is
+    the platform owner's, not the policy author's: pass the same value on every push of a filter
+    (a different value starts a new VM).
     """
     text = policy_text(policy)
     version = policy.get("policy_version") if isinstance(policy, dict) else None
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     ident = vm_id or f"gatewarden_{filter_name}"
+    vm_config: dict[str, Any] = {
+        "vm_id": ident,
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": os.fspath(module)}},
+    }
+    if vm_configuration is not None:
+        vm_config["configuration"] = {"@type": STRING_VALUE_TYPE, "value": policy_text(vm_configuration)}
     return {
         "version_info": f"{version or 'raw'}-{digest}",
         "resources": [
@@ -64,11 +76,7 @@ def resource(filter_name: str, policy: Any, module: str | os.PathLike[str], *,
                     "config": {
                         "name": resource_name(filter_name),
                         "root_id": ident,
-                        "vm_config": {
-                            "vm_id": ident,
-                            "runtime": "envoy.wasm.runtime.v8",
-                            "code": {"local": {"filename": os.fspath(module)}},
-                        },
+                        "vm_config": vm_config,
                         "configuration": {"@type": STRING_VALUE_TYPE, "value": text},
                         # A VM that fails (or panics) rejects requests rather than skipping the filter.
                         "failure_policy": "FAIL_CLOSED",
@@ -99,10 +107,11 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
 
 
 def push(ecds_dir: str | os.PathLike[str], filter_name: str, policy: Any,
-         module: str | os.PathLike[str], *, vm_id: str | None = None) -> Path:
+         module: str | os.PathLike[str], *, vm_id: str | None = None, vm_configuration: Any = None) -> Path:
     """Render and atomically write `<ecds_dir>/<filter>.json`; returns its path."""
     path = Path(ecds_dir) / f"{filter_name}.json"
-    write_atomic(path, json.dumps(resource(filter_name, policy, module, vm_id=vm_id), indent=2) + "\n")
+    res = resource(filter_name, policy, module, vm_id=vm_id, vm_configuration=vm_configuration)
+    write_atomic(path, json.dumps(res, indent=2) + "\n")
     return path
 
 
@@ -112,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", required=True, help="policy JSON file ('-' for stdin)")
     p.add_argument("--module", required=True, help="path of the .wasm module as Envoy will see it")
     p.add_argument("--raw", action="store_true", help="pass the policy bytes verbatim, unparsed")
+    p.add_argument("--vm-config", help="file whose content becomes vm_config.configuration "
+                   "(e.g. the trust settings of approvals)")
     dest = p.add_mutually_exclusive_group(required=True)
     dest.add_argument("--ecds-dir", help="write <dir>/<filter>.json")
     dest.add_argument("--out", help="write this file ('-' for stdout)")
@@ -124,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             policy = json.loads(text)
         except json.JSONDecodeError as e:
             p.error(f"{args.policy}: not JSON ({e}); use --raw to push it anyway")
+    vm_configuration = Path(args.vm_config).read_text() if args.vm_config else None
     if args.ecds_dir:
-        print(push(args.ecds_dir, args.filter, policy, args.module))
+        print(push(args.ecds_dir, args.filter, policy, args.module, vm_configuration=vm_configuration))
     else:
-        body = json.dumps(resource(args.filter, policy, args.module), indent=2) + "\n"
+        body = json.dumps(resource(args.filter, policy, args.module, vm_configuration=vm_configuration), indent=2) + "\n"
         if args.out == "-":
             sys.stdout.write(body)
         else:

@@ -219,6 +219,8 @@ struct Options {
     module: Option<String>,
     modules: Option<String>,
     vm_id: Option<String>,
+    /// `--vm-config FILE`: the trust settings written as vm_config.configuration and checked first.
+    vm_config: Option<String>,
     version: Option<u64>,
     json: bool,
 }
@@ -239,6 +241,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--module" => o.module = Some(value()?),
             "--modules" => o.modules = Some(value()?),
             "--vm-id" => o.vm_id = Some(value()?),
+            "--vm-config" => o.vm_config = Some(value()?),
             "--version" => {
                 let v = value()?;
                 o.version = Some(v.trim_start_matches('v').parse().map_err(|_| format!("--version: not a number: {v:?}"))?);
@@ -292,6 +295,14 @@ pub fn main_apply(args: &[String]) -> Result<ExitCode, String> {
     };
     let mut settings = ModuleSettings::resolve(o.module.as_deref(), o.modules.as_deref(), policy.filter);
     settings.vm_id = o.vm_id.clone();
+    settings.vm_configuration = match approved_vm_config(&o, &policy) {
+        Ok(v) => v,
+        Err((code, msg)) => {
+            eprintln!("{file}: {msg}");
+            eprintln!("gatewarden: apply refused, nothing changed");
+            return Ok(ExitCode::from(code));
+        }
+    };
     let meta = Meta {
         author: o.author.clone().unwrap_or_else(default_author),
         message: o.message.clone().unwrap_or_default(),
@@ -300,6 +311,18 @@ pub fn main_apply(args: &[String]) -> Result<ExitCode, String> {
         now: timefmt::now(),
     };
     Ok(report(apply(Path::new(&dir), &policy, &settings, meta), &dir, policy.filter))
+}
+
+/// `--vm-config FILE`: the trust settings of approvals (the platform owner's), written into the
+/// ECDS resource as `vm_config.configuration`; the policy must pass the filter's own signature
+/// check against them first (`sign::verify` runs the same code).
+fn approved_vm_config(o: &Options, policy: &LoadedPolicy) -> Result<Option<String>, (u8, String)> {
+    let Some(path) = &o.vm_config else { return Ok(None) };
+    let text = std::fs::read_to_string(path).map_err(|e| (2, format!("{path}: cannot read: {e}")))?;
+    let trust = gatewarden_policy::approvals::TrustConfig::parse(text.as_bytes())
+        .map_err(|e| (2, format!("{path}: invalid trust settings: {e}")))?;
+    trust.verify(policy.json.as_bytes()).map_err(|e| (1, format!("the filter would refuse it: {e}")))?;
+    Ok(Some(text))
 }
 
 fn refused(file: &str, e: &LoadError) -> ExitCode {
@@ -407,9 +430,14 @@ pub fn main_rollback(args: &[String]) -> Result<ExitCode, String> {
         Ok(p) => p,
         Err(e) => return fail(format!("version {} no longer validates: {e}", target.version)),
     };
+    let vm_configuration = match approved_vm_config(&o, &policy) {
+        Ok(v) => v,
+        Err((_, msg)) => return fail(format!("version {}: {msg}", target.version)),
+    };
     let settings = ModuleSettings {
         module: o.module.clone().unwrap_or_else(|| target.module.clone()),
         vm_id: o.vm_id.clone().or_else(|| target.vm_id.clone()),
+        vm_configuration,
     };
     let meta = Meta {
         author: o.author.clone().unwrap_or_else(default_author),
@@ -442,7 +470,7 @@ mod tests {
     }
 
     fn settings() -> ModuleSettings {
-        ModuleSettings { module: "/m/gatewarden_ip_geo.wasm".into(), vm_id: None }
+        ModuleSettings { module: "/m/gatewarden_ip_geo.wasm".into(), vm_id: None, vm_configuration: None }
     }
 
     #[test]

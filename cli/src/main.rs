@@ -10,6 +10,8 @@
 //! gatewarden render --target envoy|istio|kong|compose POLICY            the plugin config for each host
 //! gatewarden apply POLICY --to DIR [--author A] [-m MSG]                validate + atomic ECDS write + history
 //! gatewarden history --to DIR | diff A B | rollback --to DIR [--version V]
+//! gatewarden keygen | sign | verify                                     approvals (src/sign.rs)
+//! gatewarden promote | abort                                            end a rollout (src/rollout.rs)
 //! ```
 //! Validation runs exactly the code the filter runs in `on_configure`.
 
@@ -21,7 +23,9 @@ mod modules;
 mod policy_file;
 mod policy_test;
 mod render;
+mod rollout;
 mod run;
+mod sign;
 mod timefmt;
 
 use std::process::ExitCode;
@@ -39,9 +43,15 @@ const USAGE: &str = "usage:
   gatewarden render --target envoy|istio|kong|compose [--out PATH] [--module PATH | --modules DIR]
                   [--vm-id ID] [--url URL] [--sha256 HEX] [--namespace NS] [--service NAME] POLICY
   gatewarden apply POLICY --to DIR [--author A] [-m MSG] [--module PATH | --modules DIR] [--vm-id ID]
+                  [--vm-config TRUST.json]
   gatewarden history --to DIR [--filter NAME] [--format text|json]
   gatewarden diff [--to DIR] [--format text|json] A B          A, B: policy files or history versions
-  gatewarden rollback --to DIR [--version V] [--filter NAME] [--author A] [-m MSG]
+  gatewarden rollback --to DIR [--version V] [--filter NAME] [--author A] [-m MSG] [--vm-config TRUST.json]
+  gatewarden keygen --out PREFIX
+  gatewarden sign --key KEYFILE --key-id ID [--filter NAME] POLICY
+  gatewarden verify --trust TRUST.json [--filter NAME] POLICY
+  gatewarden promote [--filter NAME] POLICY
+  gatewarden abort [--filter NAME] POLICY
 filters: ip_geo, jwt";
 
 fn main() -> ExitCode {
@@ -95,6 +105,11 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         "history" => return apply::main_history(rest),
         "diff" => return diff::main(rest),
         "rollback" => return apply::main_rollback(rest),
+        "keygen" => return sign::keygen(rest),
+        "sign" => return sign::sign(rest),
+        "verify" => return sign::verify(rest),
+        "promote" => return rollout::promote(rest),
+        "abort" => return rollout::abort(rest),
         _ => {}
     }
     let o = parse_options(rest)?;

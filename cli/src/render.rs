@@ -29,6 +29,8 @@ pub struct ModuleSettings {
     pub module: String,
     /// `vm_id` and `root_id`; default `gatewarden_<filter>`.
     pub vm_id: Option<String>,
+    /// `vm_config.configuration`: the platform owner's trust settings of approvals, if any.
+    pub vm_configuration: Option<String>,
 }
 
 impl ModuleSettings {
@@ -37,7 +39,7 @@ impl ModuleSettings {
         let module = module
             .map(str::to_string)
             .unwrap_or_else(|| module_dir(modules).join(filter.module_file()).to_string_lossy().into_owned());
-        ModuleSettings { module, vm_id: None }
+        ModuleSettings { module, vm_id: None, vm_configuration: None }
     }
 
     fn id(&self, filter: Filter) -> String {
@@ -80,6 +82,8 @@ struct VmConfig<'a> {
     vm_id: String,
     runtime: &'a str,
     code: Code<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    configuration: Option<StringValue<'a>>,
 }
 
 #[derive(Serialize)]
@@ -141,6 +145,10 @@ pub fn ecds_resource(filter: Filter, policy_json: &str, policy_version: &str, se
                         vm_id: id,
                         runtime: "envoy.wasm.runtime.v8",
                         code: Code { local: Local { filename: &settings.module } },
+                        configuration: settings
+                            .vm_configuration
+                            .as_deref()
+                            .map(|value| StringValue { kind: STRING_VALUE_TYPE, value }),
                     },
                     configuration: StringValue { kind: STRING_VALUE_TYPE, value: policy_json },
                     failure_policy: "FAIL_CLOSED",
@@ -417,7 +425,7 @@ mod tests {
     use super::*;
 
     fn settings() -> ModuleSettings {
-        ModuleSettings { module: "target/wasm32-wasip1/release/gatewarden_ip_geo.wasm".into(), vm_id: None }
+        ModuleSettings { module: "target/wasm32-wasip1/release/gatewarden_ip_geo.wasm".into(), vm_id: None, vm_configuration: None }
     }
 
     #[test]

@@ -419,6 +419,8 @@ class Gateway(_Stoppable):
     jwks_down: start no JWKS server; the cluster points at a loopback port nobody listens on.
     ipv6: also listen on [::1] (None: if IPv6 loopback is usable). `self.ipv6` tells which.
     check_modules=False: start even if a module file is missing (to test that Envoy fails closed).
+    vm_configurations: {name: value} — the filter's `vm_config.configuration` (e.g. the trust settings
+      of approvals), the platform owner's part of the Wasm config: written on every push of that filter.
     """
 
     def __init__(self, workdir: str | os.PathLike[str], filters: Mapping[str, Any] | None = None, *,
@@ -430,8 +432,10 @@ class Gateway(_Stoppable):
                  ready_timeout: float = 30.0, check_modules: bool = True,
                  geo_fail_status: int | None = None, geo_delay_seconds: float = 0.0,
                  jwks_files: Mapping[str, bytes | str | os.PathLike[str]] | None = None,
-                 jwks_fail_status: int | None = None, jwks_down: bool = False) -> None:
+                 jwks_fail_status: int | None = None, jwks_down: bool = False,
+                 vm_configurations: Mapping[str, Any] | None = None) -> None:
         self.workdir = Path(workdir)
+        self.vm_configurations = dict(vm_configurations or {})
         self.filters = dict(filters or {})
         self.modules = {n: Path(modules[n]) if modules and n in modules else module_path(n) for n in self.filters}
         self.geo_files = dict(geo_files or {})
@@ -486,7 +490,8 @@ class Gateway(_Stoppable):
         self.config_path.write_text(envoyconf.render(values, list(self.filters),
                                                      {"ipv6"} if self.ipv6 else set()))
         for name, policy in self.filters.items():
-            ecds.push(self.ecds_dir, name, policy, self.modules[name])
+            ecds.push(self.ecds_dir, name, policy, self.modules[name],
+                      vm_configuration=self.vm_configurations.get(name))
         # --disable-hot-restart: no shared memory, so parallel Envoys cannot clash; the base id is
         # unique per process and run anyway.
         base_id = (os.getpid() % 50_000) * 20 + next(_base_ids) % 20
@@ -612,7 +617,8 @@ class Gateway(_Stoppable):
         serving) or "failure" (file unreadable / not a DiscoveryResponse)."""
         before = self.ecds_counts(filter_name)
         mod = Path(module) if module is not None else self.modules.get(filter_name, module_path(filter_name))
-        ecds.push(self.ecds_dir, filter_name, policy, mod)
+        ecds.push(self.ecds_dir, filter_name, policy, mod,
+                  vm_configuration=self.vm_configurations.get(filter_name))
         if not wait:
             return None
         deadline = time.monotonic() + timeout

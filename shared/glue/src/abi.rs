@@ -112,7 +112,7 @@ macro_rules! export_filter {
 
         #[no_mangle]
         pub extern "C" fn proxy_on_vm_start(_context_id: u32, _vm_configuration_size: usize) -> bool {
-            true
+            $crate::runtime::on_vm_start::<$enforcer>()
         }
 
         #[no_mangle]

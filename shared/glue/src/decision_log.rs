@@ -14,6 +14,9 @@ pub struct DecisionRecord<'a> {
     pub client: &'a str,
     /// Filter-specific detail that is safe to log (e.g. the country), may be empty.
     pub detail: &'a str,
+    /// Under a canary rollout, which policy decided: `active` or `candidate`; empty (and left
+    /// out of the line) without a rollout.
+    pub rollout: &'a str,
 }
 
 impl DecisionRecord<'_> {
@@ -32,9 +35,10 @@ impl DecisionRecord<'_> {
             ("request_id", self.request_id),
             ("client", self.client),
             ("detail", self.detail),
+            ("rollout", self.rollout),
         ];
         for (i, (k, v)) in fields.iter().enumerate() {
-            if *k == "detail" && v.is_empty() {
+            if (*k == "detail" || *k == "rollout") && v.is_empty() {
                 continue;
             }
             if i > 0 {
@@ -81,12 +85,14 @@ mod tests {
             request_id: "abc\"def",
             client: "10.0.0.1",
             detail: "",
+            rollout: "",
         }
         .to_line();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["request_id"], "abc\"def");
         assert_eq!(v["reason"], "ip_denied");
         assert!(v.get("detail").is_none());
+        assert!(v.get("rollout").is_none());
         let mut s = String::new();
         push_json_string(&mut s, "a\u{1}\n\\");
         assert_eq!(serde_json::from_str::<String>(&s).unwrap(), "a\u{1}\n\\");

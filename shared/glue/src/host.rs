@@ -34,6 +34,7 @@ pub enum Level {
 
 // Buffer and map types of ABI 0.2.1.
 const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
+const BUFFER_VM_CONFIGURATION: u32 = 6;
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 const MAP_HTTP_REQUEST_HEADERS: u32 = 0;
 const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
@@ -168,6 +169,12 @@ fn get_buffer(buffer_type: u32, max: usize) -> Result<Vec<u8>, HostError> {
 /// The plugin configuration (the policy document).
 pub fn plugin_configuration() -> Result<Vec<u8>, HostError> {
     get_buffer(BUFFER_PLUGIN_CONFIGURATION, usize::MAX)
+}
+
+/// The VM configuration (Envoy `vm_config.configuration`), read in `proxy_on_vm_start`;
+/// empty when none is set.
+pub fn vm_configuration() -> Result<Vec<u8>, HostError> {
+    get_buffer(BUFFER_VM_CONFIGURATION, usize::MAX)
 }
 
 /// The body of an HTTP callout's response, at most `max` bytes.

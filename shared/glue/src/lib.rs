@@ -10,6 +10,7 @@ pub mod decision_log;
 pub mod host;
 pub mod metrics;
 pub mod panic_hook;
+pub mod rollout;
 pub mod runtime;
 pub mod shared_fetch;
 

@@ -22,10 +22,12 @@ use std::time::Duration;
 
 use gatewarden_policy::decision::UNAVAILABLE_BODY;
 use gatewarden_policy::facts::HeaderNeeds;
-use gatewarden_policy::{compile, Decision, FilterPolicy, Mode, RequestFacts, Verdict};
+use gatewarden_policy::rollout::{disagree, Role, Rollout};
+use gatewarden_policy::{compile_set, Decision, FilterPolicy, Header, Mode, RequestFacts, Verdict};
 
 use crate::decision_log::DecisionRecord;
 use crate::host::{self, Level};
+use crate::rollout::{self as rollout_glue, ShadowRecord};
 use crate::{metrics, panic_hook};
 
 /// What the host should do with the request after a callback.
@@ -102,9 +104,17 @@ pub trait Enforcer: 'static {
 pub struct Compiled<F: Enforcer> {
     pub policy: F::Policy,
     pub state: F::PolicyState,
+    /// The candidate of a canary or shadow rollout, with its own state.
+    pub rollout: Option<CompiledRollout<F>>,
     needs: HeaderNeeds,
     all_headers: bool,
     header_name: String,
+}
+
+/// A rollout's candidate policy (inside [`Rollout`]) and its policy state.
+pub struct CompiledRollout<F: Enforcer> {
+    pub rollout: Rollout<F::Policy>,
+    pub state: F::PolicyState,
 }
 
 fn name<F: Enforcer>() -> &'static str {
@@ -120,8 +130,14 @@ pub fn decision_header_name(filter: &str) -> String {
 fn start<F: Enforcer>() {
     panic_hook::install(name::<F>());
     let extra = F::extra_counters();
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).chain(rollout_glue::COUNTERS.iter().copied()).collect();
     metrics::define(name::<F>(), &F::reasons(), &extra);
+}
+
+/// `proxy_on_vm_start`: reads the trust settings of approvals from the VM configuration;
+/// false (the plugin fails closed) when they are invalid.
+pub fn on_vm_start<F: Enforcer>() -> bool {
+    rollout_glue::on_vm_start(name::<F>())
 }
 
 /// The root context of filter `F`.
@@ -161,16 +177,46 @@ impl<F: Enforcer> Root<F> {
                 return false;
             }
         };
-        match compile::<F::Policy>(&bytes) {
-            Ok(policy) => {
-                host::log(Level::Info, &format!("gatewarden {filter}: policy {:?} accepted", &*policy.header().policy_version));
+        // Approvals first: an unsigned document is not even compiled.
+        let trust = rollout_glue::trust();
+        if trust.required() > 0 {
+            if let Err(e) = trust.verify(&bytes) {
+                host::log(Level::Error, &format!("gatewarden {filter}: policy refused: {e}"));
+                metrics::count(filter, "config_rejected");
+                metrics::count(filter, "signature_rejected");
+                return false;
+            }
+        }
+        match compile_set::<F::Policy>(&bytes) {
+            Ok(set) => {
+                let policy = set.active;
+                let mut what = format!("policy {:?} accepted", &*policy.header().policy_version);
+                if let Some(r) = &set.rollout {
+                    let v = &*r.candidate.header().policy_version;
+                    if r.shadow {
+                        what.push_str(&format!(" with candidate {v:?} in shadow"));
+                    } else {
+                        what.push_str(&format!(" with candidate {v:?} on {}.{:02} % of clients", r.threshold() / 100, r.threshold() % 100));
+                    }
+                }
+                host::log(Level::Info, &format!("gatewarden {filter}: {what}"));
                 metrics::count(filter, "config_accepted");
+                // Background fetches (geo DB, JWKS) follow the active policy; see README "Safe rollout".
                 let tick = self.enforcer.on_policy(&policy);
                 self.set_tick(tick);
-                let needs = F::header_needs(&policy);
-                let all_headers = F::reads_all_headers(&policy);
+                let mut needs = F::header_needs(&policy);
+                let mut all_headers = F::reads_all_headers(&policy);
+                let rollout = set.rollout.map(|r| {
+                    for name in F::header_needs(&r.candidate).names() {
+                        needs.add(name);
+                    }
+                    r.add_needs(&mut needs);
+                    all_headers |= F::reads_all_headers(&r.candidate);
+                    let state = F::policy_state(&r.candidate);
+                    CompiledRollout { rollout: r, state }
+                });
                 let state = F::policy_state(&policy);
-                self.policy = Some(Rc::new(Compiled { policy, state, needs, all_headers, header_name: decision_header_name(filter) }));
+                self.policy = Some(Rc::new(Compiled { policy, state, rollout, needs, all_headers, header_name: decision_header_name(filter) }));
                 true
             }
             Err(e) => {
@@ -231,17 +277,71 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
     };
     let peer = peer.as_deref().and_then(|b| std::str::from_utf8(b).ok());
     let facts = RequestFacts::new(&headers, peer);
-    let eval = F::evaluate(&compiled.policy, &compiled.state, &facts);
-    let header = compiled.policy.header();
+    let Some(r) = &compiled.rollout else {
+        let eval = F::evaluate(&compiled.policy, &compiled.state, &facts);
+        return act(filter, &compiled.header_name, compiled.policy.header(), &eval, None);
+    };
+    let active = compiled.policy.header();
+    if r.rollout.shadow {
+        let eval = F::evaluate(&compiled.policy, &compiled.state, &facts);
+        let shadow = F::evaluate(&r.rollout.candidate, &r.state, &facts);
+        if disagree(&eval.decision, &shadow.decision) {
+            metrics::count(filter, "shadow_disagreed");
+            let request_id = request_id(&facts);
+            let client = eval.client.or(shadow.client).map(|ip| ip.to_string()).unwrap_or_default();
+            let line = ShadowRecord {
+                filter,
+                active_version: &active.policy_version,
+                active: &eval.decision,
+                candidate_version: &r.rollout.candidate.header().policy_version,
+                candidate: &shadow.decision,
+                request_id: &request_id,
+                client: &client,
+            };
+            host::log(Level::Info, &line.to_line());
+        } else {
+            metrics::count(filter, "shadow_agreed");
+        }
+        return act(filter, &compiled.header_name, active, &eval, None);
+    }
+    let role = r.rollout.assign(active, &facts);
+    metrics::count(filter, rollout_glue::assignment_counter(role));
+    match role {
+        Role::Active => {
+            let eval = F::evaluate(&compiled.policy, &compiled.state, &facts);
+            act(filter, &compiled.header_name, active, &eval, Some(Role::Active))
+        }
+        Role::Candidate => {
+            let eval = F::evaluate(&r.rollout.candidate, &r.state, &facts);
+            act(filter, &compiled.header_name, r.rollout.candidate.header(), &eval, Some(Role::Candidate))
+        }
+    }
+}
+
+/// The request id for a log line: from the headers already read, else one host call.
+fn request_id(facts: &RequestFacts<'_>) -> String {
+    match facts.header("x-request-id") {
+        Some(id) => id.to_owned(),
+        None => host::request_header("x-request-id").ok().flatten().unwrap_or_default(),
+    }
+}
+
+/// Acts on the evaluation of the policy whose header is `header`: `role` is which policy of a
+/// canary decided (None without a canary).
+fn act(filter: &str, header_name: &str, header: &Header, eval: &Evaluation, role: Option<Role>) -> Action {
     let version = &*header.policy_version;
     let rule = &*eval.decision.rule;
+    let candidate = role == Some(Role::Candidate);
     match (&eval.decision.verdict, header.mode) {
         (Verdict::Allow, _) => {
-            if let Err(e) = apply_request_mutations(&eval) {
+            if let Err(e) = apply_request_mutations(eval) {
                 return fail_closed(filter, &format!("cannot change the request headers (status {})", e.0), "host_error");
             }
             metrics::count(filter, "allowed");
-            let _ = host::set_request_header(&compiled.header_name, &format!("allow; rule={rule}; version={version}"));
+            if candidate {
+                metrics::count(filter, "candidate_allowed");
+            }
+            let _ = host::set_request_header(header_name, &format!("allow; rule={rule}; version={version}"));
             Action::Continue
         }
         (Verdict::Deny(denial), mode) => {
@@ -258,17 +358,21 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
                 request_id: &request_id,
                 client: &client,
                 detail: &eval.detail,
+                rollout: role.map(Role::as_str).unwrap_or(""),
             };
             host::log(Level::Info, &record.to_line());
             let outcome = if dry_run { "dry_run_denied" } else { "denied" };
             metrics::count(filter, outcome);
             metrics::count(filter, &format!("{outcome}_{}", denial.reason));
+            if candidate {
+                metrics::count(filter, &format!("candidate_{outcome}"));
+            }
             if dry_run {
-                if let Err(e) = apply_request_mutations(&eval) {
+                if let Err(e) = apply_request_mutations(eval) {
                     return fail_closed(filter, &format!("cannot change the request headers (status {})", e.0), "host_error");
                 }
                 let value = format!("dry_run_deny; reason={}; rule={rule}; version={version}", denial.reason);
-                let _ = host::set_request_header(&compiled.header_name, &value);
+                let _ = host::set_request_header(header_name, &value);
                 return Action::Continue;
             }
             let details = format!("gatewarden_{filter}_{}", denial.reason);

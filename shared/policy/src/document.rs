@@ -18,7 +18,9 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::approvals::SignatureDoc;
 use crate::client_address::{ClientAddressConfig, ClientAddressResolver};
+use crate::rollout::{PolicySet, Rollout, RolloutDoc};
 use crate::error::{quote, ConfigError, FieldPath};
 
 /// Whether denials are enforced or only logged and counted.
@@ -90,6 +92,14 @@ macro_rules! policy_document {
             #[serde(default)]
             pub default: $rule,
             $( $(#[$fmeta])* pub $field : $fty, )*
+            /// Optional safe rollout: a candidate policy as a canary (`percent` of clients) or
+            /// in shadow (evaluated on all traffic, never enforced). See README "Safe rollout".
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub rollout: Option<$crate::rollout::RolloutDoc<$name>>,
+            /// Optional approvals: Ed25519 signatures over the canonical JSON of everything
+            /// else, checked when the VM configuration requires them.
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            pub signatures: Vec<$crate::approvals::SignatureDoc>,
         }
 
         impl $crate::document::PolicyDocument for $name {
@@ -101,6 +111,8 @@ macro_rules! policy_document {
             fn client_address(&self) -> &$crate::client_address::ClientAddressConfig { &self.client_address }
             fn rules(&self) -> &[$rule] { &self.rules }
             fn default_rule(&self) -> &$rule { &self.default }
+            fn take_rollout(&mut self) -> Option<$crate::rollout::RolloutDoc<Self>> { self.rollout.take() }
+            fn signatures(&self) -> &[$crate::approvals::SignatureDoc] { &self.signatures }
         }
     };
 }
@@ -115,6 +127,10 @@ pub trait PolicyDocument: DeserializeOwned + JsonSchema {
     fn client_address(&self) -> &ClientAddressConfig;
     fn rules(&self) -> &[Self::Rule];
     fn default_rule(&self) -> &Self::Rule;
+    /// Removes and returns the `rollout` field (compiled separately, see [`compile_set`]).
+    fn take_rollout(&mut self) -> Option<RolloutDoc<Self>>;
+    /// The `signatures` field (checked against the VM's trust settings, not by the policy).
+    fn signatures(&self) -> &[SignatureDoc];
 }
 
 /// A compiled policy of one filter.
@@ -128,6 +144,13 @@ pub trait FilterPolicy: Sized {
 
     /// The compiled common header.
     fn header(&self) -> &Header;
+
+    /// Refuses a rollout candidate this filter's glue could not serve beside `self`, the active
+    /// policy: background resources (geo database, remote JWKS) are fetched for the active policy
+    /// only. Paths are relative to the candidate (the caller adds `rollout.candidate.`).
+    fn check_candidate(&self, _candidate: &Self) -> Result<(), ConfigError> {
+        Ok(())
+    }
 }
 
 /// The compiled common header of a policy.
@@ -184,12 +207,25 @@ pub fn parse_document<D: DeserializeOwned>(bytes: &[u8]) -> Result<D, ConfigErro
     Ok(doc)
 }
 
-/// Parses and compiles a policy: what `on_configure` and `gatewarden validate` both run.
-pub fn compile<P: FilterPolicy>(bytes: &[u8]) -> Result<P, ConfigError> {
+/// Parses and compiles a policy document and its rollout candidate: what `on_configure` and
+/// `gatewarden validate` both run. Errors in the candidate carry the `rollout.candidate.` prefix.
+pub fn compile_set<P: FilterPolicy>(bytes: &[u8]) -> Result<PolicySet<P>, ConfigError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ConfigError::new("", "empty configuration: a policy document is required"));
     }
-    P::compile(parse_document::<P::Document>(bytes)?)
+    let mut doc = parse_document::<P::Document>(bytes)?;
+    let rollout = doc.take_rollout();
+    let active = P::compile(doc)?;
+    let rollout = match rollout {
+        Some(r) => Some(Rollout::compile(r, &active)?),
+        None => None,
+    };
+    Ok(PolicySet { active, rollout })
+}
+
+/// [`compile_set`], keeping only the active policy (the candidate is still validated).
+pub fn compile<P: FilterPolicy>(bytes: &[u8]) -> Result<P, ConfigError> {
+    compile_set::<P>(bytes).map(|set| set.active)
 }
 
 #[cfg(test)]

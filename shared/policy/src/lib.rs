@@ -12,6 +12,7 @@
 
 #![cfg_attr(test, allow(clippy::type_complexity))]
 
+pub mod approvals;
 pub mod cidr;
 pub mod client_address;
 pub mod decision;
@@ -22,10 +23,11 @@ pub mod ip_geo;
 pub mod jwt;
 pub mod matcher;
 pub mod refresh;
+pub mod rollout;
 pub mod rules;
 pub mod schema;
 
 pub use decision::{Decision, Denial, Verdict};
-pub use document::{compile, FailureMode, FilterPolicy, Header, Mode, PolicyDocument};
+pub use document::{compile, compile_set, FailureMode, FilterPolicy, Header, Mode, PolicyDocument};
 pub use error::ConfigError;
 pub use facts::RequestFacts;

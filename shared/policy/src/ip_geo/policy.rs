@@ -111,6 +111,17 @@ impl FilterPolicy for IpGeoPolicy {
     fn header(&self) -> &Header {
         &self.header
     }
+
+    fn check_candidate(&self, candidate: &Self) -> Result<(), ConfigError> {
+        match &candidate.geo_database {
+            Some(src) if Some(src) != self.geo_database.as_ref() => Err(FieldPath::root().field("geo_database").error(format!(
+                "a candidate must use the active policy's geo_database (cluster {}, path {}): the database is fetched for the active policy; change the source in a policy without rollout",
+                quote(&src.cluster),
+                quote(&src.path)
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl IpGeoPolicy {

@@ -193,6 +193,20 @@ impl FilterPolicy for JwtPolicy {
     fn header(&self) -> &Header {
         &self.header
     }
+
+    fn check_candidate(&self, candidate: &Self) -> Result<(), ConfigError> {
+        // Remote key sets are fetched for the active policy's providers, by provider name.
+        for src in candidate.remote_jwks() {
+            let served = self.remote_jwks().any(|a| a.provider == src.provider && a.spec == src.spec);
+            if !served {
+                return Err(FieldPath::root().field("providers").field(src.provider).field("remote_jwks").error(format!(
+                    "a candidate's remote_jwks must be the active policy's for provider {}: key sets are fetched for the active policy; change them in a policy without rollout",
+                    quote(src.provider)
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A provider's result for one request.

@@ -1,0 +1,158 @@
+//! Glue for safe rollout and approvals: the trust settings read from the VM configuration, the
+//! counters, and the shadow-disagreement log line.
+//!
+//! Trust settings are per VM (a thread_local): `proxy_on_vm_start` reads the VM configuration
+//! (Envoy `vm_config.configuration`), which only the platform owner sets, never the policy.
+//! An invalid one makes `proxy_on_vm_start` return false, so the plugin fails closed rather
+//! than run without the approvals it was meant to require.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use gatewarden_policy::approvals::TrustConfig;
+use gatewarden_policy::rollout::{verdict_label, Role};
+use gatewarden_policy::Decision;
+
+use crate::decision_log::push_json_string;
+use crate::host::{self, Level};
+use crate::metrics;
+
+/// Counters of rollouts and approvals, defined for every filter (`gatewarden_<filter>_<name>`).
+pub const COUNTERS: &[&str] = &[
+    // Canary: which policy each request was assigned to.
+    "rollout_active",
+    "rollout_candidate",
+    // Decisions made by a canary candidate (also counted in allowed/denied/dry_run_denied).
+    "candidate_allowed",
+    "candidate_denied",
+    "candidate_dry_run_denied",
+    // Shadow: the candidate's verdict compared with the active one's, per request.
+    "shadow_agreed",
+    "shadow_disagreed",
+    // Approvals: a policy refused for missing signatures (also counted in config_rejected).
+    "signature_rejected",
+    // The VM configuration's trust settings were invalid (proxy_on_vm_start returned false).
+    "trust_config_rejected",
+];
+
+thread_local! {
+    static TRUST: RefCell<Rc<TrustConfig>> = RefCell::new(Rc::new(TrustConfig::default()));
+}
+
+/// The VM's trust settings (none required until `on_vm_start` read some).
+pub fn trust() -> Rc<TrustConfig> {
+    TRUST.with(|t| Rc::clone(&t.borrow()))
+}
+
+/// `proxy_on_vm_start`: reads the trust settings from the VM configuration.
+pub fn on_vm_start(filter: &str) -> bool {
+    let bytes = match host::vm_configuration() {
+        Ok(b) => b,
+        Err(e) => {
+            host::log(Level::Error, &format!("gatewarden {filter}: cannot read the VM configuration (status {}): refusing to start", e.0));
+            metrics::count(filter, "trust_config_rejected");
+            return false;
+        }
+    };
+    match TrustConfig::parse(&bytes) {
+        Ok(t) => {
+            if t.required() > 0 {
+                let ids: Vec<&str> = t.key_ids().collect();
+                host::log(
+                    Level::Info,
+                    &format!("gatewarden {filter}: policies need {} signature(s) from distinct trusted keys ({})", t.required(), ids.join(", ")),
+                );
+            }
+            TRUST.with(|slot| *slot.borrow_mut() = Rc::new(t));
+            true
+        }
+        Err(e) => {
+            host::log(Level::Error, &format!("gatewarden {filter}: invalid trust settings in the VM configuration: {e}"));
+            metrics::count(filter, "trust_config_rejected");
+            false
+        }
+    }
+}
+
+/// The counter of a canary assignment.
+pub fn assignment_counter(role: Role) -> &'static str {
+    match role {
+        Role::Active => "rollout_active",
+        Role::Candidate => "rollout_candidate",
+    }
+}
+
+/// The fields of one shadow-disagreement log line.
+pub struct ShadowRecord<'a> {
+    pub filter: &'a str,
+    pub active_version: &'a str,
+    pub active: &'a Decision,
+    pub candidate_version: &'a str,
+    pub candidate: &'a Decision,
+    pub request_id: &'a str,
+    pub client: &'a str,
+}
+
+impl ShadowRecord<'_> {
+    /// `{"gatewarden":"shadow_disagreement","filter":…,"active_version":…,"active":"allow",
+    /// "active_rule":…,"candidate_version":…,"candidate":"deny:ip_denied:403","candidate_rule":…,
+    /// "request_id":…,"client":…}`
+    pub fn to_line(&self) -> String {
+        let active = verdict_label(self.active);
+        let candidate = verdict_label(self.candidate);
+        let fields = [
+            ("gatewarden", "shadow_disagreement"),
+            ("filter", self.filter),
+            ("active_version", self.active_version),
+            ("active", &active),
+            ("active_rule", &self.active.rule),
+            ("candidate_version", self.candidate_version),
+            ("candidate", &candidate),
+            ("candidate_rule", &self.candidate.rule),
+            ("request_id", self.request_id),
+            ("client", self.client),
+        ];
+        let mut out = String::with_capacity(256);
+        out.push('{');
+        for (i, (k, v)) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_string(&mut out, k);
+            out.push(':');
+            push_json_string(&mut out, v);
+        }
+        out.push('}');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatewarden_policy::Denial;
+    use std::sync::Arc;
+
+    #[test]
+    fn shadow_line_is_json() {
+        let r: Arc<str> = Arc::from("default");
+        let allow = Decision::allow(&r);
+        let deny = Decision::deny(&r, Denial { status: 403, body: "", reason: "ip_denied" });
+        let line = ShadowRecord {
+            filter: "ip_geo",
+            active_version: "v1",
+            active: &allow,
+            candidate_version: "v2",
+            candidate: &deny,
+            request_id: "r\"1",
+            client: "192.0.2.1",
+        }
+        .to_line();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["gatewarden"], "shadow_disagreement");
+        assert_eq!(v["active"], "allow");
+        assert_eq!(v["candidate"], "deny:ip_denied:403");
+        assert_eq!(v["candidate_version"], "v2");
+        assert_eq!(v["request_id"], "r\"1");
+    }
+}
