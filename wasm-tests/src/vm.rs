@@ -27,6 +27,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use wasmtime::{Instance, Linker, Store, WasmParams, WasmResults};
 
+/// Fuel given to every VM: far more than any test uses, so fuel never traps; it only counts.
+const FUEL: u64 = 1 << 62;
+
 /// How to start a VM: the plugin's identity and the VM configuration.
 #[derive(Clone, Debug, Default)]
 pub struct VmOptions {
@@ -258,6 +261,9 @@ impl Vm {
             random_state: 0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1),
         };
         let mut store = Store::new(&compiled.engine, ctx);
+        store
+            .set_fuel(FUEL)
+            .map_err(|source| Error::load("cannot set the VM's fuel", source))?;
         let instance = linker
             .instantiate(&mut store, module)
             .map_err(|source| Error::load("cannot instantiate module", source))?;
@@ -317,6 +323,13 @@ impl Vm {
     }
 
     /// The host this VM belongs to.
+    /// Wasm instructions (wasmtime fuel units: about one per instruction) this VM has executed
+    /// since it was created.
+    pub fn fuel_used(&self) -> u64 {
+        let inner = self.lock();
+        FUEL.saturating_sub(inner.store.get_fuel().unwrap_or(FUEL))
+    }
+
     pub fn host(&self) -> &Host {
         &self.host
     }
