@@ -295,7 +295,7 @@ pub fn main_apply(args: &[String]) -> Result<ExitCode, String> {
     };
     let mut settings = ModuleSettings::resolve(o.module.as_deref(), o.modules.as_deref(), policy.filter);
     settings.vm_id = o.vm_id.clone();
-    settings.vm_configuration = match approved_vm_config(&o, &policy) {
+    settings.vm_configuration = match approved_vm_config(&o, Path::new(&dir), &policy) {
         Ok(v) => v,
         Err((code, msg)) => {
             eprintln!("{file}: {msg}");
@@ -316,13 +316,37 @@ pub fn main_apply(args: &[String]) -> Result<ExitCode, String> {
 /// `--vm-config FILE`: the trust settings of approvals (the platform owner's), written into the
 /// ECDS resource as `vm_config.configuration`; the policy must pass the filter's own signature
 /// check against them first (`sign::verify` runs the same code).
-fn approved_vm_config(o: &Options, policy: &LoadedPolicy) -> Result<Option<String>, (u8, String)> {
-    let Some(path) = &o.vm_config else { return Ok(None) };
-    let text = std::fs::read_to_string(path).map_err(|e| (2, format!("{path}: cannot read: {e}")))?;
+///
+/// Without `--vm-config`, the trust settings the directory's resource serves now are kept (and
+/// checked): an apply or rollback never drops approvals by omission.
+fn approved_vm_config(o: &Options, dir: &Path, policy: &LoadedPolicy) -> Result<Option<String>, (u8, String)> {
+    let (path, text) = match &o.vm_config {
+        Some(path) => (path.clone(), std::fs::read_to_string(path).map_err(|e| (2, format!("{path}: cannot read: {e}")))?),
+        None => match serving_vm_config(dir, policy.filter)? {
+            Some(found) => found,
+            None => return Ok(None),
+        },
+    };
+    let path = path.as_str();
     let trust = gatewarden_policy::approvals::TrustConfig::parse(text.as_bytes())
         .map_err(|e| (2, format!("{path}: invalid trust settings: {e}")))?;
     trust.verify(policy.json.as_bytes()).map_err(|e| (1, format!("the filter would refuse it: {e}")))?;
     Ok(Some(text))
+}
+
+/// The trust settings (`vm_config.configuration`) of the resource `dir` serves for `filter`, with
+/// a label for messages; None when there is no resource or it has none.
+fn serving_vm_config(dir: &Path, filter: Filter) -> Result<Option<(String, String)>, (u8, String)> {
+    let path = dir.join(format!("{}.json", filter.name()));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err((2, format!("{}: cannot read: {e}", path.display()))),
+    };
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| (2, format!("{}: not an ECDS resource: {e}", path.display())))?;
+    let found = doc.pointer("/resources/0/typed_config/config/vm_config/configuration/value").and_then(|v| v.as_str());
+    Ok(found.map(|v| (format!("{} (serving trust settings)", path.display()), v.to_owned())))
 }
 
 fn refused(file: &str, e: &LoadError) -> ExitCode {
@@ -430,7 +454,7 @@ pub fn main_rollback(args: &[String]) -> Result<ExitCode, String> {
         Ok(p) => p,
         Err(e) => return fail(format!("version {} no longer validates: {e}", target.version)),
     };
-    let vm_configuration = match approved_vm_config(&o, &policy) {
+    let vm_configuration = match approved_vm_config(&o, Path::new(&dir), &policy) {
         Ok(v) => v,
         Err((_, msg)) => return fail(format!("version {}: {msg}", target.version)),
     };

@@ -209,6 +209,24 @@ fn apply_with_trust_settings_checks_signatures_and_writes_them_into_the_vm_confi
     let config = &written["resources"][0]["typed_config"]["config"];
     let vm_configuration = config["vm_config"]["configuration"]["value"].as_str().unwrap();
     assert_eq!(vm_configuration, std::fs::read_to_string(&trust).unwrap(), "the trust settings ride along");
-    let trust = TrustConfig::parse(vm_configuration.as_bytes()).unwrap();
-    assert!(trust.verify(config["configuration"]["value"].as_str().unwrap().as_bytes()).is_ok());
+    let trust_settings = TrustConfig::parse(vm_configuration.as_bytes()).unwrap();
+    assert!(trust_settings.verify(config["configuration"]["value"].as_str().unwrap().as_bytes()).is_ok());
+
+    // Without --vm-config the serving trust settings are kept and enforced: leaving the flag out
+    // neither drops approvals nor lets an unsigned policy through.
+    let unsigned = dir.join("unsigned.yaml");
+    std::fs::write(&unsigned, POLICY_YAML.replace("\"v1\"", "\"v2\"")).unwrap();
+    let before = std::fs::read_to_string(ecds.join("ip_geo.json")).unwrap();
+    let (code, out, err) = run(&["apply", s(&unsigned), "--to", s(&ecds), "--module", s(&module)]);
+    assert_eq!(code, 1, "unsigned without --vm-config: {out} {err}");
+    assert!(err.contains("the filter would refuse it: signatures: 0 valid"), "{err}");
+    assert_eq!(std::fs::read_to_string(ecds.join("ip_geo.json")).unwrap(), before, "nothing written");
+
+    let (code, _, err) = run(&["sign", "--key", s(&dir.join("bob.key")), "--key-id", "bob", s(&unsigned)]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["apply", s(&unsigned), "--to", s(&ecds), "--module", s(&module)]);
+    assert_eq!(code, 0, "signed without --vm-config: {out} {err}");
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(ecds.join("ip_geo.json")).unwrap()).unwrap();
+    let kept = written["resources"][0]["typed_config"]["config"]["vm_config"]["configuration"]["value"].as_str();
+    assert_eq!(kept, Some(vm_configuration), "the trust settings are carried over");
 }
