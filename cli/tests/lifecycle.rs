@@ -162,7 +162,9 @@ fn render_envoy_equals_what_ecds_py_writes() {
     let policy = d.join("p.json");
     std::fs::write(&policy, json.trim_end()).unwrap();
     let module = "target/wasm32-wasip1/release/gatewarden_ip_geo.wasm";
-    let (code, ours, err) = run(&["render", "--target", "envoy", "examples/policies/ip_geo.yaml"]);
+    // The module is named explicitly: the default depends on $GATEWARDEN_WASM_DIR, which
+    // scripts/test.sh sets to an absolute path.
+    let (code, ours, err) = run(&["render", "--target", "envoy", "--module", module, "examples/policies/ip_geo.yaml"]);
     assert_eq!(code, 0, "{err}");
     let theirs = Command::new("python3")
         .current_dir(root())
