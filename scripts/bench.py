@@ -12,10 +12,19 @@ Configurations:
   ip_geo_10    ip-geo filter, a rule on "/" with 10 CIDRs in its deny list (the client is not in it)
   ip_geo_100k  same with 100,000 random non-overlapping /24s and /32s
   rbac_10      Envoy's native RBAC filter, DENY policy with the same 10 CIDRs as remote_ip principals
-ip_geo_* are skipped when gatewarden_ip_geo.wasm is not built.
+JWT (issue 4), ALG = es256 | rs256, TEMP = cold | warm:
+  jwt_ALG_TEMP            our JWT filter (verified-token cache on, its default 1024 entries per worker)
+  authn_ALG_TEMP          Envoy's native envoy.filters.http.jwt_authn, no jwt_cache_config
+  authn_cache_ALG_TEMP    the same with jwt_cache_config (jwt_cache_size 1024, as ours)
+  Both filters get the same provider (issuer, audience, inline JWKS holding a P-256 and an RSA-2048
+  key) and require a valid token on every request. cold: every request carries a token not seen
+  before (COLD_TOKENS distinct tokens, signed ahead with Python `cryptography`, cycled by a wrk
+  Lua script; more than any run sends); warm: WARM_TOKENS tokens reused.
+ip_geo_* and jwt_* are skipped when their module is not built.
 
 Environment: ROUNDS (5), DURATION (10, seconds per run), WARMUP (2), CONNECTIONS (32),
-CONFIGS (comma list, default all), BENCH_OUT (target/bench).
+CONFIGS or BENCH_CONFIGS (comma list, default: the non-JWT set; `all`; `jwt`: none, floor and
+every JWT configuration), BENCH_OUT (target/bench), COLD_TOKENS (20000), WARM_TOKENS (4).
 """
 
 from __future__ import annotations
@@ -45,8 +54,24 @@ DURATION = int(os.environ.get("DURATION", "10"))
 WARMUP = int(os.environ.get("WARMUP", "2"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "32"))
 OUT = Path(os.environ.get("BENCH_OUT", ROOT / "target" / "bench"))
-ALL_CONFIGS = ["none", "floor", "ip_geo_10", "ip_geo_100k", "rbac_10"]
-CONFIGS = [c for c in os.environ.get("CONFIGS", ",".join(ALL_CONFIGS)).split(",") if c]
+BASE_CONFIGS = ["none", "floor", "ip_geo_10", "ip_geo_100k", "rbac_10"]
+JWT_CONFIGS = [f"{flt}_{alg}_{temp}" for alg in ("es256", "rs256") for temp in ("cold", "warm")
+               for flt in ("jwt", "authn", "authn_cache")]
+ALL_CONFIGS = BASE_CONFIGS + JWT_CONFIGS
+COLD_TOKENS = int(os.environ.get("COLD_TOKENS", "20000"))
+WARM_TOKENS = int(os.environ.get("WARM_TOKENS", "4"))
+
+
+def selected_configs(spec: str) -> list[str]:
+    """`all`, `jwt` (none, floor + the JWT set) or a comma list of names."""
+    out: list[str] = []
+    for c in (x.strip() for x in spec.split(",")):
+        add = ALL_CONFIGS if c == "all" else ["none", "floor"] + JWT_CONFIGS if c == "jwt" else [c] if c else []
+        out += [a for a in add if a not in out]
+    return out
+
+
+CONFIGS = selected_configs(os.environ.get("BENCH_CONFIGS") or os.environ.get("CONFIGS") or ",".join(BASE_CONFIGS))
 
 WASM_TYPE = ecds.WASM_TYPE
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -100,6 +125,131 @@ def rbac_filter(cidrs: list[str]) -> dict[str, Any]:
                 "permissions": [{"any": True}],
                 "principals": [{"or_ids": {"ids": [principal(c) for c in cidrs]}}],
             }}},
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# JWT: keys, tokens and the two filters' configurations
+
+JWT_ISSUER = "https://issuer.bench.gatewarden"
+JWT_AUDIENCE = "bench-api"
+JWT_DIR = OUT / "jwt"
+JWT_LUA = """-- Cycles through the tokens of the file given after `--`, one per request.
+local tokens, i = {}, 0
+function init(args)
+  for line in io.lines(args[1]) do tokens[#tokens + 1] = line end
+end
+function request()
+  i = i % #tokens + 1
+  return wrk.format("GET", "/", {["Authorization"] = "Bearer " .. tokens[i]})
+end
+"""
+
+
+def jwt_parts(cfg: str) -> tuple[str, str, str] | None:
+    """("jwt" | "authn" | "authn_cache", "es256" | "rs256", "cold" | "warm") or None."""
+    m = re.fullmatch(r"(jwt|authn|authn_cache)_(es256|rs256)_(cold|warm)(?:@\w+)?", cfg)
+    return (m.group(1), m.group(2), m.group(3)) if m else None
+
+
+def _b64url(data: bytes) -> str:
+    import base64
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _uint(n: int) -> str:
+    return _b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
+
+
+def jwt_material() -> dict[str, Any]:
+    """Keys (a P-256 and an RSA-2048 key, as one public JWKS) and token files, made once and
+    kept in target/bench/jwt (remade when the tokens expire within a day)."""
+    meta_path = JWT_DIR / "meta.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta["exp"] > time.time() + 86_400 and meta["cold"] >= COLD_TOKENS and meta["warm"] == WARM_TOKENS:
+            return meta
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    JWT_DIR.mkdir(parents=True, exist_ok=True)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ecn, rn = ec_key.public_key().public_numbers(), rsa_key.public_key().public_numbers()
+    jwks = {"keys": [
+        {"kty": "EC", "crv": "P-256", "kid": "bench-es256", "alg": "ES256", "use": "sig",
+         "x": _b64url(ecn.x.to_bytes(32, "big")), "y": _b64url(ecn.y.to_bytes(32, "big"))},
+        {"kty": "RSA", "kid": "bench-rs256", "alg": "RS256", "use": "sig", "n": _uint(rn.n), "e": _uint(rn.e)},
+    ]}
+    now = int(time.time())
+    exp = now + 7 * 86_400
+
+    def sign(alg: str, n: int) -> str:
+        header = _b64url(json.dumps({"alg": alg.upper(), "typ": "JWT", "kid": f"bench-{alg}"},
+                                    separators=(",", ":")).encode())
+        claims = {"iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "sub": f"user-{n}", "iat": now, "exp": exp,
+                  "scope": "read write", "jti": f"{alg}-{n}"}
+        payload = _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        signing_input = f"{header}.{payload}".encode()
+        if alg == "es256":
+            r, s = decode_dss_signature(ec_key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+            sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        else:
+            sig = rsa_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        return f"{header}.{payload}.{_b64url(sig)}"
+
+    print(f"signing {COLD_TOKENS} ES256 and {COLD_TOKENS} RS256 tokens (once) ...", file=sys.stderr, flush=True)
+    for alg in ("es256", "rs256"):
+        tokens = [sign(alg, n) for n in range(COLD_TOKENS)]
+        (JWT_DIR / f"{alg}-cold.txt").write_text("\n".join(tokens) + "\n")
+        (JWT_DIR / f"{alg}-warm.txt").write_text("\n".join(tokens[:WARM_TOKENS]) + "\n")
+    (JWT_DIR / "tokens.lua").write_text(JWT_LUA)
+    (JWT_DIR / "jwks.json").write_text(json.dumps(jwks))
+    meta = {"exp": exp, "cold": COLD_TOKENS, "warm": WARM_TOKENS, "jwks": jwks}
+    meta_path.write_text(json.dumps(meta))
+    return meta
+
+
+def jwt_tokens(cfg: str) -> list[str]:
+    """The tokens a JWT configuration's requests carry, in order (empty for other configurations)."""
+    parts = jwt_parts(cfg)
+    if not parts:
+        return []
+    jwt_material()
+    return (JWT_DIR / f"{parts[1]}-{parts[2]}.txt").read_text().split()
+
+
+def jwt_policy(version: str) -> dict[str, Any]:
+    """Our JWT filter: one provider with the inline JWKS; every request needs its valid token."""
+    return {
+        "policy_version": version,
+        "mode": "enforce",
+        "failure_mode": "deny",
+        "providers": {"bench": {"issuer": JWT_ISSUER, "audiences": [JWT_AUDIENCE],
+                                "local_jwks": jwt_material()["jwks"]}},
+        "default": {"requires": {"provider": "bench"}},
+    }
+
+
+def authn_filter(cache: bool) -> dict[str, Any]:
+    """Envoy's native jwt_authn with the same provider; `cache`: jwt_cache_config as big as ours."""
+    provider: dict[str, Any] = {
+        "issuer": JWT_ISSUER,
+        "audiences": [JWT_AUDIENCE],
+        "local_jwks": {"inline_string": json.dumps(jwt_material()["jwks"])},
+        "from_headers": [{"name": "Authorization", "value_prefix": "Bearer "}],
+        "forward": False,
+    }
+    if cache:
+        provider["jwt_cache_config"] = {"jwt_cache_size": 1024}
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"bench": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}],
         },
     }
 
@@ -168,6 +318,17 @@ def build(workdir: Path, configs: list[str]) -> tuple[dict[str, Any], dict[str, 
             filters = [ecds_filter(cfg.replace("@", "_"), ecds_dir)]
         elif cfg == "rbac_10":
             filters = [rbac_filter(cidrs10)]
+        elif jwt_parts(cfg):
+            flt, _, _ = jwt_parts(cfg) or ("", "", "")
+            if flt == "jwt":
+                # "jwt_es256_cold@v": the module named by $BENCH_MODULE_v (a variant build), own VM.
+                _, _, variant = cfg.partition("@")
+                module = Path(os.environ[f"BENCH_MODULE_{variant}"]) if variant else module_path("jwt")
+                name = cfg.replace("@", "_")
+                ecds.push(ecds_dir, name, jwt_policy(f"bench-{name}"), module, vm_id=f"gatewarden_{name}")
+                filters = [ecds_filter(name, ecds_dir)]
+            else:
+                filters = [authn_filter(cache=flt == "authn_cache")]
         else:
             raise SystemExit(f"unknown configuration {cfg!r}; known: {', '.join(ALL_CONFIGS)}")
         listeners.append(listener(cfg, ports[cfg], filters))
@@ -181,9 +342,11 @@ def build(workdir: Path, configs: list[str]) -> tuple[dict[str, Any], dict[str, 
     return bootstrap, ports
 
 
-def http_status(port: int, path: str = "/") -> int:
+def http_status(port: int, path: str = "/", token: str | None = None) -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -212,8 +375,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_wrk(port: int, seconds: int, cpu: str | None) -> dict[str, float]:
+def run_wrk(port: int, seconds: int, cpu: str | None, cfg: str = "") -> dict[str, float]:
     cmd = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"]
+    parts = jwt_parts(cfg)
+    if parts:  # JWT configurations: every request carries the next token of the configuration's file
+        jwt_material()
+        cmd[-1:-1] = ["-s", str(JWT_DIR / "tokens.lua")]
+        cmd += ["--", str(JWT_DIR / f"{parts[1]}-{parts[2]}.txt")]
     if cpu is not None:
         cmd = ["taskset", "-c", cpu] + cmd
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
@@ -259,6 +427,18 @@ def table(results: dict[str, list[dict[str, float]]], meta: dict[str, Any]) -> s
     return "\n".join(lines) + "\n"
 
 
+def check_config(cfg: str, port: int, log: Path) -> None:
+    """GET / must answer 200 (with the configuration's first token); a JWT configuration must also
+    refuse a request without a token (401), so the benchmark measures an enforcing filter."""
+    tokens = jwt_tokens(cfg)
+    status = http_status(port, token=tokens[0] if tokens else None)
+    if status != 200:
+        raise SystemExit(f"{cfg}: GET / answered {status}, not 200: the benchmark would measure "
+                         f"denials (policy or config wrong?); see {log}")
+    if tokens and (status := http_status(port)) != 401:
+        raise SystemExit(f"{cfg}: GET / without a token answered {status}, not 401; see {log}")
+
+
 def main() -> int:
     for tool in ("wrk",):
         if not shutil.which(tool):
@@ -268,7 +448,10 @@ def main() -> int:
     skipped: dict[str, str] = {}
     configs = []
     for c in CONFIGS:
-        need = "ip_geo" if c.startswith("ip_geo_") else "floor" if c == "floor" else None
+        need = ("ip_geo" if c.startswith("ip_geo_") else "floor" if c == "floor"
+                else "jwt" if c.startswith("jwt_") and "@" not in c else None)
+        if c not in ALL_CONFIGS and "@" not in c:
+            raise SystemExit(f"unknown configuration {c!r}; known: {', '.join(ALL_CONFIGS)}")
         if need and not module_path(need).exists():
             skipped[c] = f"{module_path(need).name} not built"
         else:
@@ -297,17 +480,14 @@ def main() -> int:
     try:
         wait_ready(proc, ports["admin"], log)
         for c in configs:
-            status = http_status(ports[c])
-            if status != 200:
-                raise SystemExit(f"{c}: GET / answered {status}, not 200: the benchmark would measure "
-                                 f"denials (policy or config wrong?); see {log}")
+            check_config(c, ports[c], log)
             if WARMUP:
-                run_wrk(ports[c], WARMUP, wrk_cpu)
+                run_wrk(ports[c], WARMUP, wrk_cpu, c)
         for rnd in range(ROUNDS):
             order = configs[rnd % len(configs):] + configs[:rnd % len(configs)]
             for c in order:
                 cpu_before = cpu_seconds(proc.pid)
-                r = run_wrk(ports[c], DURATION, wrk_cpu)
+                r = run_wrk(ports[c], DURATION, wrk_cpu, c)
                 used = cpu_seconds(proc.pid) - cpu_before
                 r["cpu_us_per_req"] = used * 1e6 / r["requests"] if r["requests"] else 0.0
                 results[c].append(r)

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Benchmark: no filter vs floor Wasm filter vs ip-geo (10 / 100k CIDRs) vs Envoy's native RBAC.
+# Benchmark: no filter vs floor Wasm filter vs ip-geo (10 / 100k CIDRs) vs Envoy's native RBAC;
+# our JWT filter vs Envoy's native jwt_authn (with and without its cache), ES256/RS256, cold/warm.
 #   scripts/bench.sh                        # 5 rounds x 10 s per configuration (~5 min with all five)
 #   ROUNDS=2 DURATION=3 scripts/bench.sh    # quick look
 #   CONFIGS=none,floor,rbac_10 scripts/bench.sh
+#   BENCH_CONFIGS=jwt scripts/bench.sh      # none, floor + our JWT filter vs native jwt_authn (issue 4)
+#   BENCH_CONFIGS=none,jwt_es256_cold,authn_es256_cold,authn_cache_es256_cold scripts/bench.sh
 #   INSTRUCTIONS=1 scripts/bench.sh         # also instructions/request under callgrind (noise-free)
 # Writes target/bench/results.md (Markdown table) and results.json (every run).
 . "$(dirname "$0")/lib.sh"

@@ -7,7 +7,11 @@ sequential keep-alive requests before it is stopped; (Ir(N2) âˆ’ Ir(N1)) / (N2 â
 one request, start-up and shutdown cancelling out. JIT-compiled Wasm code is counted
 (--smc-check=all).
 
-  .venv/bin/python scripts/bench_instructions.py     (CONFIGS as in bench.py; N1=100, N2=600)
+JWT configurations send `Authorization: Bearer <token>` on every request: cold ones a token not
+seen before in that Envoy lifetime (the first N2 + 10 of bench.py's distinct tokens), warm ones
+cycle through bench.py's few warm tokens. Cold and warm thus differ only in the tokens.
+
+  .venv/bin/python scripts/bench_instructions.py     (CONFIGS/BENCH_CONFIGS as in bench.py; N1=100, N2=600)
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ N1 = int(os.environ.get("N1", "100"))
 N2 = int(os.environ.get("N2", "600"))
 
 
-def requests(port: int, n: int) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    for _ in range(n):
-        conn.request("GET", "/")
+def requests(port: int, n: int, tokens: list[str], start: int) -> None:
+    """`n` sequential keep-alive requests; with `tokens`, request i carries tokens[start + i] (cyclic)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    for i in range(n):
+        headers = {"Authorization": f"Bearer {tokens[(start + i) % len(tokens)]}"} if tokens else {}
+        conn.request("GET", "/", headers=headers)
         r = conn.getresponse()
         r.read()
         if r.status != 200:
@@ -59,9 +65,12 @@ def run(cfg: str, n: int, out: Path) -> int:
     with log.open("wb") as lf:
         proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, cwd=bench.ROOT)
     try:
-        bench.wait_ready(proc, ports["admin"], log, timeout=int(os.environ.get("READY_TIMEOUT", "600")))
-        requests(ports[cfg], 10)  # the first request of a Wasm filter compiles and warms up
-        requests(ports[cfg], n)
+        bench.wait_ready(proc, ports["admin"], log, timeout=float(os.environ.get("READY_TIMEOUT", "1800")))
+        tokens = bench.jwt_tokens(cfg)
+        if len(tokens) > bench.WARM_TOKENS and len(tokens) < n + 10:
+            raise SystemExit(f"{cfg}: {len(tokens)} cold tokens, need {n + 10} (COLD_TOKENS)")
+        requests(ports[cfg], 10, tokens, 0)  # the first request of a Wasm filter compiles and warms up
+        requests(ports[cfg], n, tokens, 10)
     finally:
         proc.terminate()
         proc.wait(timeout=300)
@@ -74,7 +83,9 @@ def run(cfg: str, n: int, out: Path) -> int:
 def main() -> int:
     out = bench.OUT / "instructions"
     out.mkdir(parents=True, exist_ok=True)
-    configs = [c for c in bench.CONFIGS if not (c.startswith("ip_geo_") and not bench.module_path("ip_geo").exists())]
+    configs = [c for c in bench.CONFIGS
+               if not (c.startswith("ip_geo_") and not bench.module_path("ip_geo").exists())
+               and not (c.startswith("jwt_") and "@" not in c and not bench.module_path("jwt").exists())]
     per_req: dict[str, float] = {}
     for c in configs:
         low, high = run(c, N1, out), run(c, N2, out)
