@@ -4,8 +4,13 @@
 //! let mut cache = TokenCache::new(1024);     // one per worker and compiled policy
 //! policy.decide(&facts, now, &keys, Some(&mut cache));
 //! ```
-//! - Keyed by SHA-256 of (provider, token): a collision would need a SHA-256 collision, and only
-//!   tokens that verified are ever stored, so a client cannot fill it with junk.
+//! - Keyed by (provider, token): a 64-bit SipHash of the token with this VM's random keys
+//!   (std's `RandomState`, seeded by WASI `random_get`) finds the entry, and the entry's stored
+//!   token text must equal the request's byte for byte, so a hash collision is a miss, never a
+//!   wrong hit; random keys keep a client from aiming tokens at one bucket. (SHA-256 of the token
+//!   did the same job at ~20,000 instructions per lookup for a 400-byte token; SipHash costs a
+//!   few hundred.) Only tokens that verified are ever stored, so a client cannot fill it with
+//!   junk; a token is stored once, so memory is bounded by `capacity × max_token_bytes`.
 //! - Bounded by count; when full, the oldest entry goes (first in, first out). Every operation
 //!   is O(1) (amortised).
 //! - Never serves a token at or past its `exp` plus skew; every claim check except the
@@ -14,27 +19,31 @@
 //!   removed from a JWKS stops validating its tokens at once.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
-/// The cache key: SHA-256 of the provider index and the token.
+thread_local! {
+    /// Random SipHash keys, once per VM (a VM is one thread).
+    static SEED: RandomState = RandomState::new();
+}
+
+/// The cache key: the provider index and a keyed 64-bit hash of the token. Equal keys do not
+/// prove equal tokens: the entry keeps the token text, compared on every hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct CacheKey([u8; 32]);
+pub(crate) struct CacheKey {
+    provider: usize,
+    hash: u64,
+}
 
 impl CacheKey {
     pub fn new(provider: usize, token: &str) -> Self {
-        let mut h = Sha256::new();
-        h.update((provider as u64).to_le_bytes());
-        h.update(token.as_bytes());
-        Self(h.finalize().into())
+        Self { provider, hash: SEED.with(|s| s.hash_one(token)) }
     }
 }
 
-/// The key is already a uniform hash: use 8 of its bytes, no second hashing (and no random
-/// seed, which a Wasm host may not provide).
+/// The key is already a keyed hash: use it as is, no second hashing.
 #[derive(Default)]
 struct KeyHasher(u64);
 
@@ -43,9 +52,15 @@ impl Hasher for KeyHasher {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        for (i, b) in bytes.iter().take(8).enumerate() {
-            self.0 |= u64::from(*b) << (8 * i);
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 ^= (n as u64).rotate_left(32);
     }
 }
 
@@ -57,6 +72,8 @@ pub struct VerifiedToken {
 
 #[derive(Debug, Clone)]
 struct Entry {
+    /// The token text: a hit needs the same bytes, not only the same hash.
+    text: Box<str>,
     token: Arc<VerifiedToken>,
     /// First second at which the entry must not be served (`exp + skew`), if the token expires.
     stale_at: Option<i64>,
@@ -120,8 +137,9 @@ impl TokenCache {
         }
     }
 
-    pub(crate) fn get(&mut self, key: &CacheKey, now: i64) -> Option<Arc<VerifiedToken>> {
+    pub(crate) fn get(&mut self, key: &CacheKey, text: &str, now: i64) -> Option<Arc<VerifiedToken>> {
         let found = match self.map.get(key) {
+            Some(e) if *e.text != *text => None,
             Some(e) if e.stale_at.is_none_or(|s| now < s) => Some(Arc::clone(&e.token)),
             Some(_) => {
                 self.map.remove(key);
@@ -140,6 +158,7 @@ impl TokenCache {
     pub(crate) fn insert(
         &mut self,
         key: CacheKey,
+        text: &str,
         token: Arc<VerifiedToken>,
         stale_at: Option<i64>,
     ) {
@@ -154,7 +173,7 @@ impl TokenCache {
                 None => break,
             }
         }
-        if self.map.insert(key, Entry { token, stale_at }).is_none() {
+        if self.map.insert(key, Entry { text: text.into(), token, stale_at }).is_none() {
             self.order.push_back(key);
         }
         // Keys removed on expiry stay in `order`; compact before it grows past twice the capacity.
@@ -179,33 +198,44 @@ mod tests {
     fn bounded_oldest_goes_first() {
         let mut c = TokenCache::new(3);
         for i in 0..5 {
-            c.insert(CacheKey::new(0, &format!("t{i}")), tok(i), None);
+            c.insert(CacheKey::new(0, &format!("t{i}")), &format!("t{i}"), tok(i), None);
             assert!(c.len() <= 3);
         }
-        assert!(c.get(&CacheKey::new(0, "t0"), 0).is_none());
-        assert!(c.get(&CacheKey::new(0, "t1"), 0).is_none());
-        assert_eq!(c.get(&CacheKey::new(0, "t4"), 0).unwrap().claims["n"], 4);
+        assert!(c.get(&CacheKey::new(0, "t0"), "t0", 0).is_none());
+        assert!(c.get(&CacheKey::new(0, "t1"), "t1", 0).is_none());
+        assert_eq!(c.get(&CacheKey::new(0, "t4"), "t4", 0).unwrap().claims["n"], 4);
         assert_eq!(c.stats(), (1, 2));
     }
 
     #[test]
     fn never_serves_past_exp_and_keys_differ_per_provider() {
         let mut c = TokenCache::new(10);
-        c.insert(CacheKey::new(0, "t"), tok(1), Some(100));
-        assert!(c.get(&CacheKey::new(0, "t"), 99).is_some());
+        c.insert(CacheKey::new(0, "t"), "t", tok(1), Some(100));
+        assert!(c.get(&CacheKey::new(0, "t"), "t", 99).is_some());
         assert!(
-            c.get(&CacheKey::new(1, "t"), 99).is_none(),
+            c.get(&CacheKey::new(1, "t"), "t", 99).is_none(),
             "another provider"
         );
-        assert!(c.get(&CacheKey::new(0, "t"), 100).is_none());
+        assert!(c.get(&CacheKey::new(0, "t"), "t", 100).is_none());
         assert!(c.is_empty(), "the stale entry is dropped");
+    }
+
+    #[test]
+    fn a_hash_collision_is_a_miss_never_another_token() {
+        let mut c = TokenCache::new(10);
+        let key = CacheKey::new(0, "good");
+        c.insert(key, "good", tok(1), None);
+        // The same key (as a colliding token would have) with other text: a miss.
+        assert!(c.get(&key, "forged", 0).is_none());
+        assert_eq!(c.get(&key, "good", 0).unwrap().claims["n"], 1);
+        assert_eq!(CacheKey::new(0, "good"), key, "stable within a VM");
     }
 
     #[test]
     fn generation_change_clears() {
         let mut c = TokenCache::new(10);
         c.sync_generation(1);
-        c.insert(CacheKey::new(0, "t"), tok(1), None);
+        c.insert(CacheKey::new(0, "t"), "t", tok(1), None);
         c.sync_generation(1);
         assert_eq!(c.len(), 1);
         c.sync_generation(2);
@@ -217,12 +247,12 @@ mod tests {
         let mut c = TokenCache::new(4);
         for i in 0..1000 {
             let k = CacheKey::new(0, &format!("t{i}"));
-            c.insert(k, tok(i), Some(i as i64 + 1));
-            assert!(c.get(&k, i as i64 + 1).is_none());
+            c.insert(k, "t", tok(i), Some(i as i64 + 1));
+            assert!(c.get(&k, "t", i as i64 + 1).is_none());
             assert!(c.order.len() <= 8);
         }
         let mut z = TokenCache::new(0);
-        z.insert(CacheKey::new(0, "t"), tok(0), None);
+        z.insert(CacheKey::new(0, "t"), "t", tok(0), None);
         assert!(z.is_empty());
     }
 }

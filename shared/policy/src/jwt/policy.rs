@@ -542,7 +542,7 @@ impl<'a> Request<'_, 'a, '_> {
             if let Some(hit) = self
                 .cache
                 .as_deref_mut()
-                .and_then(|cache| cache.get(&key, self.now))
+                .and_then(|cache| cache.get(&key, c.token, self.now))
             {
                 if chosen.is_some() {
                     return ProviderState::Failed(Failure::claimed(JwtReason::MultipleTokens));
@@ -622,7 +622,7 @@ impl<'a> Request<'_, 'a, '_> {
             claims: parsed.claims,
         });
         if let Some(c) = self.cache.as_deref_mut() {
-            c.insert(key, Arc::clone(&token), stale_at);
+            c.insert(key, text, Arc::clone(&token), stale_at);
         }
         ProviderState::Verified {
             token,
