@@ -27,6 +27,11 @@ impl CountryCode {
         }
     }
 
+    /// The two uppercase ASCII letters.
+    pub const fn bytes(self) -> [u8; 2] {
+        self.0
+    }
+
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).unwrap_or("??")
     }

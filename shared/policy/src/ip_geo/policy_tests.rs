@@ -197,3 +197,17 @@ fn header_needs_list_exactly_what_decide_reads() {
         [":authority", ":method", "x-a"]
     );
 }
+
+#[test]
+fn country_set_membership() {
+    let codes: Vec<String> = ["de", "FR", "aa", "ZZ", "zz", "Fr"].iter().map(|s| s.to_string()).collect();
+    let set = compile_countries(&codes, &FieldPath::root().field("allow_countries")).unwrap();
+    assert_eq!(set.len, 4, "duplicates in any case count once");
+    for (code, want) in [("DE", true), ("FR", true), ("AA", true), ("ZZ", true), ("ZY", false), ("ED", false), ("US", false)] {
+        assert_eq!(set.contains(CountryCode::parse(code).unwrap()), want, "{code}");
+    }
+    assert!(!set.is_empty());
+    assert!(compile_countries(&[], &FieldPath::root()).unwrap().is_empty());
+    let err = compile_countries(&["de".into(), "d1".into()], &FieldPath::root().field("deny_countries")).unwrap_err();
+    assert!(err.to_string().starts_with("deny_countries[1]: invalid ISO 3166-1 alpha-2 country code \"d1\""), "{err}");
+}
