@@ -9,21 +9,21 @@
 //! A filter crate calls [`export_filter!`] once with its [`Enforcer`](crate::Enforcer).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
+use crate::fasthash::FastMap;
 use crate::runtime::{Compiled, Enforcer, Root};
 
 /// The per-VM state behind the exports: root contexts (one per plugin configuration, a new one
 /// after every policy update) and, per live request, the policy it was created under.
 pub struct Runtime<F: Enforcer> {
-    roots: HashMap<u32, Rc<RefCell<Root<F>>>>,
-    requests: HashMap<u32, Option<Rc<Compiled<F>>>>,
+    roots: FastMap<u32, Rc<RefCell<Root<F>>>>,
+    requests: FastMap<u32, Option<Rc<Compiled<F>>>>,
 }
 
 impl<F: Enforcer> Default for Runtime<F> {
     fn default() -> Self {
-        Self { roots: HashMap::new(), requests: HashMap::new() }
+        Self { roots: FastMap::default(), requests: FastMap::default() }
     }
 }
 
@@ -42,14 +42,16 @@ impl<F: Enforcer> Runtime<F> {
         self.roots.get(&context_id).cloned()
     }
 
-    /// The policy of a request, taken: it is needed once, on request headers.
+    /// The policy of a request, taken: it is needed once, on request headers. The (now empty)
+    /// entry stays until `delete`, which then finds it with one lookup.
     pub fn take_request(&mut self, context_id: u32) -> Option<Rc<Compiled<F>>> {
-        self.requests.remove(&context_id).flatten()
+        self.requests.get_mut(&context_id).and_then(Option::take)
     }
 
     pub fn delete(&mut self, context_id: u32) {
-        self.requests.remove(&context_id);
-        self.roots.remove(&context_id);
+        if self.requests.remove(&context_id).is_none() {
+            self.roots.remove(&context_id);
+        }
     }
 }
 

@@ -235,7 +235,14 @@ pub fn remove_request_header(name: &str) -> Result<(), HostError> {
 
 /// A property such as `source.address`; `Ok(None)` when the host has none.
 pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
-    let encoded = encode_path(path);
+    property_encoded(&encode_path(path))
+}
+
+/// `source.address` as the ABI encodes property paths (NUL-separated segments), built once.
+pub const SOURCE_ADDRESS: &[u8] = b"source\0address";
+
+/// A property by its encoded path (see [`SOURCE_ADDRESS`]): no allocation for the path.
+pub fn property_encoded(encoded: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
     let mut ptr = null_mut();
     let mut size = 0usize;
     // SAFETY: pointers are valid; the returned buffer is taken by `take`.
@@ -381,6 +388,7 @@ mod tests {
         for cut in 0..encoded.len() {
             let _ = decode_pairs(&encoded[..cut]);
         }
+        assert_eq!(encode_path(&["source", "address"]), SOURCE_ADDRESS);
         let mut huge = encode_pairs(&[("a", "b")]);
         huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode_pairs(&huge).len(), 0);

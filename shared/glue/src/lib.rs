@@ -7,6 +7,7 @@
 
 pub mod abi;
 pub mod decision_log;
+pub mod fasthash;
 pub mod host;
 pub mod metrics;
 pub mod panic_hook;

@@ -4,8 +4,8 @@
 //! metrics again would be wasted host calls, and the ids stay valid for the VM's life.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 
+use crate::fasthash::FastMap;
 use crate::host;
 
 /// The outcomes every filter counts, beside `denied_<reason>` per reason.
@@ -19,8 +19,15 @@ pub const OUTCOMES: &[&str] = &[
     "host_error",
 ];
 
+/// The counter ids of this VM's filter, by outcome (a module is one filter).
+#[derive(Default)]
+struct Ids {
+    filter: String,
+    by_outcome: FastMap<String, u32>,
+}
+
 thread_local! {
-    static IDS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+    static IDS: RefCell<Ids> = RefCell::new(Ids::default());
 }
 
 /// Defines `gatewarden_<filter>_<outcome>` for every outcome, every `denied_<reason>`, and the
@@ -34,14 +41,19 @@ pub fn define(filter: &str, reasons: &[&str], extra: &[&str]) {
         .chain(extra.iter().map(|e| (*e).to_owned()));
     IDS.with(|ids| {
         let mut ids = ids.borrow_mut();
+        if ids.filter != filter {
+            // First definition in this VM (a module serves one filter).
+            ids.filter = filter.to_owned();
+            ids.by_outcome.clear();
+        }
         for outcome in names {
-            let name = metric_name(filter, &outcome);
-            if ids.contains_key(&name) {
+            if ids.by_outcome.contains_key(&outcome) {
                 continue;
             }
+            let name = metric_name(filter, &outcome);
             match host::define_counter(&name) {
                 Ok(id) => {
-                    ids.insert(name, id);
+                    ids.by_outcome.insert(outcome, id);
                 }
                 Err(e) => host::log(host::Level::Warn, &format!("gatewarden: cannot define metric {name}: status {}", e.0)),
             }
@@ -53,10 +65,17 @@ fn metric_name(filter: &str, outcome: &str) -> String {
     format!("gatewarden_{filter}_{outcome}")
 }
 
-/// Adds one to `gatewarden_<filter>_<outcome>`; an undefined name is ignored.
+/// Adds one to `gatewarden_<filter>_<outcome>`; an undefined name is ignored. No allocation:
+/// the id is looked up by outcome.
 pub fn count(filter: &str, outcome: &str) {
-    let name = metric_name(filter, outcome);
-    let id = IDS.with(|ids| ids.borrow().get(&name).copied());
+    let id = IDS.with(|ids| {
+        let ids = ids.borrow();
+        if ids.filter == filter {
+            ids.by_outcome.get(outcome).copied()
+        } else {
+            None
+        }
+    });
     if let Some(id) = id {
         let _ = host::increment(id, 1);
     }

@@ -271,7 +271,7 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
         Ok(h) => h,
         Err(e) => return fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), "host_error"),
     };
-    let peer = match host::property(&["source", "address"]) {
+    let peer = match host::property_encoded(host::SOURCE_ADDRESS) {
         Ok(p) => p,
         Err(e) => return fail_closed(filter, &format!("cannot read source.address (status {})", e.0), "host_error"),
     };
@@ -341,7 +341,7 @@ fn act(filter: &str, header_name: &str, header: &Header, eval: &Evaluation, role
             if candidate {
                 metrics::count(filter, "candidate_allowed");
             }
-            let _ = host::set_request_header(header_name, &format!("allow; rule={rule}; version={version}"));
+            let _ = host::set_request_header(header_name, &allow_header_value(rule, version));
             Action::Continue
         }
         (Verdict::Deny(denial), mode) => {
@@ -385,6 +385,19 @@ fn act(filter: &str, header_name: &str, header: &Header, eval: &Evaluation, role
             Action::Pause
         }
     }
+}
+
+/// `allow; rule=<rule>; version=<version>`, built without the formatting machinery (every
+/// allowed request sends it).
+fn allow_header_value(rule: &str, version: &str) -> String {
+    const RULE: &str = "allow; rule=";
+    const VERSION: &str = "; version=";
+    let mut value = String::with_capacity(RULE.len() + rule.len() + VERSION.len() + version.len());
+    value.push_str(RULE);
+    value.push_str(rule);
+    value.push_str(VERSION);
+    value.push_str(version);
+    value
 }
 
 /// Removes, then sets, the request headers of an evaluation. A failure is reported: a header

@@ -214,7 +214,7 @@ pub fn signing_message(doc: &Value) -> Result<Vec<u8>, ConfigError> {
     };
     let mut out = SIGNING_PREFIX.to_vec();
     let mut text = String::new();
-    write_object(&mut text, map.iter().filter(|(k, _)| k.as_str() != "signatures"));
+    write_object(&mut text, map.iter().filter(|(k, _)| k.as_str() != "signatures").collect());
     out.extend_from_slice(text.as_bytes());
     Ok(out)
 }
@@ -242,12 +242,12 @@ fn write_value(out: &mut String, v: &Value) {
             }
             out.push(']');
         }
-        Value::Object(map) => write_object(out, map.iter()),
+        Value::Object(map) => write_object(out, map.iter().collect()),
     }
 }
 
-fn write_object<'a>(out: &mut String, members: impl Iterator<Item = (&'a String, &'a Value)>) {
-    let mut members: Vec<(&String, &Value)> = members.collect();
+/// Not generic over the members' iterator: one instance of the sort in the module.
+fn write_object(out: &mut String, mut members: Vec<(&String, &Value)>) {
     members.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     out.push('{');
     for (i, (k, v)) in members.into_iter().enumerate() {

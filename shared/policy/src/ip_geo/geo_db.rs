@@ -7,8 +7,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use maxminddb::Reader;
-use serde::Deserialize;
+use maxminddb::{PathElement, Reader};
 
 use crate::cidr::normalize;
 
@@ -25,6 +24,11 @@ impl CountryCode {
             }
             _ => None,
         }
+    }
+
+    /// The two uppercase ASCII letters.
+    pub const fn bytes(self) -> [u8; 2] {
+        self.0
     }
 
     pub fn as_str(&self) -> &str {
@@ -50,21 +54,15 @@ impl fmt::Display for GeoDbError {
 
 impl std::error::Error for GeoDbError {}
 
-#[derive(Deserialize)]
-struct IsoCode<'a> {
-    #[serde(borrow, default)]
-    iso_code: Option<&'a str>,
-}
-
-#[derive(Deserialize)]
-struct CountryRecord<'a> {
-    #[serde(borrow, default)]
-    country_code: Option<&'a str>,
-    #[serde(borrow, default)]
-    country: Option<IsoCode<'a>>,
-    #[serde(borrow, default)]
-    registered_country: Option<IsoCode<'a>>,
-}
+/// Where the country code is, in order of preference: GeoIP2/GeoLite2's `country.iso_code`,
+/// ip-location-db's `country_code`, GeoIP2's `registered_country.iso_code`. Read by path, not
+/// by decoding the whole record into a struct: one small decoder instance in the module (each
+/// struct, nested struct and `Option` costs kilobytes of Wasm) and no decoding of the names.
+const CODE_PATHS: [&[PathElement<'static>]; 3] = [
+    &[PathElement::Key("country"), PathElement::Key("iso_code")],
+    &[PathElement::Key("country_code")],
+    &[PathElement::Key("registered_country"), PathElement::Key("iso_code")],
+];
 
 /// A loaded country database.
 pub struct GeoDb {
@@ -123,17 +121,14 @@ impl GeoDb {
         if ip.is_ipv6() && self.reader.metadata.ip_version == 4 {
             return Ok(None);
         }
-        let record: Option<CountryRecord<'_>> = self
-            .reader
-            .lookup(ip)
-            .and_then(|found| found.decode())
-            .map_err(|e| GeoDbError(format!("lookup failed: {e}")))?;
-        let Some(record) = record else { return Ok(None) };
-        let code = record
-            .country
-            .and_then(|c| c.iso_code)
-            .or(record.country_code)
-            .or_else(|| record.registered_country.and_then(|c| c.iso_code));
+        let found = self.reader.lookup(ip).map_err(|e| GeoDbError(format!("lookup failed: {e}")))?;
+        let mut code: Option<&str> = None;
+        for path in CODE_PATHS {
+            code = found.decode_path(path).map_err(|e| GeoDbError(format!("lookup failed: {e}")))?;
+            if code.is_some() {
+                break;
+            }
+        }
         Ok(code.and_then(CountryCode::parse))
     }
 

@@ -58,10 +58,8 @@ impl IpGeoReason {
 struct IpGeoAction {
     allow: CidrTable,
     deny: CidrTable,
-    /// Sorted.
-    allow_countries: Vec<CountryCode>,
-    /// Sorted.
-    deny_countries: Vec<CountryCode>,
+    allow_countries: CountrySet,
+    deny_countries: CountrySet,
     unknown_country: Option<UnknownCountry>,
 }
 
@@ -166,7 +164,7 @@ impl IpGeoPolicy {
             match geo.map(|db| db.country(client)) {
                 Some(Ok(Some(cc))) => {
                     country = Some(cc);
-                    if a.deny_countries.binary_search(&cc).is_ok() {
+                    if a.deny_countries.contains(cc) {
                         return deny(IpGeoReason::CountryDenied, Some(client), country);
                     }
                 }
@@ -187,7 +185,7 @@ impl IpGeoPolicy {
         if !a.allow.is_empty() || !a.allow_countries.is_empty() {
             let by_ip = a.allow.contains(client);
             let by_country = !a.allow_countries.is_empty()
-                && (country_waived || country.is_some_and(|cc| a.allow_countries.binary_search(&cc).is_ok()));
+                && (country_waived || country.is_some_and(|cc| a.allow_countries.contains(cc)));
             if !(by_ip || by_country) {
                 let reason = if a.allow_countries.is_empty() {
                     IpGeoReason::IpNotAllowed
@@ -214,16 +212,50 @@ fn compile_action(rule: &IpGeoRule, path: &FieldPath) -> Result<IpGeoAction, Con
     })
 }
 
-fn compile_countries(codes: &[String], path: &FieldPath) -> Result<Vec<CountryCode>, ConfigError> {
-    let mut out = Vec::with_capacity(codes.len());
+/// A set of country codes: one bit per pair of letters (26 × 26), so membership is one bit
+/// test and compiling needs no sort.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct CountrySet {
+    bits: [u64; 11],
+    len: usize,
+}
+
+impl CountrySet {
+    /// The bit of a code (`CountryCode` holds two uppercase ASCII letters).
+    fn slot(cc: CountryCode) -> Option<(usize, u64)> {
+        let [a, b] = cc.bytes();
+        let i = usize::from(a.checked_sub(b'A')?) * 26 + usize::from(b.checked_sub(b'A')?);
+        (i < 26 * 26).then(|| (i / 64, 1u64 << (i % 64)))
+    }
+
+    fn insert(&mut self, cc: CountryCode) {
+        if let Some((word, bit)) = Self::slot(cc) {
+            if let Some(w) = self.bits.get_mut(word) {
+                if *w & bit == 0 {
+                    *w |= bit;
+                    self.len += 1;
+                }
+            }
+        }
+    }
+
+    fn contains(&self, cc: CountryCode) -> bool {
+        Self::slot(cc).is_some_and(|(word, bit)| self.bits.get(word).is_some_and(|w| w & bit != 0))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+fn compile_countries(codes: &[String], path: &FieldPath) -> Result<CountrySet, ConfigError> {
+    let mut out = CountrySet::default();
     for (i, code) in codes.iter().enumerate() {
         let cc = CountryCode::parse(code).ok_or_else(|| {
             path.index(i).error(format!("invalid ISO 3166-1 alpha-2 country code {}", quote(code)))
         })?;
-        out.push(cc);
+        out.insert(cc);
     }
-    out.sort_unstable();
-    out.dedup();
     Ok(out)
 }
 

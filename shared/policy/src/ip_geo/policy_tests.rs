@@ -116,6 +116,38 @@ fn geoip2_layout_is_read_too() {
 }
 
 #[test]
+fn country_code_preference_and_fallbacks() {
+    use gatewarden_testkit::Record;
+    let iso = |cc: &str| Record::map([("iso_code", Record::from(cc))]);
+    let names = Record::map([("names", Record::map([("en", Record::from("Somewhere"))]))]);
+    let mut w = MmdbWriter::new(6, "t").unwrap();
+    let records = [
+        // country.iso_code wins over everything.
+        ("198.51.100.0/26", Record::map([("country", iso("DE")), ("country_code", Record::from("FR")), ("registered_country", iso("IT"))])),
+        // A country without iso_code: country_code next.
+        ("198.51.100.64/26", Record::map([("country", names.clone()), ("country_code", Record::from("FR")), ("registered_country", iso("IT"))])),
+        // Only the registered country (e.g. anycast): its iso_code.
+        ("198.51.100.128/26", Record::map([("registered_country", iso("IT")), ("continent", names.clone())])),
+        // No code at all: unknown.
+        ("198.51.100.192/26", Record::map([("continent", names)])),
+    ];
+    for (net, record) in records {
+        w.insert(net.parse().unwrap(), record).unwrap();
+    }
+    let db = GeoDb::from_bytes(w.build().unwrap()).unwrap();
+    for (ip, want) in [("198.51.100.1", Some("DE")), ("198.51.100.65", Some("FR")), ("198.51.100.129", Some("IT")), ("198.51.100.193", None), ("192.0.2.1", None)] {
+        assert_eq!(db.country(ip.parse().unwrap()).unwrap().map(|c| c.to_string()).as_deref(), want, "{ip}");
+    }
+    // A record whose country is not a map is a lookup error, not a country.
+    let mut w = MmdbWriter::new(6, "t").unwrap();
+    w.insert("192.0.2.0/24".parse().unwrap(), Record::map([("country", Record::from("DE"))])).unwrap();
+    w.insert("203.0.113.0/24".parse().unwrap(), Record::country_code("KP")).unwrap();
+    let db = GeoDb::from_bytes(w.build().unwrap()).unwrap();
+    assert!(db.country("192.0.2.1".parse().unwrap()).is_err());
+    assert_eq!(db.country("203.0.113.1".parse().unwrap()).unwrap().map(|c| c.to_string()).as_deref(), Some("KP"));
+}
+
+#[test]
 fn corrupt_or_foreign_database_is_refused() {
     assert!(GeoDb::from_bytes(b"not a database".to_vec()).is_err());
     let mut w = MmdbWriter::new(6, "t").unwrap();
@@ -196,4 +228,18 @@ fn header_needs_list_exactly_what_decide_reads() {
         names(r#"{"policy_version":"t","rules":[{"match":{"methods":["GET"],"hosts":["a.example"],"headers":[{"name":"X-A"}]}}]}"#),
         [":authority", ":method", "x-a"]
     );
+}
+
+#[test]
+fn country_set_membership() {
+    let codes: Vec<String> = ["de", "FR", "aa", "ZZ", "zz", "Fr"].iter().map(|s| s.to_string()).collect();
+    let set = compile_countries(&codes, &FieldPath::root().field("allow_countries")).unwrap();
+    assert_eq!(set.len, 4, "duplicates in any case count once");
+    for (code, want) in [("DE", true), ("FR", true), ("AA", true), ("ZZ", true), ("ZY", false), ("ED", false), ("US", false)] {
+        assert_eq!(set.contains(CountryCode::parse(code).unwrap()), want, "{code}");
+    }
+    assert!(!set.is_empty());
+    assert!(compile_countries(&[], &FieldPath::root()).unwrap().is_empty());
+    let err = compile_countries(&["de".into(), "d1".into()], &FieldPath::root().field("deny_countries")).unwrap_err();
+    assert!(err.to_string().starts_with("deny_countries[1]: invalid ISO 3166-1 alpha-2 country code \"d1\""), "{err}");
 }
