@@ -23,8 +23,6 @@ impl DecisionRecord<'_> {
     /// The JSON line. Written by hand: `serde_json::Value` would pull its number formatting
     /// into every module for nothing.
     pub fn to_line(&self) -> String {
-        let mut out = String::with_capacity(256);
-        out.push('{');
         let fields = [
             ("gatewarden", "decision"),
             ("filter", self.filter),
@@ -37,38 +35,29 @@ impl DecisionRecord<'_> {
             ("detail", self.detail),
             ("rollout", self.rollout),
         ];
-        for (i, (k, v)) in fields.iter().enumerate() {
-            if (*k == "detail" || *k == "rollout") && v.is_empty() {
-                continue;
-            }
-            if i > 0 {
-                out.push(',');
-            }
-            push_json_string(&mut out, k);
-            out.push(':');
-            push_json_string(&mut out, v);
-        }
-        out.push('}');
-        out
+        let optional = |k: &str, v: &str| (k == "detail" || k == "rollout") && v.is_empty();
+        json_line(fields.iter().filter(|(k, v)| !optional(k, v)).copied())
     }
 }
 
-/// Appends `s` as a JSON string literal.
-pub fn push_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+/// One JSON object of string fields, on one line.
+pub fn json_line<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut out = String::with_capacity(256);
+    out.push('{');
+    for (i, (k, v)) in fields.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
         }
+        push_json_string(&mut out, k);
+        out.push(':');
+        push_json_string(&mut out, v);
     }
-    out.push('"');
+    out.push('}');
+    out
 }
+
+/// Appends `s` as a JSON string literal: the policy crate's writer (the one canonical JSON uses).
+pub use gatewarden_policy::approvals::write_string as push_json_string;
 
 #[cfg(test)]
 mod tests {

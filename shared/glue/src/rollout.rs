@@ -13,7 +13,7 @@ use gatewarden_policy::approvals::TrustConfig;
 use gatewarden_policy::rollout::{verdict_label, Role};
 use gatewarden_policy::Decision;
 
-use crate::decision_log::push_json_string;
+use crate::decision_log::json_line;
 use crate::host::{self, Level};
 use crate::metrics;
 
@@ -112,18 +112,7 @@ impl ShadowRecord<'_> {
             ("request_id", self.request_id),
             ("client", self.client),
         ];
-        let mut out = String::with_capacity(256);
-        out.push('{');
-        for (i, (k, v)) in fields.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            push_json_string(&mut out, k);
-            out.push(':');
-            push_json_string(&mut out, v);
-        }
-        out.push('}');
-        out
+        json_line(fields)
     }
 }
 

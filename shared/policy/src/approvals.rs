@@ -261,7 +261,8 @@ fn write_object(out: &mut String, mut members: Vec<(&String, &Value)>) {
     out.push('}');
 }
 
-fn write_string(out: &mut String, s: &str) {
+/// Appends `s` as a JSON string literal (the canonical form's escapes; also used for log lines).
+pub fn write_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
