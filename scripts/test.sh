@@ -24,7 +24,9 @@ log "native and wasm-host tests"
 GATEWARDEN_REQUIRE_REAL_DB=1 GATEWARDEN_WASM_DIR="$WASM_DIR" cargo test --workspace --quiet
 
 log "policy tests of examples/ through the release modules (gatewarden test)"
-cargo run --quiet -p gatewarden -- test --modules "$WASM_DIR" --junit "$ROOT/target/gatewarden-examples.junit.xml" examples
+# The binary `cargo test` just built for the CLI's integration tests: `cargo run` would build the
+# CLI again with other wasmtime features (no dev-dependencies), a second wasmtime build in CI.
+"$ROOT/target/debug/gatewarden" test --modules "$WASM_DIR" --junit "$ROOT/target/gatewarden-examples.junit.xml" examples
 
 log "envoy --mode validate on every shipped config"
 "$ROOT/scripts/validate-configs.sh"
