@@ -26,6 +26,7 @@ GATEWARDEN_REQUIRE_REAL_DB=1 GATEWARDEN_WASM_DIR="$WASM_DIR" cargo test --worksp
 log "policy tests of examples/ through the release modules (gatewarden test)"
 # The binary `cargo test` just built for the CLI's integration tests: `cargo run` would build the
 # CLI again with other wasmtime features (no dev-dependencies), a second wasmtime build in CI.
+[[ -x "$ROOT/target/debug/gatewarden" ]] || cargo build --quiet -p gatewarden
 "$ROOT/target/debug/gatewarden" test --modules "$WASM_DIR" --junit "$ROOT/target/gatewarden-examples.junit.xml" examples
 
 log "envoy --mode validate on every shipped config"
