@@ -662,3 +662,27 @@ def temp_workdir(prefix: str = "gatewarden-e2e-") -> Path:
 
 def remove_workdir(path: str | os.PathLike[str]) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def counter_snapshot(gw: "Gateway", filter_name: str) -> dict[str, int]:
+    """A filter's counters (short names: "allowed", "denied_ip_denied", ...), Envoy's downstream
+    response classes ("rq_2xx", ...) and the echo upstream's request count, in one go."""
+    prefix = f"wasmcustom.gatewarden_{filter_name}_"
+    stats = gw.stats(rf"^({re.escape(prefix)}|http\.ingress\.downstream_rq_[2-5]xx$)")
+    out: dict[str, int] = {}
+    for name, value in stats.items():
+        if not isinstance(value, int):
+            continue
+        if name.startswith(prefix):
+            out[name[len(prefix):]] = value
+        else:
+            out[name.rsplit(".", 1)[1].replace("downstream_", "")] = value
+    assert gw.upstream is not None
+    out["upstream_requests"] = gw.upstream.count
+    return out
+
+
+def counter_changes(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """What changed between two snapshots (only the non-zero differences)."""
+    keys = set(before) | set(after)
+    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(keys) if after.get(k, 0) != before.get(k, 0)}

@@ -57,26 +57,10 @@ def vms(gw: Gateway) -> int:
 
 
 def snapshot(gw: Gateway) -> dict[str, int]:
-    """The filter's counters (short names: "allowed", "denied_ip_denied", ...) and Envoy's
-    downstream response classes ("rq_2xx", ...) and the echo upstream's request count, in one go."""
-    stats = gw.stats(r"^(wasmcustom\.gatewarden_ip_geo_|http\.ingress\.downstream_rq_[2-5]xx$)")
-    out: dict[str, int] = {}
-    for name, value in stats.items():
-        if not isinstance(value, int):
-            continue
-        if name.startswith(COUNTER):
-            out[name[len(COUNTER):]] = value
-        else:
-            out[name.rsplit(".", 1)[1].replace("downstream_", "")] = value
-    assert gw.upstream is not None
-    out["upstream_requests"] = gw.upstream.count
-    return out
+    return harness.counter_snapshot(gw, "ip_geo")
 
 
-def changes(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    """What changed between two snapshots (only the non-zero differences)."""
-    keys = set(before) | set(after)
-    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(keys) if after.get(k, 0) != before.get(k, 0)}
+changes = harness.counter_changes
 
 
 def counter(gw: Gateway, name: str) -> int:

@@ -108,25 +108,10 @@ def vms(gw: Gateway) -> int:
 
 
 def snapshot(gw: Gateway) -> dict[str, int]:
-    """The filter's counters (short names), Envoy's downstream response classes and the echo
-    upstream's request count."""
-    stats = gw.stats(r"^(wasmcustom\.gatewarden_jwt_|http\.ingress\.downstream_rq_[2-5]xx$)")
-    out: dict[str, int] = {}
-    for name, value in stats.items():
-        if not isinstance(value, int):
-            continue
-        if name.startswith(COUNTER):
-            out[name[len(COUNTER):]] = value
-        else:
-            out[name.rsplit(".", 1)[1].replace("downstream_", "")] = value
-    assert gw.upstream is not None
-    out["upstream_requests"] = gw.upstream.count
-    return out
+    return harness.counter_snapshot(gw, "jwt")
 
 
-def changes(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    keys = set(before) | set(after)
-    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(keys) if after.get(k, 0) != before.get(k, 0)}
+changes = harness.counter_changes
 
 
 def counter(gw: Gateway, name: str) -> int:
