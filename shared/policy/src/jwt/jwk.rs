@@ -38,7 +38,8 @@ pub const MIN_HMAC_KEY_BYTES: usize = 32;
 enum KeyMaterial {
     Oct(Vec<u8>),
     Rsa(Box<PublicKey>),
-    P256(p256::ecdsa::VerifyingKey),
+    /// Shared: its precomputed table (built at first use) is 151 KB.
+    P256(std::sync::Arc<super::es256::Es256Key>),
     P384(p384::ecdsa::VerifyingKey),
     P521(Box<p521::ecdsa::VerifyingKey>),
     Ed25519(ed25519_compact::PublicKey),
@@ -256,9 +257,7 @@ fn verify_with(alg: Alg, key: &KeyMaterial, msg: &[u8], sig: &[u8]) -> bool {
             .verify(rsa::pss::Pss::<Sha512>::new(), &Sha512::digest(msg), sig)
             .is_ok(),
         // JWS ECDSA signatures are the fixed-size R || S (RFC 7518 §3.4), never DER.
-        (KeyMaterial::P256(k), ES256) => {
-            p256::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
-        }
+        (KeyMaterial::P256(k), ES256) => k.verify(msg, sig),
         (KeyMaterial::P384(k), ES384) => {
             p384::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
         }
@@ -342,9 +341,9 @@ fn parse_jwk(raw: &Value) -> Result<Jwk, String> {
             sec1.extend_from_slice(&y);
             let bad = |_| format!("{crv} point is not on the curve");
             match crv {
-                "P-256" => KeyMaterial::P256(
-                    p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(bad)?,
-                ),
+                "P-256" => KeyMaterial::P256(std::sync::Arc::new(
+                    super::es256::Es256Key::from_coordinates(&x, &y).ok_or_else(|| format!("{crv} point is not on the curve"))?,
+                )),
                 "P-384" => KeyMaterial::P384(
                     p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(bad)?,
                 ),

@@ -55,6 +55,7 @@ mod cache;
 mod claims;
 mod compile;
 mod config;
+pub mod es256;
 mod extract;
 pub mod jose;
 pub mod jwk;
