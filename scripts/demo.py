@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
+import harness  # noqa: E402
 from harness import GEO_DB, ROOT, Gateway  # noqa: E402
 from jwtkit import demo_claims, demo_key  # noqa: E402
 
@@ -111,6 +112,7 @@ def main() -> int:
         for f in ("ip_geo", "jwt"):
             line = [ln for ln in gw.log().splitlines() if f'"gatewarden":"decision","filter":"{f}"' in ln][-1]
             print(f"  {f} decision log line:", line[line.index("{"):])
+        harness.settle_counters()  # per-request counters reach Envoy on the filters' next tick
         for name, value in sorted(gw.stats(r"wasmcustom\.gatewarden_(ip_geo|jwt)_").items()):
             if value:
                 print(f"  {name} = {value}")

@@ -664,9 +664,21 @@ def remove_workdir(path: str | os.PathLike[str]) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+# The filters tally per-request counters in the VM and flush them on every tick, at most 1 s
+# apart (README "Observability"): a reader waits this long after the requests it counts.
+FLUSH_WAIT = 1.3
+
+
+def settle_counters() -> None:
+    """Waits until every request made so far is in the filters' counters."""
+    time.sleep(FLUSH_WAIT)
+
+
 def counter_snapshot(gw: "Gateway", filter_name: str) -> dict[str, int]:
     """A filter's counters (short names: "allowed", "denied_ip_denied", ...), Envoy's downstream
-    response classes ("rq_2xx", ...) and the echo upstream's request count, in one go."""
+    response classes ("rq_2xx", ...) and the echo upstream's request count, in one go, once the
+    counts of every request made so far have been flushed."""
+    settle_counters()
     prefix = f"wasmcustom.gatewarden_{filter_name}_"
     stats = gw.stats(rf"^({re.escape(prefix)}|http\.ingress\.downstream_rq_[2-5]xx$)")
     out: dict[str, int] = {}

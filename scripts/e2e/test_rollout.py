@@ -24,6 +24,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+import harness
 from harness import Gateway
 
 FILTER = "ip_geo"
@@ -35,6 +36,7 @@ DECISION_LINE = re.compile(r'(\{"gatewarden":"decision".*\})\s*$', re.M)
 
 
 def counters(gw: Gateway) -> dict[str, int]:
+    harness.settle_counters()
     stats = gw.stats(r"^wasmcustom\.gatewarden_ip_geo_")
     return {k[len(COUNTER):]: v for k, v in stats.items() if isinstance(v, int)}
 

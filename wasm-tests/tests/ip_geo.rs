@@ -128,6 +128,7 @@ fn scenario_table_through_the_wasm_module() {
             assert_eq!(line["policy_version"], "scenarios.1");
         }
     }
+    vm.tick().unwrap(); // tallied counters reach the host on the tick
     let denied = table["cases"].as_array().unwrap().iter().filter(|c| c["expect"] != "allow").count() as u64;
     assert_eq!(host.metric_value("gatewarden_ip_geo_denied"), denied);
     assert_eq!(host.metric_value("gatewarden_ip_geo_denied_country_denied"), 2);
@@ -275,6 +276,7 @@ fn dry_run_lets_requests_through_and_counts() {
     let out = get(&mut vm, "/", "192.0.2.1:1", None);
     assert_eq!(out.status, 200);
     assert_eq!(out.upstream_header("x-gatewarden-ip-geo"), Some("dry_run_deny; reason=ip_denied; rule=default; version=d1"));
+    vm.tick().unwrap(); // tallied counters reach the host on the tick
     assert_eq!(host.metric_value("gatewarden_ip_geo_dry_run_denied_ip_denied"), 1);
     assert_eq!(host.metric_value("gatewarden_ip_geo_denied"), 0);
     let line = decision_lines(&host).pop().unwrap();

@@ -340,6 +340,7 @@ fn inline_jwks_valid_expired_bad_signature_missing() {
         "still within the clock skew"
     );
 
+    vm.tick().unwrap(); // tallied counters reach the host on the tick
     assert_eq!(host.metric_value("gatewarden_jwt_denied_missing"), 1);
     assert_eq!(host.metric_value("gatewarden_jwt_denied_bad_signature"), 1);
     assert_eq!(host.metric_value("gatewarden_jwt_denied_expired"), 1);
@@ -370,6 +371,7 @@ fn forbidden_on_scope_and_claim_failures() {
         FORBIDDEN_BODY.as_bytes()
     );
     assert_eq!(last_reason(&host), "claim");
+    vm.tick().unwrap(); // tallied counters reach the host on the tick
     assert_eq!(host.metric_value("gatewarden_jwt_denied_scope"), 1);
     assert_eq!(host.metric_value("gatewarden_jwt_denied_claim"), 1);
 }
@@ -442,6 +444,7 @@ fn dry_run_lets_requests_through_and_strips_forgeries() {
         None,
         "forged header stripped in dry run too"
     );
+    vm.tick().unwrap(); // tallied counters reach the host on the tick
     assert_eq!(
         host.metric_value("gatewarden_jwt_dry_run_denied_missing"),
         1
@@ -866,6 +869,7 @@ fn decision_log_has_the_token_s_own_reason_and_the_resolved_client() {
         (Some("expired"), Some("203.0.113.9")),
         "{line}"
     );
+    vm.tick().unwrap(); // tallied counters reach the host on the tick
     assert_eq!(host.metric_value("gatewarden_jwt_denied_expired"), 1);
     assert_eq!(host.metric_value("gatewarden_jwt_denied_issuer"), 0);
 

@@ -87,6 +87,7 @@ fn canary_assigns_the_clients_the_native_code_assigns() {
     }
     // Binomial(1000, 0.1): sd ≈ 9.5; 5 sd either side.
     assert!((52..=148).contains(&on_candidate), "{on_candidate} of {n} on the candidate");
+    vm.tick().unwrap(); // tallied counters reach the host on the tick
     let m = |name: &str| host.metric_value(&format!("gatewarden_ip_geo_{name}"));
     assert_eq!(m("rollout_candidate"), 2 * on_candidate);
     assert_eq!(m("rollout_active"), 2 * (u64::from(n) - on_candidate));
@@ -119,6 +120,7 @@ fn shadow_counts_and_logs_disagreements_and_enforces_only_the_active_policy() {
     assert_eq!(from(&mut vm, "203.0.113.1").status, 200, "both allow");
     let out = from(&mut vm, "198.51.100.8");
     assert_eq!(out.upstream_header("x-gatewarden-ip-geo"), Some("allow; rule=default; version=v1"));
+    vm.tick().unwrap(); // tallied counters reach the host on the tick
     let m = |name: &str| host.metric_value(&format!("gatewarden_ip_geo_{name}"));
     assert_eq!((m("shadow_agreed"), m("shadow_disagreed")), (2, 2));
     assert_eq!((m("allowed"), m("denied"), m("candidate_denied"), m("rollout_candidate")), (3, 1, 0, 0));
@@ -138,13 +140,18 @@ fn a_policy_without_rollout_makes_no_rollout_counts() {
     let mut vm = vm(&host, &json!({"policy_version": "v1", "default": {}}));
     host.clear_calls();
     assert_eq!(vm.http_request(Request::get("/").source("192.0.2.1:1")).unwrap().status, 200);
+    // The host calls of an allowed request, as before rollouts existed: the peer address and
+    // the decision header (the allowed counter is tallied and flushed on the tick).
+    let calls: Vec<&str> = host.calls().iter().map(|c| c.name).collect();
+    assert_eq!(calls, ["proxy_get_property", "proxy_replace_header_map_value"]);
+    assert_eq!(host.metric_value("gatewarden_ip_geo_allowed"), 0, "not before the tick");
+    // A policy without fetches still ticks, every second, to flush.
+    assert_eq!(vm.tick_periods().values().copied().collect::<Vec<u32>>(), [1000]);
+    vm.tick().unwrap();
+    assert_eq!(host.metric_value("gatewarden_ip_geo_allowed"), 1);
     for name in ["rollout_active", "rollout_candidate", "shadow_agreed", "shadow_disagreed"] {
         assert_eq!(host.metric_value(&format!("gatewarden_ip_geo_{name}")), 0, "{name}");
     }
-    // The host calls of an allowed request, as before rollouts existed: the peer address, the
-    // allowed counter, the decision header.
-    let calls: Vec<&str> = host.calls().iter().map(|c| c.name).collect();
-    assert_eq!(calls, ["proxy_get_property", "proxy_increment_metric", "proxy_replace_header_map_value"]);
 }
 
 fn keypair(n: u8) -> KeyPair {
@@ -286,6 +293,7 @@ fn jwt_module_shadow_and_header_canary() {
     assert_eq!(out.status, 200, "the active policy (public open) is enforced");
     assert_eq!(out.upstream_header("x-gatewarden-jwt"), Some("allow; rule=public; version=j1"));
     assert_eq!(vm.http_request(Request::get("/private").source("10.0.0.1:1")).unwrap().status, 401);
+    vm.tick().unwrap(); // tallied counters reach the host on the tick
     assert_eq!(host.metric_value("gatewarden_jwt_shadow_disagreed"), 1);
     assert_eq!(host.metric_value("gatewarden_jwt_shadow_agreed"), 1);
     let line = &json_lines(&host, "shadow_disagreement")[0];
@@ -300,13 +308,14 @@ fn jwt_module_shadow_and_header_canary() {
     assert_eq!(with_user.status, 401, "the candidate requires a token everywhere");
     let anonymous = vm.http_request(Request::get("/public/x").source("10.0.0.1:1")).unwrap();
     assert_eq!(anonymous.status, 200);
+    vm.tick().unwrap();
     assert_eq!(host.metric_value("gatewarden_jwt_rollout_candidate"), 1);
     assert_eq!(host.metric_value("gatewarden_jwt_candidate_denied"), 1);
     assert_eq!(host.metric_value("gatewarden_jwt_rollout_active"), 1);
 }
 
 #[test]
-fn canary_and_shadow_cost_one_counter_call_per_request() {
+fn canary_and_shadow_add_no_host_call_per_request() {
     let host = Host::new(Profile::Envoy);
     let one = |percent: Option<f64>| {
         let mut policy = json!({"policy_version": "v1", "default": {}});
@@ -317,15 +326,17 @@ fn canary_and_shadow_cost_one_counter_call_per_request() {
         let mut vm = vm(&host, &policy);
         host.clear_calls();
         assert_eq!(vm.http_request(Request::get("/").source("192.0.2.1:1")).unwrap().status, 200);
-        host.calls().iter().map(|c| c.name).collect::<Vec<&str>>()
+        let request: Vec<&str> = host.calls().iter().map(|c| c.name).collect();
+        host.clear_calls();
+        vm.tick().unwrap();
+        let increments = host.calls().iter().filter(|c| c.name == "proxy_increment_metric").count();
+        (request, increments)
     };
-    // Canary, active decides: + the assignment counter.
-    assert_eq!(one(Some(0.0)), ["proxy_get_property", "proxy_increment_metric", "proxy_increment_metric", "proxy_replace_header_map_value"]);
-    // Canary, candidate decides: + the assignment counter and candidate_allowed.
-    assert_eq!(
-        one(Some(100.0)),
-        ["proxy_get_property", "proxy_increment_metric", "proxy_increment_metric", "proxy_increment_metric", "proxy_replace_header_map_value"]
-    );
-    // Shadow, agreeing: + shadow_agreed (the second evaluation makes no host call).
-    assert_eq!(one(None), ["proxy_get_property", "proxy_increment_metric", "proxy_increment_metric", "proxy_replace_header_map_value"]);
+    // The request itself: the peer address and the decision header, as without a rollout; the
+    // counters (allowed + the assignment or the shadow comparison, + candidate_allowed when the
+    // candidate decides) go to the host on the next tick, one call per counter that moved.
+    let request = vec!["proxy_get_property", "proxy_replace_header_map_value"];
+    assert_eq!(one(Some(0.0)), (request.clone(), 2));
+    assert_eq!(one(Some(100.0)), (request.clone(), 3));
+    assert_eq!(one(None), (request, 2));
 }

@@ -144,13 +144,16 @@ pub fn on_vm_start<F: Enforcer>() -> bool {
 pub struct Root<F: Enforcer> {
     enforcer: F,
     policy: Option<Rc<Compiled<F>>>,
+    /// The tick period set on the host: the filter's, at most the counters' flush period.
     tick: Option<Duration>,
+    /// Whether the filter asked for ticks (its `on_tick` runs only then).
+    filter_ticks: bool,
 }
 
 impl<F: Enforcer> Root<F> {
     pub fn new(context_id: u32) -> Self {
         start::<F>();
-        Self { enforcer: F::new(context_id), policy: None, tick: None }
+        Self { enforcer: F::new(context_id), policy: None, tick: None, filter_ticks: false }
     }
 
     /// The policy requests created now will use (None: no valid policy yet).
@@ -158,17 +161,23 @@ impl<F: Enforcer> Root<F> {
         self.policy.clone()
     }
 
-    fn set_tick(&mut self, tick: Option<Duration>) {
-        if let Some(period) = tick {
-            if self.tick != Some(period) && host::set_tick_period(period).is_ok() {
-                self.tick = Some(period);
-            }
+    /// Ticks at the period the filter wants, or at least every [`metrics::FLUSH_PERIOD`] so
+    /// that tallied counters reach the host.
+    fn set_tick(&mut self, wanted: Option<Duration>) {
+        self.filter_ticks = wanted.is_some();
+        let period = wanted.map_or(metrics::FLUSH_PERIOD, |p| p.min(metrics::FLUSH_PERIOD));
+        if self.tick != Some(period) && host::set_tick_period(period).is_ok() {
+            self.tick = Some(period);
         }
     }
 
     /// Parses, validates and compiles the plugin configuration. A pure function of the bytes.
     pub fn on_configure(&mut self) -> bool {
         let filter = name::<F>();
+        if self.tick.is_none() {
+            // Even a root that never gets a valid policy flushes the counters of its requests.
+            self.set_tick(None);
+        }
         let bytes = match host::plugin_configuration() {
             Ok(b) => b,
             Err(e) => {
@@ -228,6 +237,10 @@ impl<F: Enforcer> Root<F> {
     }
 
     pub fn on_tick(&mut self) {
+        metrics::flush();
+        if !self.filter_ticks {
+            return;
+        }
         if let Some(compiled) = self.policy.clone() {
             let tick = self.enforcer.on_tick(&compiled.policy);
             self.set_tick(tick);
@@ -286,7 +299,7 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
         let eval = F::evaluate(&compiled.policy, &compiled.state, &facts);
         let shadow = F::evaluate(&r.rollout.candidate, &r.state, &facts);
         if disagree(&eval.decision, &shadow.decision) {
-            metrics::count(filter, "shadow_disagreed");
+            metrics::tally(filter, "shadow_disagreed");
             let request_id = request_id(&facts);
             let client = eval.client.or(shadow.client).map(|ip| ip.to_string()).unwrap_or_default();
             let line = ShadowRecord {
@@ -300,12 +313,12 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
             };
             host::log(Level::Info, &line.to_line());
         } else {
-            metrics::count(filter, "shadow_agreed");
+            metrics::tally(filter, "shadow_agreed");
         }
         return act(filter, &compiled.header_name, active, &eval, None);
     }
     let role = r.rollout.assign(active, &facts);
-    metrics::count(filter, rollout_glue::assignment_counter(role));
+    metrics::tally(filter, rollout_glue::assignment_counter(role));
     match role {
         Role::Active => {
             let eval = F::evaluate(&compiled.policy, &compiled.state, &facts);
@@ -337,9 +350,9 @@ fn act(filter: &str, header_name: &str, header: &Header, eval: &Evaluation, role
             if let Err(e) = apply_request_mutations(eval) {
                 return fail_closed(filter, &format!("cannot change the request headers (status {})", e.0), "host_error");
             }
-            metrics::count(filter, "allowed");
+            metrics::tally(filter, "allowed");
             if candidate {
-                metrics::count(filter, "candidate_allowed");
+                metrics::tally(filter, "candidate_allowed");
             }
             let _ = host::set_request_header(header_name, &allow_header_value(rule, version));
             Action::Continue
@@ -362,10 +375,10 @@ fn act(filter: &str, header_name: &str, header: &Header, eval: &Evaluation, role
             };
             host::log(Level::Info, &record.to_line());
             let outcome = if dry_run { "dry_run_denied" } else { "denied" };
-            metrics::count(filter, outcome);
-            metrics::count(filter, &format!("{outcome}_{}", denial.reason));
+            metrics::tally(filter, outcome);
+            metrics::tally(filter, &format!("{outcome}_{}", denial.reason));
             if candidate {
-                metrics::count(filter, &format!("candidate_{outcome}"));
+                metrics::tally(filter, &format!("candidate_{outcome}"));
             }
             if dry_run {
                 if let Err(e) = apply_request_mutations(eval) {
