@@ -34,6 +34,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let two = run(&mut vm, &headers, 2 * n)?;
     let calls = (host.calls().len() - calls_before) as u64 / (3 * n);
     println!("{:.0} wasm instructions/request ({} host calls/request)", (two - one) as f64 / n as f64, calls);
+    host.clear_calls();
+    run(&mut vm, &headers, 1)?;
+    let names: Vec<&str> = host.calls().iter().map(|c| c.name).collect();
+    println!("host calls of one request: {}", names.join(", "));
     Ok(())
 }
 

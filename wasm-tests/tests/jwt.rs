@@ -264,8 +264,14 @@ fn inline_jwks_valid_expired_bad_signature_missing() {
     let mut vm = vm(&host, &inline_policy());
     let rs = token("RS256");
 
+    host.clear_calls();
     let out = get(&mut vm, "/api", Some(&rs));
     assert_eq!(out.status, 200, "{out:?}");
+    assert!(
+        !host.calls().iter().any(|c| c.name == "proxy_get_property"),
+        "an allowed JWT request does not read the peer address: {:?}",
+        host.calls().iter().map(|c| c.name).collect::<Vec<_>>()
+    );
     assert_eq!(
         out.upstream_header("x-gatewarden-jwt"),
         Some("allow; rule=default; version=j1")
@@ -286,9 +292,11 @@ fn inline_jwks_valid_expired_bad_signature_missing() {
         "the token is not forwarded by default"
     );
 
-    // Missing: 401 without error=.
+    // Missing: 401 without error=; the denial's log line reads the peer address (once).
+    host.clear_calls();
     let out = get(&mut vm, "/api", None);
     assert_denied(&out, 401, Some(r#"Bearer realm="api""#), "missing");
+    assert_eq!(host.calls().iter().filter(|c| c.name == "proxy_get_property").count(), 1);
     let line = decision_lines(&host).pop().unwrap();
     assert_eq!(
         (

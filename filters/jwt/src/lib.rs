@@ -305,7 +305,8 @@ impl Enforcer for Jwt {
             (Verdict::Deny(_), Some(Ok(ip))) => (Some(ip), String::new()),
             (Verdict::Deny(_), Some(Err(e))) => {
                 let peer = facts
-                    .peer
+                    .peer_address()
+                    .as_deref()
                     .and_then(parse_address)
                     .map(|ip| format!("; peer={ip}"))
                     .unwrap_or_default();

@@ -284,12 +284,20 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
         Ok(h) => h,
         Err(e) => return fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), "host_error"),
     };
-    let peer = match host::property_encoded(host::SOURCE_ADDRESS) {
-        Ok(p) => p,
-        Err(e) => return fail_closed(filter, &format!("cannot read source.address (status {})", e.0), "host_error"),
+    // The peer address is read when a decision asks for it (IP/geo: always; JWT: on a denial),
+    // once. A host error reads as "no peer", which no policy lets through as an allowed address.
+    let peer = std::cell::OnceCell::new();
+    let read_peer = || -> Option<String> {
+        peer.get_or_init(|| match host::property_encoded(host::SOURCE_ADDRESS) {
+            Ok(p) => p.and_then(|b| String::from_utf8(b).ok()),
+            Err(e) => {
+                host::log(Level::Warn, &format!("gatewarden {filter}: cannot read source.address (status {})", e.0));
+                None
+            }
+        })
+        .clone()
     };
-    let peer = peer.as_deref().and_then(|b| std::str::from_utf8(b).ok());
-    let facts = RequestFacts::new(&headers, peer);
+    let facts = RequestFacts::with_peer_source(&headers, &read_peer);
     let Some(r) = &compiled.rollout else {
         let eval = F::evaluate(&compiled.policy, &compiled.state, &facts);
         return act(filter, &compiled.header_name, compiled.policy.header(), &eval, None);

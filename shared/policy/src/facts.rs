@@ -29,11 +29,38 @@ pub struct RequestFacts<'a> {
     pub headers: &'a [(String, String)],
     /// The peer address as the host reports it: `ip:port` (Envoy), `ip` (Kong), `[v6]:port`.
     pub peer: Option<&'a str>,
+    /// Where the peer address comes from when `peer` was not read up front: the glue reads it
+    /// from the host only for the requests whose decision needs it (the JWT filter: denials).
+    pub peer_source: Option<PeerSource<'a>>,
+}
+
+/// Reads the peer address on demand (one host call in the glue).
+#[derive(Clone, Copy)]
+pub struct PeerSource<'a>(pub &'a dyn Fn() -> Option<String>);
+
+impl std::fmt::Debug for PeerSource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerSource")
+    }
 }
 
 impl<'a> RequestFacts<'a> {
     pub fn new(headers: &'a [(String, String)], peer: Option<&'a str>) -> Self {
-        Self { headers, peer }
+        Self { headers, peer, peer_source: None }
+    }
+
+    /// Facts whose peer address is read from `source` when a decision asks for it.
+    pub fn with_peer_source(headers: &'a [(String, String)], source: &'a dyn Fn() -> Option<String>) -> Self {
+        Self { headers, peer: None, peer_source: Some(PeerSource(source)) }
+    }
+
+    /// The peer address: the one given, else read from the peer source.
+    pub fn peer_address(&self) -> Option<std::borrow::Cow<'a, str>> {
+        match (self.peer, self.peer_source) {
+            (Some(p), _) => Some(std::borrow::Cow::Borrowed(p)),
+            (None, Some(PeerSource(read))) => read().map(std::borrow::Cow::Owned),
+            (None, None) => None,
+        }
     }
 
     /// The first value of header `name` (lowercase).
