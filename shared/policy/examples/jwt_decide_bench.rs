@@ -41,8 +41,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut cache = policy.new_token_cache();
     let start = Instant::now();
     let mut allowed = 0usize;
-    for i in 0..n {
-        let headers = &requests[i % requests.len()];
+    for headers in requests.iter().cycle().take(n) {
         let facts = RequestFacts::new(headers, Some("127.0.0.1:40000"));
         let out = policy.decide(&facts, now, &NoRemoteKeys, Some(&mut cache));
         if matches!(out.decision.verdict, Verdict::Allow) {
