@@ -13,8 +13,11 @@
 //!   junk; a token is stored once, so memory is bounded by `capacity × max_token_bytes`.
 //! - Bounded by count; when full, the oldest entry goes (first in, first out). Every operation
 //!   is O(1) (amortised).
-//! - Never serves a token at or past its `exp` plus skew; every claim check except the
-//!   signature still runs on a hit, with the current time.
+//! - Never serves a token at or past its `exp` plus skew. The claim checks ran when the token
+//!   was stored; a hit at a time not earlier than that skips them: the ones that depend on the
+//!   time (`exp` is the entry's end; `nbf`/`iat` with skew, `max_lifetime` of a token without
+//!   `iat`) only get easier to pass as time goes on, and the rest depend on the token alone. If
+//!   the clock went backwards, a hit re-runs them.
 //! - Cleared when the key sets change ([`super::KeyLookup::generation`] differs), so a key
 //!   removed from a JWKS stops validating its tokens at once.
 
@@ -77,6 +80,14 @@ struct Entry {
     token: Arc<VerifiedToken>,
     /// First second at which the entry must not be served (`exp + skew`), if the token expires.
     stale_at: Option<i64>,
+    /// When the claim checks passed (they still hold at any later time before `stale_at`).
+    checked_at: i64,
+}
+
+/// A cache hit: the token, and whether its claim checks are known to hold now.
+pub(crate) struct Hit {
+    pub token: Arc<VerifiedToken>,
+    pub claims_hold: bool,
 }
 
 /// Bounded cache of verified tokens.
@@ -137,10 +148,12 @@ impl TokenCache {
         }
     }
 
-    pub(crate) fn get(&mut self, key: &CacheKey, text: &str, now: i64) -> Option<Arc<VerifiedToken>> {
+    pub(crate) fn get(&mut self, key: &CacheKey, text: &str, now: i64) -> Option<Hit> {
         let found = match self.map.get(key) {
             Some(e) if *e.text != *text => None,
-            Some(e) if e.stale_at.is_none_or(|s| now < s) => Some(Arc::clone(&e.token)),
+            Some(e) if e.stale_at.is_none_or(|s| now < s) => {
+                Some(Hit { token: Arc::clone(&e.token), claims_hold: now >= e.checked_at })
+            }
             Some(_) => {
                 self.map.remove(key);
                 None
@@ -161,6 +174,7 @@ impl TokenCache {
         text: &str,
         token: Arc<VerifiedToken>,
         stale_at: Option<i64>,
+        checked_at: i64,
     ) {
         if self.capacity == 0 {
             return;
@@ -173,7 +187,7 @@ impl TokenCache {
                 None => break,
             }
         }
-        if self.map.insert(key, Entry { text: text.into(), token, stale_at }).is_none() {
+        if self.map.insert(key, Entry { text: text.into(), token, stale_at, checked_at }).is_none() {
             self.order.push_back(key);
         }
         // Keys removed on expiry stay in `order`; compact before it grows past twice the capacity.
@@ -198,20 +212,20 @@ mod tests {
     fn bounded_oldest_goes_first() {
         let mut c = TokenCache::new(3);
         for i in 0..5 {
-            c.insert(CacheKey::new(0, &format!("t{i}")), &format!("t{i}"), tok(i), None);
+            c.insert(CacheKey::new(0, &format!("t{i}")), &format!("t{i}"), tok(i), None, 0);
             assert!(c.len() <= 3);
         }
         assert!(c.get(&CacheKey::new(0, "t0"), "t0", 0).is_none());
         assert!(c.get(&CacheKey::new(0, "t1"), "t1", 0).is_none());
-        assert_eq!(c.get(&CacheKey::new(0, "t4"), "t4", 0).unwrap().claims["n"], 4);
+        assert_eq!(c.get(&CacheKey::new(0, "t4"), "t4", 0).unwrap().token.claims["n"], 4);
         assert_eq!(c.stats(), (1, 2));
     }
 
     #[test]
     fn never_serves_past_exp_and_keys_differ_per_provider() {
         let mut c = TokenCache::new(10);
-        c.insert(CacheKey::new(0, "t"), "t", tok(1), Some(100));
-        assert!(c.get(&CacheKey::new(0, "t"), "t", 99).is_some());
+        c.insert(CacheKey::new(0, "t"), "t", tok(1), Some(100), 0);
+        assert!(c.get(&CacheKey::new(0, "t"), "t", 99).is_some_and(|h| h.claims_hold));
         assert!(
             c.get(&CacheKey::new(1, "t"), "t", 99).is_none(),
             "another provider"
@@ -224,10 +238,10 @@ mod tests {
     fn a_hash_collision_is_a_miss_never_another_token() {
         let mut c = TokenCache::new(10);
         let key = CacheKey::new(0, "good");
-        c.insert(key, "good", tok(1), None);
+        c.insert(key, "good", tok(1), None, 0);
         // The same key (as a colliding token would have) with other text: a miss.
         assert!(c.get(&key, "forged", 0).is_none());
-        assert_eq!(c.get(&key, "good", 0).unwrap().claims["n"], 1);
+        assert_eq!(c.get(&key, "good", 0).unwrap().token.claims["n"], 1);
         assert_eq!(CacheKey::new(0, "good"), key, "stable within a VM");
     }
 
@@ -235,7 +249,7 @@ mod tests {
     fn generation_change_clears() {
         let mut c = TokenCache::new(10);
         c.sync_generation(1);
-        c.insert(CacheKey::new(0, "t"), "t", tok(1), None);
+        c.insert(CacheKey::new(0, "t"), "t", tok(1), None, 0);
         c.sync_generation(1);
         assert_eq!(c.len(), 1);
         c.sync_generation(2);
@@ -247,12 +261,24 @@ mod tests {
         let mut c = TokenCache::new(4);
         for i in 0..1000 {
             let k = CacheKey::new(0, &format!("t{i}"));
-            c.insert(k, "t", tok(i), Some(i as i64 + 1));
+            c.insert(k, "t", tok(i), Some(i as i64 + 1), 0);
             assert!(c.get(&k, "t", i as i64 + 1).is_none());
             assert!(c.order.len() <= 8);
         }
         let mut z = TokenCache::new(0);
-        z.insert(CacheKey::new(0, "t"), "t", tok(0), None);
+        z.insert(CacheKey::new(0, "t"), "t", tok(0), None, 0);
         assert!(z.is_empty());
+    }
+
+    #[test]
+    fn claims_hold_from_the_time_they_were_checked() {
+        let mut c = TokenCache::new(4);
+        c.insert(CacheKey::new(0, "t"), "t", tok(1), Some(500), 100);
+        assert!(c.get(&CacheKey::new(0, "t"), "t", 100).is_some_and(|h| h.claims_hold));
+        assert!(c.get(&CacheKey::new(0, "t"), "t", 499).is_some_and(|h| h.claims_hold));
+        // The clock went backwards: still a hit (the signature was verified), but the claim
+        // checks must run again.
+        assert!(c.get(&CacheKey::new(0, "t"), "t", 99).is_some_and(|h| !h.claims_hold));
+        assert!(c.get(&CacheKey::new(0, "t"), "t", 500).is_none());
     }
 }

@@ -586,9 +586,10 @@ impl<'a> Request<'_, 'a, '_> {
         let (text, locations) = (c.token, c.locations);
         let parsed = match found {
             Ok(hit) => {
-                return match p.checks.check(&hit.claims, self.now) {
+                let checked = if hit.claims_hold { Ok(()) } else { p.checks.check(&hit.token.claims, self.now) };
+                return match checked {
                     Ok(()) => ProviderState::Verified {
-                        token: hit,
+                        token: hit.token,
                         text,
                         locations,
                     },
@@ -622,7 +623,7 @@ impl<'a> Request<'_, 'a, '_> {
             claims: parsed.claims,
         });
         if let Some(c) = self.cache.as_deref_mut() {
-            c.insert(key, text, Arc::clone(&token), stale_at);
+            c.insert(key, text, Arc::clone(&token), stale_at, self.now);
         }
         ProviderState::Verified {
             token,
