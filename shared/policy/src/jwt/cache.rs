@@ -84,6 +84,19 @@ struct Entry {
     checked_at: i64,
 }
 
+/// Byte equality, 8 bytes a step: a token is hundreds of bytes, and in a Wasm VM the generic
+/// `memcmp` goes a byte at a time.
+fn same_text(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tails_equal = ca.remainder() == cb.remainder();
+    let word = |c: &[u8]| <[u8; 8]>::try_from(c).map(u64::from_ne_bytes).unwrap_or(0);
+    tails_equal && ca.zip(cb).all(|(x, y)| word(x) == word(y))
+}
+
 /// A cache hit: the token, and whether its claim checks are known to hold now.
 pub(crate) struct Hit {
     pub token: Arc<VerifiedToken>,
@@ -150,7 +163,7 @@ impl TokenCache {
 
     pub(crate) fn get(&mut self, key: &CacheKey, text: &str, now: i64) -> Option<Hit> {
         let found = match self.map.get(key) {
-            Some(e) if *e.text != *text => None,
+            Some(e) if !same_text(&e.text, text) => None,
             Some(e) if e.stale_at.is_none_or(|s| now < s) => {
                 Some(Hit { token: Arc::clone(&e.token), claims_hold: now >= e.checked_at })
             }
@@ -280,5 +293,19 @@ mod tests {
         // checks must run again.
         assert!(c.get(&CacheKey::new(0, "t"), "t", 99).is_some_and(|h| !h.claims_hold));
         assert!(c.get(&CacheKey::new(0, "t"), "t", 500).is_none());
+    }
+
+    #[test]
+    fn same_text_is_byte_equality() {
+        for len in 0..40usize {
+            let a: String = (0..len).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            assert!(same_text(&a, &a.clone()));
+            for at in 0..len {
+                let mut b = a.clone().into_bytes();
+                b[at] = b'Z';
+                assert!(!same_text(&a, std::str::from_utf8(&b).unwrap()), "len {len}, at {at}");
+            }
+            assert!(!same_text(&a, &format!("{a}x")));
+        }
     }
 }
