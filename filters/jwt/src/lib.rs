@@ -115,6 +115,7 @@ impl Fetcher {
                     }
                     host::log(Level::Info, &format!("gatewarden {FILTER}: JWKS generation {generation} loaded for {names} ({} keys)", set.len()));
                     metrics::count(FILTER, "jwks_loaded");
+                    set.prepare();
                     let set = Arc::new(set);
                     VM.with(|vm| {
                         let mut vm = vm.borrow_mut();
@@ -172,6 +173,7 @@ impl Enforcer for Jwt {
     }
 
     fn on_policy(&mut self, policy: &JwtPolicy) -> Option<Duration> {
+        policy.prepare_local_keys();
         let mut fetchers: Vec<Fetcher> = Vec::new();
         for src in policy.remote_jwks() {
             let spec = src.spec;

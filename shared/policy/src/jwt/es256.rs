@@ -253,6 +253,11 @@ impl Es256Key {
             .as_ref()
     }
 
+    /// Builds the tables now (the generator's and this key's, within [`MAX_KEY_TABLES`]).
+    pub fn prepare(&self) {
+        let _ = (generator_table(), self.table());
+    }
+
     /// Whether `sig` (JWS form: r ‖ s, 32 bytes each) is a valid ES256 signature of `msg`.
     pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
         self.verify_digest(&Sha256::digest(msg).into(), sig)

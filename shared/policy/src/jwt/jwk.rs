@@ -108,6 +108,17 @@ pub struct JwksSet {
 }
 
 impl JwksSet {
+    /// Builds the precomputed tables of the set's P-256 keys (and the generator's) now rather
+    /// than at each key's first ES256 verification (~30 ms in a Wasm VM for the first key). The
+    /// glue calls this when a set is loaded, off the request path; it is optional.
+    pub fn prepare(&self) {
+        for key in &self.keys {
+            if let KeyMaterial::P256(k) = &key.material {
+                k.prepare();
+            }
+        }
+    }
+
     /// Parses a JWKS document (`{"keys": [...]}`).
     pub fn parse(bytes: &[u8]) -> Result<Self, JwksError> {
         let v: Value =

@@ -309,6 +309,14 @@ impl JwtPolicy {
         self.providers.iter().map(|p| &*p.name)
     }
 
+    /// Builds what the providers' inline key sets compute at first use (ES256 tables), so the
+    /// first requests do not pay for it. See [`JwksSet::prepare`].
+    pub fn prepare_local_keys(&self) {
+        for set in self.providers.iter().filter_map(|p| p.local.as_ref()) {
+            set.prepare();
+        }
+    }
+
     /// The remote key sets the glue must fetch, one per provider with `remote_jwks`.
     pub fn remote_jwks(&self) -> impl Iterator<Item = RemoteJwksSource<'_>> {
         self.providers.iter().filter_map(|p| {
