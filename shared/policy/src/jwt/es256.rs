@@ -14,9 +14,10 @@
 //! result against that crate on valid, tampered and random signatures and on the degenerate
 //! cases (equal and opposite points in one addition).
 //!
-//! Memory: a table is 37 × 64 affine points of 64 bytes = 151 KB. The generator's table is built
-//! at the first ES256 verification of a VM; a key's table at its first verification, for at most
-//! [`MAX_KEY_TABLES`] keys alive at once (more keys verify without a table, through the crate).
+//! Memory: a table is 37 × 64 affine points of 64 bytes = 151 KB. The tables are built by
+//! [`Es256Key::prepare`] when the glue loads a key set, else at the first verification: the
+//! generator's once per VM, a key's for at most [`MAX_KEY_TABLES`] keys alive at once (more keys
+//! verify without a table, through the crate).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
