@@ -17,10 +17,11 @@
 //! Memory: a table is 37 × 64 affine points of 64 bytes = 151 KB. The tables are built by
 //! [`Es256Key::prepare`] when the glue loads a key set, else at the first verification: the
 //! generator's once per VM, a key's for at most [`MAX_KEY_TABLES`] keys alive at once (more keys
-//! verify without a table, through the crate).
+//! verify without a table, through the crate). A key set loaded again (a JWKS refresh) finds the
+//! tables of the keys it shares with the set it replaces and reuses them.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use p256::elliptic_curve::bigint::U256;
 use p256::elliptic_curve::ff::PrimeField;
@@ -41,7 +42,27 @@ const ENTRIES: usize = 1 << (W - 1);
 /// Most key tables alive at once in this VM (151 KB each).
 pub const MAX_KEY_TABLES: usize = 16;
 
-static LIVE_KEY_TABLES: AtomicUsize = AtomicUsize::new(0);
+/// The key tables alive in this VM, by the key's coordinates (x ‖ y), so that a JWKS refresh
+/// that brings the same keys reuses their tables instead of building them again (~10–30 ms of a
+/// worker's time per key in a Wasm VM).
+static KEY_TABLES: OnceLock<Mutex<HashMap<[u8; 64], Weak<Table>>>> = OnceLock::new();
+
+/// The table of the key at `point` (coordinates `xy`): the live one if any, else a new one if
+/// fewer than [`MAX_KEY_TABLES`] are alive.
+fn key_table(xy: &[u8; 64], point: &Affine) -> Option<Arc<Table>> {
+    let registry = KEY_TABLES.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut tables = registry.lock().ok()?;
+    tables.retain(|_, t| t.strong_count() > 0);
+    if let Some(live) = tables.get(xy).and_then(Weak::upgrade) {
+        return Some(live);
+    }
+    if tables.len() >= MAX_KEY_TABLES {
+        return None;
+    }
+    let table = Arc::new(Table::build(point)?);
+    tables.insert(*xy, Arc::downgrade(&table));
+    Some(table)
+}
 
 #[derive(Clone, Copy)]
 struct Affine {
@@ -211,15 +232,9 @@ fn generator_table() -> Option<&'static Table> {
 pub struct Es256Key {
     key: p256::ecdsa::VerifyingKey,
     point: Affine,
-    table: OnceLock<Option<Table>>,
-}
-
-impl Drop for Es256Key {
-    fn drop(&mut self) {
-        if matches!(self.table.get(), Some(Some(_))) {
-            LIVE_KEY_TABLES.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
+    /// x ‖ y, big-endian.
+    xy: [u8; 64],
+    table: OnceLock<Option<Arc<Table>>>,
 }
 
 impl Es256Key {
@@ -235,23 +250,15 @@ impl Es256Key {
             let bytes: [u8; 32] = b.try_into().ok()?;
             Option::from(Fe::from_repr(bytes.into()))
         };
-        Some(Self { key, point: Affine { x: fe(x)?, y: fe(y)? }, table: OnceLock::new() })
+        let mut xy = [0u8; 64];
+        let (xa, ya) = xy.split_at_mut(32);
+        xa.copy_from_slice(x.get(..32)?);
+        ya.copy_from_slice(y.get(..32)?);
+        Some(Self { key, point: Affine { x: fe(x)?, y: fe(y)? }, xy, table: OnceLock::new() })
     }
 
     fn table(&self) -> Option<&Table> {
-        self.table
-            .get_or_init(|| {
-                if LIVE_KEY_TABLES.fetch_add(1, Ordering::Relaxed) >= MAX_KEY_TABLES {
-                    LIVE_KEY_TABLES.fetch_sub(1, Ordering::Relaxed);
-                    return None;
-                }
-                let table = Table::build(&self.point);
-                if table.is_none() {
-                    LIVE_KEY_TABLES.fetch_sub(1, Ordering::Relaxed);
-                }
-                table
-            })
-            .as_ref()
+        self.table.get_or_init(|| key_table(&self.xy, &self.point)).as_deref()
     }
 
     /// Builds the tables now (the generator's and this key's, within [`MAX_KEY_TABLES`]).
@@ -474,5 +481,18 @@ mod tests {
         let sig: Signature = sk.sign(b"payload");
         assert!(key.verify(b"payload", &sig.to_bytes()));
         assert!(!key.verify(b"payloaD", &sig.to_bytes()));
+    }
+
+    #[test]
+    fn a_reloaded_key_reuses_its_table() {
+        let sk = signing_key(4242);
+        let first = key_of(&sk);
+        let again = key_of(&sk);
+        let (a, b) = (first.table().expect("table") as *const Table, again.table().expect("table") as *const Table);
+        assert_eq!(a, b, "same coordinates, same table");
+        let other = key_of(&signing_key(4243));
+        assert_ne!(a, other.table().expect("table") as *const Table);
+        let sig: Signature = sk.sign(b"m");
+        assert!(again.verify(b"m", &sig.to_bytes()));
     }
 }
