@@ -195,11 +195,15 @@ pub fn signatures_of(doc: &Value) -> Result<Vec<SignatureDoc>, ConfigError> {
     match doc.get("signatures") {
         None => Ok(Vec::new()),
         Some(v) => {
-            // The typed parser gives exact messages.
-            let sigs: Vec<SignatureDoc> = serde_path_to_error::deserialize(v).map_err(|e| {
-                let inner = e.path().to_string();
-                let path = if inner == "." { "signatures".to_owned() } else { format!("signatures{}", if inner.starts_with('[') { inner } else { format!(".{inner}") }) };
-                ConfigError::new(path, e.into_inner().to_string())
+            // The typed parser gives exact messages; the path comes from the position in the
+            // re-serialised text, which is then dropped from the message (it is not the user's).
+            let text = serde_json::to_vec(v).map_err(|e| ConfigError::new("signatures", e.to_string()))?;
+            let sigs: Vec<SignatureDoc> = serde_json::from_slice(&text).map_err(|e| {
+                let inner = crate::json_path::path_of_error(&text, &e);
+                let path = if inner.is_empty() { "signatures".to_owned() } else if inner.starts_with('[') { format!("signatures{inner}") } else { format!("signatures.{inner}") };
+                let msg = e.to_string();
+                let suffix = format!(" at line {} column {}", e.line(), e.column());
+                ConfigError::new(path, msg.strip_suffix(suffix.as_str()).unwrap_or(&msg).to_owned())
             })?;
             Ok(sigs)
         }

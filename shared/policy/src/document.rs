@@ -195,16 +195,12 @@ fn validate_policy_version(v: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Parses a document from JSON bytes. Errors carry the JSON path of the bad field.
+/// Parses a document from JSON bytes. Errors carry the JSON path of the bad field, recovered from
+/// the error's position in the text (see [`crate::json_path`]).
 pub fn parse_document<D: DeserializeOwned>(bytes: &[u8]) -> Result<D, ConfigError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let doc: D = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." || path == "?" { String::new() } else { path };
-        ConfigError::new(path, e.into_inner().to_string())
-    })?;
-    de.end().map_err(|e| ConfigError::new("", e.to_string()))?;
-    Ok(doc)
+    serde_json::from_slice(bytes).map_err(|e| {
+        ConfigError::new(crate::json_path::path_of_error(bytes, &e), e.to_string())
+    })
 }
 
 /// Parses and compiles a policy document and its rollout candidate: what `on_configure` and

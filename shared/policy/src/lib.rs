@@ -20,6 +20,7 @@ pub mod document;
 pub mod error;
 pub mod facts;
 pub mod ip_geo;
+pub mod json_path;
 pub mod jwt;
 pub mod matcher;
 pub mod refresh;
