@@ -945,3 +945,35 @@ fn cut_from_query_and_cookies(profile: Profile) {
     );
     assert_eq!(out.upstream_header("x-user"), Some("user-1"));
 }
+
+/// `provider_and_audiences` through the module: the requirement's audiences replace the
+/// provider's, the copy verifies with the provider's remote key set, and it fetches nothing of
+/// its own (one fetch, for the provider).
+#[test]
+fn provider_and_audiences_uses_the_provider_s_keys_with_other_audiences() {
+    for (profile, upstream) in [(Profile::Envoy, CLUSTER), (Profile::Kong, KONG_UPSTREAM)] {
+        let host = host(profile);
+        if profile == Profile::Kong {
+            host.add_cluster(KONG_UPSTREAM);
+        }
+        host.script_http_response(upstream, JWKS_PATH, jwks_response(&jwks()));
+        let mut policy = remote_policy(upstream);
+        let pa = |auds: Value| json!({"provider_and_audiences": {"provider": "idp", "audiences": auds}});
+        policy["rules"].as_array_mut().unwrap().splice(
+            0..0,
+            [
+                json!({"name": "billing", "match": {"path_prefix": "/billing"}, "requires": pa(json!(["billing"]))}),
+                json!({"name": "api-too", "match": {"path_prefix": "/api-too"}, "requires": pa(json!(["billing", "api"]))}),
+            ],
+        );
+        let mut vm = vm(&host, &policy);
+        load_jwks(&host, 1);
+        let es = token("ES256"); // aud "api"
+        assert_eq!(get(&mut vm, "/api-too", Some(&es)).status, 200, "{profile:?}");
+        assert_eq!(get(&mut vm, "/other", Some(&es)).status, 200, "{profile:?}: the provider's own audiences elsewhere");
+        let out = get(&mut vm, "/billing", Some(&es));
+        assert_denied(&out, 403, None, "billing audience");
+        assert_eq!(last_reason(&host), "audience");
+        assert_eq!(host.http_calls().len(), 1, "{profile:?}: {:?}", host.http_calls());
+    }
+}

@@ -518,3 +518,64 @@ fn allow_missing_inside_requires_any_covers_the_listed_providers_only() {
         assert_eq!(o.set_headers, set, "{path} with {names:?}");
     }
 }
+
+/// Envoy's `provider_and_audiences`: the provider's token, with the requirement's audiences in
+/// place of the provider's own, for that requirement only.
+#[test]
+fn provider_and_audiences_replaces_the_provider_s_audiences_for_that_requirement() {
+    let mut doc = policy_doc();
+    let pa = |auds: Value| json!({"provider_and_audiences": {"provider": "hs", "audiences": auds}});
+    let rules = doc["rules"].as_array_mut().unwrap();
+    rules.insert(0, json!({"name": "billing", "match": {"path_prefix": "/billing/"}, "requires": pa(json!(["billing", "payments"]))}));
+    rules.insert(0, json!({"name": "billing-or-idp", "match": {"path_prefix": "/billing-or-idp/"},
+                          "requires": {"requires_any": [pa(json!(["billing"])), {"provider": "idp"}]}}));
+    rules.insert(0, json!({"name": "both", "match": {"path_prefix": "/both/"},
+                          "requires": {"requires_all": [pa(json!(["billing"])), {"provider": "hs"}]}}));
+    rules.insert(0, json!({"name": "same-again", "match": {"path_prefix": "/same-again/"}, "requires": pa(json!(["billing", "payments"]))}));
+    let p = policy_from(&doc);
+    // The copies are not providers of their own: not listed, not fetched for.
+    assert_eq!(p.provider_names().collect::<Vec<_>>(), vec!["hs", "idp", "small"]);
+    assert_eq!(p.remote_jwks().count(), 0);
+
+    let auth = |t: &str| format!("Bearer {t}");
+    let billing = auth(&token(HS, json!({"aud": ["other", "billing"]})));
+    let payments = auth(&token(HS, json!({"aud": "payments"})));
+    let api = auth(&token(HS, json!({})));
+    let no_aud = auth(&token(HS, json!({"aud": null})));
+    let expired_billing = auth(&token(HS, json!({"aud": "billing", "iat": NOW - 7200, "exp": NOW - 3600})));
+    let idp = auth(&token(IDP, json!({})));
+    #[rustfmt::skip]
+    let cases: Vec<(&str, &str, (&str, u16, Option<&str>))> = vec![
+        ("/billing/", &billing, ("allow", 200, None)),
+        ("/billing/", &payments, ("allow", 200, None)),
+        ("/same-again/", &payments, ("allow", 200, None)),
+        // The provider's own audience does not count here, and no `aud` fails an audience list.
+        ("/billing/", &api, ("audience", 403, None)),
+        ("/billing/", &no_aud, ("audience", 403, None)),
+        // Everything else about the provider still holds.
+        ("/billing/", &expired_billing, ("expired", 401, INVALID)),
+        ("/billing/", &idp, ("issuer", 401, INVALID)),
+        ("/billing/", "", ("missing", 401, MISSING)),
+        // Elsewhere the provider keeps its own audiences.
+        ("/hs/", &billing, ("audience", 403, None)),
+        ("/hs/", &api, ("allow", 200, None)),
+        ("/billing-or-idp/", &billing, ("allow", 200, None)),
+        ("/billing-or-idp/", &idp, ("allow", 200, None)),
+        ("/billing-or-idp/", &api, ("audience", 403, None)),
+        // One token for both: it must carry both audiences' worth.
+        ("/both/", &billing, ("audience", 403, None)),
+    ];
+    for (path, authz, (reason, status, www)) in cases {
+        let extra: Vec<(&str, &str)> = if authz.is_empty() { vec![] } else { vec![("authorization", authz)] };
+        let o = decide(&p, path, &extra);
+        assert_eq!(public(&o), (reason, status, www.map(str::to_owned)), "{path} with {authz}");
+    }
+    // A token with both audiences passes both parts; the claim header and the log name the
+    // provider once.
+    let both = auth(&token(HS, json!({"aud": ["api", "billing"]})));
+    let o = decide(&p, "/both/", &[("authorization", &both)]);
+    assert_eq!(public(&o).0, "allow");
+    assert_eq!(o.verified.iter().map(|n| n.to_string()).collect::<Vec<_>>(), vec!["hs"]);
+    assert_eq!(o.set_headers.iter().filter(|(k, _)| k == "x-hs-user").count(), 1);
+    assert!(o.remove_headers.iter().any(|h| h == "authorization"));
+}

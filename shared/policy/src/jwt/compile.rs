@@ -30,6 +30,10 @@ pub(crate) struct Provider {
     /// (claim path, lowercase header name)
     pub claim_headers: Vec<(String, String)>,
     pub max_token_bytes: usize,
+    /// For a `provider_and_audiences` requirement: the index of the provider this one copies,
+    /// with other audiences. Such a copy shares the provider's name and key set, and is not
+    /// listed, fetched for, or counted among "any provider" (`allow_missing`).
+    pub copy_of: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -269,6 +273,7 @@ pub(crate) fn compile_provider(
         pad_payload: spec.pad_forward_payload_header,
         claim_headers,
         max_token_bytes: spec.max_token_bytes,
+        copy_of: None,
     })
 }
 
@@ -331,9 +336,13 @@ fn validate_remote(r: &RemoteJwksSpec, path: &FieldPath) -> Result<(), ConfigErr
     Ok(())
 }
 
+/// Compiles a requirement against the document's `providers`. A `provider_and_audiences`
+/// becomes a copy of the provider with those audiences, added to `copies` (base index,
+/// audiences) and referred to by index `providers.len() + k`; equal copies are shared.
 pub(crate) fn compile_requirement(
     spec: &RequirementSpec,
     providers: &[Provider],
+    copies: &mut Vec<(usize, Vec<String>)>,
     path: &FieldPath,
     depth: usize,
 ) -> Result<Requirement, ConfigError> {
@@ -342,30 +351,67 @@ pub(crate) fn compile_requirement(
             "requirements nested deeper than {MAX_REQUIREMENT_DEPTH}"
         )));
     }
-    let list = |items: &[RequirementSpec], field: &str| -> Result<Vec<Requirement>, ConfigError> {
-        let lp = path.field(field);
+    fn list(
+        items: &[RequirementSpec],
+        providers: &[Provider],
+        copies: &mut Vec<(usize, Vec<String>)>,
+        path: &FieldPath,
+        depth: usize,
+    ) -> Result<Vec<Requirement>, ConfigError> {
         if items.is_empty() {
-            return Err(lp.error("empty list"));
+            return Err(path.error("empty list"));
         }
         items
             .iter()
             .enumerate()
-            .map(|(i, r)| compile_requirement(r, providers, &lp.index(i), depth + 1))
+            .map(|(i, r)| compile_requirement(r, providers, copies, &path.index(i), depth + 1))
             .collect()
+    }
+    let provider_index = |name: &str, path: &FieldPath| -> Result<usize, ConfigError> {
+        providers
+            .iter()
+            .position(|p| &*p.name == name)
+            .ok_or_else(|| path.error(format!("unknown provider {}", quote(name))))
     };
     Ok(match spec {
         RequirementSpec::Provider(name) => {
-            match providers.iter().position(|p| &*p.name == name.as_str()) {
-                Some(i) => Requirement::Provider(i),
-                None => {
-                    return Err(path
-                        .field("provider")
-                        .error(format!("unknown provider {}", quote(name))))
-                }
-            }
+            Requirement::Provider(provider_index(name, &path.field("provider"))?)
         }
-        RequirementSpec::RequiresAny(items) => Requirement::Any(list(items, "requires_any")?),
-        RequirementSpec::RequiresAll(items) => Requirement::All(list(items, "requires_all")?),
+        RequirementSpec::ProviderAndAudiences(pa) => {
+            let path = path.field("provider_and_audiences");
+            let base = provider_index(&pa.provider, &path.field("provider"))?;
+            if pa.audiences.is_empty() {
+                return Err(path.field("audiences").error(
+                    "empty list: use {\"provider\": ...} for the provider's own audiences",
+                ));
+            }
+            if let Some(i) = pa.audiences.iter().position(String::is_empty) {
+                return Err(path.field("audiences").index(i).error("empty audience"));
+            }
+            let copy = (base, pa.audiences.clone());
+            let k = match copies.iter().position(|c| *c == copy) {
+                Some(k) => k,
+                None => {
+                    copies.push(copy);
+                    copies.len() - 1
+                }
+            };
+            Requirement::Provider(providers.len() + k)
+        }
+        RequirementSpec::RequiresAny(items) => Requirement::Any(list(
+            items,
+            providers,
+            copies,
+            &path.field("requires_any"),
+            depth,
+        )?),
+        RequirementSpec::RequiresAll(items) => Requirement::All(list(
+            items,
+            providers,
+            copies,
+            &path.field("requires_all"),
+            depth,
+        )?),
         RequirementSpec::AllowMissing => Requirement::AllowMissing,
         RequirementSpec::AllowMissingOrFailed => Requirement::AllowMissingOrFailed,
     })

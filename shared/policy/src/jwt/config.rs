@@ -201,6 +201,7 @@ impl RuleSpec for JwtRule {
 }
 
 /// A token requirement, as in Envoy's `JwtRequirement`: `{"provider": "a"}`,
+/// `{"provider_and_audiences": {"provider": "a", "audiences": ["x"]}}`,
 /// `{"requires_any": [...]}`, `{"requires_all": [...]}`, `"allow_missing"`,
 /// `"allow_missing_or_failed"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -208,6 +209,8 @@ impl RuleSpec for JwtRule {
 pub enum RequirementSpec {
     /// A valid token of this provider.
     Provider(String),
+    /// A valid token of this provider, with these audiences in place of the provider's own.
+    ProviderAndAudiences(ProviderAndAudiencesSpec),
     /// At least one of these requirements.
     RequiresAny(Vec<RequirementSpec>),
     /// Every one of these requirements.
@@ -216,6 +219,17 @@ pub enum RequirementSpec {
     AllowMissing,
     /// Always passes; a valid token still has its claims forwarded.
     AllowMissingOrFailed,
+}
+
+/// `{"provider": "a", "audiences": ["orders-api"]}`: Envoy's `provider_and_audiences`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderAndAudiencesSpec {
+    /// The provider whose token is required.
+    pub provider: String,
+    /// The audiences accepted for this requirement (one must be in the token's `aud`); they
+    /// replace the provider's `audiences` here only.
+    pub audiences: Vec<String>,
 }
 
 /// One claim condition. Give exactly one of `equals`, `in`, `equals_header`.

@@ -66,7 +66,7 @@ mod reason;
 pub use cache::{TokenCache, VerifiedToken};
 pub use config::{
     ClaimRequirementSpec, ClaimToHeaderSpec, HeaderSourceSpec, JwtDocument, JwtRule, ProviderSpec,
-    RemoteJwksSpec, RequirementSpec, SubjectPrefix, SubjectsSpec,
+    ProviderAndAudiencesSpec, RemoteJwksSpec, RequirementSpec, SubjectPrefix, SubjectsSpec,
 };
 pub use jose::Alg;
 pub use jwk::{JwksError, JwksSet, SkippedKey};

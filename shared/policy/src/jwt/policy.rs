@@ -149,11 +149,12 @@ impl FilterPolicy for JwtPolicy {
                 }
             }
         }
+        let mut copies: Vec<(usize, Vec<String>)> = Vec::new();
         let rules = RuleSet::compile(&doc.rules, &doc.default, |rule, path| {
             let requires = rule
                 .requires
                 .as_ref()
-                .map(|r| compile_requirement(r, &providers, &path.field("requires"), 0))
+                .map(|r| compile_requirement(r, &providers, &mut copies, &path.field("requires"), 0))
                 .transpose()?;
             let scopes = compile_scopes(&rule.scopes, &path.field("scopes"))?;
             let claims = rule
@@ -179,6 +180,16 @@ impl FilterPolicy for JwtPolicy {
                 cors_preflight_passes: rule.cors_preflight_passes,
             })
         })?;
+        // `provider_and_audiences`: copies of providers with other audiences, after the listed
+        // ones (the indices compile_requirement gave them).
+        for (base, audiences) in copies {
+            if let Some(p) = providers.get(base) {
+                let mut copy = p.clone();
+                copy.checks.audiences = audiences;
+                copy.copy_of = Some(base);
+                providers.push(copy);
+            }
+        }
         Ok(Self {
             header,
             rules,
@@ -306,20 +317,20 @@ impl JwtPolicy {
 
     /// Provider names, in the order of the document (sorted).
     pub fn provider_names(&self) -> impl Iterator<Item = &str> {
-        self.providers.iter().map(|p| &*p.name)
+        self.providers.iter().filter(|p| p.copy_of.is_none()).map(|p| &*p.name)
     }
 
     /// Builds what the providers' inline key sets compute at first use (ES256 tables), so the
     /// first requests do not pay for it. See [`JwksSet::prepare`].
     pub fn prepare_local_keys(&self) {
-        for set in self.providers.iter().filter_map(|p| p.local.as_ref()) {
+        for set in self.providers.iter().filter(|p| p.copy_of.is_none()).filter_map(|p| p.local.as_ref()) {
             set.prepare();
         }
     }
 
     /// The remote key sets the glue must fetch, one per provider with `remote_jwks`.
     pub fn remote_jwks(&self) -> impl Iterator<Item = RemoteJwksSource<'_>> {
-        self.providers.iter().filter_map(|p| {
+        self.providers.iter().filter(|p| p.copy_of.is_none()).filter_map(|p| {
             p.remote.as_ref().map(|spec| RemoteJwksSource {
                 provider: &p.name,
                 spec,
@@ -478,7 +489,9 @@ impl<'a> Request<'_, 'a, '_> {
             Requirement::AllowMissing | Requirement::AllowMissingOrFailed => {
                 let mut verified = Vec::new();
                 let mut best = None;
-                for i in 0..self.policy.providers.len() {
+                // Every listed provider (not the audience copies of `provider_and_audiences`).
+                let listed = self.policy.providers.iter().take_while(|p| p.copy_of.is_none()).count();
+                for i in 0..listed {
                     match self.eval_provider(i) {
                         Eval::Pass(v) => verified.extend(v),
                         Eval::Fail(f) => Failure::keep(&mut best, f),
@@ -704,7 +717,9 @@ impl<'a> Request<'_, 'a, '_> {
             else {
                 continue;
             };
-            out.verified.push(Arc::clone(&p.name));
+            if !out.verified.contains(&p.name) {
+                out.verified.push(Arc::clone(&p.name));
+            }
             if let Some(h) = &p.payload_header {
                 let payload = text.split('.').nth(1).unwrap_or("");
                 let mut value = payload.to_owned();
