@@ -179,6 +179,9 @@ MAIN = policy("jwt-1", {"idp": idp(), "hs": HS_PROVIDER}, {"requires_any": [{"pr
 # One trusted proxy in front: the decision log's client is the last x-forwarded-for entry (the peer
 # when there is none, as in most tests here).
 MAIN["client_address"] = {"xff_num_trusted_hops": 1}
+# Envoy's provider_and_audiences: idp's token, with another audience, on /billing only.
+MAIN["rules"].insert(0, {"name": "billing", "match": {"path_prefix": "/billing"},
+                         "requires": {"provider_and_audiences": {"provider": "idp", "audiences": ["billing"]}}})
 
 
 @pytest.fixture(scope="module")
@@ -263,6 +266,21 @@ def test_scope_and_claim_requirements_are_403(gw: Gateway):
         "rq_2xx": 2, "rq_4xx": 4, "upstream_requests": 2}
     assert wait_decision(gw, lines, client="127.0.3.1")["rule"] == "admin"
     assert wait_decision(gw, lines, client="127.0.3.2")["reason"] == "claim"
+
+
+def test_provider_and_audiences_replaces_the_audiences_on_its_route(gw: Gateway):
+    """A billing-audience idp token passes /billing (verified with idp's remote keys) and not the
+    default route, where idp keeps its own audiences; an api-audience token the other way round."""
+    before = snapshot(gw)
+    billing, api = EC.sign(claims(aud=["billing"])), RS.sign(claims())
+    upstream = assert_allowed(gw.get("/billing/invoices", headers=bearer(billing)), "billing", "jwt-1")
+    assert upstream["x-user"] == "user-1" and "authorization" not in upstream, upstream
+    assert_forbidden(gw.get("/billing/invoices", headers=bearer(api)), None)
+    assert_forbidden(gw.get("/orders", headers=bearer(billing)), None)
+    assert_allowed(gw.get("/orders", headers=bearer(api)), "default", "jwt-1")
+    got = changes(before, snapshot(gw))
+    assert got == {"allowed": 2, "denied": 2, "denied_audience": 2, "rq_2xx": 2, "rq_4xx": 2,
+                   "upstream_requests": 2}, got
 
 
 def test_requires_any_logs_the_reason_of_the_token_s_own_provider(gw: Gateway):
