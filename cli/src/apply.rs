@@ -236,7 +236,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "-m" | "--message" => o.message = Some(value()?),
             "--filter" => {
                 let n = value()?;
-                o.filter = Some(Filter::from_name(&n).ok_or_else(|| format!("unknown filter {n:?}"))?);
+                o.filter = Some(Filter::parse(&n)?);
             }
             "--module" => o.module = Some(value()?),
             "--modules" => o.modules = Some(value()?),

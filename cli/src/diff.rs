@@ -258,7 +258,7 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
             },
             "--filter" => {
                 let n = it.next().ok_or("--filter needs a name")?;
-                filter = Some(Filter::from_name(n).ok_or_else(|| format!("unknown filter {n:?}"))?);
+                filter = Some(Filter::parse(n)?);
             }
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
             _ => files.push(a.clone()),

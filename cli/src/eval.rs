@@ -87,7 +87,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--modules" => o.modules = Some(value()?),
             "--filter" => {
                 let n = value()?;
-                o.filter = Some(Filter::from_name(&n).ok_or_else(|| format!("unknown filter {n:?}"))?);
+                o.filter = Some(Filter::parse(&n)?);
             }
             "--profile" => o.profile = Some(value()?),
             "--method" => o.method = Some(value()?),

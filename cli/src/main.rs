@@ -79,7 +79,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         match a.as_str() {
             "--filter" => {
                 let name = it.next().ok_or("--filter needs a name")?;
-                o.filter = Some(Filter::from_name(name).ok_or_else(|| format!("unknown filter {name:?}"))?);
+                o.filter = Some(Filter::parse(name)?);
             }
             "--format" => match it.next().map(String::as_str) {
                 Some("json") => o.json = true,
@@ -117,7 +117,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         "validate" => validate(&o),
         "schema" => {
             let [name] = o.files.as_slice() else { return Err("schema takes one filter name".into()) };
-            let filter = Filter::from_name(name).ok_or_else(|| format!("unknown filter {name:?}"))?;
+            let filter = Filter::parse(name)?;
             let schema = filter.schema();
             let out = if o.kong { gatewarden_policy::schema::kong_meta(schema) } else { schema };
             println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);

@@ -342,7 +342,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--target" => o.target = Some(value()?),
             "--filter" => {
                 let name = value()?;
-                o.filter = Some(Filter::from_name(&name).ok_or_else(|| format!("unknown filter {name:?}"))?);
+                o.filter = Some(Filter::parse(&name)?);
             }
             "--module" => o.module = Some(value()?),
             "--modules" => o.modules = Some(value()?),

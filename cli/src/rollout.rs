@@ -23,7 +23,7 @@ fn parse_args(args: &[String], cmd: &str) -> Result<(Option<Filter>, String), St
         match a.as_str() {
             "--filter" => {
                 let n = it.next().ok_or("--filter needs a name")?;
-                filter = Some(Filter::from_name(n).ok_or_else(|| format!("unknown filter {n:?}"))?);
+                filter = Some(Filter::parse(n)?);
             }
             s if s.starts_with("--") => return Err(format!("{cmd}: unknown option {s}")),
             _ => files.push(a.clone()),

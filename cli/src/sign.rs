@@ -141,7 +141,7 @@ fn take_value(args: &mut Vec<String>, name: &str) -> Result<Option<String>, Stri
 
 fn take_filter(args: &mut Vec<String>) -> Result<Option<Filter>, String> {
     take_value(args, "--filter")?
-        .map(|n| Filter::from_name(&n).ok_or_else(|| format!("unknown filter {n:?}")))
+        .map(|n| Filter::parse(&n))
         .transpose()
 }
 
