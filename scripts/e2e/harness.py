@@ -73,12 +73,24 @@ def module_path(filter_name: str) -> Path:
     return MODULE_DIR / f"gatewarden_{filter_name}.wasm"
 
 
+_ISSUED_PORTS: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free right now on `host` (the kernel's choice; tiny race until it is bound again)."""
+    """A port free right now on `host` (the kernel's choice; tiny race until it is bound again).
+
+    Never the same port twice in one process: the kernel may hand a just-closed port out again, and
+    callers that build several listeners before starting Envoy would then get a duplicate address
+    (seen in CI: "has duplicate address ... as existing listener")."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    for _ in range(1000):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _ISSUED_PORTS:
+            _ISSUED_PORTS.add(port)
+            return port
+    raise RuntimeError("no fresh free port after 1000 tries")
 
 
 def ipv6_loopback_usable() -> bool:
