@@ -54,7 +54,8 @@ DURATION = int(os.environ.get("DURATION", "10"))
 WARMUP = int(os.environ.get("WARMUP", "2"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "32"))
 OUT = Path(os.environ.get("BENCH_OUT", ROOT / "target" / "bench"))
-BASE_CONFIGS = ["none", "floor", "ip_geo_10", "ip_geo_100k", "rbac_10"]
+# ip_geo_10_quiet: the 10-CIDR policy with `decision_header: false`.
+BASE_CONFIGS = ["none", "floor", "ip_geo_10", "ip_geo_10_quiet", "ip_geo_100k", "rbac_10"]
 JWT_CONFIGS = [f"{flt}_{alg}_{temp}" for alg in ("es256", "rs256") for temp in ("cold", "warm")
                for flt in ("jwt", "authn", "authn_cache")]
 ALL_CONFIGS = BASE_CONFIGS + JWT_CONFIGS
@@ -101,13 +102,14 @@ def random_cidrs(n: int, seed: int) -> list[str]:
     return out
 
 
-def ip_geo_policy(cidrs: list[str], version: str) -> dict[str, Any]:
+def ip_geo_policy(cidrs: list[str], version: str, decision_header: bool = True) -> dict[str, Any]:
     """A global deny list (the default rule, as RBAC's DENY policy applies to every request): each
     request does a CIDR lookup that finds nothing and is allowed. The ip-geo filter's schema."""
     return {
         "policy_version": version,
         "mode": "enforce",
         "failure_mode": "deny",
+        "decision_header": decision_header,
         "default": {"deny": cidrs},
     }
 
@@ -311,9 +313,11 @@ def build(workdir: Path, configs: list[str]) -> tuple[dict[str, Any], dict[str, 
             # "ip_geo_10@oz": the same policy on the module named by $BENCH_MODULE_oz (a variant build,
             # e.g. another opt-level), in its own VM; compared side by side in one run.
             base, _, variant = cfg.partition("@")
-            cidrs = cidrs10 if base == "ip_geo_10" else random_cidrs(100_000, seed=100_000)
+            size = base.removesuffix("_quiet")
+            cidrs = cidrs10 if size == "ip_geo_10" else random_cidrs(100_000, seed=100_000)
             module = Path(os.environ[f"BENCH_MODULE_{variant}"]) if variant else module_path("ip_geo")
-            ecds.push(ecds_dir, cfg.replace("@", "_"), ip_geo_policy(cidrs, f"bench-{base}"), module,
+            policy = ip_geo_policy(cidrs, f"bench-{base}", decision_header=not base.endswith("_quiet"))
+            ecds.push(ecds_dir, cfg.replace("@", "_"), policy, module,
                       vm_id=f"gatewarden_ip_geo{'_' + variant if variant else ''}")
             filters = [ecds_filter(cfg.replace("@", "_"), ecds_dir)]
         elif cfg == "rbac_10":

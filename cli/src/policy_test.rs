@@ -99,31 +99,41 @@ pub fn compare(expect: &Expect, actual: &Actual) -> Vec<Mismatch> {
     if let Some(s) = expect.status.filter(|s| *s != actual.status) {
         out.push(Mismatch { field: "status".into(), expected: s.to_string(), actual: actual.status.to_string() });
     }
-    let mut check = |field: String, want: Option<&str>, got: Option<&str>| {
+    fn check(out: &mut Vec<Mismatch>, field: String, want: Option<&str>, got: Option<&str>) {
         if want != got {
             out.push(Mismatch { field, expected: shown(want), actual: shown(got) });
         }
-    };
+    }
     if let Some(d) = &expect.decision {
-        check("decision".into(), Some(d), Some(&actual.decision));
+        check(&mut out, "decision".into(), Some(d), Some(&actual.decision));
     }
     if let Some(r) = &expect.reason {
-        check("reason".into(), Some(r), actual.reason.as_deref());
+        check(&mut out, "reason".into(), Some(r), actual.reason.as_deref());
     }
     if let Some(r) = &expect.rule {
-        check("rule".into(), Some(r), actual.rule.as_deref());
+        if actual.rule.is_none() && actual.decision == "allow" {
+            // An allowed request names its rule only in the decision header.
+            out.push(Mismatch {
+                field: "rule".into(),
+                expected: shown(Some(r)),
+                actual: "(none: an allowed request names its rule only in the decision header; is `decision_header: false` set?)"
+                    .into(),
+            });
+        } else {
+            check(&mut out, "rule".into(), Some(r), actual.rule.as_deref());
+        }
     }
     for (name, want) in &expect.upstream_headers {
         let name = name.to_ascii_lowercase();
         let got = actual.upstream_received.as_ref().and_then(|h| h.get(&name)).map(String::as_str);
-        check(format!("upstream_headers.{name}"), want.as_deref(), got);
+        check(&mut out, format!("upstream_headers.{name}"), want.as_deref(), got);
     }
     for (name, want) in &expect.response_headers {
         let name = name.to_ascii_lowercase();
-        check(format!("response_headers.{name}"), want.as_deref(), actual.response_headers.get(&name).map(String::as_str));
+        check(&mut out, format!("response_headers.{name}"), want.as_deref(), actual.response_headers.get(&name).map(String::as_str));
     }
     if let Some(b) = &expect.body {
-        check("body".into(), Some(b), actual.body.as_deref());
+        check(&mut out, "body".into(), Some(b), actual.body.as_deref());
     }
     out
 }
@@ -469,6 +479,18 @@ mod tests {
         assert_eq!(d[0], Mismatch { field: "status".into(), expected: "200".into(), actual: "403".into() });
         assert_eq!(d[2].actual, "(none)");
         assert_eq!(d[4].expected, "(none)");
+    }
+
+    #[test]
+    fn an_allowed_request_without_a_rule_points_at_the_decision_header() {
+        let e = Expect { rule: Some("office".into()), ..Expect::default() };
+        let allowed = Actual { status: 200, decision: "allow".into(), ..Actual::default() };
+        let d = compare(&e, &allowed);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].actual.contains("decision_header: false"), "{}", d[0].actual);
+        // A denial without a rule is an ordinary mismatch.
+        let denied = Actual { status: 403, decision: "deny".into(), ..Actual::default() };
+        assert_eq!(compare(&e, &denied)[0].actual, "(none)");
     }
 
     #[test]

@@ -652,3 +652,19 @@ def test_dry_run_passes_would_be_denials_and_counts_them(start_gateway):
     assert (line["decision"], line["reason"], line["rule"], line["policy_version"]) == (
         "dry_run_deny", "ip_denied", "default", "dry-1")
     assert wait_decision(gw, lines, client="127.0.0.3")["decision"] == "dry_run_deny"
+
+
+def test_decision_header_can_be_turned_off_and_on_live(start_gateway):
+    policy = {"policy_version": "quiet-1", "decision_header": False, "default": {"deny": ["127.0.1.0/24"]}}
+    gw = start_gateway({FILTER: policy}, ipv6=False)
+    before = snapshot(gw)
+    r = gw.get("/", source="127.0.0.2")
+    assert r.status == 200, r.text
+    assert r.upstream_headers is not None and HEADER not in r.upstream_headers, r.upstream_headers
+    assert_denied(gw.get("/", source="127.0.1.5"))
+    assert changes(before, snapshot(gw)) == {
+        "allowed": 1, "denied": 1, "denied_ip_denied": 1, "rq_2xx": 1, "rq_4xx": 1, "upstream_requests": 1,
+    }
+    # Turned on by a live update: the next allowed request carries it, with the new version.
+    assert gw.push_policy(FILTER, {**policy, "policy_version": "quiet-2", "decision_header": True}) == "success"
+    assert_allowed(gw.get("/", source="127.0.0.2"), "default", "quiet-2")

@@ -284,6 +284,43 @@ fn dry_run_lets_requests_through_and_counts() {
 }
 
 #[test]
+fn decision_header_off_sets_nothing_and_saves_the_host_call() {
+    for profile in [Profile::Envoy, Profile::Kong] {
+        let h = host(profile);
+        let policy = json!({"policy_version": "h1", "decision_header": false, "default": {"deny": ["192.0.2.0/24"]}});
+        let mut v = vm(&h, &policy);
+        h.clear_calls();
+        let allowed = get(&mut v, "/", "198.51.100.1:1", None);
+        assert_eq!(allowed.status, 200);
+        assert_eq!(allowed.upstream_header("x-gatewarden-ip-geo"), None, "{profile:?}");
+        assert_eq!(h.call_count("proxy_replace_header_map_value"), 0, "{profile:?}: no header call");
+        let denied = get(&mut v, "/", "192.0.2.1:1", None);
+        assert_eq!(denied.status, 403, "{profile:?}: enforcement is unchanged");
+        // Not replaced either: what a client sends under that name passes as it came.
+        let spoofed = v
+            .http_request(Request::get("/").source("198.51.100.1:1").header("x-gatewarden-ip-geo", "from the client"))
+            .unwrap();
+        assert_eq!(spoofed.upstream_header("x-gatewarden-ip-geo"), Some("from the client"));
+        v.tick().unwrap();
+        assert_eq!(h.metric_value("gatewarden_ip_geo_allowed"), 2, "{profile:?}");
+        assert_eq!(h.metric_value("gatewarden_ip_geo_denied"), 1, "{profile:?}");
+    }
+    // Control: by default the same request makes the header call.
+    let h = host(Profile::Envoy);
+    let mut v = vm(&h, &json!({"policy_version": "h0", "default": {}}));
+    h.clear_calls();
+    assert_eq!(get(&mut v, "/", "198.51.100.1:1", None).upstream_header("x-gatewarden-ip-geo"), Some("allow; rule=default; version=h0"));
+    assert_eq!(h.call_count("proxy_replace_header_map_value"), 1);
+    // Dry run: the would-be denial is logged and counted, but not sent upstream.
+    let h = host(Profile::Envoy);
+    let policy = json!({"policy_version": "h2", "mode": "dry_run", "decision_header": false, "default": {"deny": ["192.0.2.0/24"]}});
+    let mut v = vm(&h, &policy);
+    let out = get(&mut v, "/", "192.0.2.1:1", None);
+    assert_eq!((out.status, out.upstream_header("x-gatewarden-ip-geo")), (200, None));
+    assert_eq!(decision_lines(&h).pop().unwrap()["decision"].as_str(), Some("dry_run_deny"));
+}
+
+#[test]
 fn kong_profile_fetches_from_host_port_and_shares_with_cas() {
     let mut policy = scenarios()["policy"].clone();
     policy["geo_database"]["cluster"] = json!(KONG_UPSTREAM);

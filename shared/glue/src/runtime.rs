@@ -362,7 +362,9 @@ fn act(filter: &str, header_name: &str, header: &Header, eval: &Evaluation, role
             if candidate {
                 metrics::tally(filter, "candidate_allowed");
             }
-            let _ = host::set_request_header(header_name, &allow_header_value(rule, version));
+            if header.decision_header {
+                let _ = host::set_request_header(header_name, &allow_header_value(rule, version));
+            }
             Action::Continue
         }
         (Verdict::Deny(denial), mode) => {
@@ -392,8 +394,10 @@ fn act(filter: &str, header_name: &str, header: &Header, eval: &Evaluation, role
                 if let Err(e) = apply_request_mutations(eval) {
                     return fail_closed(filter, &format!("cannot change the request headers (status {})", e.0), "host_error");
                 }
-                let value = format!("dry_run_deny; reason={}; rule={rule}; version={version}", denial.reason);
-                let _ = host::set_request_header(header_name, &value);
+                if header.decision_header {
+                    let value = format!("dry_run_deny; reason={}; rule={rule}; version={version}", denial.reason);
+                    let _ = host::set_request_header(header_name, &value);
+                }
                 return Action::Continue;
             }
             let details = format!("gatewarden_{filter}_{}", denial.reason);

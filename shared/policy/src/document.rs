@@ -1,6 +1,6 @@
 //! The policy document every filter shares: a common header (`policy_version`, `mode`,
-//! `failure_mode`, `client_address`), an ordered `rules` list (first match wins) and a `default`,
-//! plus the filter's own top-level fields.
+//! `failure_mode`, `client_address`, `decision_header`), an ordered `rules` list (first match
+//! wins) and a `default`, plus the filter's own top-level fields.
 //!
 //! ```json
 //! {"policy_version": "2026-11-22.3", "mode": "enforce", "failure_mode": "deny",
@@ -45,6 +45,19 @@ pub enum FailureMode {
     Allow,
 }
 
+// A newtype only so that a missing field defaults to `true`: `#[serde(default)]` takes the type's
+// default, and a `default = "path"` string could not name this crate from inside the macro.
+/// Whether the decision is sent upstream in `x-gatewarden-<filter>` (default `true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct DecisionHeader(pub bool);
+
+impl Default for DecisionHeader {
+    fn default() -> Self {
+        Self(true)
+    }
+}
+
 /// Declares a filter's policy document: the common header fields plus the filter's own fields.
 ///
 /// ```ignore
@@ -85,6 +98,12 @@ macro_rules! policy_document {
             /// How the client address is found (peer address by default).
             #[serde(default)]
             pub client_address: $crate::client_address::ClientAddressConfig,
+            /// `true` (default): an allowed (or dry-run denied) request carries the decision to
+            /// the upstream in `x-gatewarden-<filter>`, replacing any value the client sent.
+            /// `false`: the header is neither set nor replaced, which saves a host call per
+            /// request; strip a client-sent header of that name in Envoy if upstreams read it.
+            #[serde(default)]
+            pub decision_header: $crate::document::DecisionHeader,
             /// Ordered rules: the first whose `match` matches the request decides.
             #[serde(default)]
             pub rules: Vec<$rule>,
@@ -109,6 +128,7 @@ macro_rules! policy_document {
             fn mode(&self) -> $crate::document::Mode { self.mode }
             fn failure_mode(&self) -> $crate::document::FailureMode { self.failure_mode }
             fn client_address(&self) -> &$crate::client_address::ClientAddressConfig { &self.client_address }
+            fn decision_header(&self) -> bool { self.decision_header.0 }
             fn rules(&self) -> &[$rule] { &self.rules }
             fn default_rule(&self) -> &$rule { &self.default }
             fn take_rollout(&mut self) -> Option<$crate::rollout::RolloutDoc<Self>> { self.rollout.take() }
@@ -125,6 +145,8 @@ pub trait PolicyDocument: DeserializeOwned + JsonSchema {
     fn mode(&self) -> Mode;
     fn failure_mode(&self) -> FailureMode;
     fn client_address(&self) -> &ClientAddressConfig;
+    /// Whether the decision header is sent upstream.
+    fn decision_header(&self) -> bool;
     fn rules(&self) -> &[Self::Rule];
     fn default_rule(&self) -> &Self::Rule;
     /// Removes and returns the `rollout` field (compiled separately, see [`compile_set`]).
@@ -160,6 +182,8 @@ pub struct Header {
     pub mode: Mode,
     pub failure_mode: FailureMode,
     pub client_address: ClientAddressResolver,
+    /// Whether the glue sends `x-gatewarden-<filter>` upstream.
+    pub decision_header: bool,
 }
 
 impl Header {
@@ -180,6 +204,7 @@ impl Header {
                 doc.client_address(),
                 &FieldPath::root().field("client_address"),
             )?,
+            decision_header: doc.decision_header(),
         })
     }
 }

@@ -243,3 +243,13 @@ fn country_set_membership() {
     let err = compile_countries(&["de".into(), "d1".into()], &FieldPath::root().field("deny_countries")).unwrap_err();
     assert!(err.to_string().starts_with("deny_countries[1]: invalid ISO 3166-1 alpha-2 country code \"d1\""), "{err}");
 }
+
+#[test]
+fn decision_header_is_on_unless_turned_off() {
+    assert!(policy(r#"{"policy_version": "t1"}"#).header().decision_header);
+    assert!(policy(r#"{"policy_version": "t1", "decision_header": true}"#).header().decision_header);
+    assert!(!policy(r#"{"policy_version": "t1", "decision_header": false}"#).header().decision_header);
+    let err = compile::<IpGeoPolicy>(br#"{"policy_version": "t1", "decision_header": "off"}"#).unwrap_err();
+    assert_eq!(err.path(), "decision_header");
+    assert!(err.to_string().contains("\"off\""), "{err}");
+}
