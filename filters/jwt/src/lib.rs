@@ -308,7 +308,6 @@ impl Enforcer for Jwt {
             (Verdict::Deny(_), Some(Err(e))) => {
                 let peer = facts
                     .peer_address()
-                    .as_deref()
                     .and_then(parse_address)
                     .map(|ip| format!("; peer={ip}"))
                     .unwrap_or_default();

@@ -288,16 +288,15 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
     // once. A host error reads as "no peer", which no policy lets through as an allowed address.
     let peer = std::cell::OnceCell::new();
     let read_peer = || -> Option<String> {
-        peer.get_or_init(|| match host::property_encoded(host::SOURCE_ADDRESS) {
+        match host::property_encoded(host::SOURCE_ADDRESS) {
             Ok(p) => p.and_then(|b| String::from_utf8(b).ok()),
             Err(e) => {
                 host::log(Level::Warn, &format!("gatewarden {filter}: cannot read source.address (status {})", e.0));
                 None
             }
-        })
-        .clone()
+        }
     };
-    let facts = RequestFacts::with_peer_source(&headers, &read_peer);
+    let facts = RequestFacts::with_peer_source(&headers, &peer, &read_peer);
     let Some(r) = &compiled.rollout else {
         let eval = F::evaluate(&compiled.policy, &compiled.state, &facts);
         return act(filter, &compiled.header_name, compiled.policy.header(), &eval, None);

@@ -111,7 +111,7 @@ impl ClientAddressResolver {
 
     /// The client address of a request.
     pub fn resolve(&self, facts: &RequestFacts<'_>) -> Result<IpAddr, ClientAddressError> {
-        let peer = facts.peer_address().as_deref().and_then(parse_address).ok_or(ClientAddressError::NoPeer);
+        let peer = facts.peer_address().and_then(parse_address).ok_or(ClientAddressError::NoPeer);
         match &self.strategy {
             Strategy::Peer => peer,
             Strategy::TrustedHops(n) => {

@@ -1,5 +1,7 @@
 //! The request facts a policy decides from, read once from the host per request.
 
+use std::cell::OnceCell;
+
 /// The request headers a compiled policy reads, so the glue fetches only those across the Wasm
 /// boundary (each crossing costs more than most policy logic). Lowercase, sorted, unique.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,9 +36,13 @@ pub struct RequestFacts<'a> {
     pub peer_source: Option<PeerSource<'a>>,
 }
 
-/// Reads the peer address on demand (one host call in the glue).
+/// Reads the peer address on demand (one host call in the glue), once: the first read fills
+/// `cell`, and every caller borrows from it.
 #[derive(Clone, Copy)]
-pub struct PeerSource<'a>(pub &'a dyn Fn() -> Option<String>);
+pub struct PeerSource<'a> {
+    pub cell: &'a OnceCell<Option<String>>,
+    pub read: &'a dyn Fn() -> Option<String>,
+}
 
 impl std::fmt::Debug for PeerSource<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,16 +55,20 @@ impl<'a> RequestFacts<'a> {
         Self { headers, peer, peer_source: None }
     }
 
-    /// Facts whose peer address is read from `source` when a decision asks for it.
-    pub fn with_peer_source(headers: &'a [(String, String)], source: &'a dyn Fn() -> Option<String>) -> Self {
-        Self { headers, peer: None, peer_source: Some(PeerSource(source)) }
+    /// Facts whose peer address is read by `read` into `cell` when a decision first asks for it.
+    pub fn with_peer_source(
+        headers: &'a [(String, String)],
+        cell: &'a OnceCell<Option<String>>,
+        read: &'a dyn Fn() -> Option<String>,
+    ) -> Self {
+        Self { headers, peer: None, peer_source: Some(PeerSource { cell, read }) }
     }
 
-    /// The peer address: the one given, else read from the peer source.
-    pub fn peer_address(&self) -> Option<std::borrow::Cow<'a, str>> {
+    /// The peer address: the one given, else read (once) from the peer source.
+    pub fn peer_address(&self) -> Option<&'a str> {
         match (self.peer, self.peer_source) {
-            (Some(p), _) => Some(std::borrow::Cow::Borrowed(p)),
-            (None, Some(PeerSource(read))) => read().map(std::borrow::Cow::Owned),
+            (Some(p), _) => Some(p),
+            (None, Some(PeerSource { cell, read })) => cell.get_or_init(read).as_deref(),
             (None, None) => None,
         }
     }
