@@ -12,10 +12,12 @@
 //! gatewarden history --to DIR | diff A B | rollback --to DIR [--version V]
 //! gatewarden keygen | sign | verify                                     approvals (src/sign.rs)
 //! gatewarden promote | abort                                            end a rollout (src/rollout.rs)
+//! gatewarden counters --module M.wasm [--host-prefix none|envoy|kong]   metric names a module defines
 //! ```
 //! Validation runs exactly the code the filter runs in `on_configure`.
 
 mod apply;
+mod counters;
 mod diff;
 mod eval;
 mod junit;
@@ -52,6 +54,7 @@ const USAGE: &str = "usage:
   gatewarden verify --trust TRUST.json [--filter NAME] POLICY
   gatewarden promote [--filter NAME] POLICY
   gatewarden abort [--filter NAME] POLICY
+  gatewarden counters --module PATH.wasm [--host-prefix none|envoy|kong] [--module-name NAME]
 filters: ip_geo, jwt";
 
 fn main() -> ExitCode {
@@ -110,6 +113,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         "verify" => return sign::verify(rest),
         "promote" => return rollout::promote(rest),
         "abort" => return rollout::abort(rest),
+        "counters" => return counters::main(rest),
         _ => {}
     }
     let o = parse_options(rest)?;
