@@ -86,3 +86,25 @@ ensure_node_modules() {
     (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error)
     [[ -f "$GEO_DB" ]] || die "npm ci finished but $GEO_DB is missing"
 }
+
+# Kong's engine for the e2e tests: nginx with ngx_wasm_module. $GATEWARDEN_WASMX, else the prebuilt
+# ../shared/wasmx next to the repo; empty when neither exists (the Kong cases then skip, or fail
+# under CI=true).
+wasmx_bin() {
+    if [[ -n "${GATEWARDEN_WASMX:-}" ]]; then
+        printf '%s\n' "$GATEWARDEN_WASMX"
+    elif [[ -x "$ROOT/../shared/wasmx/bin/nginx" ]]; then
+        printf '%s\n' "$(cd "$ROOT/../shared/wasmx/bin" && pwd)/nginx"
+    fi
+}
+
+# The test-only module that reads ngx_wasm_module's metrics for the e2e harness
+# (wasm-tests/test-modules/kong-metrics), built into target/test-modules like the echo test module.
+KONG_METRICS_WASM="$ROOT/target/test-modules/$WASM_TARGET/release/gatewarden_kong_metrics.wasm"
+build_kong_metrics() {
+    ensure_wasm_target
+    (cd "$ROOT" && env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS cargo build --release --quiet --locked \
+        --target "$WASM_TARGET" --manifest-path wasm-tests/test-modules/kong-metrics/Cargo.toml \
+        --target-dir "$ROOT/target/test-modules")
+    [[ -f "$KONG_METRICS_WASM" ]] || die "kong-metrics built but $KONG_METRICS_WASM is missing"
+}

@@ -1,17 +1,27 @@
-"""pytest fixtures for the end-to-end tests: start Gateways (Envoy + echo upstream + geo-DB server),
-dump Envoy's log when a test fails, and always stop what was started.
+"""pytest fixtures for the end-to-end tests: start gateways on either host (Envoy, or Kong's engine:
+nginx + ngx_wasm_module), dump the gateway's log when a test fails, and always stop what was started.
 
+Every test that uses a gateway runs once per host ("envoy", "kong": test ids end in [envoy] /
+[kong]); a test that states behaviour of one host only says so with a marker:
+
+    @pytest.mark.hosts("envoy")             # ECDS, admin API, Envoy's headers: Envoy only
     def test_something(start_gateway):
         gw = start_gateway({"ip_geo": policy}, geo_files={"country.mmdb": harness.GEO_DB})
         assert gw.get("/", source="127.0.0.9").status == 200
 
     @pytest.fixture(scope="module")
-    def gw(start_module_gateway):          # one Envoy for all tests of a module
+    def gw(start_module_gateway):          # one gateway for all tests of a module (per host)
         return start_module_gateway({"ip_geo": policy})
+
+Hosts: `--host envoy` / `--host kong` (repeatable) selects; default both. Without Kong's engine
+(../shared/wasmx/bin/nginx or $GATEWARDEN_WASMX) the Kong cases skip with the reason printed. Under
+CI=true nothing may skip: a missing engine or an unusable [::1] fails the run at the start, and a
+test that skips anyway is reported as failed.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -20,32 +30,85 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-from harness import Gateway  # noqa: E402
+from harness import BaseGateway  # noqa: E402
 
 GATEWAYS = pytest.StashKey[list]()
+REPORT = pytest.StashKey[list]()
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--host", action="append", choices=harness.HOSTS, dest="hosts",
+                     help="run the cases of this host only (repeatable; default: envoy and kong)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "hosts(*names): the hosts this test runs on (default: all)")
+
+
+def selected_hosts(config: pytest.Config) -> tuple[str, ...]:
+    return tuple(config.getoption("hosts") or harness.HOSTS)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under CI, what would make cases skip fails the run before any test."""
+    if not CI:
+        return
+    problems = [why for host in selected_hosts(session.config) if (why := harness.engine_missing(host))]
+    if not harness.ipv6_loopback_usable():
+        problems.append("IPv6 loopback [::1] is unusable: the IPv6 cases cannot run")
+    if problems:
+        pytest.exit("CI=true and: " + "; ".join(problems), returncode=1)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "host" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("hosts")
+    hosts = [h for h in selected_hosts(metafunc.config) if marker is None or h in marker.args]
+    # Module scope: tests sharing a module-scoped gateway run host by host.
+    metafunc.parametrize("host", hosts, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def host(request: pytest.FixtureRequest) -> str:
+    """The host the test runs on: "envoy" or "kong" (parametrized by pytest_generate_tests)."""
+    name: str = request.param
+    why = harness.engine_missing(name)
+    if why:
+        if CI:
+            pytest.fail(f"{name} cases cannot run: {why}")
+        pytest.skip(f"{name} cases skipped: {why}")
+    return name
 
 
 def require_module(filter_name: str) -> Path:
-    """The filter's release module, or skip the test when it has not been built."""
+    """The filter's release module, or skip the test when it has not been built (a failure under CI)."""
     path = harness.module_path(filter_name)
     if not path.exists():
         pytest.skip(f"{path.name} not built (scripts/build.sh)")
     return path
 
 
-def _factory(node: pytest.Item | pytest.Collector, tmp_dir: Path) -> tuple[Callable[..., Gateway], list[Gateway]]:
-    started: list[Gateway] = []
+def require_ipv6(gw: BaseGateway) -> None:
+    """Skip an IPv6 case when [::1] is unusable (under CI the run has failed at the start already)."""
+    if not gw.ipv6:
+        pytest.skip("IPv6 loopback ([::1]) unusable on this machine")
+
+
+def _factory(node: pytest.Item | pytest.Collector, tmp_dir: Path, host: str
+             ) -> tuple[Callable[..., BaseGateway], list[BaseGateway]]:
+    started: list[BaseGateway] = []
     node.stash.setdefault(GATEWAYS, []).append(started)
 
-    def start(filters: dict[str, Any] | None = None, **kwargs: Any) -> Gateway:
-        """Start a Gateway (see harness.Gateway for kwargs); stopped when the fixture's scope ends."""
-        if not harness.ENVOY_BIN.exists():
-            pytest.skip(f"{harness.ENVOY_BIN} missing (scripts/setup.sh)")
+    def start(filters: dict[str, Any] | None = None, **kwargs: Any) -> BaseGateway:
+        """Start a gateway of this host (see harness.BaseGateway and the host's class for kwargs);
+        stopped when the fixture's scope ends."""
         if kwargs.get("check_modules", True):
             for name in filters or {}:
                 if name not in kwargs.get("modules", {}):
                     require_module(name)
-        gw = Gateway(tmp_dir / f"gateway-{len(started)}", filters, **kwargs)
+        gw = harness.GATEWAYS[host](tmp_dir / f"{host}-{len(started)}", filters, **kwargs)
         started.append(gw)
         gw.start()
         return gw
@@ -53,15 +116,15 @@ def _factory(node: pytest.Item | pytest.Collector, tmp_dir: Path) -> tuple[Calla
     return start, started
 
 
-def _stop_all(started: list[Gateway]) -> None:
+def _stop_all(started: list[BaseGateway]) -> None:
     for gw in started:
         gw.stop()
 
 
 @pytest.fixture
-def start_gateway(request: pytest.FixtureRequest, tmp_path: Path):
-    """Factory: start_gateway(filters, **Gateway kwargs) -> Gateway, stopped after the test."""
-    start, started = _factory(request.node, tmp_path)
+def start_gateway(request: pytest.FixtureRequest, tmp_path: Path, host: str):
+    """Factory: start_gateway(filters, **kwargs) -> a gateway of `host`, stopped after the test."""
+    start, started = _factory(request.node, tmp_path, host)
     try:
         yield start
     finally:  # also on KeyboardInterrupt; atexit and PDEATHSIG cover harder exits
@@ -69,9 +132,9 @@ def start_gateway(request: pytest.FixtureRequest, tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def start_module_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """Factory like start_gateway, but the Gateways live until the test module ends."""
-    start, started = _factory(request.node, tmp_path_factory.mktemp("module-gateways"))
+def start_module_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, host: str):
+    """Factory like start_gateway, but the gateways live until the test module ends (per host)."""
+    start, started = _factory(request.node, tmp_path_factory.mktemp(f"module-gateways-{host}"), host)
     try:
         yield start
     finally:
@@ -79,23 +142,41 @@ def start_module_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytes
 
 
 @pytest.fixture(scope="session")
+def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """report(line): a measurement printed in the run's summary (e.g. the stall of a reload)."""
+    lines = request.config.stash.setdefault(REPORT, [])
+    return lines.append
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(REPORT, [])
+    if lines:
+        terminalreporter.section("gatewarden e2e measurements")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
 def geo_db() -> Path:
     """The country MMDB from the npm package (scripts/setup.sh installs it)."""
     if not harness.GEO_DB.exists():
-        pytest.skip(f"{harness.GEO_DB} missing (scripts/setup.sh)")
+        pytest.fail(f"{harness.GEO_DB} missing (scripts/setup.sh)")
     return harness.GEO_DB
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """On failure, attach the tail of every involved Envoy's log to the report."""
+    """On failure, attach the tail of every involved gateway's log to the report. Under CI, a
+    skip is a failure (no case may silently not run)."""
     outcome = yield
     report = outcome.get_result()
+    if CI and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true: {report.longrepr}"
     if not report.failed:
         return
     for node in item.listchain():
         for started in node.stash.get(GATEWAYS, []):
             for gw in started:
-                state = "running" if gw.running else f"exited {gw.proc.returncode if gw.proc else '-'}"
-                report.sections.append((f"envoy log ({gw.workdir}, {state}), last 200 lines",
+                report.sections.append((f"{gw.host} log ({gw.log_path}, {gw.state}), last 200 lines",
                                         gw.log_tail(200)))

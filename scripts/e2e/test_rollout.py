@@ -21,6 +21,8 @@ import re
 from typing import Any
 
 import pytest
+
+pytestmark = pytest.mark.hosts("envoy")  # not yet run on Kong
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
