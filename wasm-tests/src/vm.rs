@@ -89,6 +89,17 @@ pub(crate) struct VmInner {
     pub(crate) serving_root: Option<u32>,
 }
 
+/// Stream callbacks ngx_wasm_module calls on every request without checking that the module
+/// exports them (seen on ngx_wasm_module 3bed278: a missing one crashes the worker).
+pub(crate) const KONG_UNCHECKED: &[&str] = &[
+    "proxy_on_request_headers",
+    "proxy_on_request_body",
+    "proxy_on_response_headers",
+    "proxy_on_response_body",
+    "proxy_on_done",
+    "proxy_on_log",
+];
+
 /// The result of calling an export.
 pub(crate) enum Called<R> {
     Returned(R),
@@ -108,6 +119,13 @@ impl VmInner {
         }
         let func = match self.instance.get_func(&mut self.store, name) {
             Some(func) => func,
+            None if self.store.data().host.profile == Profile::Kong && KONG_UNCHECKED.contains(&name) => {
+                // ngx_wasm_module calls these without checking the export exists: the worker
+                // dereferences a null funcref and dies (SIGSEGV, empty reply).
+                let message = format!("{name} is not exported: ngx_wasm_module calls it unchecked and the worker crashes");
+                self.failure = Some(message.clone());
+                return Called::Trapped(message);
+            }
             None => return Called::Missing,
         };
         let typed = match func.typed::<P, R>(&self.store) {
@@ -122,7 +140,7 @@ impl VmInner {
         match typed.call(&mut self.store, params) {
             Ok(value) => Called::Returned(value),
             Err(error) => {
-                let trap = error.to_string();
+                let trap = format!("{error:#}"); // with the cause a host function trapped with
                 let message = match self.store.data_mut().last_critical.take() {
                     Some(panic) => format!("{name} trapped: {panic} ({trap})"),
                     None => format!("{name} trapped: {trap}"),
@@ -236,7 +254,12 @@ impl Vm {
         };
         let mut properties: HashMap<String, Vec<u8>> = options.properties.into_iter().collect();
         properties.insert("plugin_name".to_string(), plugin_name.into_bytes());
-        properties.insert("plugin_root_id".to_string(), options.root_id.into_bytes());
+        // ngx_wasm_module answers "0" in a root context, whatever the filter is called.
+        let root_id = match shared.profile {
+            Profile::Envoy => options.root_id.into_bytes(),
+            Profile::Kong => b"0".to_vec(),
+        };
+        properties.insert("plugin_root_id".to_string(), root_id);
         properties.insert(
             "plugin_vm_id".to_string(),
             options.vm_id.clone().into_bytes(),

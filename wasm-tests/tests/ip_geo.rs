@@ -237,26 +237,43 @@ fn corrupt_refresh_is_refused_and_last_good_database_keeps_serving() {
 }
 
 #[test]
-fn refused_update_keeps_the_old_policy_on_envoy_and_fails_on_kong() {
+fn refused_update_keeps_the_old_policy_on_envoy() {
     let policy = json!({"policy_version": "v1", "default": {"deny": ["192.0.2.0/24"]}});
-    let bad = json!({"policy_version": "v2", "default": {"deny": ["192.0.2.0/33"]}});
-    for profile in [Profile::Envoy, Profile::Kong] {
-        let host = host(profile);
-        let mut vm = vm(&host, &policy);
-        assert!(!vm.configure(bad.to_string().as_bytes()).unwrap(), "bad policy accepted");
-        let err = host.logs().into_iter().find(|l| l.message.contains("policy refused")).expect("refusal logged");
-        assert!(err.message.contains(r#"default.deny[0]: invalid CIDR "192.0.2.0/33""#), "{}", err.message);
-        assert_eq!(host.metric_value("gatewarden_ip_geo_config_rejected"), 1);
-        let denied = get(&mut vm, "/", "192.0.2.1:1", None);
-        let allowed = get(&mut vm, "/", "198.51.100.1:1", None);
-        match profile {
-            Profile::Envoy => {
-                assert_eq!((denied.status, allowed.status), (403, 200), "Envoy keeps serving v1");
-                assert_eq!(allowed.upstream_header("x-gatewarden-ip-geo"), Some("allow; rule=default; version=v1"));
-            }
-            Profile::Kong => assert_eq!((denied.status, allowed.status), (500, 500), "Kong fails requests"),
-        }
+    let host = host(Profile::Envoy);
+    let mut vm = vm(&host, &policy);
+    assert!(!vm.configure(BAD_POLICY.as_bytes()).unwrap(), "bad policy accepted");
+    let err = host.logs().into_iter().find(|l| l.message.contains("policy refused")).expect("refusal logged");
+    assert!(err.message.contains(r#"default.deny[0]: invalid CIDR "192.0.2.0/33""#), "{}", err.message);
+    assert_eq!(host.metric_value("gatewarden_ip_geo_config_rejected"), 1);
+    let denied = get(&mut vm, "/", "192.0.2.1:1", None);
+    let allowed = get(&mut vm, "/", "198.51.100.1:1", None);
+    assert_eq!((denied.status, allowed.status), (403, 200), "Envoy keeps serving v1");
+    assert_eq!(allowed.upstream_header("x-gatewarden-ip-geo"), Some("allow; rule=default; version=v1"));
+}
+
+const BAD_POLICY: &str = r#"{"policy_version": "v2", "default": {"deny": ["192.0.2.0/33"]}}"#;
+
+/// On Kong a policy change is an nginx reload: new workers, new VMs. A false `on_configure`
+/// there kills the workers (every route of that nginx stops), so the filter accepts the VM and
+/// fails closed on its own requests only.
+#[test]
+fn refused_policy_on_kong_fails_closed_without_refusing_the_vm() {
+    let host = host(Profile::Kong);
+    let mut vm = host.load_vm(module(), VmOptions::new("gatewarden_ip_geo").vm_id("gatewarden_ip_geo")).unwrap();
+    assert!(vm.configure(BAD_POLICY.as_bytes()).unwrap(), "the VM must be accepted on Kong");
+    let err = host.logs().into_iter().find(|l| l.message.contains("policy refused")).expect("refusal logged");
+    assert!(err.message.contains(r#"default.deny[0]: invalid CIDR "192.0.2.0/33""#), "{}", err.message);
+    assert!(err.message.contains("denied with 503 until a valid policy is loaded"), "{}", err.message);
+    assert_eq!(err.level, gatewarden_wasm_host::LogLevel::Error);
+    for peer in ["192.0.2.1:1", "198.51.100.1:1"] {
+        let out = get(&mut vm, "/", peer, None);
+        assert_eq!(out.status, 503, "{peer}: fail closed");
+        assert_eq!(String::from_utf8_lossy(&out.response_body), r#"{"error":"unavailable","message":"policy unavailable"}"#);
     }
+    host.tick().unwrap();
+    assert_eq!(host.metric_value("gatewarden_ip_geo_config_rejected"), 1);
+    assert_eq!(host.metric_value("gatewarden_ip_geo_no_policy"), 2);
+    assert_eq!(host.metric_value("gatewarden_ip_geo_allowed"), 0);
 }
 
 #[test]

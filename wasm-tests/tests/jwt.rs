@@ -680,46 +680,37 @@ fn kid_flood_costs_at_most_one_refetch_per_interval() {
     );
 }
 
+/// Envoy keeps the last good policy; on Kong a policy change is a reload (a new VM), where the
+/// filter accepts the VM and fails its own requests closed (a refused VM stops every route).
 #[test]
-fn refused_update_keeps_the_old_policy_on_envoy_and_fails_on_kong() {
+fn refused_policy_keeps_the_old_one_on_envoy_and_fails_closed_on_kong() {
     let mut bad = inline_policy();
     bad["policy_version"] = json!("j2");
     bad["default"] = json!({"requires": {"provider": "nobody"}});
-    for profile in [Profile::Envoy, Profile::Kong] {
-        let host = host(profile);
-        let mut vm = vm(&host, &inline_policy());
-        assert!(
-            !vm.configure(bad.to_string().as_bytes()).unwrap(),
-            "bad policy accepted"
-        );
-        let err = host
-            .logs()
-            .into_iter()
-            .find(|l| l.message.contains("policy refused"))
-            .expect("refusal logged");
-        assert!(err.message.contains("nobody"), "{}", err.message);
-        assert_eq!(host.metric_value("gatewarden_jwt_config_rejected"), 1);
-        let ok = get(&mut vm, "/api", Some(&token("RS256")));
-        let missing = get(&mut vm, "/api", None);
-        match profile {
-            Profile::Envoy => {
-                assert_eq!(
-                    (ok.status, missing.status),
-                    (200, 401),
-                    "Envoy keeps serving j1"
-                );
-                assert_eq!(
-                    ok.upstream_header("x-gatewarden-jwt"),
-                    Some("allow; rule=default; version=j1")
-                );
-            }
-            Profile::Kong => assert_eq!(
-                (ok.status, missing.status),
-                (500, 500),
-                "Kong fails requests"
-            ),
-        }
-    }
+    let bad = bad.to_string();
+
+    let envoy = host(Profile::Envoy);
+    let mut vm = vm(&envoy, &inline_policy());
+    assert!(!vm.configure(bad.as_bytes()).unwrap(), "bad policy accepted on Envoy");
+    let err = envoy.logs().into_iter().find(|l| l.message.contains("policy refused")).expect("refusal logged");
+    assert!(err.message.contains("nobody"), "{}", err.message);
+    assert_eq!(envoy.metric_value("gatewarden_jwt_config_rejected"), 1);
+    let ok = get(&mut vm, "/api", Some(&token("RS256")));
+    let missing = get(&mut vm, "/api", None);
+    assert_eq!((ok.status, missing.status), (200, 401), "Envoy keeps serving j1");
+    assert_eq!(ok.upstream_header("x-gatewarden-jwt"), Some("allow; rule=default; version=j1"));
+
+    let kong = host(Profile::Kong);
+    let mut vm = kong.load_vm(module(), VmOptions::new("gatewarden_jwt").vm_id("gatewarden_jwt")).unwrap();
+    assert!(vm.configure(bad.as_bytes()).unwrap(), "Kong: the VM is accepted");
+    let err = kong.logs().into_iter().find(|l| l.message.contains("policy refused")).expect("refusal logged");
+    assert!(err.message.contains("nobody") && err.message.contains("denied with 503"), "{}", err.message);
+    let ok = get(&mut vm, "/api", Some(&token("RS256")));
+    let missing = get(&mut vm, "/api", None);
+    assert_eq!((ok.status, missing.status), (503, 503), "Kong fails this filter's requests closed");
+    kong.tick().unwrap();
+    assert_eq!(kong.metric_value("gatewarden_jwt_config_rejected"), 1);
+    assert_eq!(kong.metric_value("gatewarden_jwt_no_policy"), 2);
 }
 
 #[test]

@@ -184,8 +184,9 @@ fn allow_all(version: &str) -> Value {
 }
 
 #[test]
-fn tampered_signed_policy_is_refused_and_envoy_keeps_the_old_one_kong_fails() {
-    for profile in [Profile::Envoy, Profile::Kong] {
+fn tampered_signed_policy_is_refused_and_envoy_keeps_the_old_one() {
+    {
+        let profile = Profile::Envoy;
         let host = Host::new(profile);
         let mut vm = load(&host, &trust_config(2));
         let v1 = signed(allow_all("v1"), &[("alice", 1), ("bob", 2)]);
@@ -204,13 +205,8 @@ fn tampered_signed_policy_is_refused_and_envoy_keeps_the_old_one_kong_fails() {
 
         let denied = from(&mut vm, "192.0.2.9");
         let allowed = from(&mut vm, "203.0.113.1");
-        match profile {
-            Profile::Envoy => {
-                assert_eq!(denied.status, 403, "the old policy v1 still denies");
-                assert_eq!(allowed.upstream_header("x-gatewarden-ip-geo"), Some("allow; rule=default; version=v1"));
-            }
-            Profile::Kong => assert_eq!((denied.status, allowed.status), (500, 500), "Kong fails requests after a refused update"),
-        }
+        assert_eq!(denied.status, 403, "the old policy v1 still denies");
+        assert_eq!(allowed.upstream_header("x-gatewarden-ip-geo"), Some("allow; rule=default; version=v1"));
 
         // One signature of two, or two by the same key, is not enough; an unknown signer does not count.
         let one = signed(allow_all("v3"), &[("alice", 1), ("mallory", 9)]);
@@ -227,6 +223,50 @@ fn tampered_signed_policy_is_refused_and_envoy_keeps_the_old_one_kong_fails() {
         let out = from(&mut vm, "203.0.113.1");
         assert_eq!(out.upstream_header("x-gatewarden-ip-geo"), Some("allow; rule=default; version=v3"), "{profile:?}");
     }
+}
+
+/// On Kong the trust settings come from the `module` directive's config and a policy change is a
+/// reload (a new VM): a tampered or unsigned policy is refused and the filter fails closed (503)
+/// on its own requests, without refusing the VM (which would stop every route of nginx).
+#[test]
+fn tampered_or_unsigned_policy_on_kong_fails_closed_and_a_signed_one_serves() {
+    let mut tampered = signed(allow_all("v2"), &[("alice", 1), ("bob", 2)]);
+    tampered["default"]["deny"] = json!([]);
+    for (case, policy) in [("tampered", tampered), ("unsigned", allow_all("v2"))] {
+        let host = Host::new(Profile::Kong);
+        let mut vm = load(&host, &trust_config(2));
+        assert!(vm.configure(policy.to_string().as_bytes()).unwrap(), "{case}: the VM is accepted on Kong");
+        assert!(host.logs().iter().any(|l| l.message.contains("policy refused: signatures:")), "{case}: {:#?}", host.logs());
+        for client in ["192.0.2.9", "203.0.113.1"] {
+            let out = from(&mut vm, client);
+            assert_eq!(out.status, 503, "{case} {client}: fail closed");
+            assert_eq!(out.upstream_request, None, "{case}: nothing reaches the upstream");
+        }
+        host.tick().unwrap();
+        assert_eq!(host.metric_value("gatewarden_ip_geo_signature_rejected"), 1, "{case}");
+        assert_eq!(host.metric_value("gatewarden_ip_geo_no_policy"), 2, "{case}");
+    }
+    let host = Host::new(Profile::Kong);
+    let mut vm = load(&host, &trust_config(2));
+    let v3 = signed(allow_all("v3"), &[("alice", 1), ("bob", 2)]);
+    assert!(vm.configure(v3.to_string().as_bytes()).unwrap());
+    assert_eq!(from(&mut vm, "203.0.113.1").upstream_header("x-gatewarden-ip-geo"), Some("allow; rule=default; version=v3"));
+    assert_eq!(from(&mut vm, "192.0.2.9").status, 403);
+}
+
+/// Invalid trust settings on Kong: the VM starts (a refused VM would stop every route), and every
+/// policy is refused, so the filter fails closed.
+#[test]
+fn invalid_trust_settings_on_kong_refuse_every_policy() {
+    let host = Host::new(Profile::Kong);
+    let mut vm = load(&host, r#"{"required_signatures": 1}"#);
+    let signed_anyway = signed(allow_all("v1"), &[("alice", 1), ("bob", 2)]);
+    assert!(vm.configure(signed_anyway.to_string().as_bytes()).unwrap());
+    assert!(host.logs().iter().any(|l| l.message.contains("invalid trust settings in the VM configuration") && l.message.contains("every policy will be refused")), "{:#?}", host.logs());
+    assert_eq!(from(&mut vm, "203.0.113.1").status, 503);
+    host.tick().unwrap();
+    assert_eq!(host.metric_value("gatewarden_ip_geo_trust_config_rejected"), 1);
+    assert_eq!(host.metric_value("gatewarden_ip_geo_config_rejected"), 1);
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! Our Proxy-Wasm ABI 0.2.1 exports, instead of the SDK's dispatcher.
 //!
-//! Why: a host calls every `proxy_on_*` a module exports. The SDK exports all of them, so Envoy
-//! makes seven calls into the VM per request (create, request headers, response headers, response
-//! body, log, done, delete); a Gatewarden filter decides on request headers and needs three
-//! (create, request headers, delete). Each crossing costs about 1.5 µs of Envoy CPU (measured,
-//! see README). We also never panic on a context id we do not know.
+//! Every stream callback either host may call is exported: Kong's ngx_wasm_module calls
+//! `proxy_on_request_headers`, `_request_body`, `_response_headers`, `_response_body`, `_done`
+//! and `_log` on every request without checking that the module exports them, and a missing one
+//! crashes the nginx worker (seen on ngx_wasm_module 3bed278). The ones a Gatewarden filter does
+//! not use return at once (Continue / done). Envoy calls every export too, so each costs an
+//! Envoy VM crossing per request (measured in the README's benchmark section).
+//! We also never panic on a context id we do not know.
 //!
 //! A filter crate calls [`export_filter!`] once with its [`Enforcer`](crate::Enforcer).
 
@@ -146,6 +148,31 @@ macro_rules! export_filter {
             let compiled = gatewarden_runtime(|rt| rt.take_request(context_id)).flatten();
             $crate::runtime::on_request_headers::<$enforcer>(compiled.as_deref()) as u32
         }
+
+        // Callbacks a Gatewarden filter does not use, exported because ngx_wasm_module calls
+        // them unchecked (see the module docs): each returns at once.
+        #[no_mangle]
+        pub extern "C" fn proxy_on_request_body(_context_id: u32, _body_size: usize, _end_of_stream: bool) -> u32 {
+            $crate::runtime::Action::Continue as u32
+        }
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_response_headers(_context_id: u32, _num_headers: usize, _end_of_stream: bool) -> u32 {
+            $crate::runtime::Action::Continue as u32
+        }
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_response_body(_context_id: u32, _body_size: usize, _end_of_stream: bool) -> u32 {
+            $crate::runtime::Action::Continue as u32
+        }
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_done(_context_id: u32) -> bool {
+            true
+        }
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_log(_context_id: u32) {}
 
         #[no_mangle]
         pub extern "C" fn proxy_on_delete(context_id: u32) {

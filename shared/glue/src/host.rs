@@ -254,6 +254,31 @@ pub fn property_encoded(encoded: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
     }
 }
 
+/// The proxy the module runs in, where that changes what the glue must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// Envoy (and Istio), or any host that keeps the last good configuration when
+    /// `on_configure` returns false.
+    Envoy,
+    /// Kong's ngx_wasm_module: a refused `on_configure` kills the nginx workers.
+    NgxWasmModule,
+}
+
+/// Which host this is, asked of a root context (`on_vm_start`, `on_configure`).
+///
+/// Why this probe: ngx_wasm_module answers `plugin_root_id` with `"0"` in a root context, while
+/// Envoy answers the configured `root_id` (ours: `gatewarden_<filter>`; Istio: the plugin
+/// name; empty when unset). Other probes are unsafe there: asking ngx_wasm_module for
+/// `plugin_name` or `plugin_vm_id` in a root context crashes the worker (seen on 3bed278), and
+/// a dotted property logs an error. A user who sets Envoy's `root_id` to "0" makes Envoy look
+/// like ngx_wasm_module: refused policies then fail closed instead of keeping the last good one.
+pub fn host_kind() -> HostKind {
+    match property(&["plugin_root_id"]) {
+        Ok(Some(v)) if v == b"0" => HostKind::NgxWasmModule,
+        _ => HostKind::Envoy,
+    }
+}
+
 /// Answers the request locally.
 pub fn send_local_response(status_code: u16, details: &str, headers: &[(&str, &str)], body: &str) -> Result<(), HostError> {
     let headers = encode_pairs(headers);

@@ -37,6 +37,31 @@ pub const COUNTERS: &[&str] = &[
 
 thread_local! {
     static TRUST: RefCell<Rc<TrustConfig>> = RefCell::new(Rc::new(TrustConfig::default()));
+    /// Why the VM configuration was refused, on a host where refusing the VM is not safe.
+    static TRUST_REFUSED: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Set when the trust settings were invalid on ngx_wasm_module: every policy is then refused
+/// (the filter fails closed), since the approvals the platform owner asked for cannot be checked.
+pub fn trust_refused() -> Option<String> {
+    TRUST_REFUSED.with(|t| t.borrow().clone())
+}
+
+/// Refuses the VM: false on Envoy (the plugin fails closed); on ngx_wasm_module, where a false
+/// `on_vm_start` stops the nginx workers, the VM starts and every policy is refused instead.
+fn refuse_vm(filter: &str, why: String) -> bool {
+    metrics::count(filter, "trust_config_rejected");
+    match host::host_kind() {
+        host::HostKind::Envoy => {
+            host::log(Level::Error, &format!("gatewarden {filter}: {why}: refusing to start"));
+            false
+        }
+        host::HostKind::NgxWasmModule => {
+            host::log(Level::Error, &format!("gatewarden {filter}: {why}: every policy will be refused"));
+            TRUST_REFUSED.with(|t| *t.borrow_mut() = Some(why));
+            true
+        }
+    }
 }
 
 /// The VM's trust settings (none required until `on_vm_start` read some).
@@ -48,11 +73,7 @@ pub fn trust() -> Rc<TrustConfig> {
 pub fn on_vm_start(filter: &str) -> bool {
     let bytes = match host::vm_configuration() {
         Ok(b) => b,
-        Err(e) => {
-            host::log(Level::Error, &format!("gatewarden {filter}: cannot read the VM configuration (status {}): refusing to start", e.0));
-            metrics::count(filter, "trust_config_rejected");
-            return false;
-        }
+        Err(e) => return refuse_vm(filter, format!("cannot read the VM configuration (status {})", e.0)),
     };
     match TrustConfig::parse(&bytes) {
         Ok(t) => {
@@ -66,11 +87,7 @@ pub fn on_vm_start(filter: &str) -> bool {
             TRUST.with(|slot| *slot.borrow_mut() = Rc::new(t));
             true
         }
-        Err(e) => {
-            host::log(Level::Error, &format!("gatewarden {filter}: invalid trust settings in the VM configuration: {e}"));
-            metrics::count(filter, "trust_config_rejected");
-            false
-        }
+        Err(e) => refuse_vm(filter, format!("invalid trust settings in the VM configuration: {e}")),
     }
 }
 

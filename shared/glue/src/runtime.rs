@@ -13,8 +13,17 @@
 //! its own thread_locals, and state tied to one compiled policy (JWT's verified-token cache) in
 //! [`Enforcer::PolicyState`], created with the policy and dropped with it.
 //! A filter supplies only an [`Enforcer`]: how to evaluate, which headers that reads, and what to
-//! do on ticks and callouts (background fetches). Returning false from `on_configure` makes Envoy
-//! keep the last good policy; at first start it makes the plugin fail closed.
+//! do on ticks and callouts (background fetches).
+//!
+//! A refused policy: on Envoy `on_configure` returns false, so Envoy keeps the last good policy
+//! (at first start the plugin fails closed). On Kong's ngx_wasm_module a false return makes the
+//! new nginx workers exit and every route of that nginx stops answering, so there the root
+//! accepts the VM without a policy: this filter's requests get 503 (`no_policy`), other routes
+//! are untouched, and the refusal is logged at error level and counted (`config_rejected`).
+//!
+//! Ticks: one period per root context, set once (ngx_wasm_module traps on a second one): the
+//! counters flush on every tick, and a filter that asked for ticks gets every one of them (its
+//! fetch schedules are by the clock, so a tick finer than it asked for only checks more often).
 
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -140,13 +149,17 @@ pub fn on_vm_start<F: Enforcer>() -> bool {
     rollout_glue::on_vm_start(name::<F>())
 }
 
+/// The tick period of a root whose filter asked for ticks: the fastest period a filter asks for
+/// (a shared fetch that is loading).
+pub const FILTER_TICK_BASE: Duration = crate::shared_fetch::TICK_LOADING;
+
 /// The root context of filter `F`.
 pub struct Root<F: Enforcer> {
     enforcer: F,
     policy: Option<Rc<Compiled<F>>>,
-    /// The tick period set on the host: the filter's, at most the counters' flush period.
+    /// The one tick period set on the host (None: not set yet).
     tick: Option<Duration>,
-    /// Whether the filter asked for ticks (its `on_tick` runs only then).
+    /// Whether the filter's `on_tick` runs on ticks (it asked for them).
     filter_ticks: bool,
 }
 
@@ -161,39 +174,61 @@ impl<F: Enforcer> Root<F> {
         self.policy.clone()
     }
 
-    /// Ticks at the period the filter wants, or at least every [`metrics::FLUSH_PERIOD`] so
-    /// that tallied counters reach the host.
-    fn set_tick(&mut self, wanted: Option<Duration>) {
-        self.filter_ticks = wanted.is_some();
-        let period = wanted.map_or(metrics::FLUSH_PERIOD, |p| p.min(metrics::FLUSH_PERIOD));
-        if self.tick != Some(period) && host::set_tick_period(period).is_ok() {
-            self.tick = Some(period);
+    /// Sets the root's tick period, once: [`FILTER_TICK_BASE`] (or finer) when the filter wants
+    /// ticks, else [`metrics::FLUSH_PERIOD`] so that tallied counters reach the host.
+    fn start_ticking(&mut self, filter_wants: Option<Duration>) {
+        if self.tick.is_some() {
+            return;
+        }
+        let period = match filter_wants {
+            Some(p) => p.min(FILTER_TICK_BASE).max(Duration::from_millis(1)),
+            None => metrics::FLUSH_PERIOD,
+        };
+        match host::set_tick_period(period) {
+            Ok(()) => self.tick = Some(period),
+            Err(e) => host::log(Level::Error, &format!("gatewarden {}: cannot set the tick period (status {})", name::<F>(), e.0)),
+        }
+    }
+
+    /// Refuses a policy: logged at error level and counted; the return value of `on_configure`.
+    /// Envoy keeps the last good policy on false; ngx_wasm_module would stop every route of
+    /// nginx, so there the root stays without a policy and its requests fail closed.
+    fn refuse(&mut self, why: &str, counters: &[&str]) -> bool {
+        let filter = name::<F>();
+        for c in counters {
+            metrics::count(filter, c);
+        }
+        self.start_ticking(None);
+        match host::host_kind() {
+            host::HostKind::Envoy => {
+                host::log(Level::Error, &format!("gatewarden {filter}: policy refused: {why}"));
+                false
+            }
+            host::HostKind::NgxWasmModule => {
+                host::log(
+                    Level::Error,
+                    &format!("gatewarden {filter}: policy refused: {why}; this filter's requests are denied with 503 until a valid policy is loaded"),
+                );
+                true
+            }
         }
     }
 
     /// Parses, validates and compiles the plugin configuration. A pure function of the bytes.
     pub fn on_configure(&mut self) -> bool {
         let filter = name::<F>();
-        if self.tick.is_none() {
-            // Even a root that never gets a valid policy flushes the counters of its requests.
-            self.set_tick(None);
-        }
         let bytes = match host::plugin_configuration() {
             Ok(b) => b,
-            Err(e) => {
-                host::log(Level::Error, &format!("gatewarden {filter}: policy refused: cannot read the plugin configuration (status {})", e.0));
-                metrics::count(filter, "config_rejected");
-                return false;
-            }
+            Err(e) => return self.refuse(&format!("cannot read the plugin configuration (status {})", e.0), &["config_rejected"]),
         };
         // Approvals first: an unsigned document is not even compiled.
+        if let Some(why) = rollout_glue::trust_refused() {
+            return self.refuse(&why, &["config_rejected"]);
+        }
         let trust = rollout_glue::trust();
         if trust.required() > 0 {
             if let Err(e) = trust.verify(&bytes) {
-                host::log(Level::Error, &format!("gatewarden {filter}: policy refused: {e}"));
-                metrics::count(filter, "config_rejected");
-                metrics::count(filter, "signature_rejected");
-                return false;
+                return self.refuse(&e.to_string(), &["config_rejected", "signature_rejected"]);
             }
         }
         match compile_set::<F::Policy>(&bytes) {
@@ -212,7 +247,8 @@ impl<F: Enforcer> Root<F> {
                 metrics::count(filter, "config_accepted");
                 // Background fetches (geo DB, JWKS) follow the active policy; see README "Safe rollout".
                 let tick = self.enforcer.on_policy(&policy);
-                self.set_tick(tick);
+                self.start_ticking(tick);
+                self.filter_ticks = tick.is_some();
                 let mut needs = F::header_needs(&policy);
                 let mut all_headers = F::reads_all_headers(&policy);
                 let rollout = set.rollout.map(|r| {
@@ -228,22 +264,18 @@ impl<F: Enforcer> Root<F> {
                 self.policy = Some(Rc::new(Compiled { policy, state, rollout, needs, all_headers, header_name: decision_header_name(filter) }));
                 true
             }
-            Err(e) => {
-                host::log(Level::Error, &format!("gatewarden {filter}: policy refused: {e}"));
-                metrics::count(filter, "config_rejected");
-                false
-            }
+            Err(e) => self.refuse(&e.to_string(), &["config_rejected"]),
         }
     }
 
+    /// Flushes the counters, then runs the filter's `on_tick` while it wants ticks.
     pub fn on_tick(&mut self) {
         metrics::flush();
         if !self.filter_ticks {
             return;
         }
         if let Some(compiled) = self.policy.clone() {
-            let tick = self.enforcer.on_tick(&compiled.policy);
-            self.set_tick(tick);
+            self.filter_ticks = self.enforcer.on_tick(&compiled.policy).is_some();
         }
     }
 

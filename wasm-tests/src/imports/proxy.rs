@@ -97,7 +97,13 @@ fn add_logging_and_time(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             let Some(root) = data.effective_root() else {
                 return status(Status::BadArgument);
             };
+            let kong = data.host.profile == Profile::Kong;
             if let Some(root) = data.roots.get_mut(&root) {
+                // ngx_wasm_module: a root context sets its tick period once; a second non-zero
+                // period traps ("tick_period already set"), which fails on_configure.
+                if kong && root.tick_period_ms != 0 && period != 0 {
+                    return Err(wasmtime::Error::msg("tick_period already set"));
+                }
                 root.tick_period_ms = period;
             }
             status(Status::Ok)
@@ -368,6 +374,15 @@ fn add_properties(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             };
             let path = property_path(&path);
             let data = caller.data_mut();
+            if data.host.profile == Profile::Kong
+                && data.stream().is_none()
+                && matches!(path.as_str(), "plugin_name" | "plugin_vm_id")
+            {
+                // ngx_wasm_module 3bed278 crashes the worker (SIGSEGV) on these in a root context.
+                return Err(wasmtime::Error::msg(format!(
+                    "property {path} read in a root context: ngx_wasm_module crashes the worker"
+                )));
+            }
             let from_stream = data
                 .stream()
                 .and_then(|stream| stream.properties.get(&path).cloned());
