@@ -187,6 +187,8 @@ pub(crate) struct HostState {
     pub(crate) logs: Vec<LogLine>,
     pub(crate) calls: Vec<HostCall>,
     pub(crate) record_calls: bool,
+    /// Host functions told to fail with a status ([`Host::fail_host_call`]).
+    pub(crate) faults: HashMap<String, u32>,
 }
 
 pub(crate) struct HostShared {
@@ -233,6 +235,7 @@ impl Host {
             logs: Vec::new(),
             calls: Vec::new(),
             record_calls: true,
+            faults: HashMap::new(),
         };
         Host {
             shared: Arc::new(HostShared {
@@ -507,6 +510,17 @@ impl Host {
     /// Forgets recorded host calls (e.g. after configure, to count one request's crossings).
     pub fn clear_calls(&self) {
         self.shared.state().calls.clear();
+    }
+
+    /// Makes every later call of host function `name` return ABI status `status` without doing
+    /// anything (`None`: work again). Only the header-map functions honour it (they are what a
+    /// filter's fail-closed paths guard), e.g. `("proxy_get_header_map_pairs", Some(2))`.
+    pub fn fail_host_call(&self, name: &str, status: Option<u32>) {
+        let mut state = self.shared.state();
+        match status {
+            Some(code) => state.faults.insert(name.to_string(), code),
+            None => state.faults.remove(name),
+        };
     }
 
     /// Turns the host-call record on (default) or off (long soak tests).

@@ -386,3 +386,27 @@ fn hostile_inputs_never_trap_the_vm() {
         assert!(!vm.is_failed(), "trapped on config {config:.40}");
     }
 }
+
+/// A host that cannot give the request headers: the request fails closed (503, counter
+/// `host_error`, an error log line), on both hosts; nothing reaches the upstream.
+#[test]
+fn a_host_error_reading_headers_fails_closed_and_is_counted() {
+    let policy = json!({"policy_version": "h1", "rules": [
+        {"name": "tenant", "match": {"headers": [{"name": "x-tenant", "exact": "acme"}]}, "allow": ["0.0.0.0/0"]}
+    ], "default": {}});
+    for profile in [Profile::Envoy, Profile::Kong] {
+        let host = host(profile);
+        let mut vm = vm(&host, &policy);
+        assert_eq!(get(&mut vm, "/", "10.0.0.1:1", None).status, 200, "{profile:?}: control");
+        for call in ["proxy_get_header_map_value", "proxy_get_header_map_pairs"] {
+            host.fail_host_call(call, Some(2));
+        }
+        let out = get(&mut vm, "/", "10.0.0.1:1", None);
+        assert_eq!(out.status, 503, "{profile:?}");
+        assert_eq!(out.upstream_request, None, "{profile:?}");
+        assert!(host.logs().iter().any(|l| l.message.contains("cannot read the request headers (status 2)")), "{profile:?}: {:#?}", host.logs());
+        host.tick().unwrap();
+        assert_eq!(host.metric_value("gatewarden_ip_geo_host_error"), 1, "{profile:?}");
+        assert_eq!(host.metric_value("gatewarden_ip_geo_allowed"), 1, "{profile:?}");
+    }
+}

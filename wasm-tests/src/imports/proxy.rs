@@ -22,6 +22,11 @@ fn enter(caller: &Ctx<'_>, name: &'static str) {
     caller.data().host_state().record_call(index, name);
 }
 
+/// The status the test told host function `name` to fail with, if any.
+fn injected_fault(caller: &Ctx<'_>, name: &str) -> Option<u32> {
+    caller.data().host_state().faults.get(name).copied()
+}
+
 fn status(status: Status) -> HostResult {
     Ok(status.code())
 }
@@ -217,6 +222,9 @@ fn add_header_maps(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
         "proxy_get_header_map_pairs",
         |mut caller: Ctx<'_>, map: u32, ptr_out: u32, size_out: u32| -> HostResult {
             enter(&caller, "proxy_get_header_map_pairs");
+            if let Some(code) = injected_fault(&caller, "proxy_get_header_map_pairs") {
+                return Ok(code);
+            }
             let Some(pairs) = MapType::from_code(map).and_then(|m| caller.data_mut().map_mut(m))
             else {
                 return status(Status::BadArgument);
@@ -258,6 +266,9 @@ fn add_header_maps(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
          size_out: u32|
          -> HostResult {
             enter(&caller, "proxy_get_header_map_value");
+            if let Some(code) = injected_fault(&caller, "proxy_get_header_map_value") {
+                return Ok(code);
+            }
             let Some(key) = read_string(&caller, key_ptr, key_len)? else {
                 return status(Status::InvalidMemoryAccess);
             };
@@ -308,6 +319,9 @@ fn add_header_maps(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
          value_len: u32|
          -> HostResult {
             enter(&caller, "proxy_replace_header_map_value");
+            if let Some(code) = injected_fault(&caller, "proxy_replace_header_map_value") {
+                return Ok(code);
+            }
             let (Some(key), Some(value)) = (
                 read_string(&caller, key_ptr, key_len)?,
                 read_string(&caller, value_ptr, value_len)?,
@@ -344,6 +358,9 @@ fn add_header_maps(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
         "proxy_remove_header_map_value",
         |mut caller: Ctx<'_>, map: u32, key_ptr: u32, key_len: u32| -> HostResult {
             enter(&caller, "proxy_remove_header_map_value");
+            if let Some(code) = injected_fault(&caller, "proxy_remove_header_map_value") {
+                return Ok(code);
+            }
             let Some(key) = read_string(&caller, key_ptr, key_len)? else {
                 return status(Status::InvalidMemoryAccess);
             };
