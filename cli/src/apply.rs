@@ -242,6 +242,15 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--modules" => o.modules = Some(value()?),
             "--vm-id" => o.vm_id = Some(value()?),
             "--vm-config" => o.vm_config = Some(value()?),
+            "--target" => match value()?.as_str() {
+                "envoy" => {}
+                other => {
+                    return Err(format!(
+                        "--target {other:?}: apply writes Envoy ECDS resources only; for Kong or nginx use \
+                         `gatewarden render --target kong|nginx --out DIR` (same checks; nothing is written when it refuses)"
+                    ))
+                }
+            },
             "--version" => {
                 let v = value()?;
                 o.version = Some(v.trim_start_matches('v').parse().map_err(|_| format!("--version: not a number: {v:?}"))?);
@@ -327,10 +336,7 @@ fn approved_vm_config(o: &Options, dir: &Path, policy: &LoadedPolicy) -> Result<
             None => return Ok(None),
         },
     };
-    let path = path.as_str();
-    let trust = gatewarden_policy::approvals::TrustConfig::parse(text.as_bytes())
-        .map_err(|e| (2, format!("{path}: invalid trust settings: {e}")))?;
-    trust.verify(policy.json.as_bytes()).map_err(|e| (1, format!("the filter would refuse it: {e}")))?;
+    crate::render::check_trust(&path, &text, policy).map_err(|r| (r.code, r.message))?;
     Ok(Some(text))
 }
 

@@ -7,7 +7,7 @@
 //! gatewarden geo-lookup DB.mmdb IP...                                   the country a database gives each address
 //! gatewarden test [--modules DIR] [--junit FILE] [DIR|FILE]...          policy tests through the built .wasm
 //! gatewarden eval --policy P [--request R.yaml] [flags]                 one request through the .wasm, as JSON
-//! gatewarden render --target envoy|istio|kong|compose POLICY            the plugin config for each host
+//! gatewarden render --target envoy|istio|kong|nginx|compose POLICY      the plugin config for each host
 //! gatewarden apply POLICY --to DIR [--author A] [-m MSG]                validate + atomic ECDS write + history
 //! gatewarden history --to DIR | diff A B | rollback --to DIR [--version V]
 //! gatewarden keygen | sign | verify                                     approvals (src/sign.rs)
@@ -22,6 +22,7 @@ mod diff;
 mod eval;
 mod junit;
 mod modules;
+mod nginx;
 mod policy_file;
 mod policy_test;
 mod render;
@@ -42,8 +43,9 @@ const USAGE: &str = "usage:
   gatewarden test [--modules DIR] [--junit FILE] [DIR|FILE]...
   gatewarden eval --policy POLICY [--request R.yaml] [--fixtures TESTFILE] [--method M] [--path P]
                   [--header 'name: value']... [--peer IP] [--body TEXT] [--time T] [--modules DIR]
-  gatewarden render --target envoy|istio|kong|compose [--out PATH] [--module PATH | --modules DIR]
-                  [--vm-id ID] [--url URL] [--sha256 HEX] [--namespace NS] [--service NAME] POLICY
+  gatewarden render --target envoy|istio|kong|nginx|compose [--out PATH] [--module PATH | --modules DIR]
+                  [--vm-id ID] [--vm-config TRUST.json] [--url URL] [--sha256 HEX] [--namespace NS]
+                  [--service NAME] [--shm-size SIZE] POLICY
   gatewarden apply POLICY --to DIR [--author A] [-m MSG] [--module PATH | --modules DIR] [--vm-id ID]
                   [--vm-config TRUST.json]
   gatewarden history --to DIR [--filter NAME] [--format text|json]

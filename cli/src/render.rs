@@ -1,5 +1,7 @@
-//! `gatewarden render --target envoy|istio|kong|compose POLICY`: the plugin config for each host,
-//! from one policy file.
+//! `gatewarden render --target envoy|istio|kong|nginx|compose POLICY`: the plugin config for each
+//! host, from one policy file. Every target first compiles the policy with the filter's own code
+//! (and, with `--vm-config`, runs its signature check); kong and nginx also refuse callout targets
+//! that are not `host:port`. A refused render writes nothing (exit 1; 2 when it could not run).
 //!
 //! - `envoy`: the ECDS resource Envoy watches — byte for byte what `scripts/ecds.py` writes for the
 //!   same policy JSON (`gatewarden apply` writes it too).
@@ -7,15 +9,18 @@
 //!   image digest).
 //! - `kong`: a `filter_chains` entry for Kong's declarative config, and `<module>.meta.json`
 //!   (the JSON Schema Kong validates `config` with) when `--out DIR` is given.
+//! - `nginx`: the ngx_wasm_module configuration for plain nginx/OpenResty (see `nginx.rs`).
 //! - `compose`: a docker compose file running stock Envoy with this filter, like
 //!   `envoy-config/docker-compose.yaml`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
 use crate::modules::{module_dir, sha256_hex};
+use crate::nginx::{self, Refusal};
 use crate::policy_file::{load, Filter, LoadedPolicy};
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
@@ -305,79 +310,138 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     result
 }
 
-struct Options {
-    target: Option<String>,
-    policy: Option<String>,
-    filter: Option<Filter>,
-    module: Option<String>,
-    modules: Option<String>,
-    vm_id: Option<String>,
-    out: Option<String>,
-    url: Option<String>,
-    sha256: Option<String>,
-    namespace: String,
-    service: Option<String>,
-    ecds_dir: String,
+/// The hosts `render` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// Envoy's ECDS resource (what `apply` writes).
+    Envoy,
+    /// An Istio `WasmPlugin`.
+    Istio,
+    /// Kong's declarative `filter_chains` (+ meta.json with --out DIR).
+    Kong,
+    /// nginx + ngx_wasm_module: the `wasm{}` block and the `proxy_wasm` line.
+    Nginx,
+    /// A docker compose file running stock Envoy with this filter.
+    Compose,
 }
 
-fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut o = Options {
-        target: None,
-        policy: None,
-        filter: None,
-        module: None,
-        modules: None,
-        vm_id: None,
-        out: None,
-        url: None,
-        sha256: None,
-        namespace: "istio-system".into(),
-        service: None,
-        ecds_dir: "envoy-config/ecds".into(),
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--target" => o.target = Some(value()?),
-            "--filter" => {
-                let name = value()?;
-                o.filter = Some(Filter::parse(&name)?);
-            }
-            "--module" => o.module = Some(value()?),
-            "--modules" => o.modules = Some(value()?),
-            "--vm-id" => o.vm_id = Some(value()?),
-            "--out" => o.out = Some(value()?),
-            "--url" => o.url = Some(value()?),
-            "--sha256" => o.sha256 = Some(value()?),
-            "--namespace" => o.namespace = value()?,
-            "--service" => o.service = Some(value()?),
-            "--ecds-dir" => o.ecds_dir = value()?,
-            s if s.starts_with("--") => return Err(format!("unknown option {s}")),
-            _ if o.policy.is_none() => o.policy = Some(a.clone()),
-            _ => return Err("render takes one policy file".into()),
-        }
-    }
-    Ok(o)
+#[derive(Debug, Parser)]
+#[command(name = "gatewarden render", about = "Render the plugin configuration of a policy for a host.")]
+struct Args {
+    /// The host to render for.
+    #[arg(long, value_enum)]
+    target: Target,
+    /// The policy file (YAML or JSON).
+    #[arg(value_name = "POLICY")]
+    policy: String,
+    /// The filter, when the policy has no `filter` field.
+    #[arg(long, value_name = "NAME", value_parser = Filter::parse)]
+    filter: Option<Filter>,
+    /// The module file as the proxy sees it (default: <modules dir>/gatewarden_<filter>.wasm).
+    #[arg(long, value_name = "PATH", conflicts_with = "modules")]
+    module: Option<String>,
+    /// The modules directory (default: $GATEWARDEN_WASM_DIR, else target/wasm32-wasip1/release).
+    #[arg(long, value_name = "DIR")]
+    modules: Option<String>,
+    /// Envoy: vm_id and root_id; nginx: the module name (default gatewarden_<filter>).
+    #[arg(long, value_name = "ID")]
+    vm_id: Option<String>,
+    /// The approval trust settings (VM configuration): the policy must pass the filter's
+    /// signature check against them; envoy and nginx carry them.
+    #[arg(long, value_name = "TRUST.json")]
+    vm_config: Option<String>,
+    /// Write here instead of stdout: a file (envoy, istio, compose) or a directory (kong, nginx).
+    #[arg(long, value_name = "PATH")]
+    out: Option<String>,
+    /// Istio: the module URL.
+    #[arg(long)]
+    url: Option<String>,
+    /// Istio: the module's sha256 (an OCI image digest; default: the module file's).
+    #[arg(long, value_name = "HEX")]
+    sha256: Option<String>,
+    /// Istio: the namespace.
+    #[arg(long, value_name = "NS", default_value = "istio-system")]
+    namespace: String,
+    /// Kong: the service the filter chain is attached to.
+    #[arg(long, value_name = "NAME")]
+    service: Option<String>,
+    /// Compose: the ECDS directory Envoy watches.
+    #[arg(long, value_name = "DIR", default_value = "envoy-config/ecds")]
+    ecds_dir: String,
+    /// nginx: size of the `gatewarden` shm_kv zone (fetched geo database / JWKS).
+    #[arg(long, value_name = "SIZE", default_value = "64m", value_parser = parse_shm_size)]
+    shm_size: String,
+}
+
+fn parse_shm_size(s: &str) -> Result<String, String> {
+    nginx::check_size(s).map(|()| s.to_string())
+}
+
+/// Checks `policy` against the trust settings `text` (read from `label`) with the filter's own
+/// signature check: what `on_vm_start` + `on_configure` would do with them.
+pub fn check_trust(label: &str, text: &str, policy: &LoadedPolicy) -> Result<(), Refusal> {
+    let trust = gatewarden_policy::approvals::TrustConfig::parse(text.as_bytes())
+        .map_err(|e| Refusal { code: 2, message: format!("{label}: invalid trust settings: {e}") })?;
+    trust
+        .verify(policy.json.as_bytes())
+        .map(|_| ())
+        .map_err(|e| Refusal::invalid(format!("the filter would refuse it: {e}")))
+}
+
+fn refuse(file: &str, r: &Refusal) -> ExitCode {
+    eprintln!("{file}: {}", r.message);
+    eprintln!("gatewarden: render refused, nothing written");
+    ExitCode::from(r.code)
 }
 
 /// `gatewarden render`.
 pub fn main(args: &[String]) -> Result<ExitCode, String> {
-    let o = parse_args(args)?;
-    let target = o.target.clone().ok_or("render needs --target envoy|istio|kong|compose")?;
-    let file = o.policy.clone().ok_or("render needs a policy file")?;
+    let o = match Args::try_parse_from(std::iter::once("gatewarden render".to_string()).chain(args.iter().cloned())) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = e.print();
+            return Ok(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)));
+        }
+    };
+    let file = o.policy.clone();
     let policy = match load(&file, o.filter) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("{file}: {e}");
-            return Ok(ExitCode::from(if e.is_invalid() { 1 } else { 2 }));
+            let code = if e.is_invalid() { 1 } else { 2 };
+            return Ok(refuse(&file, &Refusal { code, message: e.to_string() }));
         }
     };
     let mut settings = ModuleSettings::resolve(o.module.as_deref(), o.modules.as_deref(), policy.filter);
     settings.vm_id = o.vm_id.clone();
-    let text = match target.as_str() {
-        "envoy" => ecds_resource(policy.filter, &policy.json, &policy.policy_version, &settings),
-        "istio" => {
+    if let Some(path) = &o.vm_config {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => return Ok(refuse(&file, &Refusal { code: 2, message: format!("{path}: cannot read: {e}") })),
+        };
+        if let Err(r) = check_trust(path, &text, &policy) {
+            return Ok(refuse(&file, &r));
+        }
+        settings.vm_configuration = Some(text);
+    }
+    if matches!(o.target, Target::Kong | Target::Nginx) {
+        if let Err(r) = nginx::check_kong_targets(&policy) {
+            return Ok(refuse(&file, &r));
+        }
+    }
+    if o.vm_config.is_some() && !matches!(o.target, Target::Envoy | Target::Nginx) {
+        eprintln!(
+            "gatewarden: warning: --vm-config: the {} output has no place for the VM configuration, so it does not carry \
+             the trust settings; the policy's signatures were checked here only",
+            match o.target {
+                Target::Kong => "Kong filter_chains",
+                Target::Istio => "Istio WasmPlugin",
+                _ => "compose",
+            }
+        );
+    }
+    let text = match o.target {
+        Target::Envoy => ecds_resource(policy.filter, &policy.json, &policy.policy_version, &settings),
+        Target::Istio => {
             let sha = match &o.sha256 {
                 Some(s) => s.clone(),
                 None => {
@@ -390,25 +454,36 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
             let io = IstioOptions { url: o.url.clone(), sha256: None, namespace: o.namespace.clone() };
             istio(&policy, &settings, &io, &sha)?
         }
-        "kong" => {
+        Target::Kong => {
             let (chain, meta) = kong(&policy, o.service.as_deref())?;
             if let Some(dir) = &o.out {
-                let dir = PathBuf::from(dir);
-                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                let meta_path = dir.join(format!("{}.meta.json", policy.filter.root_id()));
-                let chain_path = dir.join("filter_chains.yaml");
-                write_atomic(&meta_path, meta.as_bytes()).map_err(|e| format!("{}: {e}", meta_path.display()))?;
-                write_atomic(&chain_path, chain.as_bytes()).map_err(|e| format!("{}: {e}", chain_path.display()))?;
-                println!("{}\n{}", chain_path.display(), meta_path.display());
-                return Ok(ExitCode::SUCCESS);
+                let meta_name = format!("{}.meta.json", policy.filter.root_id());
+                return write_files(dir, &[("filter_chains.yaml", &chain), (&meta_name, &meta)]);
             }
             chain
         }
-        "compose" => {
+        Target::Nginx => {
+            let name = settings.id(policy.filter);
+            let no = nginx::NginxOptions {
+                name: &name,
+                module: &settings.module,
+                vm_configuration: settings.vm_configuration.as_deref(),
+                shm_size: &o.shm_size,
+            };
+            let config = match nginx::render(&policy, &no) {
+                Ok(c) => c,
+                Err(r) => return Ok(refuse(&file, &r)),
+            };
+            if let Some(dir) = &o.out {
+                let (wasm_name, location_name) = nginx::out_files(&name);
+                return write_files(dir, &[(&wasm_name, &config.wasm_block), (&location_name, &config.location)]);
+            }
+            nginx::stdout_text(&config)
+        }
+        Target::Compose => {
             let dir = o.modules.clone().unwrap_or_else(|| crate::modules::DEFAULT_DIR.to_string());
             compose(&policy, &o.ecds_dir, &dir)?
         }
-        other => return Err(format!("unknown target {other:?}: envoy, istio, kong or compose")),
     };
     match &o.out {
         Some(path) => {
@@ -417,6 +492,20 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
         }
         None => print!("{text}"),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes each `(name, text)` into `dir` (created if needed) atomically and prints the paths.
+fn write_files(dir: &str, files: &[(&str, &str)]) -> Result<ExitCode, String> {
+    let dir = PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut written = Vec::new();
+    for (name, text) in files {
+        let path = dir.join(name);
+        write_atomic(&path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+        written.push(path.display().to_string());
+    }
+    println!("{}", written.join("\n"));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -191,14 +191,20 @@ fn render_istio_kong_compose() {
     assert_eq!(doc["spec"]["pluginConfig"]["realm"], "orders");
     assert_eq!(doc["spec"]["pluginName"], "gatewarden_jwt");
 
+    // On Kong the geo database is fetched from host:port, not from an Envoy cluster.
     let d = temp_dir("kong");
-    let (code, _, err) = run(&["render", "--target", "kong", "--service", "orders", "--out", d.to_str().unwrap(), "examples/policies/ip_geo.yaml"]);
+    let kong_policy = d.join("ip_geo.yaml");
+    let example = std::fs::read_to_string(root().join("examples/policies/ip_geo.yaml")).unwrap();
+    std::fs::write(&kong_policy, example.replace("cluster: gatewarden_geo_db", "cluster: \"127.0.0.1:8081\"")).unwrap();
+    let out = d.join("out");
+    let (code, _, err) = run(&["render", "--target", "kong", "--service", "orders", "--out", out.to_str().unwrap(), kong_policy.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    let chain: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(d.join("filter_chains.yaml")).unwrap()).unwrap();
+    let chain: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(out.join("filter_chains.yaml")).unwrap()).unwrap();
     assert_eq!(chain["filter_chains"][0]["service"], "orders");
     assert_eq!(chain["filter_chains"][0]["filters"][0]["name"], "gatewarden_ip_geo");
     assert_eq!(chain["filter_chains"][0]["filters"][0]["config"]["rules"][1]["name"], "embargo");
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("gatewarden_ip_geo.meta.json")).unwrap()).unwrap();
+    assert_eq!(chain["filter_chains"][0]["filters"][0]["config"]["geo_database"]["cluster"], "127.0.0.1:8081");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("gatewarden_ip_geo.meta.json")).unwrap()).unwrap();
     let shipped: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("envoy-config/kong/gatewarden_ip_geo.meta.json")).unwrap()).unwrap();
     assert_eq!(meta, shipped);
 
@@ -207,8 +213,9 @@ fn render_istio_kong_compose() {
     let c: serde_json::Value = serde_norway::from_str(&out).unwrap();
     assert_eq!(c["services"]["envoy"]["environment"]["FILTER"], "jwt");
     assert!(c["services"].get("geo-db").is_none());
-    let (code, _, err) = run(&["render", "--target", "nginx", "examples/policies/jwt.yaml"]);
+    let (code, _, err) = run(&["render", "--target", "mesh", "examples/policies/jwt.yaml"]);
     assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("error: invalid value 'mesh' for '--target <TARGET>'"), "{err}");
 }
 
 fn history_json(dir: &Path) -> serde_json::Value {
