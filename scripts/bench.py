@@ -1,10 +1,19 @@
 #!/usr/bin/env python3
-"""Benchmark Gatewarden filters against Envoy without filters, the floor filter and native RBAC.
+"""Benchmark Gatewarden filters against Envoy without filters, the floor filter and native RBAC,
+on Envoy and on Kong's engine (nginx + ngx_wasm_module).
 
 One Envoy (--concurrency 1, pinned to one core) with one listener per configuration; wrk (pinned to
 the other core) loads one listener at a time, in interleaved rounds with the order rotated, so slow
 drifts of the machine hit every configuration alike. Routes answer with direct_response (no
 upstream), so the numbers are the cost of Envoy + the filter, not of an upstream server.
+
+Kong (HOSTS has kong, the default; scripts/bench_kong.py): the Wasm configurations and `none` also
+run on ../shared/wasmx/bin/nginx ($GATEWARDEN_WASMX), one nginx with one worker per configuration,
+pinned to Envoy's core, proxying to this Envoy's `none` listener; they join the same interleaved
+rounds with the same wrk settings and get their own table (ratios to that nginx with no filter and
+to its floor) and the worker start time (module compile) and memory per configuration. Without an
+engine the Kong half is skipped with a message. Not on Kong: rbac_10 and authn_* (Envoy's native
+filters), ip_geo_100k (its policy cannot be written in nginx.conf).
 
 Configurations:
   none         router only
@@ -24,7 +33,8 @@ ip_geo_* and jwt_* are skipped when their module is not built.
 
 Environment: ROUNDS (5), DURATION (10, seconds per run), WARMUP (2), CONNECTIONS (32),
 CONFIGS or BENCH_CONFIGS (comma list, default: the non-JWT set; `all`; `jwt`: none, floor and
-every JWT configuration), BENCH_OUT (target/bench), COLD_TOKENS (20000), WARM_TOKENS (4).
+every JWT configuration), HOSTS (envoy,kong), GATEWARDEN_WASMX (the Kong engine's nginx),
+BENCH_OUT (target/bench), COLD_TOKENS (20000), WARM_TOKENS (4).
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +307,42 @@ def listener(name: str, port: int, http_filters: list[dict[str, Any]]) -> dict[s
 # ---------------------------------------------------------------------------------------------
 # Envoy and wrk
 
+@dataclass
+class WasmFilter:
+    """The Gatewarden filter a configuration runs, on either host."""
+    kind: str          # floor | ip_geo | jwt (nginx module gatewarden_<kind>)
+    name: str          # instance name: the configuration, "@" -> "_" (ECDS resource gatewarden.<name>)
+    module: Path
+    policy: dict[str, Any]
+    vm_id: str         # Envoy: instances with one vm_id share a VM per worker
+
+
+def variant_module(cfg: str, default: str) -> Path:
+    """"ip_geo_10@oz": the module named by $BENCH_MODULE_oz (a variant build, e.g. another
+    opt-level), compared side by side in one run; without "@", the release module `default`."""
+    _, _, variant = cfg.partition("@")
+    return Path(os.environ[f"BENCH_MODULE_{variant}"]) if variant else module_path(default)
+
+
+def wasm_filter(cfg: str, cidrs10: list[str] | None = None) -> WasmFilter | None:
+    """The Wasm filter of configuration `cfg`; None for none, rbac_10 and Envoy's jwt_authn ones."""
+    base, _, variant = cfg.partition("@")
+    name = cfg.replace("@", "_")
+    if base == "floor":
+        return WasmFilter("floor", name, module_path("floor"), {"policy_version": "bench"}, "gatewarden_floor")
+    if base.startswith("ip_geo_"):
+        size = base.removesuffix("_quiet")
+        cidrs = (cidrs10 or random_cidrs(10, seed=10)) if size == "ip_geo_10" else random_cidrs(100_000, seed=100_000)
+        policy = ip_geo_policy(cidrs, f"bench-{base}", decision_header=not base.endswith("_quiet"))
+        return WasmFilter("ip_geo", name, variant_module(cfg, "ip_geo"), policy,
+                          f"gatewarden_ip_geo{'_' + variant if variant else ''}")
+    parts = jwt_parts(cfg)
+    if parts and parts[0] == "jwt":
+        # Own VM per configuration.
+        return WasmFilter("jwt", name, variant_module(cfg, "jwt"), jwt_policy(f"bench-{name}"), f"gatewarden_{name}")
+    return None
+
+
 def build(workdir: Path, configs: list[str]) -> tuple[dict[str, Any], dict[str, int]]:
     ecds_dir = workdir / "ecds"
     ecds_dir.mkdir(parents=True, exist_ok=True)
@@ -304,35 +351,16 @@ def build(workdir: Path, configs: list[str]) -> tuple[dict[str, Any], dict[str, 
     listeners = []
     for cfg in configs:
         ports[cfg] = free_port()
-        if cfg == "none":
-            filters: list[dict[str, Any]] = []
-        elif cfg == "floor":
-            ecds.push(ecds_dir, "floor", {"policy_version": "bench"}, module_path("floor"))
-            filters = [ecds_filter("floor", ecds_dir)]
-        elif cfg.startswith("ip_geo_"):
-            # "ip_geo_10@oz": the same policy on the module named by $BENCH_MODULE_oz (a variant build,
-            # e.g. another opt-level), in its own VM; compared side by side in one run.
-            base, _, variant = cfg.partition("@")
-            size = base.removesuffix("_quiet")
-            cidrs = cidrs10 if size == "ip_geo_10" else random_cidrs(100_000, seed=100_000)
-            module = Path(os.environ[f"BENCH_MODULE_{variant}"]) if variant else module_path("ip_geo")
-            policy = ip_geo_policy(cidrs, f"bench-{base}", decision_header=not base.endswith("_quiet"))
-            ecds.push(ecds_dir, cfg.replace("@", "_"), policy, module,
-                      vm_id=f"gatewarden_ip_geo{'_' + variant if variant else ''}")
-            filters = [ecds_filter(cfg.replace("@", "_"), ecds_dir)]
+        wasm = wasm_filter(cfg, cidrs10)
+        if wasm is not None:
+            ecds.push(ecds_dir, wasm.name, wasm.policy, wasm.module, vm_id=wasm.vm_id)
+            filters: list[dict[str, Any]] = [ecds_filter(wasm.name, ecds_dir)]
+        elif cfg == "none":
+            filters = []
         elif cfg == "rbac_10":
             filters = [rbac_filter(cidrs10)]
         elif jwt_parts(cfg):
-            flt, _, _ = jwt_parts(cfg) or ("", "", "")
-            if flt == "jwt":
-                # "jwt_es256_cold@v": the module named by $BENCH_MODULE_v (a variant build), own VM.
-                _, _, variant = cfg.partition("@")
-                module = Path(os.environ[f"BENCH_MODULE_{variant}"]) if variant else module_path("jwt")
-                name = cfg.replace("@", "_")
-                ecds.push(ecds_dir, name, jwt_policy(f"bench-{name}"), module, vm_id=f"gatewarden_{name}")
-                filters = [ecds_filter(name, ecds_dir)]
-            else:
-                filters = [authn_filter(cache=flt == "authn_cache")]
+            filters = [authn_filter(cache=jwt_parts(cfg)[0] == "authn_cache")]  # type: ignore[index]
         else:
             raise SystemExit(f"unknown configuration {cfg!r}; known: {', '.join(ALL_CONFIGS)}")
         listeners.append(listener(cfg, ports[cfg], filters))
@@ -402,13 +430,31 @@ def run_wrk(port: int, seconds: int, cpu: str | None, cfg: str = "") -> dict[str
             "socket_errors": sum(map(int, errors.groups())) if errors else 0}
 
 
-def table(results: dict[str, list[dict[str, float]]], meta: dict[str, Any]) -> str:
+def ratio_table(results: dict[str, list[dict[str, float]]], skipped: dict[str, str], cpu_label: str) -> list[str]:
+    """Medians of each configuration's runs and their ratios to `none` and `floor` (Markdown rows)."""
     med = {c: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p99_ms", "cpu_us_per_req")}
-           for c, runs in results.items()}
+           for c, runs in results.items() if runs}
 
     def ratio(c: str, base: str, key: str) -> str:
         return f"{med[c][key] / med[base][key]:.2f}" if base in med and med[base][key] else "–"
 
+    lines = [
+        f"| configuration | requests/s | p99 ms | {cpu_label} CPU µs/req | rps vs none | rps vs floor "
+        "| p99 vs none | p99 vs floor | CPU/req vs none | CPU/req vs floor | non-2xx |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in med:
+        bad = int(sum(r["non_2xx"] + r["socket_errors"] for r in results[c]))
+        lines.append(f"| {c} | {med[c]['rps']:.0f} | {med[c]['p99_ms']:.2f} | {med[c]['cpu_us_per_req']:.1f} | "
+                     f"{ratio(c, 'none', 'rps')} | {ratio(c, 'floor', 'rps')} | {ratio(c, 'none', 'p99_ms')} | "
+                     f"{ratio(c, 'floor', 'p99_ms')} | {ratio(c, 'none', 'cpu_us_per_req')} | "
+                     f"{ratio(c, 'floor', 'cpu_us_per_req')} | {bad} |")
+    for c, why in skipped.items():
+        lines.append(f"| {c} | skipped: {why} |" + " |" * 10)
+    return lines
+
+
+def table(results: dict[str, list[dict[str, float]]], meta: dict[str, Any]) -> str:
     lines = [
         f"Envoy {meta['envoy']}, --concurrency 1 on CPU {meta['envoy_cpu']}; "
         f"wrk -t1 -c{CONNECTIONS} -d{DURATION}s on CPU {meta['wrk_cpu']}; "
@@ -416,18 +462,7 @@ def table(results: dict[str, list[dict[str, float]]], meta: dict[str, Any]) -> s
         "Envoy CPU µs/request (CPU time of the Envoy process over requests served) is the steadiest",
         "column when other work shares the machine; requests/s and p99 move with any load on it.",
         "",
-        "| configuration | requests/s | p99 ms | Envoy CPU µs/req | rps vs none | rps vs floor "
-        "| p99 vs none | p99 vs floor | CPU/req vs none | CPU/req vs floor | non-2xx |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for c in results:
-        bad = int(sum(r["non_2xx"] + r["socket_errors"] for r in results[c]))
-        lines.append(f"| {c} | {med[c]['rps']:.0f} | {med[c]['p99_ms']:.2f} | {med[c]['cpu_us_per_req']:.1f} | "
-                     f"{ratio(c, 'none', 'rps')} | {ratio(c, 'floor', 'rps')} | {ratio(c, 'none', 'p99_ms')} | "
-                     f"{ratio(c, 'floor', 'p99_ms')} | {ratio(c, 'none', 'cpu_us_per_req')} | "
-                     f"{ratio(c, 'floor', 'cpu_us_per_req')} | {bad} |")
-    for c, why in meta["skipped"].items():
-        lines.append(f"| {c} | skipped: {why} |" + " |" * 10)
+    ] + ratio_table(results, meta["skipped"], "Envoy")
     return "\n".join(lines) + "\n"
 
 
@@ -443,12 +478,21 @@ def check_config(cfg: str, port: int, log: Path) -> None:
         raise SystemExit(f"{cfg}: GET / without a token answered {status}, not 401; see {log}")
 
 
+def selected_hosts(spec: str) -> list[str]:
+    hosts = [h.strip() for h in spec.split(",") if h.strip()]
+    bad = [h for h in hosts if h not in ("envoy", "kong")]
+    if bad or not hosts:
+        raise SystemExit(f"HOSTS={spec!r}: expected a comma list of envoy, kong")
+    return hosts
+
+
 def main() -> int:
     for tool in ("wrk",):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} not found (scripts/setup.sh)")
     if not ENVOY_BIN.exists():
         raise SystemExit(f"{ENVOY_BIN} missing (scripts/setup.sh)")
+    hosts = selected_hosts(os.environ.get("HOSTS", "envoy,kong"))
     skipped: dict[str, str] = {}
     configs = []
     for c in CONFIGS:
@@ -460,13 +504,32 @@ def main() -> int:
             skipped[c] = f"{module_path(need).name} not built"
         else:
             configs.append(c)
+    kong_configs: list[str] = []
+    kong_skipped: dict[str, str] = {}
+    kong_missing = None
+    if "kong" in hosts:
+        import bench_kong
+        kong_missing = bench_kong.missing()
+        if kong_missing:
+            print(f"Kong half skipped: {kong_missing}", file=sys.stderr, flush=True)
+        else:
+            for c in CONFIGS:
+                why = skipped.get(c) or bench_kong.unsupported(c)
+                if why:
+                    kong_skipped[c] = why
+                else:
+                    kong_configs.append(c)
+    envoy_configs = configs if "envoy" in hosts else []
+    # Kong's upstream is this Envoy's `none` listener (direct_response): with HOSTS=kong, Envoy runs
+    # only for that.
+    upstream_configs = envoy_configs if not kong_configs or "none" in envoy_configs else ["none"] + envoy_configs
     ncpu = os.cpu_count() or 1
     envoy_cpu, wrk_cpu = ("0", "1") if ncpu >= 2 and shutil.which("taskset") else (None, None)
 
     workdir = OUT / "run"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    bootstrap, ports = build(workdir, configs)
+    bootstrap, ports = build(workdir, upstream_configs)
     cfg_path = workdir / "envoy-bench.json"
     cfg_path.write_text(json.dumps(bootstrap))
     log = workdir / "envoy.log"
@@ -476,38 +539,68 @@ def main() -> int:
         cmd = ["taskset", "-c", envoy_cpu] + cmd
     version = subprocess.run([str(ENVOY_BIN), "--version"], capture_output=True, text=True).stdout
     m = re.search(r"/(\d+\.\d+\.\d+)/", version)
-    meta = {"envoy": m.group(1) if m else "?",
-            "envoy_cpu": envoy_cpu or "any", "wrk_cpu": wrk_cpu or "any", "skipped": skipped}
-    results: dict[str, list[dict[str, float]]] = {c: [] for c in configs}
+    meta: dict[str, Any] = {"envoy": m.group(1) if m else "?", "hosts": hosts,
+                            "envoy_cpu": envoy_cpu or "any", "wrk_cpu": wrk_cpu or "any", "skipped": skipped}
+    results: dict[str, list[dict[str, float]]] = {c: [] for c in envoy_configs}
+    kong_results: dict[str, list[dict[str, float]]] = {}
+    kong: dict[str, Any] = {}  # configuration -> bench_kong.Instance
     with open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         wait_ready(proc, ports["admin"], log)
-        for c in configs:
+        for c in envoy_configs:
             check_config(c, ports[c], log)
-            if WARMUP:
-                run_wrk(ports[c], WARMUP, wrk_cpu, c)
+        # Kong: one nginx per configuration, started one after the other (each start timed alone).
+        for c in kong_configs:
+            try:
+                kong[c] = bench_kong.start(c, workdir, f"127.0.0.1:{ports['none']}", envoy_cpu)
+            except ValueError as e:  # not expressible in nginx.conf (ip_geo_100k: too long)
+                kong_skipped[c] = str(e).replace("|", "/")
+                continue
+            kong_results[c] = []
+            i = kong[c]
+            print(f"kong {c:12s} worker started in {i.start_ms:7.0f} ms (spawn -> first 200); compile "
+                  + (", ".join(f"{mod} {ms} ms" for mod, ms in i.module_ms.items()) or "none")
+                  + f"; RSS {i.rss_kb_start / 1024:.1f} MB", file=sys.stderr, flush=True)
+        # (host, configuration, port, pid whose CPU time is charged)
+        items = [("envoy", c, ports[c], proc.pid) for c in envoy_configs]
+        items += [("kong", c, kong[c].port, kong[c].worker) for c in kong]
+        if WARMUP:
+            for _, c, port, _ in items:
+                run_wrk(port, WARMUP, wrk_cpu, c)
         for rnd in range(ROUNDS):
-            order = configs[rnd % len(configs):] + configs[:rnd % len(configs)]
-            for c in order:
-                cpu_before = cpu_seconds(proc.pid)
-                r = run_wrk(ports[c], DURATION, wrk_cpu, c)
-                used = cpu_seconds(proc.pid) - cpu_before
+            order = items[rnd % len(items):] + items[:rnd % len(items)]
+            for host, c, port, pid in order:
+                cpu_before = cpu_seconds(pid)
+                r = run_wrk(port, DURATION, wrk_cpu, c)
+                used = cpu_seconds(pid) - cpu_before
                 r["cpu_us_per_req"] = used * 1e6 / r["requests"] if r["requests"] else 0.0
-                results[c].append(r)
-                print(f"round {rnd + 1}/{ROUNDS} {c:12s} {r['rps']:9.0f} rps  p99 {r['p99_ms']:7.2f} ms  "
-                      f"envoy {r['cpu_us_per_req']:6.1f} CPU-us/req"
+                (results if host == "envoy" else kong_results)[c].append(r)
+                print(f"round {rnd + 1}/{ROUNDS} {host:5s} {c:16s} {r['rps']:9.0f} rps  p99 {r['p99_ms']:7.2f} ms  "
+                      f"{'envoy' if host == 'envoy' else 'nginx worker'} {r['cpu_us_per_req']:6.1f} CPU-us/req"
                       + (f"  non-2xx {r['non_2xx']:.0f}" if r["non_2xx"] else ""), file=sys.stderr, flush=True)
+        for i in kong.values():
+            i.rss_kb_after = bench_kong.rss_kb(i.worker)
     finally:
+        for i in kong.values():
+            bench_kong.stop(i)
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
-    md = table(results, meta)
+    md = table(results, meta) if envoy_configs else ""
+    out: dict[str, Any] = {"meta": meta, "runs": results}
+    if "kong" in hosts:
+        kong_meta = {"nginx": bench_kong.version() if not kong_missing else None, "missing": kong_missing,
+                     "cpu": envoy_cpu or "any", "wrk_cpu": wrk_cpu or "any", "skipped": kong_skipped,
+                     "upstream": f"Envoy {meta['envoy']} `none` listener (direct_response), same process"}
+        out["kong"] = {"meta": kong_meta, "runs": kong_results, "workers": bench_kong.worker_json(kong)}
+        md += ("\n" if md else "") + (bench_kong.table(kong_results, kong, kong_meta) if not kong_missing
+                                       else f"Kong engine: skipped: {kong_missing}\n")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.md").write_text(md)
-    (OUT / "results.json").write_text(json.dumps({"meta": meta, "runs": results}, indent=2))
+    (OUT / "results.json").write_text(json.dumps(out, indent=2))
     print(md)
     print(f"written {OUT / 'results.md'}", file=sys.stderr)
     return 0
