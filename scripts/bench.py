@@ -568,7 +568,7 @@ def main() -> int:
         if WARMUP:
             for _, c, port, _ in items:
                 run_wrk(port, WARMUP, wrk_cpu, c)
-        for rnd in range(ROUNDS):
+        for rnd in range(ROUNDS if items else 0):
             order = items[rnd % len(items):] + items[:rnd % len(items)]
             for host, c, port, pid in order:
                 cpu_before = cpu_seconds(pid)
