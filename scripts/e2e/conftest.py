@@ -66,8 +66,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     marker = metafunc.definition.get_closest_marker("hosts")
     hosts = [h for h in selected_hosts(metafunc.config) if marker is None or h in marker.args]
-    # Module scope: tests sharing a module-scoped gateway run host by host.
-    metafunc.parametrize("host", hosts, indirect=True, scope="module")
+    # Module scope: tests sharing a module-scoped gateway run host by host. A test for none of the
+    # selected hosts is deselected (not skipped).
+    metafunc.parametrize("host", hosts or [NO_HOST], indirect=True, scope="module")
+
+
+NO_HOST = "none-selected"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        (drop if callspec is not None and callspec.params.get("host") == NO_HOST else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(scope="module")

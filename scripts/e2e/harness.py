@@ -395,11 +395,22 @@ class DeadPort(_Stoppable):
 # Client side
 
 
+def local_response_body(host: str, body: bytes) -> bytes:
+    """A filter's local response body as `host` sends it: ngx_wasm_module appends a newline to
+    every local response body (src/http/ngx_http_wasm_local_response.c); Envoy sends it as is."""
+    return body + b"\n" if host == "kong" else body
+
+
 @dataclass
 class Response:
     status: int
     headers: dict[str, str]  # lower-case names; repeated headers joined with ","
     body: bytes
+    host: str = ""  # the gateway host that answered ("envoy", "kong"; "" when not through one)
+
+    def is_local_body(self, body: bytes) -> bool:
+        """Whether the body is `body` as a filter's local response on this host."""
+        return self.body == local_response_body(self.host, body)
 
     @property
     def text(self) -> str:
@@ -787,8 +798,10 @@ class BaseGateway(_Stoppable):
             raise GatewayError("IPv6 listener not enabled (IPv6 loopback unusable?)")
         host, port = ("::1", self.port6) if ipv6 else (self.host_address, self.port)
         try:
-            return http_request(host, port, path, method=method, headers=headers, body=body,
-                                source=source, timeout=timeout)
+            r = http_request(host, port, path, method=method, headers=headers, body=body,
+                             source=source, timeout=timeout)
+            r.host = self.host
+            return r
         finally:
             self._count_requests(1)
 
@@ -827,6 +840,34 @@ class BaseGateway(_Stoppable):
         pattern = re.compile(regex, re.M)
         return poll(f"{self.host} log after offset {since} never matched {regex!r}",
                     lambda: pattern.search(self.log(since)), timeout, 0.05)
+
+    def _log_vm(self, line: str) -> str | None:
+        """Which VM (thread or process) wrote a log line, as the host's log says."""
+        raise NotImplementedError
+
+    def _live_vms(self) -> set[str] | None:
+        """The VMs running now, when the host tells (None: count them instead, `vms`)."""
+        return None
+
+    def wait_for_log_in_every_vm(self, regex: str, timeout: float = 10.0, since: int = 0) -> None:
+        """Wait until every VM running the plugins has logged a line matching `regex` after offset
+        `since` (e.g. "geo database generation 1 loaded"): Envoy, `vms` distinct threads; Kong,
+        each live worker process (a worker that is shutting down after a reload does not count)."""
+        pattern = re.compile(regex)
+
+        def seen() -> set[str]:
+            return {vm for line in self.log(since).splitlines() if pattern.search(line)
+                    for vm in [self._log_vm(line)] if vm is not None}
+
+        def done() -> bool:
+            live = self._live_vms()
+            got = seen()
+            return live <= got if live is not None else len(got) >= self.vms
+        try:
+            poll(f"{regex!r} in every VM", done, timeout, 0.05)
+        except AssertionError:
+            raise AssertionError(f"{regex!r} logged by {sorted(seen())}, not by every VM "
+                                 f"({self._live_vms() or self.vms}) within {timeout}s") from None
 
     def decisions(self, since: int = 0) -> list[dict[str, Any]]:
         """Every decision log line written after offset `since`, parsed."""
@@ -951,6 +992,12 @@ class Gateway(BaseGateway):
 
     def upstream_ref(self, kind: str) -> str:
         return {"geo_db": "gatewarden_geo_db", "jwks": "gatewarden_jwks"}[kind]
+
+    _THREAD = re.compile(r"^\[[^\]]+\]\[(\d+)\]")
+
+    def _log_vm(self, line: str) -> str | None:
+        m = self._THREAD.match(line)  # [time][thread id][level][component] ...
+        return m.group(1) if m else None
 
     @property
     def vms(self) -> int:
@@ -1159,6 +1206,13 @@ class KongGateway(BaseGateway):
     def vms(self) -> int:
         return self.concurrency  # one VM per worker process; the master runs none
 
+    def _log_vm(self, line: str) -> str | None:
+        m = _LINE.match(line)  # time [level] pid#tid: ...
+        return m.group(2) if m else None
+
+    def _live_vms(self) -> set[str] | None:
+        return {str(p) for p in self.workers}
+
     def _render(self, module_override: Mapping[str, Path] | None = None) -> str:
         modules = {**self.modules, **(module_override or {})}
         assert self.upstream is not None
@@ -1177,6 +1231,9 @@ class KongGateway(BaseGateway):
         wasmx = wasmx_bin()
         assert wasmx is not None
         (self.workdir / "tmp").mkdir(exist_ok=True)
+        for name, module in self.modules.items():  # now, so that reading counters later is quick
+            if name not in SILENT_FILTERS and module.exists():
+                counter_names(module)
         for attempt in range(5):
             self.port, self.admin_port = free_port(), free_port()
             self.port6 = free_port("::1") if self.ipv6 else 0

@@ -1,16 +1,19 @@
-"""End-to-end tests of the IP/geo filter (filters/ip-geo) in a real Envoy.
+"""End-to-end tests of the IP/geo filter (filters/ip-geo) in a real Envoy and in Kong's engine.
 
 What a request meets: the policy (shared/policy/src/ip_geo) decides on the client address, which is
-the peer address unless the policy's client_address trusts x-forwarded-for. The shipped bootstrap
-sets skip_xff_append, so the filter sees x-forwarded-for exactly as the test sends it (asserted below
-through the echo upstream); the test client plays the trusted proxy that appended the client.
+the peer address unless the policy's client_address trusts x-forwarded-for. Both hosts pass
+x-forwarded-for on as the test sends it (Envoy: the shipped bootstrap's skip_xff_append; asserted
+below through the echo upstream); the test client plays the trusted proxy that appended the client.
 
-Each test checks statuses and bodies, the headers the upstream received, Envoy's own stats and the
-filter's counters (wasmcustom.gatewarden_ip_geo_*), and the decision log lines in Envoy's log.
+Each test runs on both hosts and checks statuses and bodies, the headers the upstream received, the
+host's response counts and the filter's counters (gatewarden_ip_geo_*), and the decision log lines
+in the host's log. What only Envoy has (ECDS counters, its request id and headers) is checked on
+Envoy only, marked so; what differs on Kong (a policy update is a reload: new workers, new VMs) is
+said where it differs.
 Country tests use small databases written by the testkit's make-test-mmdb, served by the harness's
 geo-DB server, plus the free real database from npm.
 
-Gateways: the read-only scenarios share module-scoped Envoys; tests that push policies or change
+Gateways: the read-only scenarios share module-scoped gateways; tests that push policies or change
 the geo-DB server start their own.
 """
 
@@ -26,72 +29,47 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.hosts("envoy")  # not yet run on Kong
 
 import harness
-from harness import Gateway, Response
+from conftest import require_ipv6
+from harness import BaseGateway, Response
 
 FILTER = "ip_geo"
 HEADER = "x-gatewarden-ip-geo"
 FORBIDDEN = b'{"error":"forbidden","message":"access denied by policy"}'
-COUNTER = "wasmcustom.gatewarden_ip_geo_"
 GEO_PATH = "/country.mmdb"
 GEO_FILE = GEO_PATH.lstrip("/")
 # One trusted proxy in front of Envoy (the test client) appended the address it saw.
 ONE_HOP = {"xff_num_trusted_hops": 1}
 # Clients in 203.0.113.0/24 and 198.51.100.0/24, the networks of the test databases.
 KP_NET, US_NET = "203.0.113.5", "198.51.100.5"
-DECISION_LINE = re.compile(r'(\{"gatewarden":"decision".*\})\s*$', re.M)
+# Three ticks of a filter whose database is loading (shared_fetch TICK_LOADING, 200 ms): long
+# enough for a second fetch, by a worker that missed the first one, to have started.
+THREE_TICKS = 0.6
 
 
 def geo_source(**overrides: Any) -> dict[str, Any]:
-    return {"cluster": "gatewarden_geo_db", "path": GEO_PATH, **overrides}
-
-
-def vms(gw: Gateway) -> int:
-    """VMs running the plugin, each loading every published geo database once: one per worker
-    plus the main thread's (observed on Envoy 1.40: geo_db_loaded is 3 at concurrency 2)."""
-    return gw.concurrency + 1
+    return {"cluster": harness.upstream("geo_db"), "path": GEO_PATH, **overrides}
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 
 
-def snapshot(gw: Gateway) -> dict[str, int]:
-    return harness.counter_snapshot(gw, "ip_geo")
+def snapshot(gw: BaseGateway) -> dict[str, int]:
+    return harness.counter_snapshot(gw, FILTER)
 
 
 changes = harness.counter_changes
 
 
-def counter(gw: Gateway, name: str) -> int:
-    value = gw.stat(COUNTER + name, 0)
-    assert isinstance(value, int), (name, value)
-    return value
-
-
-def decisions(gw: Gateway) -> list[dict[str, Any]]:
-    """Every decision log line in Envoy's log, parsed (they must be valid JSON)."""
-    return [json.loads(m.group(1)) for m in DECISION_LINE.finditer(gw.log())]
-
-
-def wait_decision(gw: Gateway, after: int, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
-    """The first decision line logged after the `after`-th that has all `fields`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = decisions(gw)[after:]
-        for line in lines:
-            if all(line.get(k) == v for k, v in fields.items()):
-                return line
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"no decision line with {fields} among {lines}")
-        time.sleep(0.02)
+def counter(gw: BaseGateway, name: str) -> int:
+    return gw.counter(FILTER, name)
 
 
 def assert_denied(r: Response) -> None:
     assert r.status == 403, (r.status, r.text)
-    assert r.body == FORBIDDEN
+    assert r.is_local_body(FORBIDDEN), r.body
     assert r.headers.get("content-type") == "application/json", r.headers
 
 
@@ -107,21 +85,14 @@ def xff(value: str | None) -> dict[str, str]:
     return {"x-forwarded-for": value} if value is not None else {}
 
 
-def wait_geo_loaded(gw: Gateway, loads: int, timeout: float = 15.0) -> None:
-    """Wait until geo_db_loaded reaches `loads` (vms(gw) per published database)."""
-    gw.wait_for_stat(COUNTER + "geo_db_loaded", loads, timeout)
+def wait_geo_loaded(gw: BaseGateway, loads: int, timeout: float = 15.0) -> None:
+    """Wait until geo_db_loaded reaches `loads` (gw.vms per published database)."""
+    gw.wait_for_counter(FILTER, "geo_db_loaded", loads, timeout)
 
 
-def wait_counter(gw: Gateway, name: str, value: int, timeout: float) -> int:
-    """Like gw.wait_for_stat, polling gently (refresh waits take seconds)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = counter(gw, name)
-        if seen >= value:
-            return seen
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{name}: wanted >= {value}, saw {seen} after {timeout}s")
-        time.sleep(0.05)
+def geo_db_target(gw: BaseGateway) -> str:
+    """The fetch target as the filter logs it (Envoy: the cluster; Kong: host:port)."""
+    return re.escape(gw.upstream_ref("geo_db"))
 
 
 @pytest.fixture(scope="module")
@@ -164,13 +135,13 @@ CIDR_POLICY = {
 
 
 @pytest.fixture(scope="module")
-def cidr_gw(start_module_gateway) -> Gateway:
+def cidr_gw(start_module_gateway) -> BaseGateway:
     return start_module_gateway({FILTER: CIDR_POLICY})
 
 
-def test_cidr_allow_deny_lists_and_deny_wins(cidr_gw: Gateway):
+def test_cidr_allow_deny_lists_and_deny_wins(cidr_gw: BaseGateway):
     gw = cidr_gw
-    before, lines = snapshot(gw), len(decisions(gw))
+    before, mark = snapshot(gw), gw.log_mark()
 
     # /admin: allow list 127.0.0.0/29 ...
     assert_allowed(gw.get("/admin/x", source="127.0.0.2"), "admin", "cidr-1")
@@ -193,22 +164,25 @@ def test_cidr_allow_deny_lists_and_deny_wins(cidr_gw: Gateway):
     }
 
     # One JSON log line per denial, with the reason, rule, version, request id and client.
-    line = wait_decision(gw, lines, client="127.0.0.4")
+    line = gw.wait_decision(mark, client="127.0.0.4")
     assert {k: line[k] for k in ("filter", "decision", "reason", "rule", "policy_version")} == {
         "filter": "ip_geo", "decision": "deny", "reason": "ip_denied", "rule": "admin", "policy_version": "cidr-1"}
-    assert re.fullmatch(r"[0-9a-f-]{36}", line["request_id"]), line
-    assert wait_decision(gw, lines, client="127.0.0.9")["reason"] == "ip_not_allowed"
-    assert wait_decision(gw, lines, client="127.0.1.5")["rule"] == "default"
-    assert len(decisions(gw)[lines:]) == 3, "one line per denial, none for allowed requests"
+    if gw.host == "envoy":  # Envoy gives every request an x-request-id; plain nginx sets none
+        assert re.fullmatch(r"[0-9a-f-]{36}", line["request_id"]), line
+    else:
+        assert line["request_id"] == "", line
+    assert gw.wait_decision(mark, client="127.0.0.9")["reason"] == "ip_not_allowed"
+    assert gw.wait_decision(mark, client="127.0.1.5")["rule"] == "default"
+    assert len(gw.decisions(mark)) == 3, "one line per denial, none for allowed requests"
 
 
-def test_ipv6_peer_allowed_and_denied(cidr_gw: Gateway):
+def test_ipv6_peer_allowed_and_denied(cidr_gw: BaseGateway):
     gw = cidr_gw
-    if not gw.ipv6:
-        pytest.skip("IPv6 loopback ([::1]) unusable on this machine")
-    before, lines = snapshot(gw), len(decisions(gw))
+    require_ipv6(gw)
+    before, mark = snapshot(gw), gw.log_mark()
     upstream = assert_allowed(gw.get("/v6", ipv6=True, source="::1"), "v6-allow", "cidr-1")
-    assert upstream["x-envoy-external-address"] == "::1"
+    if gw.host == "envoy":  # Envoy only: its header for the peer
+        assert upstream["x-envoy-external-address"] == "::1"
     assert_denied(gw.get("/no-v6", ipv6=True, source="::1"))
     assert_allowed(gw.get("/public", ipv6=True, source="::1"), "default", "cidr-1")
     # The same rules over IPv4: the ::1/128 allow list excludes 127.0.0.2; the deny does not hit it.
@@ -218,14 +192,14 @@ def test_ipv6_peer_allowed_and_denied(cidr_gw: Gateway):
         "allowed": 3, "denied": 2, "denied_ip_denied": 1, "denied_ip_not_allowed": 1,
         "rq_2xx": 3, "rq_4xx": 2, "upstream_requests": 3,
     }
-    line = wait_decision(gw, lines, client="::1")
+    line = gw.wait_decision(mark, client="::1")
     assert (line["reason"], line["rule"]) == ("ip_denied", "v6-deny")
 
 
 # --------------------------------------------------------------------------------------------
 # 2: x-forwarded-for behind trusted proxies
 
-# Client -> proxy 10.1.2.3 -> proxy at the peer address (127.0.0.2) -> Envoy. Each proxy appended
+# Client -> proxy 10.1.2.3 -> proxy at the peer address (127.0.0.2) -> the gateway. Each proxy appended
 # the address it saw, so x-forwarded-for is "<client>, 10.1.2.3": two trusted hops.
 XFF_CONFIGS = {
     "trusted_hops": {"xff_num_trusted_hops": 2},
@@ -258,7 +232,7 @@ def test_client_behind_trusted_proxies(start_gateway, config_name: str):
     expected_counts: dict[str, int] = {}
     for xff_value, peer, *outcomes in XFF_CASES:
         outcome, client = outcomes[0 if config_name == "trusted_hops" else 1]
-        lines = len(decisions(gw))
+        mark = gw.log_mark()
         r = gw.get("/", headers=xff(xff_value), source=peer)
         case = f"xff={xff_value!r} peer={peer}"
         if outcome == "allow":
@@ -268,7 +242,7 @@ def test_client_behind_trusted_proxies(start_gateway, config_name: str):
             expected_counts["allowed"] = expected_counts.get("allowed", 0) + 1
         else:
             assert_denied(r)
-            line = wait_decision(gw, lines, timeout=2, reason=outcome, client=client)
+            line = gw.wait_decision(mark, timeout=2, reason=outcome, client=client)
             assert line["policy_version"] == policy["policy_version"], (case, line)
             expected_counts["denied"] = expected_counts.get("denied", 0) + 1
             key = f"denied_{outcome}"
@@ -282,7 +256,7 @@ def test_client_behind_trusted_proxies(start_gateway, config_name: str):
 # 4: country rules with a test database; one fetch serves every worker
 
 @pytest.fixture(scope="module")
-def geo_gw(start_module_gateway, mmdb) -> Gateway:
+def geo_gw(start_module_gateway, mmdb) -> BaseGateway:
     db = mmdb("country", "203.0.113.0/24=KP", "198.51.100.0/24=US", "2001:db8:1::/48=IR")
     policy = {
         "policy_version": "geo-1",
@@ -295,13 +269,13 @@ def geo_gw(start_module_gateway, mmdb) -> Gateway:
         "default": {},
     }
     gw = start_module_gateway({FILTER: policy}, geo_files={GEO_FILE: db}, concurrency=2)
-    wait_geo_loaded(gw, vms(gw))
+    wait_geo_loaded(gw, gw.vms)
     return gw
 
 
-def test_country_rules_with_test_database(geo_gw: Gateway):
+def test_country_rules_with_test_database(geo_gw: BaseGateway):
     gw = geo_gw
-    before, lines = snapshot(gw), len(decisions(gw))
+    before, mark = snapshot(gw), gw.log_mark()
     assert_denied(gw.get("/geo", headers=xff("203.0.113.5"), source="127.0.0.2"))                   # KP
     assert_allowed(gw.get("/geo", headers=xff("198.51.100.5"), source="127.0.0.2"), "geo-deny", "geo-1")  # US
     assert_allowed(gw.get("/geo", headers=xff("192.0.2.1"), source="127.0.0.2"), "geo-deny", "geo-1")  # unknown
@@ -313,25 +287,25 @@ def test_country_rules_with_test_database(geo_gw: Gateway):
         "allowed": 3, "denied": 4, "denied_country_denied": 2, "denied_country_not_allowed": 1,
         "denied_country_unknown": 1, "rq_2xx": 3, "rq_4xx": 4, "upstream_requests": 3,
     }
-    kp = wait_decision(gw, lines, client="203.0.113.5", rule="geo-deny")
+    kp = gw.wait_decision(mark, client="203.0.113.5", rule="geo-deny")
     assert (kp["reason"], kp["detail"], kp["policy_version"]) == ("country_denied", "country=KP", "geo-1")
-    ir = wait_decision(gw, lines, client="2001:db8:1::5")
+    ir = gw.wait_decision(mark, client="2001:db8:1::5")
     assert (ir["reason"], ir["detail"]) == ("country_denied", "country=IR")
-    assert wait_decision(gw, lines, client="203.0.113.5", rule="us-only")["reason"] == "country_not_allowed"
+    assert gw.wait_decision(mark, client="203.0.113.5", rule="us-only")["reason"] == "country_not_allowed"
 
 
-def test_one_fetch_serves_every_worker(geo_gw: Gateway):
+def test_one_fetch_serves_every_worker(geo_gw: BaseGateway):
     gw = geo_gw
-    time.sleep(0.6)  # three loading ticks: a second fetch by a slower worker would have started
+    harness.hold("one geo DB fetch", lambda: gw.geo_db.fetches(GEO_PATH) == 1, THREE_TICKS)
     c = snapshot(gw)
     assert c["geo_db_loaded"] >= 1
     assert (c["geo_db_fetch_started"], c["geo_db_fetch_succeeded"], c["geo_db_fetch_failed"]) == (1, 1, 0), c
-    assert c["geo_db_loaded"] == vms(gw), c
+    assert c["geo_db_loaded"] == gw.vms, c
     assert c.get("geo_db_load_failed", 0) == 0
     assert gw.geo_db.fetches(GEO_PATH) == 1, gw.geo_db.requests
     log = gw.log()
-    assert len(re.findall(r"gatewarden ip_geo: geo_db fetched from gatewarden_geo_db \(\d+ bytes\)", log)) == 1
-    assert len(re.findall(r"geo database generation 1 loaded \(Gatewarden-Test-Country-Code", log)) == vms(gw)
+    assert len(re.findall(rf"gatewarden ip_geo: geo_db fetched from {geo_db_target(gw)} \(\d+ bytes\)", log)) == 1
+    assert len(re.findall(r"geo database generation 1 loaded \(Gatewarden-Test-Country-Code", log)) == gw.vms
 
 
 def test_geoip2_layout_database(start_gateway, mmdb):
@@ -339,59 +313,77 @@ def test_geoip2_layout_database(start_gateway, mmdb):
     policy = {"policy_version": "geoip2-1", "client_address": ONE_HOP, "geo_database": geo_source(),
               "default": {"allow_countries": ["US"]}}
     gw = start_gateway({FILTER: policy}, geo_files={GEO_FILE: db}, ipv6=False)
-    wait_geo_loaded(gw, vms(gw))
+    wait_geo_loaded(gw, gw.vms)
     gw.wait_for_log(r"geo database generation 1 loaded \(Gatewarden-Test-GeoIP2-Country")
-    lines = len(decisions(gw))
+    mark = gw.log_mark()
     assert_allowed(gw.get("/", headers=xff("198.51.100.5"), source="127.0.0.2"), "default", "geoip2-1")
     assert_denied(gw.get("/", headers=xff("203.0.113.5"), source="127.0.0.2"))
     assert_denied(gw.get("/", headers=xff("2001:db8:1::9"), source="127.0.0.2"))
-    assert wait_decision(gw, lines, client="203.0.113.5")["detail"] == "country=KP"
-    line = wait_decision(gw, lines, client="2001:db8:1::9")
+    assert gw.wait_decision(mark, client="203.0.113.5")["detail"] == "country=KP"
+    line = gw.wait_decision(mark, client="2001:db8:1::9")
     assert (line["reason"], line["detail"]) == ("country_not_allowed", "country=IR")
 
 
-def test_policy_update_keeps_the_loaded_database(start_gateway, mmdb):
-    """The database lives in the VM, not in the policy: an update that keeps the same source
-    decides by country at once, with no new fetch and no geo_unavailable window."""
+def test_policy_update_keeps_the_loaded_database(start_gateway, mmdb, host, request):
+    """The database is not in the policy: an update that keeps the same source decides by country
+    at once, with no new fetch and no geo_unavailable window. Envoy keeps it in the VM (a config
+    update reuses the VM); on Kong a reload starts new workers, new VMs, which load the published
+    database from shared memory (it survives the reload) before they take requests."""
+    if host == "kong":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "known defect (filters/ip-geo): a new worker loads the published database on its first "
+            "tick (up to 200 ms) after accepting the policy, so right after a reload country rules "
+            "answer geo_unavailable (failure_mode)")))
     db = mmdb("keep", "203.0.113.0/24=KP", "198.51.100.0/24=US")
     policy = {"policy_version": "keep-1", "client_address": ONE_HOP, "geo_database": geo_source(),
               "default": {"deny_countries": ["KP"]}}
     gw = start_gateway({FILTER: policy}, geo_files={GEO_FILE: db}, ipv6=False)
-    wait_geo_loaded(gw, vms(gw))
+    wait_geo_loaded(gw, gw.vms)
     assert_denied(gw.get("/", headers=xff(KP_NET), source="127.0.0.2"))
     before = snapshot(gw)
     assert gw.push_policy(FILTER, {**policy, "policy_version": "keep-2", "default": {"deny_countries": ["US"]}}) == "success"
-    lines = len(decisions(gw))
+    mark = gw.log_mark()
     assert_denied(gw.get("/", headers=xff(US_NET), source="127.0.0.2"))
     assert_allowed(gw.get("/", headers=xff(KP_NET), source="127.0.0.2"), "default", "keep-2")
-    line = wait_decision(gw, lines, client=US_NET)
+    line = gw.wait_decision(mark, client=US_NET)
     assert (line["reason"], line["detail"], line["policy_version"]) == ("country_denied", "country=US", "keep-2")
-    time.sleep(0.5)  # a refetch after the update would start on the next tick
+    harness.hold("no refetch after the update", lambda: gw.geo_db.fetches(GEO_PATH) == 1, THREE_TICKS)
     got = changes(before, snapshot(gw))
-    # accepted by Envoy's canary VM, then by every VM running the plugin
-    assert got.pop("config_accepted") >= vms(gw)
+    # Envoy: accepted by its canary VM, then by every VM running the plugin; Kong: by each new worker
+    assert got.pop("config_accepted") >= gw.vms
+    if gw.host == "kong":  # the new workers' VMs loaded the database from shared memory
+        assert got.pop("geo_db_loaded") == gw.vms, got
     assert got == {"allowed": 1, "denied": 1, "denied_country_denied": 1, "rq_2xx": 1, "rq_4xx": 1,
                    "upstream_requests": 1}
     assert gw.geo_db.fetches(GEO_PATH) == 1
 
 
-def test_policy_update_during_first_fetch_does_not_stall_loading(start_gateway, mmdb):
+# How long the geo DB server holds the first fetch: longer than the update takes (on Kong a reload,
+# with new workers compiling the module: 0.5-2.5 s).
+INFLIGHT_DELAY = {"envoy": 1.5, "kong": 4.0}
+
+
+def test_policy_update_during_first_fetch_does_not_stall_loading(start_gateway, mmdb, host):
     db = mmdb("inflight", "203.0.113.0/24=KP")
     policy = {"policy_version": "inflight-1", "client_address": ONE_HOP, "geo_database": geo_source(),
               "default": {"deny_countries": ["KP"]}}
-    gw = start_gateway({FILTER: policy}, geo_files={GEO_FILE: db}, geo_delay_seconds=1.5, ipv6=False)
+    gw = start_gateway({FILTER: policy}, geo_files={GEO_FILE: db}, geo_delay_seconds=INFLIGHT_DELAY[host],
+                       ipv6=False)
     deadline = time.monotonic() + 5
-    while not gw.geo_db.requests:  # the first fetch is in flight (the server answers after 1.5 s)
+    while not gw.geo_db.requests:  # the first fetch is in flight (the server answers after the delay)
         assert time.monotonic() < deadline, "no geo DB fetch started"
         time.sleep(0.01)
+    mark = gw.log_mark()
     assert gw.push_policy(FILTER, {**policy, "policy_version": "inflight-2"}) == "success"
     assert counter(gw, "geo_db_fetch_succeeded") == 0
     gw.geo_db.delay_seconds = 0
-    # Either the in-flight response is still used (~1.5 s) or a new fetch starts at once: well
-    # within 5 s, not after the lost fetch's 12 s lease.
-    wait_geo_loaded(gw, vms(gw), timeout=5)
+    # Either the in-flight response is still used (~the delay) or a new fetch starts at once: well
+    # within 5 s, not after the lost fetch's 12 s lease. (On Kong the old worker, shutting down,
+    # finishes its fetch too and loads it: only the VMs serving now count.)
+    gw.wait_for_log_in_every_vm(r"geo database generation \d+ loaded", timeout=5,
+                                since=0 if host == "envoy" else mark)
     assert_denied(gw.get("/", headers=xff(KP_NET), source="127.0.0.2"))
-    assert wait_decision(gw, 0, client=KP_NET, policy_version="inflight-2")["reason"] == "country_denied"
+    assert gw.wait_decision(0, client=KP_NET, policy_version="inflight-2")["reason"] == "country_denied"
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,13 +393,13 @@ def test_real_database_via_trusted_proxy(start_gateway, geo_db):
     policy = {"policy_version": "real-1", "client_address": {"trusted_proxies": ["127.0.0.0/8"]},
               "geo_database": geo_source(), "default": {"deny_countries": ["AU"]}}
     gw = start_gateway({FILTER: policy}, geo_files={GEO_FILE: geo_db}, ipv6=False)
-    wait_geo_loaded(gw, vms(gw), timeout=30)
-    before, lines = snapshot(gw), len(decisions(gw))
+    wait_geo_loaded(gw, gw.vms, timeout=30)
+    before, mark = snapshot(gw), gw.log_mark()
     assert_denied(gw.get("/", headers=xff("1.1.1.1"), source="127.0.0.2"))
     assert_allowed(gw.get("/", headers=xff("8.8.8.8"), source="127.0.0.2"), "default", "real-1")
     # the peer itself (a trusted proxy, no XFF) has no country: it passes the deny list
     assert_allowed(gw.get("/", source="127.0.0.2"), "default", "real-1")
-    line = wait_decision(gw, lines, client="1.1.1.1")
+    line = gw.wait_decision(mark, client="1.1.1.1")
     assert (line["reason"], line["detail"], line["rule"]) == ("country_denied", "country=AU", "default")
     assert changes(before, snapshot(gw)) == {
         "allowed": 2, "denied": 1, "denied_country_denied": 1, "rq_2xx": 2, "rq_4xx": 1, "upstream_requests": 2}
@@ -433,7 +425,7 @@ def refreshing(start_module_gateway, mmdb):
         gws[name] = start_module_gateway({FILTER: policy}, geo_files={GEO_FILE: db_a}, ipv6=False)
     before = {}
     for name, gw in gws.items():
-        wait_geo_loaded(gw, vms(gw))
+        wait_geo_loaded(gw, gw.vms)
         before[name] = {ip: gw.get("/", headers=xff(ip), source="127.0.0.2") for ip in (KP_NET, US_NET)}
     gws["swap"].geo_db.put(GEO_FILE, db_b)
     gws["corrupt"].geo_db.put(GEO_FILE, db_bad)
@@ -441,37 +433,37 @@ def refreshing(start_module_gateway, mmdb):
 
 
 def test_database_swap_takes_effect_at_refresh(refreshing):
-    gw: Gateway = refreshing.swap
+    gw: BaseGateway = refreshing.swap
     assert_denied(refreshing.before["swap"][KP_NET])
     assert_allowed(refreshing.before["swap"][US_NET], "default", "swap-1")
     # The refresh is due 10 s after the first load; every VM then loads generation 2.
-    wait_counter(gw, "geo_db_fetch_succeeded", 2, timeout=25)
-    wait_geo_loaded(gw, 2 * vms(gw), timeout=5)
-    lines = len(decisions(gw))
+    gw.wait_for_counter(FILTER, "geo_db_fetch_succeeded", 2, timeout=25)
+    wait_geo_loaded(gw, 2 * gw.vms, timeout=5)
+    mark = gw.log_mark()
     assert_allowed(gw.get("/", headers=xff(KP_NET), source="127.0.0.2"), "default", "swap-1")
     assert_denied(gw.get("/", headers=xff(US_NET), source="127.0.0.2"))
-    assert wait_decision(gw, lines, client=US_NET)["detail"] == "country=KP"
+    assert gw.wait_decision(mark, client=US_NET)["detail"] == "country=KP"
     c = snapshot(gw)
     # One fetch per refresh, not one per worker.
     assert gw.geo_db.fetches(GEO_PATH) == c["geo_db_fetch_started"] >= 2, (gw.geo_db.requests, c)
     assert c.get("geo_db_fetch_failed", 0) == 0 and c.get("geo_db_load_failed", 0) == 0, c
-    assert len(re.findall(r"geo database generation 2 loaded", gw.log())) == vms(gw)
+    assert len(re.findall(r"geo database generation 2 loaded", gw.log())) == gw.vms
 
 
 def test_corrupt_refresh_is_refused_and_last_good_database_keeps_serving(refreshing):
-    gw: Gateway = refreshing.corrupt
+    gw: BaseGateway = refreshing.corrupt
     assert_denied(refreshing.before["corrupt"][KP_NET])
     assert_allowed(refreshing.before["corrupt"][US_NET], "default", "corrupt-1")
-    wait_counter(gw, "geo_db_fetch_failed", 1, timeout=25)
-    gw.wait_for_log(r"gatewarden ip_geo: fetching geo_db from gatewarden_geo_db failed: invalid content")
-    lines = len(decisions(gw))
+    gw.wait_for_counter(FILTER, "geo_db_fetch_failed", 1, timeout=25)
+    gw.wait_for_log(rf"gatewarden ip_geo: fetching geo_db from {geo_db_target(gw)} failed: invalid content")
+    mark = gw.log_mark()
     # Database A still decides.
     assert_denied(gw.get("/", headers=xff(KP_NET), source="127.0.0.2"))
     assert_allowed(gw.get("/", headers=xff(US_NET), source="127.0.0.2"), "default", "corrupt-1")
-    assert wait_decision(gw, lines, client=KP_NET)["detail"] == "country=KP"
+    assert gw.wait_decision(mark, client=KP_NET)["detail"] == "country=KP"
     c = snapshot(gw)
     assert c["geo_db_fetch_succeeded"] == 1, c
-    assert c["geo_db_loaded"] == vms(gw), c  # nothing new was published
+    assert c["geo_db_loaded"] == gw.vms, c  # nothing new was published
     assert c.get("geo_db_load_failed", 0) == 0, c
     assert gw.geo_db.fetches(GEO_PATH) >= 2
 
@@ -488,12 +480,12 @@ def unavailable_policy(version: str, failure_mode: str) -> dict[str, Any]:
 
 def test_geo_database_unavailable_follows_failure_mode(start_gateway, mmdb):
     gw = start_gateway({FILTER: unavailable_policy("unavail-1", "deny")}, geo_fail_status=503, ipv6=False)
-    wait_counter(gw, "geo_db_fetch_failed", 1, timeout=5)
-    gw.wait_for_log(r"gatewarden ip_geo: fetching geo_db from gatewarden_geo_db failed: status 503")
+    gw.wait_for_counter(FILTER, "geo_db_fetch_failed", 1, timeout=5)
+    gw.wait_for_log(rf"gatewarden ip_geo: fetching geo_db from {geo_db_target(gw)} failed: status 503")
     assert gw.geo_db.fetches(GEO_PATH) >= 1
 
     # failure_mode deny: country rules deny with geo_unavailable; network rules still work.
-    before, lines = snapshot(gw), len(decisions(gw))
+    before, mark = snapshot(gw), gw.log_mark()
     assert_denied(gw.get("/geo", headers=xff("203.0.113.5"), source="127.0.0.2"))
     assert_denied(gw.get("/geo", headers=xff("192.0.2.10"), source="127.0.0.2"))
     assert_allowed(gw.get("/", headers=xff("192.0.2.10"), source="127.0.0.2"), "default", "unavail-1")
@@ -502,7 +494,7 @@ def test_geo_database_unavailable_follows_failure_mode(start_gateway, mmdb):
     assert {k: got.get(k, 0) for k in ("allowed", "denied", "denied_geo_unavailable", "denied_ip_denied",
                                        "upstream_requests")} == {
         "allowed": 1, "denied": 3, "denied_geo_unavailable": 2, "denied_ip_denied": 1, "upstream_requests": 1}
-    line = wait_decision(gw, lines, client="203.0.113.5")
+    line = gw.wait_decision(mark, client="203.0.113.5")
     assert (line["reason"], line["rule"]) == ("geo_unavailable", "geo")
     assert counter(gw, "geo_db_loaded") == 0
 
@@ -514,7 +506,7 @@ def test_geo_database_unavailable_follows_failure_mode(start_gateway, mmdb):
     # The server recovers: the next retry loads the database and country rules apply again.
     gw.geo_db.put(GEO_FILE, mmdb("recovered", "203.0.113.0/24=KP"))
     gw.geo_db.fail_status = None
-    wait_geo_loaded(gw, vms(gw), timeout=15)
+    wait_geo_loaded(gw, gw.vms, timeout=15)
     assert_denied(gw.get("/geo", headers=xff("203.0.113.5"), source="127.0.0.2"))
     assert_allowed(gw.get("/geo", headers=xff("192.0.2.10"), source="127.0.0.2"), "geo", "unavail-2")
 
@@ -538,7 +530,7 @@ INVALID_UPDATES = [
 ]
 
 
-def assert_live_v2_enforced(gw: Gateway) -> None:
+def assert_live_v2_enforced(gw: BaseGateway) -> None:
     assert_allowed(gw.get("/admin", source="127.0.0.2"), "admin", "live-2")
     assert_denied(gw.get("/admin", source="127.0.0.3"))
     assert_allowed(gw.get("/", source="127.0.0.3"), "default", "live-2")
@@ -546,30 +538,33 @@ def assert_live_v2_enforced(gw: Gateway) -> None:
     assert_denied(gw.get("/", source="127.0.2.5"))
 
 
-def test_live_updates_valid_applies_invalid_is_refused(start_gateway):
+def test_live_update_applies(start_gateway):
     gw = start_gateway({FILTER: LIVE_V1}, ipv6=False)
     assert_allowed(gw.get("/", source="127.0.2.5"), "default", "live-1")
 
     # A valid update: a new deny appears and the decision header carries the new version.
     assert gw.push_policy(FILTER, LIVE_V2) == "success"
-    lines = len(decisions(gw))
+    mark = gw.log_mark()
     assert_denied(gw.get("/", source="127.0.2.5"))
-    line = wait_decision(gw, lines, client="127.0.2.5")
+    line = gw.wait_decision(mark, client="127.0.2.5")
     assert (line["reason"], line["policy_version"]) == ("ip_denied", "live-2")
     assert_live_v2_enforced(gw)
 
+
+@pytest.mark.hosts("envoy")  # Kong has no "keep the last good policy": see test_kong.py
+def test_invalid_update_is_refused_and_the_old_policy_keeps_deciding(start_gateway):
+    gw = start_gateway({FILTER: LIVE_V2}, ipv6=False)
     version_text = gw.ecds_stat(FILTER, "version_text")
     for policy, error in INVALID_UPDATES:
         ecds_before, rejected_before = gw.ecds_counts(FILTER), counter(gw, "config_rejected")
-        envoy_rejections = gw.log().count("Filesystem config update rejected")
+        mark = gw.log_mark()
         assert gw.push_policy(FILTER, policy) == "rejected", error
         ecds_after = gw.ecds_counts(FILTER)
         assert ecds_after["update_rejected"] == ecds_before.get("update_rejected", 0) + 1
         assert ecds_after["update_success"] == ecds_before["update_success"]
         assert counter(gw, "config_rejected") > rejected_before
-        gw.wait_for_log(r"\[error\]\[wasm\].*gatewarden ip_geo: policy refused: " + re.escape(error))
-        gw.wait_for_log(r"Filesystem config update rejected", timeout=5)
-        assert gw.log().count("Filesystem config update rejected") > envoy_rejections
+        gw.wait_for_log(r"\[error\]\[wasm\].*gatewarden ip_geo: policy refused: " + re.escape(error), since=mark)
+        gw.wait_for_log(r"Filesystem config update rejected", timeout=5, since=mark)
         assert str(gw.stat(version_text)).startswith("live-2-")
         # The old policy still decides: its allows and its denies alike.
         assert_live_v2_enforced(gw)
@@ -580,22 +575,26 @@ def test_live_updates_valid_applies_invalid_is_refused(start_gateway):
 
 
 # --------------------------------------------------------------------------------------------
-# 8: 50 live updates under load
+# 8: live updates under load: 50 ECDS pushes on Envoy; 5 reloads on Kong (each starts new
+# workers, which compile the module first: the worst stall is measured and reported)
 
 LOAD_A = {"policy_version": "load-a", "default": {"deny": ["127.0.1.0/24"]}}
 LOAD_B = {"policy_version": "load-b",
           "rules": [{"name": "app", "match": {"path_prefix": "/app"}, "allow": ["127.0.0.2/32"]}],
           "default": {"deny": ["127.0.2.0/24"]}}
+UPDATES_UNDER_LOAD = {"envoy": 50, "kong": 5}
 
 
-def test_fifty_updates_under_load_lose_no_request(start_gateway, record_property):
+def test_updates_under_load_lose_no_request(start_gateway, host, record_property, report):
     gw = start_gateway({FILTER: LOAD_A}, ipv6=False)
-    ecds_before, before = gw.ecds_counts(FILTER), snapshot(gw)
+    updates = UPDATES_UNDER_LOAD[host]
+    ecds_before = gw.ecds_counts(FILTER) if host == "envoy" else {}
+    before = snapshot(gw)
     started = time.monotonic()
     probes = 0
-    with gw.load("/app/x", duration=30, threads=4, source="127.0.0.2") as load:
+    with gw.load("/app/x", duration=60, threads=4, source="127.0.0.2") as load:
         time.sleep(0.3)
-        for i in range(1, 51):
+        for i in range(1, updates + 1):
             t0 = time.monotonic()
             policy, rule = (LOAD_B, "app") if i % 2 else (LOAD_A, "default")
             assert gw.push_policy(FILTER, policy) == "success", f"update {i}"
@@ -613,20 +612,28 @@ def test_fifty_updates_under_load_lose_no_request(start_gateway, record_property
     result = load.result
     elapsed = time.monotonic() - started
     record_property("load", str(result))
-    record_property("probes_seeing_the_previous_version", probes - 50)
-    assert elapsed < 30, f"50 updates took {elapsed:.1f}s"
+    record_property("probes_seeing_the_previous_version", probes - updates)
+    report(f"ip_geo, {updates} updates under load on {host} in {elapsed:.1f}s: {result}")
+    assert elapsed < 45, f"{updates} updates took {elapsed:.1f}s"
     assert result.errors == 0 and result.non_2xx == 0, str(result)
     assert result.requests > 100, str(result)
-    ecds_after = gw.ecds_counts(FILTER)
-    assert ecds_after["update_success"] - ecds_before["update_success"] == 50
-    assert ecds_after.get("update_rejected", 0) == ecds_before.get("update_rejected", 0)
-    assert ecds_after.get("update_failure", 0) == ecds_before.get("update_failure", 0)
+    if host == "envoy":  # Envoy only: ECDS counts every update
+        ecds_after = gw.ecds_counts(FILTER)
+        assert ecds_after["update_success"] - ecds_before["update_success"] == updates
+        assert ecds_after.get("update_rejected", 0) == ecds_before.get("update_rejected", 0)
+        assert ecds_after.get("update_failure", 0) == ecds_before.get("update_failure", 0)
     got = changes(before, snapshot(gw))
     completed = sum(result.statuses.values())
-    # Every request went through the filter and was allowed under one version or the other.
-    assert got.get("allowed") == completed + probes, (got, str(result), probes)
     assert got.get("denied", 0) == 0 and got.get("no_policy", 0) == 0, got
     assert got.get("config_rejected", 0) == 0, got
+    if host == "envoy":
+        # Every request went through the filter and was allowed under one version or the other.
+        assert got.get("allowed") == completed + probes, (got, str(result), probes)
+    else:
+        # Kong: what a worker tallied but had not flushed when a reload replaced it is lost
+        # (test_kong.py::test_counts_tallied_before_a_reload_are_kept, a known defect); none is
+        # counted twice.
+        assert 0 < got.get("allowed", 0) <= completed + probes, (got, str(result), probes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -637,7 +644,7 @@ def test_dry_run_passes_would_be_denials_and_counts_them(start_gateway):
               "rules": [{"name": "admin", "match": {"path_prefix": "/admin"}, "allow": ["127.0.0.2/32"]}],
               "default": {"deny": ["127.0.1.0/24"]}}
     gw = start_gateway({FILTER: policy}, ipv6=False)
-    before, lines = snapshot(gw), len(decisions(gw))
+    before, mark = snapshot(gw), gw.log_mark()
     forged = {HEADER: "allow; rule=default; version=forged"}
     r = gw.get("/", headers=forged, source="127.0.1.5")
     assert r.status == 200, r.text
@@ -650,10 +657,10 @@ def test_dry_run_passes_would_be_denials_and_counts_them(start_gateway):
         "allowed": 1, "dry_run_denied": 2, "dry_run_denied_ip_denied": 1, "dry_run_denied_ip_not_allowed": 1,
         "rq_2xx": 3, "upstream_requests": 3,
     }
-    line = wait_decision(gw, lines, client="127.0.1.5")
+    line = gw.wait_decision(mark, client="127.0.1.5")
     assert (line["decision"], line["reason"], line["rule"], line["policy_version"]) == (
         "dry_run_deny", "ip_denied", "default", "dry-1")
-    assert wait_decision(gw, lines, client="127.0.0.3")["decision"] == "dry_run_deny"
+    assert gw.wait_decision(mark, client="127.0.0.3")["decision"] == "dry_run_deny"
 
 
 def test_decision_header_can_be_turned_off_and_on_live(start_gateway):
