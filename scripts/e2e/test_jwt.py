@@ -1,17 +1,18 @@
-"""End-to-end tests of the JWT filter (filters/jwt) in a real Envoy.
+"""End-to-end tests of the JWT filter (filters/jwt) in a real Envoy and in Kong's engine.
 
 Keys and tokens are made here (scripts/jwtkit.py signs with Python's `cryptography`, independent of
 the filter's verifier): RS256 and ES256 keys served as a remote JWKS by the harness's JWKS server
-behind the bootstrap's `gatewarden_jwks` cluster, and an HS256 key given inline (`local_jwks`).
+(Envoy: behind the bootstrap's `gatewarden_jwks` cluster; Kong: 127.0.0.1:<port>), and an HS256 key
+given inline (`local_jwks`).
 
 Each test checks statuses, bodies and `WWW-Authenticate`, the headers the upstream received
 (claims, payload, decision header; the token removed), the filter's counters
-(wasmcustom.gatewarden_jwt_*) and decision log lines, and how often the JWKS server was asked.
-Envoy runs with --concurrency 2: one VM per worker plus the main thread's, and one JWKS fetch
-(through shared data) serves them all.
+(gatewarden_jwt_*) and decision log lines, and how often the JWKS server was asked. Each host runs
+two workers (Envoy --concurrency 2: one VM per worker plus the main thread's; nginx: two worker
+processes, one VM each), and one JWKS fetch (through shared data) serves them all.
 
-Gateways: the read-only scenarios share a module-scoped Envoy; tests that rotate keys, break the
-JWKS server or push policies start their own.
+Gateways: the read-only scenarios share a module-scoped gateway per host; tests that rotate keys,
+break the JWKS server or push policies start their own.
 """
 
 from __future__ import annotations
@@ -24,25 +25,32 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.hosts("envoy")  # not yet run on Kong
 
 import harness
-from harness import Gateway, Response
+from harness import BaseGateway, Response
 from jwtkit import SigningKey, b64url, exp_in, jwks_bytes, payload_of, tamper_signature
 
 FILTER = "jwt"
 HEADER = "x-gatewarden-jwt"
-COUNTER = "wasmcustom.gatewarden_jwt_"
 UNAUTHORIZED = b'{"error":"unauthorized","message":"authentication required"}'
 FORBIDDEN = b'{"error":"forbidden","message":"access denied by policy"}'
 REALM = "api"
 MISSING_CHALLENGE = f'Bearer realm="{REALM}"'
 INVALID_CHALLENGE = f'Bearer realm="{REALM}", error="invalid_token"'
 SCOPE_CHALLENGE = f'Bearer realm="{REALM}", error="insufficient_scope"'
-DECISION_LINE = re.compile(r'(\{"gatewarden":"decision".*\})\s*$', re.M)
 
 ISS, ISS_HS, ISS_PARTNER = "https://idp.test", "https://hs.test", "https://partner.test"
 IDP_PATH, PARTNER_PATH = "/idp.json", "/partner.json"
+HEADER_REMOVAL_DEFECT = (
+    "a request header the filter removes reaches the upstream as an empty header (ngx_wasm_module clears "
+    "it in place and nginx's proxy module still sends it), so a removed token or a replaced forged claim "
+    "header arrives as '' beside the new value")
+PATH_DEFECT = (
+    "a :path the filter rewrites (a token removed from the query) is not what proxy_pass sends: the "
+    "upstream gets the original URI, token included")
+# Three ticks of a filter whose key set is loading (shared_fetch TICK_LOADING, 200 ms): long enough
+# for a second fetch, by a worker that missed the first one, to have started.
+THREE_TICKS = 0.6
 
 RS = SigningKey.generate("RS256", "rsa-1")
 EC = SigningKey.generate("ES256", "ec-1")
@@ -63,7 +71,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def remote(path: str, **overrides: Any) -> dict[str, Any]:
-    return {"cluster": "gatewarden_jwks", "path": path, **overrides}
+    return {"cluster": harness.upstream("jwks"), "path": path, **overrides}
 
 
 def idp(**remote_overrides: Any) -> dict[str, Any]:
@@ -99,66 +107,36 @@ def policy(version: str, providers: dict[str, Any], requires: Any, failure_mode:
     }
 
 
-def vms(gw: Gateway) -> int:
-    """VMs running the plugin, each loading every published key set once: one per worker plus
-    the main thread's (as for the geo database)."""
-    return gw.concurrency + 1
-
-
 # --------------------------------------------------------------------------------------------
 # Helpers
 
 
-def snapshot(gw: Gateway) -> dict[str, int]:
-    return harness.counter_snapshot(gw, "jwt")
+def snapshot(gw: BaseGateway) -> dict[str, int]:
+    return harness.counter_snapshot(gw, FILTER)
 
 
 changes = harness.counter_changes
 
 
-def counter(gw: Gateway, name: str) -> int:
-    value = gw.stat(COUNTER + name, 0)
-    assert isinstance(value, int), (name, value)
-    return value
+def counter(gw: BaseGateway, name: str) -> int:
+    return gw.counter(FILTER, name)
 
 
-def wait_counter(gw: Gateway, name: str, value: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = counter(gw, name)
-        if seen >= value:
-            return seen
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{name}: wanted >= {value}, saw {seen} after {timeout}s")
-        time.sleep(0.05)
-
-
-def decisions(gw: Gateway) -> list[dict[str, Any]]:
-    return [json.loads(m.group(1)) for m in DECISION_LINE.finditer(gw.log())]
-
-
-def wait_decision(gw: Gateway, after: int, timeout: float = 5.0, **fields: Any) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = decisions(gw)[after:]
-        for line in lines:
-            if all(line.get(k) == v for k, v in fields.items()):
-                return line
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"no decision line with {fields} among {lines}")
-        time.sleep(0.02)
+def jwks_target(gw: BaseGateway) -> str:
+    """The fetch target as the filter logs it (Envoy: the cluster; Kong: host:port)."""
+    return re.escape(gw.upstream_ref("jwks"))
 
 
 def assert_unauthorized(r: Response, challenge: str) -> None:
     assert r.status == 401, (r.status, r.text)
-    assert r.body == UNAUTHORIZED
+    assert r.is_local_body(UNAUTHORIZED), r.body
     assert r.headers.get("content-type") == "application/json", r.headers
     assert r.headers.get("www-authenticate") == challenge, r.headers
 
 
 def assert_forbidden(r: Response, challenge: str | None) -> None:
     assert r.status == 403, (r.status, r.text)
-    assert r.body == FORBIDDEN
+    assert r.is_local_body(FORBIDDEN), r.body
     assert r.headers.get("www-authenticate") == challenge, r.headers
 
 
@@ -170,8 +148,8 @@ def assert_allowed(r: Response, rule: str, version: str) -> dict[str, str]:
     return upstream
 
 
-def wait_jwks_loaded(gw: Gateway, loads: int, timeout: float = 15.0) -> None:
-    gw.wait_for_stat(COUNTER + "jwks_loaded", loads, timeout)
+def wait_jwks_loaded(gw: BaseGateway, loads: int, timeout: float = 15.0) -> None:
+    gw.wait_for_counter(FILTER, "jwks_loaded", loads, timeout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,14 +165,15 @@ MAIN["rules"].insert(0, {"name": "billing", "match": {"path_prefix": "/billing"}
 
 
 @pytest.fixture(scope="module")
-def gw(start_module_gateway) -> Gateway:
+def gw(start_module_gateway) -> BaseGateway:
     gateway = start_module_gateway({FILTER: MAIN}, jwks_files={IDP_PATH.lstrip("/"): jwks_bytes([RS, EC])},
                                    concurrency=2)
-    wait_jwks_loaded(gateway, vms(gateway))
+    wait_jwks_loaded(gateway, gateway.vms)
     return gateway
 
 
-def test_valid_tokens_pass_with_claims_forwarded(gw: Gateway):
+@pytest.mark.kong_defect(HEADER_REMOVAL_DEFECT)
+def test_valid_tokens_pass_with_claims_forwarded(gw: BaseGateway):
     before = snapshot(gw)
     forged = {"x-user": "admin", "x-tenant": "evil", "x-jwt-payload": "e30", HEADER: "allow; forged"}
     for key in (RS, EC):
@@ -215,20 +194,23 @@ def test_valid_tokens_pass_with_claims_forwarded(gw: Gateway):
     assert changes(before, snapshot(gw)) == {"allowed": 3, "rq_2xx": 3, "upstream_requests": 3}
 
 
-def test_missing_token_is_401_without_error(gw: Gateway):
-    before, lines = snapshot(gw), len(decisions(gw))
+def test_missing_token_is_401_without_error(gw: BaseGateway):
+    before, mark = snapshot(gw), gw.log_mark()
     assert_unauthorized(gw.get("/orders", source="127.0.0.3"), MISSING_CHALLENGE)
     # A prefix other than Bearer is no token either.
     assert_unauthorized(gw.get("/orders", headers={"authorization": "Basic dXNlcjpwYXNz"}), MISSING_CHALLENGE)
     assert changes(before, snapshot(gw)) == {"denied": 2, "denied_missing": 2, "rq_4xx": 2}
-    line = wait_decision(gw, lines, client="127.0.0.3")
+    line = gw.wait_decision(mark, client="127.0.0.3")
     assert {k: line[k] for k in ("filter", "decision", "reason", "rule", "policy_version")} == {
         "filter": "jwt", "decision": "deny", "reason": "missing", "rule": "default", "policy_version": "jwt-1"}
-    assert re.fullmatch(r"[0-9a-f-]{36}", line["request_id"]), line
+    if gw.host == "envoy":  # Envoy gives every request an x-request-id; plain nginx sets none
+        assert re.fullmatch(r"[0-9a-f-]{36}", line["request_id"]), line
+    else:
+        assert line["request_id"] == "", line
 
 
-def test_invalid_tokens_are_401_invalid_token(gw: Gateway):
-    before, lines = snapshot(gw), len(decisions(gw))
+def test_invalid_tokens_are_401_invalid_token(gw: BaseGateway):
+    before, mark = snapshot(gw), gw.log_mark()
     now = int(time.time())
     cases = [
         (tamper_signature(RS.sign(claims())), "bad_signature"),
@@ -241,7 +223,7 @@ def test_invalid_tokens_are_401_invalid_token(gw: Gateway):
     for i, (token, reason) in enumerate(cases):
         source = f"127.0.2.{i + 1}"
         assert_unauthorized(gw.get("/orders", headers=bearer(token), source=source), INVALID_CHALLENGE)
-        assert wait_decision(gw, lines, client=source)["reason"] == reason, (i, reason)
+        assert gw.wait_decision(mark, client=source)["reason"] == reason, (i, reason)
     # A valid token for another audience is authenticated but not authorized: 403, no challenge.
     assert_forbidden(gw.get("/orders", headers=bearer(RS.sign(claims(aud="billing")))), None)
     got = changes(before, snapshot(gw))
@@ -249,8 +231,8 @@ def test_invalid_tokens_are_401_invalid_token(gw: Gateway):
                    "denied_malformed": 1, "denied_audience": 1, "rq_4xx": 7}, got
 
 
-def test_scope_and_claim_requirements_are_403(gw: Gateway):
-    before, lines = snapshot(gw), len(decisions(gw))
+def test_scope_and_claim_requirements_are_403(gw: BaseGateway):
+    before, mark = snapshot(gw), gw.log_mark()
     reader = RS.sign(claims())
     admin = EC.sign(claims(scope="read admin"))
     assert_forbidden(gw.get("/admin/users", headers=bearer(reader), source="127.0.3.1"), SCOPE_CHALLENGE)
@@ -266,11 +248,12 @@ def test_scope_and_claim_requirements_are_403(gw: Gateway):
     assert changes(before, snapshot(gw)) == {
         "allowed": 2, "denied": 4, "denied_scope": 1, "denied_claim": 2, "denied_issuer": 1,
         "rq_2xx": 2, "rq_4xx": 4, "upstream_requests": 2}
-    assert wait_decision(gw, lines, client="127.0.3.1")["rule"] == "admin"
-    assert wait_decision(gw, lines, client="127.0.3.2")["reason"] == "claim"
+    assert gw.wait_decision(mark, client="127.0.3.1")["rule"] == "admin"
+    assert gw.wait_decision(mark, client="127.0.3.2")["reason"] == "claim"
 
 
-def test_provider_and_audiences_replaces_the_audiences_on_its_route(gw: Gateway):
+@pytest.mark.kong_defect(HEADER_REMOVAL_DEFECT)
+def test_provider_and_audiences_replaces_the_audiences_on_its_route(gw: BaseGateway):
     """A billing-audience idp token passes /billing (verified with idp's remote keys) and not the
     default route, where idp keeps its own audiences; an api-audience token the other way round."""
     before = snapshot(gw)
@@ -285,37 +268,38 @@ def test_provider_and_audiences_replaces_the_audiences_on_its_route(gw: Gateway)
                    "upstream_requests": 2}, got
 
 
-def test_requires_any_logs_the_reason_of_the_token_s_own_provider(gw: Gateway):
+def test_requires_any_logs_the_reason_of_the_token_s_own_provider(gw: BaseGateway):
     """Under requires_any [idp, hs], an hs token that hs refuses is logged and counted with hs's
     reason, not idp's `issuer` (the token is not idp's)."""
-    before, lines = snapshot(gw), len(decisions(gw))
+    before, mark = snapshot(gw), gw.log_mark()
     now = int(time.time())
     expired = HS.sign(claims(ISS_HS, iat=now - 7200, exp=now - 3600))
     assert_unauthorized(gw.get("/orders", headers=bearer(expired), source="127.0.4.1"), INVALID_CHALLENGE)
-    assert wait_decision(gw, lines, client="127.0.4.1")["reason"] == "expired"
+    assert gw.wait_decision(mark, client="127.0.4.1")["reason"] == "expired"
     tampered = tamper_signature(HS.sign(claims(ISS_HS)))
     assert_unauthorized(gw.get("/orders", headers=bearer(tampered), source="127.0.4.2"), INVALID_CHALLENGE)
-    assert wait_decision(gw, lines, client="127.0.4.2")["reason"] == "bad_signature"
+    assert gw.wait_decision(mark, client="127.0.4.2")["reason"] == "bad_signature"
     got = changes(before, snapshot(gw))
     assert got == {"denied": 2, "denied_expired": 1, "denied_bad_signature": 1, "rq_4xx": 2}, got
 
 
-def test_decision_log_client_follows_client_address(gw: Gateway):
-    lines = len(decisions(gw))
+def test_decision_log_client_follows_client_address(gw: BaseGateway):
+    mark = gw.log_mark()
     # xff_num_trusted_hops 1: the client is what the trusted proxy saw, not the proxy (the peer).
     assert_unauthorized(gw.get("/orders", headers={"x-forwarded-for": "6.6.6.6, 203.0.113.77"}, source="127.0.4.3"),
                         MISSING_CHALLENGE)
-    assert wait_decision(gw, lines, client="203.0.113.77")["reason"] == "missing"
+    assert gw.wait_decision(mark, client="203.0.113.77")["reason"] == "missing"
     # A malformed x-forwarded-for changes no decision: the client is unknown, the detail says why.
     assert_allowed(gw.get("/orders", headers={**bearer(RS.sign(claims())), "x-forwarded-for": "bogus"}),
                    "default", "jwt-1")
     assert_unauthorized(gw.get("/orders", headers={"x-forwarded-for": "10.0.0.9, bogus"}, source="127.0.4.4"),
                         MISSING_CHALLENGE)
-    line = wait_decision(gw, lines, detail="client_address=malformed_forwarded_for; peer=127.0.4.4")
+    line = gw.wait_decision(mark, detail="client_address=malformed_forwarded_for; peer=127.0.4.4")
     assert (line["client"], line["reason"]) == ("", "missing"), line
 
 
-def test_forward_false_strips_the_token_from_query_and_cookie(gw: Gateway):
+@pytest.mark.kong_defect(PATH_DEFECT + "; and " + HEADER_REMOVAL_DEFECT)
+def test_forward_false_strips_the_token_from_query_and_cookie(gw: BaseGateway):
     token = HS.sign(claims(ISS_HS, sub="svc-8"))
     r = gw.get(f"/orders?a=1&hs_token={token}&b=2", headers={"cookie": f"theme=dark; hs_session={token}; lang=en"})
     upstream = assert_allowed(r, "default", "jwt-1")
@@ -325,7 +309,7 @@ def test_forward_false_strips_the_token_from_query_and_cookie(gw: Gateway):
     assert token not in r.text, r.text
 
 
-def test_cors_preflight_passes_without_a_token(gw: Gateway):
+def test_cors_preflight_passes_without_a_token(gw: BaseGateway):
     before = snapshot(gw)
     preflight = {"origin": "https://app.example", "access-control-request-method": "POST"}
     r = gw.get("/orders", headers=preflight, method="OPTIONS")
@@ -340,17 +324,17 @@ def test_cors_preflight_passes_without_a_token(gw: Gateway):
                                              "rq_2xx": 2, "rq_4xx": 1, "upstream_requests": 2}
 
 
-def test_one_jwks_fetch_serves_every_worker(gw: Gateway):
+def test_one_jwks_fetch_serves_every_worker(gw: BaseGateway):
     assert gw.jwks is not None
-    time.sleep(0.6)  # three loading ticks: a second fetch by a slower worker would have started
+    harness.hold("one JWKS fetch", lambda: gw.jwks.fetches(IDP_PATH) == 1, THREE_TICKS)
     c = snapshot(gw)
     assert (c["jwks_fetch_started"], c["jwks_fetch_succeeded"], c.get("jwks_fetch_failed", 0)) == (1, 1, 0), c
-    assert c["jwks_loaded"] == vms(gw), c
+    assert c["jwks_loaded"] == gw.vms, c
     assert c.get("jwks_load_failed", 0) == 0 and c.get("jwks_fetch_early", 0) == 0, c
     assert gw.jwks.fetches(IDP_PATH) == 1, gw.jwks.requests
     log = gw.log()
-    assert len(re.findall(r"gatewarden jwt: jwks fetched from gatewarden_jwks \(\d+ bytes\)", log)) == 1
-    assert len(re.findall(r"gatewarden jwt: JWKS generation 1 loaded for idp \(2 keys\)", log)) == vms(gw)
+    assert len(re.findall(rf"gatewarden jwt: jwks fetched from {jwks_target(gw)} \(\d+ bytes\)", log)) == 1
+    assert len(re.findall(r"gatewarden jwt: JWKS generation 1 loaded for idp \(2 keys\)", log)) == gw.vms
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,7 +345,7 @@ def test_key_rotation_refetches_once_and_kid_floods_are_bounded(start_gateway):
                {"provider": "idp"})
     gw = start_gateway({FILTER: p}, jwks_files={"idp.json": jwks_bytes([RS])}, ipv6=False)
     assert gw.jwks is not None
-    wait_jwks_loaded(gw, vms(gw))
+    wait_jwks_loaded(gw, gw.vms)
     old = RS.sign(claims())
     assert_allowed(gw.get("/", headers=bearer(old)), "default", "rot-1")
 
@@ -369,11 +353,11 @@ def test_key_rotation_refetches_once_and_kid_floods_are_bounded(start_gateway):
     # refused; the refetch it asks for is brought forward, once, for all workers.
     gw.jwks.put("idp.json", jwks_bytes([RS, EC_NEW]))
     new = EC_NEW.sign(claims(sub="user-2"))
-    lines = len(decisions(gw))
+    mark = gw.log_mark()
     assert_unauthorized(gw.get("/", headers=bearer(new), source="127.0.4.1"), INVALID_CHALLENGE)
-    assert wait_decision(gw, lines, client="127.0.4.1")["reason"] == "unknown_kid"
-    wait_counter(gw, "jwks_fetch_succeeded", 2, timeout=10)
-    wait_jwks_loaded(gw, 2 * vms(gw))
+    assert gw.wait_decision(mark, client="127.0.4.1")["reason"] == "unknown_kid"
+    gw.wait_for_counter(FILTER, "jwks_fetch_succeeded", 2, timeout=10)
+    wait_jwks_loaded(gw, 2 * gw.vms)
     upstream = assert_allowed(gw.get("/", headers=bearer(new)), "default", "rot-1")
     assert upstream["x-user"] == "user-2"
     assert_allowed(gw.get("/", headers=bearer(old)), "default", "rot-1")
@@ -382,13 +366,15 @@ def test_key_rotation_refetches_once_and_kid_floods_are_bounded(start_gateway):
 
     # A flood of tokens with random kids over many connections (so every worker sees some):
     # all refused, and at most one more early refetch (unknown_kid_refetch_seconds is 5).
-    harness.settle_counters()
-    early, fetches, unknown = counter(gw, "jwks_fetch_early"), gw.jwks.fetches(IDP_PATH), counter(gw, "denied_unknown_kid")
+    c = gw.settled_counters(FILTER)
+    early, fetches, unknown = c["jwks_fetch_early"], gw.jwks.fetches(IDP_PATH), c["denied_unknown_kid"]
     for i in range(60):
         r = gw.get("/", headers=bearer(EC_NEW.sign(claims(), kid=secrets.token_hex(8))))
         assert r.status == 401, (i, r.status)
-    time.sleep(1.5)  # several ticks of every VM: a refetch asked for by the flood would have started
-    assert counter(gw, "denied_unknown_kid") == unknown + 60
+    # Several ticks of every VM (loaded: 1 s apart): a refetch asked for by the flood would have
+    # started within them; at most one may.
+    harness.hold("at most one more JWKS fetch", lambda: gw.jwks.fetches(IDP_PATH) <= fetches + 1, 1.5)
+    assert gw.settled_counters(FILTER)["denied_unknown_kid"] == unknown + 60
     assert counter(gw, "jwks_fetch_early") <= early + 1
     assert gw.jwks.fetches(IDP_PATH) <= fetches + 1, gw.jwks.requests
 
@@ -396,18 +382,18 @@ def test_key_rotation_refetches_once_and_kid_floods_are_bounded(start_gateway):
     # and a token of the old key is refused although it was verified (and cached) before.
     gw.jwks.put("idp.json", jwks_bytes([EC_NEW]))
     succeeded = counter(gw, "jwks_fetch_succeeded")
-    wait_counter(gw, "jwks_fetch_succeeded", succeeded + 1, timeout=25)
-    wait_jwks_loaded(gw, (succeeded + 1) * vms(gw))
-    lines = len(decisions(gw))
+    gw.wait_for_counter(FILTER, "jwks_fetch_succeeded", succeeded + 1, timeout=25)
+    wait_jwks_loaded(gw, (succeeded + 1) * gw.vms)
+    mark = gw.log_mark()
     assert_unauthorized(gw.get("/", headers=bearer(old), source="127.0.4.2"), INVALID_CHALLENGE)
-    assert wait_decision(gw, lines, client="127.0.4.2")["reason"] == "unknown_kid"
+    assert gw.wait_decision(mark, client="127.0.4.2")["reason"] == "unknown_kid"
     assert_allowed(gw.get("/", headers=bearer(new)), "default", "rot-1")
 
-    # Every fetch went through Envoy once: one per refresh (scheduled or early), not per worker.
+    # Every fetch went through the gateway once: one per refresh (scheduled or early), not per worker.
     c = snapshot(gw)
     assert gw.jwks.fetches(IDP_PATH) == c["jwks_fetch_started"], (gw.jwks.requests, c)
     assert c["jwks_fetch_started"] <= c["jwks_fetch_succeeded"] + 1, c  # at most one in flight
-    assert c["jwks_loaded"] >= c["jwks_fetch_succeeded"] * vms(gw) - vms(gw), c
+    assert c["jwks_loaded"] >= c["jwks_fetch_succeeded"] * gw.vms - gw.vms, c
     assert c.get("jwks_fetch_failed", 0) == 0 and c.get("jwks_load_failed", 0) == 0, c
 
 
@@ -419,14 +405,14 @@ def test_jwks_failing_with_failure_mode_deny_then_recovering(start_gateway):
                {"requires_any": [{"provider": "idp"}, {"provider": "hs"}]})
     gw = start_gateway({FILTER: p}, jwks_files={"idp.json": jwks_bytes([RS])}, jwks_fail_status=503, ipv6=False)
     assert gw.jwks is not None
-    wait_counter(gw, "jwks_fetch_failed", 1, timeout=10)
-    gw.wait_for_log(r"gatewarden jwt: fetching jwks from gatewarden_jwks failed: status 503")
+    gw.wait_for_counter(FILTER, "jwks_fetch_failed", 1, timeout=10)
+    gw.wait_for_log(rf"gatewarden jwt: fetching jwks from {jwks_target(gw)} failed: status 503")
 
-    before, lines = snapshot(gw), len(decisions(gw))
+    before, mark = snapshot(gw), gw.log_mark()
     token = RS.sign(claims())
     # No key set: a token of the remote provider is refused like a missing one (no error=) ...
     assert_unauthorized(gw.get("/orders", headers=bearer(token), source="127.0.5.1"), MISSING_CHALLENGE)
-    assert wait_decision(gw, lines, client="127.0.5.1")["reason"] == "jwks_unavailable"
+    assert gw.wait_decision(mark, client="127.0.5.1")["reason"] == "jwks_unavailable"
     # ... while the inline provider and routes without requirements work.
     assert_allowed(gw.get("/orders", headers=bearer(HS.sign(claims(ISS_HS)))), "default", "down-deny")
     assert_allowed(gw.get("/public"), "public", "down-deny")
@@ -437,7 +423,7 @@ def test_jwks_failing_with_failure_mode_deny_then_recovering(start_gateway):
 
     # The endpoint recovers: the next retry (retry_seconds 1) loads the keys.
     gw.jwks.fail_status = None
-    wait_jwks_loaded(gw, vms(gw), timeout=10)
+    wait_jwks_loaded(gw, gw.vms, timeout=10)
     assert_allowed(gw.get("/orders", headers=bearer(token)), "default", "down-deny")
     c = snapshot(gw)
     assert gw.jwks.fetches(IDP_PATH) == c["jwks_fetch_started"] == c["jwks_fetch_failed"] + 1, (gw.jwks.requests, c)
@@ -446,8 +432,8 @@ def test_jwks_failing_with_failure_mode_deny_then_recovering(start_gateway):
 def test_jwks_down_with_failure_mode_allow(start_gateway):
     p = policy("down-allow", {"idp": idp()}, {"provider": "idp"}, failure_mode="allow")
     gw = start_gateway({FILTER: p}, jwks_down=True, ipv6=False)
-    wait_counter(gw, "jwks_fetch_failed", 1, timeout=10)
-    gw.wait_for_log(r"gatewarden jwt: fetching jwks from gatewarden_jwks failed: (status 503|no response)")
+    gw.wait_for_counter(FILTER, "jwks_fetch_failed", 1, timeout=10)
+    gw.wait_for_log(rf"gatewarden jwt: fetching jwks from {jwks_target(gw)} failed: (status 503|no response)")
     before = snapshot(gw)
     # The token cannot be verified without keys: the requirement passes (so does the rule's scope
     # check, which needs a verified token), and no claim is forwarded.
@@ -465,35 +451,42 @@ def test_jwks_down_with_failure_mode_allow(start_gateway):
 # --------------------------------------------------------------------------------------------
 # A live policy update adding a provider
 
-def test_live_update_adds_a_provider(start_gateway):
+def test_live_update_adds_a_provider(start_gateway, host):
     v1 = policy("live-1", {"idp": idp()}, {"provider": "idp"})
     gw = start_gateway({FILTER: v1}, ipv6=False, jwks_files={
         "idp.json": jwks_bytes([EC]), "partner.json": jwks_bytes([PARTNER])})
     assert gw.jwks is not None
-    wait_jwks_loaded(gw, vms(gw))
+    wait_jwks_loaded(gw, gw.vms)
     ours, theirs = EC.sign(claims()), PARTNER.sign(claims(ISS_PARTNER, sub="partner-user", aud="partner"))
     assert_allowed(gw.get("/orders", headers=bearer(ours)), "default", "live-1")
-    lines = len(decisions(gw))
+    mark = gw.log_mark()
     assert_unauthorized(gw.get("/orders", headers=bearer(theirs), source="127.0.6.1"), INVALID_CHALLENGE)
-    assert wait_decision(gw, lines, client="127.0.6.1")["reason"] == "issuer"
+    assert gw.wait_decision(mark, client="127.0.6.1")["reason"] == "issuer"
     assert gw.jwks.fetches(PARTNER_PATH) == 0
 
     v2 = policy("live-2", {"idp": idp(), "partner": PARTNER_PROVIDER},
                 {"requires_any": [{"provider": "idp"}, {"provider": "partner"}]})
     accepted = counter(gw, "config_accepted")
+    mark = gw.log_mark()
     assert gw.push_policy(FILTER, v2) == "success"
-    assert counter(gw, "config_accepted") >= accepted + vms(gw)
-    # The new provider's keys are fetched once; the old provider's loaded keys are kept.
-    wait_jwks_loaded(gw, 2 * vms(gw))
+    assert counter(gw, "config_accepted") >= accepted + gw.vms
+    # The new provider's keys are fetched once. Envoy keeps the old provider's keys in the VMs; on
+    # Kong the reload's new VMs start without them and shared data does not survive a reload
+    # (test_ip_geo.py::test_policy_update_keeps_the_loaded_database), so they are fetched again,
+    # once for both workers.
+    loads, idp_fetches = (2 * gw.vms, 1) if host == "envoy" else (3 * gw.vms, 2)
+    wait_jwks_loaded(gw, loads)
+    gw.wait_for_log_in_every_vm(r"JWKS generation 1 loaded for partner", since=mark)
     upstream = assert_allowed(gw.get("/orders", headers=bearer(theirs)), "default", "live-2")
     assert upstream["x-user"] == "partner-user"
     upstream = assert_allowed(gw.get("/orders", headers=bearer(ours)), "default", "live-2")
     assert upstream["x-user"] == "user-1"
-    time.sleep(0.5)  # a refetch after the update would start on the next tick
-    assert gw.jwks.fetches(PARTNER_PATH) == 1, gw.jwks.requests
-    assert gw.jwks.fetches(IDP_PATH) == 1, gw.jwks.requests
-    assert counter(gw, "jwks_loaded") == 2 * vms(gw)
-    assert len(re.findall(r"JWKS generation 1 loaded for partner \(1 keys\)", gw.log())) == vms(gw)
+    harness.hold("no more fetches", lambda: (gw.jwks.fetches(PARTNER_PATH), gw.jwks.fetches(IDP_PATH)) == (1, idp_fetches),
+                 THREE_TICKS)
+    assert counter(gw, "jwks_loaded") == loads
+    assert len(re.findall(r"JWKS generation 1 loaded for partner \(1 keys\)", gw.log())) == gw.vms
+    if host == "kong":  # a refused policy fails closed on Kong instead: test_kong.py
+        return
 
     # An update naming an unknown provider is refused; live-2 keeps deciding, keys and all.
     bad = {**v2, "policy_version": "live-bad", "default": {"requires": {"provider": "partnr"}}}
@@ -501,7 +494,7 @@ def test_live_update_adds_a_provider(start_gateway):
     assert gw.push_policy(FILTER, bad) == "rejected"
     assert counter(gw, "config_rejected") > rejected
     gw.wait_for_log(r"\[error\]\[wasm\].*gatewarden jwt: policy refused: default\.requires\.provider: "
-                    r"unknown provider \"partnr\"")
+                    r"unknown provider \"partnr\"", since=mark)
     assert_allowed(gw.get("/orders", headers=bearer(theirs)), "default", "live-2")
     assert_unauthorized(gw.get("/orders"), MISSING_CHALLENGE)
 
@@ -509,13 +502,17 @@ def test_live_update_adds_a_provider(start_gateway):
 # --------------------------------------------------------------------------------------------
 # The shipped example policy with the demo key (what scripts/demo.py and docker compose run)
 
+@pytest.mark.kong_defect(HEADER_REMOVAL_DEFECT)
 def test_shipped_policy_with_the_demo_key(start_gateway):
     import jwtkit
 
     shipped = json.loads((harness.ROOT / "envoy-config/policies/jwt.json").read_text())
+    for provider in shipped["providers"].values():  # the shipped bootstrap's cluster, or Kong's host:port
+        if provider.get("remote_jwks", {}).get("cluster") == "gatewarden_jwks":
+            provider["remote_jwks"]["cluster"] = harness.upstream("jwks")
     gw = start_gateway({FILTER: shipped}, ipv6=False,
                        jwks_files={"jwks.json": harness.ROOT / "envoy-config/jwks/jwks.json"})
-    wait_jwks_loaded(gw, vms(gw))
+    wait_jwks_loaded(gw, gw.vms)
     version, realm = shipped["policy_version"], shipped["realm"]
     key = jwtkit.demo_key()
     reader = key.sign(jwtkit.demo_claims(scope="orders:read"))

@@ -1,4 +1,4 @@
-"""End-to-end tests of safe rollout and approvals in a real Envoy (IP/geo filter).
+"""End-to-end tests of safe rollout and approvals in a real Envoy and in Kong's engine (IP/geo filter).
 
 - Canary: a candidate on 10 % of clients. 1,000 distinct clients (x-forwarded-for with
   xff_num_trusted_hops: 1; the test client plays the trusted proxy) see ≈10 % denials from the
@@ -6,9 +6,11 @@
   counters and decision header carry the version that decided.
 - Shadow: the candidate is evaluated on all traffic but never enforced; disagreements are
   counted and logged in one line each.
-- Approvals: the trust settings are the VM configuration (vm_config.configuration, written by the
-  harness on every push, as a platform owner's tooling would). A signed policy is accepted; a
-  tampered one is refused by on_configure (ECDS update_rejected) while the old one keeps serving.
+- Approvals: the trust settings are the VM configuration (Envoy: vm_config.configuration, written by
+  the harness on every push, as a platform owner's tooling would; Kong: the third argument of the
+  `module` directive, which reaches proxy_on_vm_start). A signed policy is accepted; a tampered one
+  is refused by on_configure: Envoy keeps the old one serving (ECDS update_rejected); Kong has no
+  last good policy: the filter's routes fail closed (503, no_policy) until a signed one arrives.
   Signatures are made here with `cryptography` (an independent Ed25519 and canonical JSON).
 """
 
@@ -22,33 +24,32 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.hosts("envoy")  # not yet run on Kong
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import harness
-from harness import Gateway
+from harness import BaseGateway
 
 FILTER = "ip_geo"
 HEADER = "x-gatewarden-ip-geo"
-COUNTER = "wasmcustom.gatewarden_ip_geo_"
 ONE_HOP = {"xff_num_trusted_hops": 1}
-SHADOW_LINE = re.compile(r'(\{"gatewarden":"shadow_disagreement".*\})\s*$', re.M)
-DECISION_LINE = re.compile(r'(\{"gatewarden":"decision".*\})\s*$', re.M)
+UNAVAILABLE = b'{"error":"unavailable","message":"policy unavailable"}'
 
 
-def counters(gw: Gateway) -> dict[str, int]:
-    harness.settle_counters()
-    stats = gw.stats(r"^wasmcustom\.gatewarden_ip_geo_")
-    return {k[len(COUNTER):]: v for k, v in stats.items() if isinstance(v, int)}
+def counters(gw: BaseGateway) -> dict[str, int]:
+    return gw.settled_counters(FILTER)
+
+
+def shadow_lines(gw: BaseGateway, since: int = 0) -> list[dict[str, Any]]:
+    return harness.json_records(gw.log(since), "shadow_disagreement")
 
 
 def client(i: int) -> str:
     return f"100.{64 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}"
 
 
-def from_client(gw: Gateway, ip: str):
-    return gw.get("/api", headers={"x-forwarded-for": ip})
+def from_client(gw: BaseGateway, ip: str, **headers: str):
+    return gw.get("/api", headers={"x-forwarded-for": ip, **headers})
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,7 +92,7 @@ def test_canary_at_ten_percent_puts_about_a_tenth_of_distinct_clients_on_the_can
     assert c["rollout_active"] == (n - on_candidate) + (again - again_candidate), c
     assert c["candidate_denied"] == c["denied"] == c["rollout_candidate"], c
     assert c["allowed"] == c["rollout_active"], c
-    lines = [json.loads(m) for m in DECISION_LINE.findall(gw.log())]
+    lines = gw.decisions()
     assert lines and all(l["policy_version"] == "v2" and l["rollout"] == "candidate" for l in lines), lines[:3]
 
 
@@ -108,19 +109,45 @@ def test_shadow_candidate_is_counted_and_logged_never_enforced(start_gateway):
     }
     gw = start_gateway({FILTER: policy})
     assert from_client(gw, "192.0.2.1").status == 403  # both deny
-    r = from_client(gw, "198.51.100.7")  # only the candidate would deny
+    r = from_client(gw, "198.51.100.7", **{"x-request-id": "client-chosen-id"})  # only the candidate would deny
     assert r.status == 200 and r.upstream_headers[HEADER] == "allow; rule=default; version=v1"
     assert from_client(gw, "203.0.113.1").status == 200  # both allow
     c = counters(gw)
     assert (c["shadow_agreed"], c["shadow_disagreed"]) == (2, 1), c
     assert (c["allowed"], c["denied"], c["rollout_candidate"]) == (2, 1, 0), c
-    m = gw.wait_for_log(SHADOW_LINE.pattern)
-    line = json.loads(m.group(1))
+    line = harness.poll("shadow disagreement line", lambda: shadow_lines(gw), 5)[0]
     assert line["active"] == "allow" and line["candidate"] == "deny:ip_denied:403", line
     assert (line["active_version"], line["candidate_version"]) == ("v1", "v2"), line
-    # Envoy replaces an external client's x-request-id with its own.
-    assert line["client"] == "198.51.100.7" and line["request_id"], line
-    assert len(SHADOW_LINE.findall(gw.log())) == 1
+    assert line["client"] == "198.51.100.7", line
+    if gw.host == "envoy":  # Envoy replaces an external client's x-request-id with its own
+        assert line["request_id"] and line["request_id"] != "client-chosen-id", line
+    else:  # nginx passes the client's on
+        assert line["request_id"] == "client-chosen-id", line
+    assert len(shadow_lines(gw)) == 1
+
+
+def test_dry_run_candidate_is_counted_and_never_enforced(start_gateway):
+    """A canary whose candidate is in dry run: the clients on it are let through with the
+    candidate's would-be denial in the decision header, counted as the candidate's dry-run denials."""
+    policy = {
+        "policy_version": "v1",
+        "client_address": ONE_HOP,
+        "default": {},
+        "rollout": {
+            "percent": 100,
+            "candidate": {"policy_version": "v2", "mode": "dry_run", "client_address": ONE_HOP,
+                          "default": {"deny": ["0.0.0.0/0"]}},
+        },
+    }
+    gw = start_gateway({FILTER: policy}, ipv6=False)
+    before = counters(gw)
+    for i in range(5):
+        r = from_client(gw, client(i))
+        assert r.status == 200, (r.status, r.text)
+        assert r.upstream_headers[HEADER] == "dry_run_deny; reason=ip_denied; rule=default; version=v2"
+    got = harness.counter_changes(before, counters(gw))
+    assert got == {"candidate_dry_run_denied": 5, "dry_run_denied": 5, "dry_run_denied_ip_denied": 5,
+                   "rollout_candidate": 5}, got
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,6 +189,7 @@ def office(version: str, deny: list[str]) -> dict[str, Any]:
     return {"policy_version": version, "client_address": ONE_HOP, "default": {"deny": deny}}
 
 
+@pytest.mark.hosts("envoy")  # Kong has no "old one": test_tampered_signed_policy_fails_the_route_closed_on_kong
 def test_tampered_signed_policy_is_refused_and_the_old_one_keeps_serving(start_gateway):
     v1 = signed(office("v1", ["192.0.2.0/24"]), ("alice", ALICE), ("bob", BOB))
     gw = start_gateway({FILTER: v1}, vm_configurations={FILTER: TRUST})
@@ -172,9 +200,11 @@ def test_tampered_signed_policy_is_refused_and_the_old_one_keeps_serving(start_g
     tampered = signed(office("v2", ["192.0.2.0/24"]), ("alice", ALICE), ("bob", BOB))
     tampered["default"]["deny"] = []
     before = gw.ecds_counts(FILTER)
+    mark = gw.log_mark()
     assert gw.push_policy(FILTER, tampered) == "rejected"
     assert gw.ecds_counts(FILTER)["update_rejected"] == before.get("update_rejected", 0) + 1
-    gw.wait_for_log(r"policy refused: signatures: 0 valid signature\(s\) from distinct trusted keys, 2 required")
+    gw.wait_for_log(r"policy refused: signatures: 0 valid signature\(s\) from distinct trusted keys, 2 required",
+                    since=mark)
     assert counters(gw)["signature_rejected"] >= 1
     # The old policy v1 still serves.
     assert from_client(gw, "192.0.2.9").status == 403
@@ -190,10 +220,43 @@ def test_tampered_signed_policy_is_refused_and_the_old_one_keeps_serving(start_g
     assert r.status == 200 and r.upstream_headers[HEADER] == "allow; rule=default; version=v3"
 
 
-def test_unsigned_policy_is_refused_at_start_and_envoy_fails_closed(start_gateway):
+@pytest.mark.hosts("kong")
+def test_tampered_signed_policy_fails_the_route_closed_on_kong(start_gateway):
+    """The trust settings reach the filter as the `module` directive's VM configuration; a tampered
+    policy pushed by reload is refused, and with no last good policy on this host the filter's
+    route answers 503 (fixed body, no_policy) until an approved one arrives; a route without the
+    filter is not affected."""
+    v1 = signed(office("v1", ["192.0.2.0/24"]), ("alice", ALICE), ("bob", BOB))
+    gw = start_gateway({FILTER: v1}, vm_configurations={FILTER: TRUST},
+                       routes={"/api": [FILTER], "/open": []})
+    assert from_client(gw, "192.0.2.9").status == 403
+    assert from_client(gw, "203.0.113.1").upstream_headers[HEADER] == "allow; rule=default; version=v1"
+
+    tampered = signed(office("v2", ["192.0.2.0/24"]), ("alice", ALICE), ("bob", BOB))
+    tampered["default"]["deny"] = []
+    before, mark = counters(gw), gw.log_mark()
+    assert gw.push_policy(FILTER, tampered) == "refused"
+    gw.wait_for_log_in_every_vm(r"policy refused: signatures: 0 valid signature\(s\) from distinct trusted keys, "
+                                r"2 required", since=mark)
+    for ip in ("192.0.2.9", "203.0.113.1"):  # refused: the route fails closed for everyone
+        r = from_client(gw, ip)
+        assert (r.status, r.is_local_body(UNAVAILABLE)) == (503, True), (r.status, r.body)
+    assert gw.get("/open").status == 200
+    got = harness.counter_changes(before, counters(gw))
+    assert got == {"config_rejected": gw.vms, "signature_rejected": gw.vms, "no_policy": 2}, got
+
+    assert gw.push_policy(FILTER, signed(office("v3", []), ("bob", BOB), ("alice", ALICE))) == "success"
+    r = from_client(gw, "192.0.2.9")
+    assert r.status == 200 and r.upstream_headers[HEADER] == "allow; rule=default; version=v3"
+
+
+def test_unsigned_policy_is_refused_at_start_and_fails_closed(start_gateway):
     gw = start_gateway({FILTER: office("v1", [])}, vm_configurations={FILTER: TRUST})
     r = from_client(gw, "203.0.113.1")
     assert r.status >= 500, (r.status, r.text)
+    if gw.host == "kong":  # the filter's own fail-closed answer (Envoy's is its 500)
+        assert (r.status, r.is_local_body(UNAVAILABLE)) == (503, True), (r.status, r.body)
+        assert counters(gw)["no_policy"] == 1
     gw.wait_for_log(r"policy refused: signatures: 0 valid signature")
     assert gw.push_policy(FILTER, signed(office("v2", []), ("alice", ALICE), ("bob", BOB))) == "success"
     assert from_client(gw, "203.0.113.1").status == 200
@@ -205,4 +268,6 @@ def test_invalid_trust_settings_fail_closed(start_gateway, bad):
                        vm_configurations={FILTER: bad})
     r = from_client(gw, "203.0.113.1")
     assert r.status >= 500, (r.status, r.text)
+    if gw.host == "kong":
+        assert (r.status, r.is_local_body(UNAVAILABLE)) == (503, True), (r.status, r.body)
     gw.wait_for_log(r"invalid trust settings in the VM configuration")
