@@ -34,7 +34,8 @@ ip_geo_* and jwt_* are skipped when their module is not built.
 Environment: ROUNDS (5), DURATION (10, seconds per run), WARMUP (2), CONNECTIONS (32),
 CONFIGS or BENCH_CONFIGS (comma list, default: the non-JWT set; `all`; `jwt`: none, floor and
 every JWT configuration), HOSTS (envoy,kong), GATEWARDEN_WASMX (the Kong engine's nginx),
-BENCH_OUT (target/bench), COLD_TOKENS (20000), WARM_TOKENS (4).
+BENCH_MODULE_DIR (modules other than target/wasm32-wasip1/release), BENCH_OUT (target/bench),
+COLD_TOKENS (20000), WARM_TOKENS (4).
 """
 
 from __future__ import annotations
@@ -58,7 +59,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "scripts" / "e2e"))
 import ecds  # noqa: E402
-from harness import ENVOY_BIN, free_port, module_path  # noqa: E402
+from harness import ENVOY_BIN, free_port  # noqa: E402
+from harness import module_path as release_module  # noqa: E402
+
+
+def module_path(filter_name: str) -> Path:
+    """A filter's module: $BENCH_MODULE_DIR/gatewarden_<filter>.wasm (a build kept aside, e.g. of one
+    commit while the tree is being rebuilt), else the release build."""
+    d = os.environ.get("BENCH_MODULE_DIR")
+    return Path(d) / f"gatewarden_{filter_name}.wasm" if d else release_module(filter_name)
+
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DURATION = int(os.environ.get("DURATION", "10"))

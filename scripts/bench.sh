@@ -9,6 +9,7 @@
 #   BENCH_CONFIGS=none,jwt_es256_cold,authn_es256_cold,authn_cache_es256_cold scripts/bench.sh
 #   INSTRUCTIONS=1 scripts/bench.sh         # also instructions/request under callgrind (noise-free)
 #   HOSTS=envoy scripts/bench.sh            # Envoy only; HOSTS=kong: Kong's engine only (default both)
+#   BENCH_MODULE_DIR=DIR SKIP_BUILD=1 scripts/bench.sh   # modules kept aside (one commit's build)
 # Kong's engine (nginx + ngx_wasm_module): ../shared/wasmx/bin/nginx or $GATEWARDEN_WASMX; without
 # one the Kong half is skipped with a message. Same configurations where Kong has them (not rbac_10,
 # authn_*, ip_geo_100k), one worker, same wrk settings, ratios to that nginx with no filter and to
