@@ -23,6 +23,9 @@ pub(crate) struct StreamState {
     pub(crate) root: u32,
     pub(crate) phase: StreamPhase,
     pub(crate) request_headers: Pairs,
+    /// Kong: request headers the module removed that nginx's proxy_pass still sends upstream
+    /// (ngx_wasm_module marks them deleted; proxy_pass does not look).
+    pub(crate) removed_but_forwarded: Pairs,
     pub(crate) request_body: Vec<u8>,
     pub(crate) request_trailers: Pairs,
     pub(crate) response_headers: Pairs,

@@ -398,6 +398,7 @@ fn new_stream(profile: Profile, root: u32, request: Request) -> StreamState {
         root,
         phase: StreamPhase::Request,
         request_headers: headers,
+        removed_but_forwarded: Vec::new(),
         request_body: request.body.unwrap_or_default(),
         request_trailers: request.trailers.unwrap_or_default(),
         response_headers: Vec::new(),
@@ -602,8 +603,10 @@ impl RequestHandle {
         let Some(stream) = inner.store.data_mut().streams.get_mut(&self.context_id) else {
             return;
         };
+        let mut headers = stream.request_headers.clone();
+        headers.extend(stream.removed_but_forwarded.iter().cloned());
         self.upstream_request = Some(UpstreamRequest {
-            headers: stream.request_headers.clone(),
+            headers,
             body: self.has_body.then(|| stream.request_body.clone()),
             trailers: stream.request_trailers.clone(),
         });

@@ -2,7 +2,8 @@
 //! crash or trap the real engine (../shared/wasmx/README.md, seen on ngx_wasm_module 3bed278):
 //! a stream callback the module does not export (the worker crashes), a second non-zero tick
 //! period of one root context (a trap that fails `on_configure`), and `plugin_name` read in a
-//! root context (the worker crashes). The same modules pass on the Envoy profile.
+//! root context (the worker crashes). And a request header the module removes still reaches the
+//! upstream (nginx's proxy_pass ignores the deleted mark). The same modules pass on Envoy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,12 +12,19 @@ use gatewarden_wasm_host::{Host, Module, Profile, Request, VmOptions};
 /// A minimal Proxy-Wasm module: the always-needed exports, `proxy_on_request_headers`, and
 /// whatever `extra` adds (more exports, or an `on_configure` body).
 fn module(on_configure: &str, extra: &str) -> Module {
+    module_with(on_configure, "", extra)
+}
+
+/// [`module`] with `on_request_headers` code too.
+fn module_with(on_configure: &str, on_request_headers: &str, extra: &str) -> Module {
     let wat = format!(
         r#"(module
             (import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))
             (import "env" "proxy_get_property" (func $prop (param i32 i32 i32 i32) (result i32)))
+            (import "env" "proxy_remove_header_map_value" (func $remove (param i32 i32 i32) (result i32)))
             (memory (export "memory") 2)
             (data (i32.const 16) "plugin_name")
+            (data (i32.const 32) "x-secret")
             (global $heap (mut i32) (i32.const 1024))
             (func (export "proxy_abi_version_0_2_1"))
             (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
@@ -27,7 +35,7 @@ fn module(on_configure: &str, extra: &str) -> Module {
             (func (export "proxy_on_context_create") (param i32 i32))
             (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
             (func (export "proxy_on_configure") (param i32 i32) (result i32) {on_configure} (i32.const 1))
-            (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+            (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) {on_request_headers} (i32.const 0))
             {extra}
         )"#
     );
@@ -93,4 +101,16 @@ fn plugin_name_in_a_root_context_crashes_kong_and_root_id_reads_zero() {
     let mut vm = Host::new(Profile::Kong).load_vm(&m, VmOptions::new("probe")).expect("vm");
     let err = vm.configure(b"{}").expect_err("Kong crashes");
     assert!(format!("{err:?}").contains("ngx_wasm_module crashes the worker"), "{err:?}");
+}
+
+#[test]
+fn a_removed_request_header_still_reaches_the_upstream_on_kong() {
+    let remove = "(drop (call $remove (i32.const 0) (i32.const 32) (i32.const 8)))";
+    let m = module_with("", remove, OTHER_CALLBACKS);
+    for (profile, expected) in [(Profile::Envoy, None), (Profile::Kong, Some("s3cret"))] {
+        let mut vm = Host::new(profile).load_vm(&m, VmOptions::new("probe")).expect("vm");
+        assert!(vm.configure(b"{}").expect("configure"));
+        let out = vm.http_request(Request::get("/").header("x-secret", "s3cret")).expect("request");
+        assert_eq!(out.upstream_header("x-secret"), expected, "{profile:?}");
+    }
 }

@@ -900,9 +900,32 @@ fn decision_log_has_the_token_s_own_reason_and_the_resolved_client() {
 /// cookie): the glue removes every cookie header, then sets what is left as one.
 #[test]
 fn the_token_is_cut_from_the_query_and_every_cookie_header() {
-    for profile in [Profile::Envoy, Profile::Kong] {
-        cut_from_query_and_cookies(profile);
-    }
+    cut_from_query_and_cookies(Profile::Envoy);
+}
+
+/// On Kong a header sent several times cannot be cleaned (the engine forwards the copies it marks
+/// deleted), so the request fails closed; one cookie header is cut as on Envoy.
+#[test]
+fn on_kong_a_token_in_one_of_several_cookie_headers_fails_closed() {
+    let host = host(Profile::Kong);
+    let mut p = provider(json!({"local_jwks": jwks()}));
+    p["from_cookies"] = json!(["session"]);
+    let mut vm = vm(&host, &policy_with(p));
+    let rs = token("RS256");
+    let several = Request::get("/api")
+        .source("10.0.0.1:5000")
+        .header("cookie", "theme=dark")
+        .header("cookie", &format!("session={rs}"));
+    let out = vm.http_request(several).unwrap();
+    assert_eq!(out.status, 503, "{out:?}");
+    assert_eq!(out.upstream_request, None);
+    assert!(host.logs().iter().any(|l| l.message.contains(r#"header "cookie" was sent more than once"#)), "{:#?}", host.logs());
+    let one = Request::get("/api").source("10.0.0.1:5000").header("cookie", &format!("theme=dark; session={rs}; lang=en"));
+    let out = vm.http_request(one).unwrap();
+    assert_eq!(out.status, 200, "{:#?}", host.logs());
+    assert_eq!(out.upstream_header("cookie"), Some("theme=dark; lang=en"));
+    host.tick().unwrap();
+    assert_eq!(host.metric_value("gatewarden_jwt_host_error"), 1);
 }
 
 fn cut_from_query_and_cookies(profile: Profile) {
@@ -966,5 +989,37 @@ fn provider_and_audiences_uses_the_provider_s_keys_with_other_audiences() {
         assert_denied(&out, 403, None, "billing audience");
         assert_eq!(last_reason(&host), "audience");
         assert_eq!(host.http_calls().len(), 1, "{profile:?}: {:?}", host.http_calls());
+    }
+}
+
+/// Kong's engine forwards a request header the module removed (nginx's proxy_pass ignores the
+/// deleted mark): the glue empties a header before removing it there, so neither the token nor a
+/// client's forged claim header reaches the upstream with its value.
+#[test]
+fn on_kong_a_stripped_token_and_a_forged_claim_header_reach_the_upstream_empty() {
+    for profile in [Profile::Envoy, Profile::Kong] {
+        let host = host(profile);
+        let mut vm = vm(&host, &inline_policy());
+        let r = Request::get("/api")
+            .source("10.0.0.1:5000")
+            .header("authorization", &bearer(&token("RS256")))
+            .header("x-jwt-payload", "forged");
+        let out = vm.http_request(r).unwrap();
+        assert_eq!(out.status, 200, "{profile:?}");
+        let expected = match profile {
+            Profile::Envoy => None,
+            Profile::Kong => Some(""),
+        };
+        assert_eq!(out.upstream_header("authorization"), expected, "{profile:?}: token stripped");
+        let payload: Vec<&str> = out
+            .upstream_request
+            .as_ref()
+            .unwrap()
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "x-jwt-payload")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert!(!payload.contains(&"forged"), "{profile:?}: forged header forwarded: {payload:?}");
     }
 }

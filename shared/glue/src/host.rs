@@ -225,7 +225,16 @@ pub fn set_request_header(name: &str, value: &str) -> Result<(), HostError> {
 
 /// Removes every value of a request header. An absent header is not an error (Envoy answers
 /// Ok, Kong may answer NotFound).
+///
+/// Why the extra step on ngx_wasm_module: it removes a request header by marking its entry
+/// deleted (hash 0), which nginx's `proxy_pass` does not check: the header, value and all, still
+/// reaches the upstream (seen on 3bed278 for `authorization` and custom headers). So a header
+/// that is present is first emptied, then removed: the upstream gets it with an empty value, never
+/// the token or a client's forged claim header.
 pub fn remove_request_header(name: &str) -> Result<(), HostError> {
+    if host_kind() == HostKind::NgxWasmModule && request_header(name)?.is_some() {
+        set_request_header(name, "")?;
+    }
     // SAFETY: pointer and length describe a live str.
     match unsafe { proxy_remove_header_map_value(MAP_HTTP_REQUEST_HEADERS, name.as_ptr(), name.len()) } {
         STATUS_OK | STATUS_NOT_FOUND => Ok(()),
@@ -272,11 +281,20 @@ pub enum HostKind {
 /// `plugin_name` or `plugin_vm_id` in a root context crashes the worker (seen on 3bed278), and
 /// a dotted property logs an error. A user who sets Envoy's `root_id` to "0" makes Envoy look
 /// like ngx_wasm_module: refused policies then fail closed instead of keeping the last good one.
+///
+/// Probed once per VM, at the first call, which the glue makes in `proxy_on_vm_start` (a root
+/// context, where the probe means what it says); later calls return that answer.
 pub fn host_kind() -> HostKind {
-    match property(&["plugin_root_id"]) {
-        Ok(Some(v)) if v == b"0" => HostKind::NgxWasmModule,
-        _ => HostKind::Envoy,
-    }
+    HOST_KIND.with(|kind| {
+        *kind.get_or_init(|| match property(&["plugin_root_id"]) {
+            Ok(Some(v)) if v == b"0" => HostKind::NgxWasmModule,
+            _ => HostKind::Envoy,
+        })
+    })
+}
+
+thread_local! {
+    static HOST_KIND: std::cell::OnceCell<HostKind> = const { std::cell::OnceCell::new() };
 }
 
 /// Answers the request locally.

@@ -146,6 +146,8 @@ fn start<F: Enforcer>() {
 /// `proxy_on_vm_start`: reads the trust settings of approvals from the VM configuration;
 /// false (the plugin fails closed) when they are invalid.
 pub fn on_vm_start<F: Enforcer>() -> bool {
+    // Probed here, in a root context, and kept for the VM's life (see host::host_kind).
+    let _ = host::host_kind();
     rollout_glue::on_vm_start(name::<F>())
 }
 
@@ -386,6 +388,9 @@ fn act(filter: &str, header_name: &str, header: &Header, eval: &Evaluation, role
     let candidate = role == Some(Role::Candidate);
     match (&eval.decision.verdict, header.mode) {
         (Verdict::Allow, _) => {
+            if let Some(action) = refuse_duplicates(filter, eval, header.decision_header.then_some(header_name)) {
+                return action;
+            }
             if let Err(e) = apply_request_mutations(eval) {
                 return fail_closed(filter, &format!("cannot change the request headers (status {})", e.0), "host_error");
             }
@@ -422,6 +427,9 @@ fn act(filter: &str, header_name: &str, header: &Header, eval: &Evaluation, role
                 metrics::tally(filter, &format!("candidate_{outcome}"));
             }
             if dry_run {
+                if let Some(action) = refuse_duplicates(filter, eval, header.decision_header.then_some(header_name)) {
+                    return action;
+                }
                 if let Err(e) = apply_request_mutations(eval) {
                     return fail_closed(filter, &format!("cannot change the request headers (status {})", e.0), "host_error");
                 }
@@ -454,6 +462,36 @@ fn allow_header_value(rule: &str, version: &str) -> String {
     value.push_str(VERSION);
     value.push_str(version);
     value
+}
+
+/// On ngx_wasm_module, the first header the filter strips or replaces that the client sent more
+/// than once. That host replaces only the first copy and marks the others deleted, and nginx's
+/// `proxy_pass` still forwards them (seen on 3bed278): a forged `x-user` or a second token would
+/// reach the upstream. Such a request fails closed there. One extra host call, on that host only,
+/// and only when the evaluation changes headers.
+fn duplicated_header<'a>(eval: &'a Evaluation, decision_header: Option<&'a str>) -> Result<Option<&'a str>, host::HostError> {
+    if host::host_kind() != host::HostKind::NgxWasmModule {
+        return Ok(None);
+    }
+    let mut names = eval.remove_headers.iter().map(String::as_str).chain(eval.set_headers.iter().map(|(n, _)| n.as_str())).chain(decision_header).peekable();
+    if names.peek().is_none() {
+        return Ok(None);
+    }
+    let headers = host::request_headers()?;
+    Ok(names.find(|name| headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).count() > 1))
+}
+
+/// Fails the request closed (503, `host_error`) when [`duplicated_header`] finds one.
+fn refuse_duplicates(filter: &str, eval: &Evaluation, decision_header: Option<&str>) -> Option<Action> {
+    match duplicated_header(eval, decision_header) {
+        Ok(None) => None,
+        Ok(Some(name)) => Some(fail_closed(
+            filter,
+            &format!("header {name:?} was sent more than once; this host (ngx_wasm_module) would forward the copies the filter must strip or replace"),
+            "host_error",
+        )),
+        Err(e) => Some(fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), "host_error")),
+    }
 }
 
 /// Removes, then sets, the request headers of an evaluation. A failure is reported: a header

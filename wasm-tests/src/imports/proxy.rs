@@ -9,7 +9,7 @@ use crate::abi::{
     deserialize_pairs, serialize_pairs, BufferType, LogLevel, MapType, MetricKind, Status,
     StreamType,
 };
-use crate::context::VmCtx;
+use crate::context::{Pairs, VmCtx};
 use crate::host::{HttpCall, LogSource, Metric, PendingCall, Profile};
 use crate::request::LocalResponse;
 use std::time::{Duration, UNIX_EPOCH};
@@ -328,19 +328,25 @@ fn add_header_maps(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             ) else {
                 return status(Status::InvalidMemoryAccess);
             };
-            let Some(pairs) = MapType::from_code(map).and_then(|m| caller.data_mut().map_mut(m))
-            else {
+            let map = MapType::from_code(map);
+            let data = caller.data_mut();
+            let kong = data.host.profile == Profile::Kong;
+            let Some(pairs) = map.and_then(|m| data.map_mut(m)) else {
                 return status(Status::BadArgument);
             };
             let key = key.to_ascii_lowercase();
+            let mut dropped: Pairs = Vec::new();
             match pairs
                 .iter()
                 .position(|(name, _)| name.eq_ignore_ascii_case(&key))
             {
                 Some(first) => {
                     let mut index = 0;
-                    pairs.retain(|(name, _)| {
+                    pairs.retain(|(name, v)| {
                         let keep = index <= first || !name.eq_ignore_ascii_case(&key);
+                        if !keep {
+                            dropped.push((name.clone(), v.clone()));
+                        }
                         index += 1;
                         keep
                     });
@@ -349,6 +355,13 @@ fn add_header_maps(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
                     }
                 }
                 None => pairs.push((key, value)),
+            }
+            if kong && map == Some(MapType::RequestHeaders) {
+                // ngx_wasm_module updates the first copy and marks the others deleted, which
+                // nginx's proxy_pass forwards anyway (see proxy_remove_header_map_value).
+                if let Some(stream) = data.stream() {
+                    stream.removed_but_forwarded.extend(dropped);
+                }
             }
             status(Status::Ok)
         },
@@ -364,11 +377,21 @@ fn add_header_maps(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             let Some(key) = read_string(&caller, key_ptr, key_len)? else {
                 return status(Status::InvalidMemoryAccess);
             };
-            let Some(pairs) = MapType::from_code(map).and_then(|m| caller.data_mut().map_mut(m))
-            else {
+            let map = MapType::from_code(map);
+            let data = caller.data_mut();
+            let kong = data.host.profile == Profile::Kong;
+            let Some(pairs) = map.and_then(|m| data.map_mut(m)) else {
                 return status(Status::BadArgument);
             };
+            let removed: Pairs = pairs.iter().filter(|(name, _)| name.eq_ignore_ascii_case(&key)).cloned().collect();
             pairs.retain(|(name, _)| !name.eq_ignore_ascii_case(&key));
+            if kong && map == Some(MapType::RequestHeaders) {
+                // ngx_wasm_module 3bed278 only marks a removed request header deleted (hash 0),
+                // and nginx's proxy_pass forwards it anyway, with its value.
+                if let Some(stream) = data.stream() {
+                    stream.removed_but_forwarded.extend(removed);
+                }
+            }
             status(Status::Ok)
         },
     )?;
