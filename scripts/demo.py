@@ -1,6 +1,7 @@
-"""Gatewarden demo: Envoy on 127.0.0.1 with the IP/geo and JWT filters and their example policies:
-allowed and denied requests, a JWT-protected route, a live policy update, a refused bad update, then
-stop. Run via scripts/demo.sh."""
+"""Gatewarden demo: the IP/geo and JWT filters with their example policies, first in Envoy, then in
+Kong's engine (nginx + ngx_wasm_module), both on 127.0.0.1: allowed and denied requests, a
+JWT-protected route, a live policy update, a refused bad update, then stop. Run via scripts/demo.sh
+(`scripts/demo.sh envoy` or `scripts/demo.sh kong` runs one host only)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "e2e"))
 import harness  # noqa: E402
-from harness import GEO_DB, ROOT, Gateway  # noqa: E402
+from harness import GEO_DB, ROOT, BaseGateway, Gateway, KongGateway  # noqa: E402
 from jwtkit import demo_claims, demo_key  # noqa: E402
 
 POLICY = json.loads((ROOT / "envoy-config/policies/ip_geo.json").read_text())
 JWT_POLICY = json.loads((ROOT / "envoy-config/policies/jwt.json").read_text())
 JWKS = ROOT / "envoy-config/jwks/jwks.json"
-LB = "127.0.0.2"  # plays the load balancer in front of Envoy (policy: xff_num_trusted_hops 1)
+LB = "127.0.0.2"  # plays the load balancer in front of the gateway (policy: xff_num_trusted_hops 1)
 
 
 def say(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m", flush=True)
 
 
-def show(gw: Gateway, path: str, client: str, note: str, headers: dict[str, str] | None = None) -> int:
+def show(gw: BaseGateway, path: str, client: str, note: str, headers: dict[str, str] | None = None) -> int:
     h = {"x-forwarded-for": client, **(headers or {})}
     r = gw.get(path, headers=h, source=LB)
     if r.status == 200:
@@ -38,13 +40,13 @@ def show(gw: Gateway, path: str, client: str, note: str, headers: dict[str, str]
     return r.status
 
 
-def show_jwt(gw: Gateway, method: str, path: str, token: str | None, note: str) -> int:
+def show_jwt(gw: BaseGateway, method: str, path: str, token: str | None, note: str) -> int:
     h = {"x-forwarded-for": "8.8.8.8", **({"authorization": f"Bearer {token}"} if token else {})}
     r = gw.get(path, headers=h, source=LB, method=method)
     if r.status == 200 and r.upstream_headers:
         up = r.upstream_headers
         detail = (f"upstream saw x-user: {up.get('x-user')}, x-tenant: {up.get('x-tenant')}, "
-                  f"no authorization header: {'authorization' not in up}")
+                  f"token forwarded: {'yes' if up.get('authorization') else 'no'}")
     else:
         challenge = r.headers.get("www-authenticate")
         detail = r.text.strip() + (f"  www-authenticate: {challenge}" if challenge else "")
@@ -52,72 +54,127 @@ def show_jwt(gw: Gateway, method: str, path: str, token: str | None, note: str) 
     return r.status
 
 
-def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="gatewarden-demo-") as tmp, \
-            Gateway(tmp, {"ip_geo": POLICY, "jwt": JWT_POLICY}, geo_files={"country.mmdb": GEO_DB},
-                    jwks_files={"jwks.json": JWKS}) as gw:
-        say(f"Envoy {gw.port} up with gatewarden_ip_geo.wasm (policy {POLICY['policy_version']}) "
-            f"and gatewarden_jwt.wasm (policy {JWT_POLICY['policy_version']})")
-        # One VM per worker plus the main thread's: each loads the database on its next tick.
-        vms = gw.concurrency + 1
-        gw.wait_for_stat("wasmcustom.gatewarden_ip_geo_geo_db_loaded", vms, timeout=30)
-        print(f"  geo database fetched {gw.geo_db.fetches('/country.mmdb')} time(s) over HTTP, "
-              f"loaded by all {vms} VMs through shared data")
-        gw.wait_for_stat("wasmcustom.gatewarden_jwt_jwks_loaded", vms, timeout=30)
-        print(f"  JWKS fetched {gw.jwks.fetches('/jwks.json')} time(s) through cluster gatewarden_jwks, "
-              f"loaded by all {vms} VMs")
+def example_policies() -> dict[str, Any]:
+    """The example policies with their fetch targets (Envoy cluster names in the shipped files) as
+    placeholders the harness fills per host: a cluster on Envoy, `host:port` on Kong."""
+    ip_geo, jwt = copy.deepcopy(POLICY), copy.deepcopy(JWT_POLICY)
+    ip_geo["geo_database"]["cluster"] = harness.upstream("geo_db")
+    for provider in jwt["providers"].values():
+        if "remote_jwks" in provider:
+            provider["remote_jwks"]["cluster"] = harness.upstream("jwks")
+    return {"ip_geo": ip_geo, "jwt": jwt}
 
-        say("requests (the load balancer at 127.0.0.2 adds the client to x-forwarded-for)")
-        expect = [
-            show(gw, "/shop", "8.8.8.8", "US: allowed") == 200,
-            show(gw, "/shop", "5.160.0.1", "IR: embargo") == 403,
-            show(gw, "/shop", "175.45.176.1", "KP: embargo") == 403,
-            show(gw, "/admin/users", "10.1.2.3", "office network") == 200,
-            show(gw, "/admin/users", "8.8.8.8", "not the office") == 403,
-            show(gw, "/admin/users", "10.1.2.3, 8.8.8.8", "spoofed left entry ignored") == 403,
-            show(gw, "/shop", "1.1.1.1", "AU: allowed for now") == 200,
-        ]
 
-        say("JWT-protected route /api/orders (token signed with the demo key; needs scope orders:read, "
-            "writes need orders:write)")
-        token = demo_key().sign(demo_claims(sub="alice", tenant="acme", scope="orders:read"))
-        expect += [
-            show_jwt(gw, "GET", "/api/orders", None, "no token") == 401,
-            show_jwt(gw, "GET", "/api/orders", token, "valid token") == 200,
-            show_jwt(gw, "POST", "/api/orders", token, "lacks scope orders:write") == 403,
-        ]
+def start(host: str, workdir: str) -> BaseGateway:
+    filters = example_policies()
+    common = dict(geo_files={"country.mmdb": GEO_DB}, jwks_files={"jwks.json": JWKS})
+    if host == "envoy":
+        return Gateway(workdir, filters, **common)
+    # /health has no filter: it shows that a refused policy takes no route down but the filter's own.
+    return KongGateway(workdir, filters, routes={"/": ["ip_geo", "jwt"], "/health": []},
+                       request_headers_in_access=True, **common)
 
-        say("live update: add AU to the embargo (ECDS file rewritten atomically)")
-        updated = copy.deepcopy(POLICY)
-        updated["policy_version"] = "2026-11-23.2"
-        updated["rules"][1]["deny_countries"].append("AU")
-        t0 = time.monotonic()
-        outcome = gw.push_policy("ip_geo", updated)
-        print(f"  Envoy: {outcome} in {1000 * (time.monotonic() - t0):.0f} ms (no restart)")
-        expect.append(show(gw, "/shop", "1.1.1.1", "AU: now denied") == 403)
-        expect.append(show(gw, "/shop", "8.8.8.8", "US: still allowed") == 200)
 
-        say("bad update: a typo in a CIDR is refused, the last good policy keeps serving")
-        broken = copy.deepcopy(updated)
-        broken["policy_version"] = "2026-11-23.3"
-        broken["rules"][0]["allow"].append("10.0.0.0/33")
-        outcome = gw.push_policy("ip_geo", broken)
-        m = gw.wait_for_log(r"policy refused: .*")
-        print(f"  Envoy: {outcome} (update_rejected={gw.ecds_counts('ip_geo')['update_rejected']})")
-        print(f"  filter log: {m.group(0)}")
+def run(gw: BaseGateway, name: str) -> list[bool]:
+    say(f"{name} on port {gw.port} with gatewarden_ip_geo.wasm (policy {POLICY['policy_version']}) "
+        f"and gatewarden_jwt.wasm (policy {JWT_POLICY['policy_version']})")
+    # Every VM (one per worker) loads the database and key set from shared data on its next tick.
+    gw.wait_for_counter("ip_geo", "geo_db_loaded", gw.vms, timeout=30)
+    print(f"  geo database fetched {gw.geo_db.fetches('/country.mmdb')} time(s) over HTTP from "
+          f"{gw.upstream_ref('geo_db')}, loaded by all {gw.vms} VMs through shared data")
+    gw.wait_for_counter("jwt", "jwks_loaded", gw.vms, timeout=30)
+    print(f"  JWKS fetched {gw.jwks.fetches('/jwks.json')} time(s) from {gw.upstream_ref('jwks')}, "
+          f"loaded by all {gw.vms} VMs")
+
+    say("requests (the load balancer at 127.0.0.2 adds the client to x-forwarded-for)")
+    expect = [
+        show(gw, "/shop", "8.8.8.8", "US: allowed") == 200,
+        show(gw, "/shop", "5.160.0.1", "IR: embargo") == 403,
+        show(gw, "/shop", "175.45.176.1", "KP: embargo") == 403,
+        show(gw, "/admin/users", "10.1.2.3", "office network") == 200,
+        show(gw, "/admin/users", "8.8.8.8", "not the office") == 403,
+        show(gw, "/admin/users", "10.1.2.3, 8.8.8.8", "spoofed left entry ignored") == 403,
+        show(gw, "/shop", "1.1.1.1", "AU: allowed for now") == 200,
+    ]
+
+    say("JWT-protected route /api/orders (token signed with the demo key; needs scope orders:read, "
+        "writes need orders:write)")
+    token = demo_key().sign(demo_claims(sub="alice", tenant="acme", scope="orders:read"))
+    expect += [
+        show_jwt(gw, "GET", "/api/orders", None, "no token") == 401,
+        show_jwt(gw, "GET", "/api/orders", token, "valid token") == 200,
+        show_jwt(gw, "POST", "/api/orders", token, "lacks scope orders:write") == 403,
+    ]
+
+    how = "ECDS file rewritten atomically" if name == "Envoy" else "nginx -s reload: new workers, no restart"
+    say(f"live update: add AU to the embargo ({how})")
+    updated = copy.deepcopy(gw.filters["ip_geo"])
+    updated["policy_version"] = "2026-11-23.2"
+    updated["rules"][1]["deny_countries"].append("AU")
+    loaded = gw.counter("ip_geo", "geo_db_loaded")
+    t0 = time.monotonic()
+    outcome = gw.push_policy("ip_geo", updated)
+    print(f"  {name}: {outcome} in {1000 * (time.monotonic() - t0):.0f} ms")
+    expect.append(outcome == "success")
+    if name != "Envoy":  # the new workers load the database again, from shared data
+        gw.wait_for_counter("ip_geo", "geo_db_loaded", loaded + gw.vms, timeout=30)
+    expect.append(show(gw, "/shop", "1.1.1.1", "AU: now denied") == 403)
+    expect.append(show(gw, "/shop", "8.8.8.8", "US: still allowed") == 200)
+
+    say("bad update: a typo in a CIDR is refused loudly")
+    broken = copy.deepcopy(updated)
+    broken["policy_version"] = "2026-11-23.3"
+    broken["rules"][0]["allow"].append("10.0.0.0/33")
+    mark = gw.log_mark()
+    outcome = gw.push_policy("ip_geo", broken)
+    m = gw.wait_for_log(r"policy refused: [^,\n]*", since=mark)
+    print(f"  filter log: {m.group(0)}")
+    if name == "Envoy":
+        print(f"  Envoy: {outcome} (update_rejected={gw.ecds_counts('ip_geo')['update_rejected']}): "
+              "the last good policy keeps serving")
+        expect.append(outcome == "rejected")
         expect.append(show(gw, "/shop", "1.1.1.1", "policy .2 still enforced") == 403)
         expect.append(show(gw, "/admin/users", "10.1.2.3", "policy .2 still enforced") == 200)
+    else:
+        print(f"  {name}: {outcome}. A reload starts new workers with no last good policy, so the filter "
+              "fails its own routes closed (503) and every other route keeps serving; "
+              "`gatewarden render --target kong|nginx` refuses such a policy before it gets here")
+        expect.append(outcome == "refused")
+        expect.append(show(gw, "/shop", "8.8.8.8", "IP/geo route fails closed") == 503)
+        r = gw.get("/health", source=LB)
+        print(f"  GET /health (no filter)                         -> {r.status}  (still serving)")
+        expect.append(r.status == 200)
+        good = copy.deepcopy(updated)
+        good["policy_version"] = "2026-11-23.4"
+        loaded = gw.counter("ip_geo", "geo_db_loaded")
+        outcome = gw.push_policy("ip_geo", good)
+        print(f"  the fixed policy: {outcome}")
+        expect.append(outcome == "success")
+        gw.wait_for_counter("ip_geo", "geo_db_loaded", loaded + gw.vms, timeout=30)
+        expect.append(show(gw, "/shop", "1.1.1.1", "policy .4 enforced") == 403)
 
-        say("what operators see")
-        for f in ("ip_geo", "jwt"):
-            line = [ln for ln in gw.log().splitlines() if f'"gatewarden":"decision","filter":"{f}"' in ln][-1]
-            print(f"  {f} decision log line:", line[line.index("{"):])
-        harness.settle_counters()  # per-request counters reach Envoy on the filters' next tick
-        for name, value in sorted(gw.stats(r"wasmcustom\.gatewarden_(ip_geo|jwt)_").items()):
-            if value:
-                print(f"  {name} = {value}")
-        say("stopping Envoy")
-    ok = all(expect)
+    say("what operators see")
+    for f in ("ip_geo", "jwt"):
+        record = [r for r in harness.json_records(gw.log()) if r.get("filter") == f][-1]
+        print(f"  {f} decision log line:", json.dumps(record, separators=(",", ":")))
+    for f in ("ip_geo", "jwt"):
+        for counter, value in sorted(harness.counter_snapshot(gw, f).items()):
+            if value and counter not in ("upstream_requests",) and not counter.startswith("rq_"):
+                print(f"  gatewarden_{f}_{counter} = {value}")
+    say(f"stopping {name}")
+    return expect
+
+
+def main() -> int:
+    hosts = sys.argv[1:] or ["envoy", "kong"]
+    expect: list[bool] = []
+    for host in hosts:
+        if host == "kong" and harness.engine_missing("kong"):
+            print(f"\nskipping Kong: {harness.engine_missing('kong')}")
+            continue
+        with tempfile.TemporaryDirectory(prefix=f"gatewarden-demo-{host}-") as tmp, start(host, tmp) as gw:
+            expect += run(gw, "Envoy" if host == "envoy" else "Kong's engine (nginx + ngx_wasm_module)")
+    ok = bool(expect) and all(expect)
     print("\ndemo " + ("finished: every response was as expected" if ok else "FAILED: see the responses above"))
     return 0 if ok else 1
 

@@ -3,8 +3,9 @@
 # Envoy, wrk, the free geo database), builds the filters, starts Envoy on 127.0.0.1 with the
 # example IP/geo and JWT policies, shows allowed and denied requests, a JWT-protected route, a live
 # update and a refused bad update, then stops everything.
-#   scripts/demo.sh
+#   scripts/demo.sh            # Envoy, then Kong's engine (nginx + ngx_wasm_module)
+#   scripts/demo.sh kong       # one host only
 . "$(dirname "$0")/lib.sh"
 "$ROOT/scripts/setup.sh"
 "$ROOT/scripts/build.sh"
-exec "$PY" "$ROOT/scripts/demo.py"
+exec "$PY" "$ROOT/scripts/demo.py" "$@"
