@@ -1395,6 +1395,22 @@ class KongGateway(BaseGateway):
                 out.update(one)
         return out
 
+    def shared_data(self, key: str) -> tuple[bytes | None, int]:
+        """Reads shared data (a `shm_kv` zone of this nginx) through the admin module: (value, cas)."""
+        r = http_request("127.0.0.1", self.admin_port, METRICS_PATH, headers={"x-gatewarden-shared-get": key})
+        data = r.json()
+        if r.status != 200 or "error" in data:
+            raise GatewayError(f"reading shared data {key!r}: {r.status} {r.text}")
+        value = data["value_hex"]
+        return (bytes.fromhex(value) if value is not None else None), int(data["cas"])
+
+    def set_shared_data(self, key: str, value: bytes) -> None:
+        """Overwrites shared data (fault injection: every module of this nginx shares the zones)."""
+        r = http_request("127.0.0.1", self.admin_port, METRICS_PATH,
+                         headers={"x-gatewarden-shared-set": key, "x-gatewarden-shared-value-hex": value.hex()})
+        if r.status != 200:
+            raise GatewayError(f"writing shared data {key!r}: {r.status} {r.text}")
+
     def counters(self, filter_name: str) -> dict[str, int]:
         module = nginxconf.module_name(filter_name)
         prefix = f"gatewarden_{filter_name}_"

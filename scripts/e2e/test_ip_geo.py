@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -93,31 +91,6 @@ def wait_geo_loaded(gw: BaseGateway, loads: int, timeout: float = 15.0) -> None:
 def geo_db_target(gw: BaseGateway) -> str:
     """The fetch target as the filter logs it (Envoy: the cluster; Kong: host:port)."""
     return re.escape(gw.upstream_ref("geo_db"))
-
-
-@pytest.fixture(scope="module")
-def mmdb(tmp_path_factory: pytest.TempPathFactory):
-    """make(name, "NET=CC", ..., layout=None, corrupt=False) -> Path of a test MMDB, written by the
-    testkit's make-test-mmdb (built once; cargo reuses the workspace's test build)."""
-    build = subprocess.run(
-        ["cargo", "build", "-q", "-p", "gatewarden-testkit", "--bin", "make-test-mmdb", "--message-format=json"],
-        cwd=harness.ROOT, capture_output=True, text=True, timeout=900)
-    assert build.returncode == 0, f"building make-test-mmdb failed:\n{build.stderr}"
-    exe = None
-    for line in build.stdout.splitlines():
-        msg = json.loads(line)
-        if msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == "make-test-mmdb":
-            exe = msg.get("executable") or exe
-    assert exe, "cargo did not report the make-test-mmdb executable"
-    out_dir = tmp_path_factory.mktemp("mmdb")
-
-    def make(name: str, *entries: str, layout: str | None = None, corrupt: bool = False) -> Path:
-        path = out_dir / f"{name}.mmdb"
-        cmd = [exe, str(path), *(["--layout", layout] if layout else []), *(["--corrupt"] if corrupt else []), *entries]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
-        return path
-
-    return make
 
 
 # --------------------------------------------------------------------------------------------
