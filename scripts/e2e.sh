@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
-# End-to-end tests against a real Envoy: install, build the modules, run pytest on scripts/e2e.
+# End-to-end tests on both hosts, a real Envoy and Kong's engine (nginx + ngx_wasm_module): install,
+# build the modules, run pytest on scripts/e2e. Every case runs once per host ([envoy] / [kong]).
 #   scripts/e2e.sh                   # everything
 #   scripts/e2e.sh -k floor -x       # extra arguments go to pytest
+#   scripts/e2e.sh --host kong       # one host only
+# Kong's engine: $GATEWARDEN_WASMX, else ../shared/wasmx/bin/nginx; without one the Kong cases skip
+# (CI=true: the run fails instead).
 # SKIP_SETUP=1 / SKIP_BUILD=1 skip those steps (e.g. when the caller already did them).
 . "$(dirname "$0")/lib.sh"
 
 [[ "${SKIP_SETUP:-}" == 1 ]] || "$ROOT/scripts/setup.sh"
 [[ "${SKIP_BUILD:-}" == 1 ]] || "$ROOT/scripts/build.sh"
 cd "$ROOT"
-# test_cli_lifecycle.py runs the gatewarden command (debug build: shared with `cargo test`, no extra
-# compile in scripts/test.sh).
+# test_cli_lifecycle.py and the Kong counters run the gatewarden command (debug build: shared with
+# `cargo test`, no extra compile in scripts/test.sh).
 [[ "${SKIP_BUILD:-}" == 1 ]] || cargo build --quiet -p gatewarden
-exec "$PY" -m pytest -q -p no:cacheprovider "$ROOT/scripts/e2e" "$@"
+# A test fixture, not a product module: built here even with SKIP_BUILD (cargo makes it a no-op).
+build_kong_metrics
+engine="$(wasmx_bin)"
+if [[ -n "$engine" && -x "$engine" ]]; then
+    log "Kong engine: $engine"
+else
+    log "no Kong engine (../shared/wasmx/bin/nginx or GATEWARDEN_WASMX): the Kong cases will skip${CI:+ (CI=$CI: fail)}"
+fi
+# -rxXs: every skip, xfail (the Kong engine's known defects, with their cause) and xpass is listed.
+exec "$PY" -m pytest -q -rxXs -p no:cacheprovider "$ROOT/scripts/e2e" "$@"

@@ -8,3 +8,9 @@ ensure_venv
 ensure_apt wrk
 ensure_node_modules
 log "setup done: $("$ENVOY" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1)"
+# Kong's engine is not installed from a registry: the prebuilt ../shared/wasmx, or GATEWARDEN_WASMX.
+if engine="$(wasmx_bin)" && [[ -n "$engine" && -x "$engine" ]]; then
+    log "Kong engine: $engine ($("$engine" -v 2>&1 | head -1))"
+else
+    log "no Kong engine found (../shared/wasmx/bin/nginx, or GATEWARDEN_WASMX=/path/to/nginx built with ngx_wasm_module: Kong's image, or the module's wasmx release binaries)"
+fi

@@ -1158,6 +1158,35 @@ SILENT_FILTERS = frozenset({"floor"})
 _LINE = re.compile(r"^\S+ \S+ \[(\w+)\] (\d+)#\d+: (.*)$", re.M)
 _WORKER_STARTED = re.compile(r"start worker process (\d+)$")
 _WORKER_EXITED = re.compile(r"worker process (\d+) exited (on signal (\d+)|with (fatal )?code (\d+))")
+_SHUTTING_DOWN = re.compile(r"gracefully shutting down")
+_REFUSED = re.compile(r"gatewarden \w+: policy refused")
+
+
+@dataclass
+class _NginxEvents:
+    """What an nginx error log says about its processes (master pid `master`)."""
+    started: list[int]              # worker pids the master started, in order
+    exited: dict[int, str]          # worker pid -> "on signal N" | "with [fatal ]code N"
+    master_emerg: bool              # the master logged an [emerg] (a configuration it refused)
+    by_pid: dict[int, list[str]]    # every message, by the pid that wrote it
+
+    @classmethod
+    def parse(cls, text: str, master: int) -> "_NginxEvents":
+        ev = cls([], {}, False, {})
+        for level, pid_text, msg in _LINE.findall(text):
+            pid = int(pid_text)
+            ev.by_pid.setdefault(pid, []).append(msg)
+            if pid != master:
+                continue
+            ev.master_emerg |= level == "emerg"
+            if m := _WORKER_STARTED.search(msg):
+                ev.started.append(int(m.group(1)))
+            if m := _WORKER_EXITED.search(msg):
+                ev.exited[int(m.group(1))] = m.group(2)
+        return ev
+
+    def count(self, pid: int, pattern: re.Pattern[str]) -> int:
+        return sum(1 for msg in self.by_pid.get(pid, []) if pattern.search(msg))
 
 
 class KongGateway(BaseGateway):
@@ -1284,56 +1313,40 @@ class KongGateway(BaseGateway):
         "refused" (a filter refused its policy), "failed" (a new worker exited), "rejected" (the
         master refused the new configuration and keeps the old one), "master exited" (seen when
         the new configuration's Wasm modules cannot load: the old workers go on, orphaned) or
-        "address in use"."""
+        "address in use". A worker that crashes (exits on a signal) raises GatewayError."""
         ready = self._ready_regexes(modules or self.modules)
-        master = self.proc.pid if self.proc else -1
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while True:
             text = self.log(mark)
-            lines = [(level, int(pid), msg) for level, pid, msg in _LINE.findall(text)]
             if "Address already in use" in text:
                 return "address in use"
-            if not starting and any(pid == master and level == "emerg" for level, pid, _ in lines):
+            ev = _NginxEvents.parse(text, self.proc.pid)
+            if ev.master_emerg and not starting:
                 # nginx keeps the old configuration; on this engine the master may exit instead
                 # (a Wasm module that cannot load) a moment later.
                 try:
-                    assert self.proc is not None
                     self.proc.wait(2.0)
                     return "master exited"
                 except subprocess.TimeoutExpired:
                     return "rejected"
-            started = [int(m.group(1)) for _, pid, msg in lines if pid == master
-                       for m in [_WORKER_STARTED.search(msg)] if m]
-            exited: dict[int, str] = {}
-            for _, pid, msg in lines:
-                m = _WORKER_EXITED.search(msg)
-                if pid == master and m:
-                    exited[int(m.group(1))] = m.group(2)
-            crashed = {p: why for p, why in exited.items() if "signal" in why and p not in old}
+            crashed = {p: why for p, why in ev.exited.items() if "signal" in why and p not in old}
             if crashed:
                 raise GatewayError(f"nginx worker(s) crashed: {crashed}; log:\n" + self.log_tail())
-            by_pid: dict[int, list[str]] = {}
-            for _, pid, msg in lines:
-                by_pid.setdefault(pid, []).append(msg)
-            new = [p for p in started if p not in old]
-            done = len(new) >= self.concurrency and all(
-                p in exited or all(sum(1 for msg in by_pid.get(p, []) if rx.search(msg)) >= times
-                                   for rx, times in ready)
-                for p in new)
-            if self.proc is not None and self.proc.poll() is not None:
+            if self.proc.poll() is not None:
                 return "failed" if starting else "master exited"
-            if done:
-                closed = all(p in exited or any("gracefully shutting down" in msg for msg in by_pid.get(p, []))
-                             for p in old)
-                if closed:
-                    self.workers = {p for p in new if p not in exited}
-                    if any(p in exited for p in new):
-                        return "failed"
-                    refused = any("policy refused" in msg for p in new for msg in by_pid.get(p, []))
-                    return "refused" if refused else "success"
+            new = [p for p in ev.started if p not in old]
+            configured = len(new) >= self.concurrency and all(
+                p in ev.exited or all(ev.count(p, rx) >= times for rx, times in ready) for p in new)
+            old_closed = all(p in ev.exited or ev.count(p, _SHUTTING_DOWN) for p in old)
+            if configured and old_closed:
+                self.workers = {p for p in new if p not in ev.exited}
+                if any(p in ev.exited for p in new):
+                    return "failed"
+                return "refused" if any(ev.count(p, _REFUSED) for p in new) else "success"
             if time.monotonic() >= deadline:
                 raise GatewayError(f"nginx workers not configured within {timeout}s (new {new}, exited "
-                                   f"{exited}); log:\n" + self.log_tail())
+                                   f"{ev.exited}); log:\n" + self.log_tail())
             time.sleep(0.02)
 
     def reload(self, *, modules: Mapping[str, Path] | None = None, timeout: float = 60.0) -> str:
