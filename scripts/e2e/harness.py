@@ -429,14 +429,26 @@ class Response:
         return data.get("headers") if isinstance(data, dict) else None
 
 
+Headers = Mapping[str, str] | Sequence[tuple[str, str]]
+
+
 def http_request(host: str, port: int, path: str, *, method: str = "GET",
-                 headers: Mapping[str, str] | None = None, body: bytes | None = None,
+                 headers: Headers | None = None, body: bytes | None = None,
                  source: str | None = None, timeout: float = 5.0) -> Response:
-    """One HTTP/1.1 request on a new connection, from `source` (any 127.x.y.z works on Linux) if given."""
+    """One HTTP/1.1 request on a new connection, from `source` (any 127.x.y.z works on Linux) if given.
+    `headers` as a list of (name, value) pairs may repeat a name."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout,
                                       source_address=(source, 0) if source else None)
     try:
-        conn.request(method, path, body=body, headers=dict(headers or {}))
+        if headers is None or isinstance(headers, Mapping):
+            conn.request(method, path, body=body, headers=dict(headers or {}))
+        else:
+            conn.putrequest(method, path)
+            for name, value in headers:
+                conn.putheader(name, value)
+            if body is not None:
+                conn.putheader("content-length", str(len(body)))
+            conn.endheaders(body)
         resp = conn.getresponse()
         data = resp.read()
         merged: dict[str, str] = {}
@@ -790,7 +802,7 @@ class BaseGateway(_Stoppable):
             self.requests_sent += n
             self.last_request_end = time.monotonic()
 
-    def get(self, path: str = "/", headers: Mapping[str, str] | None = None, source: str | None = None, *,
+    def get(self, path: str = "/", headers: Headers | None = None, source: str | None = None, *,
             method: str = "GET", body: bytes | None = None, ipv6: bool = False, timeout: float = 5.0) -> Response:
         """Send one request through the gateway's listener. `source`: client address to bind, e.g.
         "127.0.0.42" (IPv4) or "::1" with ipv6=True."""

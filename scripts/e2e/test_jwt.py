@@ -34,6 +34,7 @@ FILTER = "jwt"
 HEADER = "x-gatewarden-jwt"
 UNAUTHORIZED = b'{"error":"unauthorized","message":"authentication required"}'
 FORBIDDEN = b'{"error":"forbidden","message":"access denied by policy"}'
+UNAVAILABLE = b'{"error":"unavailable","message":"policy unavailable"}'
 REALM = "api"
 MISSING_CHALLENGE = f'Bearer realm="{REALM}"'
 INVALID_CHALLENGE = f'Bearer realm="{REALM}", error="invalid_token"'
@@ -192,6 +193,25 @@ def test_valid_tokens_pass_with_claims_forwarded(gw: BaseGateway):
     assert upstream["x-user"] == "svc-7"
     assert "x-tenant" not in upstream and "x-jwt-payload" not in upstream, upstream
     assert changes(before, snapshot(gw)) == {"allowed": 3, "rq_2xx": 3, "upstream_requests": 3}
+
+
+def test_a_claim_header_sent_twice_is_replaced_or_refused(gw: BaseGateway):
+    """The client sends x-user, a header the filter sets from a claim, twice. Envoy replaces every
+    copy. ngx_wasm_module replaces the first and proxy_pass would still forward the other, so there
+    the glue fails the request closed (503, host_error) rather than let a forged copy through."""
+    token = RS.sign(claims())
+    headers = [("authorization", f"Bearer {token}"), ("x-user", "admin"), ("x-user", "root")]
+    before, mark = snapshot(gw), gw.log_mark()
+    r = gw.get("/orders", headers=headers)
+    if gw.host == "envoy":
+        upstream = assert_allowed(r, "default", "jwt-1")
+        assert upstream["x-user"] == "user-1", upstream
+        assert changes(before, snapshot(gw)) == {"allowed": 1, "rq_2xx": 1, "upstream_requests": 1}
+    else:
+        assert r.status == 503 and r.is_local_body(UNAVAILABLE), (r.status, r.body)
+        assert changes(before, snapshot(gw)) == {"host_error": 1, "rq_5xx": 1}
+        gw.wait_for_log(r'\[error\] .*gatewarden jwt: request denied: header "x-user" was sent more than once',
+                        since=mark)
 
 
 def test_missing_token_is_401_without_error(gw: BaseGateway):
