@@ -17,6 +17,7 @@ that engine. The cases both hosts share run in the other test files, once per ho
 from __future__ import annotations
 
 import re
+import socket
 import struct
 import time
 from types import SimpleNamespace
@@ -266,6 +267,25 @@ def test_unloadable_published_key_set_is_refused_and_the_last_good_one_keeps_ver
         assert gw.get("/", headers={"authorization": f"Bearer {token}"}).status == 200
     harness.hold("jwks_load_failed stays at one per worker",
                  lambda: gw.counter("jwt", "jwks_load_failed") == gw.vms, 2.5, 0.1)
+
+
+# --------------------------------------------------------------------------------------------
+# Ports: nginx cannot listen on port 0
+
+
+def test_nginx_start_takes_other_ports_when_one_is_taken(start_gateway, monkeypatch):
+    """The harness picks free ports for nginx; when one is taken by the time nginx binds it
+    ("Address already in use"), it starts nginx again on other ports instead of failing."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        first = [taken.getsockname()[1]]
+        real = harness.free_port
+        monkeypatch.setattr(harness, "free_port", lambda host="127.0.0.1": first.pop() if first else real(host))
+        gw = start_gateway({"ip_geo": GOOD}, ipv6=False)
+        assert gw.port != taken.getsockname()[1]
+        assert "Address already in use" in gw.log()
+        assert gw.get("/", source="127.0.0.2").status == 200
 
 
 # --------------------------------------------------------------------------------------------
