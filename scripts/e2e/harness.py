@@ -31,6 +31,11 @@ Fixture servers, all on 127.0.0.1 port 0 (the kernel's choice, no reuse race):
 Where a policy names a fetch target (geo_database.cluster, remote_jwks.cluster), write
 `upstream("geo_db")` / `upstream("jwks")`: the gateway puts its own target there (Envoy: the
 bootstrap's cluster; Kong: 127.0.0.1:<port>), the one place that maps them (`upstream_ref`).
+Counters are read when they have settled (`settled_counters`, `counter_snapshot`): the filters
+flush per-request counts on their tick (<= 1 s), so a read polls until the per-request outcomes
+account for every request sent, or else until FLUSH_WAIT after the last one; never a bare sleep.
+Logs are matched from a `log_mark()` taken before the action, so an older line cannot satisfy a wait;
+"nothing else happens" windows are `hold(...)`, which fails as soon as something does.
 Client addresses: the filters see x-forwarded-for exactly as the test sends it (Envoy: the shipped
 bootstrap sets skip_xff_append; nginx adds nothing) and the peer address from the connection.
 Sources such as 127.0.0.2 ... 127.255.255.254 (`source=`) give distinct IPv4 peers; over IPv6 only
@@ -499,19 +504,20 @@ class LoadResult:
 class LoadGenerator:
     """Threads sending requests over keep-alive connections until `stop()`, `duration` seconds or
     `max_requests` (both capped by MAX_LOAD_SECONDS / MAX_LOAD_REQUESTS). Use as a context manager:
-    the load runs inside the block and `result` is set on exit. `on_done(result)` is called once
-    when the load has stopped (the gateway counts the requests it sent)."""
+    the load runs inside the block and `result` is set on exit. `on_start()` and `on_done(result)`
+    are called when it starts and once it has stopped (the gateway counts the requests it sent)."""
 
     def __init__(self, host: str, port: int, path: str = "/", *, duration: float = 10.0, threads: int = 4,
                  headers: Mapping[str, str] | None = None, source: str | None = None,
                  max_requests: int = MAX_LOAD_REQUESTS, timeout: float = 5.0,
+                 on_start: Callable[[], None] | None = None,
                  on_done: Callable[[LoadResult], None] | None = None) -> None:
         self.host, self.port, self.path = host, port, path
         self.duration = min(duration, MAX_LOAD_SECONDS)
         self.max_requests = min(max_requests, MAX_LOAD_REQUESTS)
         self.headers = dict(headers or {})
         self.source, self.timeout, self.nthreads = source, timeout, threads
-        self.on_done = on_done
+        self.on_start, self.on_done = on_start, on_done
         self.result = LoadResult()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -577,6 +583,8 @@ class LoadGenerator:
                     self.result.max_latency, self.result.slowest_at = local.max_latency, local.slowest_at
 
     def start(self) -> "LoadGenerator":
+        if self.on_start is not None:
+            self.on_start()
         self._started = time.monotonic()
         for i in range(self.nthreads):
             t = threading.Thread(target=self._worker, name=f"load-{i}", daemon=True)
@@ -684,6 +692,7 @@ class BaseGateway(_Stoppable):
         # counters of every one of them are flushed FLUSH_WAIT after that at the latest.
         self.requests_sent = 0
         self.last_request_end = 0.0
+        self.loads_running = 0
         self._requests_lock = threading.Lock()
 
     # -- lifecycle (hosts implement _launch) ---------------------------------------------------
@@ -802,6 +811,15 @@ class BaseGateway(_Stoppable):
             self.requests_sent += n
             self.last_request_end = time.monotonic()
 
+    def _load_started(self) -> None:
+        with self._requests_lock:
+            self.loads_running += 1
+
+    def _load_done(self, result: LoadResult) -> None:
+        with self._requests_lock:
+            self.loads_running -= 1
+        self._count_requests(result.requests)
+
     def get(self, path: str = "/", headers: Headers | None = None, source: str | None = None, *,
             method: str = "GET", body: bytes | None = None, ipv6: bool = False, timeout: float = 5.0) -> Response:
         """Send one request through the gateway's listener. `source`: client address to bind, e.g.
@@ -823,7 +841,7 @@ class BaseGateway(_Stoppable):
         """A bounded load generator against the listener (not started: use `with gw.load(...) as l:`)."""
         return LoadGenerator(self.host_address, self.port, path, duration=duration, threads=threads,
                              headers=headers, source=source, max_requests=max_requests,
-                             on_done=lambda result: self._count_requests(result.requests))
+                             on_start=self._load_started, on_done=self._load_done)
 
     # -- logs ----------------------------------------------------------------------------------
 
@@ -921,7 +939,10 @@ class BaseGateway(_Stoppable):
         the requests sent, every request reached the filter and its outcome is flushed; one more read
         takes the rest of that flush (rollout, reason counters). Otherwise (requests that never
         reached this filter: an earlier filter denied them, the host failed them) wait until
-        FLUSH_WAIT after the last request, when every root context has ticked since."""
+        FLUSH_WAIT after the last request, when every root context has ticked since. Counters do
+        not settle under load: asking then is an error."""
+        if self.loads_running:
+            raise GatewayError("settled_counters while a load is running: counts are still moving")
         deadline = self.last_request_end + FLUSH_WAIT
         while True:
             c = self.counters(filter_name)

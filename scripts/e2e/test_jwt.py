@@ -28,7 +28,7 @@ import pytest
 
 import harness
 from harness import BaseGateway, Response
-from jwtkit import SigningKey, b64url, exp_in, jwks_bytes, payload_of, tamper_signature
+from jwtkit import SigningKey, b64url, jwks_bytes, payload_of, tamper_signature
 
 FILTER = "jwt"
 HEADER = "x-gatewarden-jwt"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import re
 from typing import Any
 
 import pytest
