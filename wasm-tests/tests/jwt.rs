@@ -1023,3 +1023,22 @@ fn on_kong_a_stripped_token_and_a_forged_claim_header_reach_the_upstream_empty()
         assert!(!payload.contains(&"forged"), "{profile:?}: forged header forwarded: {payload:?}");
     }
 }
+
+/// On Kong nginx's proxy_pass sends the original URI, so a token cannot be cut from the query
+/// there: such a request fails closed (the token never reaches the upstream); a header token works.
+#[test]
+fn on_kong_a_token_in_the_query_fails_closed() {
+    let host = host(Profile::Kong);
+    let mut p = provider(json!({"local_jwks": jwks()}));
+    p["from_headers"] = json!([{"name": "authorization", "value_prefix": "Bearer "}]);
+    p["from_params"] = json!(["access_token"]);
+    let mut vm = vm(&host, &policy_with(p));
+    let rs = token("RS256");
+    let out = vm.http_request(Request::get(&format!("/api?x=1&access_token={rs}")).source("10.0.0.1:5000")).unwrap();
+    assert_eq!(out.status, 503, "{out:?}");
+    assert_eq!(out.upstream_request, None);
+    assert!(host.logs().iter().any(|l| l.message.contains("must rewrite :path")), "{:#?}", host.logs());
+    let out = vm.http_request(Request::get("/api?x=1").source("10.0.0.1:5000").header("authorization", &bearer(&rs))).unwrap();
+    assert_eq!(out.status, 200);
+    assert_eq!(out.upstream_header(":path"), Some("/api?x=1"));
+}

@@ -31,6 +31,9 @@ struct LoadedDb {
 thread_local! {
     // Per VM: survives policy updates (which create a new root context in the same VM).
     static GEO: RefCell<Option<LoadedDb>> = const { RefCell::new(None) };
+    /// The last published generation this VM refused, by source: not parsed (nor counted, nor
+    /// logged) again on every tick; a newer generation is tried.
+    static REFUSED: RefCell<Option<(FetchSource, u64)>> = const { RefCell::new(None) };
 }
 
 struct IpGeo {
@@ -41,9 +44,11 @@ impl IpGeo {
     /// Loads a newly published database into this worker.
     fn load_published(&mut self) -> bool {
         let Some(fetch) = &self.fetch else { return false };
-        let have = GEO.with(|g| {
+        let loaded = GEO.with(|g| {
             g.borrow().as_ref().filter(|l| &l.source == fetch.source()).map(|l| l.generation)
         });
+        let refused = REFUSED.with(|r| r.borrow().as_ref().filter(|(s, _)| s == fetch.source()).map(|(_, g)| *g));
+        let have = loaded.max(refused);
         if let Some((generation, bytes)) = fetch.published_since(have) {
             match GeoDb::from_bytes(bytes) {
                 Ok(db) => {
@@ -56,6 +61,7 @@ impl IpGeo {
                     GEO.with(|g| *g.borrow_mut() = Some(loaded));
                 }
                 Err(e) => {
+                    REFUSED.with(|r| *r.borrow_mut() = Some((fetch.source().clone(), generation)));
                     metrics::count(FILTER, "geo_db_load_failed");
                     host::log(Level::Error, &format!("gatewarden {FILTER}: published geo database refused: {e}"));
                 }

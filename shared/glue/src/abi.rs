@@ -40,6 +40,10 @@ impl<F: Enforcer> Runtime<F> {
         }
     }
 
+    pub fn is_root(&self, context_id: u32) -> bool {
+        self.roots.contains_key(&context_id)
+    }
+
     pub fn root(&self, context_id: u32) -> Option<Rc<RefCell<Root<F>>>> {
         self.roots.get(&context_id).cloned()
     }
@@ -166,8 +170,13 @@ macro_rules! export_filter {
             $crate::runtime::Action::Continue as u32
         }
 
+        /// A root context's `on_done` (its VM is shutting down, e.g. an nginx worker replaced by
+        /// a reload) flushes the counters tallied since the last tick; a request's does nothing.
         #[no_mangle]
-        pub extern "C" fn proxy_on_done(_context_id: u32) -> bool {
+        pub extern "C" fn proxy_on_done(context_id: u32) -> bool {
+            if gatewarden_runtime(|rt| rt.is_root(context_id)).unwrap_or(false) {
+                $crate::metrics::flush();
+            }
             true
         }
 

@@ -464,14 +464,19 @@ fn allow_header_value(rule: &str, version: &str) -> String {
     value
 }
 
-/// On ngx_wasm_module, the first header the filter strips or replaces that the client sent more
-/// than once. That host replaces only the first copy and marks the others deleted, and nginx's
+/// On ngx_wasm_module, `:path` if the filter rewrites it (proxy_pass sends the original URI), or
+/// the first header the filter strips or replaces that the client sent more than once. That host replaces only the first copy and marks the others deleted, and nginx's
 /// `proxy_pass` still forwards them (seen on 3bed278): a forged `x-user` or a second token would
 /// reach the upstream. Such a request fails closed there. One extra host call, on that host only,
 /// and only when the evaluation changes headers.
 fn duplicated_header<'a>(eval: &'a Evaluation, decision_header: Option<&'a str>) -> Result<Option<&'a str>, host::HostError> {
     if host::host_kind() != host::HostKind::NgxWasmModule {
         return Ok(None);
+    }
+    if eval.set_headers.iter().any(|(n, _)| n == ":path") {
+        // nginx's proxy_pass sends the original request URI, not a :path the filter rewrote
+        // (seen on 3bed278): a token cut from the query would still reach the upstream.
+        return Ok(Some(":path"));
     }
     let mut names = eval.remove_headers.iter().map(String::as_str).chain(eval.set_headers.iter().map(|(n, _)| n.as_str())).chain(decision_header).peekable();
     if names.peek().is_none() {
@@ -485,6 +490,11 @@ fn duplicated_header<'a>(eval: &'a Evaluation, decision_header: Option<&'a str>)
 fn refuse_duplicates(filter: &str, eval: &Evaluation, decision_header: Option<&str>) -> Option<Action> {
     match duplicated_header(eval, decision_header) {
         Ok(None) => None,
+        Ok(Some(":path")) => Some(fail_closed(
+            filter,
+            "the filter must rewrite :path (a token in the query), which this host (ngx_wasm_module) would not send upstream",
+            "host_error",
+        )),
         Ok(Some(name)) => Some(fail_closed(
             filter,
             &format!("header {name:?} was sent more than once; this host (ngx_wasm_module) would forward the copies the filter must strip or replace"),
