@@ -235,9 +235,6 @@ def test_unloadable_published_database_is_refused_and_the_last_good_one_keeps_de
     assert gw.counter("ip_geo", "geo_db_loaded") == gw.vms
 
 
-@pytest.mark.kong_defect(
-    "filters/ip-geo retries loading a published database that failed to load on every tick (JWT marks the "
-    "generation seen), so geo_db_load_failed and its error line repeat every second per worker")
 def test_unloadable_published_database_is_counted_once_per_worker(unloadable_geo):
     gw = unloadable_geo.gw
     gw.wait_for_counter("ip_geo", "geo_db_load_failed", gw.vms)
@@ -294,7 +291,9 @@ def test_nginx_start_takes_other_ports_when_one_is_taken(start_gateway, monkeypa
 
 @pytest.mark.kong_defect(
     "per-request counts are tallied in the VM and flushed on the tick (<= 1 s); a worker replaced by a "
-    "reload exits without a last flush, so what it tallied since its last tick is lost (shared/glue metrics)")
+    "reload exits without a last flush, so what it tallied since its last tick is lost: the glue flushes in "
+    "a root's proxy_on_done, but this engine does not call it when a worker exits (ngx_proxy_wasm_root_destroy "
+    "only frees the instances)")
 def test_counts_tallied_before_a_reload_are_kept(start_gateway):
     gw = start_gateway({"ip_geo": GOOD}, ipv6=False)
     before = gw.settled_counters("ip_geo")
