@@ -4,7 +4,7 @@
 #   2. native unit tests + Wasm-host tests (the release .wasm files in our wasmtime host) + CLI tests,
 #      then `gatewarden test examples` (the example policy repo's tests through the release modules)
 #   3. `envoy --mode validate` on every shipped Envoy config
-#   4. end-to-end tests against a real Envoy on 127.0.0.1
+#   4. end-to-end tests against a real Envoy and Kong's engine (nginx + ngx_wasm_module) on 127.0.0.1
 #   scripts/test.sh
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
