@@ -32,7 +32,7 @@ log "policy tests of examples/ through the release modules (gatewarden test)"
 log "envoy --mode validate on every shipped config"
 "$ROOT/scripts/validate-configs.sh"
 
-log "end-to-end tests against Envoy"
+log "end-to-end tests against Envoy and Kong's engine"
 SKIP_SETUP=1 SKIP_BUILD=1 "$ROOT/scripts/e2e.sh"
 
 log "all tests passed in $((SECONDS - start)) s"
