@@ -507,7 +507,14 @@ fn refuse_duplicates(filter: &str, eval: &Evaluation, decision_header: Option<&s
 /// Removes, then sets, the request headers of an evaluation. A failure is reported: a header
 /// the filter could not strip may be a client's forgery, so the caller fails closed.
 fn apply_request_mutations(eval: &Evaluation) -> Result<(), host::HostError> {
+    // On ngx_wasm_module a removed header still goes upstream (emptied, see host::remove_request_header),
+    // so a header that is set next is not removed first: the set replaces its one copy (a request
+    // with several copies was refused by `refuse_duplicates`).
+    let ngx = host::host_kind() == host::HostKind::NgxWasmModule;
     for name in &eval.remove_headers {
+        if ngx && eval.set_headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            continue;
+        }
         host::remove_request_header(name)?;
     }
     for (name, value) in &eval.set_headers {
