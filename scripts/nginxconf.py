@@ -96,6 +96,7 @@ class Config:
     access_log: bool = True                        # <prefix>/access.log: "<status> <method> <uri>"
     run_as_root: bool = False                      # `user root;` (workers must write the prefix)
     shm_kv_size: str = "64m"
+    master_process: bool = True                    # off: one process serves (e.g. to run under valgrind)
 
 
 def render(cfg: Config) -> str:
@@ -105,7 +106,7 @@ def render(cfg: Config) -> str:
     if cfg.run_as_root:
         w("user root;")
     w("daemon off;")
-    w("master_process on;")
+    w(f"master_process {'on' if cfg.master_process else 'off'};")
     w(f"worker_processes {cfg.workers};")
     w(f"error_log {prefix / 'error.log'} {cfg.log_level};")
     w(f"pid {prefix / 'nginx.pid'};")
