@@ -12,6 +12,12 @@ seen before in that Envoy lifetime (the first N2 + 10 of bench.py's distinct tok
 cycle through bench.py's few warm tokens. Cold and warm thus differ only in the tokens.
 
   .venv/bin/python scripts/bench_instructions.py     (CONFIGS/BENCH_CONFIGS as in bench.py; N1=100, N2=600)
+
+HOSTS=kong (or envoy,kong; default envoy): the same on Kong's engine (scripts/bench_kong.py): each
+configuration's nginx runs under callgrind with `master_process off` (one process serves, as a
+worker would: callgrind_control cannot reach a forked worker), its counts are zeroed after WARM
+requests and dumped after N (window method only); the upstream is an Envoy `none` listener outside
+valgrind.
 """
 
 from __future__ import annotations
@@ -101,14 +107,97 @@ def run(cfg: str, n: int, out: Path, window: bool = False) -> int:
     return int(m.group(1))
 
 
+def run_kong(cfg: str, n: int, out: Path, upstream: str) -> int:
+    """Instructions of the nginx worker of configuration `cfg` (Kong's engine) over `n` requests
+    after WARM warm-up requests (ValueError: not expressible in nginx.conf)."""
+    import bench_kong
+    work = out / "kong"
+    work.mkdir(parents=True, exist_ok=True)
+    name = f"kong-{cfg.replace('@', '_')}"
+    for stale in (work / name).glob("callgrind.out*"):
+        stale.unlink()
+    wrapper = ["valgrind", "--tool=callgrind", "--smc-check=all",
+               f"--callgrind-out-file={work / name / 'callgrind.out.%p'}"]
+    inst = bench_kong.start(cfg, work, upstream, None, wrapper=wrapper,
+                            timeout=float(os.environ.get("READY_TIMEOUT", "1800")), master=False)
+    try:
+        tokens = bench.jwt_tokens(cfg)
+        if len(tokens) > bench.WARM_TOKENS and len(tokens) < WARM + n:
+            raise SystemExit(f"{cfg}: {len(tokens)} cold tokens, need {WARM + n} (COLD_TOKENS)")
+        requests(inst.port, WARM, tokens, 0)
+        subprocess.run(["callgrind_control", "-z", str(inst.worker)], check=True, capture_output=True)
+        requests(inst.port, n, tokens, WARM)
+        subprocess.run(["callgrind_control", "-d", str(inst.worker)], check=True, capture_output=True)
+        result = inst.workdir / f"callgrind.out.{inst.worker}.1"
+    finally:
+        bench_kong.stop(inst)
+    m = re.search(r"^summary: (\d+)", result.read_text(errors="replace"), re.M)
+    if not m:
+        raise SystemExit(f"no totals in {result}")
+    return int(m.group(1))
+
+
+def kong_counts(configs: list[str], out: Path) -> tuple[dict[str, float], dict[str, str]]:
+    """Instructions per request of the nginx worker for each configuration Kong has."""
+    import bench_kong
+    per_req: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    if (why := bench_kong.missing()):
+        print(f"Kong half skipped: {why}", file=sys.stderr, flush=True)
+        return per_req, {"*": why}
+    wanted = [c for c in configs if not bench_kong.unsupported(c)]
+    skipped.update({c: bench_kong.unsupported(c) or "" for c in configs if c not in wanted})
+    if not wanted:
+        return per_req, skipped
+    if METHOD != "window":
+        raise SystemExit("HOSTS=kong: METHOD=window only")
+    # The upstream: an Envoy with the `none` listener, not under valgrind.
+    work = out / "kong-upstream"
+    work.mkdir(parents=True, exist_ok=True)
+    bootstrap, ports = bench.build(work, ["none"])
+    (work / "envoy.json").write_text(json.dumps(bootstrap))
+    log = work / "envoy.log"
+    with log.open("wb") as lf:
+        proc = subprocess.Popen([envoy_binary(), "-c", str(work / "envoy.json"), "--concurrency", "1",
+                                 "--disable-hot-restart", "--base-id", str(os.getpid() % 100_000 + 300_000),
+                                 "-l", "warning"], stdout=lf, stderr=subprocess.STDOUT)
+    try:
+        bench.wait_ready(proc, ports["admin"], log)
+        for c in wanted:
+            try:
+                per_req[c] = run_kong(c, N, out, f"127.0.0.1:{ports['none']}") / N
+            except ValueError as e:
+                skipped[c] = str(e)
+                continue
+            print(f"kong {c:<18} {per_req[c]:>10.0f} instructions/request", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return per_req, skipped
+
+
+def count_table(per_req: dict[str, float], skipped: dict[str, str]) -> list[str]:
+    lines = ["| configuration | instructions/request | vs none | vs floor | added over none |",
+             "|---|---:|---:|---:|---:|"]
+    for c in per_req:
+        def vs(b: str) -> str:
+            return f"{per_req[c] / per_req[b]:.3f}" if b in per_req else "–"
+        added = f"{per_req[c] - per_req['none']:.0f}" if "none" in per_req else "–"
+        lines.append(f"| {c} | {per_req[c]:.0f} | {vs('none')} | {vs('floor')} | {added} |")
+    for c, why in skipped.items():
+        lines.append(f"| {c} | skipped: {why.replace('|', '/')} | | | |")
+    return lines
+
+
 def main() -> int:
+    hosts = bench.selected_hosts(os.environ.get("HOSTS", "envoy"))
     out = bench.OUT / "instructions"
     out.mkdir(parents=True, exist_ok=True)
     configs = [c for c in bench.CONFIGS
                if not (c.startswith("ip_geo_") and not bench.module_path("ip_geo").exists())
                and not (c.startswith("jwt_") and "@" not in c and not bench.module_path("jwt").exists())]
     per_req: dict[str, float] = {}
-    for c in configs:
+    for c in configs if "envoy" in hosts else []:
         if METHOD == "window":
             per_req[c] = run(c, N, out, window=True) / N
         else:
@@ -117,14 +206,16 @@ def main() -> int:
         print(f"{c:<18} {per_req[c]:>10.0f} instructions/request", flush=True)
     how = (f"Ir of {N} sequential keep-alive requests after {WARM} warm-up requests, / {N}" if METHOD == "window"
            else f"(Ir({N2}) − Ir({N1})) / {N2 - N1} sequential keep-alive requests")
-    lines = [f"Envoy instructions per request under callgrind ({how}, --concurrency 1, direct_response route):", "",
-             "| configuration | instructions/request | vs none | vs floor | added over none |",
-             "|---|---:|---:|---:|---:|"]
-    for c in configs:
-        def vs(b: str) -> str:
-            return f"{per_req[c] / per_req[b]:.3f}" if b in per_req else "–"
-        added = f"{per_req[c] - per_req['none']:.0f}" if "none" in per_req else "–"
-        lines.append(f"| {c} | {per_req[c]:.0f} | {vs('none')} | {vs('floor')} | {added} |")
+    lines: list[str] = []
+    if "envoy" in hosts:
+        lines += [f"Envoy instructions per request under callgrind ({how}, --concurrency 1, direct_response route):",
+                  ""] + count_table(per_req, {})
+    if "kong" in hosts:
+        kong_per_req, kong_skipped = kong_counts(bench.CONFIGS, out)
+        lines += ([""] if lines else []) + [
+            f"Kong engine (nginx + ngx_wasm_module, master_process off), instructions per request under "
+            f"callgrind ({how}; proxy_pass to an Envoy direct_response outside valgrind):", ""]
+        lines += count_table(kong_per_req, kong_skipped)
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     print("\n" + text)

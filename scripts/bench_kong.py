@@ -72,15 +72,16 @@ class Instance:
         return self.workdir / "error.log"
 
 
-def render(cfg: str, workdir: Path, port: int, upstream: str) -> str:
-    """The nginx.conf of configuration `cfg` (ValueError: not expressible in nginx.conf)."""
+def render(cfg: str, workdir: Path, port: int, upstream: str, master: bool = True) -> str:
+    """The nginx.conf of configuration `cfg` (ValueError: not expressible in nginx.conf); master=False:
+    `master_process off`, one process serves (valgrind does not reach a forked worker)."""
     wasm = bench.wasm_filter(cfg)
     modules = {wasm.kind: wasm.module} if wasm else {}
     chain = [(wasm.kind, wasm.policy)] if wasm else []
     return nginxconf.render(nginxconf.Config(
         prefix=workdir, port=port, upstream=upstream, modules=modules, routes=[nginxconf.Route("/", chain)],
         workers=1, log_level="info", request_headers_in_access=True, access_log=False,
-        run_as_root=os.geteuid() == 0))
+        run_as_root=os.geteuid() == 0, master_process=master))
 
 
 def worker_of(master: int) -> int:
@@ -100,18 +101,22 @@ def rss_kb(pid: int) -> int:
     return int(m.group(1)) if m else 0
 
 
-def start(cfg: str, out: Path, upstream: str, cpu: str | None) -> Instance:
+def start(cfg: str, out: Path, upstream: str, cpu: str | None, wrapper: list[str] | None = None,
+          timeout: float | None = None, master: bool = True) -> Instance:
     """Start the nginx of configuration `cfg` and wait for its first 200 answer (ValueError: the
-    configuration cannot be expressed in nginx.conf)."""
+    configuration cannot be expressed in nginx.conf). `wrapper`: a command nginx runs under
+    (valgrind); `timeout`: for the first answer (default START_TIMEOUT); master=False: no master
+    process (Instance.worker is then the one nginx process)."""
     nginx = wasmx_bin()
     assert nginx is not None
     workdir = out / f"kong-{cfg.replace('@', '_')}"
     port = free_port()
-    text = render(cfg, workdir, port, upstream)
+    text = render(cfg, workdir, port, upstream, master)
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     conf = workdir / "nginx.conf"
     conf.write_text(text)
     cmd = [str(nginx), "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
+    cmd = (wrapper or []) + cmd
     if cpu is not None:
         cmd = ["taskset", "-c", cpu] + cmd
     tokens = bench.jwt_tokens(cfg)
@@ -122,8 +127,8 @@ def start(cfg: str, out: Path, upstream: str, cpu: str | None) -> Instance:
                                 cwd=workdir, preexec_fn=_die_with_parent)
     inst = Instance(cfg, workdir, port, proc)
     try:
-        wait_first_answer(inst, tokens[0] if tokens else None, t0)
-        inst.worker = worker_of(proc.pid)
+        wait_first_answer(inst, tokens[0] if tokens else None, t0, timeout or START_TIMEOUT)
+        inst.worker = worker_of(proc.pid) if master else proc.pid
         inst.rss_kb_start = rss_kb(inst.worker)
         inst.module_ms = {m: int(ms) for m, ms in LOADED.findall(inst.log.read_text(errors="replace"))}
         bench.check_config(cfg, port, inst.log)  # 200 with a token, 401 without (JWT)
@@ -133,15 +138,15 @@ def start(cfg: str, out: Path, upstream: str, cpu: str | None) -> Instance:
     return inst
 
 
-def wait_first_answer(inst: Instance, token: str | None, t0: float) -> None:
+def wait_first_answer(inst: Instance, token: str | None, t0: float, timeout: float) -> None:
     """Poll until GET / answers 200 (the worker has compiled its module and configured the filter);
     inst.start_ms = spawn -> that answer."""
-    deadline = t0 + START_TIMEOUT
+    deadline = t0 + timeout
     while True:
         if inst.proc.poll() is not None:
             raise SystemExit(f"kong {inst.cfg}: nginx exited ({inst.proc.returncode}); see {inst.log}")
         if time.monotonic() > deadline:
-            raise SystemExit(f"kong {inst.cfg}: no answer within {START_TIMEOUT}s; see {inst.log}")
+            raise SystemExit(f"kong {inst.cfg}: no answer within {timeout}s; see {inst.log}")
         try:
             status = bench.http_status(inst.port, token=token)
         except OSError:  # not listening yet, or the worker still compiling past urllib's timeout
