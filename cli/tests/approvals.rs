@@ -9,6 +9,9 @@ use std::process::Command;
 use gatewarden_policy::approvals::TrustConfig;
 use serde_json::{json, Value};
 
+mod common;
+use common::trust_settings as keys;
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gatewarden-cli-approvals-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -27,18 +30,6 @@ fn s(p: &Path) -> &str {
 
 const POLICY_YAML: &str = "# office only on /admin\nfilter: ip_geo\npolicy_version: \"v1\"\nrules:\n  - name: admin   # the admin API\n    match: { path_prefix: /admin }\n    allow: [10.0.0.0/8]\n";
 
-/// Keys alice and bob in `dir`, and trust settings requiring `required` of them.
-fn keys(dir: &Path, required: u32) -> PathBuf {
-    let mut signers = Vec::new();
-    for who in ["alice", "bob"] {
-        let (code, out, err) = run(&["keygen", "--out", s(&dir.join(who))]);
-        assert_eq!(code, 0, "{err}");
-        signers.push(serde_json::from_str::<Value>(out.trim()).unwrap());
-    }
-    let trust = dir.join("trust.json");
-    std::fs::write(&trust, json!({"trusted_signers": signers, "required_signatures": required}).to_string()).unwrap();
-    trust
-}
 
 fn filter_accepts(file: &Path, trust: &Path) -> bool {
     let (code, json, err) = run(&["render-json", s(file)]);

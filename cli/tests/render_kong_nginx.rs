@@ -13,31 +13,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn modules_dir() -> PathBuf {
-    std::env::var_os("GATEWARDEN_WASM_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target/wasm32-wasip1/release"))
-}
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gatewarden")).current_dir(root()).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
+mod common;
+use common::{modules_dir, root, run, s, trust_settings};
 
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gatewarden-render-kn-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::temp_dir("render-kn", name)
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+
+
+
+
 
 /// A policy whose JSON holds every character nginx.conf quoting must get right: `'`, `"`, `\`
 /// (a regex `\d`), and the JSON escapes `\t` and `\n` (nginx turns a bare `\t`/`\n` in a quoted
@@ -150,18 +138,6 @@ fn nginx_out_dir_vm_id_shm_size_and_trust_settings() {
     assert!(err.contains("--vm-id: module name \"geo:1\": character ':' not allowed"), "{err}");
 }
 
-/// Keys alice and bob (`gatewarden keygen`) in `dir` and trust settings requiring `required`.
-fn trust_settings(dir: &Path, required: u32) -> PathBuf {
-    let mut signers = Vec::new();
-    for who in ["alice", "bob"] {
-        let (code, out, err) = run(&["keygen", "--out", s(&dir.join(who))]);
-        assert_eq!(code, 0, "{err}");
-        signers.push(serde_json::from_str::<Value>(out.trim()).unwrap());
-    }
-    let trust = dir.join("trust.json");
-    std::fs::write(&trust, json!({"trusted_signers": signers, "required_signatures": required}).to_string()).unwrap();
-    trust
-}
 
 /// Runs a render that must be refused: exit 1, exactly `message` for `file` on stderr, and
 /// nothing written (the --out directory is not even created).
