@@ -318,6 +318,8 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
         Ok(h) => h,
         Err(e) => return fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), "host_error"),
     };
+    // Every request header, when `read_headers` read them all (see there).
+    let all = (compiled.all_headers || compiled.needs.names().len() > 1).then_some(headers.as_slice());
     // The peer address is read when a decision asks for it (IP/geo: always; JWT: on a denial),
     // once. A host error reads as "no peer", which no policy lets through as an allowed address.
     let peer = std::cell::OnceCell::new();
@@ -333,7 +335,7 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
     let facts = RequestFacts::with_peer_source(&headers, &peer, &read_peer);
     let Some(r) = &compiled.rollout else {
         let eval = F::evaluate(&compiled.policy, &compiled.state, &facts);
-        return act(filter, &compiled.header_name, compiled.policy.header(), &eval, None);
+        return act(filter, &compiled.header_name, compiled.policy.header(), &eval, None, all);
     };
     let active = compiled.policy.header();
     if r.rollout.shadow {
@@ -356,18 +358,18 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
         } else {
             metrics::tally(filter, "shadow_agreed");
         }
-        return act(filter, &compiled.header_name, active, &eval, None);
+        return act(filter, &compiled.header_name, active, &eval, None, all);
     }
     let role = r.rollout.assign(active, &facts);
     metrics::tally(filter, rollout_glue::assignment_counter(role));
     match role {
         Role::Active => {
             let eval = F::evaluate(&compiled.policy, &compiled.state, &facts);
-            act(filter, &compiled.header_name, active, &eval, Some(Role::Active))
+            act(filter, &compiled.header_name, active, &eval, Some(Role::Active), all)
         }
         Role::Candidate => {
             let eval = F::evaluate(&r.rollout.candidate, &r.state, &facts);
-            act(filter, &compiled.header_name, r.rollout.candidate.header(), &eval, Some(Role::Candidate))
+            act(filter, &compiled.header_name, r.rollout.candidate.header(), &eval, Some(Role::Candidate), all)
         }
     }
 }
@@ -382,13 +384,14 @@ fn request_id(facts: &RequestFacts<'_>) -> String {
 
 /// Acts on the evaluation of the policy whose header is `header`: `role` is which policy of a
 /// canary decided (None without a canary).
-fn act(filter: &str, header_name: &str, header: &Header, eval: &Evaluation, role: Option<Role>) -> Action {
+/// `all_headers`: every request header, when they were read for the policy (spares a host call).
+fn act(filter: &str, header_name: &str, header: &Header, eval: &Evaluation, role: Option<Role>, all_headers: Option<&[(String, String)]>) -> Action {
     let version = &*header.policy_version;
     let rule = &*eval.decision.rule;
     let candidate = role == Some(Role::Candidate);
     match (&eval.decision.verdict, header.mode) {
         (Verdict::Allow, _) => {
-            if let Some(action) = refuse_duplicates(filter, eval, header.decision_header.then_some(header_name)) {
+            if let Some(action) = refuse_duplicates(filter, eval, header.decision_header.then_some(header_name), all_headers) {
                 return action;
             }
             if let Err(e) = apply_request_mutations(eval) {
@@ -427,7 +430,7 @@ fn act(filter: &str, header_name: &str, header: &Header, eval: &Evaluation, role
                 metrics::tally(filter, &format!("candidate_{outcome}"));
             }
             if dry_run {
-                if let Some(action) = refuse_duplicates(filter, eval, header.decision_header.then_some(header_name)) {
+                if let Some(action) = refuse_duplicates(filter, eval, header.decision_header.then_some(header_name), all_headers) {
                     return action;
                 }
                 if let Err(e) = apply_request_mutations(eval) {
@@ -469,7 +472,7 @@ fn allow_header_value(rule: &str, version: &str) -> String {
 /// `proxy_pass` still forwards them (seen on 3bed278): a forged `x-user` or a second token would
 /// reach the upstream. Such a request fails closed there. One extra host call, on that host only,
 /// and only when the evaluation changes headers.
-fn duplicated_header<'a>(eval: &'a Evaluation, decision_header: Option<&'a str>) -> Result<Option<&'a str>, host::HostError> {
+fn duplicated_header<'a>(eval: &'a Evaluation, decision_header: Option<&'a str>, all_headers: Option<&[(String, String)]>) -> Result<Option<&'a str>, host::HostError> {
     if host::host_kind() != host::HostKind::NgxWasmModule {
         return Ok(None);
     }
@@ -482,13 +485,20 @@ fn duplicated_header<'a>(eval: &'a Evaluation, decision_header: Option<&'a str>)
     if names.peek().is_none() {
         return Ok(None);
     }
-    let headers = host::request_headers()?;
+    let read;
+    let headers = match all_headers {
+        Some(h) => h,
+        None => {
+            read = host::request_headers()?;
+            &read
+        }
+    };
     Ok(names.find(|name| headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).count() > 1))
 }
 
 /// Fails the request closed (503, `host_error`) when [`duplicated_header`] finds one.
-fn refuse_duplicates(filter: &str, eval: &Evaluation, decision_header: Option<&str>) -> Option<Action> {
-    match duplicated_header(eval, decision_header) {
+fn refuse_duplicates(filter: &str, eval: &Evaluation, decision_header: Option<&str>, all_headers: Option<&[(String, String)]>) -> Option<Action> {
+    match duplicated_header(eval, decision_header, all_headers) {
         Ok(None) => None,
         Ok(Some(":path")) => Some(fail_closed(
             filter,
