@@ -34,12 +34,14 @@ parameter"), so such a policy raises ValueError here instead.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ecds import policy_text  # noqa: E402 - one text form for plugin and VM configurations
 
 # nginx's NGX_CONF_BUFFER: an argument longer than this (with its quotes) cannot be parsed.
 MAX_ARGUMENT = 4096 - 8
@@ -49,15 +51,6 @@ def module_name(filter_name: str) -> str:
     """The nginx module name of a Gatewarden filter (also ngx_wasm_module's metric prefix:
     counters are `pw:<module name>:<metric>`)."""
     return f"gatewarden_{filter_name}"
-
-
-def text_of(value: Any) -> str:
-    """A plugin/VM configuration as text: str/bytes verbatim, anything else as compact JSON."""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def quote(text: str) -> str:
@@ -119,7 +112,7 @@ def render(cfg: Config) -> str:
     for filter_name, path in cfg.modules.items():
         line = f"    module {module_name(filter_name)} {path}"
         if filter_name in cfg.vm_configurations and cfg.vm_configurations[filter_name] is not None:
-            line += " " + quote(text_of(cfg.vm_configurations[filter_name]))
+            line += " " + quote(policy_text(cfg.vm_configurations[filter_name]))
         w(line + ";")
     if cfg.admin_module is not None:
         name, path = cfg.admin_module
@@ -156,7 +149,7 @@ def render(cfg: Config) -> str:
         for filter_name, policy in route.chain:
             if filter_name not in cfg.modules:
                 raise ValueError(f"route {route.prefix}: filter {filter_name!r} has no module")
-            w(f"            proxy_wasm {module_name(filter_name)} {quote(text_of(policy))};")
+            w(f"            proxy_wasm {module_name(filter_name)} {quote(policy_text(policy))};")
         w(f"            proxy_pass http://gatewarden_upstream;")
         w("            proxy_http_version 1.1;")
         w('            proxy_set_header Connection "";')
