@@ -278,7 +278,7 @@ def authn_filter(cache: bool) -> dict[str, Any]:
 
 
 def ecds_filter(name: str, ecds_dir: Path) -> dict[str, Any]:
-    """Same ECDS wiring as envoy-config/envoy.yaml."""
+    """Same ECDS wiring as deploy/envoy/envoy.yaml."""
     return {
         "name": ecds.resource_name(name),
         "config_discovery": {
@@ -291,7 +291,7 @@ def ecds_filter(name: str, ecds_dir: Path) -> dict[str, Any]:
 
 
 def listener(name: str, port: int, http_filters: list[dict[str, Any]]) -> dict[str, Any]:
-    """Same HCM settings as envoy-config/envoy.yaml, but a direct_response route (no upstream)."""
+    """Same HCM settings as deploy/envoy/envoy.yaml, but a direct_response route (no upstream)."""
     return {
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},

@@ -18,9 +18,9 @@ import harness  # noqa: E402
 from harness import GEO_DB, ROOT, BaseGateway, Gateway, KongGateway  # noqa: E402
 from jwtkit import demo_claims, demo_key  # noqa: E402
 
-POLICY = json.loads((ROOT / "envoy-config/policies/ip_geo.json").read_text())
-JWT_POLICY = json.loads((ROOT / "envoy-config/policies/jwt.json").read_text())
-JWKS = ROOT / "envoy-config/jwks/jwks.json"
+POLICY = json.loads((ROOT / "deploy/policies/ip_geo.json").read_text())
+JWT_POLICY = json.loads((ROOT / "deploy/policies/jwt.json").read_text())
+JWKS = ROOT / "deploy/jwks/jwks.json"
 LB = "127.0.0.2"  # plays the load balancer in front of the gateway (policy: xff_num_trusted_hops 1)
 
 

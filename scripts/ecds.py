@@ -7,7 +7,7 @@ The ECDS file is a DiscoveryResponse in JSON holding one TypedExtensionConfig na
 the file when a file is moved into the directory, so writes go to a temp file in the same directory,
 then rename(2) over the watched file: Envoy never sees a half-written file, and each push is one reload.
 
-    python3 scripts/ecds.py --filter ip_geo --policy envoy-config/policies/ip_geo.json \\
+    python3 scripts/ecds.py --filter ip_geo --policy deploy/policies/ip_geo.json \\
         --module target/wasm32-wasip1/release/gatewarden_ip_geo.wasm --ecds-dir /tmp/gw/ecds
 """
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Render Gatewarden's Envoy bootstrap template (envoy-config/envoy.yaml). Stdlib only.
+"""Render Gatewarden's Envoy bootstrap template (deploy/envoy/envoy.yaml). Stdlib only.
 
 Used by the e2e harness, the demo and docker users; the rules are in the template's header:
 ${NAME} placeholders, a block repeated once per filter, optional blocks kept on request.
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = ROOT / "envoy-config" / "envoy.yaml"
+TEMPLATE = ROOT / "deploy" / "envoy" / "envoy.yaml"
 
 DEFAULTS = {
     "ADMIN_ADDRESS": "127.0.0.1",
@@ -32,7 +32,7 @@ DEFAULTS = {
     "GEO_DB_PORT": "8081",
     "JWKS_HOST": "127.0.0.1",
     "JWKS_PORT": "8082",
-    "ECDS_DIR": str(ROOT / "envoy-config" / "ecds"),
+    "ECDS_DIR": str(ROOT / "deploy" / "envoy" / "ecds"),
 }
 
 FILTERS_BLOCK = re.compile(
@@ -78,7 +78,7 @@ def render(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="where to write the rendered bootstrap ('-' for stdout)")
-    p.add_argument("--ecds-dir", help="directory of the ECDS files (default: envoy-config/ecds)")
+    p.add_argument("--ecds-dir", help="directory of the ECDS files (default: deploy/envoy/ecds)")
     p.add_argument("--filter", action="append", dest="filters",
                    help="Gatewarden filter in the chain, repeatable, in order (default: ip_geo)")
     p.add_argument("--no-filters", action="store_true", help="router only")

@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q -p gatewarden
 for f in ip_geo jwt; do
-  ./target/debug/gatewarden schema "$f" --kong > "envoy-config/kong/gatewarden_${f}.meta.json"
-  echo "wrote envoy-config/kong/gatewarden_${f}.meta.json"
+  ./target/debug/gatewarden schema "$f" --kong > "deploy/kong/gatewarden_${f}.meta.json"
+  echo "wrote deploy/kong/gatewarden_${f}.meta.json"
 done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fill the sha256 of envoy-config/istio/wasmplugin-<filter>.yaml (FILTER=ip-geo by default, or jwt).
+# Fill the sha256 of deploy/istio/wasmplugin-<filter>.yaml (FILTER=ip-geo by default, or jwt).
 #   scripts/istio-sha256.sh                    # sha256 of the built module (file:// or https:// url)
 #   scripts/istio-sha256.sh sha256:<digest>    # an OCI image digest (oci:// url)
 #   FILTER=jwt scripts/istio-sha256.sh
@@ -7,7 +7,7 @@
 
 filter="${FILTER:-ip-geo}"
 [[ "$filter" == ip-geo || "$filter" == jwt ]] || die "FILTER must be ip-geo or jwt, not $filter"
-file="$ROOT/envoy-config/istio/wasmplugin-$filter.yaml"
+file="$ROOT/deploy/istio/wasmplugin-$filter.yaml"
 if (($#)); then
     sum="${1#sha256:}"
 else

@@ -7,7 +7,7 @@ filter's RustCrypto verifier. Never used by the filters themselves.
     jwks = jwks_document([key])                        # {"keys": [public JWK]}
     token = key.sign({"iss": "https://idp.test", "aud": "api", "sub": "u1", "exp": exp_in(300)})
 
-As a command, it signs a token with the demo key whose public half envoy-config/jwks/jwks.json
+As a command, it signs a token with the demo key whose public half deploy/jwks/jwks.json
 holds (for the docker-compose setup; a demo key, never a production one):
 
     .venv/bin/python scripts/jwtkit.py sign '{"sub": "alice", "scope": "orders:read"}'
@@ -114,8 +114,8 @@ def payload_of(token: str) -> str:
     return token.split(".")[1]
 
 
-# The demo identity provider of the shipped configs (envoy-config/policies/jwt.json).
-DEMO_KEY_PATH = Path(__file__).resolve().parent.parent / "envoy-config" / "jwks" / "demo-signing-key.pem"
+# The demo identity provider of the shipped configs (deploy/policies/jwt.json).
+DEMO_KEY_PATH = Path(__file__).resolve().parent.parent / "deploy" / "jwks" / "demo-signing-key.pem"
 DEMO_KID = "demo-es256-1"
 DEMO_ISSUER = "https://idp.demo.gatewarden.test"
 DEMO_AUDIENCE = "orders-api"

@@ -99,12 +99,12 @@ wasmx_bin() {
 }
 
 # The test-only module that reads ngx_wasm_module's metrics for the e2e harness
-# (wasm-tests/test-modules/kong-metrics), built into target/test-modules like the echo test module.
+# (wasm-host/test-modules/kong-metrics), built into target/test-modules like the echo test module.
 KONG_METRICS_WASM="$ROOT/target/test-modules/$WASM_TARGET/release/gatewarden_kong_metrics.wasm"
 build_kong_metrics() {
     ensure_wasm_target
     (cd "$ROOT" && env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS cargo build --release --quiet --locked \
-        --target "$WASM_TARGET" --manifest-path wasm-tests/test-modules/kong-metrics/Cargo.toml \
+        --target "$WASM_TARGET" --manifest-path wasm-host/test-modules/kong-metrics/Cargo.toml \
         --target-dir "$ROOT/target/test-modules")
     [[ -f "$KONG_METRICS_WASM" ]] || die "kong-metrics built but $KONG_METRICS_WASM is missing"
 }

@@ -28,7 +28,7 @@ nginx reads a configuration in 4 KB buffers and refuses a longer single argument
 parameter"), so such a policy raises ValueError here instead.
 
     python3 scripts/nginxconf.py --prefix /tmp/gw --port 8090 --upstream 127.0.0.1:8081 \\
-        --filter ip_geo=envoy-config/policies/ip_geo.json > /tmp/gw/nginx.conf
+        --filter ip_geo=deploy/policies/ip_geo.json > /tmp/gw/nginx.conf
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Check every Envoy config we ship with `envoy --mode validate` (pip Envoy, same version as the image).
 
-- envoy-config/envoy.yaml rendered by scripts/envoyconf.py: default (ip_geo), ip_geo + jwt, and
+- deploy/envoy/envoy.yaml rendered by scripts/envoyconf.py: default (ip_geo), ip_geo + jwt, and
   floor + ip_geo + jwt + IPv6;
-- the same template rendered by envoy-config/docker/entrypoint.sh (awk + sed) with ip_geo + jwt, as
+- the same template rendered by deploy/compose/docker/entrypoint.sh (awk + sed) with ip_geo + jwt, as
   docker compose does;
-- every ECDS resource in envoy-config/ecds/*.json, inlined as a static HTTP filter (validate mode does
+- every ECDS resource in deploy/envoy/ecds/*.json, inlined as a static HTTP filter (validate mode does
   not read ECDS files, so this is how their Wasm config gets checked), and likewise the resources
   `gatewarden render --target envoy` writes for examples/policies/*.yaml;
 - the benchmark's bootstrap (scripts/bench.py), with every configuration.
@@ -58,14 +58,14 @@ def main() -> int:
             ok &= validate(label, path)
 
         env = dict(os.environ, PATH=f"{ENVOY.parent}:{os.environ.get('PATH', '')}",
-                   TEMPLATE=str(ROOT / "envoy-config" / "envoy.yaml"), OUT=str(t / "docker.yaml"),
-                   ECDS_DIR=str(ROOT / "envoy-config" / "ecds"),  # the container's /gatewarden is the repo
+                   TEMPLATE=str(ROOT / "deploy" / "envoy" / "envoy.yaml"), OUT=str(t / "docker.yaml"),
+                   ECDS_DIR=str(ROOT / "deploy" / "envoy" / "ecds"),  # the container's /gatewarden is the repo
                    FILTERS="ip_geo jwt")  # as docker-compose.yaml sets it
         ok &= validate("envoy.yaml rendered by docker/entrypoint.sh (ip_geo + jwt)", t / "docker.yaml",
-                       ["sh", str(ROOT / "envoy-config" / "docker" / "entrypoint.sh"), "--mode", "validate"], env)
+                       ["sh", str(ROOT / "deploy" / "compose" / "docker" / "entrypoint.sh"), "--mode", "validate"], env)
 
         resources = [(f"ecds/{p.name}", p.stem, json.loads(p.read_text()))
-                     for p in sorted((ROOT / "envoy-config" / "ecds").glob("*.json"))]
+                     for p in sorted((ROOT / "deploy" / "envoy" / "ecds").glob("*.json"))]
         # What `gatewarden render --target envoy` (and `gatewarden apply`) writes for the example policies.
         for policy in sorted((ROOT / "examples" / "policies").glob("*.yaml")):
             out = subprocess.run(gatewarden_cli() + ["render", "--target", "envoy", str(policy)],

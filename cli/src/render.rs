@@ -11,7 +11,7 @@
 //!   (the JSON Schema Kong validates `config` with) when `--out DIR` is given.
 //! - `nginx`: the ngx_wasm_module configuration for plain nginx/OpenResty (see `nginx.rs`).
 //! - `compose`: a docker compose file running stock Envoy with this filter, like
-//!   `envoy-config/docker-compose.yaml`.
+//!   `deploy/compose/docker-compose.yaml`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -234,7 +234,7 @@ pub fn kong(policy: &LoadedPolicy, service: Option<&str>) -> Result<(String, Str
     Ok((head + &to_yaml(&doc)?, meta))
 }
 
-/// A docker compose file running stock Envoy with this filter (see envoy-config/docker-compose.yaml).
+/// A docker compose file running stock Envoy with this filter (see deploy/compose/docker-compose.yaml).
 /// `ecds_dir` is where `gatewarden apply` writes; paths are relative to the repository root.
 pub fn compose(policy: &LoadedPolicy, ecds_dir: &str, modules_dir: &str) -> Result<String, String> {
     let filter = policy.filter;
@@ -242,7 +242,7 @@ pub fn compose(policy: &LoadedPolicy, ecds_dir: &str, modules_dir: &str) -> Resu
         "envoy": {
             "image": "envoyproxy/envoy:v1.40.0",
             "working_dir": "/gatewarden",
-            "entrypoint": ["/bin/sh", "/gatewarden/envoy-config/docker/entrypoint.sh"],
+            "entrypoint": ["/bin/sh", "/gatewarden/deploy/compose/docker/entrypoint.sh"],
             "command": ["--concurrency", "2", "-l", "info", "--component-log-level", "wasm:info"],
             "environment": {
                 "FILTER": filter.name(),
@@ -252,9 +252,9 @@ pub fn compose(policy: &LoadedPolicy, ecds_dir: &str, modules_dir: &str) -> Resu
                 "GEO_DB_PORT": "80",
             },
             "volumes": [
-                "./envoy-config/envoy.yaml:/gatewarden/envoy-config/envoy.yaml:ro",
-                "./envoy-config/docker/entrypoint.sh:/gatewarden/envoy-config/docker/entrypoint.sh:ro",
-                format!("./{}:/gatewarden/envoy-config/ecds:ro", ecds_dir.trim_start_matches("./")),
+                "./deploy/envoy/envoy.yaml:/gatewarden/deploy/envoy/envoy.yaml:ro",
+                "./deploy/compose/docker/entrypoint.sh:/gatewarden/deploy/compose/docker/entrypoint.sh:ro",
+                format!("./{}:/gatewarden/deploy/envoy/ecds:ro", ecds_dir.trim_start_matches("./")),
                 format!("./{0}:/gatewarden/{0}:ro", modules_dir.trim_start_matches("./")),
             ],
             "ports": ["127.0.0.1:10000:10000", "127.0.0.1:9901:9901"],
@@ -366,7 +366,7 @@ struct Args {
     #[arg(long, value_name = "NAME")]
     service: Option<String>,
     /// Compose: the ECDS directory Envoy watches.
-    #[arg(long, value_name = "DIR", default_value = "envoy-config/ecds")]
+    #[arg(long, value_name = "DIR", default_value = "deploy/envoy/ecds")]
     ecds_dir: String,
     /// nginx: size of the `gatewarden` shm_kv zone (fetched geo database / JWKS).
     #[arg(long, value_name = "SIZE", default_value = "64m", value_parser = parse_shm_size)]
@@ -519,9 +519,9 @@ mod tests {
 
     #[test]
     fn ecds_resource_matches_the_shipped_file_of_ecds_py() {
-        // envoy-config/ecds/ip_geo.json was written by scripts/ecds.py from envoy-config/policies/ip_geo.json.
+        // deploy/envoy/ecds/ip_geo.json was written by scripts/ecds.py from deploy/policies/ip_geo.json.
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let shipped = std::fs::read_to_string(root.join("envoy-config/ecds/ip_geo.json")).unwrap_or_default();
+        let shipped = std::fs::read_to_string(root.join("deploy/envoy/ecds/ip_geo.json")).unwrap_or_default();
         let doc: serde_json::Value = serde_json::from_str(&shipped).unwrap_or_default();
         let policy = doc["resources"][0]["typed_config"]["config"]["configuration"]["value"].as_str().unwrap_or("");
         assert!(!policy.is_empty());

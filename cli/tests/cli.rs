@@ -88,7 +88,7 @@ fn shipped_kong_meta_json_matches_the_generated_schema() {
         assert_eq!(code, 0, "{filter}");
         let generated: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(generated["config_schema"]["properties"]["policy_version"]["type"], "string");
-        let name = format!("envoy-config/kong/gatewarden_{filter}.meta.json");
+        let name = format!("deploy/kong/gatewarden_{filter}.meta.json");
         let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(&name);
         let shipped: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&shipped).unwrap()).unwrap();
         assert_eq!(shipped, generated, "{name} is stale: run scripts/gen-schemas.sh");
@@ -130,11 +130,11 @@ fn shipped_policies_are_valid_and_kong_and_istio_embed_the_same() {
         }
         v
     }
-    let kong = yaml_docs("envoy-config/kong/kong.yaml");
-    let istio_ip_geo = yaml_docs("envoy-config/istio/wasmplugin-ip-geo.yaml");
-    let istio_jwt = yaml_docs("envoy-config/istio/wasmplugin-jwt.yaml");
+    let kong = yaml_docs("deploy/kong/kong.yaml");
+    let istio_ip_geo = yaml_docs("deploy/istio/wasmplugin-ip-geo.yaml");
+    let istio_jwt = yaml_docs("deploy/istio/wasmplugin-jwt.yaml");
     for (filter, istio) in [("ip_geo", &istio_ip_geo), ("jwt", &istio_jwt)] {
-        let shipped_path = format!("envoy-config/policies/{filter}.json");
+        let shipped_path = format!("deploy/policies/{filter}.json");
         let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(&shipped_path);
         let (code, out, err) = run(&["validate", "--filter", filter, file.to_str().unwrap()]);
         assert_eq!(code, 0, "{shipped_path}: {out}{err}");

@@ -205,7 +205,7 @@ fn render_istio_kong_compose() {
     assert_eq!(chain["filter_chains"][0]["filters"][0]["config"]["rules"][1]["name"], "embargo");
     assert_eq!(chain["filter_chains"][0]["filters"][0]["config"]["geo_database"]["cluster"], "127.0.0.1:8081");
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("gatewarden_ip_geo.meta.json")).unwrap()).unwrap();
-    let shipped: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("envoy-config/kong/gatewarden_ip_geo.meta.json")).unwrap()).unwrap();
+    let shipped: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("deploy/kong/gatewarden_ip_geo.meta.json")).unwrap()).unwrap();
     assert_eq!(meta, shipped);
 
     let (code, out, _) = run(&["render", "--target", "compose", "examples/policies/jwt.yaml"]);

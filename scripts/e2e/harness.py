@@ -15,13 +15,13 @@ Stdlib only (pytest is used by conftest.py, not here), so scripts can reuse it t
 Both gateways have one interface (BaseGateway): get/load, push_policy, counters/counter/
 wait_for_counter/settled_counters, log/log_mark/wait_for_log/decisions/wait_decision, upstream_ref,
 vms. What differs is said where it differs:
-- Envoy (`Gateway`): envoy-config/envoy.yaml rendered into the workdir by scripts/envoyconf.py, each
+- Envoy (`Gateway`): deploy/envoy/envoy.yaml rendered into the workdir by scripts/envoyconf.py, each
   filter's policy written as ECDS by scripts/ecds.py; listeners on port 0 (the bound ports are read
   from the admin API), logs in <workdir>/envoy.log; counters from admin /stats (`wasmcustom.`).
 - Kong (`KongGateway`): nginx.conf rendered by scripts/nginxconf.py; a push rewrites it and sends
   SIGHUP (`nginx -s reload`), then waits for the new workers' "policy ... accepted"/"policy refused"
   lines; counters are read from ngx_wasm_module's shared memory by the test-only module
-  wasm-tests/test-modules/kong-metrics on a loopback admin server; logs in <workdir>/error.log.
+  wasm-host/test-modules/kong-metrics on a loopback admin server; logs in <workdir>/error.log.
 Fixture servers, all on 127.0.0.1 port 0 (the kernel's choice, no reuse race):
 - EchoUpstream: answers every request 200 with JSON {method, path, headers, body_len, body_sha256},
   so tests see the headers a filter added or removed.
@@ -79,7 +79,7 @@ ENVOY_BIN = Path(os.environ.get("GATEWARDEN_ENVOY", ROOT / ".venv" / "bin" / "en
 WASMX_DEFAULT = ROOT.parent / "shared" / "wasmx" / "bin" / "nginx"
 MODULE_DIR = ROOT / "target" / "wasm32-wasip1" / "release"
 GEO_DB = ROOT / "node_modules" / "@ip-location-db" / "geo-whois-asn-country-mmdb" / "geo-whois-asn-country.mmdb"
-KONG_METRICS_CRATE = ROOT / "wasm-tests" / "test-modules" / "kong-metrics"
+KONG_METRICS_CRATE = ROOT / "wasm-host" / "test-modules" / "kong-metrics"
 KONG_METRICS_WASM = ROOT / "target" / "test-modules" / "wasm32-wasip1" / "release" / "gatewarden_kong_metrics.wasm"
 
 HOSTS = ("envoy", "kong")
@@ -158,7 +158,7 @@ def counter_names(module: str | os.PathLike[str]) -> list[str]:
 
 
 def kong_metrics_module() -> Path:
-    """The test-only metrics module (wasm-tests/test-modules/kong-metrics), built when missing
+    """The test-only metrics module (wasm-host/test-modules/kong-metrics), built when missing
     (scripts/lib.sh build_kong_metrics builds it in scripts/e2e.sh)."""
     if not KONG_METRICS_WASM.exists():
         subprocess.run(["bash", "-c", f'. "{ROOT}/scripts/lib.sh" && build_kong_metrics'], check=True)

@@ -537,12 +537,12 @@ def test_live_update_adds_a_provider(start_gateway, host):
 def test_shipped_policy_with_the_demo_key(start_gateway):
     import jwtkit
 
-    shipped = json.loads((harness.ROOT / "envoy-config/policies/jwt.json").read_text())
+    shipped = json.loads((harness.ROOT / "deploy/policies/jwt.json").read_text())
     for provider in shipped["providers"].values():  # the shipped bootstrap's cluster, or Kong's host:port
         if provider.get("remote_jwks", {}).get("cluster") == "gatewarden_jwks":
             provider["remote_jwks"]["cluster"] = harness.upstream("jwks")
     gw = start_gateway({FILTER: shipped}, ipv6=False,
-                       jwks_files={"jwks.json": harness.ROOT / "envoy-config/jwks/jwks.json"})
+                       jwks_files={"jwks.json": harness.ROOT / "deploy/jwks/jwks.json"})
     wait_jwks_loaded(gw, gw.vms)
     version, realm = shipped["policy_version"], shipped["realm"]
     key = jwtkit.demo_key()

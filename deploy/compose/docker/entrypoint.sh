@@ -1,10 +1,10 @@
 #!/bin/sh
-# Render envoy-config/envoy.yaml with awk + sed and exec Envoy. Used by docker-compose.yaml; works on
+# Render deploy/envoy/envoy.yaml with awk + sed and exec Envoy. Used by docker-compose.yaml; works on
 # any host with sh, awk and sed. FILTERS lists the Gatewarden filters in chain order (the template's
 # gatewarden-filters block is repeated once per name); FILTER=<one name> is accepted too.
-#   FILTERS="ip_geo jwt" LISTEN_PORT=10000 ... envoy-config/docker/entrypoint.sh [extra envoy args]
+#   FILTERS="ip_geo jwt" LISTEN_PORT=10000 ... deploy/compose/docker/entrypoint.sh [extra envoy args]
 set -eu
-TEMPLATE="${TEMPLATE:-/gatewarden/envoy-config/envoy.yaml}"
+TEMPLATE="${TEMPLATE:-/gatewarden/deploy/envoy/envoy.yaml}"
 OUT="${OUT:-/tmp/envoy.yaml}"
 FILTERS="${FILTERS:-${FILTER:-ip_geo}}"
 awk -v filters="$FILTERS" '
@@ -28,7 +28,7 @@ awk -v filters="$FILTERS" '
     -e "s|\${GEO_DB_PORT}|${GEO_DB_PORT:-80}|g" \
     -e "s|\${JWKS_HOST}|${JWKS_HOST:-jwks}|g" \
     -e "s|\${JWKS_PORT}|${JWKS_PORT:-80}|g" \
-    -e "s|\${ECDS_DIR}|${ECDS_DIR:-/gatewarden/envoy-config/ecds}|g" \
+    -e "s|\${ECDS_DIR}|${ECDS_DIR:-/gatewarden/deploy/envoy/ecds}|g" \
     > "$OUT"
 if grep -v '^[[:space:]]*#' "$OUT" | grep -q '\${'; then
     echo "entrypoint.sh: unrendered placeholder left in $OUT:" >&2

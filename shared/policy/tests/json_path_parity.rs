@@ -116,7 +116,7 @@ fn load(path: &str) -> Value {
 
 #[test]
 fn ip_geo_paths_match_tracked_paths() {
-    let mut doc = load("envoy-config/policies/ip_geo.json");
+    let mut doc = load("deploy/policies/ip_geo.json");
     // Exercise the rollout candidate and signatures too.
     let candidate = doc.clone();
     doc["rollout"] = json!({"percent": 10, "candidate": candidate});
@@ -127,7 +127,7 @@ fn ip_geo_paths_match_tracked_paths() {
 
 #[test]
 fn jwt_paths_match_tracked_paths() {
-    let errors = check::<JwtDocument>(&load("envoy-config/policies/jwt.json"));
+    let errors = check::<JwtDocument>(&load("deploy/policies/jwt.json"));
     assert!(errors > 300, "only {errors} mutations were errors");
 }
 
@@ -187,6 +187,6 @@ fn check_broken<D: DeserializeOwned>(doc: &Value) {
 
 #[test]
 fn broken_text_paths_match_tracked_paths() {
-    check_broken::<IpGeoDocument>(&load("envoy-config/policies/ip_geo.json"));
-    check_broken::<JwtDocument>(&load("envoy-config/policies/jwt.json"));
+    check_broken::<IpGeoDocument>(&load("deploy/policies/ip_geo.json"));
+    check_broken::<JwtDocument>(&load("deploy/policies/jwt.json"));
 }

@@ -1,5 +1,5 @@
 //! The shared IP/geo scenario table (tests/fixtures/ip_geo_scenarios.json), run natively.
-//! The same table runs through the built .wasm in wasm-tests/tests/ip_geo.rs.
+//! The same table runs through the built .wasm in wasm-host/tests/ip_geo.rs.
 
 use gatewarden_policy::ip_geo::{GeoDb, IpGeoPolicy};
 use gatewarden_policy::{compile, RequestFacts};

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The `echo` test module (wasm-tests/test-modules/echo), built for wasm32-wasip1 in release
+/// The `echo` test module (wasm-host/test-modules/echo), built for wasm32-wasip1 in release
 /// mode under `<target>/test-modules`. Built once per test binary; cargo's lock serialises
 /// concurrent builds from several test binaries.
 pub fn echo_wasm() -> &'static [u8] {
