@@ -192,7 +192,7 @@ fn geo_lookup(args: &[String]) -> Result<ExitCode, String> {
         return Err("geo-lookup takes a database and addresses".into());
     }
     let bytes = std::fs::read(db).map_err(|e| format!("{db}: cannot read: {e}"))?;
-    let geo = match gatewarden_policy::ip_geo::GeoDb::from_bytes(bytes) {
+    let geo = match gatewarden_ip_geo_policy::GeoDb::from_bytes(bytes) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("{db}: {e}");

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use gatewarden_policy::ip_geo::IpGeoPolicy;
-use gatewarden_policy::jwt::JwtPolicy;
+use gatewarden_ip_geo_policy::IpGeoPolicy;
+use gatewarden_jwt_policy::JwtPolicy;
 use gatewarden_policy::{compile, ConfigError, FilterPolicy};
 
 /// The filters the CLI knows. Adding one is a line here and one in each `match`.
@@ -42,8 +42,8 @@ impl Filter {
 
     pub fn schema(self) -> serde_json::Value {
         match self {
-            Filter::IpGeo => gatewarden_policy::schema::ip_geo(),
-            Filter::Jwt => gatewarden_policy::schema::jwt(),
+            Filter::IpGeo => gatewarden_policy::schema::of::<gatewarden_ip_geo_policy::IpGeoDocument>(),
+            Filter::Jwt => gatewarden_policy::schema::of::<gatewarden_jwt_policy::JwtDocument>(),
         }
     }
 

@@ -1,6 +1,6 @@
 """End-to-end tests of the IP/geo filter (filters/ip-geo) in a real Envoy and in Kong's engine.
 
-What a request meets: the policy (shared/policy/src/ip_geo) decides on the client address, which is
+What a request meets: the policy (filters/ip-geo/policy) decides on the client address, which is
 the peer address unless the policy's client_address trusts x-forwarded-for. Both hosts pass
 x-forwarded-for on as the test sends it (Envoy: the shipped bootstrap's skip_xff_append; asserted
 below through the echo upstream); the test client plays the trusted proxy that appended the client.

@@ -25,7 +25,7 @@ fn module() -> &'static Module {
 }
 
 fn scenarios() -> Value {
-    serde_json::from_str(include_str!("../../shared/policy/tests/fixtures/ip_geo_scenarios.json")).unwrap()
+    serde_json::from_str(include_str!("../../filters/ip-geo/policy/tests/fixtures/ip_geo_scenarios.json")).unwrap()
 }
 
 fn db(networks: &[(&str, &str)]) -> Vec<u8> {

@@ -4,7 +4,7 @@
 //! for all workers, `failure_mode`, key rotation and kid floods (bounded early refetches),
 //! refused updates, the Kong profile, and hostile input.
 //!
-//! Tokens and keys: shared/policy/tests/fixtures/jwt (made by make_fixtures.py; claims iss
+//! Tokens and keys: filters/jwt/policy/tests/fixtures/jwt (made by make_fixtures.py; claims iss
 //! https://idp.example.com, aud api, sub user-1, iat 1700000000, exp 4102444800).
 
 #![allow(
@@ -41,14 +41,14 @@ fn module() -> &'static Module {
 
 fn fixtures() -> Value {
     serde_json::from_str(include_str!(
-        "../../shared/policy/tests/fixtures/jwt/tokens.json"
+        "../../filters/jwt/policy/tests/fixtures/jwt/tokens.json"
     ))
     .unwrap()
 }
 
 fn jwks() -> Value {
     serde_json::from_str(include_str!(
-        "../../shared/policy/tests/fixtures/jwt/jwks.json"
+        "../../filters/jwt/policy/tests/fixtures/jwt/jwks.json"
     ))
     .unwrap()
 }

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use ed25519_compact::{KeyPair, Seed};
 use gatewarden_policy::approvals::{encode_b64, signing_message};
-use gatewarden_policy::ip_geo::IpGeoPolicy;
+use gatewarden_ip_geo_policy::IpGeoPolicy;
 use gatewarden_policy::rollout::Role;
 use gatewarden_policy::{compile_set, RequestFacts};
 use gatewarden_wasm_host::{Host, Module, Outcome, Profile, Request, Vm, VmOptions};
@@ -311,7 +311,7 @@ fn jwt_module() -> &'static Module {
 }
 
 fn jwt_doc(version: &str, public_open: bool) -> Value {
-    let jwks: Value = serde_json::from_str(include_str!("../../shared/policy/tests/fixtures/jwt/jwks.json")).unwrap();
+    let jwks: Value = serde_json::from_str(include_str!("../../filters/jwt/policy/tests/fixtures/jwt/jwks.json")).unwrap();
     let rules = if public_open { json!([{"name": "public", "match": {"path_prefix": "/public"}}]) } else { json!([]) };
     json!({
         "policy_version": version,

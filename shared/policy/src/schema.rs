@@ -1,19 +1,12 @@
-//! JSON Schema of each filter's policy document, generated from the Rust types so it never drifts.
-//! Shipped as Kong's `<filter>.meta.json` and used by the CLI and editors.
+//! JSON Schema of a filter's policy document, generated from the Rust types (schemars) so it never
+//! drifts. Shipped as Kong's `<filter>.meta.json`, used by the CLI, editors and the generated
+//! policy reference in `docs/reference/`.
 
-use schemars::schema_for;
+use schemars::JsonSchema;
 
-use crate::ip_geo::IpGeoDocument;
-use crate::jwt::JwtDocument;
-
-/// The JSON Schema of the IP/geo filter's policy document.
-pub fn ip_geo() -> serde_json::Value {
-    serde_json::to_value(schema_for!(IpGeoDocument)).unwrap_or(serde_json::Value::Null)
-}
-
-/// The JSON Schema of the JWT filter's policy document.
-pub fn jwt() -> serde_json::Value {
-    serde_json::to_value(schema_for!(JwtDocument)).unwrap_or(serde_json::Value::Null)
+/// The JSON Schema of policy document type `D` (e.g. a filter's `…Document`).
+pub fn of<D: JsonSchema>() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(D)).unwrap_or(serde_json::Value::Null)
 }
 
 /// Kong's `<filter>.meta.json`: `{ "config_schema": <JSON Schema> }`.
