@@ -112,7 +112,7 @@ macro_rules! policy_document {
             pub default: $rule,
             $( $(#[$fmeta])* pub $field : $fty, )*
             /// Optional safe rollout: a candidate policy as a canary (`percent` of clients) or
-            /// in shadow (evaluated on all traffic, never enforced). See README "Safe rollout".
+            /// in shadow (evaluated on all traffic, never enforced). See docs/rollout-and-approvals.md.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub rollout: Option<$crate::rollout::RolloutDoc<$name>>,
             /// Optional approvals: Ed25519 signatures over the canonical JSON of everything

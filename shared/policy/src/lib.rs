@@ -21,7 +21,7 @@ pub mod error;
 pub mod facts;
 pub mod json_path;
 pub mod matcher;
-pub mod refresh;
+pub mod remote;
 pub mod rollout;
 pub mod rules;
 pub mod schema;

@@ -4,6 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use gatewarden_policy::matcher::MatchSpec;
+use gatewarden_policy::remote::RemoteSourceSpec;
 use gatewarden_policy::policy_document;
 use gatewarden_policy::rules::RuleSpec;
 
@@ -63,42 +64,6 @@ pub enum UnknownCountry {
     Deny,
 }
 
-/// Where the MaxMind-format (`.mmdb`) country database comes from: an HTTP GET through the
-/// proxy (`cluster` is an Envoy cluster name, or `host:port` on Kong), fetched once after the
-/// policy is accepted, shared by all workers, and refreshed every `refresh_seconds`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GeoDatabaseSource {
-    /// Envoy cluster name (Kong: `host:port`) serving the database.
-    pub cluster: String,
-    /// Request path of the database file.
-    pub path: String,
-    /// `:authority` of the request (default: the cluster name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authority: Option<String>,
-    /// How often to refetch, in seconds (default 86400; minimum 10).
-    #[serde(default = "default_refresh_seconds")]
-    pub refresh_seconds: u64,
-    /// How long to wait after a failed fetch before retrying, in seconds (default 10; minimum 1).
-    #[serde(default = "default_retry_seconds")]
-    pub retry_seconds: u64,
-    /// Timeout of one fetch in milliseconds (default 10000).
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Largest database accepted, in bytes (default 64 MiB).
-    #[serde(default = "default_max_bytes")]
-    pub max_bytes: u64,
-}
-
-fn default_refresh_seconds() -> u64 {
-    86_400
-}
-fn default_retry_seconds() -> u64 {
-    10
-}
-fn default_timeout_ms() -> u64 {
-    10_000
-}
-fn default_max_bytes() -> u64 {
-    64 * 1024 * 1024
-}
+/// Where the MaxMind-format (`.mmdb`) country database comes from: the one remote-source type
+/// (defaults for this resource: refresh daily, timeout 10 s, at most 64 MiB; `max_bytes` up to 1 GiB).
+pub type GeoDatabaseSource = RemoteSourceSpec;

@@ -25,4 +25,4 @@ mod policy;
 
 pub use config::{GeoDatabaseSource, IpGeoDocument, IpGeoRule, UnknownCountry};
 pub use geo_db::{CountryCode, GeoDb, GeoDbError};
-pub use policy::{IpGeoPolicy, IpGeoReason};
+pub use policy::{IpGeoPolicy, IpGeoReason, GEO_DB};

@@ -7,10 +7,11 @@ use gatewarden_policy::client_address::ClientAddressError;
 use gatewarden_policy::decision::{Decision, Denial, FORBIDDEN_BODY};
 use gatewarden_policy::document::{FailureMode, FilterPolicy, Header};
 use gatewarden_policy::error::{quote, ConfigError, FieldPath};
+use gatewarden_policy::remote::{RemoteSource, ResourceKind};
 use gatewarden_policy::facts::{HeaderNeeds, RequestFacts};
 use gatewarden_policy::rules::RuleSet;
 
-use super::config::{GeoDatabaseSource, IpGeoDocument, IpGeoRule, UnknownCountry};
+use super::config::{IpGeoDocument, IpGeoRule, UnknownCountry};
 use super::geo_db::{CountryCode, GeoDb};
 
 /// Why the IP/geo filter denied a request. Each is a counter `gatewarden_ip_geo_denied_<reason>`.
@@ -82,8 +83,18 @@ pub struct IpGeoOutcome {
 pub struct IpGeoPolicy {
     header: Header,
     rules: RuleSet<IpGeoAction>,
-    geo_database: Option<GeoDatabaseSource>,
+    geo_database: Option<RemoteSource>,
 }
+
+/// The country database as a remote resource: refreshed daily, up to 1 GiB (64 MiB by default).
+pub const GEO_DB: ResourceKind = ResourceKind {
+    name: "geo_db",
+    default_refresh_seconds: 86_400,
+    default_timeout_ms: 10_000,
+    default_max_bytes: 64 << 20,
+    max_max_bytes: 1 << 30,
+    early_refetch: false,
+};
 
 impl FilterPolicy for IpGeoPolicy {
     const NAME: &'static str = "ip_geo";
@@ -91,10 +102,10 @@ impl FilterPolicy for IpGeoPolicy {
 
     fn compile(doc: IpGeoDocument) -> Result<Self, ConfigError> {
         let header = Header::compile(&doc, Self::NAME)?;
-        let geo_database = doc.geo_database.clone();
-        if let Some(src) = &geo_database {
-            validate_source(src, &FieldPath::root().field("geo_database"))?;
-        }
+        let geo_database = match &doc.geo_database {
+            Some(spec) => Some(RemoteSource::compile(spec, &FieldPath::root().field("geo_database"), &GEO_DB)?),
+            None => None,
+        };
         let rules = RuleSet::compile(&doc.rules, &doc.default, |rule, path| {
             let action = compile_action(rule, path)?;
             if action.uses_countries() && geo_database.is_none() {
@@ -114,7 +125,7 @@ impl FilterPolicy for IpGeoPolicy {
         match &candidate.geo_database {
             Some(src) if Some(src) != self.geo_database.as_ref() => Err(FieldPath::root().field("geo_database").error(format!(
                 "a candidate must use the active policy's geo_database (cluster {}, path {}): the database is fetched for the active policy; change the source in a policy without rollout",
-                quote(&src.cluster),
+                quote(&src.upstream),
                 quote(&src.path)
             ))),
             _ => Ok(()),
@@ -132,7 +143,7 @@ impl IpGeoPolicy {
     }
 
     /// Where the geo database comes from, if any rule needs one.
-    pub fn geo_database(&self) -> Option<&GeoDatabaseSource> {
+    pub fn geo_database(&self) -> Option<&RemoteSource> {
         self.geo_database.as_ref()
     }
 
@@ -174,7 +185,8 @@ impl IpGeoPolicy {
                     None => country_unknown = true,
                 },
                 None | Some(Err(_)) => {
-                    if self.header.failure_mode == FailureMode::Deny {
+                    let mode = self.geo_database.as_ref().map_or(self.header.failure_mode, |s| s.failure_mode_or(self.header.failure_mode));
+                    if mode == FailureMode::Deny {
                         return deny(IpGeoReason::GeoUnavailable, Some(client), None);
                     }
                     country_waived = true;
@@ -257,28 +269,6 @@ fn compile_countries(codes: &[String], path: &FieldPath) -> Result<CountrySet, C
         out.insert(cc);
     }
     Ok(out)
-}
-
-fn validate_source(src: &GeoDatabaseSource, path: &FieldPath) -> Result<(), ConfigError> {
-    if src.cluster.trim().is_empty() {
-        return Err(path.field("cluster").error(format!("empty cluster {}", quote(&src.cluster))));
-    }
-    if !src.path.starts_with('/') {
-        return Err(path.field("path").error(format!("path must start with \"/\", got {}", quote(&src.path))));
-    }
-    if src.refresh_seconds < 10 {
-        return Err(path.field("refresh_seconds").error(format!("{} is less than the minimum 10", src.refresh_seconds)));
-    }
-    if src.retry_seconds < 1 {
-        return Err(path.field("retry_seconds").error("0 is less than the minimum 1"));
-    }
-    if !(1..=60_000).contains(&src.timeout_ms) {
-        return Err(path.field("timeout_ms").error(format!("{} is outside 1..=60000", src.timeout_ms)));
-    }
-    if !(1..=1 << 30).contains(&src.max_bytes) {
-        return Err(path.field("max_bytes").error(format!("{} is outside 1..=1073741824", src.max_bytes)));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -180,7 +180,7 @@ fn config_errors_name_field_and_value() {
         (r#"{"policy_version":"t","default":{"name":"d"}}"#,
          "default: the default takes no \"name\" and no \"match\""),
         (r#"{"policy_version":"t","geo_database":{"cluster":"g","path":"db"}}"#,
-         r#"geo_database.path: path must start with "/", got "db""#),
+         r#"geo_database.path: path must start with "/" and hold no spaces or control characters, got "db""#),
         (r#"{"policy_version":"t","geo_database":{"cluster":"g","path":"/db","refresh_seconds":1}}"#,
          "geo_database.refresh_seconds: 1 is less than the minimum 10"),
         (r#"{"policy_version":"t","client_address":{"xff_num_trusted_hops":-1}}"#,

@@ -5,13 +5,25 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use gatewarden_policy::error::{quote, ConfigError, FieldPath};
+use gatewarden_policy::remote::{RemoteSource, ResourceKind};
 
 use super::claims::{ClaimChecks, Subjects};
 use super::config::{
-    ClaimRequirementSpec, ProviderSpec, RemoteJwksSpec, RequirementSpec, SubjectsSpec,
+    ClaimRequirementSpec, ProviderSpec, RequirementSpec, SubjectsSpec,
 };
 use super::extract::Sources;
 use super::jwk::JwksSet;
+
+/// A remote JWKS as a remote resource: refreshed every 10 minutes, at most 256 KiB by default
+/// (16 MiB at most), fetched early (rate-limited) when a token names a `kid` the set lacks.
+pub const JWKS: ResourceKind = ResourceKind {
+    name: "jwks",
+    default_refresh_seconds: 600,
+    default_timeout_ms: 5_000,
+    default_max_bytes: 256 << 10,
+    max_max_bytes: 16 << 20,
+    early_refetch: true,
+};
 
 /// Deepest nesting of `requires_any` / `requires_all`.
 pub(crate) const MAX_REQUIREMENT_DEPTH: usize = 8;
@@ -22,7 +34,7 @@ pub(crate) struct Provider {
     pub checks: ClaimChecks,
     pub sources: Sources,
     pub local: Option<JwksSet>,
-    pub remote: Option<RemoteJwksSpec>,
+    pub remote: Option<RemoteSource>,
     pub forward: bool,
     pub payload_header: Option<String>,
     /// `pad_forward_payload_header`: add base64 `=` padding to the forwarded payload.
@@ -172,10 +184,11 @@ pub(crate) fn compile_provider(
             return Err(path.error("give exactly one of local_jwks, remote_jwks"))
         }
         (Some(v), None) => Some(compile_local_jwks(v, &path.field("local_jwks"))?),
-        (None, Some(r)) => {
-            validate_remote(r, &path.field("remote_jwks"))?;
-            None
-        }
+        (None, Some(_)) => None,
+    };
+    let remote = match &spec.remote_jwks {
+        Some(r) => Some(RemoteSource::compile(r, &path.field("remote_jwks"), &JWKS)?),
+        None => None,
     };
 
     let mut headers = Vec::with_capacity(spec.from_headers.len());
@@ -267,7 +280,7 @@ pub(crate) fn compile_provider(
             cookies: spec.from_cookies.clone(),
         },
         local,
-        remote: spec.remote_jwks.clone(),
+        remote,
         forward: spec.forward,
         payload_header,
         pad_payload: spec.pad_forward_payload_header,
@@ -284,56 +297,6 @@ fn compile_local_jwks(v: &Value, path: &FieldPath) -> Result<JwksSet, ConfigErro
         _ => return Err(path.error("a JWKS object or a string holding one is required")),
     };
     set.map_err(|e| path.error(format!("invalid JWKS: {e}")))
-}
-
-fn validate_remote(r: &RemoteJwksSpec, path: &FieldPath) -> Result<(), ConfigError> {
-    if r.cluster.trim().is_empty() {
-        return Err(path
-            .field("cluster")
-            .error(format!("empty cluster {}", quote(&r.cluster))));
-    }
-    if !r.path.starts_with('/') {
-        return Err(path.field("path").error(format!(
-            "path must start with \"/\", got {}",
-            quote(&r.path)
-        )));
-    }
-    if r.authority
-        .as_deref()
-        .is_some_and(|a| a.is_empty() || a.bytes().any(|b| !b.is_ascii_graphic()))
-    {
-        return Err(path.field("authority").error(format!(
-            "invalid authority {}",
-            quote(r.authority.as_deref().unwrap_or(""))
-        )));
-    }
-    if r.cache_duration_seconds < 10 {
-        return Err(path.field("cache_duration_seconds").error(format!(
-            "{} is less than the minimum 10",
-            r.cache_duration_seconds
-        )));
-    }
-    if !(1..=60_000).contains(&r.timeout_ms) {
-        return Err(path
-            .field("timeout_ms")
-            .error(format!("{} is outside 1..=60000", r.timeout_ms)));
-    }
-    if r.retry_seconds < 1 {
-        return Err(path
-            .field("retry_seconds")
-            .error("0 is less than the minimum 1"));
-    }
-    if r.unknown_kid_refetch_seconds < 1 {
-        return Err(path
-            .field("unknown_kid_refetch_seconds")
-            .error("0 is less than the minimum 1"));
-    }
-    if !(1..=16 << 20).contains(&r.max_bytes) {
-        return Err(path
-            .field("max_bytes")
-            .error(format!("{} is outside 1..=16777216", r.max_bytes)));
-    }
-    Ok(())
 }
 
 /// Compiles a requirement against the document's `providers`. A `provider_and_audiences`

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use gatewarden_policy::matcher::MatchSpec;
 use gatewarden_policy::policy_document;
+use gatewarden_policy::remote::RemoteSourceSpec;
 use gatewarden_policy::rules::RuleSpec;
 
 policy_document! {
@@ -101,35 +102,11 @@ pub struct SubjectPrefix {
     pub prefix: String,
 }
 
-/// A JWKS fetched through the proxy (`cluster`: an Envoy cluster name, or `host:port` on Kong),
-/// once for all workers, refreshed every `cache_duration_seconds`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RemoteJwksSpec {
-    /// Envoy cluster name (Kong: `host:port`) serving the JWKS.
-    pub cluster: String,
-    /// Request path of the JWKS.
-    pub path: String,
-    /// `:authority` of the request (default: the cluster name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authority: Option<String>,
-    /// How long a fetched JWKS is used before it is refetched, in seconds (default 600; minimum 10).
-    #[serde(default = "default_cache_duration_seconds")]
-    pub cache_duration_seconds: u64,
-    /// Timeout of one fetch in milliseconds (default 5000; 1 to 60000).
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// How long to wait after a failed fetch before retrying, in seconds (default 10; minimum 1).
-    #[serde(default = "default_retry_seconds")]
-    pub retry_seconds: u64,
-    /// Shortest interval between two refetches caused by unknown `kid`s, in seconds
-    /// (default 30), so a flood of random `kid`s cannot become a flood of fetches.
-    #[serde(default = "default_unknown_kid_refetch_seconds")]
-    pub unknown_kid_refetch_seconds: u64,
-    /// Largest JWKS accepted, in bytes (default 262144).
-    #[serde(default = "default_jwks_max_bytes")]
-    pub max_bytes: u64,
-}
+/// A JWKS fetched through the proxy: the one remote-source type (defaults for this resource:
+/// refresh every 600 s, timeout 5 s, at most 256 KiB; `max_bytes` up to 16 MiB; early refetch
+/// for unknown `kid`s at most every 30 s). jwt_authn's `cache_duration_seconds` and our former
+/// `unknown_kid_refetch_seconds` are accepted spellings of `refresh_seconds` and `early_refetch_seconds`.
+pub type RemoteJwksSpec = RemoteSourceSpec;
 
 /// A header carrying the token, optionally after a prefix (compared case-insensitively).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -270,19 +247,4 @@ fn is_false(b: &bool) -> bool {
 }
 fn default_max_token_bytes() -> usize {
     8192
-}
-fn default_cache_duration_seconds() -> u64 {
-    600
-}
-fn default_timeout_ms() -> u64 {
-    5000
-}
-fn default_retry_seconds() -> u64 {
-    10
-}
-fn default_unknown_kid_refetch_seconds() -> u64 {
-    30
-}
-fn default_jwks_max_bytes() -> u64 {
-    256 * 1024
 }

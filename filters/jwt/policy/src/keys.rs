@@ -44,6 +44,16 @@ impl RemoteKeys {
         self.generation = self.generation.wrapping_add(1);
     }
 
+    /// The key set installed for `provider`, if any.
+    pub fn get(&self, provider: &str) -> Option<&Arc<JwksSet>> {
+        self.sets.get(provider)
+    }
+
+    /// The providers that have a key set.
+    pub fn providers(&self) -> impl Iterator<Item = &str> {
+        self.sets.keys().map(String::as_str)
+    }
+
     /// Forgets the key set of `provider`.
     pub fn remove(&mut self, provider: &str) {
         if self.sets.remove(provider).is_some() {

@@ -71,5 +71,6 @@ pub use config::{
 pub use jose::Alg;
 pub use jwk::{JwksError, JwksSet, SkippedKey};
 pub use keys::{KeyLookup, NoRemoteKeys, RemoteKeys};
+pub use compile::JWKS;
 pub use policy::{JwtOutcome, JwtPolicy, RemoteJwksSource, MAX_CLAIM_HEADER_BYTES};
 pub use reason::{JwtReason, TOO_MANY_HEADERS_BODY};

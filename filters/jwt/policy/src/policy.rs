@@ -10,6 +10,7 @@ use gatewarden_policy::decision::Decision;
 use gatewarden_policy::document::{FailureMode, FilterPolicy, Header};
 use gatewarden_policy::error::{quote, ConfigError, FieldPath};
 use gatewarden_policy::facts::RequestFacts;
+use gatewarden_policy::remote::RemoteSource;
 use gatewarden_policy::rules::{CompiledRule, RuleSet};
 
 use super::b64;
@@ -19,7 +20,7 @@ use super::compile::{
     compile_claim_requirement, compile_provider, compile_requirement, compile_scopes,
     validate_provider_name, ClaimCondition, JwtAction, Provider, Requirement,
 };
-use super::config::{JwtDocument, RemoteJwksSpec};
+use super::config::JwtDocument;
 use super::extract::{cookies_without, path_without_params, Extracted, Location};
 use super::jose;
 use super::keys::KeyLookup;
@@ -58,7 +59,7 @@ pub struct JwtOutcome {
 #[derive(Debug, Clone, Copy)]
 pub struct RemoteJwksSource<'a> {
     pub provider: &'a str,
-    pub spec: &'a RemoteJwksSpec,
+    pub spec: &'a RemoteSource,
 }
 
 /// A compiled JWT policy.
@@ -529,7 +530,7 @@ impl<'a> Request<'_, 'a, '_> {
         match state {
             ProviderState::Missing => Eval::Fail(Failure::MISSING),
             ProviderState::Failed(f) => Eval::Fail(f),
-            ProviderState::Unavailable => match self.policy.header.failure_mode {
+            ProviderState::Unavailable => match self.failure_mode(i) {
                 FailureMode::Deny => Eval::Fail(Failure::claimed(JwtReason::JwksUnavailable)),
                 FailureMode::Allow => {
                     self.degraded = true;
@@ -538,6 +539,13 @@ impl<'a> Request<'_, 'a, '_> {
             },
             ProviderState::Verified { .. } => Eval::Pass(vec![i]),
         }
+    }
+
+    /// What a request gets while provider `i`'s key set is unavailable: its remote source's
+    /// `failure_mode`, else the policy's.
+    fn failure_mode(&self, i: usize) -> FailureMode {
+        let policy = self.policy.header.failure_mode;
+        self.policy.providers.get(i).and_then(|p| p.remote.as_ref()).map_or(policy, |r| r.failure_mode_or(policy))
     }
 
     fn check_provider(&mut self, i: usize) -> ProviderState<'a> {

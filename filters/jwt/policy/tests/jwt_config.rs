@@ -41,8 +41,8 @@ fn a_valid_document_compiles() {
         .map(|s| {
             (
                 s.provider.to_string(),
-                s.spec.cache_duration_seconds,
-                s.spec.timeout_ms,
+                s.spec.schedule.refresh_ms / 1000,
+                s.spec.timeout.as_millis() as u64,
             )
         })
         .collect();
@@ -54,9 +54,9 @@ fn config_errors_name_field_and_value() {
     let remote = |r: Value| json!({"local_jwks": null, "remote_jwks": r});
     #[rustfmt::skip]
     let cases: Vec<(String, &str)> = vec![
-        (doc(json!({}), remote(json!({"cluster": "", "path": "/jwks"}))), r#"providers.a.remote_jwks.cluster: empty cluster """#),
-        (doc(json!({}), remote(json!({"cluster": "idp", "path": "jwks"}))), r#"providers.a.remote_jwks.path: path must start with "/", got "jwks""#),
-        (doc(json!({}), remote(json!({"cluster": "idp", "path": "/j", "cache_duration_seconds": 5}))), "providers.a.remote_jwks.cache_duration_seconds: 5 is less than the minimum 10"),
+        (doc(json!({}), remote(json!({"cluster": "", "path": "/jwks"}))), r#"providers.a.remote_jwks.cluster: invalid cluster "": a cluster name or host:port without spaces is required"#),
+        (doc(json!({}), remote(json!({"cluster": "idp", "path": "jwks"}))), r#"providers.a.remote_jwks.path: path must start with "/" and hold no spaces or control characters, got "jwks""#),
+        (doc(json!({}), remote(json!({"cluster": "idp", "path": "/j", "cache_duration_seconds": 5}))), "providers.a.remote_jwks.refresh_seconds: 5 is less than the minimum 10 (`refresh_seconds`, also spelled `cache_duration_seconds`)"),
         (doc(json!({}), remote(json!({"cluster": "idp", "path": "/j", "timeout_ms": 0}))), "providers.a.remote_jwks.timeout_ms: 0 is outside 1..=60000"),
         (doc(json!({}), remote(json!({"cluster": "idp", "path": "/j", "uri": "x"}))), "providers.a.remote_jwks.uri: unknown field `uri`"),
         (doc(json!({}), json!({"remote_jwks": {"cluster": "idp", "path": "/j"}})), "providers.a: give exactly one of local_jwks, remote_jwks"),
