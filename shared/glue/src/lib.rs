@@ -13,6 +13,6 @@ pub mod metrics;
 pub mod panic_hook;
 pub mod rollout;
 pub mod runtime;
-pub mod remote;
+pub mod shared_fetch;
 
 pub use runtime::{Enforcer, Evaluation, Root};

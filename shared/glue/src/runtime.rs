@@ -153,7 +153,7 @@ pub fn on_vm_start<F: Enforcer>() -> bool {
 
 /// The tick period of a root whose filter asked for ticks: the fastest period a filter asks for
 /// (a shared fetch that is loading).
-pub const FILTER_TICK_BASE: Duration = crate::remote::TICK_LOADING;
+pub const FILTER_TICK_BASE: Duration = crate::shared_fetch::TICK_LOADING;
 
 /// The root context of filter `F`.
 pub struct Root<F: Enforcer> {
