@@ -28,6 +28,7 @@ log "policy tests of examples/ through the release modules (gatewarden test)"
 # CLI again with other wasmtime features (no dev-dependencies), a second wasmtime build in CI.
 [[ -x "$ROOT/target/debug/gatewarden" ]] || cargo build --quiet -p gatewarden
 "$ROOT/target/debug/gatewarden" test --modules "$WASM_DIR" --junit "$ROOT/target/gatewarden-examples.junit.xml" examples
+"$PY" "$ROOT/scripts/policy_reference.py" --check  # docs/reference/ matches `gatewarden schema`; links in docs/ resolve
 
 log "envoy --mode validate on every shipped config"
 "$ROOT/scripts/validate-configs.sh"
