@@ -14,18 +14,27 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::fasthash::FastMap;
+use crate::metrics;
 use crate::runtime::{Compiled, Enforcer, Root};
+use crate::waiting::Waiting;
 
 /// The per-VM state behind the exports: root contexts (one per plugin configuration, a new one
 /// after every policy update) and, per live request, the policy it was created under.
+///
+/// Filters that wait (`Enforcer::WAITS`) also park requests here: `waiting` by request context,
+/// and `callouts` maps each pending callout's token to the request that made it (answers are
+/// routed by token: ngx_wasm_module delivers them on the root context). Both are empty for a
+/// headers-only filter, whose requests never touch them.
 pub struct Runtime<F: Enforcer> {
     roots: FastMap<u32, Rc<RefCell<Root<F>>>>,
     requests: FastMap<u32, Option<Rc<Compiled<F>>>>,
+    waiting: FastMap<u32, Waiting<F>>,
+    callouts: FastMap<u32, u32>,
 }
 
 impl<F: Enforcer> Default for Runtime<F> {
     fn default() -> Self {
-        Self { roots: FastMap::default(), requests: FastMap::default() }
+        Self { roots: FastMap::default(), requests: FastMap::default(), waiting: FastMap::default(), callouts: FastMap::default() }
     }
 }
 
@@ -48,15 +57,71 @@ impl<F: Enforcer> Runtime<F> {
         self.roots.get(&context_id).cloned()
     }
 
+    /// Parks a waiting request. A request already deleted (the host ended it while the filter
+    /// was deciding) is dropped and counted instead.
+    pub fn park(&mut self, context_id: u32, waiting: Waiting<F>) {
+        if !self.requests.contains_key(&context_id) {
+            metrics::tally(<F::Policy as gatewarden_policy::FilterPolicy>::NAME, "waiting_abandoned");
+            return;
+        }
+        if let Some(token) = waiting.token() {
+            self.callouts.insert(token, context_id);
+        }
+        self.waiting.insert(context_id, waiting);
+    }
+
+    /// The parked request `context_id`, if it waits.
+    pub fn waiting_mut(&mut self, context_id: u32) -> Option<&mut Waiting<F>> {
+        self.waiting.get_mut(&context_id)
+    }
+
+    /// Takes the parked request `context_id` out (to resume it).
+    pub fn unpark(&mut self, context_id: u32) -> Option<Waiting<F>> {
+        let waiting = self.waiting.remove(&context_id)?;
+        if let Some(token) = waiting.token() {
+            self.callouts.remove(&token);
+        }
+        Some(waiting)
+    }
+
+    /// The request waiting for callout `token`, and its context id.
+    pub fn by_token_mut(&mut self, token: u32) -> Option<(u32, &mut Waiting<F>)> {
+        let context_id = *self.callouts.get(&token)?;
+        self.waiting.get_mut(&context_id).map(|w| (context_id, w))
+    }
+
+    /// Takes out the request waiting for callout `token`, with its context id.
+    pub fn unpark_token(&mut self, token: u32) -> Option<(u32, Waiting<F>)> {
+        let context_id = self.callouts.remove(&token)?;
+        self.waiting.remove(&context_id).map(|w| (context_id, w))
+    }
+
+    /// Requests parked and callout tokens pending (both 0 when nothing waits): for tests.
+    pub fn waiting_counts(&self) -> (usize, usize) {
+        (self.waiting.len(), self.callouts.len())
+    }
+
     /// The policy of a request, taken: it is needed once, on request headers. The (now empty)
     /// entry stays until `delete`, which then finds it with one lookup.
     pub fn take_request(&mut self, context_id: u32) -> Option<Rc<Compiled<F>>> {
         self.requests.get_mut(&context_id).and_then(Option::take)
     }
 
+    /// The policy of a request that may wait, taken on request headers; the entry stays until
+    /// `delete` (it marks the request as live for [`Runtime::park`]).
+    pub fn take_request_rc(&mut self, context_id: u32) -> Option<Rc<Compiled<F>>> {
+        self.take_request(context_id)
+    }
+
     pub fn delete(&mut self, context_id: u32) {
         if self.requests.remove(&context_id).is_none() {
             self.roots.remove(&context_id);
+            return;
+        }
+        // A request deleted while it waits (the client went away): its late answer, if the host
+        // still delivers one, finds no token and is dropped.
+        if F::WAITS && self.unpark(context_id).is_some() {
+            metrics::tally(<F::Policy as gatewarden_policy::FilterPolicy>::NAME, "waiting_abandoned");
         }
     }
 }
@@ -135,30 +200,94 @@ macro_rules! export_filter {
             $crate::abi::with_root(root, |r| r.on_tick());
         }
 
+        /// Routed by token: a request's callout goes to that request (ngx_wasm_module passes
+        /// the root context id here, Envoy the caller's), any other to the root's filter.
         #[no_mangle]
         pub extern "C" fn proxy_on_http_call_response(
             context_id: u32,
             token: u32,
-            _num_headers: usize,
+            num_headers: usize,
             body_size: usize,
             _num_trailers: usize,
         ) {
+            if <$enforcer as $crate::Enforcer>::WAITS {
+                if let Some((request, waiting)) = gatewarden_runtime(|rt| rt.unpark_token(token)).flatten() {
+                    let next = $crate::waiting::on_http_response::<$enforcer>(request, waiting, num_headers, body_size);
+                    if let Some(next) = next {
+                        gatewarden_runtime(|rt| rt.park(request, next));
+                    }
+                    return;
+                }
+            }
             let root = gatewarden_runtime(|rt| rt.root(context_id)).flatten();
             $crate::abi::with_root(root, |r| r.on_http_call_response(token, body_size));
         }
 
         #[no_mangle]
-        pub extern "C" fn proxy_on_request_headers(context_id: u32, _num_headers: usize, _end_of_stream: bool) -> u32 {
+        pub extern "C" fn proxy_on_grpc_receive(_context_id: u32, token: u32, response_size: usize) {
+            if <$enforcer as $crate::Enforcer>::WAITS {
+                gatewarden_runtime(|rt| {
+                    if let Some((_, waiting)) = rt.by_token_mut(token) {
+                        $crate::waiting::on_grpc_message::<$enforcer>(waiting, response_size);
+                    }
+                });
+            }
+        }
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_grpc_close(_context_id: u32, token: u32, status_code: u32) {
+            if <$enforcer as $crate::Enforcer>::WAITS {
+                if let Some((request, waiting)) = gatewarden_runtime(|rt| rt.unpark_token(token)).flatten() {
+                    let next = $crate::waiting::on_grpc_close::<$enforcer>(request, waiting, status_code);
+                    if let Some(next) = next {
+                        gatewarden_runtime(|rt| rt.park(request, next));
+                    }
+                }
+            }
+        }
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_request_headers(context_id: u32, _num_headers: usize, end_of_stream: bool) -> u32 {
+            if <$enforcer as $crate::Enforcer>::WAITS {
+                let compiled = gatewarden_runtime(|rt| rt.take_request_rc(context_id)).flatten();
+                let (action, waiting) = $crate::runtime::on_request_headers_waiting::<$enforcer>(compiled, end_of_stream);
+                if let Some(waiting) = waiting {
+                    gatewarden_runtime(|rt| rt.park(context_id, waiting));
+                }
+                return action as u32;
+            }
             let compiled = gatewarden_runtime(|rt| rt.take_request(context_id)).flatten();
             $crate::runtime::on_request_headers::<$enforcer>(compiled.as_deref()) as u32
         }
 
+        /// A headers-only filter returns at once (ngx_wasm_module calls this unchecked, see the
+        /// module docs). A waiting filter: body chunks are held while its request waits.
+        #[no_mangle]
+        pub extern "C" fn proxy_on_request_body(context_id: u32, body_size: usize, end_of_stream: bool) -> u32 {
+            if !<$enforcer as $crate::Enforcer>::WAITS {
+                return $crate::runtime::Action::Continue as u32;
+            }
+            // A busy runtime (a re-entrant callback) holds the body: never let it pass undecided.
+            let held = gatewarden_runtime(|rt| match rt.waiting_mut(context_id) {
+                None => Some($crate::runtime::Action::Continue),
+                Some(waiting) => waiting.body_chunk(body_size, end_of_stream),
+            })
+            .unwrap_or(Some($crate::runtime::Action::Pause));
+            if let Some(action) = held {
+                return action as u32;
+            }
+            let Some(waiting) = gatewarden_runtime(|rt| rt.unpark(context_id)).flatten() else {
+                return $crate::runtime::Action::Pause as u32;
+            };
+            let (action, next) = $crate::waiting::on_body::<$enforcer>(waiting, body_size);
+            if let Some(next) = next {
+                gatewarden_runtime(|rt| rt.park(context_id, next));
+            }
+            action as u32
+        }
+
         // Callbacks a Gatewarden filter does not use, exported because ngx_wasm_module calls
         // them unchecked (see the module docs): each returns at once.
-        #[no_mangle]
-        pub extern "C" fn proxy_on_request_body(_context_id: u32, _body_size: usize, _end_of_stream: bool) -> u32 {
-            $crate::runtime::Action::Continue as u32
-        }
 
         #[no_mangle]
         pub extern "C" fn proxy_on_response_headers(_context_id: u32, _num_headers: usize, _end_of_stream: bool) -> u32 {

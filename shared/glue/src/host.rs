@@ -19,6 +19,7 @@ pub struct HostError(pub u32);
 pub const STATUS_OK: u32 = 0;
 pub const STATUS_NOT_FOUND: u32 = 1;
 pub const STATUS_CAS_MISMATCH: u32 = 8;
+pub const STATUS_UNIMPLEMENTED: u32 = 12;
 
 /// Log levels of the ABI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -33,7 +34,10 @@ pub enum Level {
 }
 
 // Buffer and map types of ABI 0.2.1.
+const BUFFER_HTTP_REQUEST_BODY: u32 = 0;
 const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
+const BUFFER_GRPC_RECEIVE: u32 = 5;
+const STREAM_HTTP_REQUEST: u32 = 0;
 const BUFFER_VM_CONFIGURATION: u32 = 6;
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 const MAP_HTTP_REQUEST_HEADERS: u32 = 0;
@@ -104,6 +108,22 @@ extern "C" {
         return_cas: *mut u32,
     ) -> u32;
     fn proxy_set_shared_data(key_data: *const u8, key_size: usize, value_data: *const u8, value_size: usize, cas: u32) -> u32;
+    fn proxy_grpc_call(
+        service_data: *const u8,
+        service_size: usize,
+        service_name_data: *const u8,
+        service_name_size: usize,
+        method_name_data: *const u8,
+        method_name_size: usize,
+        initial_metadata_data: *const u8,
+        initial_metadata_size: usize,
+        message_data: *const u8,
+        message_size: usize,
+        timeout_milliseconds: u32,
+        return_token: *mut u32,
+    ) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
 }
@@ -208,6 +228,30 @@ pub fn request_header(name: &str) -> Result<Option<String>, HostError> {
         STATUS_NOT_FOUND => Ok(None),
         other => Err(HostError(other)),
     }
+}
+
+/// The request body buffered so far (the first `size` bytes), in `proxy_on_request_body`. A
+/// body the host cannot hand over (ngx_wasm_module: spilled to a temp file) reads as fewer bytes.
+pub fn request_body(size: usize) -> Result<Vec<u8>, HostError> {
+    get_buffer(BUFFER_HTTP_REQUEST_BODY, size)
+}
+
+/// The message of a gRPC callout's answer, in `proxy_on_grpc_receive`.
+pub fn grpc_receive_buffer(size: usize) -> Result<Vec<u8>, HostError> {
+    get_buffer(BUFFER_GRPC_RECEIVE, size)
+}
+
+/// Resumes the (paused) request of the effective context.
+pub fn continue_request() -> Result<(), HostError> {
+    // SAFETY: plain integer argument.
+    status(unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) })
+}
+
+/// Makes `context_id` the context later host calls act on (a callout answer arrives on the root
+/// context on ngx_wasm_module, where this call is a no-op that answers Ok).
+pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {
+    // SAFETY: plain integer argument.
+    status(unsafe { proxy_set_effective_context(context_id) })
 }
 
 /// The headers of an HTTP callout's response (`:status` included).
@@ -370,6 +414,57 @@ pub fn dispatch_http_call(
             0,
             trailers.as_ptr(),
             trailers.len(),
+            timeout_ms,
+            &mut token,
+        )
+    })?;
+    Ok(token)
+}
+
+/// Starts an HTTP callout with a body; the answer arrives in `proxy_on_http_call_response`
+/// with the returned token.
+pub fn dispatch_http_call_with_body(upstream: &str, headers: &[(&str, &str)], body: &[u8], timeout: Duration) -> Result<u32, HostError> {
+    let headers = encode_pairs(headers);
+    let trailers = encode_pairs(&[]);
+    let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    let mut token = 0u32;
+    // SAFETY: all pointers and lengths describe live buffers; `token` is a valid out-pointer.
+    status(unsafe {
+        proxy_http_call(
+            upstream.as_ptr(),
+            upstream.len(),
+            headers.as_ptr(),
+            headers.len(),
+            body.as_ptr(),
+            body.len(),
+            trailers.as_ptr(),
+            trailers.len(),
+            timeout_ms,
+            &mut token,
+        )
+    })?;
+    Ok(token)
+}
+
+/// Starts a unary gRPC callout to cluster `upstream` (Envoy; ngx_wasm_module traps on it, so
+/// never call it there); the answer arrives in `proxy_on_grpc_receive` / `proxy_on_grpc_close`.
+pub fn dispatch_grpc_call(upstream: &str, service: &str, method: &str, metadata: &[(&str, &str)], message: &[u8], timeout: Duration) -> Result<u32, HostError> {
+    let metadata = encode_pairs(metadata);
+    let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    let mut token = 0u32;
+    // SAFETY: all pointers and lengths describe live buffers; `token` is a valid out-pointer.
+    status(unsafe {
+        proxy_grpc_call(
+            upstream.as_ptr(),
+            upstream.len(),
+            service.as_ptr(),
+            service.len(),
+            method.as_ptr(),
+            method.len(),
+            metadata.as_ptr(),
+            metadata.len(),
+            message.as_ptr(),
+            message.len(),
             timeout_ms,
             &mut token,
         )

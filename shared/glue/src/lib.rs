@@ -3,6 +3,8 @@
 //! fetches shared by all workers, and the generic root/request contexts ([`runtime`]).
 //!
 //! A filter crate is a few lines: an [`runtime::Enforcer`] and `export_filter!(MyEnforcer);`.
+//! A filter that waits for the body or a service before it decides sets `Enforcer::WAITS` and
+//! returns [`pipeline::Step`]s (plain Rust types); [`waiting`] does the Proxy-Wasm side.
 //! There is no proxy-wasm SDK dependency: [`abi`] exports only the callbacks we use.
 
 pub mod abi;
@@ -11,8 +13,11 @@ pub mod fasthash;
 pub mod host;
 pub mod metrics;
 pub mod panic_hook;
+pub mod pipeline;
 pub mod rollout;
 pub mod runtime;
-pub mod shared_fetch;
+pub mod remote;
+pub mod waiting;
 
+pub use pipeline::{CallFailure, Callout, GrpcCallout, HostCaps, HttpCallout, Pending, Resumed, Step};
 pub use runtime::{Enforcer, Evaluation, Root};

@@ -36,6 +36,8 @@ use gatewarden_policy::{compile_set, Decision, FilterPolicy, Header, Mode, Reque
 
 use crate::decision_log::DecisionRecord;
 use crate::host::{self, Level};
+use crate::pipeline::{HostCaps, Pending, Resumed, Step};
+use crate::waiting::{self, At, Waiting};
 use crate::rollout::{self as rollout_glue, ShadowRecord};
 use crate::{metrics, panic_hook};
 
@@ -107,6 +109,29 @@ pub trait Enforcer: 'static {
     fn policy_state(policy: &Self::Policy) -> Self::PolicyState;
     /// Decides for one request.
     fn evaluate(policy: &Self::Policy, state: &Self::PolicyState, facts: &RequestFacts<'_>) -> Evaluation;
+
+    // ---- A filter that waits (for the body, for a service): see `crate::pipeline`. ----
+
+    /// Whether [`Enforcer::start`] may return anything but [`Step::Done`]. False (the default):
+    /// the glue calls [`Enforcer::evaluate`] as before, keeps no per-request state and its body
+    /// callback returns at once, so a headers-only filter pays nothing for the pipeline.
+    const WAITS: bool = false;
+    /// Refuses, at configure time, a policy this host cannot serve (e.g. a gRPC callout on
+    /// ngx_wasm_module, which has none): the message names the field path, e.g.
+    /// `rules[0].grpc: gRPC callouts are not available on ngx_wasm_module`.
+    fn check_host(_policy: &Self::Policy, _host: &HostCaps) -> Result<(), String> {
+        Ok(())
+    }
+    /// The first step for one request (only called when [`Enforcer::WAITS`]); the default decides
+    /// at once with [`Enforcer::evaluate`].
+    fn start(policy: &Self::Policy, state: &Self::PolicyState, facts: &RequestFacts<'_>) -> Step {
+        Step::Done(Self::evaluate(policy, state, facts))
+    }
+    /// The next step once what the request waited for arrived (or failed). A filter that never
+    /// waits is never resumed; the default fails the request closed.
+    fn resume(_policy: &Self::Policy, _state: &Self::PolicyState, _pending: Pending, _input: Resumed<'_>) -> Step {
+        Step::Unavailable("the filter cannot resume a waiting request")
+    }
 }
 
 /// A compiled policy and what its requests need, prepared once in `on_configure`.
@@ -118,6 +143,13 @@ pub struct Compiled<F: Enforcer> {
     needs: HeaderNeeds,
     all_headers: bool,
     header_name: String,
+}
+
+impl<F: Enforcer> Compiled<F> {
+    /// `x-gatewarden-<filter>`, the decision header's name.
+    pub(crate) fn header_name(&self) -> &str {
+        &self.header_name
+    }
 }
 
 /// A rollout's candidate policy (inside [`Rollout`]) and its policy state.
@@ -139,7 +171,8 @@ pub fn decision_header_name(filter: &str) -> String {
 fn start<F: Enforcer>() {
     panic_hook::install(name::<F>());
     let extra = F::extra_counters();
-    let extra: Vec<&str> = extra.iter().map(String::as_str).chain(rollout_glue::COUNTERS.iter().copied()).collect();
+    let waits: &[&str] = if F::WAITS { crate::waiting::COUNTERS } else { &[] };
+    let extra: Vec<&str> = extra.iter().map(String::as_str).chain(rollout_glue::COUNTERS.iter().copied()).chain(waits.iter().copied()).collect();
     metrics::define(name::<F>(), &F::reasons(), &extra);
 }
 
@@ -153,7 +186,7 @@ pub fn on_vm_start<F: Enforcer>() -> bool {
 
 /// The tick period of a root whose filter asked for ticks: the fastest period a filter asks for
 /// (a shared fetch that is loading).
-pub const FILTER_TICK_BASE: Duration = crate::shared_fetch::TICK_LOADING;
+pub const FILTER_TICK_BASE: Duration = crate::remote::TICK_LOADING;
 
 /// The root context of filter `F`.
 pub struct Root<F: Enforcer> {
@@ -236,6 +269,15 @@ impl<F: Enforcer> Root<F> {
         match compile_set::<F::Policy>(&bytes) {
             Ok(set) => {
                 let policy = set.active;
+                let caps = host_caps();
+                if let Err(why) = F::check_host(&policy, &caps) {
+                    return self.refuse(&why, &["config_rejected"]);
+                }
+                if let Some(r) = &set.rollout {
+                    if let Err(why) = F::check_host(&r.candidate, &caps) {
+                        return self.refuse(&format!("rollout.candidate.{why}"), &["config_rejected"]);
+                    }
+                }
                 let mut what = format!("policy {:?} accepted", &*policy.header().policy_version);
                 if let Some(r) = &set.rollout {
                     let v = &*r.candidate.header().policy_version;
@@ -286,7 +328,7 @@ impl<F: Enforcer> Root<F> {
     }
 }
 
-fn fail_closed(filter: &str, why: &str, outcome: &str) -> Action {
+pub(crate) fn fail_closed(filter: &str, why: &str, outcome: &str) -> Action {
     host::log(Level::Error, &format!("gatewarden {filter}: request denied: {why}"));
     metrics::count(filter, outcome);
     let details = format!("gatewarden_{filter}_{outcome}");
@@ -341,23 +383,7 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
     if r.rollout.shadow {
         let eval = F::evaluate(&compiled.policy, &compiled.state, &facts);
         let shadow = F::evaluate(&r.rollout.candidate, &r.state, &facts);
-        if disagree(&eval.decision, &shadow.decision) {
-            metrics::tally(filter, "shadow_disagreed");
-            let request_id = request_id(&facts);
-            let client = eval.client.or(shadow.client).map(|ip| ip.to_string()).unwrap_or_default();
-            let line = ShadowRecord {
-                filter,
-                active_version: &active.policy_version,
-                active: &eval.decision,
-                candidate_version: &r.rollout.candidate.header().policy_version,
-                candidate: &shadow.decision,
-                request_id: &request_id,
-                client: &client,
-            };
-            host::log(Level::Info, &line.to_line());
-        } else {
-            metrics::tally(filter, "shadow_agreed");
-        }
+        compare_shadow(filter, active, &r.rollout.candidate, &eval, &shadow, &facts);
         return act(filter, &compiled.header_name, active, &eval, None, all);
     }
     let role = r.rollout.assign(active, &facts);
@@ -374,6 +400,108 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
     }
 }
 
+/// Counts (and logs, when they differ) the shadow candidate's decision beside the active one's.
+fn compare_shadow<P: FilterPolicy>(filter: &str, active: &Header, candidate: &P, eval: &Evaluation, shadow: &Evaluation, facts: &RequestFacts<'_>) {
+    if disagree(&eval.decision, &shadow.decision) {
+        metrics::tally(filter, "shadow_disagreed");
+        let request_id = request_id(facts);
+        let client = eval.client.or(shadow.client).map(|ip| ip.to_string()).unwrap_or_default();
+        let line = ShadowRecord {
+            filter,
+            active_version: &active.policy_version,
+            active: &eval.decision,
+            candidate_version: &candidate.header().policy_version,
+            candidate: &shadow.decision,
+            request_id: &request_id,
+            client: &client,
+        };
+        host::log(Level::Info, &line.to_line());
+    } else {
+        metrics::tally(filter, "shadow_agreed");
+    }
+}
+
+/// What this host can do, for [`Enforcer::check_host`].
+pub fn host_caps() -> HostCaps {
+    match host::host_kind() {
+        host::HostKind::Envoy => HostCaps::ENVOY,
+        host::HostKind::NgxWasmModule => HostCaps::NGX_WASM_MODULE,
+    }
+}
+
+/// Request headers of a filter that may wait ([`Enforcer::WAITS`]): like [`on_request_headers`],
+/// but the filter's [`Enforcer::start`] may ask for the body or a callout; then the request is
+/// returned to be parked (and keeps the policy it started with until it is decided).
+///
+/// A shadow rollout compares the two policies only when both decide on the headers; when the
+/// active one waits, the candidate is not run for that request.
+pub fn on_request_headers_waiting<F: Enforcer>(compiled: Option<Rc<Compiled<F>>>, end_of_stream: bool) -> (Action, Option<Waiting<F>>) {
+    let filter = name::<F>();
+    let Some(compiled) = compiled else {
+        return (fail_closed(filter, "no valid policy is loaded", "no_policy"), None);
+    };
+    let headers = match read_headers(&compiled.needs, compiled.all_headers) {
+        Ok(h) => h,
+        Err(e) => return (fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), "host_error"), None),
+    };
+    let all = (compiled.all_headers || compiled.needs.names().len() > 1).then_some(headers.as_slice());
+    let peer = std::cell::OnceCell::new();
+    let read_peer = || -> Option<String> {
+        match host::property_encoded(host::SOURCE_ADDRESS) {
+            Ok(p) => p.and_then(|b| String::from_utf8(b).ok()),
+            Err(e) => {
+                host::log(Level::Warn, &format!("gatewarden {filter}: cannot read source.address (status {})", e.0));
+                None
+            }
+        }
+    };
+    let facts = RequestFacts::with_peer_source(&headers, &peer, &read_peer);
+    let (role, step) = match &compiled.rollout {
+        None => (None, F::start(&compiled.policy, &compiled.state, &facts)),
+        Some(r) if r.rollout.shadow => match F::start(&compiled.policy, &compiled.state, &facts) {
+            Step::Done(eval) => {
+                if let Step::Done(shadow) = F::start(&r.rollout.candidate, &r.state, &facts) {
+                    compare_shadow(filter, compiled.policy.header(), &r.rollout.candidate, &eval, &shadow, &facts);
+                }
+                (None, Step::Done(eval))
+            }
+            waits => (None, waits),
+        },
+        Some(r) => {
+            let role = r.rollout.assign(compiled.policy.header(), &facts);
+            metrics::tally(filter, rollout_glue::assignment_counter(role));
+            let step = match role {
+                Role::Active => F::start(&compiled.policy, &compiled.state, &facts),
+                Role::Candidate => F::start(&r.rollout.candidate, &r.state, &facts),
+            };
+            (Some(role), step)
+        }
+    };
+    let no_body = end_of_stream || (host::host_kind() == host::HostKind::NgxWasmModule && !announces_body(&facts, all));
+    waiting::drive(Rc::clone(&compiled), role, step, 0, At::Headers { no_body }, all)
+}
+
+/// Whether the request headers announce a body (`content-length` above 0, or any
+/// `transfer-encoding`): ngx_wasm_module never sets end_of_stream on request headers, and calls
+/// no body callback for a request without one. A header that cannot be read counts as a body
+/// (the request then waits for a body callback; it never passes undecided).
+fn announces_body(facts: &RequestFacts<'_>, all: Option<&[(String, String)]>) -> bool {
+    let get = |name: &str| -> Result<Option<String>, host::HostError> {
+        match all {
+            Some(_) => Ok(facts.header(name).map(str::to_owned)),
+            None => host::request_header(name),
+        }
+    };
+    let length = match get("content-length") {
+        Ok(v) => v,
+        Err(_) => return true,
+    };
+    if length.is_some_and(|v| v.trim() != "0") {
+        return true;
+    }
+    !matches!(get("transfer-encoding"), Ok(None))
+}
+
 /// The request id for a log line: from the headers already read, else one host call.
 fn request_id(facts: &RequestFacts<'_>) -> String {
     match facts.header("x-request-id") {
@@ -385,7 +513,7 @@ fn request_id(facts: &RequestFacts<'_>) -> String {
 /// Acts on the evaluation of the policy whose header is `header`: `role` is which policy of a
 /// canary decided (None without a canary).
 /// `all_headers`: every request header, when they were read for the policy (spares a host call).
-fn act(filter: &str, header_name: &str, header: &Header, eval: &Evaluation, role: Option<Role>, all_headers: Option<&[(String, String)]>) -> Action {
+pub(crate) fn act(filter: &str, header_name: &str, header: &Header, eval: &Evaluation, role: Option<Role>, all_headers: Option<&[(String, String)]>) -> Action {
     let version = &*header.policy_version;
     let rule = &*eval.decision.rule;
     let candidate = role == Some(Role::Candidate);

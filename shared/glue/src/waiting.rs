@@ -1,0 +1,372 @@
+//! The Proxy-Wasm side of a request that waits (see `crate::pipeline` for the filter's side).
+//!
+//! ```text
+//! on_request_headers ─ F::start ─▶ drive ─ Done ──────────────▶ act (Continue / local response)
+//!                                       ─ NeedBody ────────────▶ park Body   (Envoy: Pause, Kong: Continue)
+//!                                       ─ Call ─ dispatch ─────▶ park Callout(token) (Pause)
+//! on_request_body(size, eos) ─ size > max ─▶ resume(BodyTooLarge) ─▶ drive
+//!                            ─ !eos ───────▶ Pause (Envoy buffers: StopIterationAndBuffer)
+//!                            ─ eos ─ read ─▶ resume(Body | BodyUnavailable) ─▶ drive
+//! on_http_call_response / on_grpc_close(token) ─ token ─▶ request ─ set_effective_context
+//!                            ─▶ resume(Http | Grpc | Failed) ─▶ drive ─▶ continue_stream or local response
+//! on_delete while parked ─▶ dropped, its token forgotten, counted `waiting_abandoned`
+//! ```
+//! Host facts that shape this (Envoy 1.40; ngx_wasm_module 3bed278, read in its source):
+//! - Envoy passes the request's context id to `proxy_on_http_call_response`; ngx_wasm_module
+//!   passes the **root** context id (the filter id). So a callout is routed by its token, as
+//!   the Rust SDK does, never by the context id, and the request is made effective
+//!   (`proxy_set_effective_context`, a no-op on ngx_wasm_module) before acting on it.
+//! - Envoy calls `proxy_on_request_body` per chunk with the size buffered so far; returning
+//!   Pause on a chunk buffers it (StopIterationAndBuffer). A request whose headers carried
+//!   end_of_stream has no body callback at all.
+//! - ngx_wasm_module passes end_of_stream false on request headers, always; it reads the whole
+//!   body in nginx's content phase and calls `proxy_on_request_body` once (eos true), or not at
+//!   all when there is no body; a body spilled to a temp file cannot be read (the buffer call
+//!   finds none). Pausing in request headers waits for `proxy_continue_stream`, and the content
+//!   phase (where the body is read) never comes: so on that host the headers continue when the
+//!   filter waits for the body, and "no body" is read from the headers (no `content-length`
+//!   above 0, no `transfer-encoding`).
+//! - ngx_wasm_module has no gRPC: `proxy_grpc_call` traps the instance (NGX_WAVM_NYI). Policies
+//!   needing it are refused at configure time (`Enforcer::check_host`), and the glue never
+//!   calls it there.
+//! - A failed HTTP callout reaches the module as a response with no headers on both hosts; the
+//!   ABI does not say why. The glue calls it a timeout when the host clock has reached the
+//!   deadline, else a failed call.
+
+use std::rc::Rc;
+
+use gatewarden_policy::rollout::Role;
+use gatewarden_policy::{FilterPolicy, Header};
+
+use crate::host::{self, HostKind, Level};
+use crate::metrics;
+use crate::pipeline::{CallFailure, Callout, GrpcCallout, HttpCallout, Pending, Resumed, Step, MAX_STEPS};
+use crate::runtime::{act, fail_closed, Action, Compiled, Enforcer};
+
+/// Counters of the pipeline, defined for filters that wait (`gatewarden_<filter>_<name>`).
+pub const COUNTERS: &[&str] = &[
+    "body_too_large",
+    "body_unavailable",
+    "callout_dispatch_failed",
+    "callout_timeout",
+    "callout_failed",
+    "callout_too_large",
+    "waiting_abandoned",
+    "waiting_failed",
+];
+
+/// A request parked in the runtime's map while it waits.
+pub struct Waiting<F: Enforcer> {
+    compiled: Rc<Compiled<F>>,
+    /// Which policy of a canary decides (None: the active one, no canary).
+    role: Option<Role>,
+    steps: u8,
+    pending: Pending,
+    on: WaitingOn,
+    /// Whether the request's body has gone by (delivered to the filter, or buffered by Envoy
+    /// while a callout waited): a later `NeedBody` cannot be served.
+    body_passed: bool,
+}
+
+enum WaitingOn {
+    Body { max_bytes: usize },
+    Http { token: u32, deadline_ms: u64, max_response: usize },
+    /// `message`: what `proxy_on_grpc_receive` delivered; `too_large`: it exceeded the limit.
+    Grpc { token: u32, max_response: usize, message: Vec<u8>, too_large: bool },
+}
+
+impl<F: Enforcer> Waiting<F> {
+    /// The token of the callout it waits for.
+    pub fn token(&self) -> Option<u32> {
+        match self.on {
+            WaitingOn::Body { .. } => None,
+            WaitingOn::Http { token, .. } | WaitingOn::Grpc { token, .. } => Some(token),
+        }
+    }
+}
+
+/// Where a request is when the filter takes a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    /// Request headers; `no_body`: the request has none (a body step resolves at once).
+    Headers { no_body: bool },
+    /// The body callback, after the body was handed over.
+    Body,
+    /// A callout's answer, before the body went by.
+    Callout { body_passed: bool },
+}
+
+fn name<F: Enforcer>() -> &'static str {
+    <F::Policy as FilterPolicy>::NAME
+}
+
+fn chosen<F: Enforcer>(compiled: &Compiled<F>, role: Option<Role>) -> (&F::Policy, &F::PolicyState) {
+    match (role, &compiled.rollout) {
+        (Some(Role::Candidate), Some(r)) => (&r.rollout.candidate, &r.state),
+        _ => (&compiled.policy, &compiled.state),
+    }
+}
+
+fn header_of<F: Enforcer>(compiled: &Compiled<F>, role: Option<Role>) -> &Header {
+    chosen(compiled, role).0.header()
+}
+
+/// Runs the filter's steps until it decides or must wait. Returns what the host callback
+/// returns and, when the request waits, what to park.
+pub fn drive<F: Enforcer>(
+    compiled: Rc<Compiled<F>>,
+    role: Option<Role>,
+    first: Step,
+    steps: u8,
+    at: At,
+    all_headers: Option<&[(String, String)]>,
+) -> (Action, Option<Waiting<F>>) {
+    let filter = name::<F>();
+    let mut step = first;
+    let mut steps = steps;
+    let body_passed = match at {
+        At::Headers { no_body } => no_body,
+        At::Body => true,
+        At::Callout { body_passed } => body_passed,
+    };
+    loop {
+        if steps > MAX_STEPS {
+            metrics::tally(filter, "waiting_failed");
+            return (fail_closed(filter, &format!("the filter asked for more than {MAX_STEPS} steps"), "host_error"), None);
+        }
+        steps += 1;
+        let (pending, input) = match step {
+            Step::Done(eval) => {
+                let header = header_of(&compiled, role);
+                let action = act(filter, compiled.header_name(), header, &eval, role, all_headers);
+                return (action, None);
+            }
+            Step::Unavailable(why) => {
+                metrics::tally(filter, "waiting_failed");
+                return (fail_closed(filter, why, "host_error"), None);
+            }
+            Step::NeedBody { max_bytes, pending } => {
+                if let At::Headers { no_body: true } = at {
+                    (pending, Resumed::Body(&[]))
+                } else if body_passed {
+                    metrics::tally(filter, "waiting_failed");
+                    return (fail_closed(filter, "the filter asked for the body after it went by", "host_error"), None);
+                } else {
+                    let action = match (at, host::host_kind()) {
+                        // Why Continue on ngx_wasm_module: see the module docs (a paused request
+                        // never reaches the content phase that reads the body).
+                        (At::Headers { .. }, HostKind::NgxWasmModule) => Action::Continue,
+                        _ => Action::Pause,
+                    };
+                    let waiting = Waiting { compiled, role, steps, pending, on: WaitingOn::Body { max_bytes }, body_passed };
+                    return (action, Some(waiting));
+                }
+            }
+            Step::Call { call, pending } => match dispatch(filter, &call) {
+                Ok(on) => {
+                    let waiting = Waiting { compiled, role, steps, pending, on, body_passed };
+                    return (Action::Pause, Some(waiting));
+                }
+                Err(failure) => (pending, Resumed::Failed(failure)),
+            },
+        };
+        let (policy, state) = chosen(&compiled, role);
+        step = F::resume(policy, state, pending, input);
+    }
+}
+
+/// Starts a callout; what the request then waits on, or why it could not start.
+fn dispatch(filter: &str, call: &Callout) -> Result<WaitingOn, CallFailure> {
+    let started = match call {
+        Callout::Http(HttpCallout { upstream, headers, body, timeout, max_response_bytes }) => {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            host::dispatch_http_call_with_body(upstream, &headers, body, *timeout).map(|token| WaitingOn::Http {
+                token,
+                deadline_ms: host::now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+                max_response: *max_response_bytes,
+            })
+        }
+        // Never on ngx_wasm_module, where `proxy_grpc_call` traps: such policies are refused at
+        // configure time; this is the belt to that brace.
+        Callout::Grpc(_) if host::host_kind() == HostKind::NgxWasmModule => Err(host::HostError(host::STATUS_UNIMPLEMENTED)),
+        Callout::Grpc(GrpcCallout { upstream, service, method, metadata, message, timeout, max_response_bytes }) => {
+            let metadata: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            host::dispatch_grpc_call(upstream, service, method, &metadata, message, *timeout)
+                .map(|token| WaitingOn::Grpc { token, max_response: *max_response_bytes, message: Vec::new(), too_large: false })
+        }
+    };
+    started.map_err(|e| {
+        let target = match call {
+            Callout::Http(h) => &h.upstream,
+            Callout::Grpc(g) => &g.upstream,
+        };
+        host::log(Level::Warn, &format!("gatewarden {filter}: callout to {target:?} could not start (status {})", e.0));
+        metrics::tally(filter, "callout_dispatch_failed");
+        CallFailure::DispatchFailed
+    })
+}
+
+impl<F: Enforcer> Waiting<F> {
+    /// A body chunk while parked: `Some(Pause)` to hold it (a callout is pending, or the body
+    /// is still below the limit and not complete); `None`: take the request out and
+    /// [`on_body`] it.
+    pub fn body_chunk(&mut self, body_size: usize, end_of_stream: bool) -> Option<Action> {
+        match self.on {
+            WaitingOn::Http { .. } | WaitingOn::Grpc { .. } => {
+                if end_of_stream {
+                    self.body_passed = true;
+                }
+                Some(Action::Pause)
+            }
+            WaitingOn::Body { max_bytes } if !end_of_stream && body_size <= max_bytes => Some(Action::Pause),
+            WaitingOn::Body { .. } => None,
+        }
+    }
+}
+
+/// The body (or its end, or its overflow) arrived for a request waiting for it.
+pub fn on_body<F: Enforcer>(waiting: Waiting<F>, body_size: usize) -> (Action, Option<Waiting<F>>) {
+    let filter = name::<F>();
+    let Waiting { compiled, role, steps, pending, on, .. } = waiting;
+    let WaitingOn::Body { max_bytes } = on else {
+        return (Action::Pause, None);
+    };
+    let (policy, state) = chosen(&compiled, role);
+    let step = if body_size > max_bytes {
+        metrics::tally(filter, "body_too_large");
+        F::resume(policy, state, pending, Resumed::BodyTooLarge { seen: body_size })
+    } else {
+        match host::request_body(body_size) {
+            Ok(body) if body.len() == body_size => F::resume(policy, state, pending, Resumed::Body(&body)),
+            Ok(body) => {
+                // ngx_wasm_module: nginx spilled the body to a temp file (client_body_buffer_size).
+                host::log(
+                    Level::Warn,
+                    &format!("gatewarden {filter}: the request body ({body_size} bytes) cannot be read here ({} read); failure_mode decides", body.len()),
+                );
+                metrics::tally(filter, "body_unavailable");
+                F::resume(policy, state, pending, Resumed::BodyUnavailable)
+            }
+            Err(e) => {
+                host::log(Level::Warn, &format!("gatewarden {filter}: cannot read the request body (status {}); failure_mode decides", e.0));
+                metrics::tally(filter, "body_unavailable");
+                F::resume(policy, state, pending, Resumed::BodyUnavailable)
+            }
+        }
+    };
+    drive(compiled, role, step, steps, At::Body, None)
+}
+
+/// Makes the request `context_id` effective for the host calls that follow (a callout answer
+/// arrives on the root context on ngx_wasm_module). False when the host no longer knows it.
+fn make_effective(filter: &str, context_id: u32) -> bool {
+    match host::set_effective_context(context_id) {
+        Ok(()) => true,
+        Err(e) => {
+            host::log(Level::Info, &format!("gatewarden {filter}: request {context_id} is gone (status {}): its callout answer is dropped", e.0));
+            metrics::tally(filter, "waiting_abandoned");
+            false
+        }
+    }
+}
+
+/// An HTTP callout of request `context_id` was answered (`num_headers` 0: it failed).
+pub fn on_http_response<F: Enforcer>(context_id: u32, waiting: Waiting<F>, num_headers: usize, body_size: usize) -> Option<Waiting<F>> {
+    let filter = name::<F>();
+    if !make_effective(filter, context_id) {
+        return None;
+    }
+    let Waiting { compiled, role, steps, pending, on, body_passed } = waiting;
+    let WaitingOn::Http { deadline_ms, max_response, .. } = on else { return None };
+    let (policy, state) = chosen(&compiled, role);
+    let failed = |failure: CallFailure| {
+        metrics::tally(filter, counter_of(failure));
+        host::log(Level::Warn, &format!("gatewarden {filter}: callout {}; failure_mode decides", failure.as_str()));
+        Resumed::Failed(failure)
+    };
+    let headers;
+    let body;
+    let input = if num_headers == 0 {
+        failed(if host::now_ms() >= deadline_ms { CallFailure::Timeout } else { CallFailure::CallFailed })
+    } else if body_size > max_response {
+        failed(CallFailure::ResponseTooLarge)
+    } else {
+        match (host::http_call_response_headers(), host::http_call_response_body(body_size)) {
+            (Ok(h), Ok(b)) => {
+                headers = h;
+                body = b;
+                let status = headers.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| v.parse::<u16>().ok());
+                match status {
+                    Some(status) => Resumed::Http { status, headers: &headers, body: &body },
+                    None => failed(CallFailure::CallFailed),
+                }
+            }
+            _ => failed(CallFailure::CallFailed),
+        }
+    };
+    let step = F::resume(policy, state, pending, input);
+    finish_callout(drive(compiled, role, step, steps, At::Callout { body_passed }, None))
+}
+
+/// `proxy_on_grpc_receive`: keeps the answer's message (at most `max_response` bytes) until
+/// the call closes.
+pub fn on_grpc_message<F: Enforcer>(waiting: &mut Waiting<F>, size: usize) {
+    if let WaitingOn::Grpc { max_response, message, too_large, .. } = &mut waiting.on {
+        if size > *max_response || message.len().saturating_add(size) > *max_response {
+            *too_large = true;
+            return;
+        }
+        match host::grpc_receive_buffer(size) {
+            Ok(bytes) => message.extend_from_slice(&bytes),
+            Err(_) => *too_large = true,
+        }
+    }
+}
+
+/// A gRPC callout of request `context_id` closed with `status` (0: OK).
+pub fn on_grpc_close<F: Enforcer>(context_id: u32, waiting: Waiting<F>, status: u32) -> Option<Waiting<F>> {
+    let filter = name::<F>();
+    if !make_effective(filter, context_id) {
+        return None;
+    }
+    let Waiting { compiled, role, steps, pending, on, body_passed } = waiting;
+    let WaitingOn::Grpc { message, too_large, .. } = on else { return None };
+    let (policy, state) = chosen(&compiled, role);
+    let failure = match status {
+        _ if too_large => Some(CallFailure::ResponseTooLarge),
+        // Envoy's async client: DEADLINE_EXCEEDED on its timeout, UNAVAILABLE without a connection.
+        4 => Some(CallFailure::Timeout),
+        14 => Some(CallFailure::CallFailed),
+        _ => None,
+    };
+    let input = match failure {
+        Some(f) => {
+            metrics::tally(filter, counter_of(f));
+            host::log(Level::Warn, &format!("gatewarden {filter}: gRPC callout {} (status {status}); failure_mode decides", f.as_str()));
+            Resumed::Failed(f)
+        }
+        None if status == 0 => Resumed::Grpc { status, message: &message },
+        None => Resumed::Grpc { status, message: &[] },
+    };
+    let step = F::resume(policy, state, pending, input);
+    finish_callout(drive(compiled, role, step, steps, At::Callout { body_passed }, None))
+}
+
+/// After a callout answer: resumes the request when it was decided and let through.
+fn finish_callout<F: Enforcer>((action, waiting): (Action, Option<Waiting<F>>)) -> Option<Waiting<F>> {
+    if waiting.is_none() && action == Action::Continue {
+        if let Err(e) = host::continue_request() {
+            host::log(Level::Error, &format!("gatewarden {}: cannot resume the request (status {})", name::<F>(), e.0));
+        }
+    }
+    waiting
+}
+
+fn counter_of(failure: CallFailure) -> &'static str {
+    match failure {
+        CallFailure::DispatchFailed => "callout_dispatch_failed",
+        CallFailure::Timeout => "callout_timeout",
+        CallFailure::CallFailed => "callout_failed",
+        CallFailure::ResponseTooLarge => "callout_too_large",
+    }
+}
