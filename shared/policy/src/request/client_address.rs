@@ -18,9 +18,9 @@ use std::net::IpAddr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::cidr::{parse_address, CidrTable};
+use crate::request::cidr::{parse_address, CidrTable};
 use crate::error::{ConfigError, FieldPath};
-use crate::facts::{HeaderNeeds, RequestFacts};
+use crate::request::facts::{HeaderNeeds, RequestFacts};
 
 /// Longest XFF chain we walk; a longer header is treated as malformed.
 const MAX_XFF_ENTRIES: usize = 64;

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::error::{quote, ConfigError, FieldPath};
-use crate::facts::{HeaderNeeds, RequestFacts};
-use crate::matcher::{MatchSpec, RequestMatcher};
+use crate::request::facts::{HeaderNeeds, RequestFacts};
+use crate::request::matcher::{MatchSpec, RequestMatcher};
 
 /// What the rule list needs from a filter's rule type.
 pub trait RuleSpec {

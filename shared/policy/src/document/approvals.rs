@@ -81,7 +81,7 @@ impl TrustConfig {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
         }
-        let doc: TrustDoc = crate::document::parse_document(bytes)?;
+        let doc: TrustDoc = crate::codec::parse_json(bytes)?;
         let path = FieldPath::root().field("trusted_signers");
         if doc.trusted_signers.len() > MAX_SIGNERS {
             return Err(path.error(format!("{} signers, at most {MAX_SIGNERS}", doc.trusted_signers.len())));
@@ -199,7 +199,7 @@ pub fn signatures_of(doc: &Value) -> Result<Vec<SignatureDoc>, ConfigError> {
             // re-serialised text, which is then dropped from the message (it is not the user's).
             let text = serde_json::to_vec(v).map_err(|e| ConfigError::new("signatures", e.to_string()))?;
             let sigs: Vec<SignatureDoc> = serde_json::from_slice(&text).map_err(|e| {
-                let inner = crate::json_path::path_of_error(&text, &e);
+                let inner = crate::codec::json_path::path_of_error(&text, &e);
                 let path = if inner.is_empty() { "signatures".to_owned() } else if inner.starts_with('[') { format!("signatures{inner}") } else { format!("signatures.{inner}") };
                 let msg = e.to_string();
                 let suffix = format!(" at line {} column {}", e.line(), e.column());

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{quote, ConfigError, FieldPath};
-use crate::facts::{HeaderNeeds, RequestFacts};
+use crate::request::facts::{HeaderNeeds, RequestFacts};
 
 /// Longest regex source we accept; regex-lite matches in linear time, this bounds compile cost.
 const MAX_REGEX_LEN: usize = 1024;
