@@ -17,6 +17,8 @@
 //!    networks are listed, `country_not_allowed` otherwise).
 //! 5. Otherwise the request is allowed.
 
+#![forbid(unsafe_code)]
+
 #![cfg_attr(test, allow(clippy::type_complexity))]
 
 mod config;

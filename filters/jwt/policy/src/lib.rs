@@ -50,6 +50,8 @@
 //! `oct` keys at least as long as the hash; a token without `kid` is tried against at most 8
 //! keys of its type; `crit` headers are refused.
 
+#![forbid(unsafe_code)]
+
 pub mod b64;
 mod cache;
 mod claims;
@@ -60,6 +62,8 @@ mod extract;
 pub mod jose;
 pub mod jwk;
 mod keys;
+mod evaluate;
+mod forward;
 mod policy;
 mod reason;
 
@@ -72,5 +76,6 @@ pub use jose::Alg;
 pub use jwk::{JwksError, JwksSet, SkippedKey};
 pub use keys::{KeyLookup, NoRemoteKeys, RemoteKeys};
 pub use compile::JWKS;
-pub use policy::{JwtOutcome, JwtPolicy, RemoteJwksSource, MAX_CLAIM_HEADER_BYTES};
+pub use forward::MAX_CLAIM_HEADER_BYTES;
+pub use policy::{JwtOutcome, JwtPolicy, RemoteJwksSource};
 pub use reason::{JwtReason, TOO_MANY_HEADERS_BODY};
