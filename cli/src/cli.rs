@@ -95,10 +95,10 @@ impl ValueEnum for Filter {
     }
 }
 
-/// `--filter NAME`, for a policy without a `filter` field (or a history holding several).
+/// `--filter NAME`, for a policy without a `filter` field.
 #[derive(Debug, Clone, Copy, Default, clap::Args)]
 pub struct FilterArg {
-    /// The filter (ip_geo, jwt), when the policy has no `filter` field.
+    /// The filter, when the policy has no `filter` field.
     #[arg(long, value_name = "NAME", value_enum)]
     pub filter: Option<Filter>,
 }

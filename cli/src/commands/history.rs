@@ -1,9 +1,10 @@
 //! `gatewarden history --to DIR`: the versions applied to an ECDS directory, `*` on the one each
 //! filter serves now.
 
-use crate::cli::{FilterArg, Format};
+use crate::cli::Format;
 use crate::ecds::{Entry, History};
 use crate::error::{CliError, CmdResult};
+use crate::policy_file::Filter;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -11,8 +12,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub to: String,
     /// Only this filter's versions.
-    #[command(flatten)]
-    pub filter: FilterArg,
+    #[arg(long, value_name = "NAME", value_enum)]
+    pub filter: Option<Filter>,
     /// text: a table; json: the entries without the policy JSON, with `current`.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -23,7 +24,7 @@ pub fn run(o: &Args) -> CmdResult {
     let dir = o.to.as_str();
     let h = History::open(dir).map_err(|e| CliError::could_not_run(format!("gatewarden history: {e}")))?;
     let is_current = |e: &Entry| e.filter().ok().and_then(|f| h.current(f)).is_some_and(|c| c.version == e.version);
-    let shown: Vec<&Entry> = h.entries().iter().filter(|e| o.filter.filter.is_none_or(|f| f.name() == e.filter)).collect();
+    let shown: Vec<&Entry> = h.entries().iter().filter(|e| o.filter.is_none_or(|f| f.name() == e.filter)).collect();
     if o.format == Format::Json {
         let list: Vec<serde_json::Value> = shown
             .iter()

@@ -4,12 +4,12 @@
 
 use std::path::Path;
 
-use crate::cli::{ChangeArgs, FilterArg, ModuleArgs};
+use crate::cli::{ChangeArgs, ModuleArgs};
 use crate::commands::apply::report;
 use crate::ecds::{apply, rollback_target, History, Meta, ModuleSettings};
 use crate::error::{CliError, CmdResult, Status};
 use crate::modules::module_dir;
-use crate::policy_file::load_text;
+use crate::policy_file::{load_text, Filter};
 use crate::timefmt;
 use crate::trust::approved_vm_config;
 
@@ -24,9 +24,9 @@ pub struct Args {
     /// The history version to re-apply (`3` or `v3`); default: the one before the current.
     #[arg(long, value_name = "V", value_parser = parse_version)]
     pub version: Option<u64>,
-    /// The filter, when several were applied to the directory.
-    #[command(flatten)]
-    pub filter: FilterArg,
+    /// The filter to roll back, when several were applied to the directory.
+    #[arg(long, value_name = "NAME", value_enum)]
+    pub filter: Option<Filter>,
     #[command(flatten)]
     pub change: ChangeArgs,
     /// Module settings; default: those recorded with the version.
@@ -46,7 +46,7 @@ pub fn run(o: &Args) -> CmdResult {
     let fail = |e: String| CliError::could_not_run(format!("{ROLLBACK_REFUSED}: {e}"));
     let invalid = |e: String| CliError::failed(format!("{ROLLBACK_REFUSED}: {e}"));
     let h = History::open(dir).map_err(fail)?;
-    let target = rollback_target(&h, o.filter.filter, o.version).map_err(fail)?.clone();
+    let target = rollback_target(&h, o.filter, o.version).map_err(fail)?.clone();
     let filter = target.filter().map_err(fail)?;
     // The same validation as apply: the filter of today must still accept the old policy.
     let policy = load_text("history.json", &target.policy_json, Some(filter))
