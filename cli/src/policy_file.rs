@@ -27,11 +27,6 @@ impl Filter {
         Self::ALL.into_iter().find(|f| f.name() == name)
     }
 
-    /// [`Filter::from_name`] for a command-line value: the error quotes the unknown name.
-    pub fn parse(name: &str) -> Result<Self, String> {
-        Self::from_name(name).ok_or_else(|| format!("unknown filter {name:?}"))
-    }
-
     /// Compiles `json` as this filter's policy: the code `on_configure` runs.
     pub fn check(self, json: &[u8]) -> Result<String, ConfigError> {
         match self {

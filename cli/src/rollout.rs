@@ -1,43 +1,20 @@
-//! `gatewarden promote | abort`: end a rollout by editing the policy file.
-//!
-//! ```text
-//! gatewarden promote [--filter NAME] POLICY   the candidate becomes the policy; rollout and signatures removed
-//! gatewarden abort [--filter NAME] POLICY     rollout (and signatures) removed; the active policy stays
-//! ```
-//! Both validate the result with the filter's code before writing (atomically), keep the
-//! file's format (YAML or JSON), and drop `signatures`: the content changed, so approvers must
-//! sign again (said on stderr). Exit 0 done, 1 invalid policy or no rollout, 2 could not run.
-
-use std::process::ExitCode;
+//! Ending a rollout by editing the policy file (`gatewarden promote`, `gatewarden abort`): the
+//! result is validated with the filter's code before the file is written (atomically, in its
+//! format), and `signatures` are dropped: the content changed, so approvers must sign again.
 
 use serde_json::Value;
 
-use crate::policy_file::{load, Filter};
-use crate::sign::PolicyText;
+use crate::error::{CliError, CmdResult};
+use crate::policy_doc::PolicyText;
+use crate::policy_file::Filter;
 
-fn parse_args(args: &[String], cmd: &str) -> Result<(Option<Filter>, String), String> {
-    let mut filter = None;
-    let mut files = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--filter" => {
-                let n = it.next().ok_or("--filter needs a name")?;
-                filter = Some(Filter::parse(n)?);
-            }
-            s if s.starts_with("--") => return Err(format!("{cmd}: unknown option {s}")),
-            _ => files.push(a.clone()),
-        }
-    }
-    match files.as_slice() {
-        [f] => Ok((filter, f.clone())),
-        _ => Err(format!("{cmd} takes one policy file")),
-    }
-}
-
-fn fail(code: u8, msg: &str) -> Result<ExitCode, String> {
-    eprintln!("{msg}");
-    Ok(ExitCode::from(code))
+/// How a rollout ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The candidate becomes the policy.
+    Promote,
+    /// The rollout is dropped; the active policy stays.
+    Abort,
 }
 
 /// The document after `promote`: the candidate, keeping the active `filter` if it names none.
@@ -60,57 +37,41 @@ pub fn aborted(doc: &Value) -> Option<Value> {
     Some(d)
 }
 
-fn edit(args: &[String], cmd: &str) -> Result<ExitCode, String> {
-    let (filter, file) = parse_args(args, cmd)?;
-    let doc = match PolicyText::read(&file) {
-        Ok(d) => d,
-        Err((code, msg)) => return fail(code, &msg),
+/// Ends the rollout of the policy in `file`; exit 1 when it has none or the result is invalid.
+pub fn end(file: &str, filter: Option<Filter>, how: Ending) -> CmdResult {
+    let cmd = match how {
+        Ending::Promote => "promote",
+        Ending::Abort => "abort",
     };
-    let new = match if cmd == "promote" { promoted(&doc.value) } else { aborted(&doc.value) } {
-        Some(v) => v,
-        None => return fail(1, &format!("{file}: no rollout to {cmd} (expected rollout.candidate)")),
-    };
-    // Validate the result with the filter's code before touching the file.
-    let dir = std::env::temp_dir().join(format!("gatewarden-{cmd}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let probe = dir.join("policy.json");
-    std::fs::write(&probe, serde_json::to_string(&new).map_err(|e| e.to_string())?).map_err(|e| format!("{}: {e}", probe.display()))?;
-    let checked = load(&probe.to_string_lossy(), filter);
-    let _ = std::fs::remove_dir_all(&dir);
-    let version = match checked {
-        Ok(p) => p.policy_version,
-        Err(e) => return fail(1, &format!("{file}: not changed: the {cmd}d policy would be invalid: {e}")),
-    };
-    let had_signatures = doc.value.get("signatures").is_some_and(|s| s.as_array().is_none_or(|a| !a.is_empty()));
-    if cmd == "promote" {
-        doc.write(&new, &[], None)?;
-    } else {
-        doc.write(&new, &["rollout", "signatures"], None)?;
+    let doc = PolicyText::read(file)?;
+    let new = match how {
+        Ending::Promote => promoted(&doc.value),
+        Ending::Abort => aborted(&doc.value),
     }
-    match cmd {
-        "promote" => eprintln!("{file}: candidate {version:?} promoted to the active policy; rollout removed"),
-        _ => eprintln!("{file}: rollout aborted; the active policy {version:?} stays"),
+    .ok_or_else(|| CliError::failed(format!("{file}: no rollout to {cmd} (expected rollout.candidate)")))?;
+    // Validate the result with the filter's code before touching the file.
+    let json = serde_json::to_string(&new).map_err(|e| CliError::could_not_run(e.to_string()))?;
+    let version = crate::policy_file::load_text("policy.json", &json, filter)
+        .map(|p| p.policy_version)
+        .map_err(|e| CliError::failed(format!("{file}: not changed: the {cmd}d policy would be invalid: {e}")))?;
+    let had_signatures = doc.value.get("signatures").is_some_and(|s| s.as_array().is_none_or(|a| !a.is_empty()));
+    match how {
+        Ending::Promote => doc.write(&new, &[], None)?,
+        Ending::Abort => doc.write(&new, &["rollout", "signatures"], None)?,
+    }
+    match how {
+        Ending::Promote => eprintln!("{file}: candidate {version:?} promoted to the active policy; rollout removed"),
+        Ending::Abort => eprintln!("{file}: rollout aborted; the active policy {version:?} stays"),
     }
     if had_signatures {
         eprintln!("{file}: signatures removed: the content changed, approvers must sign it again");
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `gatewarden promote POLICY`
-pub fn promote(args: &[String]) -> Result<ExitCode, String> {
-    edit(args, "promote")
-}
-
-/// `gatewarden abort POLICY`
-pub fn abort(args: &[String]) -> Result<ExitCode, String> {
-    edit(args, "abort")
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sign::remove_top_level_yaml;
     use serde_json::json;
 
     #[test]
@@ -125,12 +86,5 @@ mod tests {
         let doc = json!({"policy_version": "v1", "signatures": [{"key_id": "a", "sig": "x"}], "rollout": {"percent": 5, "candidate": {}}});
         assert_eq!(aborted(&doc), Some(json!({"policy_version": "v1"})));
         assert_eq!(aborted(&json!({"policy_version": "v1"})), None);
-    }
-
-    #[test]
-    fn yaml_block_removal_keeps_other_lines_and_comments() {
-        let text = "# policy\npolicy_version: v1\nrollout:\n  percent: 5\n  candidate:\n    policy_version: v2\n\n# after\nsignatures:\n- key_id: a\n  sig: x\ndefault: {}\n";
-        let out = remove_top_level_yaml(&remove_top_level_yaml(text, "rollout"), "signatures");
-        assert_eq!(out, "# policy\npolicy_version: v1\n# after\ndefault: {}\n");
     }
 }

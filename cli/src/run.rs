@@ -160,6 +160,15 @@ impl FixtureSpec {
     }
 }
 
+/// A test file's or eval's `profile`: the host the Wasm host plays (default envoy).
+pub fn parse_profile(name: Option<&str>) -> Result<Profile, String> {
+    match name {
+        None | Some("envoy") => Ok(Profile::Envoy),
+        Some("kong") => Ok(Profile::Kong),
+        Some(other) => Err(format!("profile: {other:?} is not envoy or kong")),
+    }
+}
+
 /// Where and how a request runs.
 pub struct Setup<'a> {
     pub module: &'a Module,

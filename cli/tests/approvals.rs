@@ -131,7 +131,7 @@ fn sign_refuses_an_invalid_policy_and_verify_a_bad_trust_file() {
     assert!(err.contains("invalid trust settings: required_signatures: 3 signatures required but only 0 trusted signers"), "{err}");
     let (code, _, err) = run(&["verify", "--trust", s(&trust)]);
     assert_eq!(code, 2, "usage: {err}");
-    assert!(err.contains("usage:"), "{err}");
+    assert!(err.contains("Usage: gatewarden verify --trust <TRUST.json> <POLICY>"), "{err}");
 }
 
 const ROLLOUT_YAML: &str = "# the office policy\nfilter: ip_geo\npolicy_version: v1\ndefault:\n  deny: [192.0.2.0/24]\nrollout:\n  percent: 10\n  candidate:\n    policy_version: v2\n    default:\n      deny: [192.0.2.0/24, 198.51.100.0/24]\n# reviewed by ops\n";

@@ -1,6 +1,7 @@
 //! Runs the built `gatewarden` binary on temp dirs for the lifecycle commands: `test` (exit codes,
 //! diffs, JUnit XML parsed back), `eval`, `render` (the Envoy resource equals scripts/ecds.py's),
-//! `apply` / `history` / `diff` / `rollback` on an ECDS directory.
+//! `apply` / `history` / `diff` / `rollback` on an ECDS directory (a version today's filter refuses is not
+//! rolled back).
 //!
 //! `test` and `eval` run the release modules (GATEWARDEN_WASM_DIR, default
 //! target/wasm32-wasip1/release; scripts/build.sh builds them).
@@ -328,4 +329,38 @@ fn dry_run_decisions_and_the_kong_profile() {
     let (code, out, _) = run_in(&d, &["test", "--modules", &modules_arg(), "bad.test.yaml"]);
     assert_eq!(code, 2);
     assert!(out.contains("profile: \"nginx\" is not envoy or kong"), "{out}");
+}
+
+/// A history keeps versions older filter code accepted; today's code may refuse one (a check added
+/// since). Rolling back to it is refused like an invalid apply: exit 1, nothing on disk changes.
+#[test]
+fn rollback_to_a_version_todays_filter_refuses_is_refused() {
+    let d = temp_dir("rollback-refused");
+    let ecds = d.join("ecds");
+    std::fs::create_dir_all(&ecds).unwrap();
+    let to = ecds.to_str().unwrap();
+    let base = std::fs::read_to_string(root().join("examples/policies/ip_geo.yaml")).unwrap();
+    for (i, text) in [base.clone(), base.replace("[KP, IR]", "[KP, IR, RU]")].iter().enumerate() {
+        let f = d.join(format!("v{i}.yaml"));
+        std::fs::write(&f, text).unwrap();
+        let (code, _, err) = run(&["apply", f.to_str().unwrap(), "--to", to]);
+        assert_eq!(code, 0, "{err}");
+    }
+    // Version 1 as an older filter accepted it: a CIDR today's code refuses.
+    let entry_path = ecds.join(".gatewarden/history/000001.json");
+    let mut entry: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&entry_path).unwrap()).unwrap();
+    let old = entry["policy_json"].as_str().unwrap().replace("10.0.0.0/8", "10.0.0.0/33");
+    assert!(old.contains("10.0.0.0/33"), "{old}");
+    entry["policy_json"] = old.into();
+    std::fs::write(&entry_path, serde_json::to_string_pretty(&entry).unwrap()).unwrap();
+    let before = walk(&ecds);
+    for args in [&["rollback", "--to", to, "--version", "1"][..], &["rollback", "--to", to]] {
+        let (code, out, err) = run(args);
+        assert_eq!((code, out.as_str()), (1, ""), "{args:?}: {err}");
+        assert!(
+            err.starts_with("gatewarden: rollback refused, nothing changed: version 1 no longer validates: rules[0].allow[0]: invalid CIDR \"10.0.0.0/33\""),
+            "{err}"
+        );
+        assert_eq!(walk(&ecds), before, "{args:?} changed the directory");
+    }
 }

@@ -14,10 +14,11 @@
 //!   file name without `.wasm` (the default here).
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-
-use clap::{Parser, ValueEnum};
+use clap::ValueEnum;
 use gatewarden_wasm_host::{Host, Module, Profile, VmOptions};
+
+use crate::error::{CliError, CmdResult};
+use crate::hosts::nginx::check_module_name;
 
 /// ngx_wasm_module's default `max_metric_name_length`: a longer prefixed name traps at definition.
 pub const KONG_MAX_METRIC_NAME_LENGTH: usize = 256;
@@ -33,22 +34,19 @@ pub enum HostPrefix {
     Kong,
 }
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "gatewarden counters",
-    about = "Print every metric a filter module defines, one name a line, sorted by name."
-)]
-struct Args {
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Exit status: 0 printed (also when the module defines none), 2 the module could not be read or started.")]
+pub struct Args {
     /// The filter module (.wasm).
     #[arg(long, value_name = "PATH.wasm")]
-    module: PathBuf,
+    pub module: PathBuf,
     /// Print the names as a host exposes them.
     #[arg(long, value_enum, default_value_t = HostPrefix::None)]
-    host_prefix: HostPrefix,
+    pub host_prefix: HostPrefix,
     /// The module's name in nginx's `module <name> <path>` (Kong: the file name without .wasm);
     /// used by `--host-prefix kong`. Default: the file name without .wasm.
     #[arg(long, value_name = "NAME")]
-    module_name: Option<String>,
+    pub module_name: Option<String>,
 }
 
 /// The name `host` shows for metric `name` defined by module `module_name`.
@@ -66,20 +64,6 @@ pub fn default_module_name(path: &Path) -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .map(|n| n.strip_suffix(".wasm").map(str::to_string).unwrap_or(n))
         .unwrap_or_default()
-}
-
-/// ngx_wasm_module's rule for a module name (`module <name> <path>`): not empty, no space, tab
-/// or colon. We also keep out what would need quoting in nginx.conf.
-pub fn check_module_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("module name: empty".into());
-    }
-    match name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
-        Some(c) => Err(format!(
-            "module name {name:?}: character {c:?} not allowed (ngx_wasm_module refuses spaces, tabs and colons; use letters, digits, '_', '-', '.')"
-        )),
-        None => Ok(()),
-    }
 }
 
 /// The metric names `module` defines when a VM starts and a root context is created, sorted.
@@ -100,35 +84,19 @@ pub fn defined_metrics(path: &Path, profile: Profile, root_id: &str, warn: &mut 
 }
 
 /// `gatewarden counters`.
-pub fn main(args: &[String]) -> Result<ExitCode, String> {
-    let parsed = Args::try_parse_from(std::iter::once("gatewarden counters".to_string()).chain(args.iter().cloned()));
-    let o = match parsed {
-        Ok(o) => o,
-        Err(e) => {
-            // --help prints to stdout with status 0; a usage error to stderr with status 2.
-            let _ = e.print();
-            return Ok(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)));
-        }
-    };
+pub fn run(o: &Args) -> CmdResult {
     let module_name = o.module_name.clone().unwrap_or_else(|| default_module_name(&o.module));
     if o.host_prefix == HostPrefix::Kong {
-        if let Err(e) = check_module_name(&module_name) {
-            eprintln!("gatewarden counters: --module-name: {e}");
-            return Ok(ExitCode::from(2));
-        }
+        check_module_name(&module_name)
+            .map_err(|e| CliError::could_not_run(format!("gatewarden counters: --module-name: {e}")))?;
     }
     // The names a module defines do not depend on the host; the Envoy profile tolerates
     // callbacks a module does not export, which are not this command's business.
     let profile = Profile::Envoy;
     let root_id = if module_name.is_empty() { "gatewarden".to_string() } else { module_name.clone() };
     let mut warnings = Vec::new();
-    let names = match defined_metrics(&o.module, profile, &root_id, &mut |w| warnings.push(w)) {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("gatewarden counters: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    };
+    let names = defined_metrics(&o.module, profile, &root_id, &mut |w| warnings.push(w))
+        .map_err(|e| CliError::could_not_run(format!("gatewarden counters: {e}")))?;
     for w in &warnings {
         eprintln!("gatewarden counters: warning: {w}");
     }
@@ -148,7 +116,7 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     if names.is_empty() {
         eprintln!("gatewarden counters: {} defines no metrics", o.module.display());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -166,15 +134,5 @@ mod tests {
     fn module_name_is_the_file_stem() {
         assert_eq!(default_module_name(Path::new("/x/gatewarden_ip_geo.wasm")), "gatewarden_ip_geo");
         assert_eq!(default_module_name(Path::new("filter")), "filter");
-    }
-
-    #[test]
-    fn module_names_nginx_refuses_are_refused() {
-        assert!(check_module_name("gatewarden_jwt").is_ok());
-        assert_eq!(
-            check_module_name("a:b"),
-            Err("module name \"a:b\": character ':' not allowed (ngx_wasm_module refuses spaces, tabs and colons; use letters, digits, '_', '-', '.')".into())
-        );
-        assert_eq!(check_module_name(""), Err("module name: empty".into()));
     }
 }

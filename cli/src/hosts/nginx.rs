@@ -18,22 +18,23 @@ use std::path::Path;
 
 use gatewarden_policy::error::quote;
 
+use crate::error::Refusal;
 use crate::policy_file::LoadedPolicy;
 
 /// The longest parameter nginx's configuration parser accepts, as written between the quotes.
 pub const NGINX_MAX_PARAMETER: usize = 4094;
 
-/// A render the target cannot take: exit status (1: the policy or its settings cannot run on
-/// this host; 2: could not run) and the message, which names the field and quotes the value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: u8,
-    pub message: String,
-}
-
-impl Refusal {
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Refusal { code: 1, message: message.into() }
+/// ngx_wasm_module's rule for a module name (`module <name> <path>`): not empty, no space, tab
+/// or colon. We also keep out what would need quoting in nginx.conf.
+pub fn check_module_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("module name: empty".into());
+    }
+    match name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
+        Some(c) => Err(format!(
+            "module name {name:?}: character {c:?} not allowed (ngx_wasm_module refuses spaces, tabs and colons; use letters, digits, '_', '-', '.')"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -121,7 +122,7 @@ pub fn is_kong_target(target: &str) -> bool {
 /// `host:port`; Envoy to a cluster name). The message names the field and quotes the value.
 pub fn check_kong_targets(policy: &LoadedPolicy) -> Result<(), Refusal> {
     let doc: serde_json::Value =
-        serde_json::from_str(&policy.json).map_err(|e| Refusal { code: 2, message: format!("policy JSON: {e}") })?;
+        serde_json::from_str(&policy.json).map_err(|e| Refusal::could_not_run(format!("policy JSON: {e}")))?;
     for (path, target) in callout_targets(&doc) {
         if !is_kong_target(&target) {
             return Err(Refusal::invalid(format!(
@@ -197,7 +198,7 @@ fn absolute(path: &str) -> String {
 /// Renders the nginx configuration of `policy`; refuses what nginx or ngx_wasm_module would not
 /// take (callout targets that are not host:port, parameters too long for nginx).
 pub fn render(policy: &LoadedPolicy, o: &NginxOptions<'_>) -> Result<NginxConfig, Refusal> {
-    crate::counters::check_module_name(o.name).map_err(|e| Refusal { code: 2, message: format!("--vm-id: {e}") })?;
+    check_module_name(o.name).map_err(|e| Refusal::could_not_run(format!("--vm-id: {e}")))?;
     check_kong_targets(policy)?;
     let filter = policy.filter;
     let policy_arg = quoted_parameter(&policy.json, "the policy JSON")?;
@@ -345,5 +346,15 @@ mod tests {
         assert!(check_size("1048576").is_ok());
         assert_eq!(check_size("64mb"), Err("--shm-size: \"64mb\" is not an nginx size like \"64m\"".into()));
         assert!(check_size("m").is_err());
+    }
+
+    #[test]
+    fn module_names_nginx_refuses_are_refused() {
+        assert!(check_module_name("gatewarden_jwt").is_ok());
+        assert_eq!(
+            check_module_name("a:b"),
+            Err("module name \"a:b\": character ':' not allowed (ngx_wasm_module refuses spaces, tabs and colons; use letters, digits, '_', '-', '.')".into())
+        );
+        assert_eq!(check_module_name(""), Err("module name: empty".into()));
     }
 }

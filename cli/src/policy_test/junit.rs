@@ -1,7 +1,8 @@
 //! JUnit XML for CI systems: one `<testsuite>` per test file, one `<testcase>` per case, a
-//! `<failure>` holding the diff, an `<error>` for a case (or file) that could not run.
+//! `<failure>` holding the diff (`type="invalid"`: why a case that asserts nothing was refused),
+//! an `<error>` for a case (or file) that could not run.
 
-use crate::policy_test::{format_diff, FileReport, Verdict};
+use crate::policy_test::report::{format_diff, FileReport, Verdict};
 
 /// Escapes text for XML attributes and content; drops characters XML 1.0 cannot carry.
 pub fn escape(s: &str) -> String {
@@ -72,6 +73,11 @@ pub fn render(reports: &[FileReport], seconds: f64) -> String {
                         text(&format_diff(diff))
                     ));
                 }
+                Verdict::Invalid(why) => x.push_str(&format!(
+                    "{head}>\n      <failure message=\"{}\" type=\"invalid\">{}</failure>\n    </testcase>\n",
+                    escape(why),
+                    text(why)
+                )),
                 Verdict::Error(e) => x.push_str(&format!(
                     "{head}>\n      <error message=\"{}\">{}</error>\n    </testcase>\n",
                     escape(e),

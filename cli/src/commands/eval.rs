@@ -9,14 +9,14 @@
 //! Exit status: 0 evaluated (whatever the decision), 1 invalid policy, 2 could not run.
 
 use std::path::Path;
-use std::process::ExitCode;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cli::FilterArg;
+use crate::error::{CliError, CmdResult};
 use crate::modules::{module_dir, Modules};
-use crate::policy_file::{load, Filter};
-use crate::policy_test::parse_profile;
-use crate::run::{run_request, Actual, Fixture, FixtureSpec, HeaderValues, RequestSpec, Setup, TimeSpec, DEFAULT_TIME};
+use crate::policy_file::load;
+use crate::run::{parse_profile, run_request, Actual, Fixture, FixtureSpec, HeaderValues, RequestSpec, Setup, TimeSpec, DEFAULT_TIME};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,53 +59,53 @@ struct Output<'a> {
     actual: &'a Actual,
 }
 
-#[derive(Debug, Default)]
-struct Options {
-    policy: Option<String>,
-    request: Option<String>,
-    fixtures: Option<String>,
-    modules: Option<String>,
-    filter: Option<Filter>,
-    profile: Option<String>,
-    method: Option<String>,
-    path: Option<String>,
-    headers: Vec<(String, String)>,
-    peer: Option<String>,
-    body: Option<String>,
-    time: Option<String>,
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Exit status: 0 evaluated (whatever the decision), 1 invalid policy, 2 could not run.")]
+pub struct Args {
+    /// The policy file (YAML or JSON).
+    #[arg(long = "policy", value_name = "POLICY", required_unless_present = "policy_arg", conflicts_with = "policy_arg")]
+    pub policy: Option<String>,
+    /// The policy file, as an argument instead of --policy.
+    #[arg(value_name = "POLICY")]
+    pub policy_arg: Option<String>,
+    /// A request file: a request as in a test case (method, path, authority, headers, peer, body,
+    /// time), or `{request, fixtures, profile, time}`.
+    #[arg(long, value_name = "R.yaml")]
+    pub request: Option<String>,
+    /// Answer the filter's callouts with the `fixtures` of this test file (paths relative to it).
+    #[arg(long, value_name = "TESTFILE")]
+    pub fixtures: Option<String>,
+    /// Where the built modules are (default: $GATEWARDEN_WASM_DIR, else target/wasm32-wasip1/release).
+    #[arg(long, value_name = "DIR")]
+    pub modules: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArg,
+    /// The host profile the Wasm host plays: envoy or kong (default: the request file's, else envoy).
+    #[arg(long, value_name = "envoy|kong")]
+    pub profile: Option<String>,
+    /// The request method (default GET).
+    #[arg(long, value_name = "M")]
+    pub method: Option<String>,
+    /// The request path with query string (default /).
+    #[arg(long, value_name = "P")]
+    pub path: Option<String>,
+    /// A request header `name: value`; repeat for more.
+    #[arg(short = 'H', long = "header", value_name = "'name: value'", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// The client address the proxy saw: IP or IP:PORT (default 192.0.2.10:40000).
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub peer: Option<String>,
+    /// The request body.
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+    pub body: Option<String>,
+    /// The host clock: 2026-01-01T00:00:00Z or Unix seconds (default 2026-01-01T00:00:00Z).
+    #[arg(long, value_name = "T")]
+    pub time: Option<String>,
 }
 
-fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut o = Options::default();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--policy" => o.policy = Some(value()?),
-            "--request" => o.request = Some(value()?),
-            "--fixtures" => o.fixtures = Some(value()?),
-            "--modules" => o.modules = Some(value()?),
-            "--filter" => {
-                let n = value()?;
-                o.filter = Some(Filter::parse(&n)?);
-            }
-            "--profile" => o.profile = Some(value()?),
-            "--method" => o.method = Some(value()?),
-            "--path" => o.path = Some(value()?),
-            "--header" | "-H" => {
-                let h = value()?;
-                let (k, v) = h.split_once(':').ok_or_else(|| format!("--header {h:?}: expected 'name: value'"))?;
-                o.headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-            }
-            "--peer" => o.peer = Some(value()?),
-            "--body" => o.body = Some(value()?),
-            "--time" => o.time = Some(value()?),
-            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
-            other if o.policy.is_none() => o.policy = Some(other.to_string()),
-            other => return Err(format!("unexpected argument {other:?}")),
-        }
-    }
-    Ok(o)
+fn parse_header(h: &str) -> Result<(String, String), String> {
+    let (k, v) = h.split_once(':').ok_or_else(|| format!("{h:?}: expected 'name: value'"))?;
+    Ok((k.trim().to_ascii_lowercase(), v.trim().to_string()))
 }
 
 fn read_yaml<T: for<'de> Deserialize<'de>>(path: &str) -> Result<T, String> {
@@ -128,40 +128,24 @@ fn fixtures_of(path: &str) -> Result<Vec<Fixture>, String> {
 }
 
 /// `gatewarden eval`.
-pub fn main(args: &[String]) -> Result<ExitCode, String> {
-    let o = parse_args(args)?;
-    let file = o.policy.clone().ok_or("eval needs --policy FILE")?;
-    let policy = match load(&file, o.filter) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("{file}: {e}");
-            return Ok(ExitCode::from(if e.is_invalid() { 1 } else { 2 }));
-        }
-    };
-    let could_not = |e: String| {
-        eprintln!("gatewarden eval: {e}");
-        Ok(ExitCode::from(2))
-    };
+pub fn run(o: &Args) -> CmdResult {
+    let file = o.policy.clone().or_else(|| o.policy_arg.clone()).unwrap_or_default();
+    let policy = load(&file, o.filter.filter).map_err(|e| CliError::load(&file, &e))?;
+    let could_not = |e: String| CliError::could_not_run(format!("gatewarden eval: {e}"));
     let (mut request, mut fixtures, mut profile, mut time) = (RequestSpec::default(), Vec::new(), None, None);
     if let Some(r) = &o.request {
         match read_yaml::<EvalDoc>(r) {
             Ok(EvalDoc::Full(f)) => {
                 let base = Path::new(r).parent().unwrap_or(Path::new("."));
-                match f.fixtures.iter().map(|x| x.resolve(base)).collect::<Result<Vec<_>, _>>() {
-                    Ok(fx) => fixtures = fx,
-                    Err(e) => return could_not(e),
-                }
+                fixtures = f.fixtures.iter().map(|x| x.resolve(base)).collect::<Result<Vec<_>, _>>().map_err(could_not)?;
                 (request, profile, time) = (f.request, f.profile, f.time);
             }
             Ok(EvalDoc::Bare(req)) => request = req,
-            Err(e) => return could_not(format!("{e} (expected a request: method, path, headers, peer, body, time)")),
+            Err(e) => return Err(could_not(format!("{e} (expected a request: method, path, headers, peer, body, time)"))),
         }
     }
     if let Some(f) = &o.fixtures {
-        match fixtures_of(f) {
-            Ok(fx) => fixtures.extend(fx),
-            Err(e) => return could_not(e),
-        }
+        fixtures.extend(fixtures_of(f).map_err(could_not)?);
     }
     if let Some(m) = &o.method {
         request.method = m.clone();
@@ -181,20 +165,11 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
     if let Some(t) = &o.time {
         request.time = Some(TimeSpec::Text(t.clone()));
     }
-    let profile = match parse_profile(o.profile.as_deref().or(profile.as_deref())) {
-        Ok(p) => p,
-        Err(e) => return could_not(e),
-    };
+    let profile = parse_profile(o.profile.as_deref().or(profile.as_deref())).map_err(could_not)?;
     let when = request.time.as_ref().or(time.as_ref()).map(TimeSpec::secs).transpose();
-    let when = match when {
-        Ok(t) => t.unwrap_or(DEFAULT_TIME),
-        Err(e) => return could_not(format!("time: {e}")),
-    };
+    let when = when.map_err(|e| could_not(format!("time: {e}")))?.unwrap_or(DEFAULT_TIME);
     let mut modules = Modules::new(module_dir(o.modules.as_deref()));
-    let module = match modules.get(policy.filter) {
-        Ok(m) => m,
-        Err(e) => return could_not(e),
-    };
+    let module = modules.get(policy.filter).map_err(could_not)?;
     let setup = Setup {
         module: &module.module,
         filter: policy.filter,
@@ -203,10 +178,7 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
         profile,
         time: when,
     };
-    let actual = match run_request(&setup, &request) {
-        Ok(a) => a,
-        Err(e) => return could_not(e),
-    };
+    let actual = run_request(&setup, &request).map_err(could_not)?;
     let out = Output {
         decision: &actual.decision,
         status: actual.status,
@@ -218,27 +190,13 @@ pub fn main(args: &[String]) -> Result<ExitCode, String> {
         module: ModuleInfo { path: module.path.display().to_string(), sha256: &module.sha256 },
         actual: &actual,
     };
-    println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
-    Ok(ExitCode::SUCCESS)
+    println!("{}", serde_json::to_string_pretty(&out).map_err(|e| could_not(e.to_string()))?);
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn flags_build_the_request() {
-        let o = parse_args(&args(&["--policy", "p.yaml", "--method", "POST", "-H", "X-Api-Key:  k1 ", "--peer", "10.0.0.1"])).unwrap();
-        assert_eq!(o.policy.as_deref(), Some("p.yaml"));
-        assert_eq!(o.headers, vec![("x-api-key".to_string(), "k1".to_string())]);
-        assert_eq!((o.method.as_deref(), o.peer.as_deref()), (Some("POST"), Some("10.0.0.1")));
-        assert!(parse_args(&args(&["-H", "no-colon"])).unwrap_err().contains("expected 'name: value'"));
-        assert!(parse_args(&args(&["--bogus"])).unwrap_err().contains("unknown option"));
-    }
 
     #[test]
     fn a_request_file_is_a_bare_request_or_one_with_fixtures() {
@@ -247,5 +205,11 @@ mod tests {
         let full: EvalDoc = serde_norway::from_str("request: { path: /b }\nfixtures: [{ upstream: jwks, fail: true }]\nprofile: kong\n").unwrap();
         assert!(matches!(full, EvalDoc::Full(f) if f.request.path == "/b" && f.fixtures.len() == 1));
         assert!(serde_norway::from_str::<EvalDoc>("pth: /typo\n").is_err());
+    }
+
+    #[test]
+    fn headers_are_name_colon_value() {
+        assert_eq!(parse_header("X-Api-Key:  k1 "), Ok(("x-api-key".to_string(), "k1".to_string())));
+        assert!(parse_header("no-colon").unwrap_err().contains("expected 'name: value'"));
     }
 }

@@ -1,18 +1,11 @@
-//! `gatewarden diff A B`: a semantic diff of two policy versions — which rules were added,
+//! The semantic diff of two policies (the JSON the filter receives): which rules were added,
 //! removed, changed (by name) or reordered (first match wins, so order matters), and which fields
 //! changed, with their paths; lists of keys, CIDRs, countries, scopes as items added/removed.
-//!
-//! A and B are policy files (YAML/JSON), or version numbers of an apply history (`--to DIR`).
-//! Exit status like diff(1): 0 same, 1 different, 2 could not run.
 
 use std::fmt::Write as _;
-use std::process::ExitCode;
 
 use serde::Serialize;
 use serde_json::Value;
-
-use crate::apply::History;
-use crate::policy_file::{load, load_text, Filter, LoadedPolicy};
 
 /// One change at a field path (`rules[embargo].deny_countries`, `providers.idp.audiences`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -226,74 +219,6 @@ pub fn format_text(d: &PolicyDiff) -> String {
         let _ = writeln!(s, "~ rule order (first match wins): {} -> {}", a.join(", "), b.join(", "));
     }
     s
-}
-
-/// Loads one side: a policy file, or (with a history) a version number.
-fn side(arg: &str, history: Option<&History>, filter: Option<Filter>) -> Result<(String, LoadedPolicy), String> {
-    let number = arg.strip_prefix('v').unwrap_or(arg);
-    if let (Some(h), Ok(n)) = (history, number.parse::<u64>()) {
-        if !std::path::Path::new(arg).exists() {
-            let entry = h.entry(n)?;
-            let p = load_text("history.json", &entry.policy_json, Some(entry.filter()?))
-                .map_err(|e| format!("version {n}: {e}"))?;
-            return Ok((format!("version {n} ({})", entry.policy_version), p));
-        }
-    }
-    let p = load(arg, filter).map_err(|e| format!("{arg}: {e}"))?;
-    Ok((arg.to_string(), p))
-}
-
-/// `gatewarden diff`.
-pub fn main(args: &[String]) -> Result<ExitCode, String> {
-    let mut files = Vec::new();
-    let (mut to, mut json, mut filter) = (None, false, None);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--to" => to = Some(it.next().ok_or("--to needs a directory")?.clone()),
-            "--format" => match it.next().map(String::as_str) {
-                Some("json") => json = true,
-                Some("text") => json = false,
-                other => return Err(format!("--format takes text or json, got {other:?}")),
-            },
-            "--filter" => {
-                let n = it.next().ok_or("--filter needs a name")?;
-                filter = Some(Filter::parse(n)?);
-            }
-            s if s.starts_with("--") => return Err(format!("unknown option {s}")),
-            _ => files.push(a.clone()),
-        }
-    }
-    let [a, b] = files.as_slice() else { return Err("diff takes two policies (files, or versions with --to DIR)".into()) };
-    let history = to.as_deref().map(History::open).transpose();
-    let history = match history {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("gatewarden diff: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    };
-    let sides = side(a, history.as_ref(), filter).and_then(|x| side(b, history.as_ref(), filter).map(|y| (x, y)));
-    let ((name_a, pa), (name_b, pb)) = match sides {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("gatewarden diff: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    };
-    let va: Value = serde_json::from_str(&pa.json).map_err(|e| e.to_string())?;
-    let vb: Value = serde_json::from_str(&pb.json).map_err(|e| e.to_string())?;
-    let d = diff_policies(&va, &vb);
-    if json {
-        let out = serde_json::json!({"a": name_a, "b": name_b, "same": d.is_empty(), "diff": d});
-        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
-    } else if d.is_empty() {
-        println!("no difference between {name_a} and {name_b}");
-    } else {
-        println!("--- {name_a}\n+++ {name_b}");
-        print!("{}", format_text(&d));
-    }
-    Ok(ExitCode::from(u8::from(!d.is_empty())))
 }
 
 #[cfg(test)]

@@ -1,0 +1,32 @@
+//! Policy tests: test files (`file.rs`), comparing a case's outcome with its expectation
+//! (`compare.rs`), the reports of a run as text (`report.rs`) and JUnit XML (`junit.rs`). The
+//! command that runs them is `commands/test.rs`; a request runs through a module in `run.rs`.
+//!
+//!
+//! A test file (`*.test.yaml`, `*.test.yml` or `*.test.json`) names one policy and lists cases:
+//!
+//! ```yaml
+//! policy: ../policies/ip_geo.yaml      # relative to this file; validated first, as `validate` does
+//! profile: envoy                       # or kong (default envoy)
+//! time: 2026-01-01T00:00:00Z           # the host's clock (default 2026-01-01T00:00:00Z); a case may override
+//! fixtures:                            # answers to the filter's dispatch_http_call, by upstream + path
+//!   - { upstream: gatewarden_geo_db, path: /country.mmdb, file: ../fixtures/country.mmdb }
+//!   - { upstream: jwks, path: /jwks.json, status: 503 }    # or `fail: true`, or `body: "..."`
+//! cases:
+//!   - name: office network reaches /admin
+//!     request: { method: GET, path: /admin, peer: 10.1.2.3, headers: { x-forwarded-for: 10.1.2.3 },
+//!                body: "...", time: 2030-01-01T00:00:00Z }
+//!     expect:
+//!       status: 200
+//!       decision: allow                 # allow | deny | dry_run_deny | error
+//!       rule: admin-office-only
+//!       reason: ip_denied               # from the decision log line (denials)
+//!       upstream_headers: { x-user: user-1, authorization: null }   # null: not received
+//!       response_headers: { www-authenticate: 'Bearer realm="api"' }
+//!       body: '{"error":"forbidden","message":"access denied by policy"}'
+//! ```
+
+pub mod compare;
+pub mod file;
+pub mod junit;
+pub mod report;
