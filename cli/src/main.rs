@@ -10,6 +10,8 @@
 //! `policy_test/` (test files, comparison, reports, JUnit), `atomic`, `timefmt`.
 //! Validation runs exactly the code the filter runs in `on_configure`.
 
+#![forbid(unsafe_code)]
+
 mod atomic;
 mod cli;
 mod commands;

@@ -18,6 +18,8 @@
 //!
 //! The `make-test-mmdb` binary wraps the same writer for end-to-end fixtures.
 
+#![forbid(unsafe_code)]
+
 pub mod mmdb;
 
 pub use mmdb::{truncate_metadata, MmdbError, MmdbWriter, Record, RecordSize};
