@@ -97,11 +97,13 @@ def test_a_prefix_is_case_sensitive(paths_gw: BaseGateway):
         assert decision_header(r) == "allow; rule=default; version=paths-1", r.upstream_headers
 
 
-@pytest.mark.parametrize("path", ["/a/../pub", "//pub", "/%70ub", "/x/..%2fpub"])
+@pytest.mark.parametrize("path", ["/a/../pub", "//pub", "/%70ub", "/x/..%2fpub", "/admin/../pub", "/admin/..%2Fpub"])
 def test_rules_match_the_normalised_path(paths_gw: BaseGateway, path: str):
     """The filter sees the normalised path on both hosts (`path_exact: /pub` matches). What the
-    upstream receives differs: Envoy forwards the normalised path; nginx (`proxy_pass` without a
-    URI) forwards the client's request URI as sent, apart from merged slashes."""
+    upstream receives differs: Envoy forwards the normalised path, so filter and upstream judge
+    the same path; nginx (`proxy_pass` without a URI part) forwards the client's request URI as
+    sent, apart from merged slashes: `/admin/../pub` passes as /pub and reaches the upstream as
+    `/admin/../pub`, which an upstream that routes on the raw path would take for /admin."""
     gw = paths_gw
     r = gw.get(path)
     assert r.status == 200, (path, r.status, r.text)
