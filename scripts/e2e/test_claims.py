@@ -6,7 +6,7 @@ hosts; the test fails if the claim is false.
   merge_slashes, UNESCAPE_AND_FORWARD) and on Kong's engine (the filter is given nginx's normalised
   URI). A prefix is a plain, case-sensitive string: `/ADMIN` is another path.
 - `%RESPONSE_CODE_DETAILS%` in Envoy's access log is `gatewarden_<filter>_<reason>` for a denial
-  (`via_upstream` when allowed).
+  (`via_upstream` when allowed), and `%REQ(x-gatewarden-ip-geo)%` logs the decision header.
 - A request in flight keeps the policy it started with: its headers were decided under v1, v2 is
   pushed while the upstream holds it, it completes with v1's decision while a new request gets v2's.
 - A refused policy at first start: what each host answers (Envoy 1.40: its own 500, empty body,
@@ -126,7 +126,7 @@ ACCESS_LOG = """\
               path: "{path}"
               log_format:
                 text_format_source:
-                  inline_string: "%RESPONSE_CODE% %RESPONSE_CODE_DETAILS% %RESPONSE_FLAGS% %REQ(:PATH)%\\n"
+                  inline_string: "%RESPONSE_CODE% %RESPONSE_CODE_DETAILS% %RESPONSE_FLAGS% %REQ(:PATH)% [%REQ(X-GATEWARDEN-IP-GEO)%]\\n"
 """
 ANCHOR = "          stat_prefix: ingress\n"
 
@@ -134,7 +134,7 @@ ANCHOR = "          stat_prefix: ingress\n"
 @pytest.fixture
 def envoy_access_log(monkeypatch: pytest.MonkeyPatch):
     """Envoys started in this test write an access log (<workdir>/access.log: status, response
-    code details, path). The shipped bootstrap has none: the harness's rendering is wrapped to add
+    code details, response flags, path, [the ip_geo decision header]). The shipped bootstrap has none: the harness's rendering is wrapped to add
     one to the HTTP connection manager."""
     original = harness.envoyconf.render
 
@@ -183,11 +183,14 @@ def test_response_code_details_carry_the_denial_reason(envoy_access_log, start_g
         (gw.get("/open", headers={"x-forwarded-for": "203.0.113.1"}), 200),               # allowed
     ]
     assert [r.status for r, _ in sent] == [want for _, want in sent], [(r.status, r.text) for r, _ in sent]
+    # The decision header the filter set is in Envoy's own access log too (%REQ(...)%), also on
+    # a request a later filter (jwt) denied.
+    allow = "allow; rule=block; version=details-1"
     assert access_log_lines(gw, 4) == [
-        "403 gatewarden_ip_geo_ip_denied - /x",
-        "401 gatewarden_jwt_missing - /api/a",
-        "403 gatewarden_jwt_scope - /api/b",
-        "200 via_upstream - /open",
+        "403 gatewarden_ip_geo_ip_denied - /x [-]",
+        f"401 gatewarden_jwt_missing - /api/a [{allow}]",
+        f"403 gatewarden_jwt_scope - /api/b [{allow}]",
+        f"200 via_upstream - /open [{allow}]",
     ]
 
 
@@ -325,7 +328,7 @@ def test_refused_policy_at_first_start_details_on_envoy(envoy_access_log, start_
     assert r.status == 500, (r.status, r.text)
     # Empty details; response flag NFCF ("no filter config found"): Envoy answers before any
     # Wasm code runs, so the filter's own counters and body are not involved.
-    assert access_log_lines(gw, 1) == ["500  NFCF /x"]
+    assert access_log_lines(gw, 1) == ["500  NFCF /x [-]"]
     assert r.body == b"", r.body
 
 
