@@ -121,6 +121,7 @@ pub(crate) enum BufferType {
     RequestBody,
     ResponseBody,
     CallResponseBody,
+    GrpcReceive,
     VmConfiguration,
     PluginConfiguration,
 }
@@ -131,6 +132,7 @@ impl BufferType {
             0 => BufferType::RequestBody,
             1 => BufferType::ResponseBody,
             4 => BufferType::CallResponseBody,
+            5 => BufferType::GrpcReceive,
             6 => BufferType::VmConfiguration,
             7 => BufferType::PluginConfiguration,
             _ => return None,

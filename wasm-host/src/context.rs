@@ -26,7 +26,10 @@ pub(crate) struct StreamState {
     /// Kong: request headers the module removed that nginx's proxy_pass still sends upstream
     /// (ngx_wasm_module marks them deleted; proxy_pass does not look).
     pub(crate) removed_but_forwarded: Pairs,
+    /// The request body as the module sees it: on Envoy the chunks delivered so far.
     pub(crate) request_body: Vec<u8>,
+    /// Kong: nginx spilled the body to a temp file; the module cannot read it.
+    pub(crate) body_spilled: bool,
     pub(crate) request_trailers: Pairs,
     pub(crate) response_headers: Pairs,
     pub(crate) response_body: Vec<u8>,
@@ -45,7 +48,8 @@ pub(crate) struct RootState {
     pub(crate) tick_period_ms: u32,
 }
 
-/// The response of a callout, readable only during `proxy_on_http_call_response`.
+/// The response of a callout, readable only during `proxy_on_http_call_response` (or the
+/// message of a gRPC answer, during `proxy_on_grpc_receive`).
 pub(crate) struct CallResponseState {
     pub(crate) headers: Pairs,
     pub(crate) body: Vec<u8>,
@@ -129,8 +133,13 @@ impl VmCtx {
         match buffer {
             BufferType::VmConfiguration => Some(&mut self.vm_config),
             BufferType::PluginConfiguration => Some(&mut self.plugin_config),
-            BufferType::CallResponseBody => self.call_response.as_mut().map(|c| &mut c.body),
-            BufferType::RequestBody => self.stream().map(|s| &mut s.request_body),
+            BufferType::CallResponseBody | BufferType::GrpcReceive => {
+                self.call_response.as_mut().map(|c| &mut c.body)
+            }
+            BufferType::RequestBody => {
+                let stream = self.stream()?;
+                (!stream.body_spilled).then_some(&mut stream.request_body)
+            }
             BufferType::ResponseBody => {
                 let stream = self.stream()?;
                 (stream.phase >= StreamPhase::Response).then_some(&mut stream.response_body)

@@ -111,6 +111,66 @@ impl HttpCall {
     }
 }
 
+/// The answer of a gRPC service to a unary callout (`proxy_grpc_call`, Envoy profile).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GrpcResponse {
+    /// gRPC status: 0 OK; the module gets it in `proxy_on_grpc_close`.
+    pub status: u32,
+    /// The response message (delivered by `proxy_on_grpc_receive` when the status is 0).
+    pub message: Vec<u8>,
+}
+
+impl GrpcResponse {
+    /// Status 0 with this message.
+    pub fn ok(message: impl Into<Vec<u8>>) -> GrpcResponse {
+        GrpcResponse { status: 0, message: message.into() }
+    }
+
+    /// An error status, no message.
+    pub fn status(status: u32) -> GrpcResponse {
+        GrpcResponse { status, message: Vec::new() }
+    }
+}
+
+/// gRPC status Envoy's async client closes a call with on its timeout.
+pub const GRPC_DEADLINE_EXCEEDED: u32 = 4;
+/// gRPC status Envoy's async client closes a call with when the upstream cannot be reached.
+pub const GRPC_UNAVAILABLE: u32 = 14;
+
+/// A gRPC callout the module dispatched (`proxy_grpc_call`), as recorded by the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrpcCall {
+    /// The VM that made the call.
+    pub vm: usize,
+    /// The token the host returned to the module.
+    pub token: u32,
+    /// The cluster name.
+    pub upstream: String,
+    /// Service and method names.
+    pub service: String,
+    pub method: String,
+    /// Initial metadata.
+    pub metadata: Vec<(String, String)>,
+    /// The request message.
+    pub message: Vec<u8>,
+    /// The timeout the module asked for.
+    pub timeout: Duration,
+}
+
+/// How the test settles one pending callout ([`Host::settle_call`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// An HTTP answer.
+    Http(HttpResponse),
+    /// A gRPC answer.
+    Grpc(GrpcResponse),
+    /// No answer within the call's timeout: the clock moves on by the timeout, then the module
+    /// gets a failed call (HTTP: no headers; gRPC: close with DEADLINE_EXCEEDED).
+    Timeout,
+    /// Reset / refused connection (HTTP: no headers; gRPC: close with UNAVAILABLE), at once.
+    Fail,
+}
+
 /// Where a log line came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogSource {
@@ -169,6 +229,18 @@ pub(crate) struct PendingCall {
     pub(crate) context_id: u32,
 }
 
+#[derive(Clone, Debug)]
+pub(crate) struct PendingGrpc {
+    pub(crate) call: GrpcCall,
+    pub(crate) context_id: u32,
+}
+
+/// What a pending callout's module gets.
+pub(crate) enum Delivery {
+    Http(Option<HttpResponse>),
+    Grpc(GrpcResponse),
+}
+
 /// State shared by the VMs of one host, behind one lock.
 ///
 /// Lock order: a VM's lock first, then this one. Never call into wasm while holding it.
@@ -178,6 +250,11 @@ pub(crate) struct HostState {
     pub(crate) clusters: BTreeSet<String>,
     pub(crate) scripts: HashMap<(String, String), Scripted>,
     pub(crate) pending: Vec<PendingCall>,
+    pub(crate) grpc_scripts: HashMap<(String, String), GrpcResponse>,
+    pub(crate) pending_grpc: Vec<PendingGrpc>,
+    pub(crate) dispatched_grpc: Vec<GrpcCall>,
+    /// Envoy profile: the size of the request body chunks `proxy_on_request_body` gets.
+    pub(crate) body_chunk_size: usize,
     /// `(vm, root context, queue id)` to notify with `proxy_on_queue_ready`.
     pub(crate) queue_ready: Vec<(usize, u32, u32)>,
     pub(crate) dispatched: Vec<HttpCall>,
@@ -214,6 +291,10 @@ pub struct Host {
     shared: Arc<HostShared>,
 }
 
+/// The Envoy profile's default request body chunk (a request body larger than this reaches the
+/// module in several `proxy_on_request_body` calls). Kong delivers the whole body in one call.
+pub const DEFAULT_BODY_CHUNK_SIZE: usize = 1024;
+
 /// 2026-01-01T00:00:00Z: the default time of a new host, so tests never read the wall clock.
 pub const DEFAULT_TIME_UNIX_SECONDS: u64 = 1_767_225_600;
 
@@ -227,6 +308,10 @@ impl Host {
             clusters: BTreeSet::new(),
             scripts: HashMap::new(),
             pending: Vec::new(),
+            grpc_scripts: HashMap::new(),
+            pending_grpc: Vec::new(),
+            dispatched_grpc: Vec::new(),
+            body_chunk_size: DEFAULT_BODY_CHUNK_SIZE,
             queue_ready: Vec::new(),
             dispatched: Vec::new(),
             next_token: 1,
@@ -349,6 +434,79 @@ impl Host {
             .insert((upstream.to_string(), path.to_string()), Scripted::Fail);
     }
 
+    /// Envoy profile: request bodies reach the module in chunks of `size` bytes (at least 1);
+    /// the default is [`DEFAULT_BODY_CHUNK_SIZE`]. The Kong profile always delivers one.
+    pub fn set_body_chunk_size(&self, size: usize) {
+        self.shared.state().body_chunk_size = size.max(1);
+    }
+
+    /// Scripts the answer to gRPC callouts to cluster `upstream` for `service/method`
+    /// (`"*"`: any). A gRPC callout with no script closes with UNAVAILABLE.
+    pub fn script_grpc_response(&self, upstream: &str, service_method: &str, response: GrpcResponse) {
+        self.shared
+            .state()
+            .grpc_scripts
+            .insert((upstream.to_string(), service_method.to_string()), response);
+    }
+
+    /// Every gRPC callout dispatched so far, in order.
+    pub fn grpc_calls(&self) -> Vec<GrpcCall> {
+        self.shared.state().dispatched_grpc.clone()
+    }
+
+    /// Tokens of the callouts (HTTP and gRPC) dispatched and not yet settled, in dispatch order.
+    pub fn pending_tokens(&self) -> Vec<u32> {
+        let state = self.shared.state();
+        state
+            .pending
+            .iter()
+            .map(|p| p.call.token)
+            .chain(state.pending_grpc.iter().map(|p| p.call.token))
+            .collect()
+    }
+
+    /// Settles one pending callout as the test says (answer, timeout, failure), delivering the
+    /// result to the context that made it; false when no callout with `token` is pending (or its
+    /// context is gone: it is dropped, as Envoy cancels the calls of a finished stream).
+    pub fn settle_call(&self, token: u32, how: Settle) -> Result<bool> {
+        let timed_out = how == Settle::Timeout;
+        let (vm, context, delivery, timeout) = {
+            let mut state = self.shared.state();
+            if let Some(at) = state.pending.iter().position(|p| p.call.token == token) {
+                let pending = state.pending.remove(at);
+                let delivery = match how {
+                    Settle::Http(response) => Delivery::Http(Some(response)),
+                    Settle::Grpc(_) | Settle::Timeout | Settle::Fail => Delivery::Http(None),
+                };
+                (pending.call.vm, pending.context_id, delivery, pending.call.timeout)
+            } else if let Some(at) = state.pending_grpc.iter().position(|p| p.call.token == token) {
+                let pending = state.pending_grpc.remove(at);
+                let delivery = Delivery::Grpc(match how {
+                    Settle::Grpc(response) => response,
+                    Settle::Timeout => GrpcResponse::status(GRPC_DEADLINE_EXCEEDED),
+                    Settle::Http(_) | Settle::Fail => GrpcResponse::status(GRPC_UNAVAILABLE),
+                });
+                (pending.call.vm, pending.context_id, delivery, pending.call.timeout)
+            } else {
+                return Ok(false);
+            }
+        };
+        if timed_out {
+            self.advance(timeout);
+        }
+        let Some(vm) = self.live_vms().into_iter().find(|v| v.index() == vm) else {
+            return Ok(false);
+        };
+        vm.deliver(context, token, delivery)
+    }
+
+    /// Drops the pending callouts of `context` in VM `vm` (the stream ended: Envoy cancels them).
+    pub(crate) fn cancel_calls_of(&self, vm: usize, context: u32) {
+        let mut state = self.shared.state();
+        state.pending.retain(|p| !(p.call.vm == vm && p.context_id == context));
+        state.pending_grpc.retain(|p| !(p.call.vm == vm && p.context_id == context));
+    }
+
     /// Every callout dispatched so far, in order.
     pub fn http_calls(&self) -> Vec<HttpCall> {
         self.shared.state().dispatched.clone()
@@ -370,6 +528,7 @@ impl Host {
     /// A trap during delivery fails that VM; the affected request reports it.
     pub fn deliver_pending_calls(&self) -> Result<Vec<HttpCall>> {
         let pending = std::mem::take(&mut self.shared.state().pending);
+        let pending_grpc = std::mem::take(&mut self.shared.state().pending_grpc);
         let vms = self.live_vms();
         let mut delivered = Vec::new();
         for call in pending {
@@ -377,11 +536,30 @@ impl Host {
                 continue;
             };
             let response = self.scripted_response(&call.call);
-            if vm.deliver_call(call.context_id, call.call.token, response)? {
+            if vm.deliver(call.context_id, call.call.token, Delivery::Http(response))? {
                 delivered.push(call.call);
             }
         }
+        for call in pending_grpc {
+            let Some(vm) = vms.iter().find(|vm| vm.index() == call.call.vm) else {
+                continue;
+            };
+            let response = self.scripted_grpc(&call.call);
+            vm.deliver(call.context_id, call.call.token, Delivery::Grpc(response))?;
+        }
         Ok(delivered)
+    }
+
+    fn scripted_grpc(&self, call: &GrpcCall) -> GrpcResponse {
+        let state = self.shared.state();
+        let exact = (call.upstream.clone(), format!("{}/{}", call.service, call.method));
+        let any = (call.upstream.clone(), "*".to_string());
+        state
+            .grpc_scripts
+            .get(&exact)
+            .or_else(|| state.grpc_scripts.get(&any))
+            .cloned()
+            .unwrap_or_else(|| GrpcResponse::status(GRPC_UNAVAILABLE))
     }
 
     /// Delivers `proxy_on_queue_ready` for every enqueue since the last call (Envoy profile),
@@ -401,11 +579,9 @@ impl Host {
     }
 
     pub(crate) fn has_pending_calls_for(&self, vm: usize) -> bool {
-        self.shared
-            .state()
-            .pending
-            .iter()
-            .any(|pending| pending.call.vm == vm)
+        let state = self.shared.state();
+        state.pending.iter().any(|pending| pending.call.vm == vm)
+            || state.pending_grpc.iter().any(|pending| pending.call.vm == vm)
     }
 
     fn scripted_response(&self, call: &HttpCall) -> Option<HttpResponse> {

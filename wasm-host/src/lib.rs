@@ -35,8 +35,9 @@ mod vm;
 pub use abi::{LogLevel, MetricKind};
 pub use error::{Error, Result};
 pub use host::{
-    Host, HostCall, HttpCall, HttpResponse, LogLine, LogSource, Metric, Profile,
-    DEFAULT_TIME_UNIX_SECONDS,
+    GrpcCall, GrpcResponse, Host, HostCall, HttpCall, HttpResponse, LogLine, LogSource, Metric,
+    Profile, Settle, DEFAULT_BODY_CHUNK_SIZE, DEFAULT_TIME_UNIX_SECONDS, GRPC_DEADLINE_EXCEEDED,
+    GRPC_UNAVAILABLE,
 };
 pub use module::Module;
 pub use request::{

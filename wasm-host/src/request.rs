@@ -57,6 +57,12 @@ pub struct Request {
     pub properties: BTreeMap<String, Vec<u8>>,
     /// What the upstream answers if the request gets there (default: 200, no body).
     pub upstream_response: HttpResponse,
+    /// Envoy profile: the body chunk size for this request (default: the host's,
+    /// [`crate::Host::set_body_chunk_size`]).
+    pub body_chunk_size: Option<usize>,
+    /// Kong profile: nginx spilled the body to a temp file (larger than `client_body_buffer_size`):
+    /// `proxy_on_request_body` still gets its size, but the module cannot read it.
+    pub body_spilled: bool,
 }
 
 impl Request {
@@ -74,6 +80,8 @@ impl Request {
             request_id: None,
             properties: BTreeMap::new(),
             upstream_response: HttpResponse::new(200),
+            body_chunk_size: None,
+            body_spilled: false,
         }
     }
 
@@ -91,6 +99,18 @@ impl Request {
     /// Sets the body.
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Request {
         self.body = Some(body.into());
+        self
+    }
+
+    /// Envoy profile: delivers the body in chunks of `size` bytes.
+    pub fn chunked(mut self, size: usize) -> Request {
+        self.body_chunk_size = Some(size.max(1));
+        self
+    }
+
+    /// Kong profile: the body was spilled to a temp file and cannot be read by the module.
+    pub fn spilled(mut self) -> Request {
+        self.body_spilled = true;
         self
     }
 
@@ -202,6 +222,8 @@ pub enum Failure {
     NotConfigured,
     /// The module reset the stream (`proxy_close_stream`).
     Reset,
+    /// The client went away ([`RequestHandle::reset`]) before the request ended.
+    ClientGone,
 }
 
 /// How a request ended.
@@ -288,6 +310,12 @@ pub struct RequestHandle {
     waiting: Option<Phase>,
     has_body: bool,
     has_trailers: bool,
+    /// The whole request body; `body_sent` bytes of it were delivered so far.
+    full_body: Vec<u8>,
+    body_sent: usize,
+    chunk_size: usize,
+    /// Envoy: request headers returned Pause (StopIteration) and the body still flows.
+    headers_paused: bool,
     upstream_request: Option<UpstreamRequest>,
     upstream_response: HttpResponse,
     done: Option<Outcome>,
@@ -309,6 +337,16 @@ impl Vm {
             waiting: None,
             has_body: request.body.is_some(),
             has_trailers: request.trailers.is_some() && profile == Profile::Envoy,
+            full_body: request.body.clone().unwrap_or_default(),
+            body_sent: 0,
+            chunk_size: match profile {
+                Profile::Envoy => request
+                    .body_chunk_size
+                    .unwrap_or_else(|| self.host().shared().state().body_chunk_size)
+                    .max(1),
+                Profile::Kong => usize::MAX,
+            },
+            headers_paused: false,
             upstream_request: None,
             upstream_response: request.upstream_response.clone(),
             done: None,
@@ -399,7 +437,8 @@ fn new_stream(profile: Profile, root: u32, request: Request) -> StreamState {
         phase: StreamPhase::Request,
         request_headers: headers,
         removed_but_forwarded: Vec::new(),
-        request_body: request.body.unwrap_or_default(),
+        request_body: Vec::new(),
+        body_spilled: profile == Profile::Kong && request.body_spilled,
         request_trailers: request.trailers.unwrap_or_default(),
         response_headers: Vec::new(),
         response_body: Vec::new(),
@@ -508,6 +547,11 @@ impl RequestHandle {
     /// Runs the current stage's callback; sets `waiting` on Pause, advances otherwise.
     fn run_stage(&mut self, inner: &mut VmInner) {
         let context = self.context_id;
+        let profile = self.vm.profile();
+        if self.stage == Stage::RequestBody && self.has_body {
+            self.run_body_chunk(inner);
+            return;
+        }
         let (name, phase, a, b) = {
             let Some(stream) = inner.store.data().streams.get(&context) else {
                 self.stage = Stage::Complete;
@@ -515,20 +559,12 @@ impl RequestHandle {
             };
             match self.stage {
                 Stage::RequestHeaders => {
-                    let eos = !self.has_body && !self.has_trailers;
+                    // ngx_wasm_module always passes end_of_stream false on request headers.
+                    let eos = profile == Profile::Envoy && !self.has_body && !self.has_trailers;
                     (
                         "proxy_on_request_headers",
                         Phase::RequestHeaders,
                         len_u32(stream.request_headers.len()),
-                        Some(u32::from(eos)),
-                    )
-                }
-                Stage::RequestBody if self.has_body => {
-                    let eos = !self.has_trailers;
-                    (
-                        "proxy_on_request_body",
-                        Phase::RequestBody,
-                        len_u32(stream.request_body.len()),
                         Some(u32::from(eos)),
                     )
                 }
@@ -590,9 +626,76 @@ impl RequestHandle {
             {
                 self.stage = next_stage(self.stage);
             }
+            // Envoy: StopIteration on headers stops the request, not its body, which keeps
+            // arriving (and may resume the request by returning Continue).
+            Ok(Action::Pause)
+                if phase == Phase::RequestHeaders && self.has_body && profile == Profile::Envoy =>
+            {
+                self.headers_paused = true;
+                self.stage = next_stage(self.stage);
+            }
             Ok(Action::Pause) => self.waiting = Some(phase),
             Err(_trap) => {} // check_end reports it
         }
+    }
+
+    /// Delivers the next request body chunk (Envoy: `chunk_size` bytes, the size argument is
+    /// what is buffered so far; Kong: the whole body, once, end of stream set).
+    fn run_body_chunk(&mut self, inner: &mut VmInner) {
+        let context = self.context_id;
+        let end = self.body_sent.saturating_add(self.chunk_size).min(self.full_body.len());
+        let last = end == self.full_body.len();
+        let eos = last && !self.has_trailers;
+        let Some(stream) = inner.store.data_mut().streams.get_mut(&context) else {
+            self.stage = Stage::Complete;
+            return;
+        };
+        // Appended, so that what the module changed in earlier (buffered) chunks stays changed.
+        let chunk = self.full_body.get(self.body_sent..end).unwrap_or_default();
+        stream.request_body.extend_from_slice(chunk);
+        let buffered = stream.request_body.len();
+        self.body_sent = end;
+        match inner.call_action("proxy_on_request_body", context, len_u32(buffered), Some(u32::from(eos))) {
+            Ok(Action::Continue) => {
+                // Continue on data resumes a request whose headers were stopped.
+                self.headers_paused = false;
+                if last {
+                    self.stage = next_stage(self.stage);
+                }
+            }
+            // StopIterationAndBuffer: the chunk is buffered; the next one follows.
+            Ok(Action::Pause) if !last => {}
+            Ok(Action::Pause) => self.waiting = Some(Phase::RequestBody),
+            Err(_trap) => {} // check_end reports it
+        }
+    }
+
+    /// The client goes away: the stream ends now (`proxy_on_done`, `proxy_on_log`,
+    /// `proxy_on_delete`, as Envoy does on a downstream reset) and its pending callouts are
+    /// cancelled (their answers never reach the module). The outcome says `ClientGone`.
+    pub fn reset(&mut self) -> Result<Outcome> {
+        if let Some(done) = &self.done {
+            return Ok(done.clone());
+        }
+        let vm = self.vm.clone();
+        let mut inner = vm.lock();
+        let context = self.context_id;
+        let mut outcome = Outcome::failed(self.vm.profile(), Failure::ClientGone, context);
+        outcome.status = 0;
+        outcome.upstream_request = self.upstream_request.clone();
+        if inner.store.data().streams.contains_key(&context) {
+            let ended = inner
+                .call_bool("proxy_on_done", context, None)
+                .and_then(|_| inner.call_void("proxy_on_log", context, &[]))
+                .and_then(|()| inner.call_void("proxy_on_delete", context, &[]));
+            if let Err(trap) = ended {
+                outcome.failure = Some(Failure::Trap(trap));
+            }
+            inner.store.data_mut().streams.remove(&context);
+        }
+        self.vm.host().cancel_calls_of(self.vm.index(), context);
+        self.done = Some(outcome.clone());
+        Ok(outcome)
     }
 
     fn response_has_trailers(&self) -> bool {

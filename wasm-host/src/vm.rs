@@ -20,7 +20,7 @@
 use crate::abi::Action;
 use crate::context::{CallResponseState, RootState, VmCtx};
 use crate::error::{Error, Result};
-use crate::host::{Host, HttpResponse, Profile};
+use crate::host::{Delivery, Host, Profile};
 use crate::imports;
 use crate::module::Module;
 use std::collections::{BTreeMap, HashMap};
@@ -183,6 +183,33 @@ impl VmInner {
             [] => self.call(name, context),
             [a] => self.call(name, (context, a)),
             [a, b, c, d] => self.call(name, (context, a, b, c, d)),
+            _ => {
+                return Err(format!(
+                    "host bug: {name} called with {} arguments",
+                    extra.len() + 1
+                ))
+            }
+        };
+        match called {
+            Called::Returned(()) | Called::Missing => Ok(()),
+            Called::Trapped(message) => Err(message),
+        }
+    }
+
+    /// Calls a callback without result with `argument` as its context id argument while
+    /// `effective` is the context host calls act on (they differ on ngx_wasm_module, see
+    /// [`Vm::deliver`]); `Err` is the trap message.
+    pub(crate) fn call_void_on(
+        &mut self,
+        name: &str,
+        effective: u32,
+        argument: u32,
+        extra: &[u32],
+    ) -> Result<(), String> {
+        self.store.data_mut().effective = effective;
+        let called: Called<()> = match *extra {
+            [a, b] => self.call(name, (argument, a, b)),
+            [a, b, c, d] => self.call(name, (argument, a, b, c, d)),
             _ => {
                 return Err(format!(
                     "host bug: {name} called with {} arguments",
@@ -461,13 +488,15 @@ impl Vm {
             .collect()
     }
 
-    /// Delivers one callout response; false when the context is gone or the VM failed.
-    pub(crate) fn deliver_call(
-        &self,
-        context: u32,
-        token: u32,
-        response: Option<HttpResponse>,
-    ) -> Result<bool> {
+    /// Delivers one callout's result to the context that made it; false when the context is
+    /// gone or the VM failed.
+    ///
+    /// The context id passed to `proxy_on_http_call_response`: Envoy passes the context that
+    /// made the call; ngx_wasm_module passes its filter id, i.e. the **root** context, for a
+    /// request's call too (ngx_http_proxy_wasm.c, 3bed278), while the request stays the context
+    /// host calls act on. A gRPC answer (Envoy only) is `proxy_on_grpc_receive` with the message
+    /// when the status is 0, then `proxy_on_grpc_close` with the status.
+    pub(crate) fn deliver(&self, context: u32, token: u32, delivery: Delivery) -> Result<bool> {
         let mut inner = self.lock();
         let data = inner.store.data();
         if inner.failure.is_some()
@@ -475,38 +504,69 @@ impl Vm {
         {
             return Ok(false);
         }
-        let state = match response {
-            Some(response) => {
-                let mut headers = vec![(":status".to_string(), response.status.to_string())];
-                headers.extend(
-                    response
-                        .headers
-                        .into_iter()
-                        .map(|(k, v)| (k.to_ascii_lowercase(), v)),
-                );
-                CallResponseState {
-                    headers,
-                    body: response.body,
-                    trailers: response.trailers,
-                }
-            }
-            None => CallResponseState {
-                headers: Vec::new(),
-                body: Vec::new(),
-                trailers: Vec::new(),
-            },
+        let argument = match (self.profile(), data.streams.get(&context)) {
+            (Profile::Kong, Some(stream)) => stream.root,
+            _ => context,
         };
-        let counts = [
-            token,
-            len_u32(state.headers.len()),
-            len_u32(state.body.len()),
-            len_u32(state.trailers.len()),
-        ];
-        inner.store.data_mut().call_response = Some(state);
-        // A trap fails the VM; the request or the test sees it through `failure()`.
-        let _ = inner.call_void("proxy_on_http_call_response", context, &counts);
-        inner.store.data_mut().call_response = None;
+        match delivery {
+            Delivery::Http(response) => {
+                let state = match response {
+                    Some(response) => {
+                        let mut headers = vec![(":status".to_string(), response.status.to_string())];
+                        headers.extend(
+                            response
+                                .headers
+                                .into_iter()
+                                .map(|(k, v)| (k.to_ascii_lowercase(), v)),
+                        );
+                        CallResponseState {
+                            headers,
+                            body: response.body,
+                            trailers: response.trailers,
+                        }
+                    }
+                    None => CallResponseState {
+                        headers: Vec::new(),
+                        body: Vec::new(),
+                        trailers: Vec::new(),
+                    },
+                };
+                let counts = [
+                    token,
+                    len_u32(state.headers.len()),
+                    len_u32(state.body.len()),
+                    len_u32(state.trailers.len()),
+                ];
+                inner.store.data_mut().call_response = Some(state);
+                // A trap fails the VM; the request or the test sees it through `failure()`.
+                let _ = inner.call_void_on("proxy_on_http_call_response", context, argument, &counts);
+                inner.store.data_mut().call_response = None;
+            }
+            Delivery::Grpc(response) => {
+                if response.status == 0 {
+                    let size = len_u32(response.message.len());
+                    inner.store.data_mut().call_response = Some(CallResponseState {
+                        headers: Vec::new(),
+                        body: response.message,
+                        trailers: Vec::new(),
+                    });
+                    let _ = inner.call_void_on("proxy_on_grpc_receive", context, argument, &[token, size]);
+                    inner.store.data_mut().call_response = None;
+                }
+                let _ = inner.call_void_on("proxy_on_grpc_close", context, argument, &[token, response.status]);
+            }
+        }
         Ok(true)
+    }
+
+    /// Calls an export `() -> i32` of the module (a test module's probe), `None` when it is
+    /// missing or traps.
+    pub fn call_export_u32(&self, name: &str) -> Option<u32> {
+        let mut inner = self.lock();
+        match inner.call::<(), u32>(name, ()) {
+            Called::Returned(value) => Some(value),
+            Called::Missing | Called::Trapped(_) => None,
+        }
     }
 
     /// Delivers `proxy_on_queue_ready` to this VM's root `root`.

@@ -142,10 +142,17 @@ pub fn with_root<F: Enforcer, R>(root: Option<Rc<RefCell<Root<F>>>>, f: impl FnO
     Some(f(&mut guard))
 }
 
-/// Exports the Proxy-Wasm callbacks of a filter whose glue is the [`Enforcer`](crate::Enforcer) `$enforcer`.
+/// Exports the Proxy-Wasm callbacks of a filter whose glue is the [`Enforcer`](crate::Enforcer) `$enforcer`:
+/// `export_filter!(MyFilter)` for a headers-only filter, `export_filter!(MyFilter, waits)` for one
+/// with `Enforcer::WAITS` (a compile-time check keeps the two in step).
+///
+/// Why two forms: a headers-only filter's module then contains none of the waiting code (no
+/// gRPC exports, no parking), and its request path is exactly the one it had before the
+/// pipeline existed; the per-request cost is unchanged (`request_cost`, see the glue's
+/// `waiting` module docs).
 #[macro_export]
 macro_rules! export_filter {
-    ($enforcer:ty) => {
+    (@common $enforcer:ty) => {
         thread_local! {
             static GATEWARDEN_RUNTIME: ::core::cell::RefCell<$crate::abi::Runtime<$enforcer>> =
                 ::core::cell::RefCell::new(::core::default::Default::default());
@@ -200,92 +207,6 @@ macro_rules! export_filter {
             $crate::abi::with_root(root, |r| r.on_tick());
         }
 
-        /// Routed by token: a request's callout goes to that request (ngx_wasm_module passes
-        /// the root context id here, Envoy the caller's), any other to the root's filter.
-        #[no_mangle]
-        pub extern "C" fn proxy_on_http_call_response(
-            context_id: u32,
-            token: u32,
-            num_headers: usize,
-            body_size: usize,
-            _num_trailers: usize,
-        ) {
-            if <$enforcer as $crate::Enforcer>::WAITS {
-                if let Some((request, waiting)) = gatewarden_runtime(|rt| rt.unpark_token(token)).flatten() {
-                    let next = $crate::waiting::on_http_response::<$enforcer>(request, waiting, num_headers, body_size);
-                    if let Some(next) = next {
-                        gatewarden_runtime(|rt| rt.park(request, next));
-                    }
-                    return;
-                }
-            }
-            let root = gatewarden_runtime(|rt| rt.root(context_id)).flatten();
-            $crate::abi::with_root(root, |r| r.on_http_call_response(token, body_size));
-        }
-
-        #[no_mangle]
-        pub extern "C" fn proxy_on_grpc_receive(_context_id: u32, token: u32, response_size: usize) {
-            if <$enforcer as $crate::Enforcer>::WAITS {
-                gatewarden_runtime(|rt| {
-                    if let Some((_, waiting)) = rt.by_token_mut(token) {
-                        $crate::waiting::on_grpc_message::<$enforcer>(waiting, response_size);
-                    }
-                });
-            }
-        }
-
-        #[no_mangle]
-        pub extern "C" fn proxy_on_grpc_close(_context_id: u32, token: u32, status_code: u32) {
-            if <$enforcer as $crate::Enforcer>::WAITS {
-                if let Some((request, waiting)) = gatewarden_runtime(|rt| rt.unpark_token(token)).flatten() {
-                    let next = $crate::waiting::on_grpc_close::<$enforcer>(request, waiting, status_code);
-                    if let Some(next) = next {
-                        gatewarden_runtime(|rt| rt.park(request, next));
-                    }
-                }
-            }
-        }
-
-        #[no_mangle]
-        pub extern "C" fn proxy_on_request_headers(context_id: u32, _num_headers: usize, end_of_stream: bool) -> u32 {
-            if <$enforcer as $crate::Enforcer>::WAITS {
-                let compiled = gatewarden_runtime(|rt| rt.take_request_rc(context_id)).flatten();
-                let (action, waiting) = $crate::runtime::on_request_headers_waiting::<$enforcer>(compiled, end_of_stream);
-                if let Some(waiting) = waiting {
-                    gatewarden_runtime(|rt| rt.park(context_id, waiting));
-                }
-                return action as u32;
-            }
-            let compiled = gatewarden_runtime(|rt| rt.take_request(context_id)).flatten();
-            $crate::runtime::on_request_headers::<$enforcer>(compiled.as_deref()) as u32
-        }
-
-        /// A headers-only filter returns at once (ngx_wasm_module calls this unchecked, see the
-        /// module docs). A waiting filter: body chunks are held while its request waits.
-        #[no_mangle]
-        pub extern "C" fn proxy_on_request_body(context_id: u32, body_size: usize, end_of_stream: bool) -> u32 {
-            if !<$enforcer as $crate::Enforcer>::WAITS {
-                return $crate::runtime::Action::Continue as u32;
-            }
-            // A busy runtime (a re-entrant callback) holds the body: never let it pass undecided.
-            let held = gatewarden_runtime(|rt| match rt.waiting_mut(context_id) {
-                None => Some($crate::runtime::Action::Continue),
-                Some(waiting) => waiting.body_chunk(body_size, end_of_stream),
-            })
-            .unwrap_or(Some($crate::runtime::Action::Pause));
-            if let Some(action) = held {
-                return action as u32;
-            }
-            let Some(waiting) = gatewarden_runtime(|rt| rt.unpark(context_id)).flatten() else {
-                return $crate::runtime::Action::Pause as u32;
-            };
-            let (action, next) = $crate::waiting::on_body::<$enforcer>(waiting, body_size);
-            if let Some(next) = next {
-                gatewarden_runtime(|rt| rt.park(context_id, next));
-            }
-            action as u32
-        }
-
         // Callbacks a Gatewarden filter does not use, exported because ngx_wasm_module calls
         // them unchecked (see the module docs): each returns at once.
 
@@ -315,6 +236,116 @@ macro_rules! export_filter {
         #[no_mangle]
         pub extern "C" fn proxy_on_delete(context_id: u32) {
             gatewarden_runtime(|rt| rt.delete(context_id));
+        }
+    };
+    ($enforcer:ty) => {
+        const _: () = assert!(
+            !<$enforcer as $crate::Enforcer>::WAITS,
+            "a filter with Enforcer::WAITS = true is exported with export_filter!(Filter, waits)"
+        );
+        $crate::export_filter!(@common $enforcer);
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_http_call_response(
+            context_id: u32,
+            token: u32,
+            _num_headers: usize,
+            body_size: usize,
+            _num_trailers: usize,
+        ) {
+            let root = gatewarden_runtime(|rt| rt.root(context_id)).flatten();
+            $crate::abi::with_root(root, |r| r.on_http_call_response(token, body_size));
+        }
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_request_headers(context_id: u32, _num_headers: usize, _end_of_stream: bool) -> u32 {
+            let compiled = gatewarden_runtime(|rt| rt.take_request(context_id)).flatten();
+            $crate::runtime::on_request_headers::<$enforcer>(compiled.as_deref()) as u32
+        }
+
+        /// Exported because ngx_wasm_module calls it unchecked (see the module docs): returns at once.
+        #[no_mangle]
+        pub extern "C" fn proxy_on_request_body(_context_id: u32, _body_size: usize, _end_of_stream: bool) -> u32 {
+            $crate::runtime::Action::Continue as u32
+        }
+    };
+    ($enforcer:ty, waits) => {
+        const _: () = assert!(
+            <$enforcer as $crate::Enforcer>::WAITS,
+            "export_filter!(Filter, waits) is for a filter with Enforcer::WAITS = true"
+        );
+        $crate::export_filter!(@common $enforcer);
+
+        /// Routed by token: a request's callout goes to that request (ngx_wasm_module passes
+        /// the root context id here, Envoy the caller's), any other to the root's filter.
+        #[no_mangle]
+        pub extern "C" fn proxy_on_http_call_response(
+            context_id: u32,
+            token: u32,
+            num_headers: usize,
+            body_size: usize,
+            _num_trailers: usize,
+        ) {
+            if let Some((request, waiting)) = gatewarden_runtime(|rt| rt.unpark_token(token)).flatten() {
+                let next = $crate::waiting::on_http_response::<$enforcer>(request, waiting, num_headers, body_size);
+                if let Some(next) = next {
+                    gatewarden_runtime(|rt| rt.park(request, next));
+                }
+                return;
+            }
+            let root = gatewarden_runtime(|rt| rt.root(context_id)).flatten();
+            $crate::abi::with_root(root, |r| r.on_http_call_response(token, body_size));
+        }
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_grpc_receive(_context_id: u32, token: u32, response_size: usize) {
+            gatewarden_runtime(|rt| {
+                if let Some((_, waiting)) = rt.by_token_mut(token) {
+                    $crate::waiting::on_grpc_message::<$enforcer>(waiting, response_size);
+                }
+            });
+        }
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_grpc_close(_context_id: u32, token: u32, status_code: u32) {
+            if let Some((request, waiting)) = gatewarden_runtime(|rt| rt.unpark_token(token)).flatten() {
+                let next = $crate::waiting::on_grpc_close::<$enforcer>(request, waiting, status_code);
+                if let Some(next) = next {
+                    gatewarden_runtime(|rt| rt.park(request, next));
+                }
+            }
+        }
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_request_headers(context_id: u32, _num_headers: usize, end_of_stream: bool) -> u32 {
+            let compiled = gatewarden_runtime(|rt| rt.take_request_rc(context_id)).flatten();
+            let (action, waiting) = $crate::runtime::on_request_headers_waiting::<$enforcer>(compiled, end_of_stream);
+            if let Some(waiting) = waiting {
+                gatewarden_runtime(|rt| rt.park(context_id, waiting));
+            }
+            action as u32
+        }
+
+        /// Body chunks are held while the request waits; a decided request's pass.
+        #[no_mangle]
+        pub extern "C" fn proxy_on_request_body(context_id: u32, body_size: usize, end_of_stream: bool) -> u32 {
+            // A busy runtime (a re-entrant callback) holds the body: never let it pass undecided.
+            let held = gatewarden_runtime(|rt| match rt.waiting_mut(context_id) {
+                None => Some($crate::runtime::Action::Continue),
+                Some(waiting) => waiting.body_chunk(body_size, end_of_stream),
+            })
+            .unwrap_or(Some($crate::runtime::Action::Pause));
+            if let Some(action) = held {
+                return action as u32;
+            }
+            let Some(waiting) = gatewarden_runtime(|rt| rt.unpark(context_id)).flatten() else {
+                return $crate::runtime::Action::Pause as u32;
+            };
+            let (action, next) = $crate::waiting::on_body::<$enforcer>(waiting, body_size);
+            if let Some(next) = next {
+                gatewarden_runtime(|rt| rt.park(context_id, next));
+            }
+            action as u32
         }
     };
 }

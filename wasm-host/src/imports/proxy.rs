@@ -10,7 +10,7 @@ use crate::abi::{
     StreamType,
 };
 use crate::context::{Pairs, VmCtx};
-use crate::host::{HttpCall, LogSource, Metric, PendingCall, Profile};
+use crate::host::{GrpcCall, HttpCall, LogSource, Metric, PendingCall, PendingGrpc, Profile};
 use crate::request::LocalResponse;
 use std::time::{Duration, UNIX_EPOCH};
 use wasmtime::{Caller, Linker};
@@ -41,6 +41,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> 
     add_shared_data(linker)?;
     add_shared_queues(linker)?;
     add_http_call(linker)?;
+    add_grpc_call(linker)?;
     add_metrics(linker)?;
     add_unsupported(linker)?;
     Ok(())
@@ -809,6 +810,101 @@ fn add_http_call(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// ngx_wasm_module registers every gRPC import as "not yet implemented": calling one traps the
+/// instance ("host trap (function not yet implemented)", ngx_wavm_host.c, 3bed278).
+fn kong_has_no_grpc(caller: &Ctx<'_>, name: &str) -> wasmtime::Result<()> {
+    if caller.data().host.profile == Profile::Kong {
+        return Err(wasmtime::Error::msg(format!(
+            "{name}: host trap (function not yet implemented)"
+        )));
+    }
+    Ok(())
+}
+
+fn add_grpc_call(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_call",
+        |mut caller: Ctx<'_>,
+         upstream_ptr: u32,
+         upstream_len: u32,
+         service_ptr: u32,
+         service_len: u32,
+         method_ptr: u32,
+         method_len: u32,
+         metadata_ptr: u32,
+         metadata_len: u32,
+         message_ptr: u32,
+         message_len: u32,
+         timeout_ms: u32,
+         token_out: u32|
+         -> HostResult {
+            enter(&caller, "proxy_grpc_call");
+            kong_has_no_grpc(&caller, "proxy_grpc_call")?;
+            let (Some(upstream), Some(service), Some(method), Some(metadata), Some(message)) = (
+                read_string(&caller, upstream_ptr, upstream_len)?,
+                read_string(&caller, service_ptr, service_len)?,
+                read_string(&caller, method_ptr, method_len)?,
+                read(&caller, metadata_ptr, metadata_len)?,
+                read(&caller, message_ptr, message_len)?,
+            ) else {
+                return status(Status::InvalidMemoryAccess);
+            };
+            let Some(metadata) = deserialize_pairs(&metadata) else {
+                return status(Status::SerializationFailure);
+            };
+            let data = caller.data();
+            let context_id = data.effective;
+            let vm = data.index;
+            let mut state = data.host_state();
+            // Envoy: the service is a cluster name (or a serialized GrpcService naming one).
+            if !state.clusters.contains(&upstream) {
+                return status(Status::BadArgument);
+            }
+            let token = state.next_token;
+            state.next_token = state.next_token.wrapping_add(1).max(1);
+            let call = GrpcCall {
+                vm,
+                token,
+                upstream,
+                service,
+                method,
+                metadata,
+                message,
+                timeout: Duration::from_millis(u64::from(timeout_ms)),
+            };
+            state.dispatched_grpc.push(call.clone());
+            state.pending_grpc.push(PendingGrpc { call, context_id });
+            drop(state);
+            if !write_u32(&mut caller, token_out, token)? {
+                return status(Status::InvalidMemoryAccess);
+            }
+            status(Status::Ok)
+        },
+    )?;
+    for name in ["proxy_grpc_cancel", "proxy_grpc_close"] {
+        linker.func_wrap(
+            "env",
+            name,
+            move |caller: Ctx<'_>, token: u32| -> HostResult {
+                enter(&caller, name);
+                kong_has_no_grpc(&caller, name)?;
+                let vm = caller.data().index;
+                let mut state = caller.data().host_state();
+                let before = state.pending_grpc.len();
+                state
+                    .pending_grpc
+                    .retain(|p| !(p.call.vm == vm && p.call.token == token));
+                if state.pending_grpc.len() == before {
+                    return status(Status::NotFound);
+                }
+                status(Status::Ok)
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// ngx_wasm_module's callout target: `host:port`, port 1..=65535, host not empty.
 fn is_host_port(upstream: &str) -> bool {
     match upstream.rsplit_once(':') {
@@ -923,30 +1019,9 @@ fn metric_mut(metrics: &mut [Metric], id: u32) -> Option<&mut Metric> {
     metrics.get_mut((id as usize).checked_sub(1)?)
 }
 
-/// gRPC, foreign functions and `proxy_get_status` are not implemented by this host: they answer
-/// `Unimplemented` (`NotFound` for a foreign function, as Envoy does for an unknown name).
+/// gRPC streams, foreign functions and `proxy_get_status` are not implemented by this host: they
+/// answer `Unimplemented` (`NotFound` for a foreign function, as Envoy does for an unknown name).
 fn add_unsupported(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_call",
-        |caller: Ctx<'_>,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32|
-         -> HostResult {
-            enter(&caller, "proxy_grpc_call");
-            status(Status::Unimplemented)
-        },
-    )?;
     linker.func_wrap(
         "env",
         "proxy_grpc_stream",
@@ -962,6 +1037,7 @@ fn add_unsupported(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
          _: u32|
          -> HostResult {
             enter(&caller, "proxy_grpc_stream");
+            kong_has_no_grpc(&caller, "proxy_grpc_stream")?;
             status(Status::Unimplemented)
         },
     )?;
@@ -970,22 +1046,7 @@ fn add_unsupported(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
         "proxy_grpc_send",
         |caller: Ctx<'_>, _: u32, _: u32, _: u32, _: u32| -> HostResult {
             enter(&caller, "proxy_grpc_send");
-            status(Status::Unimplemented)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_cancel",
-        |caller: Ctx<'_>, _: u32| -> HostResult {
-            enter(&caller, "proxy_grpc_cancel");
-            status(Status::Unimplemented)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_close",
-        |caller: Ctx<'_>, _: u32| -> HostResult {
-            enter(&caller, "proxy_grpc_close");
+            kong_has_no_grpc(&caller, "proxy_grpc_send")?;
             status(Status::Unimplemented)
         },
     )?;
