@@ -9,6 +9,8 @@
 //!   (Kong's engine on timeout) or with Envoy's own 504 is a failed fetch, retried after
 //!   `retry_seconds` (sooner when a request needs the missing key set, at most once per
 //!   `unknown_kid_refetch_seconds`). scripts/e2e/test_claims.py times a real fetch out on both hosts.
+//! - at most 4 different tokens per request and provider (a 5th is `multiple_tokens`), token
+//!   values are not percent-decoded, requirements nest up to 8 deep.
 //!
 //! Tokens are EdDSA (Ed25519), signed here with keys from fixed seeds, so the test needs no
 //! fixture files; claims: iss https://idp.example.com, aud api, sub user-1.
@@ -483,4 +485,91 @@ fn timeout_ms_is_the_callout_timeout_and_no_response_is_a_failed_fetch() {
     let _vm = self::vm(&host, &remote(json!({})));
     _vm.tick().unwrap();
     assert_eq!(host.http_calls()[0].timeout, Duration::from_millis(5000));
+}
+
+#[test]
+fn more_than_4_different_tokens_are_refused_as_multiple_tokens() {
+    let host = host();
+    let mut vm = vm(
+        &host,
+        &policy(json!({"local_jwks": {"keys": [jwk(0, None)]}})),
+    );
+    let own = token(0, None, &claims());
+    // Tokens of other issuers are not the provider's (two providers may share a header), but
+    // each is a different token found: at most 4 are looked at.
+    let foreign = |i: usize| {
+        let mut c = claims();
+        c["iss"] = json!(format!("https://other-{i}.example.com"));
+        token(1, None, &c)
+    };
+    let send_all = |vm: &mut Vm, tokens: &[String]| {
+        let mut r = Request::get("/api").source("10.0.0.1:5000");
+        for t in tokens {
+            r = r.header("authorization", &format!("Bearer {t}"));
+        }
+        vm.http_request(r).unwrap()
+    };
+    let four: Vec<String> = std::iter::once(own.clone())
+        .chain((0..3).map(foreign))
+        .collect();
+    let out = send_all(&mut vm, &four);
+    assert_eq!(
+        out.status, 200,
+        "4 different tokens, one the provider's: {out:?}"
+    );
+    let five: Vec<String> = std::iter::once(own.clone())
+        .chain((0..4).map(foreign))
+        .collect();
+    let out = send_all(&mut vm, &five);
+    assert_refused(&host, &out, "multiple_tokens", "a 5th different token");
+    // The same token five times is one token.
+    let out = send_all(&mut vm, &vec![own; 5]);
+    assert_eq!(out.status, 200, "{out:?}");
+}
+
+#[test]
+fn token_values_are_not_percent_decoded() {
+    let host = host();
+    let mut p = policy(json!({"local_jwks": {"keys": [jwk(0, None)]}}));
+    p["providers"]["idp"]["from_params"] = json!(["access_token"]);
+    let mut vm = vm(&host, &p);
+    let t = token(0, None, &claims());
+    let get = |vm: &mut Vm, query: &str| {
+        vm.http_request(Request::get(&format!("/api?access_token={query}")).source("10.0.0.1:5000"))
+            .unwrap()
+    };
+    assert_eq!(get(&mut vm, &t).status, 200);
+    // The same token with its first dot escaped: read as it is, not decoded.
+    let escaped = t.replacen('.', "%2E", 1);
+    assert_refused(
+        &host,
+        &get(&mut vm, &escaped),
+        "malformed",
+        "an escaped token",
+    );
+}
+
+#[test]
+fn requirements_nest_up_to_8_deep() {
+    let nested = |depth: usize| {
+        (0..depth).fold(
+            json!({"provider": "idp"}),
+            |inner, _| json!({"requires_all": [inner]}),
+        )
+    };
+    let with_requirement = |req: Value| {
+        let mut p = policy(json!({"local_jwks": {"keys": [jwk(0, None)]}}));
+        p["default"] = json!({"requires": req});
+        p
+    };
+    let host = host();
+    let mut vm = vm(&host, &with_requirement(nested(8)));
+    assert_eq!(send(&mut vm, &token(0, None, &claims())).status, 200);
+    let (_vm, accepted) = load(&host, &with_requirement(nested(9)));
+    assert!(!accepted, "9 levels are refused");
+    assert!(
+        logged(&host, "requirements nested deeper than 8"),
+        "{:#?}",
+        host.logs()
+    );
 }
