@@ -519,3 +519,24 @@ def test_rollback_to_a_version_that_no_longer_validates_is_refused(start_gateway
     assert r2.status == 403, "r.2 still enforced"
     # docs/cli.md: exit 1 for a policy the filter refuses ("invalid"), 2 for "could not run".
     assert r.returncode == 1, f"exit {r.returncode}: {r.stderr}"
+
+
+# --------------------------------------------------------------------------------------------
+# `gatewarden geo-lookup` (docs/filters/ip-geo.md)
+
+def test_geo_lookup_prints_the_country_of_each_address(mmdb, geo_db: Path):
+    """`gatewarden geo-lookup DB.mmdb IP...`: one `address<TAB>country` line per address
+    (`unknown` when the database has none; IPv4-mapped IPv6 counts as IPv4), with a test database
+    and the free default one; an unreadable database or a non-address exits 2."""
+    db = mmdb("lookup", "203.0.113.0/24=KP", "2001:db8::/32=IR")
+    r = cli("geo-lookup", str(db), "203.0.113.9", "::ffff:203.0.113.9", "2001:db8::1", "198.51.100.1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["203.0.113.9\tKP", "::ffff:203.0.113.9\tKP", "2001:db8::1\tIR",
+                                     "198.51.100.1\tunknown"], r.stdout
+    r = cli("geo-lookup", str(geo_db), "1.1.1.1", "8.8.8.8", "10.0.0.1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["1.1.1.1\tAU", "8.8.8.8\tUS", "10.0.0.1\tunknown"], r.stdout
+    r = cli("geo-lookup", str(db), "not-an-address")
+    assert r.returncode == 2 and 'not an address: "not-an-address"' in r.stderr, (r.returncode, r.stderr)
+    r = cli("geo-lookup", str(db.with_name("missing.mmdb")), "1.1.1.1")
+    assert r.returncode == 2 and "cannot read" in r.stderr, (r.returncode, r.stderr)
