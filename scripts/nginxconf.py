@@ -15,11 +15,21 @@ README). What it writes:
         server {                                             # 127.0.0.1:<port> (and [::1]:<port6>)
             location / {                                     # one location per route
                 proxy_wasm gatewarden_ip_geo '<policy JSON>';    # the chain, in Envoy's order
-                proxy_pass http://gatewarden_upstream;
+                proxy_pass http://gatewarden_upstream/;          # URI part: the location's path
             }
         }
         server { ... }                                       # optional loopback admin server
     }
+
+`proxy_pass` carries a URI part, the location's own path (`location /api { ... proxy_pass
+http://gatewarden_upstream/api; }`), so the upstream receives nginx's normalised URI, the one the
+filter judged: nginx replaces the part of the normalised URI that matched the location with that
+URI part (here the same text) and appends the query string as the client sent it. Without a URI
+part nginx would forward the request URI as the client sent it (`/admin/../pub` is judged as /pub
+and reaches the upstream as `/admin/../pub`). Seen on nginx 1.27.4: dot segments are resolved,
+slashes merged, every percent-escape decoded (`%2F` too) and space, `#`, `%`, `?`, control and
+non-ASCII bytes encoded again (scripts/e2e/test_claims.py pins it). A regex or named location
+cannot take a URI part, so a route cannot be one.
 
 The module directive's third argument reaches `proxy_on_vm_start` (Envoy's `vm_config.configuration`:
 the trust settings of approvals); the `proxy_wasm` argument is the plugin configuration (the policy).
@@ -68,6 +78,16 @@ class Route:
     [(filter name, policy)] in order; an empty chain proxies without any filter."""
     prefix: str
     chain: Sequence[tuple[str, Any]]
+
+    def path(self) -> str:
+        """The location's path, which is also the URI part of its `proxy_pass` (see the module
+        docs): `/api` for `location /api`, `= /exact` or `^~ /api`."""
+        modifier, _, path = self.prefix.rpartition(" ")
+        if modifier.strip() not in ("", "=", "^~") or not path.startswith("/"):
+            raise ValueError(f"route {self.prefix!r}: a prefix (`/p`, `^~ /p`) or exact (`= /p`) location "
+                             "is needed: a regex or named location cannot give proxy_pass a URI part, and "
+                             "without one nginx forwards the client's URI unnormalised")
+        return path
 
 
 @dataclass
@@ -150,7 +170,8 @@ def render(cfg: Config) -> str:
             if filter_name not in cfg.modules:
                 raise ValueError(f"route {route.prefix}: filter {filter_name!r} has no module")
             w(f"            proxy_wasm {module_name(filter_name)} {quote(policy_text(policy))};")
-        w(f"            proxy_pass http://gatewarden_upstream;")
+        # The URI part makes nginx forward the normalised URI (module docs).
+        w(f"            proxy_pass http://gatewarden_upstream{route.path()};")
         w("            proxy_http_version 1.1;")
         w('            proxy_set_header Connection "";')
         w("        }")
