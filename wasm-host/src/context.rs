@@ -40,6 +40,8 @@ pub(crate) struct StreamState {
     pub(crate) continue_request: bool,
     pub(crate) continue_response: bool,
     pub(crate) reset: bool,
+    /// The request headers went on to the upstream (Continue on request headers, or resumed).
+    pub(crate) request_headers_sent: bool,
 }
 
 /// One root context.
@@ -101,6 +103,21 @@ impl VmCtx {
             return Some(self.effective);
         }
         self.streams.get(&self.effective).map(|stream| stream.root)
+    }
+
+    /// The map `map` of the effective context for a change, `None` where it cannot be changed:
+    /// Envoy's request headers once the module let them go on (Continue on request headers:
+    /// Envoy forgets its pointer to them, and a change answers BadArgument). Reading them stays
+    /// possible here (Envoy refuses that too outside the headers and log callbacks; this host
+    /// does not model it).
+    pub(crate) fn writable_map_mut(&mut self, map: MapType) -> Option<&mut Pairs> {
+        if map == MapType::RequestHeaders
+            && self.host.profile == crate::host::Profile::Envoy
+            && self.stream().is_some_and(|s| s.request_headers_sent)
+        {
+            return None;
+        }
+        self.map_mut(map)
     }
 
     /// The map `map` of the effective context, `None` where it does not exist.

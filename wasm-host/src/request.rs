@@ -314,8 +314,6 @@ pub struct RequestHandle {
     full_body: Vec<u8>,
     body_sent: usize,
     chunk_size: usize,
-    /// Envoy: request headers returned Pause (StopIteration) and the body still flows.
-    headers_paused: bool,
     upstream_request: Option<UpstreamRequest>,
     upstream_response: HttpResponse,
     done: Option<Outcome>,
@@ -346,7 +344,6 @@ impl Vm {
                     .max(1),
                 Profile::Kong => usize::MAX,
             },
-            headers_paused: false,
             upstream_request: None,
             upstream_response: request.upstream_response.clone(),
             done: None,
@@ -448,6 +445,7 @@ fn new_stream(profile: Profile, root: u32, request: Request) -> StreamState {
         continue_request: false,
         continue_response: false,
         reset: false,
+        request_headers_sent: false,
     }
 }
 
@@ -508,6 +506,9 @@ impl RequestHandle {
                 };
                 if !resumed {
                     return Ok(Progress::Paused(phase));
+                }
+                if phase == Phase::RequestHeaders {
+                    mark_request_headers_sent(&mut inner, self.context_id);
                 }
                 self.waiting = None;
                 self.stage = next_stage(self.stage);
@@ -618,7 +619,12 @@ impl RequestHandle {
             }
         };
         match inner.call_action(name, context, a, b) {
-            Ok(Action::Continue) => self.stage = next_stage(self.stage),
+            Ok(Action::Continue) => {
+                if phase == Phase::RequestHeaders {
+                    mark_request_headers_sent(inner, context);
+                }
+                self.stage = next_stage(self.stage);
+            }
             // Pause on a chunk that is not the last only buffers (Envoy's StopIterationAndBuffer):
             // the next phase still runs.
             Ok(Action::Pause)
@@ -626,14 +632,9 @@ impl RequestHandle {
             {
                 self.stage = next_stage(self.stage);
             }
-            // Envoy: StopIteration on headers stops the request, not its body, which keeps
-            // arriving (and may resume the request by returning Continue).
-            Ok(Action::Pause)
-                if phase == Phase::RequestHeaders && self.has_body && profile == Profile::Envoy =>
-            {
-                self.headers_paused = true;
-                self.stage = next_stage(self.stage);
-            }
+            // Pause on request headers stops the body too, on both hosts: proxy-wasm-cpp-host
+            // turns StopIteration into StopAllIterationAndWatermark (Envoy), and ngx_wasm_module
+            // waits for proxy_continue_stream before the content phase that reads the body.
             Ok(Action::Pause) => self.waiting = Some(phase),
             Err(_trap) => {} // check_end reports it
         }
@@ -657,8 +658,6 @@ impl RequestHandle {
         self.body_sent = end;
         match inner.call_action("proxy_on_request_body", context, len_u32(buffered), Some(u32::from(eos))) {
             Ok(Action::Continue) => {
-                // Continue on data resumes a request whose headers were stopped.
-                self.headers_paused = false;
                 if last {
                     self.stage = next_stage(self.stage);
                 }
@@ -781,6 +780,12 @@ impl RequestHandle {
         }
         inner.store.data_mut().streams.remove(&context);
         Some(outcome)
+    }
+}
+
+fn mark_request_headers_sent(inner: &mut VmInner, context: u32) {
+    if let Some(stream) = inner.store.data_mut().streams.get_mut(&context) {
+        stream.request_headers_sent = true;
     }
 }
 

@@ -495,7 +495,8 @@ impl Vm {
     /// made the call; ngx_wasm_module passes its filter id, i.e. the **root** context, for a
     /// request's call too (ngx_http_proxy_wasm.c, 3bed278), while the request stays the context
     /// host calls act on. A gRPC answer (Envoy only) is `proxy_on_grpc_receive` with the message
-    /// when the status is 0, then `proxy_on_grpc_close` with the status.
+    /// when the status is 0 (no close follows, as in Envoy's wasm context for a unary call),
+    /// else `proxy_on_grpc_close` with the status.
     pub(crate) fn deliver(&self, context: u32, token: u32, delivery: Delivery) -> Result<bool> {
         let mut inner = self.lock();
         let data = inner.store.data();
@@ -542,17 +543,19 @@ impl Vm {
                 let _ = inner.call_void_on("proxy_on_http_call_response", context, argument, &counts);
                 inner.store.data_mut().call_response = None;
             }
+            // A unary call (Envoy's wasm context): success is one receive, no close after it;
+            // a failure is one close with the status.
+            Delivery::Grpc(response) if response.status == 0 => {
+                let size = len_u32(response.message.len());
+                inner.store.data_mut().call_response = Some(CallResponseState {
+                    headers: Vec::new(),
+                    body: response.message,
+                    trailers: Vec::new(),
+                });
+                let _ = inner.call_void_on("proxy_on_grpc_receive", context, argument, &[token, size]);
+                inner.store.data_mut().call_response = None;
+            }
             Delivery::Grpc(response) => {
-                if response.status == 0 {
-                    let size = len_u32(response.message.len());
-                    inner.store.data_mut().call_response = Some(CallResponseState {
-                        headers: Vec::new(),
-                        body: response.message,
-                        trailers: Vec::new(),
-                    });
-                    let _ = inner.call_void_on("proxy_on_grpc_receive", context, argument, &[token, size]);
-                    inner.store.data_mut().call_response = None;
-                }
                 let _ = inner.call_void_on("proxy_on_grpc_close", context, argument, &[token, response.status]);
             }
         }

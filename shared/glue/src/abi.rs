@@ -84,12 +84,6 @@ impl<F: Enforcer> Runtime<F> {
         Some(waiting)
     }
 
-    /// The request waiting for callout `token`, and its context id.
-    pub fn by_token_mut(&mut self, token: u32) -> Option<(u32, &mut Waiting<F>)> {
-        let context_id = *self.callouts.get(&token)?;
-        self.waiting.get_mut(&context_id).map(|w| (context_id, w))
-    }
-
     /// Takes out the request waiting for callout `token`, with its context id.
     pub fn unpark_token(&mut self, token: u32) -> Option<(u32, Waiting<F>)> {
         let context_id = self.callouts.remove(&token)?;
@@ -299,17 +293,18 @@ macro_rules! export_filter {
 
         #[no_mangle]
         pub extern "C" fn proxy_on_grpc_receive(_context_id: u32, token: u32, response_size: usize) {
-            gatewarden_runtime(|rt| {
-                if let Some((_, waiting)) = rt.by_token_mut(token) {
-                    $crate::waiting::on_grpc_message::<$enforcer>(waiting, response_size);
+            if let Some((request, waiting)) = gatewarden_runtime(|rt| rt.unpark_token(token)).flatten() {
+                let next = $crate::waiting::on_grpc_answer::<$enforcer>(request, waiting, response_size, None);
+                if let Some(next) = next {
+                    gatewarden_runtime(|rt| rt.park(request, next));
                 }
-            });
+            }
         }
 
         #[no_mangle]
         pub extern "C" fn proxy_on_grpc_close(_context_id: u32, token: u32, status_code: u32) {
             if let Some((request, waiting)) = gatewarden_runtime(|rt| rt.unpark_token(token)).flatten() {
-                let next = $crate::waiting::on_grpc_close::<$enforcer>(request, waiting, status_code);
+                let next = $crate::waiting::on_grpc_answer::<$enforcer>(request, waiting, 0, Some(status_code));
                 if let Some(next) = next {
                     gatewarden_runtime(|rt| rt.park(request, next));
                 }

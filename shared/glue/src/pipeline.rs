@@ -31,6 +31,11 @@ use crate::runtime::Evaluation;
 pub const MAX_STEPS: u8 = 8;
 
 /// What a filter does next for one request.
+///
+/// A decision made after [`Step::NeedBody`] cannot change request headers: the headers went on
+/// so that the body could come (Envoy runs the body callback only for a request whose headers
+/// continued). Its `remove_headers`/`set_headers` must be empty (else the glue fails the request
+/// closed) and no decision header is sent; the decision log line and counters are as usual.
 pub enum Step {
     /// Decided: act on it (allow, deny, dry-run deny).
     Done(Evaluation),
@@ -122,10 +127,10 @@ pub enum Resumed<'a> {
 pub enum CallFailure {
     /// The host refused to start it (unknown cluster, bad target, no gRPC on this host).
     DispatchFailed,
-    /// No answer within the timeout (HTTP: the failure arrived at or after the deadline by the
-    /// host clock; gRPC: status DEADLINE_EXCEEDED).
+    /// No answer within the timeout: a failure (HTTP: no headers, or Envoy's 504; gRPC:
+    /// UNAVAILABLE or DEADLINE_EXCEEDED) that arrived at the deadline by the host clock.
     Timeout,
-    /// Reset, refused connection, no `:status` before the deadline; gRPC: UNAVAILABLE.
+    /// Reset, refused connection, no `:status`, before the deadline; gRPC: UNAVAILABLE before it.
     CallFailed,
     /// The answer was larger than `max_response_bytes`.
     ResponseTooLarge,

@@ -2,12 +2,12 @@
 //!
 //! ```text
 //! on_request_headers ─ F::start ─▶ drive ─ Done ──────────────▶ act (Continue / local response)
-//!                                       ─ NeedBody ────────────▶ park Body   (Envoy: Pause, Kong: Continue)
+//!                                       ─ NeedBody ────────────▶ park Body   (Continue: the body comes)
 //!                                       ─ Call ─ dispatch ─────▶ park Callout(token) (Pause)
 //! on_request_body(size, eos) ─ size > max ─▶ resume(BodyTooLarge) ─▶ drive
 //!                            ─ !eos ───────▶ Pause (Envoy buffers: StopIterationAndBuffer)
 //!                            ─ eos ─ read ─▶ resume(Body | BodyUnavailable) ─▶ drive
-//! on_http_call_response / on_grpc_close(token) ─ token ─▶ request ─ set_effective_context
+//! on_http_call_response / on_grpc_receive / on_grpc_close(token) ─ token ─▶ request ─ set_effective_context
 //!                            ─▶ resume(Http | Grpc | Failed) ─▶ drive ─▶ continue_stream or local response
 //! on_delete while parked ─▶ dropped, its token forgotten, counted `waiting_abandoned`
 //! ```
@@ -16,22 +16,34 @@
 //!   passes the **root** context id (the filter id). So a callout is routed by its token, as
 //!   the Rust SDK does, never by the context id, and the request is made effective
 //!   (`proxy_set_effective_context`, a no-op on ngx_wasm_module) before acting on it.
+//! - Pausing in request headers pauses the body too, on both hosts: proxy-wasm-cpp-host turns
+//!   a header StopIteration into StopAllIterationAndWatermark (Envoy: no body callback until
+//!   `proxy_continue_stream`), and ngx_wasm_module waits for `proxy_continue_stream` before
+//!   nginx's content phase, where it reads the body. So a request that waits for its body lets
+//!   its headers go on (Continue) and holds the body instead. On Envoy the router then starts the
+//!   upstream request with the headers; the body is held until the decision, and a denial's
+//!   local response resets that upstream request before any body byte reached it. For the same
+//!   reason a decision made after the body changes no request header (Envoy answers BadArgument
+//!   once the headers went on): the glue fails such a decision closed and sends no decision
+//!   header, on both hosts alike.
 //! - Envoy calls `proxy_on_request_body` per chunk with the size buffered so far; returning
 //!   Pause on a chunk buffers it (StopIterationAndBuffer). A request whose headers carried
 //!   end_of_stream has no body callback at all.
 //! - ngx_wasm_module passes end_of_stream false on request headers, always; it reads the whole
 //!   body in nginx's content phase and calls `proxy_on_request_body` once (eos true), or not at
 //!   all when there is no body; a body spilled to a temp file cannot be read (the buffer call
-//!   finds none). Pausing in request headers waits for `proxy_continue_stream`, and the content
-//!   phase (where the body is read) never comes: so on that host the headers continue when the
-//!   filter waits for the body, and "no body" is read from the headers (no `content-length`
-//!   above 0, no `transfer-encoding`).
+//!   finds none). So there "no body" is read from the headers (no `content-length` above 0, no
+//!   `transfer-encoding`).
 //! - ngx_wasm_module has no gRPC: `proxy_grpc_call` traps the instance (NGX_WAVM_NYI). Policies
 //!   needing it are refused at configure time (`Enforcer::check_host`), and the glue never
 //!   calls it there.
-//! - A failed HTTP callout reaches the module as a response with no headers on both hosts; the
-//!   ABI does not say why. The glue calls it a timeout when the host clock has reached the
-//!   deadline, else a failed call.
+//! - A failed HTTP callout reaches the module as a response with no headers (ngx_wasm_module;
+//!   Envoy on a reset), or, on Envoy, as its router's local reply (504 on a timeout, 503 when
+//!   the upstream cannot be reached); the ABI does not say which. The glue calls a failure
+//!   without headers, or a 504, a timeout when the host clock has reached the deadline; any
+//!   other answer is the service's, for the filter to judge.
+//! - A unary gRPC callout's success is one `proxy_on_grpc_receive` (no close follows on Envoy);
+//!   its failure is one `proxy_on_grpc_close` with the status.
 
 use std::rc::Rc;
 
@@ -66,13 +78,14 @@ pub struct Waiting<F: Enforcer> {
     /// Whether the request's body has gone by (delivered to the filter, or buffered by Envoy
     /// while a callout waited): a later `NeedBody` cannot be served.
     body_passed: bool,
+    /// Whether the request headers went on (to let the body come): they cannot change now.
+    headers_sent: bool,
 }
 
 enum WaitingOn {
     Body { max_bytes: usize },
     Http { token: u32, deadline_ms: u64, max_response: usize },
-    /// `message`: what `proxy_on_grpc_receive` delivered; `too_large`: it exceeded the limit.
-    Grpc { token: u32, max_response: usize, message: Vec<u8>, too_large: bool },
+    Grpc { token: u32, deadline_ms: u64, max_response: usize },
 }
 
 impl<F: Enforcer> Waiting<F> {
@@ -92,8 +105,8 @@ pub enum At {
     Headers { no_body: bool },
     /// The body callback, after the body was handed over.
     Body,
-    /// A callout's answer, before the body went by.
-    Callout { body_passed: bool },
+    /// A callout's answer.
+    Callout { body_passed: bool, headers_sent: bool },
 }
 
 fn name<F: Enforcer>() -> &'static str {
@@ -127,8 +140,14 @@ pub fn drive<F: Enforcer>(
     let body_passed = match at {
         At::Headers { no_body } => no_body,
         At::Body => true,
-        At::Callout { body_passed } => body_passed,
+        At::Callout { body_passed, .. } => body_passed,
     };
+    let headers_sent = match at {
+        At::Headers { .. } => false,
+        At::Body => true,
+        At::Callout { headers_sent, .. } => headers_sent,
+    };
+    let headers_held = !headers_sent;
     loop {
         if steps > MAX_STEPS {
             metrics::tally(filter, "waiting_failed");
@@ -138,8 +157,19 @@ pub fn drive<F: Enforcer>(
         let (pending, input) = match step {
             Step::Done(eval) => {
                 let header = header_of(&compiled, role);
-                let action = act(filter, compiled.header_name(), header, &eval, role, all_headers);
-                return (action, None);
+                if headers_held {
+                    let action = act(filter, compiled.header_name(), header, &eval, role, all_headers);
+                    return (action, None);
+                }
+                // The request headers went on so that the body could come (module docs): no
+                // header can be changed now, on any host.
+                if !eval.remove_headers.is_empty() || !eval.set_headers.is_empty() {
+                    metrics::tally(filter, "waiting_failed");
+                    let why = "the decision made after the request body changes request headers, which went on before the body";
+                    return (fail_closed(filter, why, "host_error"), None);
+                }
+                let header = Header { decision_header: false, ..header.clone() };
+                return (act(filter, compiled.header_name(), &header, &eval, role, None), None);
             }
             Step::Unavailable(why) => {
                 metrics::tally(filter, "waiting_failed");
@@ -152,19 +182,15 @@ pub fn drive<F: Enforcer>(
                     metrics::tally(filter, "waiting_failed");
                     return (fail_closed(filter, "the filter asked for the body after it went by", "host_error"), None);
                 } else {
-                    let action = match (at, host::host_kind()) {
-                        // Why Continue on ngx_wasm_module: see the module docs (a paused request
-                        // never reaches the content phase that reads the body).
-                        (At::Headers { .. }, HostKind::NgxWasmModule) => Action::Continue,
-                        _ => Action::Pause,
-                    };
-                    let waiting = Waiting { compiled, role, steps, pending, on: WaitingOn::Body { max_bytes }, body_passed };
-                    return (action, Some(waiting));
+                    // Continue: the body only comes to a request that goes on (module docs).
+                    let on = WaitingOn::Body { max_bytes };
+                    let waiting = Waiting { compiled, role, steps, pending, on, body_passed, headers_sent: true };
+                    return (Action::Continue, Some(waiting));
                 }
             }
             Step::Call { call, pending } => match dispatch(filter, &call) {
                 Ok(on) => {
-                    let waiting = Waiting { compiled, role, steps, pending, on, body_passed };
+                    let waiting = Waiting { compiled, role, steps, pending, on, body_passed, headers_sent };
                     return (Action::Pause, Some(waiting));
                 }
                 Err(failure) => (pending, Resumed::Failed(failure)),
@@ -180,11 +206,8 @@ fn dispatch(filter: &str, call: &Callout) -> Result<WaitingOn, CallFailure> {
     let started = match call {
         Callout::Http(HttpCallout { upstream, headers, body, timeout, max_response_bytes }) => {
             let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            host::dispatch_http_call_with_body(upstream, &headers, body, *timeout).map(|token| WaitingOn::Http {
-                token,
-                deadline_ms: host::now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
-                max_response: *max_response_bytes,
-            })
+            host::dispatch_http_call_with_body(upstream, &headers, body, *timeout)
+                .map(|token| WaitingOn::Http { token, deadline_ms: deadline_ms(*timeout), max_response: *max_response_bytes })
         }
         // Never on ngx_wasm_module, where `proxy_grpc_call` traps: such policies are refused at
         // configure time; this is the belt to that brace.
@@ -192,7 +215,7 @@ fn dispatch(filter: &str, call: &Callout) -> Result<WaitingOn, CallFailure> {
         Callout::Grpc(GrpcCallout { upstream, service, method, metadata, message, timeout, max_response_bytes }) => {
             let metadata: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             host::dispatch_grpc_call(upstream, service, method, &metadata, message, *timeout)
-                .map(|token| WaitingOn::Grpc { token, max_response: *max_response_bytes, message: Vec::new(), too_large: false })
+                .map(|token| WaitingOn::Grpc { token, deadline_ms: deadline_ms(*timeout), max_response: *max_response_bytes })
         }
     };
     started.map_err(|e| {
@@ -276,7 +299,7 @@ pub fn on_http_response<F: Enforcer>(context_id: u32, waiting: Waiting<F>, num_h
     if !make_effective(filter, context_id) {
         return None;
     }
-    let Waiting { compiled, role, steps, pending, on, body_passed } = waiting;
+    let Waiting { compiled, role, steps, pending, on, body_passed, headers_sent } = waiting;
     let WaitingOn::Http { deadline_ms, max_response, .. } = on else { return None };
     let (policy, state) = chosen(&compiled, role);
     let failed = |failure: CallFailure| {
@@ -297,6 +320,9 @@ pub fn on_http_response<F: Enforcer>(context_id: u32, waiting: Waiting<F>, num_h
                 body = b;
                 let status = headers.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| v.parse::<u16>().ok());
                 match status {
+                    // Envoy answers a callout that timed out itself: 504 (its router's local
+                    // reply), at the deadline.
+                    Some(504) if host::now_ms() >= deadline_ms => failed(CallFailure::Timeout),
                     Some(status) => Resumed::Http { status, headers: &headers, body: &body },
                     None => failed(CallFailure::CallFailed),
                 }
@@ -305,61 +331,69 @@ pub fn on_http_response<F: Enforcer>(context_id: u32, waiting: Waiting<F>, num_h
         }
     };
     let step = F::resume(policy, state, pending, input);
-    finish_callout(drive(compiled, role, step, steps, At::Callout { body_passed }, None))
+    finish_callout(drive(compiled, role, step, steps, At::Callout { body_passed, headers_sent }, None))
 }
 
-/// `proxy_on_grpc_receive`: keeps the answer's message (at most `max_response` bytes) until
-/// the call closes.
-pub fn on_grpc_message<F: Enforcer>(waiting: &mut Waiting<F>, size: usize) {
-    if let WaitingOn::Grpc { max_response, message, too_large, .. } = &mut waiting.on {
-        if size > *max_response || message.len().saturating_add(size) > *max_response {
-            *too_large = true;
-            return;
-        }
-        match host::grpc_receive_buffer(size) {
-            Ok(bytes) => message.extend_from_slice(&bytes),
-            Err(_) => *too_large = true,
-        }
-    }
-}
-
-/// A gRPC callout of request `context_id` closed with `status` (0: OK).
-pub fn on_grpc_close<F: Enforcer>(context_id: u32, waiting: Waiting<F>, status: u32) -> Option<Waiting<F>> {
+/// A unary gRPC callout of request `context_id` answered: `proxy_on_grpc_receive` with its
+/// message is the whole success (Envoy calls no close after it, as the Rust SDK's dispatcher
+/// also assumes); `status` is `None` then. A failed call gets `proxy_on_grpc_close` only, with
+/// the status (`Some`).
+pub fn on_grpc_answer<F: Enforcer>(context_id: u32, waiting: Waiting<F>, message_size: usize, status: Option<u32>) -> Option<Waiting<F>> {
     let filter = name::<F>();
     if !make_effective(filter, context_id) {
         return None;
     }
-    let Waiting { compiled, role, steps, pending, on, body_passed } = waiting;
-    let WaitingOn::Grpc { message, too_large, .. } = on else { return None };
+    let Waiting { compiled, role, steps, pending, on, body_passed, headers_sent } = waiting;
+    let WaitingOn::Grpc { max_response, deadline_ms, .. } = on else { return None };
     let (policy, state) = chosen(&compiled, role);
+    let mut message = Vec::new();
     let failure = match status {
-        _ if too_large => Some(CallFailure::ResponseTooLarge),
-        // Envoy's async client: DEADLINE_EXCEEDED on its timeout, UNAVAILABLE without a connection.
-        4 => Some(CallFailure::Timeout),
-        14 => Some(CallFailure::CallFailed),
-        _ => None,
+        None if message_size > max_response => Some(CallFailure::ResponseTooLarge),
+        None => match host::grpc_receive_buffer(message_size) {
+            Ok(bytes) if bytes.len() == message_size => {
+                message = bytes;
+                None
+            }
+            _ => Some(CallFailure::CallFailed),
+        },
+        // Envoy's async client closes a call that timed out with UNAVAILABLE (seen on 1.40: its
+        // router's 504 local reply, as gRPC) or DEADLINE_EXCEEDED, and one without a
+        // connection with UNAVAILABLE: the deadline tells them apart.
+        Some(4 | 14) if host::now_ms() >= deadline_ms => Some(CallFailure::Timeout),
+        Some(14) => Some(CallFailure::CallFailed),
+        Some(_) => None,
     };
-    let input = match failure {
-        Some(f) => {
+    let input = match (failure, status) {
+        (Some(f), _) => {
             metrics::tally(filter, counter_of(f));
-            host::log(Level::Warn, &format!("gatewarden {filter}: gRPC callout {} (status {status}); failure_mode decides", f.as_str()));
+            host::log(Level::Warn, &format!("gatewarden {filter}: gRPC callout {} (status {}); failure_mode decides", f.as_str(), status.unwrap_or(0)));
             Resumed::Failed(f)
         }
-        None if status == 0 => Resumed::Grpc { status, message: &message },
-        None => Resumed::Grpc { status, message: &[] },
+        (None, Some(status)) => Resumed::Grpc { status, message: &[] },
+        (None, None) => Resumed::Grpc { status: 0, message: &message },
     };
     let step = F::resume(policy, state, pending, input);
-    finish_callout(drive(compiled, role, step, steps, At::Callout { body_passed }, None))
+    finish_callout(drive(compiled, role, step, steps, At::Callout { body_passed, headers_sent }, None))
 }
 
-/// After a callout answer: resumes the request when it was decided and let through.
+/// After a callout answer: resumes the request when it was let through, or when it now waits for
+/// its body (which only comes to a request that goes on).
 fn finish_callout<F: Enforcer>((action, waiting): (Action, Option<Waiting<F>>)) -> Option<Waiting<F>> {
-    if waiting.is_none() && action == Action::Continue {
+    if action == Action::Continue {
         if let Err(e) = host::continue_request() {
             host::log(Level::Error, &format!("gatewarden {}: cannot resume the request (status {})", name::<F>(), e.0));
         }
     }
     waiting
+}
+
+/// When a callout started now with `timeout` times out, by the host clock, less a margin: the
+/// clock a host reads to the module is its event loop's (Envoy: cached per loop iteration), so a
+/// failure delivered by the timeout's own timer may read a few milliseconds early. The margin
+/// is a tenth of the timeout, at most 100 ms: a failure that early is no timeout.
+fn deadline_ms(timeout: std::time::Duration) -> u64 {
+    let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    host::now_ms().saturating_add(ms).saturating_sub((ms / 10).min(100))
 }
 
 fn counter_of(failure: CallFailure) -> &'static str {

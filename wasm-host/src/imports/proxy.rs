@@ -245,7 +245,7 @@ fn add_header_maps(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             let Some(new_pairs) = deserialize_pairs(&bytes) else {
                 return status(Status::SerializationFailure);
             };
-            let Some(pairs) = MapType::from_code(map).and_then(|m| caller.data_mut().map_mut(m))
+            let Some(pairs) = MapType::from_code(map).and_then(|m| caller.data_mut().writable_map_mut(m))
             else {
                 return status(Status::BadArgument);
             };
@@ -301,7 +301,7 @@ fn add_header_maps(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             ) else {
                 return status(Status::InvalidMemoryAccess);
             };
-            let Some(pairs) = MapType::from_code(map).and_then(|m| caller.data_mut().map_mut(m))
+            let Some(pairs) = MapType::from_code(map).and_then(|m| caller.data_mut().writable_map_mut(m))
             else {
                 return status(Status::BadArgument);
             };
@@ -332,7 +332,7 @@ fn add_header_maps(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             let map = MapType::from_code(map);
             let data = caller.data_mut();
             let kong = data.host.profile == Profile::Kong;
-            let Some(pairs) = map.and_then(|m| data.map_mut(m)) else {
+            let Some(pairs) = map.and_then(|m| data.writable_map_mut(m)) else {
                 return status(Status::BadArgument);
             };
             let key = key.to_ascii_lowercase();
@@ -381,7 +381,7 @@ fn add_header_maps(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             let map = MapType::from_code(map);
             let data = caller.data_mut();
             let kong = data.host.profile == Profile::Kong;
-            let Some(pairs) = map.and_then(|m| data.map_mut(m)) else {
+            let Some(pairs) = map.and_then(|m| data.writable_map_mut(m)) else {
                 return status(Status::BadArgument);
             };
             let removed: Pairs = pairs.iter().filter(|(name, _)| name.eq_ignore_ascii_case(&key)).cloned().collect();

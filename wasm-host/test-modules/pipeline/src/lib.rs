@@ -16,7 +16,9 @@
 //! status 0 allows and echoes the answer in `x-pipeline-grpc`, "deny" in it denies `grpc_denied`,
 //! another status or no answer goes by `failure_mode`). An allowed request carries
 //! `x-pipeline: body=<bytes>;http=<status>;grpc=<bytes>` upstream. `failure_mode: allow` lets a
-//! failed step through with `x-pipeline-failure: <reason>`.
+//! failed step through with `x-pipeline-failure: <reason>`. A request whose body was read
+//! carries none of these headers: its headers went on before the body (see the glue's
+//! `pipeline::Step`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,6 +157,8 @@ struct Progress {
     payload: Vec<u8>,
     body_len: Option<usize>,
     http_status: Option<u16>,
+    /// The request headers went on to let a body come: the decision may not change them.
+    headers_gone: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,7 +207,7 @@ impl Enforcer for PipelineFilter {
 
     fn evaluate(policy: &PipelinePolicy, _state: &(), facts: &RequestFacts<'_>) -> Evaluation {
         let rule = policy.rules.select(facts);
-        allow(&rule.name, "", None)
+        Evaluation::new(Decision::allow(&rule.name), None, String::new())
     }
 
     fn start(policy: &PipelinePolicy, _state: &(), facts: &RequestFacts<'_>) -> Step {
@@ -215,6 +219,7 @@ impl Enforcer for PipelineFilter {
             payload: facts.path().as_bytes().to_vec(),
             body_len: None,
             http_status: None,
+            headers_gone: false,
         };
         next(policy, progress)
     }
@@ -226,6 +231,7 @@ impl Enforcer for PipelineFilter {
         let failure_mode = policy.header.failure_mode;
         match (p.stage, input) {
             (Stage::Body, Resumed::Body(body)) => {
+                p.headers_gone = !body.is_empty();
                 if contains(body, b"deny") {
                     return Step::Done(deny(&p.rule, 403, FORBIDDEN_BODY, "body_denied"));
                 }
@@ -237,7 +243,10 @@ impl Enforcer for PipelineFilter {
             (Stage::Body, Resumed::BodyTooLarge { seen }) => {
                 Step::Done(deny(&p.rule, 413, TOO_LARGE_BODY, "body_too_large").detail(format!("seen={seen}")))
             }
-            (Stage::Body, Resumed::BodyUnavailable) => failed(failure_mode, p, 503, "body_unavailable"),
+            (Stage::Body, Resumed::BodyUnavailable) => {
+                p.headers_gone = true;
+                failed(failure_mode, p, 503, "body_unavailable")
+            }
             (Stage::Http, Resumed::Http { status, body, .. }) => {
                 if status == 403 || (status == 200 && contains(body, b"deny")) {
                     return Step::Done(deny(&p.rule, 403, FORBIDDEN_BODY, "callout_denied"));
@@ -254,9 +263,10 @@ impl Enforcer for PipelineFilter {
                 if contains(message, b"deny") {
                     return Step::Done(deny(&p.rule, 403, FORBIDDEN_BODY, "grpc_denied"));
                 }
-                let echo = String::from_utf8_lossy(message).into_owned();
-                let mut eval = allow(&p.rule, &summary(&p, Some(message.len())), None);
-                eval.set_headers.push(("x-pipeline-grpc".to_owned(), echo));
+                let mut eval = allow(&p, &summary(&p, Some(message.len())), None);
+                if !p.headers_gone {
+                    eval.set_headers.push(("x-pipeline-grpc".to_owned(), String::from_utf8_lossy(message).into_owned()));
+                }
                 Step::Done(eval)
             }
             (Stage::Grpc, Resumed::Grpc { .. }) => failed(failure_mode, p, 503, "grpc_failed"),
@@ -307,7 +317,7 @@ fn next(_policy: &PipelinePolicy, mut p: Progress) -> Step {
                     });
                     return Step::Call { call, pending: Pending::new(p) };
                 }
-                None => return Step::Done(allow(&p.rule, &summary(&p, None), None)),
+                None => return Step::Done(allow(&p, &summary(&p, None), None)),
             },
         }
     }
@@ -323,8 +333,14 @@ fn summary(p: &Progress, grpc: Option<usize>) -> String {
     )
 }
 
-fn allow(rule: &Arc<str>, summary: &str, failure: Option<&str>) -> Evaluation {
-    let mut eval = Evaluation::new(Decision::allow(rule), None, String::new());
+/// Allows; the request carries `x-pipeline: <summary>` (and `x-pipeline-failure`) upstream
+/// unless its headers went on before the body (then no header can change: see the glue's
+/// `pipeline::Step`).
+fn allow(p: &Progress, summary: &str, failure: Option<&str>) -> Evaluation {
+    let mut eval = Evaluation::new(Decision::allow(&p.rule), None, String::new());
+    if p.headers_gone {
+        return eval;
+    }
     if !summary.is_empty() {
         eval.set_headers.push(("x-pipeline".to_owned(), summary.to_owned()));
     }
@@ -353,7 +369,7 @@ fn deny(rule: &Arc<str>, status: u16, body: &'static str, reason: &'static str) 
 fn failed(mode: FailureMode, p: Progress, status: u16, reason: &'static str) -> Step {
     match mode {
         FailureMode::Deny => Step::Done(deny(&p.rule, status, UNAVAILABLE_BODY, reason)),
-        FailureMode::Allow => Step::Done(allow(&p.rule, &summary(&p, None), Some(reason))),
+        FailureMode::Allow => Step::Done(allow(&p, &summary(&p, None), Some(reason))),
     }
 }
 
