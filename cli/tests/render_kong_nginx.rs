@@ -129,6 +129,15 @@ fn nginx_out_dir_vm_id_shm_size_and_trust_settings() {
     assert_eq!(nginx_unquote(config), serde_json::to_string(&trust_json).unwrap());
     assert!(wasm.contains("\n    shm_kv gatewarden 128m;\n"), "{wasm}");
     assert_eq!(nginx_unquote(parameter(&location, "proxy_wasm geo ")), policy_json(&p));
+    // How to write the location's proxy_pass so the upstream gets the URI the filter judged
+    // (followed on the real engine by rendered_config_runs_on_the_real_engine).
+    assert!(
+        location.contains(
+            "# location it covers a URI part, the location's own path, so the upstream receives that same URI:\n\
+             #     location /api/ { include <this file>; proxy_pass http://backend/api/; }\n"
+        ),
+        "{location}"
+    );
 
     let (code, _, err) = run(&["render", "--target", "nginx", "--shm-size", "lots", s(&p)]);
     assert_eq!(code, 2);
@@ -301,6 +310,11 @@ fn free_port() -> u16 {
 
 /// A raw HTTP/1.1 GET; returns the status code.
 fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<u16> {
+    get_with_body(port, path, headers).map(|(status, _)| status)
+}
+
+/// A raw HTTP/1.1 GET; returns the status code and the body.
+fn get_with_body(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -312,7 +326,9 @@ fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<u16> {
     conn.write_all(req.as_bytes()).ok()?;
     let mut resp = String::new();
     conn.read_to_string(&mut resp).ok()?;
-    resp.split(' ').nth(1)?.parse().ok()
+    let status = resp.split(' ').nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
 }
 
 #[test]
@@ -341,8 +357,8 @@ fn rendered_config_runs_on_the_real_engine() {
          http {{\n\
              access_log off;\n\
              client_body_temp_path tmp_body; proxy_temp_path tmp_proxy; fastcgi_temp_path tmp_fcgi; uwsgi_temp_path tmp_uwsgi; scgi_temp_path tmp_scgi;\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ include conf/gatewarden_ip_geo.location.conf; proxy_pass http://127.0.0.1:{upstream}; }} }}\n\
-             server {{ listen 127.0.0.1:{upstream}; location / {{ return 200 \"upstream\\n\"; }} }}\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ include conf/gatewarden_ip_geo.location.conf; proxy_pass http://127.0.0.1:{upstream}/; }} }}\n\
+             server {{ listen 127.0.0.1:{upstream}; location / {{ return 200 \"upstream $request_uri\\n\"; }} }}\n\
          }}\n"
     );
     std::fs::write(d.join("nginx.conf"), main_conf).unwrap();
@@ -372,6 +388,13 @@ fn rendered_config_runs_on_the_real_engine() {
     assert_eq!(get(port, "/o'brien/12", &[("x-note", "it's \"quoted\"\ttab")]), Some(403));
     assert_eq!(get(port, "/o'brien/12", &[("x-note", "its \"quoted\"\ttab")]), Some(200));
     assert_eq!(get(port, "/o'brien/x", &[("x-note", "it's \"quoted\"\ttab")]), Some(200));
+    // proxy_pass written as the location part's note says (with a URI part): the filter judges
+    // nginx's normalised URI and the upstream receives that same URI, the query as sent.
+    assert_eq!(get(port, "/x/..%2Fo'brien/12", &[("x-note", "it's \"quoted\"\ttab")]), Some(403));
+    assert_eq!(
+        get_with_body(port, "/o'brien/12/../..//pub?q=a%20b&x=%2F", &[("x-note", "it's \"quoted\"\ttab")]),
+        Some((200, "upstream /pub?q=a%20b&x=%2F\n".to_string()))
+    );
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //!
 //! Two parts: a `wasm{}` block for nginx.conf's main context (the `module` line, whose optional
 //! third argument is the VM configuration: the approval trust settings; the `shm_kv` zones), and
-//! the `proxy_wasm <module> '<policy JSON>';` line for each protected `location{}`.
+//! the `proxy_wasm <module> '<policy JSON>';` line for each protected `location{}`, under a note that
+//! the location's `proxy_pass` needs a URI part ([`PROXY_PASS_NOTE`]).
 //!
 //! nginx.conf quoting: inside a single-quoted parameter nginx's parser turns `\'`, `\"` and `\\`
 //! into the character and `\t`, `\r`, `\n` into control characters; every other byte is kept.
@@ -153,6 +154,21 @@ fn named_targets(policy: &LoadedPolicy) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The comment above the `proxy_wasm` line on how to write the location's `proxy_pass`. The
+/// filter judges nginx's normalised URI (`/admin/../pub` is /pub); `proxy_pass` without a URI part
+/// forwards the URI as the client sent it, so an upstream that routes on the raw path would serve
+/// what the filter did not judge. With a URI part nginx forwards its normalised URI (the part that
+/// matched the location replaced by the URI part, the query string appended as sent); the
+/// location's own path as URI part keeps the path unchanged. Pinned on the engine by
+/// cli/tests/render_kong_nginx.rs and scripts/e2e/test_claims.py.
+pub const PROXY_PASS_NOTE: &str = "\
+# The filter judges nginx's normalised URI (/admin/../pub is /pub). Give the proxy_pass of each\n\
+# location it covers a URI part, the location's own path, so the upstream receives that same URI:\n\
+#     location /api/ { include <this file>; proxy_pass http://backend/api/; }\n\
+# (location / takes `proxy_pass http://backend/;`). Without a URI part nginx forwards the URI as\n\
+# the client sent it (/admin/../pub), which an upstream routing on the raw path takes for /admin.\n\
+# A regex or named location cannot take a URI part: keep the filter in a prefix or exact location.\n";
+
 /// What `render --target nginx` needs beyond the policy.
 pub struct NginxOptions<'a> {
     /// The module name (`module <name> <path>`, `proxy_wasm <name>`).
@@ -250,6 +266,7 @@ pub fn render(policy: &LoadedPolicy, o: &NginxOptions<'_>) -> Result<NginxConfig
          # configuration, passed to on_configure. Callouts (geo database, JWKS) go to host:port over\n\
          # HTTP/1.1. To change the policy, render again and `nginx -s reload`; render refuses a policy\n\
          # the filter would refuse, which on this engine would stop the new workers.\n\
+         {PROXY_PASS_NOTE}\
          {resolver}\
          proxy_wasm {} {policy_arg};\n",
         filter.name(),
