@@ -42,6 +42,13 @@ CALLOUT_TIMEOUT_MS = 500
 SLOW_SECONDS = 2.0  # what the services wait on "slow": well past the callout timeout
 MAX_BODY = 64
 BIG_BODY = 100_000  # over nginx's client_body_buffer_size (16k): spilled to a temp file on Kong
+# Seen on ngx_wasm_module 3bed278 (--with-debug): a dispatch that fails (here: times out) calls
+# proxy_on_http_call_response on its error path; a local response sent there makes the resumed
+# content phase return a status >= 300, which ngx_http_wasm_wev_handler asserts never happens
+# ("TODO: coverage"): the worker aborts and the client's connection closes without a response.
+# (The source's non-debug path answers 500 there.) A callout that is answered is unaffected.
+KONG_FAILED_DISPATCH = ("a failed callout answered by a local response aborts the worker "
+                        "(ngx_http_wasm_wev_handler assertion, ngx_wasm_module 3bed278 debug build)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,14 +113,17 @@ class GrpcServer:
 
 
 def policy(host: str, authz_port: int, grpc: bool) -> dict[str, Any]:
-    """Rules: /body (body up to MAX_BODY), /big (body up to 1 MB), /http (HTTP callout), /grpc
-    (gRPC callout, when `grpc`), /plain (decides on the headers)."""
+    """Rules: /body (body up to MAX_BODY), /big (body up to 1 MB), /http (body, then HTTP callout),
+    /call (HTTP callout on the headers), /plain (decides on the headers), /grpc (gRPC callout,
+    when `grpc`)."""
     http_target = "pipeline_authz" if host == "envoy" else f"127.0.0.1:{authz_port}"
     http = {"upstream": http_target, "authority": "authz", "path": "/check", "timeout_ms": CALLOUT_TIMEOUT_MS}
     rules: list[dict[str, Any]] = [
         {"name": "body", "match": {"path_prefix": "/body"}, "body": {"max_bytes": MAX_BODY}},
         {"name": "big", "match": {"path_prefix": "/big"}, "body": {"max_bytes": 1_000_000}},
         {"name": "http", "match": {"path_prefix": "/http"}, "body": {"max_bytes": MAX_BODY}, "http": http},
+        # An HTTP callout on the headers (no body step): the path is what the service gets.
+        {"name": "call", "match": {"path_prefix": "/call"}, "http": http},
         {"name": "plain", "match": {"path_prefix": "/plain"}},
     ]
     if grpc:
@@ -222,18 +232,36 @@ def test_http_callout_answer_allows_or_denies(setup: Setup) -> None:
     assert_local(post(gw, "/http", b"error"), 503, UNAVAILABLE)
 
 
+def test_http_callout_on_the_headers_sets_headers(setup: Setup) -> None:
+    gw, authz = setup.gw, setup.authz
+    r = post(gw, "/call/fine", b"some body")
+    upstream = assert_reached_upstream(r, b"some body")
+    assert upstream["x-pipeline"] == "body=-;http=200;grpc=-", upstream
+    assert upstream["x-gatewarden-test-pipeline"] == "allow; rule=call; version=pipe-1", upstream
+    assert authz.seen[-1] == b"/call/fine", "without a body step the service gets the path"
+    assert_local(post(gw, "/call/forbid", b""), 403, FORBIDDEN)
+
+
+@pytest.mark.kong_defect(KONG_FAILED_DISPATCH)
 def test_http_callout_timeout_fails_by_failure_mode(setup: Setup) -> None:
     gw = setup.gw
     before = harness.counter_snapshot(gw, FILTER)
     mark = gw.log_mark()
-    assert_local(post(gw, "/http", b"slow"), 503, UNAVAILABLE)
-    gw.wait_decision(mark, reason="callout_failed", rule="http")
+    assert_local(gw.get("/call/slow"), 503, UNAVAILABLE)
+    gw.wait_decision(mark, reason="callout_failed", rule="call")
     changes = harness.counter_changes(before, harness.counter_snapshot(gw, FILTER))
     assert changes.get("denied_callout_failed") == 1, changes
     # Envoy and Kong both report a timed-out callout as an answer without headers; the glue
     # calls it a timeout when the deadline has passed by the host clock.
     assert changes.get("callout_timeout") == 1, changes
     # The service's late answer changes nothing: the next request works.
+    assert_allowed_after_body(post(gw, "/http", b"fine"), b"fine")
+
+
+@pytest.mark.kong_defect(KONG_FAILED_DISPATCH)
+def test_http_callout_after_the_body_times_out_by_failure_mode(setup: Setup) -> None:
+    gw = setup.gw
+    assert_local(post(gw, "/http", b"slow"), 503, UNAVAILABLE)
     assert_allowed_after_body(post(gw, "/http", b"fine"), b"fine")
 
 
@@ -269,7 +297,7 @@ def test_kong_refuses_a_grpc_policy_at_configure_time(start_gateway) -> None:
     authz = AuthzServer()
     try:
         gw = start_gateway({FILTER: policy("kong", authz.port, grpc=True)}, modules={FILTER: harness.pipeline_module()})
-        gw.wait_for_log(r"policy refused: rules\[4\]\.grpc: gRPC callouts are not available on ngx_wasm_module")
+        gw.wait_for_log(r"policy refused: rules\[5\]\.grpc: gRPC callouts are not available on ngx_wasm_module")
         r = gw.get("/plain")
         assert_local(r, 503, UNAVAILABLE)
         gw.wait_for_counter(FILTER, "no_policy", 1)
@@ -282,14 +310,15 @@ def test_kong_refuses_a_grpc_policy_at_configure_time(start_gateway) -> None:
 # A client that goes away while its request waits
 
 
-def test_client_gone_while_a_callout_waits(setup: Setup) -> None:
+@pytest.mark.hosts("envoy")  # nginx does not notice a client gone while a dispatch waits: the
+def test_client_gone_while_a_callout_waits(setup: Setup) -> None:  # request is decided as usual
     gw, authz = setup.gw, setup.authz
     before = harness.counter_snapshot(gw, FILTER)
     seen = len(authz.seen)
     body = b"slow"
     sock = socket.create_connection((gw.host_address, gw.port), timeout=5)
     try:
-        sock.sendall(b"POST /http HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n"
+        sock.sendall(b"POST /call/slow HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n"
                      b"content-length: %d\r\n\r\n%s" % (len(body), body))
         # The request waits once its callout reached the service.
         harness.poll("the callout to reach the service", lambda: len(authz.seen) > seen, 5.0)
