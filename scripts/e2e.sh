@@ -17,6 +17,7 @@ cd "$ROOT"
 [[ "${SKIP_BUILD:-}" == 1 ]] || cargo build --quiet -p gatewarden
 # A test fixture, not a product module: built here even with SKIP_BUILD (cargo makes it a no-op).
 build_kong_metrics
+build_test_pipeline  # the request pipeline's test-only module (scripts/e2e/test_pipeline.py)
 engine="$(wasmx_bin)"
 if [[ -n "$engine" && -x "$engine" ]]; then
     log "Kong engine: $engine"
