@@ -255,6 +255,8 @@ pub(crate) struct HostState {
     pub(crate) dispatched_grpc: Vec<GrpcCall>,
     /// Envoy profile: the size of the request body chunks `proxy_on_request_body` gets.
     pub(crate) body_chunk_size: usize,
+    /// Deliver the callouts of a stream that ended anyway, on its root context (a late answer).
+    pub(crate) late_answers: bool,
     /// `(vm, root context, queue id)` to notify with `proxy_on_queue_ready`.
     pub(crate) queue_ready: Vec<(usize, u32, u32)>,
     pub(crate) dispatched: Vec<HttpCall>,
@@ -312,6 +314,7 @@ impl Host {
             pending_grpc: Vec::new(),
             dispatched_grpc: Vec::new(),
             body_chunk_size: DEFAULT_BODY_CHUNK_SIZE,
+            late_answers: false,
             queue_ready: Vec::new(),
             dispatched: Vec::new(),
             next_token: 1,
@@ -500,9 +503,19 @@ impl Host {
         vm.deliver(context, token, delivery)
     }
 
+    /// `true`: the callouts of a stream that ended stay pending, and settling one delivers it on
+    /// the root context (a late answer, which neither real host sends: Envoy cancels such calls,
+    /// ngx_wasm_module destroys them with the request). Default `false`.
+    pub fn deliver_late_answers(&self, on: bool) {
+        self.shared.state().late_answers = on;
+    }
+
     /// Drops the pending callouts of `context` in VM `vm` (the stream ended: Envoy cancels them).
     pub(crate) fn cancel_calls_of(&self, vm: usize, context: u32) {
         let mut state = self.shared.state();
+        if state.late_answers {
+            return;
+        }
         state.pending.retain(|p| !(p.call.vm == vm && p.context_id == context));
         state.pending_grpc.retain(|p| !(p.call.vm == vm && p.context_id == context));
     }

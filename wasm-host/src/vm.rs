@@ -499,12 +499,18 @@ impl Vm {
     /// else `proxy_on_grpc_close` with the status.
     pub(crate) fn deliver(&self, context: u32, token: u32, delivery: Delivery) -> Result<bool> {
         let mut inner = self.lock();
+        let late = inner.store.data().host.state().late_answers;
         let data = inner.store.data();
-        if inner.failure.is_some()
-            || !(data.roots.contains_key(&context) || data.streams.contains_key(&context))
-        {
+        let known = data.roots.contains_key(&context) || data.streams.contains_key(&context);
+        let context = match (known, late, inner.serving_root) {
+            (true, _, _) => context,
+            (false, true, Some(root)) => root, // a late answer, on the root context
+            _ => return Ok(false),
+        };
+        if inner.failure.is_some() {
             return Ok(false);
         }
+        let data = inner.store.data();
         let argument = match (self.profile(), data.streams.get(&context)) {
             (Profile::Kong, Some(stream)) => stream.root,
             _ => context,

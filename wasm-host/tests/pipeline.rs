@@ -90,8 +90,14 @@ fn post(path: &str, body: &[u8]) -> Request {
 
 /// Requests parked and callout tokens pending in the module's runtime.
 fn waiting(vm: &Vm) -> (u32, u32) {
+    let (parked, tokens, _) = runtime_maps(vm);
+    (parked, tokens)
+}
+
+/// Requests parked, callout tokens pending, abandoned tokens remembered.
+fn runtime_maps(vm: &Vm) -> (u32, u32, u32) {
     let v = vm.call_export_u32("gatewarden_test_waiting").expect("probe export");
-    (v >> 16, v & 0xffff)
+    (v >> 20, (v >> 10) & 1023, v & 1023)
 }
 
 fn counter(host: &Host, vm: &Vm, name: &str) -> u64 {
@@ -443,4 +449,48 @@ fn headers_only_filter_pays_nothing_for_a_body() {
     assert_eq!(with_body.0, headers_only.0, "no host call for the 8 body chunks");
     // Each body chunk costs one export call that returns at once (a few instructions).
     assert!(with_body.1 < headers_only.1 + 8 * 64, "body chunks cost {} instructions more", with_body.1 - headers_only.1);
+}
+
+#[test]
+fn a_late_answer_to_a_gone_request_is_dropped_and_counted() {
+    let host = host(Profile::Envoy);
+    host.deliver_late_answers(true); // neither real host does: the glue must not rely on it
+    let mut vm = pipeline_vm(&host, &policy(Profile::Envoy, "deny", true));
+    let mut request = vm.start_request(Request::get("/http")).unwrap();
+    let token = host.pending_tokens()[0];
+    request.reset().unwrap();
+    assert_eq!(runtime_maps(&vm), (0, 0, 1), "the parked request is gone, its token remembered");
+    host.clear_calls();
+    assert!(host.settle_call(token, Settle::Http(HttpResponse::new(200))).unwrap(), "delivered late");
+    assert_eq!(host.call_count("proxy_get_header_map_pairs"), 0, "the late answer is not read");
+    assert_eq!(counter(&host, &vm, "callout_late"), 1);
+    assert_eq!(runtime_maps(&vm), (0, 0, 0), "nothing left behind");
+    assert!(!vm.is_failed());
+}
+
+#[test]
+fn abandoned_tokens_are_bounded() {
+    let host = host(Profile::Envoy);
+    host.deliver_late_answers(true);
+    let mut vm = pipeline_vm(&host, &policy(Profile::Envoy, "deny", true));
+    for _ in 0..100 {
+        let mut request = vm.start_request(Request::get("/http")).unwrap();
+        request.reset().unwrap();
+    }
+    assert_eq!(runtime_maps(&vm), (0, 0, 64), "at most 64 tokens remembered");
+    assert_eq!(counter(&host, &vm, "waiting_abandoned"), 100);
+}
+
+#[test]
+fn a_decision_after_the_body_that_changes_headers_fails_closed() {
+    let host = host(Profile::Envoy);
+    let config = r#"{"policy_version": "p1", "rules": [
+        {"name": "bad", "match": {"path_prefix": "/bad"}, "body": {"max_bytes": 64}, "always_set_header": true}]}"#;
+    let mut vm = pipeline_vm(&host, config);
+    let outcome = vm.http_request(post("/bad", b"fine")).unwrap();
+    assert_denied(&outcome, 503, "host_error");
+    assert_eq!(counter(&host, &vm, "waiting_failed"), 1);
+    // Without a body the decision is made on the headers: the header may be set.
+    let outcome = vm.http_request(Request::get("/bad")).unwrap();
+    assert_eq!(outcome.upstream_header("x-pipeline"), Some("body=0;http=-;grpc=-"));
 }

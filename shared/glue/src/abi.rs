@@ -30,11 +30,25 @@ pub struct Runtime<F: Enforcer> {
     requests: FastMap<u32, Option<Rc<Compiled<F>>>>,
     waiting: FastMap<u32, Waiting<F>>,
     callouts: FastMap<u32, u32>,
+    /// Tokens of the callouts of requests deleted while they waited, newest last, at most
+    /// [`ABANDONED_TOKENS`]: a late answer to one is dropped and counted (`callout_late`)
+    /// instead of reaching the root's filter. Envoy cancels such calls and ngx_wasm_module
+    /// destroys them with the request, so none is expected; bounded so that it cannot grow.
+    abandoned: std::collections::VecDeque<u32>,
 }
+
+/// How many abandoned callout tokens a VM remembers.
+pub const ABANDONED_TOKENS: usize = 64;
 
 impl<F: Enforcer> Default for Runtime<F> {
     fn default() -> Self {
-        Self { roots: FastMap::default(), requests: FastMap::default(), waiting: FastMap::default(), callouts: FastMap::default() }
+        Self {
+            roots: FastMap::default(),
+            requests: FastMap::default(),
+            waiting: FastMap::default(),
+            callouts: FastMap::default(),
+            abandoned: std::collections::VecDeque::new(),
+        }
     }
 }
 
@@ -90,9 +104,18 @@ impl<F: Enforcer> Runtime<F> {
         self.waiting.remove(&context_id).map(|w| (context_id, w))
     }
 
-    /// Requests parked and callout tokens pending (both 0 when nothing waits): for tests.
-    pub fn waiting_counts(&self) -> (usize, usize) {
-        (self.waiting.len(), self.callouts.len())
+    /// Whether `token` is the callout of a request deleted while it waited (forgotten now): its
+    /// late answer is to be dropped, and is counted here.
+    pub fn late_answer(&mut self, token: u32) -> bool {
+        let Some(at) = self.abandoned.iter().position(|t| *t == token) else { return false };
+        self.abandoned.remove(at);
+        metrics::tally(<F::Policy as gatewarden_policy::FilterPolicy>::NAME, "callout_late");
+        true
+    }
+
+    /// Requests parked, callout tokens pending, abandoned tokens remembered: for tests.
+    pub fn waiting_counts(&self) -> (usize, usize, usize) {
+        (self.waiting.len(), self.callouts.len(), self.abandoned.len())
     }
 
     /// The policy of a request, taken: it is needed once, on request headers. The (now empty)
@@ -114,8 +137,16 @@ impl<F: Enforcer> Runtime<F> {
         }
         // A request deleted while it waits (the client went away): its late answer, if the host
         // still delivers one, finds no token and is dropped.
-        if F::WAITS && self.unpark(context_id).is_some() {
-            metrics::tally(<F::Policy as gatewarden_policy::FilterPolicy>::NAME, "waiting_abandoned");
+        if F::WAITS {
+            if let Some(waiting) = self.unpark(context_id) {
+                metrics::tally(<F::Policy as gatewarden_policy::FilterPolicy>::NAME, "waiting_abandoned");
+                if let Some(token) = waiting.token() {
+                    if self.abandoned.len() >= ABANDONED_TOKENS {
+                        self.abandoned.pop_front();
+                    }
+                    self.abandoned.push_back(token);
+                }
+            }
         }
     }
 }
@@ -287,6 +318,9 @@ macro_rules! export_filter {
                 }
                 return;
             }
+            if gatewarden_runtime(|rt| rt.late_answer(token)).unwrap_or(false) {
+                return;
+            }
             let root = gatewarden_runtime(|rt| rt.root(context_id)).flatten();
             $crate::abi::with_root(root, |r| r.on_http_call_response(token, body_size));
         }
@@ -298,6 +332,8 @@ macro_rules! export_filter {
                 if let Some(next) = next {
                     gatewarden_runtime(|rt| rt.park(request, next));
                 }
+            } else {
+                gatewarden_runtime(|rt| rt.late_answer(token));
             }
         }
 
@@ -308,6 +344,8 @@ macro_rules! export_filter {
                 if let Some(next) = next {
                     gatewarden_runtime(|rt| rt.park(request, next));
                 }
+            } else {
+                gatewarden_runtime(|rt| rt.late_answer(token));
             }
         }
 

@@ -9,7 +9,8 @@
 //!                            ─ eos ─ read ─▶ resume(Body | BodyUnavailable) ─▶ drive
 //! on_http_call_response / on_grpc_receive / on_grpc_close(token) ─ token ─▶ request ─ set_effective_context
 //!                            ─▶ resume(Http | Grpc | Failed) ─▶ drive ─▶ continue_stream or local response
-//! on_delete while parked ─▶ dropped, its token forgotten, counted `waiting_abandoned`
+//! on_delete while parked ─▶ dropped, counted `waiting_abandoned`; a late answer to its token
+//!                          is dropped and counted `callout_late` (a bounded memory of tokens)
 //! ```
 //! Host facts that shape this (Envoy 1.40; ngx_wasm_module 3bed278, read in its source):
 //! - Envoy passes the request's context id to `proxy_on_http_call_response`; ngx_wasm_module
@@ -65,6 +66,7 @@ pub const COUNTERS: &[&str] = &[
     "callout_too_large",
     "waiting_abandoned",
     "waiting_failed",
+    "callout_late",
 ];
 
 /// A request parked in the runtime's map while it waits.

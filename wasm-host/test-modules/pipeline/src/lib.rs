@@ -57,6 +57,9 @@ pub struct PipelineRule {
     pub http: Option<HttpStep>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<GrpcStep>,
+    /// Test only: set `x-pipeline` even after the body (the glue must refuse that decision).
+    #[serde(default)]
+    pub always_set_header: bool,
 }
 
 impl RuleSpec for PipelineRule {
@@ -115,6 +118,7 @@ pub struct Steps {
     body: Option<BodyStep>,
     http: Option<HttpStep>,
     grpc: Option<(GrpcStep, String)>,
+    always_set_header: bool,
 }
 
 pub struct PipelinePolicy {
@@ -135,7 +139,7 @@ impl FilterPolicy for PipelinePolicy {
                 }
             }
             let grpc = rule.grpc.clone().map(|g| (g, path.field("grpc").as_str().to_owned()));
-            Ok(Arc::new(Steps { body: rule.body.clone(), http: rule.http.clone(), grpc }))
+            Ok(Arc::new(Steps { body: rule.body.clone(), http: rule.http.clone(), grpc, always_set_header: rule.always_set_header }))
         })?;
         Ok(Self { header, rules })
     }
@@ -338,7 +342,7 @@ fn summary(p: &Progress, grpc: Option<usize>) -> String {
 /// `pipeline::Step`).
 fn allow(p: &Progress, summary: &str, failure: Option<&str>) -> Evaluation {
     let mut eval = Evaluation::new(Decision::allow(&p.rule), None, String::new());
-    if p.headers_gone {
+    if p.headers_gone && !p.steps.always_set_header {
         return eval;
     }
     if !summary.is_empty() {
@@ -379,13 +383,14 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 export_filter!(PipelineFilter, waits);
 
-/// For the Wasm-host tests: requests parked and callout tokens pending in this VM, as
-/// `parked << 16 | tokens` (both 0 once every request has ended).
+/// For the Wasm-host tests: requests parked, callout tokens pending and abandoned tokens
+/// remembered in this VM, as `parked << 20 | tokens << 10 | abandoned` (each at most 1023).
 #[no_mangle]
 pub extern "C" fn gatewarden_test_waiting() -> u32 {
     gatewarden_runtime(|rt| {
-        let (parked, tokens) = rt.waiting_counts();
-        (u32::try_from(parked).unwrap_or(0xffff) << 16) | u32::try_from(tokens).unwrap_or(0xffff)
+        let (parked, tokens, abandoned) = rt.waiting_counts();
+        let field = |n: usize| u32::try_from(n).unwrap_or(1023).min(1023);
+        (field(parked) << 20) | (field(tokens) << 10) | field(abandoned)
     })
     .unwrap_or(u32::MAX)
 }
