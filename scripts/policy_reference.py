@@ -240,7 +240,9 @@ def render(name: str, schema: Schema) -> str:
         "Unknown fields are refused. A field that is not required may be left out (or `null`); its",
         "default then applies. `[]` stands for any element of a list, `<name>` for any key of a map.",
         "The envelope every filter shares (`policy_version`, `mode`, rules and matchers, `rollout`,",
-        "`signatures`) is explained in [The policy document](../policy-document.md).",
+        "`signatures`) is explained in [The policy document](../policy-document.md); a remote source",
+        "(`geo_database`, `remote_jwks`: one type, so the same fields), with each resource's defaults, in",
+        "[Remote sources](../policy-document.md#remote-sources).",
         "",
     ]
     required = set(schema.get("required", []))
