@@ -119,15 +119,10 @@ impl<F: Enforcer> Runtime<F> {
     }
 
     /// The policy of a request, taken: it is needed once, on request headers. The (now empty)
-    /// entry stays until `delete`, which then finds it with one lookup.
+    /// entry stays until `delete`, which then finds it with one lookup (and, for a filter that
+    /// waits, it marks the request as live for [`Runtime::park`]).
     pub fn take_request(&mut self, context_id: u32) -> Option<Rc<Compiled<F>>> {
         self.requests.get_mut(&context_id).and_then(Option::take)
-    }
-
-    /// The policy of a request that may wait, taken on request headers; the entry stays until
-    /// `delete` (it marks the request as live for [`Runtime::park`]).
-    pub fn take_request_rc(&mut self, context_id: u32) -> Option<Rc<Compiled<F>>> {
-        self.take_request(context_id)
     }
 
     pub fn delete(&mut self, context_id: u32) {
@@ -351,7 +346,7 @@ macro_rules! export_filter {
 
         #[no_mangle]
         pub extern "C" fn proxy_on_request_headers(context_id: u32, _num_headers: usize, end_of_stream: bool) -> u32 {
-            let compiled = gatewarden_runtime(|rt| rt.take_request_rc(context_id)).flatten();
+            let compiled = gatewarden_runtime(|rt| rt.take_request(context_id)).flatten();
             let (action, waiting) = $crate::runtime::on_request_headers_waiting::<$enforcer>(compiled, end_of_stream);
             if let Some(waiting) = waiting {
                 gatewarden_runtime(|rt| rt.park(context_id, waiting));

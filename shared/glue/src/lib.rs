@@ -3,8 +3,9 @@
 //! fetches shared by all workers, and the generic root/request contexts ([`runtime`]).
 //!
 //! A filter crate is a few lines: an [`runtime::Enforcer`] and `export_filter!(MyEnforcer);`.
-//! A filter that waits for the body or a service before it decides sets `Enforcer::WAITS` and
-//! returns [`pipeline::Step`]s (plain Rust types); [`waiting`] does the Proxy-Wasm side.
+//! A filter that waits for the body or a service before it decides sets `Enforcer::WAITS`,
+//! returns [`pipeline::Step`]s (plain Rust types) and is exported with
+//! `export_filter!(MyEnforcer, waits)`; [`waiting`] does the Proxy-Wasm side.
 //! There is no proxy-wasm SDK dependency: [`abi`] exports only the callbacks we use.
 
 pub mod abi;

@@ -163,3 +163,22 @@ impl HostCaps {
     pub const ENVOY: HostCaps = HostCaps { grpc: true, chunked_body: true, name: "envoy" };
     pub const NGX_WASM_MODULE: HostCaps = HostCaps { grpc: false, chunked_body: false, name: "ngx_wasm_module" };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_gives_back_what_was_stored_and_nothing_else() {
+        let pending = Pending::new((7u8, "stage"));
+        assert_eq!(pending.into_inner::<(u8, &str)>(), Some((7, "stage")));
+        assert_eq!(Pending::new(7u8).into_inner::<u16>(), None, "another type is refused, not cast");
+    }
+
+    #[test]
+    fn only_envoy_has_grpc() {
+        assert!(HostCaps::ENVOY.grpc && HostCaps::ENVOY.chunked_body);
+        assert!(!HostCaps::NGX_WASM_MODULE.grpc && !HostCaps::NGX_WASM_MODULE.chunked_body);
+        assert_eq!(CallFailure::Timeout.as_str(), "timeout");
+    }
+}

@@ -65,6 +65,8 @@ pub struct RemoteResource {
     meta_key: String,
     data_key: String,
     source: RemoteSource,
+    /// Who uses it, for log lines (JWT: ` of idp,partner`); empty by default.
+    subject: String,
     owner: u64,
     pending: Option<u32>,
 }
@@ -74,7 +76,12 @@ impl RemoteResource {
     pub fn new(filter: &'static str, source: RemoteSource) -> Self {
         let id = fnv1a(format!("{}\n{}\n{}", source.upstream, source.authority, source.path).as_bytes());
         let base = format!("gatewarden/{filter}/{}/{id:016x}", source.kind);
-        Self { filter, meta_key: format!("{base}/meta"), data_key: format!("{base}/data"), source, owner: vm_owner_id(), pending: None }
+        Self { filter, meta_key: format!("{base}/meta"), data_key: format!("{base}/data"), source, subject: String::new(), owner: vm_owner_id(), pending: None }
+    }
+
+    /// Names who uses the resource in its log lines (`published JWKS of idp refused`).
+    pub fn set_subject(&mut self, subject: String) {
+        self.subject = subject;
     }
 
     pub fn source(&self) -> &RemoteSource {
@@ -98,7 +105,7 @@ impl RemoteResource {
     }
 
     /// Loads a newly published generation into this VM: `parse` turns the bytes into the value
-    /// and a short description for the log line. A generation is parsed once: a refused one is
+    /// and what the log line says after `loaded` (e.g. `(GeoLite2-Country, built …)`). A generation is parsed once: a refused one is
     /// counted and logged once and the last good value stays. Returns the value loaded now, if
     /// a new generation was loaded.
     pub fn load_published<T: 'static>(&self, parse: impl FnOnce(&[u8]) -> Result<(T, String), String>) -> Option<Rc<T>> {
@@ -113,10 +120,10 @@ impl RemoteResource {
 
     /// Records generation `generation` as seen, with its value when it parsed.
     fn install<T: 'static>(&self, generation: u64, parsed: Result<(T, String), String>) -> Option<Rc<T>> {
-        let (filter, kind) = (self.filter, self.source.kind);
+        let (filter, label, subject) = (self.filter, self.source.label, &self.subject);
         match parsed {
             Ok((value, about)) => {
-                host::log(Level::Info, &format!("gatewarden {filter}: {kind} generation {generation} from {} loaded ({about})", self.source.upstream));
+                host::log(Level::Info, &format!("gatewarden {filter}: {label} generation {generation} loaded {about}"));
                 self.count("loaded");
                 let value = Rc::new(value);
                 let any: Rc<dyn Any> = value.clone();
@@ -125,7 +132,7 @@ impl RemoteResource {
             }
             Err(why) => {
                 self.count("load_failed");
-                host::log(Level::Error, &format!("gatewarden {filter}: published {kind} generation {generation} from {} refused, the previous copy stays: {why}", self.source.upstream));
+                host::log(Level::Error, &format!("gatewarden {filter}: published {label}{subject} refused (generation {generation}), the previous copy stays: {why}"));
                 SEEN.with(|s| {
                     let mut s = s.borrow_mut();
                     let value = s.get(&self.data_key).and_then(|e| e.value.clone());

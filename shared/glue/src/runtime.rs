@@ -13,7 +13,10 @@
 //! its own thread_locals, and state tied to one compiled policy (JWT's verified-token cache) in
 //! [`Enforcer::PolicyState`], created with the policy and dropped with it.
 //! A filter supplies only an [`Enforcer`]: how to evaluate, which headers that reads, and what to
-//! do on ticks and callouts (background fetches).
+//! do on ticks and callouts (background fetches). A filter that must wait before it decides (for
+//! the request body, or a service's answer) sets `Enforcer::WAITS`, returns `crate::pipeline`
+//! steps from `start`/`resume`, and is exported with `export_filter!(Filter, waits)`;
+//! `crate::waiting` parks its requests and does the host side.
 //!
 //! A refused policy: on Envoy `on_configure` returns false, so Envoy keeps the last good policy
 //! (at first start the plugin fails closed). On Kong's ngx_wasm_module a false return makes the

@@ -254,7 +254,7 @@ pub fn on_body<F: Enforcer>(waiting: Waiting<F>, body_size: usize) -> (Action, O
     let filter = name::<F>();
     let Waiting { compiled, role, steps, pending, on, .. } = waiting;
     let WaitingOn::Body { max_bytes } = on else {
-        return (Action::Pause, None);
+        return (mismatch(filter), None);
     };
     let (policy, state) = chosen(&compiled, role);
     let step = if body_size > max_bytes {
@@ -302,7 +302,10 @@ pub fn on_http_response<F: Enforcer>(context_id: u32, waiting: Waiting<F>, num_h
         return None;
     }
     let Waiting { compiled, role, steps, pending, on, body_passed, headers_sent } = waiting;
-    let WaitingOn::Http { deadline_ms, max_response, .. } = on else { return None };
+    let WaitingOn::Http { deadline_ms, max_response, .. } = on else {
+        mismatch(filter);
+        return None;
+    };
     let (policy, state) = chosen(&compiled, role);
     let failed = |failure: CallFailure| {
         metrics::tally(filter, counter_of(failure));
@@ -346,7 +349,10 @@ pub fn on_grpc_answer<F: Enforcer>(context_id: u32, waiting: Waiting<F>, message
         return None;
     }
     let Waiting { compiled, role, steps, pending, on, body_passed, headers_sent } = waiting;
-    let WaitingOn::Grpc { max_response, deadline_ms, .. } = on else { return None };
+    let WaitingOn::Grpc { max_response, deadline_ms, .. } = on else {
+        mismatch(filter);
+        return None;
+    };
     let (policy, state) = chosen(&compiled, role);
     let mut message = Vec::new();
     let failure = match status {
@@ -376,6 +382,13 @@ pub fn on_grpc_answer<F: Enforcer>(context_id: u32, waiting: Waiting<F>, message
     };
     let step = F::resume(policy, state, pending, input);
     finish_callout(drive(compiled, role, step, steps, At::Callout { body_passed, headers_sent }, None))
+}
+
+/// A request resumed by something it was not waiting for (a glue bug): fails it closed rather
+/// than leave it paused.
+fn mismatch(filter: &str) -> Action {
+    metrics::tally(filter, "waiting_failed");
+    fail_closed(filter, "a waiting request was resumed by something it did not wait for", "host_error")
 }
 
 /// After a callout answer: resumes the request when it was let through, or when it now waits for
