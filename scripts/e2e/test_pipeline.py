@@ -6,7 +6,8 @@ HTTP service, then a gRPC service (Envoy), and decides from what they answer.
 What each case proves on the real hosts (the Wasm-host tests, wasm-host/tests/pipeline.rs, cover
 the same ground on the simulated profiles):
 - body: Envoy's chunks are buffered and the body is decided on whole; Kong's one call carries
-  it; a decision after the body changes no header (the headers went on so the body could come); past max_bytes the filter answers 413 itself; a body nginx spilled to a temp file (over
+  it; a chunked body is read on Envoy and unavailable on Kong (failure_mode decides: the engine
+  calls no body callback for an empty one, which would pass undecided); a decision after the body changes no header (the headers went on so the body could come); past max_bytes the filter answers 413 itself; a body nginx spilled to a temp file (over
   client_body_buffer_size) cannot be read on Kong and fails by failure_mode (503), while Envoy
   reads the same body.
 - HTTP callout: the request waits (paused) and resumes on the answer, on both hosts: the answer
@@ -216,6 +217,37 @@ def test_a_body_nginx_spilled_to_a_file_fails_closed_on_kong_only(setup: Setup, 
     else:
         assert_local(r, 503, UNAVAILABLE)
         gw.wait_for_counter(FILTER, "body_unavailable", 1)
+
+
+def chunked_post(gw: BaseGateway, path: str, chunks: list[bytes]) -> Response:
+    """A POST whose body is sent chunked (no content-length), as raw HTTP/1.1."""
+    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks if c) + b"0\r\n\r\n"
+    conn = harness.http.client.HTTPConnection(gw.host_address, gw.port, timeout=5)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("transfer-encoding", "chunked")
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        r = Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read(), gw.host)
+    finally:
+        conn.close()
+        gw._count_requests(1)
+    return r
+
+
+def test_chunked_body_is_read_on_envoy_and_unavailable_on_kong(setup: Setup, host: str) -> None:
+    """Kong's engine calls no body callback for a chunked request whose body is empty (seen: such
+    a request reached the upstream undecided while the filter waited), so there any chunked
+    body counts as unreadable and failure_mode decides; Envoy ends every body and reads it."""
+    gw = setup.gw
+    empty, denied = chunked_post(gw, "/body", []), chunked_post(gw, "/body", [b"please ", b"deny"])
+    if host == "envoy":
+        assert_allowed_after_body(empty, b"")
+        assert_local(denied, 403, FORBIDDEN)
+    else:
+        assert_local(empty, 503, UNAVAILABLE)
+        assert_local(denied, 503, UNAVAILABLE)
+    assert gw.settled_counters(FILTER).get("waiting_abandoned", 0) == 0, "no request passed undecided"
 
 
 # --------------------------------------------------------------------------------------------

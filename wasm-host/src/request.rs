@@ -662,8 +662,12 @@ impl RequestHandle {
                     self.stage = next_stage(self.stage);
                 }
             }
-            // StopIterationAndBuffer: the chunk is buffered; the next one follows.
-            Ok(Action::Pause) if !last => {}
+            // StopIterationAndBuffer: the chunk is buffered; the next one (or the trailers) follows.
+            Ok(Action::Pause) if !eos => {
+                if last {
+                    self.stage = next_stage(self.stage);
+                }
+            }
             Ok(Action::Pause) => self.waiting = Some(Phase::RequestBody),
             Err(_trap) => {} // check_end reports it
         }

@@ -494,3 +494,46 @@ fn a_decision_after_the_body_that_changes_headers_fails_closed() {
     let outcome = vm.http_request(Request::get("/bad")).unwrap();
     assert_eq!(outcome.upstream_header("x-pipeline"), Some("body=0;http=-;grpc=-"));
 }
+
+#[test]
+fn envoy_body_that_ends_with_trailers_is_decided_at_the_trailers() {
+    let host = host(Profile::Envoy);
+    let mut vm = pipeline_vm(&host, &policy(Profile::Envoy, "deny", true));
+    let trailers = vec![("x-checksum".to_string(), "1".to_string())];
+    let outcome = vm.http_request(post("/body", b"please deny").chunked(4).trailers(trailers.clone())).unwrap();
+    assert_denied(&outcome, 403, "body_denied");
+    let outcome = vm.http_request(post("/body", b"fine").chunked(4).trailers(trailers)).unwrap();
+    assert_allowed_after_body(&outcome, b"fine");
+    assert_eq!(waiting(&vm), (0, 0));
+}
+
+#[test]
+fn kong_chunked_body_is_unavailable_so_failure_mode_decides() {
+    // ngx_wasm_module calls no body callback for a chunked request whose body is empty: the
+    // filter cannot wait for one (it would pass undecided), so any chunked body counts as
+    // unreadable there.
+    let host = host(Profile::Kong);
+    let mut vm = pipeline_vm(&host, &policy(Profile::Kong, "deny", false));
+    let chunked = |body: &[u8]| Request::new("POST", "/body").header("transfer-encoding", "chunked").body(body.to_vec());
+    assert_denied(&vm.http_request(chunked(b"")).unwrap(), 503, "body_unavailable");
+    assert_denied(&vm.http_request(chunked(b"fine")).unwrap(), 503, "body_unavailable");
+    assert_eq!(counter(&host, &vm, "body_unavailable"), 2);
+    // The same on Envoy is read (Envoy ends every body with end_of_stream or trailers).
+    let host = self::host(Profile::Envoy);
+    let mut vm = pipeline_vm(&host, &policy(Profile::Envoy, "deny", true));
+    let outcome = vm.http_request(Request::new("POST", "/body").header("transfer-encoding", "chunked").body(b"fine".to_vec())).unwrap();
+    assert_allowed_after_body(&outcome, b"fine");
+}
+
+#[test]
+fn a_request_the_upstream_answers_before_the_decision_gets_503() {
+    // A host that lets a request go on without the body callback the glue waits for (here: the
+    // Kong profile, a content-length without a body) must not hand the upstream's answer over.
+    let host = host(Profile::Kong);
+    let mut vm = pipeline_vm(&host, &policy(Profile::Kong, "deny", false));
+    let outcome = vm.http_request(Request::new("POST", "/body").header("content-length", "5")).unwrap();
+    let local = outcome.local_response.as_ref().expect("a local response replaces the upstream's");
+    assert_eq!((local.status, local.details.as_str()), (503, "gatewarden_test_pipeline_host_error"));
+    assert_eq!(counter(&host, &vm, "waiting_failed"), 1);
+    assert_eq!(waiting(&vm), (0, 0));
+}

@@ -231,11 +231,6 @@ macro_rules! export_filter {
         // them unchecked (see the module docs): each returns at once.
 
         #[no_mangle]
-        pub extern "C" fn proxy_on_response_headers(_context_id: u32, _num_headers: usize, _end_of_stream: bool) -> u32 {
-            $crate::runtime::Action::Continue as u32
-        }
-
-        #[no_mangle]
         pub extern "C" fn proxy_on_response_body(_context_id: u32, _body_size: usize, _end_of_stream: bool) -> u32 {
             $crate::runtime::Action::Continue as u32
         }
@@ -286,6 +281,11 @@ macro_rules! export_filter {
         /// Exported because ngx_wasm_module calls it unchecked (see the module docs): returns at once.
         #[no_mangle]
         pub extern "C" fn proxy_on_request_body(_context_id: u32, _body_size: usize, _end_of_stream: bool) -> u32 {
+            $crate::runtime::Action::Continue as u32
+        }
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_response_headers(_context_id: u32, _num_headers: usize, _end_of_stream: bool) -> u32 {
             $crate::runtime::Action::Continue as u32
         }
     };
@@ -374,6 +374,39 @@ macro_rules! export_filter {
                 gatewarden_runtime(|rt| rt.park(context_id, next));
             }
             action as u32
+        }
+
+        /// Envoy: a body that ends with trailers is complete here (its last chunk had no
+        /// end_of_stream). ngx_wasm_module has no trailer callbacks.
+        #[no_mangle]
+        pub extern "C" fn proxy_on_request_trailers(context_id: u32, _num_trailers: usize) -> u32 {
+            let held = gatewarden_runtime(|rt| match rt.waiting_mut(context_id) {
+                None => Some($crate::runtime::Action::Continue),
+                Some(waiting) => waiting.trailers(),
+            })
+            .unwrap_or(Some($crate::runtime::Action::Pause));
+            if let Some(action) = held {
+                return action as u32;
+            }
+            let Some(waiting) = gatewarden_runtime(|rt| rt.unpark(context_id)).flatten() else {
+                return $crate::runtime::Action::Pause as u32;
+            };
+            let seen = waiting.body_seen();
+            let (action, next) = $crate::waiting::on_body::<$enforcer>(waiting, seen);
+            if let Some(next) = next {
+                gatewarden_runtime(|rt| rt.park(context_id, next));
+            }
+            action as u32
+        }
+
+        /// A request still waiting when the upstream answers passed undecided (a host that let
+        /// it go on without the callback the glue waited for): the client gets a 503 instead.
+        #[no_mangle]
+        pub extern "C" fn proxy_on_response_headers(context_id: u32, _num_headers: usize, _end_of_stream: bool) -> u32 {
+            match gatewarden_runtime(|rt| rt.unpark(context_id)).flatten() {
+                None => $crate::runtime::Action::Continue as u32,
+                Some(waiting) => $crate::waiting::undecided::<$enforcer>(waiting) as u32,
+            }
         }
     };
 }

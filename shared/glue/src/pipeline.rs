@@ -4,7 +4,7 @@
 //! start(policy, state, facts) ─▶ Step::Done(Evaluation)                      act now (as `evaluate`)
 //!                             ─▶ Step::NeedBody { max_bytes, pending }        wait for the body
 //!                             ─▶ Step::Call { call: Callout::Http | Grpc, .. } wait for the answer
-//! resume(policy, state, pending, Resumed::Body | BodyTooLarge | BodyUnavailable
+//! resume(policy, state, pending, Resumed::NoBody | Body | BodyTooLarge | BodyUnavailable
 //!                                | Http | Grpc | Failed(CallFailure)) ─▶ Step again (bounded: MAX_STEPS)
 //! ```
 //! Plain Rust on purpose: no proxy-wasm name appears here, so a second host ABI (Envoy's native
@@ -32,10 +32,11 @@ pub const MAX_STEPS: u8 = 8;
 
 /// What a filter does next for one request.
 ///
-/// A decision made after [`Step::NeedBody`] cannot change request headers: the headers went on
-/// so that the body could come (Envoy runs the body callback only for a request whose headers
-/// continued). Its `remove_headers`/`set_headers` must be empty (else the glue fails the request
-/// closed) and no decision header is sent; the decision log line and counters are as usual.
+/// A decision made after [`Resumed::Body`] (and the other body outcomes except
+/// [`Resumed::NoBody`]) cannot change request headers: the headers went on so that the body
+/// could come (Envoy runs the body callback only for a request whose headers continued). Its
+/// `remove_headers`/`set_headers` must be empty (else the glue fails the request closed) and no
+/// decision header is sent; the decision log line and counters are as usual.
 pub enum Step {
     /// Decided: act on it (allow, deny, dry-run deny).
     Done(Evaluation),
@@ -108,7 +109,11 @@ pub struct GrpcCallout {
 /// What a waiting request is resumed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resumed<'a> {
-    /// The whole body (empty for a request without one).
+    /// The request has no body (known from its headers, which are still held: the decision
+    /// may change them).
+    NoBody,
+    /// The whole body (possibly empty, e.g. chunked with no data). The request headers went on
+    /// before it came: the decision may change none of them (see [`Step`]).
     Body(&'a [u8]),
     /// The body grew past `max_bytes`; `seen` bytes had arrived (a lower bound of its size).
     BodyTooLarge { seen: usize },

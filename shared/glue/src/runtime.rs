@@ -40,7 +40,7 @@ use gatewarden_policy::{compile_set, Decision, FilterPolicy, Header, Mode, Reque
 use crate::decision_log::DecisionRecord;
 use crate::host::{self, Level};
 use crate::pipeline::{HostCaps, Pending, Resumed, Step};
-use crate::waiting::{self, At, Waiting};
+use crate::waiting::{self, At, BodyAhead, Waiting};
 use crate::rollout::{self as rollout_glue, ShadowRecord};
 use crate::{metrics, panic_hook};
 
@@ -480,29 +480,32 @@ pub fn on_request_headers_waiting<F: Enforcer>(compiled: Option<Rc<Compiled<F>>>
             (Some(role), step)
         }
     };
-    let no_body = end_of_stream || (host::host_kind() == host::HostKind::NgxWasmModule && !announces_body(&facts, all));
-    waiting::drive(Rc::clone(&compiled), role, step, 0, At::Headers { no_body }, all)
+    let body = match (end_of_stream, host::host_kind()) {
+        (true, _) => BodyAhead::None,
+        (false, host::HostKind::Envoy) => BodyAhead::Coming,
+        (false, host::HostKind::NgxWasmModule) => kong_body_ahead(&facts, all),
+    };
+    waiting::drive(Rc::clone(&compiled), role, step, 0, At::Headers { body }, all)
 }
 
-/// Whether the request headers announce a body (`content-length` above 0, or any
-/// `transfer-encoding`): ngx_wasm_module never sets end_of_stream on request headers, and calls
-/// no body callback for a request without one. A header that cannot be read counts as a body
-/// (the request then waits for a body callback; it never passes undecided).
-fn announces_body(facts: &RequestFacts<'_>, all: Option<&[(String, String)]>) -> bool {
+/// What body follows the request headers on ngx_wasm_module, which never sets end_of_stream on
+/// them and calls no body callback for a request without a body, nor for a chunked one whose
+/// body is empty (seen on 3bed278: such a request reached the upstream while the filter waited).
+/// So: `content-length` above 0 → `Coming`; a `transfer-encoding` → `Unreadable` (the filter
+/// cannot wait for a callback that may never come; its failure_mode decides); neither → `None`.
+/// A header that cannot be read → `Unreadable`.
+fn kong_body_ahead(facts: &RequestFacts<'_>, all: Option<&[(String, String)]>) -> BodyAhead {
     let get = |name: &str| -> Result<Option<String>, host::HostError> {
         match all {
             Some(_) => Ok(facts.header(name).map(str::to_owned)),
             None => host::request_header(name),
         }
     };
-    let length = match get("content-length") {
-        Ok(v) => v,
-        Err(_) => return true,
-    };
-    if length.is_some_and(|v| v.trim() != "0") {
-        return true;
+    match (get("transfer-encoding"), get("content-length")) {
+        (Ok(Some(_)), _) | (Err(_), _) | (_, Err(_)) => BodyAhead::Unreadable,
+        (Ok(None), Ok(Some(length))) if length.trim() != "0" => BodyAhead::Coming,
+        (Ok(None), Ok(_)) => BodyAhead::None,
     }
-    !matches!(get("transfer-encoding"), Ok(None))
 }
 
 /// The request id for a log line: from the headers already read, else one host call.

@@ -85,7 +85,8 @@ pub struct Waiting<F: Enforcer> {
 }
 
 enum WaitingOn {
-    Body { max_bytes: usize },
+    /// `seen`: the body size buffered so far (the last chunk's size argument).
+    Body { max_bytes: usize, seen: usize },
     Http { token: u32, deadline_ms: u64, max_response: usize },
     Grpc { token: u32, deadline_ms: u64, max_response: usize },
 }
@@ -100,11 +101,23 @@ impl<F: Enforcer> Waiting<F> {
     }
 }
 
+/// Whether a body follows the request headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyAhead {
+    /// None (a body step resolves at once: `Resumed::NoBody`).
+    None,
+    /// One comes: a body step waits for it.
+    Coming,
+    /// One may come that the host would not hand over (ngx_wasm_module: a chunked body, see
+    /// `runtime::kong_body_ahead`): a body step resolves at once as `BodyUnavailable`.
+    Unreadable,
+}
+
 /// Where a request is when the filter takes a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum At {
-    /// Request headers; `no_body`: the request has none (a body step resolves at once).
-    Headers { no_body: bool },
+    /// Request headers, and what body follows them.
+    Headers { body: BodyAhead },
     /// The body callback, after the body was handed over.
     Body,
     /// A callout's answer.
@@ -140,7 +153,7 @@ pub fn drive<F: Enforcer>(
     let mut step = first;
     let mut steps = steps;
     let body_passed = match at {
-        At::Headers { no_body } => no_body,
+        At::Headers { body } => body != BodyAhead::Coming,
         At::Body => true,
         At::Callout { body_passed, .. } => body_passed,
     };
@@ -178,14 +191,18 @@ pub fn drive<F: Enforcer>(
                 return (fail_closed(filter, why, "host_error"), None);
             }
             Step::NeedBody { max_bytes, pending } => {
-                if let At::Headers { no_body: true } = at {
-                    (pending, Resumed::Body(&[]))
+                if let At::Headers { body: BodyAhead::None } = at {
+                    (pending, Resumed::NoBody)
+                } else if let At::Headers { body: BodyAhead::Unreadable } = at {
+                    host::log(Level::Warn, &format!("gatewarden {filter}: a chunked request body cannot be read on this host (ngx_wasm_module); failure_mode decides"));
+                    metrics::tally(filter, "body_unavailable");
+                    (pending, Resumed::BodyUnavailable)
                 } else if body_passed {
                     metrics::tally(filter, "waiting_failed");
                     return (fail_closed(filter, "the filter asked for the body after it went by", "host_error"), None);
                 } else {
                     // Continue: the body only comes to a request that goes on (module docs).
-                    let on = WaitingOn::Body { max_bytes };
+                    let on = WaitingOn::Body { max_bytes, seen: 0 };
                     let waiting = Waiting { compiled, role, steps, pending, on, body_passed, headers_sent: true };
                     return (Action::Continue, Some(waiting));
                 }
@@ -243,17 +260,50 @@ impl<F: Enforcer> Waiting<F> {
                 }
                 Some(Action::Pause)
             }
-            WaitingOn::Body { max_bytes } if !end_of_stream && body_size <= max_bytes => Some(Action::Pause),
+            WaitingOn::Body { max_bytes, ref mut seen } if !end_of_stream && body_size <= max_bytes => {
+                *seen = body_size;
+                Some(Action::Pause)
+            }
             WaitingOn::Body { .. } => None,
         }
     }
+
+    /// Request trailers while parked (Envoy: a body that ends with trailers; its last chunk had
+    /// no end_of_stream): `Some(Pause)` while a callout is pending; `None`: the body is
+    /// complete, take the request out and [`on_body`] it with [`Waiting::body_seen`] bytes.
+    pub fn trailers(&mut self) -> Option<Action> {
+        match self.on {
+            WaitingOn::Http { .. } | WaitingOn::Grpc { .. } => {
+                self.body_passed = true;
+                Some(Action::Pause)
+            }
+            WaitingOn::Body { .. } => None,
+        }
+    }
+
+    /// The body size buffered so far by a request waiting for its body.
+    pub fn body_seen(&self) -> usize {
+        match self.on {
+            WaitingOn::Body { seen, .. } => seen,
+            WaitingOn::Http { .. } | WaitingOn::Grpc { .. } => 0,
+        }
+    }
+}
+
+/// The request reached the upstream's answer while still waiting (a host that let it go on
+/// without the callback the glue waited for): the upstream has seen it, but the client gets a
+/// 503 instead of the answer, and it is logged and counted as `waiting_failed`.
+pub fn undecided<F: Enforcer>(_waiting: Waiting<F>) -> Action {
+    let filter = name::<F>();
+    metrics::tally(filter, "waiting_failed");
+    fail_closed(filter, "the upstream answered a request the filter had not decided yet", "host_error")
 }
 
 /// The body (or its end, or its overflow) arrived for a request waiting for it.
 pub fn on_body<F: Enforcer>(waiting: Waiting<F>, body_size: usize) -> (Action, Option<Waiting<F>>) {
     let filter = name::<F>();
     let Waiting { compiled, role, steps, pending, on, .. } = waiting;
-    let WaitingOn::Body { max_bytes } = on else {
+    let WaitingOn::Body { max_bytes, .. } = on else {
         return (mismatch(filter), None);
     };
     let (policy, state) = chosen(&compiled, role);

@@ -234,8 +234,13 @@ impl Enforcer for PipelineFilter {
         };
         let failure_mode = policy.header.failure_mode;
         match (p.stage, input) {
+            (Stage::Body, Resumed::NoBody) => {
+                p.body_len = Some(0);
+                p.stage = Stage::Http;
+                next(policy, p)
+            }
             (Stage::Body, Resumed::Body(body)) => {
-                p.headers_gone = !body.is_empty();
+                p.headers_gone = true;
                 if contains(body, b"deny") {
                     return Step::Done(deny(&p.rule, 403, FORBIDDEN_BODY, "body_denied"));
                 }
