@@ -255,7 +255,7 @@ def test_unloadable_published_key_set_is_refused_and_the_last_good_one_keeps_ver
     meta_key, data_key = shared_keys("jwt", "jwks", gw.upstream_ref("jwks"), "/idp.json")
     mark = gw.log_mark()
     publish_garbage(gw, meta_key, data_key)
-    gw.wait_for_log_in_every_vm(r"\[error\] .*gatewarden jwt: published JWKS of idp refused, the previous set stays",
+    gw.wait_for_log_in_every_vm(r"\[error\] .*gatewarden jwt: published JWKS of idp refused \(generation \d+\), the previous copy stays",
                                 since=mark)
     assert gw.wait_for_counter("jwt", "jwks_load_failed", gw.vms) == gw.vms
     now = int(time.time())

@@ -89,6 +89,7 @@ pub struct IpGeoPolicy {
 /// The country database as a remote resource: refreshed daily, up to 1 GiB (64 MiB by default).
 pub const GEO_DB: ResourceKind = ResourceKind {
     name: "geo_db",
+    label: "geo database",
     default_refresh_seconds: 86_400,
     default_timeout_ms: 10_000,
     default_max_bytes: 64 << 20,

@@ -23,7 +23,7 @@ const FILTER: &str = IpGeoPolicy::NAME;
 /// Opens a published database: the value and its description for the log line.
 fn open(bytes: &[u8]) -> Result<(GeoDb, String), String> {
     let db = GeoDb::from_bytes(bytes.to_vec()).map_err(|e| e.to_string())?;
-    let about = format!("{}, built {}", db.database_type(), db.build_epoch());
+    let about = format!("({}, built {})", db.database_type(), db.build_epoch());
     Ok((db, about))
 }
 

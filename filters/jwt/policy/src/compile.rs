@@ -18,6 +18,7 @@ use super::jwk::JwksSet;
 /// (16 MiB at most), fetched early (rate-limited) when a token names a `kid` the set lacks.
 pub const JWKS: ResourceKind = ResourceKind {
     name: "jwks",
+    label: "JWKS",
     default_refresh_seconds: 600,
     default_timeout_ms: 5_000,
     default_max_bytes: 256 << 10,

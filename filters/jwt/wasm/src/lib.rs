@@ -60,7 +60,7 @@ fn parse_jwks(names: String) -> impl FnOnce(&[u8]) -> Result<(Arc<JwksSet>, Stri
             host::log(Level::Warn, &format!("gatewarden {FILTER}: JWKS of {names}: keys[{}] (kid {:?}) skipped: {}", s.index, s.kid.as_deref().unwrap_or(""), s.reason));
         }
         set.prepare();
-        let about = format!("{} keys for {names}", set.len());
+        let about = format!("for {names} ({} keys)", set.len());
         Ok((Arc::new(set), about))
     }
 }
@@ -116,6 +116,10 @@ impl Enforcer for Jwt {
                 continue;
             }
             fetchers.push(Fetcher { jwks: RemoteResource::new(FILTER, src.spec.clone()), providers: vec![src.provider.to_owned()] });
+        }
+        for f in &mut fetchers {
+            let subject = format!(" of {}", f.names());
+            f.jwks.set_subject(subject);
         }
         // Forget the key sets of providers that are gone or now fetch from an origin not loaded
         // in this VM yet; install the loaded ones.

@@ -66,6 +66,8 @@ pub struct RemoteSourceSpec {
 pub struct ResourceKind {
     /// Name in shared-data keys, counters (`<name>_fetch_failed`) and logs: `geo_db`, `jwks`.
     pub name: &'static str,
+    /// What it is in a log line about a loaded copy: `geo database`, `JWKS`.
+    pub label: &'static str,
     pub default_refresh_seconds: u64,
     pub default_timeout_ms: u64,
     pub default_max_bytes: u64,
@@ -88,6 +90,8 @@ const LEASE_MARGIN_MS: u64 = 2_000;
 pub struct RemoteSource {
     /// The resource kind's name (`geo_db`, `jwks`).
     pub kind: &'static str,
+    /// The resource kind's label in log lines (`geo database`, `JWKS`).
+    pub label: &'static str,
     /// Envoy cluster name, or `host:port` on Kong's engine.
     pub upstream: String,
     pub authority: String,
@@ -141,6 +145,7 @@ impl RemoteSource {
         };
         Ok(Self {
             kind: kind.name,
+            label: kind.label,
             upstream: spec.cluster.clone(),
             authority: spec.authority.clone().unwrap_or_else(|| spec.cluster.clone()),
             path: spec.path.clone(),
@@ -175,13 +180,14 @@ mod tests {
 
     const GEO: ResourceKind = ResourceKind {
         name: "geo_db",
+        label: "geo database",
         default_refresh_seconds: 86_400,
         default_timeout_ms: 10_000,
         default_max_bytes: 64 << 20,
         max_max_bytes: 1 << 30,
         early_refetch: false,
     };
-    const JWKS: ResourceKind = ResourceKind { name: "jwks", default_refresh_seconds: 600, default_timeout_ms: 5_000, default_max_bytes: 256 << 10, max_max_bytes: 16 << 20, early_refetch: true };
+    const JWKS: ResourceKind = ResourceKind { name: "jwks", label: "JWKS", default_refresh_seconds: 600, default_timeout_ms: 5_000, default_max_bytes: 256 << 10, max_max_bytes: 16 << 20, early_refetch: true };
 
     fn spec(v: serde_json::Value) -> RemoteSourceSpec {
         serde_json::from_value(v).unwrap()
