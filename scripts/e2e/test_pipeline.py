@@ -290,6 +290,23 @@ def test_http_callout_timeout_fails_by_failure_mode(setup: Setup) -> None:
     assert_allowed_after_body(post(gw, "/http", b"fine"), b"fine")
 
 
+def test_http_callout_timeout_with_failure_mode_allow_lets_it_through(start_gateway, host: str) -> None:
+    """The timed-out callout's path without a local response: on Kong too (where a denial there
+    is KONG_FAILED_DISPATCH), the request goes on, marked, and the timeout is counted as one."""
+    authz = AuthzServer()
+    try:
+        open_policy = {**policy(host, authz.port, grpc=False), "failure_mode": "allow"}
+        gw = start_gateway({FILTER: open_policy}, modules={FILTER: harness.pipeline_module()},
+                           clusters={"pipeline_authz": ("127.0.0.1", authz.port, False)})
+        upstream = assert_reached_upstream(gw.get("/call/slow"), b"")
+        assert upstream["x-pipeline-failure"] == "callout_failed", upstream
+        assert upstream["x-gatewarden-test-pipeline"] == "allow; rule=call; version=pipe-1", upstream
+        counters = gw.settled_counters(FILTER)
+        assert counters.get("callout_timeout") == 1 and counters.get("allowed") == 1, counters
+    finally:
+        authz.stop()
+
+
 @pytest.mark.kong_defect(KONG_FAILED_DISPATCH)
 def test_http_callout_after_the_body_times_out_by_failure_mode(setup: Setup) -> None:
     gw = setup.gw
