@@ -406,6 +406,8 @@ fn new_stream(profile: Profile, root: u32, request: Request) -> StreamState {
         "request.scheme".to_string(),
         request.scheme.clone().into_bytes(),
     );
+    // Both hosts have it (nginx `$server_protocol`); the test may set another with `property`.
+    properties.insert("request.protocol".to_string(), b"HTTP/1.1".to_vec());
     let request_id = request
         .request_id
         .clone()

@@ -537,3 +537,19 @@ fn a_request_the_upstream_answers_before_the_decision_gets_503() {
     assert_eq!(counter(&host, &vm, "waiting_failed"), 1);
     assert_eq!(waiting(&vm), (0, 0));
 }
+
+#[test]
+fn kong_http2_request_without_content_length_may_have_a_body_so_it_is_unavailable() {
+    // HTTP/2 needs no content-length for a body: on Kong the filter cannot tell "no body" from a
+    // body whose callback may never come, so failure_mode decides; on HTTP/1.1 it is no body.
+    let host = host(Profile::Kong);
+    let mut vm = pipeline_vm(&host, &policy(Profile::Kong, "deny", false));
+    let h2 = Request::new("POST", "/body").property("request.protocol", "HTTP/2.0").body(b"x".to_vec());
+    assert_denied(&vm.http_request(h2).unwrap(), 503, "body_unavailable");
+    let outcome = vm.http_request(Request::get("/body")).unwrap();
+    assert_eq!(outcome.upstream_header("x-pipeline"), Some("body=0;http=-;grpc=-"), "HTTP/1.1 GET: no body");
+    // A rule without a body step reads nothing of this.
+    host.clear_calls();
+    vm.http_request(Request::get("/plain")).unwrap();
+    assert_eq!(host.call_count("proxy_get_property"), 0, "no property read for a request that needs no body");
+}

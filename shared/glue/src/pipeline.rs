@@ -179,11 +179,4 @@ mod tests {
         assert_eq!(pending.into_inner::<(u8, &str)>(), Some((7, "stage")));
         assert_eq!(Pending::new(7u8).into_inner::<u16>(), None, "another type is refused, not cast");
     }
-
-    #[test]
-    fn only_envoy_has_grpc() {
-        assert!(HostCaps::ENVOY.grpc && HostCaps::ENVOY.chunked_body);
-        assert!(!HostCaps::NGX_WASM_MODULE.grpc && !HostCaps::NGX_WASM_MODULE.chunked_body);
-        assert_eq!(CallFailure::Timeout.as_str(), "timeout");
-    }
 }

@@ -483,29 +483,10 @@ pub fn on_request_headers_waiting<F: Enforcer>(compiled: Option<Rc<Compiled<F>>>
     let body = match (end_of_stream, host::host_kind()) {
         (true, _) => BodyAhead::None,
         (false, host::HostKind::Envoy) => BodyAhead::Coming,
-        (false, host::HostKind::NgxWasmModule) => kong_body_ahead(&facts, all),
+        // Only worked out if a step asks for the body (it may cost host calls).
+        (false, host::HostKind::NgxWasmModule) => BodyAhead::AskHeaders,
     };
     waiting::drive(Rc::clone(&compiled), role, step, 0, At::Headers { body }, all)
-}
-
-/// What body follows the request headers on ngx_wasm_module, which never sets end_of_stream on
-/// them and calls no body callback for a request without a body, nor for a chunked one whose
-/// body is empty (seen on 3bed278: such a request reached the upstream while the filter waited).
-/// So: `content-length` above 0 → `Coming`; a `transfer-encoding` → `Unreadable` (the filter
-/// cannot wait for a callback that may never come; its failure_mode decides); neither → `None`.
-/// A header that cannot be read → `Unreadable`.
-fn kong_body_ahead(facts: &RequestFacts<'_>, all: Option<&[(String, String)]>) -> BodyAhead {
-    let get = |name: &str| -> Result<Option<String>, host::HostError> {
-        match all {
-            Some(_) => Ok(facts.header(name).map(str::to_owned)),
-            None => host::request_header(name),
-        }
-    };
-    match (get("transfer-encoding"), get("content-length")) {
-        (Ok(Some(_)), _) | (Err(_), _) | (_, Err(_)) => BodyAhead::Unreadable,
-        (Ok(None), Ok(Some(length))) if length.trim() != "0" => BodyAhead::Coming,
-        (Ok(None), Ok(_)) => BodyAhead::None,
-    }
 }
 
 /// The request id for a log line: from the headers already read, else one host call.

@@ -109,8 +109,37 @@ pub enum BodyAhead {
     /// One comes: a body step waits for it.
     Coming,
     /// One may come that the host would not hand over (ngx_wasm_module: a chunked body, see
-    /// `runtime::kong_body_ahead`): a body step resolves at once as `BodyUnavailable`.
+    /// [`kong_body_ahead`]): a body step resolves at once as `BodyUnavailable`.
     Unreadable,
+    /// ngx_wasm_module: to be read from the request headers when a step asks for the body
+    /// ([`kong_body_ahead`]).
+    AskHeaders,
+}
+
+/// What body follows the request headers on ngx_wasm_module, which never sets end_of_stream on
+/// them and calls no body callback for a request without a body, nor for a chunked one whose
+/// body is empty (seen on 3bed278: such a request reached the upstream while the filter waited).
+/// So: `content-length` above 0 → `Coming`; a `transfer-encoding` → `Unreadable` (the filter
+/// cannot wait for a callback that may never come; its failure_mode decides); neither, on
+/// HTTP/1.x (`request.protocol`, nginx `$server_protocol`) → `None`; neither on HTTP/2 or 3,
+/// where a body needs no content-length → `Unreadable`. What cannot be read → `Unreadable`.
+/// `all`: every request header, when the filter read them (else one host call per header).
+pub fn kong_body_ahead(all: Option<&[(String, String)]>) -> BodyAhead {
+    let get = |name: &str| -> Result<Option<String>, host::HostError> {
+        match all {
+            Some(headers) => Ok(headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())),
+            None => host::request_header(name),
+        }
+    };
+    match (get("transfer-encoding"), get("content-length")) {
+        (Ok(Some(_)), _) | (Err(_), _) | (_, Err(_)) => BodyAhead::Unreadable,
+        (Ok(None), Ok(Some(length))) if length.trim() != "0" => BodyAhead::Coming,
+        (Ok(None), Ok(Some(_))) => BodyAhead::None,
+        (Ok(None), Ok(None)) => match host::property(&["request", "protocol"]) {
+            Ok(Some(p)) if p.starts_with(b"HTTP/1.") => BodyAhead::None,
+            _ => BodyAhead::Unreadable,
+        },
+    }
 }
 
 /// Where a request is when the filter takes a step.
@@ -146,14 +175,14 @@ pub fn drive<F: Enforcer>(
     role: Option<Role>,
     first: Step,
     steps: u8,
-    at: At,
+    mut at: At,
     all_headers: Option<&[(String, String)]>,
 ) -> (Action, Option<Waiting<F>>) {
     let filter = name::<F>();
     let mut step = first;
     let mut steps = steps;
-    let body_passed = match at {
-        At::Headers { body } => body != BodyAhead::Coming,
+    let mut body_passed = match at {
+        At::Headers { body } => !matches!(body, BodyAhead::Coming | BodyAhead::AskHeaders),
         At::Body => true,
         At::Callout { body_passed, .. } => body_passed,
     };
@@ -191,6 +220,11 @@ pub fn drive<F: Enforcer>(
                 return (fail_closed(filter, why, "host_error"), None);
             }
             Step::NeedBody { max_bytes, pending } => {
+                if let At::Headers { body: BodyAhead::AskHeaders } = at {
+                    let body = kong_body_ahead(all_headers);
+                    body_passed = body != BodyAhead::Coming;
+                    at = At::Headers { body };
+                }
                 if let At::Headers { body: BodyAhead::None } = at {
                     (pending, Resumed::NoBody)
                 } else if let At::Headers { body: BodyAhead::Unreadable } = at {
