@@ -75,7 +75,7 @@ impl<F: Enforcer> Runtime<F> {
     /// was deciding) is dropped and counted instead.
     pub fn park(&mut self, context_id: u32, waiting: Waiting<F>) {
         if !self.requests.contains_key(&context_id) {
-            metrics::tally(<F::Policy as gatewarden_policy::FilterPolicy>::NAME, "waiting_abandoned");
+            metrics::tally(<F::Policy as gatewarden_policy::FilterPolicy>::NAME, crate::metrics::Counter::WAITING_ABANDONED);
             return;
         }
         if let Some(token) = waiting.token() {
@@ -109,7 +109,7 @@ impl<F: Enforcer> Runtime<F> {
     pub fn late_answer(&mut self, token: u32) -> bool {
         let Some(at) = self.abandoned.iter().position(|t| *t == token) else { return false };
         self.abandoned.remove(at);
-        metrics::tally(<F::Policy as gatewarden_policy::FilterPolicy>::NAME, "callout_late");
+        metrics::tally(<F::Policy as gatewarden_policy::FilterPolicy>::NAME, crate::metrics::Counter::CALLOUT_LATE);
         true
     }
 
@@ -134,7 +134,7 @@ impl<F: Enforcer> Runtime<F> {
         // still delivers one, finds no token and is dropped.
         if F::WAITS {
             if let Some(waiting) = self.unpark(context_id) {
-                metrics::tally(<F::Policy as gatewarden_policy::FilterPolicy>::NAME, "waiting_abandoned");
+                metrics::tally(<F::Policy as gatewarden_policy::FilterPolicy>::NAME, crate::metrics::Counter::WAITING_ABANDONED);
                 if let Some(token) = waiting.token() {
                     if self.abandoned.len() >= ABANDONED_TOKENS {
                         self.abandoned.pop_front();

@@ -40,6 +40,13 @@ impl DecisionRecord<'_> {
     }
 }
 
+impl std::fmt::Display for DecisionRecord<'_> {
+    /// The JSON line, built only when the log level lets it through (`host::log`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_line())
+    }
+}
+
 /// One JSON object of string fields, on one line.
 pub fn json_line<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut out = String::with_capacity(256);

@@ -146,10 +146,34 @@ fn take(ptr: *mut u8, size: usize) -> Vec<u8> {
     unsafe { Vec::from_raw_parts(ptr, size, size) }
 }
 
-/// Logs a message; a failed log call is ignored (there is nowhere else to report it).
-pub fn log(level: Level, message: &str) {
+/// The least severe level the glue formats and sends: below it, [`log`] returns before any
+/// formatting. Fixed, because the level cannot be asked on every host: Kong's ngx_wasm_module
+/// declares `proxy_get_log_level` with another signature, and a module importing it does not load.
+pub const MIN_LEVEL: Level = Level::Info;
+
+/// Whether a message at `level` would be sent.
+pub fn enabled(level: Level) -> bool {
+    level >= MIN_LEVEL
+}
+
+/// The one logging helper: `log(Level::Info, format_args!("gatewarden {filter}: …"))`. The level
+/// is checked before the message is formatted; a failed log call is ignored (there is nowhere
+/// else to report it).
+pub fn log(level: Level, message: std::fmt::Arguments<'_>) {
+    if !enabled(level) {
+        return;
+    }
+    // A message without arguments needs no formatting.
+    let owned;
+    let text = match message.as_str() {
+        Some(s) => s,
+        None => {
+            owned = message.to_string();
+            &owned
+        }
+    };
     // SAFETY: pointer and length describe a live &str.
-    let _ = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
+    let _ = unsafe { proxy_log(level as u32, text.as_ptr(), text.len()) };
 }
 
 /// The host's wall clock.

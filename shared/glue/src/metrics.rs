@@ -13,15 +13,58 @@ use std::cell::RefCell;
 use crate::fasthash::FastMap;
 use crate::host;
 
-/// The outcomes every filter counts, beside `denied_<reason>` per reason.
-pub const OUTCOMES: &[&str] = &[
-    "allowed",
-    "denied",
-    "dry_run_denied",
-    "config_accepted",
-    "config_rejected",
-    "no_policy",
-    "host_error",
+/// A counter the glue increments: `gatewarden_<filter>_<name>`. Named by these constants, never by
+/// free strings, so a typo is a compile error and `gatewarden counters` lists what exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter(&'static str);
+
+impl Counter {
+    // Every filter, every request.
+    pub const ALLOWED: Counter = Counter("allowed");
+    pub const DENIED: Counter = Counter("denied");
+    pub const DRY_RUN_DENIED: Counter = Counter("dry_run_denied");
+    pub const NO_POLICY: Counter = Counter("no_policy");
+    pub const HOST_ERROR: Counter = Counter("host_error");
+    // Configuration.
+    pub const CONFIG_ACCEPTED: Counter = Counter("config_accepted");
+    pub const CONFIG_REJECTED: Counter = Counter("config_rejected");
+    pub const SIGNATURE_REJECTED: Counter = Counter("signature_rejected");
+    pub const TRUST_CONFIG_REJECTED: Counter = Counter("trust_config_rejected");
+    // Rollout: which policy a canary request was assigned to, what a candidate decided, and
+    // whether a shadow candidate agreed (see `crate::rollout`).
+    pub const ROLLOUT_ACTIVE: Counter = Counter("rollout_active");
+    pub const ROLLOUT_CANDIDATE: Counter = Counter("rollout_candidate");
+    pub const CANDIDATE_ALLOWED: Counter = Counter("candidate_allowed");
+    pub const CANDIDATE_DENIED: Counter = Counter("candidate_denied");
+    pub const CANDIDATE_DRY_RUN_DENIED: Counter = Counter("candidate_dry_run_denied");
+    pub const SHADOW_AGREED: Counter = Counter("shadow_agreed");
+    pub const SHADOW_DISAGREED: Counter = Counter("shadow_disagreed");
+    // Filters that wait for a body or a callout (see `crate::waiting`).
+    pub const BODY_TOO_LARGE: Counter = Counter("body_too_large");
+    pub const BODY_UNAVAILABLE: Counter = Counter("body_unavailable");
+    pub const CALLOUT_DISPATCH_FAILED: Counter = Counter("callout_dispatch_failed");
+    pub const CALLOUT_TIMEOUT: Counter = Counter("callout_timeout");
+    pub const CALLOUT_FAILED: Counter = Counter("callout_failed");
+    pub const CALLOUT_TOO_LARGE: Counter = Counter("callout_too_large");
+    pub const CALLOUT_LATE: Counter = Counter("callout_late");
+    pub const WAITING_ABANDONED: Counter = Counter("waiting_abandoned");
+    pub const WAITING_FAILED: Counter = Counter("waiting_failed");
+
+    /// The name after `gatewarden_<filter>_`.
+    pub const fn name(self) -> &'static str {
+        self.0
+    }
+}
+
+/// The counters every filter defines, beside `denied_<reason>` and `dry_run_denied_<reason>`.
+pub const OUTCOMES: &[Counter] = &[
+    Counter::ALLOWED,
+    Counter::DENIED,
+    Counter::DRY_RUN_DENIED,
+    Counter::CONFIG_ACCEPTED,
+    Counter::CONFIG_REJECTED,
+    Counter::NO_POLICY,
+    Counter::HOST_ERROR,
 ];
 
 /// Longest time a tallied count waits in the VM before it reaches the host.
@@ -41,15 +84,17 @@ thread_local! {
     static IDS: RefCell<Ids> = RefCell::new(Ids::default());
 }
 
-/// Defines `gatewarden_<filter>_<outcome>` for every outcome, every `denied_<reason>`, and the
-/// filter's `extra` counters. Idempotent.
-pub fn define(filter: &str, reasons: &[&str], extra: &[&str]) {
+/// Defines `gatewarden_<filter>_<outcome>` for every outcome, every `denied_<reason>`, the
+/// glue's `counters` (rollout, waiting) and the filter's `extra` counters (its remote
+/// resources'). Idempotent.
+pub fn define(filter: &str, reasons: &[&str], counters: &[Counter], extra: &[String]) {
     let names = OUTCOMES
         .iter()
-        .map(|o| (*o).to_owned())
+        .chain(counters)
+        .map(|c| c.name().to_owned())
         .chain(reasons.iter().map(|r| format!("denied_{r}")))
         .chain(reasons.iter().map(|r| format!("dry_run_denied_{r}")))
-        .chain(extra.iter().map(|e| (*e).to_owned()));
+        .chain(extra.iter().cloned());
     IDS.with(|ids| {
         let mut ids = ids.borrow_mut();
         if ids.filter != filter {
@@ -69,7 +114,7 @@ pub fn define(filter: &str, reasons: &[&str], extra: &[&str]) {
                     ids.pending.push((id, 0));
                     ids.by_outcome.insert(outcome, (id, slot));
                 }
-                Err(e) => host::log(host::Level::Warn, &format!("gatewarden: cannot define metric {name}: status {}", e.0)),
+                Err(e) => host::log(host::Level::Warn, format_args!("gatewarden: cannot define metric {name}: status {}", e.0)),
             }
         }
     });
@@ -79,9 +124,15 @@ fn metric_name(filter: &str, outcome: &str) -> String {
     format!("gatewarden_{filter}_{outcome}")
 }
 
-/// Adds one to `gatewarden_<filter>_<outcome>` now (one host call); an undefined name is
-/// ignored. For rare events; per-request outcomes use [`tally`].
-pub fn count(filter: &str, outcome: &str) {
+/// Adds one to `gatewarden_<filter>_<counter>` now (one host call). For rare events;
+/// per-request outcomes use [`tally`].
+pub fn count(filter: &str, counter: Counter) {
+    count_named(filter, counter.name());
+}
+
+/// [`count`] for a counter named at run time from a typed part: a filter's remote resource
+/// (`<resource>_<event>`, see `crate::remote`). An undefined name is ignored.
+pub(crate) fn count_named(filter: &str, outcome: &str) {
     let id = IDS.with(|ids| {
         let ids = ids.borrow();
         if ids.filter == filter {
@@ -95,9 +146,19 @@ pub fn count(filter: &str, outcome: &str) {
     }
 }
 
-/// Adds one to `gatewarden_<filter>_<outcome>` in the VM; the host sees it at the next
+/// Adds one to `gatewarden_<filter>_<counter>` in the VM; the host sees it at the next
 /// [`flush`]. No host call, no allocation.
-pub fn tally(filter: &str, outcome: &str) {
+pub fn tally(filter: &str, counter: Counter) {
+    tally_named(filter, counter.name());
+}
+
+/// Adds one to `gatewarden_<filter>_<outcome>_<reason>` (`denied_ip_denied`): a denial's reason,
+/// typed by the filter's reason enum (`Enforcer::reasons`).
+pub fn tally_reason(filter: &str, outcome: Counter, reason: &str) {
+    tally_named(filter, &format!("{}_{reason}", outcome.name()));
+}
+
+fn tally_named(filter: &str, outcome: &str) {
     IDS.with(|ids| {
         let mut ids = ids.borrow_mut();
         if ids.filter != filter {

@@ -11,7 +11,7 @@ static INSTALL: Once = Once::new();
 pub fn install(filter: &'static str) {
     INSTALL.call_once(|| {
         std::panic::set_hook(Box::new(move |info| {
-            host::log(host::Level::Critical, &format!("gatewarden {filter}: panic: {info}"));
+            host::log(host::Level::Critical, format_args!("gatewarden {filter}: panic: {info}"));
         }));
     });
 }

@@ -50,12 +50,35 @@ pub fn vm_owner_id() -> u64 {
     VM_OWNER.with(|o| *o.get_or_init(|| RandomState::new().hash_one(host::now_ms()).max(1)))
 }
 
-/// Counter suffixes a resource kind named `name` uses: define them at start.
+/// What happens to a remote resource, counted as `gatewarden_<filter>_<resource>_<event>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceEvent {
+    FetchStarted,
+    FetchSucceeded,
+    FetchFailed,
+    FetchEarly,
+    Loaded,
+    LoadFailed,
+}
+
+impl ResourceEvent {
+    pub const ALL: [ResourceEvent; 6] = [Self::FetchStarted, Self::FetchSucceeded, Self::FetchFailed, Self::FetchEarly, Self::Loaded, Self::LoadFailed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FetchStarted => "fetch_started",
+            Self::FetchSucceeded => "fetch_succeeded",
+            Self::FetchFailed => "fetch_failed",
+            Self::FetchEarly => "fetch_early",
+            Self::Loaded => "loaded",
+            Self::LoadFailed => "load_failed",
+        }
+    }
+}
+
+/// The counters of a resource kind named `name` (`geo_db`, `jwks`): define them at start.
 pub fn counter_names(name: &str) -> Vec<String> {
-    ["fetch_started", "fetch_succeeded", "fetch_failed", "fetch_early", "loaded", "load_failed"]
-        .iter()
-        .map(|s| format!("{name}_{s}"))
-        .collect()
+    ResourceEvent::ALL.iter().map(|e| format!("{name}_{}", e.as_str())).collect()
 }
 
 /// One remote resource as seen by one root context of one worker.
@@ -88,8 +111,8 @@ impl RemoteResource {
         &self.source
     }
 
-    fn count(&self, what: &str) {
-        metrics::count(self.filter, &format!("{}_{what}", self.source.kind));
+    fn count(&self, event: ResourceEvent) {
+        metrics::count_named(self.filter, &format!("{}_{}", self.source.kind, event.as_str()));
     }
 
     fn read_meta(&self) -> Result<(Option<SharedMeta>, u32), HostError> {
@@ -123,16 +146,16 @@ impl RemoteResource {
         let (filter, label, subject) = (self.filter, self.source.label, &self.subject);
         match parsed {
             Ok((value, about)) => {
-                host::log(Level::Info, &format!("gatewarden {filter}: {label} generation {generation} loaded {about}"));
-                self.count("loaded");
+                host::log(Level::Info, format_args!("gatewarden {filter}: {label} generation {generation} loaded {about}"));
+                self.count(ResourceEvent::Loaded);
                 let value = Rc::new(value);
                 let any: Rc<dyn Any> = value.clone();
                 SEEN.with(|s| s.borrow_mut().insert(self.data_key.clone(), Seen { generation, value: Some(any) }));
                 Some(value)
             }
             Err(why) => {
-                self.count("load_failed");
-                host::log(Level::Error, &format!("gatewarden {filter}: published {label}{subject} refused (generation {generation}), the previous copy stays: {why}"));
+                self.count(ResourceEvent::LoadFailed);
+                host::log(Level::Error, format_args!("gatewarden {filter}: published {label}{subject} refused (generation {generation}), the previous copy stays: {why}"));
                 SEEN.with(|s| {
                     let mut s = s.borrow_mut();
                     let value = s.get(&self.data_key).and_then(|e| e.value.clone());
@@ -170,7 +193,7 @@ impl RemoteResource {
         match host::dispatch_http_call(&self.source.upstream, &headers, self.source.timeout) {
             Ok(token) => {
                 self.pending = Some(token);
-                self.count("fetch_started");
+                self.count(ResourceEvent::FetchStarted);
             }
             Err(e) => self.fail(now_ms, &format!("cannot start the fetch from {:?} (status {})", self.source.upstream, e.0)),
         }
@@ -193,8 +216,8 @@ impl RemoteResource {
         if host::set_shared_data(&self.meta_key, &early.encode(), cas).is_err() {
             return false;
         }
-        self.count("fetch_early");
-        host::log(Level::Info, &format!("gatewarden {}: {} refetch from {} brought forward", self.filter, self.source.kind, self.source.upstream));
+        self.count(ResourceEvent::FetchEarly);
+        host::log(Level::Info, format_args!("gatewarden {}: {} refetch from {} brought forward", self.filter, self.source.kind, self.source.upstream));
         true
     }
 
@@ -245,8 +268,8 @@ impl RemoteResource {
                 return Some(None);
             }
         };
-        self.count("fetch_succeeded");
-        host::log(Level::Info, &format!("gatewarden {}: {} fetched from {} ({} bytes)", self.filter, self.source.kind, self.source.upstream, body.len()));
+        self.count(ResourceEvent::FetchSucceeded);
+        host::log(Level::Info, format_args!("gatewarden {}: {} fetched from {} ({} bytes)", self.filter, self.source.kind, self.source.upstream, body.len()));
         Some(self.install(generation, Ok(parsed)))
     }
 
@@ -260,8 +283,8 @@ impl RemoteResource {
     }
 
     fn fail(&mut self, now_ms: u64, why: &str) {
-        self.count("fetch_failed");
-        host::log(Level::Warn, &format!("gatewarden {}: fetching {} from {} failed: {why}", self.filter, self.source.kind, self.source.upstream));
+        self.count(ResourceEvent::FetchFailed);
+        host::log(Level::Warn, format_args!("gatewarden {}: fetching {} from {} failed: {why}", self.filter, self.source.kind, self.source.upstream));
         if let Ok((meta, _)) = self.read_meta() {
             let _ = overwrite(&self.meta_key, &self.source.schedule.failed(meta.as_ref(), now_ms).encode());
         }

@@ -15,24 +15,24 @@ use gatewarden_policy::Decision;
 
 use crate::decision_log::json_line;
 use crate::host::{self, Level};
-use crate::metrics;
+use crate::metrics::{self, Counter};
 
 /// Counters of rollouts and approvals, defined for every filter (`gatewarden_<filter>_<name>`).
-pub const COUNTERS: &[&str] = &[
+pub const COUNTERS: &[Counter] = &[
     // Canary: which policy each request was assigned to.
-    "rollout_active",
-    "rollout_candidate",
+    Counter::ROLLOUT_ACTIVE,
+    Counter::ROLLOUT_CANDIDATE,
     // Decisions made by a canary candidate (also counted in allowed/denied/dry_run_denied).
-    "candidate_allowed",
-    "candidate_denied",
-    "candidate_dry_run_denied",
+    Counter::CANDIDATE_ALLOWED,
+    Counter::CANDIDATE_DENIED,
+    Counter::CANDIDATE_DRY_RUN_DENIED,
     // Shadow: the candidate's verdict compared with the active one's, per request.
-    "shadow_agreed",
-    "shadow_disagreed",
+    Counter::SHADOW_AGREED,
+    Counter::SHADOW_DISAGREED,
     // Approvals: a policy refused for missing signatures (also counted in config_rejected).
-    "signature_rejected",
+    Counter::SIGNATURE_REJECTED,
     // The VM configuration's trust settings were invalid (proxy_on_vm_start returned false).
-    "trust_config_rejected",
+    Counter::TRUST_CONFIG_REJECTED,
 ];
 
 thread_local! {
@@ -50,14 +50,14 @@ pub fn trust_refused() -> Option<String> {
 /// Refuses the VM: false on Envoy (the plugin fails closed); on ngx_wasm_module, where a false
 /// `on_vm_start` stops the nginx workers, the VM starts and every policy is refused instead.
 fn refuse_vm(filter: &str, why: String) -> bool {
-    metrics::count(filter, "trust_config_rejected");
+    metrics::count(filter, Counter::TRUST_CONFIG_REJECTED);
     match host::host_kind() {
         host::HostKind::Envoy => {
-            host::log(Level::Error, &format!("gatewarden {filter}: {why}: refusing to start"));
+            host::log(Level::Error, format_args!("gatewarden {filter}: {why}: refusing to start"));
             false
         }
         host::HostKind::NgxWasmModule => {
-            host::log(Level::Error, &format!("gatewarden {filter}: {why}: every policy will be refused"));
+            host::log(Level::Error, format_args!("gatewarden {filter}: {why}: every policy will be refused"));
             TRUST_REFUSED.with(|t| *t.borrow_mut() = Some(why));
             true
         }
@@ -79,9 +79,7 @@ pub fn on_vm_start(filter: &str) -> bool {
         Ok(t) => {
             if t.required() > 0 {
                 let ids: Vec<&str> = t.key_ids().collect();
-                host::log(
-                    Level::Info,
-                    &format!("gatewarden {filter}: policies need {} signature(s) from distinct trusted keys ({})", t.required(), ids.join(", ")),
+                host::log(Level::Info, format_args!("gatewarden {filter}: policies need {} signature(s) from distinct trusted keys ({})", t.required(), ids.join(", ")),
                 );
             }
             TRUST.with(|slot| *slot.borrow_mut() = Rc::new(t));
@@ -92,10 +90,10 @@ pub fn on_vm_start(filter: &str) -> bool {
 }
 
 /// The counter of a canary assignment.
-pub fn assignment_counter(role: Role) -> &'static str {
+pub fn assignment_counter(role: Role) -> Counter {
     match role {
-        Role::Active => "rollout_active",
-        Role::Candidate => "rollout_candidate",
+        Role::Active => Counter::ROLLOUT_ACTIVE,
+        Role::Candidate => Counter::ROLLOUT_CANDIDATE,
     }
 }
 
@@ -108,6 +106,13 @@ pub struct ShadowRecord<'a> {
     pub candidate: &'a Decision,
     pub request_id: &'a str,
     pub client: &'a str,
+}
+
+impl std::fmt::Display for ShadowRecord<'_> {
+    /// The JSON line, built only when the log level lets it through (`host::log`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_line())
+    }
 }
 
 impl ShadowRecord<'_> {

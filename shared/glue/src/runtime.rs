@@ -42,7 +42,8 @@ use crate::host::{self, Level};
 use crate::pipeline::{HostCaps, Pending, Resumed, Step};
 use crate::waiting::{self, At, BodyAhead, Waiting};
 use crate::rollout::{self as rollout_glue, ShadowRecord};
-use crate::{metrics, panic_hook};
+use crate::metrics::{self, Counter};
+use crate::panic_hook;
 
 /// What the host should do with the request after a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,9 +175,9 @@ pub fn decision_header_name(filter: &str) -> String {
 fn start<F: Enforcer>() {
     panic_hook::install(name::<F>());
     let extra = F::extra_counters();
-    let waits: &[&str] = if F::WAITS { crate::waiting::COUNTERS } else { &[] };
-    let extra: Vec<&str> = extra.iter().map(String::as_str).chain(rollout_glue::COUNTERS.iter().copied()).chain(waits.iter().copied()).collect();
-    metrics::define(name::<F>(), &F::reasons(), &extra);
+    let waits: &[Counter] = if F::WAITS { crate::waiting::COUNTERS } else { &[] };
+    let counters: Vec<Counter> = rollout_glue::COUNTERS.iter().chain(waits).copied().collect();
+    metrics::define(name::<F>(), &F::reasons(), &counters, &extra);
 }
 
 /// `proxy_on_vm_start`: reads the trust settings of approvals from the VM configuration;
@@ -224,28 +225,26 @@ impl<F: Enforcer> Root<F> {
         };
         match host::set_tick_period(period) {
             Ok(()) => self.tick = Some(period),
-            Err(e) => host::log(Level::Error, &format!("gatewarden {}: cannot set the tick period (status {})", name::<F>(), e.0)),
+            Err(e) => host::log(Level::Error, format_args!("gatewarden {}: cannot set the tick period (status {})", name::<F>(), e.0)),
         }
     }
 
     /// Refuses a policy: logged at error level and counted; the return value of `on_configure`.
     /// Envoy keeps the last good policy on false; ngx_wasm_module would stop every route of
     /// nginx, so there the root stays without a policy and its requests fail closed.
-    fn refuse(&mut self, why: &str, counters: &[&str]) -> bool {
+    fn refuse(&mut self, why: &str, counters: &[Counter]) -> bool {
         let filter = name::<F>();
         for c in counters {
-            metrics::count(filter, c);
+            metrics::count(filter, *c);
         }
         self.start_ticking(None);
         match host::host_kind() {
             host::HostKind::Envoy => {
-                host::log(Level::Error, &format!("gatewarden {filter}: policy refused: {why}"));
+                host::log(Level::Error, format_args!("gatewarden {filter}: policy refused: {why}"));
                 false
             }
             host::HostKind::NgxWasmModule => {
-                host::log(
-                    Level::Error,
-                    &format!("gatewarden {filter}: policy refused: {why}; this filter's requests are denied with 503 until a valid policy is loaded"),
+                host::log(Level::Error, format_args!("gatewarden {filter}: policy refused: {why}; this filter's requests are denied with 503 until a valid policy is loaded"),
                 );
                 true
             }
@@ -257,16 +256,16 @@ impl<F: Enforcer> Root<F> {
         let filter = name::<F>();
         let bytes = match host::plugin_configuration() {
             Ok(b) => b,
-            Err(e) => return self.refuse(&format!("cannot read the plugin configuration (status {})", e.0), &["config_rejected"]),
+            Err(e) => return self.refuse(&format!("cannot read the plugin configuration (status {})", e.0), &[Counter::CONFIG_REJECTED]),
         };
         // Approvals first: an unsigned document is not even compiled.
         if let Some(why) = rollout_glue::trust_refused() {
-            return self.refuse(&why, &["config_rejected"]);
+            return self.refuse(&why, &[Counter::CONFIG_REJECTED]);
         }
         let trust = rollout_glue::trust();
         if trust.required() > 0 {
             if let Err(e) = trust.verify(&bytes) {
-                return self.refuse(&e.to_string(), &["config_rejected", "signature_rejected"]);
+                return self.refuse(&e.to_string(), &[Counter::CONFIG_REJECTED, Counter::SIGNATURE_REJECTED]);
             }
         }
         match compile_set::<F::Policy>(&bytes) {
@@ -274,11 +273,11 @@ impl<F: Enforcer> Root<F> {
                 let policy = set.active;
                 let caps = host_caps();
                 if let Err(why) = F::check_host(&policy, &caps) {
-                    return self.refuse(&why, &["config_rejected"]);
+                    return self.refuse(&why, &[Counter::CONFIG_REJECTED]);
                 }
                 if let Some(r) = &set.rollout {
                     if let Err(why) = F::check_host(&r.candidate, &caps) {
-                        return self.refuse(&format!("rollout.candidate.{why}"), &["config_rejected"]);
+                        return self.refuse(&format!("rollout.candidate.{why}"), &[Counter::CONFIG_REJECTED]);
                     }
                 }
                 let mut what = format!("policy {:?} accepted", &*policy.header().policy_version);
@@ -290,8 +289,8 @@ impl<F: Enforcer> Root<F> {
                         what.push_str(&format!(" with candidate {v:?} on {}.{:02} % of clients", r.threshold() / 100, r.threshold() % 100));
                     }
                 }
-                host::log(Level::Info, &format!("gatewarden {filter}: {what}"));
-                metrics::count(filter, "config_accepted");
+                host::log(Level::Info, format_args!("gatewarden {filter}: {what}"));
+                metrics::count(filter, Counter::CONFIG_ACCEPTED);
                 // Background fetches (geo DB, JWKS) follow the active policy; see README "Safe rollout".
                 let tick = self.enforcer.on_policy(&policy);
                 self.start_ticking(tick);
@@ -311,7 +310,7 @@ impl<F: Enforcer> Root<F> {
                 self.policy = Some(Rc::new(Compiled { policy, state, rollout, needs, all_headers, header_name: decision_header_name(filter) }));
                 true
             }
-            Err(e) => self.refuse(&e.to_string(), &["config_rejected"]),
+            Err(e) => self.refuse(&e.to_string(), &[Counter::CONFIG_REJECTED]),
         }
     }
 
@@ -331,12 +330,12 @@ impl<F: Enforcer> Root<F> {
     }
 }
 
-pub(crate) fn fail_closed(filter: &str, why: &str, outcome: &str) -> Action {
-    host::log(Level::Error, &format!("gatewarden {filter}: request denied: {why}"));
+pub(crate) fn fail_closed(filter: &str, why: &str, outcome: Counter) -> Action {
+    host::log(Level::Error, format_args!("gatewarden {filter}: request denied: {why}"));
     metrics::count(filter, outcome);
-    let details = format!("gatewarden_{filter}_{outcome}");
+    let details = format!("gatewarden_{filter}_{}", outcome.name());
     if let Err(e) = host::send_local_response(503, &details, &[("content-type", "application/json")], UNAVAILABLE_BODY) {
-        host::log(Level::Error, &format!("gatewarden {filter}: cannot send the local response (status {})", e.0));
+        host::log(Level::Error, format_args!("gatewarden {filter}: cannot send the local response (status {})", e.0));
     }
     Action::Pause
 }
@@ -357,11 +356,11 @@ fn read_headers(needs: &HeaderNeeds, all: bool) -> Result<Vec<(String, String)>,
 pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action {
     let filter = name::<F>();
     let Some(compiled) = compiled else {
-        return fail_closed(filter, "no valid policy is loaded", "no_policy");
+        return fail_closed(filter, "no valid policy is loaded", Counter::NO_POLICY);
     };
     let headers = match read_headers(&compiled.needs, compiled.all_headers) {
         Ok(h) => h,
-        Err(e) => return fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), "host_error"),
+        Err(e) => return fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), Counter::HOST_ERROR),
     };
     // Every request header, when `read_headers` read them all (see there).
     let all = (compiled.all_headers || compiled.needs.names().len() > 1).then_some(headers.as_slice());
@@ -372,7 +371,7 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
         match host::property_encoded(host::SOURCE_ADDRESS) {
             Ok(p) => p.and_then(|b| String::from_utf8(b).ok()),
             Err(e) => {
-                host::log(Level::Warn, &format!("gatewarden {filter}: cannot read source.address (status {})", e.0));
+                host::log(Level::Warn, format_args!("gatewarden {filter}: cannot read source.address (status {})", e.0));
                 None
             }
         }
@@ -406,7 +405,7 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
 /// Counts (and logs, when they differ) the shadow candidate's decision beside the active one's.
 fn compare_shadow<P: FilterPolicy>(filter: &str, active: &Header, candidate: &P, eval: &Evaluation, shadow: &Evaluation, facts: &RequestFacts<'_>) {
     if disagree(&eval.decision, &shadow.decision) {
-        metrics::tally(filter, "shadow_disagreed");
+        metrics::tally(filter, Counter::SHADOW_DISAGREED);
         let request_id = request_id(facts);
         let client = eval.client.or(shadow.client).map(|ip| ip.to_string()).unwrap_or_default();
         let line = ShadowRecord {
@@ -418,9 +417,9 @@ fn compare_shadow<P: FilterPolicy>(filter: &str, active: &Header, candidate: &P,
             request_id: &request_id,
             client: &client,
         };
-        host::log(Level::Info, &line.to_line());
+        host::log(Level::Info, format_args!("{line}"));
     } else {
-        metrics::tally(filter, "shadow_agreed");
+        metrics::tally(filter, Counter::SHADOW_AGREED);
     }
 }
 
@@ -441,11 +440,11 @@ pub fn host_caps() -> HostCaps {
 pub fn on_request_headers_waiting<F: Enforcer>(compiled: Option<Rc<Compiled<F>>>, end_of_stream: bool) -> (Action, Option<Waiting<F>>) {
     let filter = name::<F>();
     let Some(compiled) = compiled else {
-        return (fail_closed(filter, "no valid policy is loaded", "no_policy"), None);
+        return (fail_closed(filter, "no valid policy is loaded", Counter::NO_POLICY), None);
     };
     let headers = match read_headers(&compiled.needs, compiled.all_headers) {
         Ok(h) => h,
-        Err(e) => return (fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), "host_error"), None),
+        Err(e) => return (fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), Counter::HOST_ERROR), None),
     };
     let all = (compiled.all_headers || compiled.needs.names().len() > 1).then_some(headers.as_slice());
     let peer = std::cell::OnceCell::new();
@@ -453,7 +452,7 @@ pub fn on_request_headers_waiting<F: Enforcer>(compiled: Option<Rc<Compiled<F>>>
         match host::property_encoded(host::SOURCE_ADDRESS) {
             Ok(p) => p.and_then(|b| String::from_utf8(b).ok()),
             Err(e) => {
-                host::log(Level::Warn, &format!("gatewarden {filter}: cannot read source.address (status {})", e.0));
+                host::log(Level::Warn, format_args!("gatewarden {filter}: cannot read source.address (status {})", e.0));
                 None
             }
         }
@@ -510,11 +509,11 @@ pub(crate) fn act(filter: &str, header_name: &str, header: &Header, eval: &Evalu
                 return action;
             }
             if let Err(e) = apply_request_mutations(eval) {
-                return fail_closed(filter, &format!("cannot change the request headers (status {})", e.0), "host_error");
+                return fail_closed(filter, &format!("cannot change the request headers (status {})", e.0), Counter::HOST_ERROR);
             }
-            metrics::tally(filter, "allowed");
+            metrics::tally(filter, Counter::ALLOWED);
             if candidate {
-                metrics::tally(filter, "candidate_allowed");
+                metrics::tally(filter, Counter::CANDIDATE_ALLOWED);
             }
             if header.decision_header {
                 let _ = host::set_request_header(header_name, &allow_header_value(rule, version));
@@ -537,19 +536,20 @@ pub(crate) fn act(filter: &str, header_name: &str, header: &Header, eval: &Evalu
                 detail: &eval.detail,
                 rollout: role.map(Role::as_str).unwrap_or(""),
             };
-            host::log(Level::Info, &record.to_line());
-            let outcome = if dry_run { "dry_run_denied" } else { "denied" };
+            host::log(Level::Info, format_args!("{record}"));
+            let (outcome, candidate_outcome) =
+                if dry_run { (Counter::DRY_RUN_DENIED, Counter::CANDIDATE_DRY_RUN_DENIED) } else { (Counter::DENIED, Counter::CANDIDATE_DENIED) };
             metrics::tally(filter, outcome);
-            metrics::tally(filter, &format!("{outcome}_{}", denial.reason));
+            metrics::tally_reason(filter, outcome, denial.reason);
             if candidate {
-                metrics::tally(filter, &format!("candidate_{outcome}"));
+                metrics::tally(filter, candidate_outcome);
             }
             if dry_run {
                 if let Some(action) = refuse_duplicates(filter, eval, header.decision_header.then_some(header_name), all_headers) {
                     return action;
                 }
                 if let Err(e) = apply_request_mutations(eval) {
-                    return fail_closed(filter, &format!("cannot change the request headers (status {})", e.0), "host_error");
+                    return fail_closed(filter, &format!("cannot change the request headers (status {})", e.0), Counter::HOST_ERROR);
                 }
                 if header.decision_header {
                     let value = format!("dry_run_deny; reason={}; rule={rule}; version={version}", denial.reason);
@@ -562,7 +562,7 @@ pub(crate) fn act(filter: &str, header_name: &str, header: &Header, eval: &Evalu
             headers.push(("content-type", "application/json"));
             headers.extend(eval.response_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             if let Err(e) = host::send_local_response(denial.status, &details, &headers, denial.body) {
-                host::log(Level::Error, &format!("gatewarden {filter}: cannot send the denial (status {})", e.0));
+                host::log(Level::Error, format_args!("gatewarden {filter}: cannot send the denial (status {})", e.0));
             }
             Action::Pause
         }
@@ -618,14 +618,14 @@ fn refuse_duplicates(filter: &str, eval: &Evaluation, decision_header: Option<&s
         Ok(Some(":path")) => Some(fail_closed(
             filter,
             "the filter must rewrite :path (a token in the query), which this host (ngx_wasm_module) would not send upstream",
-            "host_error",
+            Counter::HOST_ERROR,
         )),
         Ok(Some(name)) => Some(fail_closed(
             filter,
             &format!("header {name:?} was sent more than once; this host (ngx_wasm_module) would forward the copies the filter must strip or replace"),
-            "host_error",
+            Counter::HOST_ERROR,
         )),
-        Err(e) => Some(fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), "host_error")),
+        Err(e) => Some(fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), Counter::HOST_ERROR)),
     }
 }
 

@@ -52,21 +52,21 @@ use gatewarden_policy::rollout::Role;
 use gatewarden_policy::{FilterPolicy, Header};
 
 use crate::host::{self, HostKind, Level};
-use crate::metrics;
+use crate::metrics::{self, Counter};
 use crate::pipeline::{CallFailure, Callout, GrpcCallout, HttpCallout, Pending, Resumed, Step, MAX_STEPS};
 use crate::runtime::{act, fail_closed, Action, Compiled, Enforcer};
 
 /// Counters of the pipeline, defined for filters that wait (`gatewarden_<filter>_<name>`).
-pub const COUNTERS: &[&str] = &[
-    "body_too_large",
-    "body_unavailable",
-    "callout_dispatch_failed",
-    "callout_timeout",
-    "callout_failed",
-    "callout_too_large",
-    "waiting_abandoned",
-    "waiting_failed",
-    "callout_late",
+pub const COUNTERS: &[Counter] = &[
+    Counter::BODY_TOO_LARGE,
+    Counter::BODY_UNAVAILABLE,
+    Counter::CALLOUT_DISPATCH_FAILED,
+    Counter::CALLOUT_TIMEOUT,
+    Counter::CALLOUT_FAILED,
+    Counter::CALLOUT_TOO_LARGE,
+    Counter::WAITING_ABANDONED,
+    Counter::WAITING_FAILED,
+    Counter::CALLOUT_LATE,
 ];
 
 /// A request parked in the runtime's map while it waits.
@@ -194,8 +194,8 @@ pub fn drive<F: Enforcer>(
     let headers_held = !headers_sent;
     loop {
         if steps > MAX_STEPS {
-            metrics::tally(filter, "waiting_failed");
-            return (fail_closed(filter, &format!("the filter asked for more than {MAX_STEPS} steps"), "host_error"), None);
+            metrics::tally(filter, Counter::WAITING_FAILED);
+            return (fail_closed(filter, &format!("the filter asked for more than {MAX_STEPS} steps"), Counter::HOST_ERROR), None);
         }
         steps += 1;
         let (pending, input) = match step {
@@ -208,16 +208,16 @@ pub fn drive<F: Enforcer>(
                 // The request headers went on so that the body could come (module docs): no
                 // header can be changed now, on any host.
                 if !eval.remove_headers.is_empty() || !eval.set_headers.is_empty() {
-                    metrics::tally(filter, "waiting_failed");
+                    metrics::tally(filter, Counter::WAITING_FAILED);
                     let why = "the decision made after the request body changes request headers, which went on before the body";
-                    return (fail_closed(filter, why, "host_error"), None);
+                    return (fail_closed(filter, why, Counter::HOST_ERROR), None);
                 }
                 let header = Header { decision_header: false, ..header.clone() };
                 return (act(filter, compiled.header_name(), &header, &eval, role, None), None);
             }
             Step::Unavailable(why) => {
-                metrics::tally(filter, "waiting_failed");
-                return (fail_closed(filter, why, "host_error"), None);
+                metrics::tally(filter, Counter::WAITING_FAILED);
+                return (fail_closed(filter, why, Counter::HOST_ERROR), None);
             }
             Step::NeedBody { max_bytes, pending } => {
                 if let At::Headers { body: BodyAhead::AskHeaders } = at {
@@ -228,12 +228,12 @@ pub fn drive<F: Enforcer>(
                 if let At::Headers { body: BodyAhead::None } = at {
                     (pending, Resumed::NoBody)
                 } else if let At::Headers { body: BodyAhead::Unreadable } = at {
-                    host::log(Level::Warn, &format!("gatewarden {filter}: a chunked request body cannot be read on this host (ngx_wasm_module); failure_mode decides"));
-                    metrics::tally(filter, "body_unavailable");
+                    host::log(Level::Warn, format_args!("gatewarden {filter}: a chunked request body cannot be read on this host (ngx_wasm_module); failure_mode decides"));
+                    metrics::tally(filter, Counter::BODY_UNAVAILABLE);
                     (pending, Resumed::BodyUnavailable)
                 } else if body_passed {
-                    metrics::tally(filter, "waiting_failed");
-                    return (fail_closed(filter, "the filter asked for the body after it went by", "host_error"), None);
+                    metrics::tally(filter, Counter::WAITING_FAILED);
+                    return (fail_closed(filter, "the filter asked for the body after it went by", Counter::HOST_ERROR), None);
                 } else {
                     // Continue: the body only comes to a request that goes on (module docs).
                     let on = WaitingOn::Body { max_bytes, seen: 0 };
@@ -276,8 +276,8 @@ fn dispatch(filter: &str, call: &Callout) -> Result<WaitingOn, CallFailure> {
             Callout::Http(h) => &h.upstream,
             Callout::Grpc(g) => &g.upstream,
         };
-        host::log(Level::Warn, &format!("gatewarden {filter}: callout to {target:?} could not start (status {})", e.0));
-        metrics::tally(filter, "callout_dispatch_failed");
+        host::log(Level::Warn, format_args!("gatewarden {filter}: callout to {target:?} could not start (status {})", e.0));
+        metrics::tally(filter, Counter::CALLOUT_DISPATCH_FAILED);
         CallFailure::DispatchFailed
     })
 }
@@ -329,8 +329,8 @@ impl<F: Enforcer> Waiting<F> {
 /// 503 instead of the answer, and it is logged and counted as `waiting_failed`.
 pub fn undecided<F: Enforcer>(_waiting: Waiting<F>) -> Action {
     let filter = name::<F>();
-    metrics::tally(filter, "waiting_failed");
-    fail_closed(filter, "the upstream answered a request the filter had not decided yet", "host_error")
+    metrics::tally(filter, Counter::WAITING_FAILED);
+    fail_closed(filter, "the upstream answered a request the filter had not decided yet", Counter::HOST_ERROR)
 }
 
 /// The body (or its end, or its overflow) arrived for a request waiting for it.
@@ -342,23 +342,21 @@ pub fn on_body<F: Enforcer>(waiting: Waiting<F>, body_size: usize) -> (Action, O
     };
     let (policy, state) = chosen(&compiled, role);
     let step = if body_size > max_bytes {
-        metrics::tally(filter, "body_too_large");
+        metrics::tally(filter, Counter::BODY_TOO_LARGE);
         F::resume(policy, state, pending, Resumed::BodyTooLarge { seen: body_size })
     } else {
         match host::request_body(body_size) {
             Ok(body) if body.len() == body_size => F::resume(policy, state, pending, Resumed::Body(&body)),
             Ok(body) => {
                 // ngx_wasm_module: nginx spilled the body to a temp file (client_body_buffer_size).
-                host::log(
-                    Level::Warn,
-                    &format!("gatewarden {filter}: the request body ({body_size} bytes) cannot be read here ({} read); failure_mode decides", body.len()),
+                host::log(Level::Warn, format_args!("gatewarden {filter}: the request body ({body_size} bytes) cannot be read here ({} read); failure_mode decides", body.len()),
                 );
-                metrics::tally(filter, "body_unavailable");
+                metrics::tally(filter, Counter::BODY_UNAVAILABLE);
                 F::resume(policy, state, pending, Resumed::BodyUnavailable)
             }
             Err(e) => {
-                host::log(Level::Warn, &format!("gatewarden {filter}: cannot read the request body (status {}); failure_mode decides", e.0));
-                metrics::tally(filter, "body_unavailable");
+                host::log(Level::Warn, format_args!("gatewarden {filter}: cannot read the request body (status {}); failure_mode decides", e.0));
+                metrics::tally(filter, Counter::BODY_UNAVAILABLE);
                 F::resume(policy, state, pending, Resumed::BodyUnavailable)
             }
         }
@@ -372,8 +370,8 @@ fn make_effective(filter: &str, context_id: u32) -> bool {
     match host::set_effective_context(context_id) {
         Ok(()) => true,
         Err(e) => {
-            host::log(Level::Info, &format!("gatewarden {filter}: request {context_id} is gone (status {}): its callout answer is dropped", e.0));
-            metrics::tally(filter, "waiting_abandoned");
+            host::log(Level::Info, format_args!("gatewarden {filter}: request {context_id} is gone (status {}): its callout answer is dropped", e.0));
+            metrics::tally(filter, Counter::WAITING_ABANDONED);
             false
         }
     }
@@ -393,7 +391,7 @@ pub fn on_http_response<F: Enforcer>(context_id: u32, waiting: Waiting<F>, num_h
     let (policy, state) = chosen(&compiled, role);
     let failed = |failure: CallFailure| {
         metrics::tally(filter, counter_of(failure));
-        host::log(Level::Warn, &format!("gatewarden {filter}: callout {}; failure_mode decides", failure.as_str()));
+        host::log(Level::Warn, format_args!("gatewarden {filter}: callout {}; failure_mode decides", failure.as_str()));
         Resumed::Failed(failure)
     };
     let headers;
@@ -458,7 +456,7 @@ pub fn on_grpc_answer<F: Enforcer>(context_id: u32, waiting: Waiting<F>, message
     let input = match (failure, status) {
         (Some(f), _) => {
             metrics::tally(filter, counter_of(f));
-            host::log(Level::Warn, &format!("gatewarden {filter}: gRPC callout {} (status {}); failure_mode decides", f.as_str(), status.unwrap_or(0)));
+            host::log(Level::Warn, format_args!("gatewarden {filter}: gRPC callout {} (status {}); failure_mode decides", f.as_str(), status.unwrap_or(0)));
             Resumed::Failed(f)
         }
         (None, Some(status)) => Resumed::Grpc { status, message: &[] },
@@ -471,8 +469,8 @@ pub fn on_grpc_answer<F: Enforcer>(context_id: u32, waiting: Waiting<F>, message
 /// A request resumed by something it was not waiting for (a glue bug): fails it closed rather
 /// than leave it paused.
 fn mismatch(filter: &str) -> Action {
-    metrics::tally(filter, "waiting_failed");
-    fail_closed(filter, "a waiting request was resumed by something it did not wait for", "host_error")
+    metrics::tally(filter, Counter::WAITING_FAILED);
+    fail_closed(filter, "a waiting request was resumed by something it did not wait for", Counter::HOST_ERROR)
 }
 
 /// After a callout answer: resumes the request when it was let through, or when it now waits for
@@ -480,7 +478,7 @@ fn mismatch(filter: &str) -> Action {
 fn finish_callout<F: Enforcer>((action, waiting): (Action, Option<Waiting<F>>)) -> Option<Waiting<F>> {
     if action == Action::Continue {
         if let Err(e) = host::continue_request() {
-            host::log(Level::Error, &format!("gatewarden {}: cannot resume the request (status {})", name::<F>(), e.0));
+            host::log(Level::Error, format_args!("gatewarden {}: cannot resume the request (status {})", name::<F>(), e.0));
         }
     }
     waiting
@@ -495,11 +493,11 @@ fn deadline_ms(timeout: std::time::Duration) -> u64 {
     host::now_ms().saturating_add(ms).saturating_sub((ms / 10).min(100))
 }
 
-fn counter_of(failure: CallFailure) -> &'static str {
+fn counter_of(failure: CallFailure) -> Counter {
     match failure {
-        CallFailure::DispatchFailed => "callout_dispatch_failed",
-        CallFailure::Timeout => "callout_timeout",
-        CallFailure::CallFailed => "callout_failed",
-        CallFailure::ResponseTooLarge => "callout_too_large",
+        CallFailure::DispatchFailed => Counter::CALLOUT_DISPATCH_FAILED,
+        CallFailure::Timeout => Counter::CALLOUT_TIMEOUT,
+        CallFailure::CallFailed => Counter::CALLOUT_FAILED,
+        CallFailure::ResponseTooLarge => Counter::CALLOUT_TOO_LARGE,
     }
 }

@@ -57,7 +57,7 @@ fn parse_jwks(names: String) -> impl FnOnce(&[u8]) -> Result<(Arc<JwksSet>, Stri
     move |bytes| {
         let set = JwksSet::parse(bytes).map_err(|e| e.to_string())?;
         for s in set.skipped() {
-            host::log(Level::Warn, &format!("gatewarden {FILTER}: JWKS of {names}: keys[{}] (kid {:?}) skipped: {}", s.index, s.kid.as_deref().unwrap_or(""), s.reason));
+            host::log(Level::Warn, format_args!("gatewarden {FILTER}: JWKS of {names}: keys[{}] (kid {:?}) skipped: {}", s.index, s.kid.as_deref().unwrap_or(""), s.reason));
         }
         set.prepare();
         let about = format!("for {names} ({} keys)", set.len());
