@@ -163,18 +163,18 @@ impl StreamType {
 
 /// `proxy_action_t` returned by the stream callbacks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Action {
+pub(crate) enum Flow {
     Continue,
     Pause,
 }
 
-impl Action {
+impl Flow {
     /// Any value other than 0 stops iteration, as Envoy treats the `StopIteration*` family.
-    pub(crate) fn from_code(code: u32) -> Action {
+    pub(crate) fn from_code(code: u32) -> Flow {
         if code == 0 {
-            Action::Continue
+            Flow::Continue
         } else {
-            Action::Pause
+            Flow::Pause
         }
     }
 }

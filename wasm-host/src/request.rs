@@ -24,7 +24,7 @@
 //! further phase is called, and the client gets that response. A trap ends it with the profile's
 //! failure status (503 Envoy, 500 Kong) and fails the VM.
 
-use crate::abi::Action;
+use crate::abi::Flow;
 use crate::context::{Pairs, StreamPhase, StreamState};
 use crate::error::Result;
 use crate::host::{header_value, HttpResponse, Profile};
@@ -621,7 +621,7 @@ impl RequestHandle {
             }
         };
         match inner.call_action(name, context, a, b) {
-            Ok(Action::Continue) => {
+            Ok(Flow::Continue) => {
                 if phase == Phase::RequestHeaders {
                     mark_request_headers_sent(inner, context);
                 }
@@ -629,7 +629,7 @@ impl RequestHandle {
             }
             // Pause on a chunk that is not the last only buffers (Envoy's StopIterationAndBuffer):
             // the next phase still runs.
-            Ok(Action::Pause)
+            Ok(Flow::Pause)
                 if b == Some(0) && matches!(phase, Phase::RequestBody | Phase::ResponseBody) =>
             {
                 self.stage = next_stage(self.stage);
@@ -637,7 +637,7 @@ impl RequestHandle {
             // Pause on request headers stops the body too, on both hosts: proxy-wasm-cpp-host
             // turns StopIteration into StopAllIterationAndWatermark (Envoy), and ngx_wasm_module
             // waits for proxy_continue_stream before the content phase that reads the body.
-            Ok(Action::Pause) => self.waiting = Some(phase),
+            Ok(Flow::Pause) => self.waiting = Some(phase),
             Err(_trap) => {} // check_end reports it
         }
     }
@@ -659,18 +659,18 @@ impl RequestHandle {
         let buffered = stream.request_body.len();
         self.body_sent = end;
         match inner.call_action("proxy_on_request_body", context, len_u32(buffered), Some(u32::from(eos))) {
-            Ok(Action::Continue) => {
+            Ok(Flow::Continue) => {
                 if last {
                     self.stage = next_stage(self.stage);
                 }
             }
             // StopIterationAndBuffer: the chunk is buffered; the next one (or the trailers) follows.
-            Ok(Action::Pause) if !eos => {
+            Ok(Flow::Pause) if !eos => {
                 if last {
                     self.stage = next_stage(self.stage);
                 }
             }
-            Ok(Action::Pause) => self.waiting = Some(Phase::RequestBody),
+            Ok(Flow::Pause) => self.waiting = Some(Phase::RequestBody),
             Err(_trap) => {} // check_end reports it
         }
     }

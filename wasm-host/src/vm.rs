@@ -17,7 +17,7 @@
 //! `proxy_on_vm_start` and `proxy_on_configure`. The root it replaces gets `proxy_on_done` and
 //! `proxy_on_delete`. A trap anywhere fails the VM for good.
 
-use crate::abi::Action;
+use crate::abi::Flow;
 use crate::context::{CallResponseState, RootState, VmCtx};
 use crate::error::{Error, Result};
 use crate::host::{Delivery, Host, Profile};
@@ -158,15 +158,15 @@ impl VmInner {
         context: u32,
         a: u32,
         b: Option<u32>,
-    ) -> Result<Action, String> {
+    ) -> Result<Flow, String> {
         self.store.data_mut().effective = context;
         let called: Called<u32> = match b {
             Some(b) => self.call(name, (context, a, b)),
             None => self.call(name, (context, a)),
         };
         match called {
-            Called::Returned(action) => Ok(Action::from_code(action)),
-            Called::Missing => Ok(Action::Continue),
+            Called::Returned(action) => Ok(Flow::from_code(action)),
+            Called::Missing => Ok(Flow::Continue),
             Called::Trapped(message) => Err(message),
         }
     }

@@ -232,7 +232,7 @@ macro_rules! export_filter {
 
         #[no_mangle]
         pub extern "C" fn proxy_on_response_body(_context_id: u32, _body_size: usize, _end_of_stream: bool) -> u32 {
-            $crate::runtime::Action::Continue as u32
+            $crate::runtime::Flow::Continue as u32
         }
 
         /// A root context's `on_done` (its VM is shutting down, e.g. an nginx worker replaced by
@@ -281,12 +281,12 @@ macro_rules! export_filter {
         /// Exported because ngx_wasm_module calls it unchecked (see the module docs): returns at once.
         #[no_mangle]
         pub extern "C" fn proxy_on_request_body(_context_id: u32, _body_size: usize, _end_of_stream: bool) -> u32 {
-            $crate::runtime::Action::Continue as u32
+            $crate::runtime::Flow::Continue as u32
         }
 
         #[no_mangle]
         pub extern "C" fn proxy_on_response_headers(_context_id: u32, _num_headers: usize, _end_of_stream: bool) -> u32 {
-            $crate::runtime::Action::Continue as u32
+            $crate::runtime::Flow::Continue as u32
         }
     };
     ($enforcer:ty, waits) => {
@@ -359,15 +359,15 @@ macro_rules! export_filter {
         pub extern "C" fn proxy_on_request_body(context_id: u32, body_size: usize, end_of_stream: bool) -> u32 {
             // A busy runtime (a re-entrant callback) holds the body: never let it pass undecided.
             let held = gatewarden_runtime(|rt| match rt.waiting_mut(context_id) {
-                None => Some($crate::runtime::Action::Continue),
+                None => Some($crate::runtime::Flow::Continue),
                 Some(waiting) => waiting.body_chunk(body_size, end_of_stream),
             })
-            .unwrap_or(Some($crate::runtime::Action::Pause));
+            .unwrap_or(Some($crate::runtime::Flow::Pause));
             if let Some(action) = held {
                 return action as u32;
             }
             let Some(waiting) = gatewarden_runtime(|rt| rt.unpark(context_id)).flatten() else {
-                return $crate::runtime::Action::Pause as u32;
+                return $crate::runtime::Flow::Pause as u32;
             };
             let (action, next) = $crate::waiting::on_body::<$enforcer>(waiting, body_size);
             if let Some(next) = next {
@@ -381,15 +381,15 @@ macro_rules! export_filter {
         #[no_mangle]
         pub extern "C" fn proxy_on_request_trailers(context_id: u32, _num_trailers: usize) -> u32 {
             let held = gatewarden_runtime(|rt| match rt.waiting_mut(context_id) {
-                None => Some($crate::runtime::Action::Continue),
+                None => Some($crate::runtime::Flow::Continue),
                 Some(waiting) => waiting.trailers(),
             })
-            .unwrap_or(Some($crate::runtime::Action::Pause));
+            .unwrap_or(Some($crate::runtime::Flow::Pause));
             if let Some(action) = held {
                 return action as u32;
             }
             let Some(waiting) = gatewarden_runtime(|rt| rt.unpark(context_id)).flatten() else {
-                return $crate::runtime::Action::Pause as u32;
+                return $crate::runtime::Flow::Pause as u32;
             };
             let seen = waiting.body_seen();
             let (action, next) = $crate::waiting::on_body::<$enforcer>(waiting, seen);
@@ -404,7 +404,7 @@ macro_rules! export_filter {
         #[no_mangle]
         pub extern "C" fn proxy_on_response_headers(context_id: u32, _num_headers: usize, _end_of_stream: bool) -> u32 {
             match gatewarden_runtime(|rt| rt.unpark(context_id)).flatten() {
-                None => $crate::runtime::Action::Continue as u32,
+                None => $crate::runtime::Flow::Continue as u32,
                 Some(waiting) => $crate::waiting::undecided::<$enforcer>(waiting) as u32,
             }
         }

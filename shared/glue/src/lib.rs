@@ -21,4 +21,4 @@ pub mod remote;
 pub mod waiting;
 
 pub use pipeline::{CallFailure, Callout, GrpcCallout, HostCaps, HttpCallout, Pending, Resumed, Step};
-pub use runtime::{Enforcer, Evaluation, Root};
+pub use runtime::{Enforcer, Outcome, Root};

@@ -1,7 +1,7 @@
 //! What a filter can ask for before it decides: the request body, or an answer from a service.
 //!
 //! ```text
-//! start(policy, state, facts) ─▶ Step::Done(Evaluation)                      act now (as `evaluate`)
+//! start(policy, state, facts) ─▶ Step::Done(Outcome)                      act now (as `decide`)
 //!                             ─▶ Step::NeedBody { max_bytes, pending }        wait for the body
 //!                             ─▶ Step::Call { call: Callout::Http | Grpc, .. } wait for the answer
 //! resume(policy, state, pending, Resumed::NoBody | Body | BodyTooLarge | BodyUnavailable
@@ -24,7 +24,7 @@
 use std::any::Any;
 use std::time::Duration;
 
-use crate::runtime::Evaluation;
+use crate::runtime::Outcome;
 
 /// Most steps (body or callouts) one request may take before the glue fails it closed: a filter
 /// that keeps asking cannot hold a request forever.
@@ -39,7 +39,7 @@ pub const MAX_STEPS: u8 = 8;
 /// decision header is sent; the decision log line and counters are as usual.
 pub enum Step {
     /// Decided: act on it (allow, deny, dry-run deny).
-    Done(Evaluation),
+    Done(Outcome),
     /// Wait for the request body, at most `max_bytes` of it.
     NeedBody { max_bytes: usize, pending: Pending },
     /// Ask a service, then resume with its answer.

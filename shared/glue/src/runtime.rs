@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! on_configure(bytes) ─ compile::<F::Policy>() ─▶ Rc<Compiled>    (or log the error, count, return false)
-//! on_request_headers ─ the headers the policy reads + source.address ─▶ F::evaluate ─▶ Evaluation
+//! on_request_headers ─ the headers the policy reads + source.address ─▶ F::decide ─▶ Outcome
 //!   allow        → header mutations (removals, then sets), decision header, Continue
 //!   deny         → log line, counters, local response (status, fixed JSON body, the
 //!                  evaluation's response headers), Pause
@@ -12,7 +12,7 @@
 //! Per-request mutable state: a filter keeps per-VM state (loaded key sets, a geo database) in
 //! its own thread_locals, and state tied to one compiled policy (JWT's verified-token cache) in
 //! [`Enforcer::PolicyState`], created with the policy and dropped with it.
-//! A filter supplies only an [`Enforcer`]: how to evaluate, which headers that reads, and what to
+//! A filter supplies only an [`Enforcer`]: how to decide, which headers that reads, and what to
 //! do on ticks and callouts (background fetches). A filter that must wait before it decides (for
 //! the request body, or a service's answer) sets `Enforcer::WAITS`, returns `crate::pipeline`
 //! steps from `start`/`resume`, and is exported with `export_filter!(Filter, waits)`;
@@ -48,14 +48,14 @@ use crate::panic_hook;
 /// What the host should do with the request after a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
-pub enum Action {
+pub enum Flow {
     Continue = 0,
     Pause = 1,
 }
 
 /// What a filter decided for one request.
 #[derive(Debug, Clone)]
-pub struct Evaluation {
+pub struct Outcome {
     pub decision: Decision,
     /// The client address the decision was about, for the log line.
     pub client: Option<IpAddr>,
@@ -70,7 +70,7 @@ pub struct Evaluation {
     pub response_headers: Vec<(String, String)>,
 }
 
-impl Evaluation {
+impl Outcome {
     /// A decision without header changes.
     pub fn new(decision: Decision, client: Option<IpAddr>, detail: String) -> Self {
         Self { decision, client, detail, remove_headers: Vec::new(), set_headers: Vec::new(), response_headers: Vec::new() }
@@ -102,9 +102,9 @@ pub trait Enforcer: 'static {
     }
     /// A callout this root context made was answered.
     fn on_http_call_response(&mut self, _token: u32, _body_size: usize) {}
-    /// The request headers `evaluate` reads; only these cross the Wasm boundary.
+    /// The request headers `decide` reads; only these cross the Wasm boundary.
     fn header_needs(policy: &Self::Policy) -> HeaderNeeds;
-    /// Whether `evaluate` needs every request header (one `get_header_map_pairs` crossing),
+    /// Whether `decide` needs every request header (one `get_header_map_pairs` crossing),
     /// whatever `header_needs` says: JWT counts headers and looks for tokens and cookies.
     fn reads_all_headers(_policy: &Self::Policy) -> bool {
         false
@@ -112,12 +112,12 @@ pub trait Enforcer: 'static {
     /// The state of a newly accepted policy.
     fn policy_state(policy: &Self::Policy) -> Self::PolicyState;
     /// Decides for one request.
-    fn evaluate(policy: &Self::Policy, state: &Self::PolicyState, facts: &RequestFacts<'_>) -> Evaluation;
+    fn decide(policy: &Self::Policy, state: &Self::PolicyState, facts: &RequestFacts<'_>) -> Outcome;
 
     // ---- A filter that waits (for the body, for a service): see `crate::pipeline`. ----
 
     /// Whether [`Enforcer::start`] may return anything but [`Step::Done`]. False (the default):
-    /// the glue calls [`Enforcer::evaluate`] as before, keeps no per-request state and its body
+    /// the glue calls [`Enforcer::decide`] as before, keeps no per-request state and its body
     /// callback returns at once, so a headers-only filter pays nothing for the pipeline.
     const WAITS: bool = false;
     /// Refuses, at configure time, a policy this host cannot serve (e.g. a gRPC callout on
@@ -127,9 +127,9 @@ pub trait Enforcer: 'static {
         Ok(())
     }
     /// The first step for one request (only called when [`Enforcer::WAITS`]); the default decides
-    /// at once with [`Enforcer::evaluate`].
+    /// at once with [`Enforcer::decide`].
     fn start(policy: &Self::Policy, state: &Self::PolicyState, facts: &RequestFacts<'_>) -> Step {
-        Step::Done(Self::evaluate(policy, state, facts))
+        Step::Done(Self::decide(policy, state, facts))
     }
     /// The next step once what the request waited for arrived (or failed). A filter that never
     /// waits is never resumed; the default fails the request closed.
@@ -330,14 +330,14 @@ impl<F: Enforcer> Root<F> {
     }
 }
 
-pub(crate) fn fail_closed(filter: &str, why: &str, outcome: Counter) -> Action {
+pub(crate) fn fail_closed(filter: &str, why: &str, outcome: Counter) -> Flow {
     host::log(Level::Error, format_args!("gatewarden {filter}: request denied: {why}"));
     metrics::count(filter, outcome);
     let details = format!("gatewarden_{filter}_{}", outcome.name());
     if let Err(e) = host::send_local_response(503, &details, &[("content-type", "application/json")], UNAVAILABLE_BODY) {
         host::log(Level::Error, format_args!("gatewarden {filter}: cannot send the local response (status {})", e.0));
     }
-    Action::Pause
+    Flow::Pause
 }
 
 /// Reads the headers the policy needs: none, one (a single lookup), or all in one crossing.
@@ -353,7 +353,7 @@ fn read_headers(needs: &HeaderNeeds, all: bool) -> Result<Vec<(String, String)>,
 }
 
 /// Handles request headers with the policy the request was created under.
-pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action {
+pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Flow {
     let filter = name::<F>();
     let Some(compiled) = compiled else {
         return fail_closed(filter, "no valid policy is loaded", Counter::NO_POLICY);
@@ -378,13 +378,13 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
     };
     let facts = RequestFacts::with_peer_source(&headers, &peer, &read_peer);
     let Some(r) = &compiled.rollout else {
-        let eval = F::evaluate(&compiled.policy, &compiled.state, &facts);
+        let eval = F::decide(&compiled.policy, &compiled.state, &facts);
         return act(filter, &compiled.header_name, compiled.policy.header(), &eval, None, all);
     };
     let active = compiled.policy.header();
     if r.rollout.shadow {
-        let eval = F::evaluate(&compiled.policy, &compiled.state, &facts);
-        let shadow = F::evaluate(&r.rollout.candidate, &r.state, &facts);
+        let eval = F::decide(&compiled.policy, &compiled.state, &facts);
+        let shadow = F::decide(&r.rollout.candidate, &r.state, &facts);
         compare_shadow(filter, active, &r.rollout.candidate, &eval, &shadow, &facts);
         return act(filter, &compiled.header_name, active, &eval, None, all);
     }
@@ -392,18 +392,18 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Action
     metrics::tally(filter, rollout_glue::assignment_counter(role));
     match role {
         Role::Active => {
-            let eval = F::evaluate(&compiled.policy, &compiled.state, &facts);
+            let eval = F::decide(&compiled.policy, &compiled.state, &facts);
             act(filter, &compiled.header_name, active, &eval, Some(Role::Active), all)
         }
         Role::Candidate => {
-            let eval = F::evaluate(&r.rollout.candidate, &r.state, &facts);
+            let eval = F::decide(&r.rollout.candidate, &r.state, &facts);
             act(filter, &compiled.header_name, r.rollout.candidate.header(), &eval, Some(Role::Candidate), all)
         }
     }
 }
 
 /// Counts (and logs, when they differ) the shadow candidate's decision beside the active one's.
-fn compare_shadow<P: FilterPolicy>(filter: &str, active: &Header, candidate: &P, eval: &Evaluation, shadow: &Evaluation, facts: &RequestFacts<'_>) {
+fn compare_shadow<P: FilterPolicy>(filter: &str, active: &Header, candidate: &P, eval: &Outcome, shadow: &Outcome, facts: &RequestFacts<'_>) {
     if disagree(&eval.decision, &shadow.decision) {
         metrics::tally(filter, Counter::SHADOW_DISAGREED);
         let request_id = request_id(facts);
@@ -437,7 +437,7 @@ pub fn host_caps() -> HostCaps {
 ///
 /// A shadow rollout compares the two policies only when both decide on the headers; when the
 /// active one waits, the candidate is not run for that request.
-pub fn on_request_headers_waiting<F: Enforcer>(compiled: Option<Rc<Compiled<F>>>, end_of_stream: bool) -> (Action, Option<Waiting<F>>) {
+pub fn on_request_headers_waiting<F: Enforcer>(compiled: Option<Rc<Compiled<F>>>, end_of_stream: bool) -> (Flow, Option<Waiting<F>>) {
     let filter = name::<F>();
     let Some(compiled) = compiled else {
         return (fail_closed(filter, "no valid policy is loaded", Counter::NO_POLICY), None);
@@ -499,7 +499,7 @@ fn request_id(facts: &RequestFacts<'_>) -> String {
 /// Acts on the evaluation of the policy whose header is `header`: `role` is which policy of a
 /// canary decided (None without a canary).
 /// `all_headers`: every request header, when they were read for the policy (spares a host call).
-pub(crate) fn act(filter: &str, header_name: &str, header: &Header, eval: &Evaluation, role: Option<Role>, all_headers: Option<&[(String, String)]>) -> Action {
+pub(crate) fn act(filter: &str, header_name: &str, header: &Header, eval: &Outcome, role: Option<Role>, all_headers: Option<&[(String, String)]>) -> Flow {
     let version = &*header.policy_version;
     let rule = &*eval.decision.rule;
     let candidate = role == Some(Role::Candidate);
@@ -518,7 +518,7 @@ pub(crate) fn act(filter: &str, header_name: &str, header: &Header, eval: &Evalu
             if header.decision_header {
                 let _ = host::set_request_header(header_name, &allow_header_value(rule, version));
             }
-            Action::Continue
+            Flow::Continue
         }
         (Verdict::Deny(denial), mode) => {
             let dry_run = mode == Mode::DryRun;
@@ -555,7 +555,7 @@ pub(crate) fn act(filter: &str, header_name: &str, header: &Header, eval: &Evalu
                     let value = format!("dry_run_deny; reason={}; rule={rule}; version={version}", denial.reason);
                     let _ = host::set_request_header(header_name, &value);
                 }
-                return Action::Continue;
+                return Flow::Continue;
             }
             let details = format!("gatewarden_{filter}_{}", denial.reason);
             let mut headers: Vec<(&str, &str)> = Vec::with_capacity(1 + eval.response_headers.len());
@@ -564,7 +564,7 @@ pub(crate) fn act(filter: &str, header_name: &str, header: &Header, eval: &Evalu
             if let Err(e) = host::send_local_response(denial.status, &details, &headers, denial.body) {
                 host::log(Level::Error, format_args!("gatewarden {filter}: cannot send the denial (status {})", e.0));
             }
-            Action::Pause
+            Flow::Pause
         }
     }
 }
@@ -587,7 +587,7 @@ fn allow_header_value(rule: &str, version: &str) -> String {
 /// `proxy_pass` still forwards them (seen on 3bed278): a forged `x-user` or a second token would
 /// reach the upstream. Such a request fails closed there. One extra host call, on that host only,
 /// and only when the evaluation changes headers.
-fn duplicated_header<'a>(eval: &'a Evaluation, decision_header: Option<&'a str>, all_headers: Option<&[(String, String)]>) -> Result<Option<&'a str>, host::HostError> {
+fn duplicated_header<'a>(eval: &'a Outcome, decision_header: Option<&'a str>, all_headers: Option<&[(String, String)]>) -> Result<Option<&'a str>, host::HostError> {
     if host::host_kind() != host::HostKind::NgxWasmModule {
         return Ok(None);
     }
@@ -612,7 +612,7 @@ fn duplicated_header<'a>(eval: &'a Evaluation, decision_header: Option<&'a str>,
 }
 
 /// Fails the request closed (503, `host_error`) when [`duplicated_header`] finds one.
-fn refuse_duplicates(filter: &str, eval: &Evaluation, decision_header: Option<&str>, all_headers: Option<&[(String, String)]>) -> Option<Action> {
+fn refuse_duplicates(filter: &str, eval: &Outcome, decision_header: Option<&str>, all_headers: Option<&[(String, String)]>) -> Option<Flow> {
     match duplicated_header(eval, decision_header, all_headers) {
         Ok(None) => None,
         Ok(Some(":path")) => Some(fail_closed(
@@ -631,7 +631,7 @@ fn refuse_duplicates(filter: &str, eval: &Evaluation, decision_header: Option<&s
 
 /// Removes, then sets, the request headers of an evaluation. A failure is reported: a header
 /// the filter could not strip may be a client's forgery, so the caller fails closed.
-fn apply_request_mutations(eval: &Evaluation) -> Result<(), host::HostError> {
+fn apply_request_mutations(eval: &Outcome) -> Result<(), host::HostError> {
     // On ngx_wasm_module a removed header still goes upstream (emptied, see host::remove_request_header),
     // so a header that is set next is not removed first: the set replaces its one copy (a request
     // with several copies was refused by `refuse_duplicates`).

@@ -54,7 +54,7 @@ use gatewarden_policy::{FilterPolicy, Header};
 use crate::host::{self, HostKind, Level};
 use crate::metrics::{self, Counter};
 use crate::pipeline::{CallFailure, Callout, GrpcCallout, HttpCallout, Pending, Resumed, Step, MAX_STEPS};
-use crate::runtime::{act, fail_closed, Action, Compiled, Enforcer};
+use crate::runtime::{act, fail_closed, Flow, Compiled, Enforcer};
 
 /// Counters of the pipeline, defined for filters that wait (`gatewarden_<filter>_<name>`).
 pub const COUNTERS: &[Counter] = &[
@@ -177,7 +177,7 @@ pub fn drive<F: Enforcer>(
     steps: u8,
     mut at: At,
     all_headers: Option<&[(String, String)]>,
-) -> (Action, Option<Waiting<F>>) {
+) -> (Flow, Option<Waiting<F>>) {
     let filter = name::<F>();
     let mut step = first;
     let mut steps = steps;
@@ -238,13 +238,13 @@ pub fn drive<F: Enforcer>(
                     // Continue: the body only comes to a request that goes on (module docs).
                     let on = WaitingOn::Body { max_bytes, seen: 0 };
                     let waiting = Waiting { compiled, role, steps, pending, on, body_passed, headers_sent: true };
-                    return (Action::Continue, Some(waiting));
+                    return (Flow::Continue, Some(waiting));
                 }
             }
             Step::Call { call, pending } => match dispatch(filter, &call) {
                 Ok(on) => {
                     let waiting = Waiting { compiled, role, steps, pending, on, body_passed, headers_sent };
-                    return (Action::Pause, Some(waiting));
+                    return (Flow::Pause, Some(waiting));
                 }
                 Err(failure) => (pending, Resumed::Failed(failure)),
             },
@@ -286,17 +286,17 @@ impl<F: Enforcer> Waiting<F> {
     /// A body chunk while parked: `Some(Pause)` to hold it (a callout is pending, or the body
     /// is still below the limit and not complete); `None`: take the request out and
     /// [`on_body`] it.
-    pub fn body_chunk(&mut self, body_size: usize, end_of_stream: bool) -> Option<Action> {
+    pub fn body_chunk(&mut self, body_size: usize, end_of_stream: bool) -> Option<Flow> {
         match self.on {
             WaitingOn::Http { .. } | WaitingOn::Grpc { .. } => {
                 if end_of_stream {
                     self.body_passed = true;
                 }
-                Some(Action::Pause)
+                Some(Flow::Pause)
             }
             WaitingOn::Body { max_bytes, ref mut seen } if !end_of_stream && body_size <= max_bytes => {
                 *seen = body_size;
-                Some(Action::Pause)
+                Some(Flow::Pause)
             }
             WaitingOn::Body { .. } => None,
         }
@@ -305,11 +305,11 @@ impl<F: Enforcer> Waiting<F> {
     /// Request trailers while parked (Envoy: a body that ends with trailers; its last chunk had
     /// no end_of_stream): `Some(Pause)` while a callout is pending; `None`: the body is
     /// complete, take the request out and [`on_body`] it with [`Waiting::body_seen`] bytes.
-    pub fn trailers(&mut self) -> Option<Action> {
+    pub fn trailers(&mut self) -> Option<Flow> {
         match self.on {
             WaitingOn::Http { .. } | WaitingOn::Grpc { .. } => {
                 self.body_passed = true;
-                Some(Action::Pause)
+                Some(Flow::Pause)
             }
             WaitingOn::Body { .. } => None,
         }
@@ -327,14 +327,14 @@ impl<F: Enforcer> Waiting<F> {
 /// The request reached the upstream's answer while still waiting (a host that let it go on
 /// without the callback the glue waited for): the upstream has seen it, but the client gets a
 /// 503 instead of the answer, and it is logged and counted as `waiting_failed`.
-pub fn undecided<F: Enforcer>(_waiting: Waiting<F>) -> Action {
+pub fn undecided<F: Enforcer>(_waiting: Waiting<F>) -> Flow {
     let filter = name::<F>();
     metrics::tally(filter, Counter::WAITING_FAILED);
     fail_closed(filter, "the upstream answered a request the filter had not decided yet", Counter::HOST_ERROR)
 }
 
 /// The body (or its end, or its overflow) arrived for a request waiting for it.
-pub fn on_body<F: Enforcer>(waiting: Waiting<F>, body_size: usize) -> (Action, Option<Waiting<F>>) {
+pub fn on_body<F: Enforcer>(waiting: Waiting<F>, body_size: usize) -> (Flow, Option<Waiting<F>>) {
     let filter = name::<F>();
     let Waiting { compiled, role, steps, pending, on, .. } = waiting;
     let WaitingOn::Body { max_bytes, .. } = on else {
@@ -468,15 +468,15 @@ pub fn on_grpc_answer<F: Enforcer>(context_id: u32, waiting: Waiting<F>, message
 
 /// A request resumed by something it was not waiting for (a glue bug): fails it closed rather
 /// than leave it paused.
-fn mismatch(filter: &str) -> Action {
+fn mismatch(filter: &str) -> Flow {
     metrics::tally(filter, Counter::WAITING_FAILED);
     fail_closed(filter, "a waiting request was resumed by something it did not wait for", Counter::HOST_ERROR)
 }
 
 /// After a callout answer: resumes the request when it was let through, or when it now waits for
 /// its body (which only comes to a request that goes on).
-fn finish_callout<F: Enforcer>((action, waiting): (Action, Option<Waiting<F>>)) -> Option<Waiting<F>> {
-    if action == Action::Continue {
+fn finish_callout<F: Enforcer>((action, waiting): (Flow, Option<Waiting<F>>)) -> Option<Waiting<F>> {
+    if action == Flow::Continue {
         if let Err(e) = host::continue_request() {
             host::log(Level::Error, format_args!("gatewarden {}: cannot resume the request (status {})", name::<F>(), e.0));
         }

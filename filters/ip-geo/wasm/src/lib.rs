@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use gatewarden_glue::host;
 use gatewarden_glue::remote::{self, RemoteResource, TICK_LOADED, TICK_LOADING};
-use gatewarden_glue::{export_filter, Enforcer, Evaluation};
+use gatewarden_glue::{export_filter, Enforcer, Outcome};
 use gatewarden_ip_geo_policy::{GeoDb, IpGeoPolicy, IpGeoReason, GEO_DB};
 use gatewarden_policy::facts::HeaderNeeds;
 use gatewarden_policy::{FilterPolicy, RequestFacts, Verdict};
@@ -96,14 +96,14 @@ impl Enforcer for IpGeo {
 
     fn policy_state(_policy: &IpGeoPolicy) {}
 
-    fn evaluate(policy: &IpGeoPolicy, _state: &(), facts: &RequestFacts<'_>) -> Evaluation {
+    fn decide(policy: &IpGeoPolicy, _state: &(), facts: &RequestFacts<'_>) -> Outcome {
         let out = DB.with(|d| policy.decide(facts, d.borrow().as_deref()));
         // The detail is for the denial log line only: no formatting on the allow path.
         let detail = match (&out.decision.verdict, out.country) {
             (Verdict::Deny(_), Some(cc)) => format!("country={cc}"),
             _ => String::new(),
         };
-        Evaluation::new(out.decision, out.client, detail)
+        Outcome::new(out.decision, out.client, detail)
     }
 }
 

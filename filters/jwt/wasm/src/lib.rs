@@ -24,7 +24,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use gatewarden_glue::host::{self, Level};
 use gatewarden_glue::remote::{self, RemoteResource, TICK_LOADED, TICK_LOADING};
-use gatewarden_glue::{export_filter, Enforcer, Evaluation};
+use gatewarden_glue::{export_filter, Enforcer, Outcome};
 use gatewarden_jwt_policy::{JwksSet, JwtPolicy, JwtReason, NoRemoteKeys, RemoteKeys, TokenCache, JWKS};
 use gatewarden_policy::cidr::parse_address;
 use gatewarden_policy::facts::HeaderNeeds;
@@ -186,11 +186,11 @@ impl Enforcer for Jwt {
         RefCell::new(policy.new_token_cache())
     }
 
-    fn evaluate(
+    fn decide(
         policy: &JwtPolicy,
         cache: &RefCell<TokenCache>,
         facts: &RequestFacts<'_>,
-    ) -> Evaluation {
+    ) -> Outcome {
         let now = host::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -224,7 +224,7 @@ impl Enforcer for Jwt {
             }
             _ => (None, String::new()),
         };
-        Evaluation {
+        Outcome {
             decision: out.decision,
             client,
             detail,

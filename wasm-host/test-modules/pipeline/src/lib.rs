@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatewarden_glue::pipeline::{Callout, GrpcCallout, HostCaps, HttpCallout, Pending, Resumed, Step};
-use gatewarden_glue::{export_filter, Enforcer, Evaluation};
+use gatewarden_glue::{export_filter, Enforcer, Outcome};
 use gatewarden_policy::decision::{FORBIDDEN_BODY, UNAVAILABLE_BODY};
 use gatewarden_policy::document::Header;
 use gatewarden_policy::error::FieldPath;
@@ -209,9 +209,9 @@ impl Enforcer for PipelineFilter {
         Ok(())
     }
 
-    fn evaluate(policy: &PipelinePolicy, _state: &(), facts: &RequestFacts<'_>) -> Evaluation {
+    fn decide(policy: &PipelinePolicy, _state: &(), facts: &RequestFacts<'_>) -> Outcome {
         let rule = policy.rules.select(facts);
-        Evaluation::new(Decision::allow(&rule.name), None, String::new())
+        Outcome::new(Decision::allow(&rule.name), None, String::new())
     }
 
     fn start(policy: &PipelinePolicy, _state: &(), facts: &RequestFacts<'_>) -> Step {
@@ -345,8 +345,8 @@ fn summary(p: &Progress, grpc: Option<usize>) -> String {
 /// Allows; the request carries `x-pipeline: <summary>` (and `x-pipeline-failure`) upstream
 /// unless its headers went on before the body (then no header can change: see the glue's
 /// `pipeline::Step`).
-fn allow(p: &Progress, summary: &str, failure: Option<&str>) -> Evaluation {
-    let mut eval = Evaluation::new(Decision::allow(&p.rule), None, String::new());
+fn allow(p: &Progress, summary: &str, failure: Option<&str>) -> Outcome {
+    let mut eval = Outcome::new(Decision::allow(&p.rule), None, String::new());
     if p.headers_gone && !p.steps.always_set_header {
         return eval;
     }
@@ -363,15 +363,15 @@ trait Detail {
     fn detail(self, detail: String) -> Self;
 }
 
-impl Detail for Evaluation {
+impl Detail for Outcome {
     fn detail(mut self, detail: String) -> Self {
         self.detail = detail;
         self
     }
 }
 
-fn deny(rule: &Arc<str>, status: u16, body: &'static str, reason: &'static str) -> Evaluation {
-    Evaluation::new(Decision::deny(rule, Denial { status, body, reason }), None, String::new())
+fn deny(rule: &Arc<str>, status: u16, body: &'static str, reason: &'static str) -> Outcome {
+    Outcome::new(Decision::deny(rule, Denial { status, body, reason }), None, String::new())
 }
 
 /// A step that failed: denied (503) or let through, by the policy's `failure_mode`.
