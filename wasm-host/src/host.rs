@@ -30,7 +30,8 @@ use std::time::{Duration, SystemTime};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Profile {
     /// Envoy: shared-data CAS 0 overwrites, callouts go to cluster names, a refused
-    /// reconfiguration keeps the previous one, `source.address` is `ip:port`, a failed VM answers 503.
+    /// reconfiguration keeps the previous one (none at first start: 500), `source.address` is
+    /// `ip:port`, a failed VM answers 503.
     Envoy,
     /// Kong / ngx_wasm_module: CAS 0 only creates, callouts go to `host:port`, a refused
     /// configuration fails requests with 500, `source.address` is the bare IP (nginx
@@ -39,7 +40,7 @@ pub enum Profile {
 }
 
 impl Profile {
-    /// The status a client gets when the filter cannot run (trap, failed VM, no accepted config).
+    /// The status a client gets when the filter cannot run (a trap, a failed VM).
     ///
     /// Envoy answers 503 with details `wasm_fail_stream` (fail closed); ngx_wasm_module 500.
     pub fn failure_status(self) -> u16 {
@@ -47,6 +48,14 @@ impl Profile {
             Profile::Envoy => 503,
             Profile::Kong => 500,
         }
+    }
+
+    /// The status a client gets when the plugin has no accepted configuration (refused at first
+    /// start): 500 on both. Envoy 1.40 answers 500 with an empty body and the response flag `NFCF`
+    /// before any of the filter's code runs (seen in scripts/e2e/test_claims.py); ngx_wasm_module
+    /// 500 too (Gatewarden's glue avoids it there by accepting the VM without a policy: 503).
+    pub fn not_configured_status(self) -> u16 {
+        500
     }
 }
 

@@ -268,8 +268,12 @@ impl Outcome {
     }
 
     fn failed(profile: Profile, failure: Failure, context_id: u32) -> Outcome {
+        let status = match failure {
+            Failure::NotConfigured => profile.not_configured_status(),
+            _ => profile.failure_status(),
+        };
         Outcome {
-            status: profile.failure_status(),
+            status,
             local_response: None,
             upstream_request: None,
             response_headers: Vec::new(),
