@@ -278,6 +278,70 @@ fn http_callout_timeout_and_failure_follow_failure_mode() {
     assert_eq!(outcome.upstream_header("x-pipeline-failure"), Some("callout_failed"));
 }
 
+/// ngx_wasm_module 3bed278 aborts the worker on a local response sent where a callout with a
+/// body got an answer without one (shared/glue/src/waiting.rs explains why). On Kong the glue
+/// first starts a 1-byte-body callout that the local response cancels (as the engine does), or,
+/// when the decision may still go on, waits for a bodiless callout that fails at once; Envoy
+/// gets neither.
+#[test]
+fn kong_callout_answer_without_a_body_takes_the_way_around_the_engine_defect() {
+    const SPARE: &str = "127.0.0.1:1";
+    for profile in [Profile::Envoy, Profile::Kong] {
+        // A denial after a timeout, and after an empty 403: the extra callout is cancelled.
+        let host = host(profile);
+        let mut vm = pipeline_vm(&host, &policy(profile, "deny", false));
+        host.script_http_response(http_upstream(profile), "/check", HttpResponse::new(403));
+        for how in [Settle::Timeout, Settle::Http(HttpResponse::new(403))] {
+            let before = host.http_calls().len();
+            let mut request = vm.start_request(Request::get("/http")).unwrap();
+            let token = host.pending_tokens()[0];
+            assert!(host.settle_call(token, how).unwrap());
+            let Progress::Done(outcome) = request.poll().unwrap() else { panic!("not resumed") };
+            assert!(outcome.local_response.is_some(), "{profile:?}: {outcome:?}");
+            let spare: Vec<_> = host.http_calls().into_iter().skip(before).filter(|c| c.upstream == SPARE).collect();
+            match profile {
+                Profile::Envoy => assert!(spare.is_empty(), "Envoy needs no extra callout"),
+                Profile::Kong => {
+                    assert_eq!(spare.len(), 1, "one preempting callout");
+                    assert_eq!(spare[0].body, b"-", "with a body, to take the engine's free buffer");
+                }
+            }
+            assert!(host.pending_calls().is_empty(), "{profile:?}: the local response cancelled it");
+            assert_eq!(waiting(&vm), (0, 0));
+        }
+
+        // failure_mode allow and a header sent twice: on Kong the decision waits for a bodiless
+        // callout (act might still refuse the request there), then goes on.
+        let host = self::host(profile);
+        let mut vm = pipeline_vm(&host, &policy(profile, "allow", false));
+        let mut request = vm.start_request(Request::get("/http").header("x-twice", "1").header("x-twice", "2")).unwrap();
+        let token = host.pending_tokens()[0];
+        assert!(host.settle_call(token, Settle::Timeout).unwrap());
+        if profile == Profile::Kong {
+            assert!(matches!(request.poll().unwrap(), Progress::Paused(_)), "waits for the settling callout");
+            let spare = host.pending_calls();
+            assert_eq!(spare.len(), 1);
+            assert_eq!((spare[0].upstream.as_str(), spare[0].body.is_empty()), (SPARE, true), "bodiless");
+            assert_eq!(waiting(&vm), (1, 1));
+            host.deliver_pending_calls().unwrap(); // refused: nothing listens there
+        }
+        let Progress::Done(outcome) = request.poll().unwrap() else { panic!("{profile:?}: not resumed") };
+        assert_eq!(outcome.status, 200, "{profile:?}: {outcome:?}");
+        assert_eq!(outcome.upstream_header("x-pipeline-failure"), Some("callout_failed"));
+        assert_eq!(counter(&host, &vm, "callout_timeout"), 1, "{profile:?}: counted once");
+        assert_eq!(waiting(&vm), (0, 0));
+
+        // Without a header sent twice an allow needs no extra callout on either host.
+        let before = host.http_calls().len();
+        let mut request = vm.start_request(Request::get("/http")).unwrap();
+        let token = host.pending_tokens()[0];
+        assert!(host.settle_call(token, Settle::Timeout).unwrap());
+        let Progress::Done(outcome) = request.poll().unwrap() else { panic!("not resumed") };
+        assert_eq!(outcome.status, 200, "{profile:?}: {outcome:?}");
+        assert_eq!(host.http_calls().len(), before + 1, "{profile:?}: only the real callout");
+    }
+}
+
 #[test]
 fn http_callout_that_cannot_start_or_answers_too_much_fails_closed() {
     let host = Host::new(Profile::Envoy); // no cluster "authz": the dispatch is refused

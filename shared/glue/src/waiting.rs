@@ -45,11 +45,14 @@
 //!   other answer is the service's, for the filter to judge.
 //! - A unary gRPC callout's success is one `proxy_on_grpc_receive` (no close follows on Envoy);
 //!   its failure is one `proxy_on_grpc_close` with the status.
+//! - ngx_wasm_module aborts the worker when a local response is sent from the answer callback of
+//!   a callout that carried a body and got an answer without one (failed, or empty): on that
+//!   host the glue then takes one of two ways around it first (`guard`, `preempt`, `settle`).
 
 use std::rc::Rc;
 
 use gatewarden_policy::rollout::Role;
-use gatewarden_policy::{FilterPolicy, Header};
+use gatewarden_policy::{FilterPolicy, Header, Mode, Verdict};
 
 use crate::host::{self, HostKind, Level};
 use crate::metrics::{self, Counter};
@@ -87,8 +90,13 @@ pub struct Waiting<F: Enforcer> {
 enum WaitingOn {
     /// `seen`: the body size buffered so far (the last chunk's size argument).
     Body { max_bytes: usize, seen: usize },
-    Http { token: u32, deadline_ms: u64, max_response: usize },
+    /// `sent_body`: the callout carried a body (see [`settle`]).
+    Http { token: u32, deadline_ms: u64, max_response: usize, sent_body: bool },
     Grpc { token: u32, deadline_ms: u64, max_response: usize },
+    /// ngx_wasm_module: the filter's next step, taken on an answer whose own callback could not
+    /// safely send a local response; acted on when the bodiless settling callout `token` ends
+    /// (see [`settle`]).
+    Settle { token: u32, step: Step },
 }
 
 impl<F: Enforcer> Waiting<F> {
@@ -96,7 +104,7 @@ impl<F: Enforcer> Waiting<F> {
     pub fn token(&self) -> Option<u32> {
         match self.on {
             WaitingOn::Body { .. } => None,
-            WaitingOn::Http { token, .. } | WaitingOn::Grpc { token, .. } => Some(token),
+            WaitingOn::Http { token, .. } | WaitingOn::Grpc { token, .. } | WaitingOn::Settle { token, .. } => Some(token),
         }
     }
 }
@@ -260,7 +268,7 @@ fn dispatch(filter: &str, call: &Callout) -> Result<WaitingOn, CallFailure> {
         Callout::Http(HttpCallout { upstream, headers, body, timeout, max_response_bytes }) => {
             let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             host::dispatch_http_call_with_body(upstream, &headers, body, *timeout)
-                .map(|token| WaitingOn::Http { token, deadline_ms: deadline_ms(*timeout), max_response: *max_response_bytes })
+                .map(|token| WaitingOn::Http { token, deadline_ms: deadline_ms(*timeout), max_response: *max_response_bytes, sent_body: !body.is_empty() })
         }
         // Never on ngx_wasm_module, where `proxy_grpc_call` traps: such policies are refused at
         // configure time; this is the belt to that brace.
@@ -288,7 +296,7 @@ impl<F: Enforcer> Waiting<F> {
     /// [`on_body`] it.
     pub fn body_chunk(&mut self, body_size: usize, end_of_stream: bool) -> Option<Flow> {
         match self.on {
-            WaitingOn::Http { .. } | WaitingOn::Grpc { .. } => {
+            WaitingOn::Http { .. } | WaitingOn::Grpc { .. } | WaitingOn::Settle { .. } => {
                 if end_of_stream {
                     self.body_passed = true;
                 }
@@ -307,7 +315,7 @@ impl<F: Enforcer> Waiting<F> {
     /// complete, take the request out and [`on_body`] it with [`Waiting::body_seen`] bytes.
     pub fn trailers(&mut self) -> Option<Flow> {
         match self.on {
-            WaitingOn::Http { .. } | WaitingOn::Grpc { .. } => {
+            WaitingOn::Http { .. } | WaitingOn::Grpc { .. } | WaitingOn::Settle { .. } => {
                 self.body_passed = true;
                 Some(Flow::Pause)
             }
@@ -319,7 +327,7 @@ impl<F: Enforcer> Waiting<F> {
     pub fn body_seen(&self) -> usize {
         match self.on {
             WaitingOn::Body { seen, .. } => seen,
-            WaitingOn::Http { .. } | WaitingOn::Grpc { .. } => 0,
+            WaitingOn::Http { .. } | WaitingOn::Grpc { .. } | WaitingOn::Settle { .. } => 0,
         }
     }
 }
@@ -384,9 +392,15 @@ pub fn on_http_response<F: Enforcer>(context_id: u32, waiting: Waiting<F>, num_h
         return None;
     }
     let Waiting { compiled, role, steps, pending, on, body_passed, headers_sent } = waiting;
-    let WaitingOn::Http { deadline_ms, max_response, .. } = on else {
-        mismatch(filter);
-        return None;
+    let at = At::Callout { body_passed, headers_sent };
+    let (deadline_ms, max_response, sent_body) = match on {
+        WaitingOn::Http { deadline_ms, max_response, sent_body, .. } => (deadline_ms, max_response, sent_body),
+        // The settling callout ended, however: act on the step taken on the real answer.
+        WaitingOn::Settle { step, .. } => return finish_callout(drive(compiled, role, step, steps, at, None)),
+        WaitingOn::Body { .. } | WaitingOn::Grpc { .. } => {
+            mismatch(filter);
+            return None;
+        }
     };
     let (policy, state) = chosen(&compiled, role);
     let failed = |failure: CallFailure| {
@@ -418,7 +432,112 @@ pub fn on_http_response<F: Enforcer>(context_id: u32, waiting: Waiting<F>, num_h
         }
     };
     let step = F::resume(policy, state, pending, input);
-    finish_callout(drive(compiled, role, step, steps, At::Callout { body_passed, headers_sent }, None))
+    if sent_body && body_size == 0 && host::host_kind() == HostKind::NgxWasmModule {
+        match guard(&compiled, role, &step, steps, body_passed, headers_sent) {
+            Guard::None => {}
+            Guard::Preempt => preempt(filter),
+            Guard::Settle => match settle() {
+                Ok(token) => {
+                    let on = WaitingOn::Settle { token, step };
+                    return Some(Waiting { compiled, role, steps, pending: Pending::new(()), on, body_passed, headers_sent });
+                }
+                Err(e) => {
+                    host::log(Level::Error, format_args!("gatewarden {filter}: cannot start the settling callout (status {}); acting now", e.0));
+                    preempt(filter);
+                }
+            },
+        }
+    }
+    finish_callout(drive(compiled, role, step, steps, at, None))
+}
+
+// ngx_wasm_module (3bed278): a local response sent from `proxy_on_http_call_response` when the
+// answer had no body (a failed callout: timeout, reset, refused after sending; or an empty
+// answer, e.g. a 403 with no body) of a callout that carried a body aborts the worker:
+// - once the callout's request is sent, its body's chain link goes back to the request's list
+//   of free buffers, at its head (ngx_http_proxy_wasm_dispatch.c:847-849,
+//   `ngx_chain_update_chains`); reading an answer's body takes free links again
+//   (ngx_wasm_socket_tcp_readers.c:447, :505), an answer without one takes none;
+// - a local response takes the head link for its body (ngx_http_wasm_local_response.c:154,
+//   `ngx_wasm_chain_get_free_buf`, reuse on): the callout's own link;
+// - after the callback returns, `ngx_http_proxy_wasm_dispatch_destroy` (:498-505; called at
+//   :162 on the error path, :903 after an answer) sets `pos = last` on every link of the
+//   callout's body, which now holds the local response's body;
+// - flushing the emptied body fails in nginx's write filter ("zero size buf in writer"), the
+//   resumed content phase returns 500, and `ngx_http_wasm_wev_handler` asserts it never does
+//   (ngx_http_wasm_module.c:1240, "TODO: coverage"): signal 6, the client gets no answer.
+// Two ways around it, both keeping the callout's link away from the local response:
+// - [`preempt`], when the step surely answers locally: a 1-byte-body callout started first takes
+//   the head link for its own body; the local response then gets another one, and stashing it
+//   cancels that callout before it connects (ngx_proxy_wasm_host.c:1129-1135,
+//   `ngx_proxy_wasm_dispatch_ops_cancel`): nothing is sent, the engine logs a notice.
+// - [`settle`], when the step may answer locally: a bodiless callout, and the step is acted on
+//   when it ends; by then the first callout is destroyed, and a callout without a body leaves no
+//   link to be emptied after its own callback. It costs a connection refused (the engine logs
+//   "dispatch failed") and an event-loop turn.
+// A step that goes on (allow, no header the client sent twice) needs neither. Both depend on
+// `wasm_socket_buffer_reuse` on (the engine's default; our configs keep it): without it, any
+// answer leaves the callout's link at the head.
+
+/// Whether acting on a step at a callout answer needs a way around the engine defect above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    None,
+    Preempt,
+    Settle,
+}
+
+/// Follows [`drive`] and `runtime::act`: a denial or a failure answers locally (`Preempt`); an
+/// allow or a dry run may still be refused by `act` on this host (a header the client sent
+/// twice, a rewritten `:path`: checked here more broadly, any header sent twice), and a new
+/// callout may fail to start and then answer locally (`Settle`).
+fn guard<F: Enforcer>(compiled: &Compiled<F>, role: Option<Role>, step: &Step, steps: u8, body_passed: bool, headers_sent: bool) -> Guard {
+    if steps > MAX_STEPS {
+        return Guard::Preempt;
+    }
+    match step {
+        Step::Unavailable(_) => Guard::Preempt,
+        // At a callout answer a body step either fails closed (the body went by) or lets the
+        // request go on for its body (module docs).
+        Step::NeedBody { .. } if body_passed => Guard::Preempt,
+        Step::NeedBody { .. } => Guard::None,
+        Step::Call { .. } => Guard::Settle,
+        Step::Done(eval) => {
+            let changes = !eval.remove_headers.is_empty() || !eval.set_headers.is_empty();
+            let dry_run = header_of(compiled, role).mode == Mode::DryRun;
+            if (headers_sent && changes) || (matches!(eval.decision.verdict, Verdict::Deny(_)) && !dry_run) {
+                return Guard::Preempt;
+            }
+            let twice = match host::request_headers() {
+                Ok(headers) => headers.iter().enumerate().any(|(i, (k, _))| headers.iter().skip(i + 1).any(|(other, _)| other.eq_ignore_ascii_case(k))),
+                Err(_) => true,
+            };
+            if twice || eval.set_headers.iter().any(|(n, _)| n == ":path") {
+                Guard::Settle
+            } else {
+                Guard::None
+            }
+        }
+    }
+}
+
+/// Where the extra callouts go: a local TCP port nothing listens on (1, tcpmux, unused in
+/// practice), refused at once. A preempting callout never connects (it is cancelled); a settling
+/// one carries no body, and if something answered there, only the timeout would be waited for.
+const SPARE_UPSTREAM: &str = "127.0.0.1:1";
+const SPARE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+const SPARE_HEADERS: [(&str, &str); 3] = [(":method", "GET"), (":path", "/"), (":authority", "gatewarden-settle")];
+
+/// Starts the 1-byte-body callout the local response about to be sent cancels (see above).
+fn preempt(filter: &str) {
+    if let Err(e) = host::dispatch_http_call_with_body(SPARE_UPSTREAM, &SPARE_HEADERS, b"-", SPARE_TIMEOUT) {
+        host::log(Level::Error, format_args!("gatewarden {filter}: cannot start the preempting callout (status {})", e.0));
+    }
+}
+
+/// Starts the bodiless callout whose end the step waits for (see above).
+fn settle() -> Result<u32, host::HostError> {
+    host::dispatch_http_call_with_body(SPARE_UPSTREAM, &SPARE_HEADERS, &[], SPARE_TIMEOUT)
 }
 
 /// A unary gRPC callout of request `context_id` answered: `proxy_on_grpc_receive` with its

@@ -514,6 +514,16 @@ fn add_stream_control(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
                 details,
                 grpc_status: (grpc_status >= 0).then_some(grpc_status),
             });
+            let data = caller.data();
+            if data.host.profile == Profile::Kong {
+                // ngx_wasm_module cancels the request's pending callouts when a local response
+                // is stashed ("local response produced, cancelling pending dispatch
+                // operations", ngx_proxy_wasm_host.c, 3bed278): their answers never come.
+                let (vm, context) = (data.index, data.effective);
+                data.host_state()
+                    .pending
+                    .retain(|p| !(p.call.vm == vm && p.context_id == context));
+            }
             status(Status::Ok)
         },
     )?;
