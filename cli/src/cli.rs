@@ -6,8 +6,8 @@ use clap::builder::PossibleValue;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::commands::{
-    abort, apply, completions, counters, diff, eval, geo_lookup, history, keygen, promote, render, render_json, rollback,
-    schema, sign, test, validate, verify,
+    abort, apply, completions, counters, diff, eval, geo_lookup, history, keygen, promote, render, render_json, rollback, schema, sign,
+    test, validate, verify,
 };
 use crate::policy_file::Filter;
 

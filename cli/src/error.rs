@@ -38,7 +38,10 @@ impl Status {
 /// printed what went wrong, e.g. the failing cases of `gatewarden test`).
 #[derive(Debug)]
 pub enum CliError {
-    Exit { status: Status, message: String },
+    Exit {
+        status: Status,
+        message: String,
+    },
     /// clap's parse result: a usage error (2), or `--help` / `--version` (0, printed to stdout).
     Clap(clap::Error),
 }

@@ -57,11 +57,7 @@ impl Modules {
     /// `filter`'s module, compiled on first use; the error says which file and why.
     pub fn get(&mut self, filter: Filter) -> Result<&LoadedModule, String> {
         let path = self.path(filter);
-        self.loaded
-            .entry(filter.name())
-            .or_insert_with(|| load(&path))
-            .as_ref()
-            .map_err(Clone::clone)
+        self.loaded.entry(filter.name()).or_insert_with(|| load(&path)).as_ref().map_err(Clone::clone)
     }
 
     /// The modules loaded so far (by filter name), for the summary.
@@ -71,9 +67,8 @@ impl Modules {
 }
 
 fn load(path: &Path) -> Result<LoadedModule, String> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        format!("{}: cannot read the module ({e}); build it with scripts/build.sh or pass --modules DIR", path.display())
-    })?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("{}: cannot read the module ({e}); build it with scripts/build.sh or pass --modules DIR", path.display()))?;
     let module = Module::new(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(LoadedModule { path: path.to_path_buf(), sha256: sha256_hex(&bytes), module })
 }

@@ -257,7 +257,10 @@ mod tests {
         let d = diff_policies(&a(), &b);
         assert_eq!(d.rules_added, ["scanners"]);
         assert_eq!(d.rules_removed, ["legacy"]);
-        assert_eq!(d.rule_order, Some((vec!["admin".into(), "embargo".into(), "legacy".into()], vec!["embargo".into(), "admin".into(), "scanners".into()])));
+        assert_eq!(
+            d.rule_order,
+            Some((vec!["admin".into(), "embargo".into(), "legacy".into()], vec!["embargo".into(), "admin".into(), "scanners".into()]))
+        );
         let text = format_text(&d);
         for line in [
             "+ default.deny: [\"203.0.113.0/24\"]",

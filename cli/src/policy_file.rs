@@ -120,8 +120,9 @@ pub fn load_text(path: &str, text: &str, filter: Option<Filter>) -> Result<Loade
     let named = value.get("filter").and_then(|f| f.as_str());
     let filter = match (filter, named) {
         (Some(f), _) => f,
-        (None, Some(name)) => Filter::from_name(name)
-            .ok_or_else(|| LoadError::UnknownFilter(format!("filter: unknown filter {name:?}")))?,
+        (None, Some(name)) => {
+            Filter::from_name(name).ok_or_else(|| LoadError::UnknownFilter(format!("filter: unknown filter {name:?}")))?
+        }
         (None, None) => {
             return Err(LoadError::UnknownFilter("filter: missing; add `filter: <name>` to the policy or pass --filter".into()))
         }

@@ -233,8 +233,7 @@ fn peer_address(peer: &str) -> String {
 
 /// The request as the host runs it, and the headers the module first saw (for the diff).
 fn build_request(spec: &RequestSpec) -> (Request, Vec<(String, String)>) {
-    let mut r = Request::new(&spec.method, &spec.path)
-        .source(&peer_address(spec.peer.as_deref().unwrap_or(DEFAULT_PEER)));
+    let mut r = Request::new(&spec.method, &spec.path).source(&peer_address(spec.peer.as_deref().unwrap_or(DEFAULT_PEER)));
     if let Some(a) = &spec.authority {
         r = r.authority(a);
     }
@@ -315,28 +314,18 @@ pub fn run_request(setup: &Setup<'_>, spec: &RequestSpec) -> Result<Actual, Stri
     let outcome = vm.http_request(request).map_err(|e| format!("request: {e}"))?;
     let logs = host.logs();
     let log = logs.iter().rev().find_map(|l| decision_line(&l.message));
-    let warnings = logs
-        .iter()
-        .filter(|l| l.level >= LogLevel::Warn && decision_line(&l.message).is_none())
-        .map(|l| l.message.clone())
-        .collect();
+    let warnings =
+        logs.iter().filter(|l| l.level >= LogLevel::Warn && decision_line(&l.message).is_none()).map(|l| l.message.clone()).collect();
     Ok(actual(setup.filter, &outcome, &sent, log, warnings))
 }
 
-fn actual(
-    filter: Filter,
-    out: &Outcome,
-    sent: &[(String, String)],
-    log: Option<serde_json::Value>,
-    warnings: Vec<String>,
-) -> Actual {
+fn actual(filter: Filter, out: &Outcome, sent: &[(String, String)], log: Option<serde_json::Value>, warnings: Vec<String>) -> Actual {
     let field = |k: &str| log.as_ref().and_then(|l| l.get(k)).and_then(|v| v.as_str()).map(str::to_string);
     let sent = folded(sent);
     let mut a = Actual { status: out.status, log: log.clone(), warnings, ..Actual::default() };
     if let Some(up) = &out.upstream_request {
         let received = folded(&up.headers);
-        a.upstream_headers =
-            received.iter().filter(|(k, v)| sent.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        a.upstream_headers = received.iter().filter(|(k, v)| sent.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
         a.removed_headers = sent.keys().filter(|k| !received.contains_key(*k)).cloned().collect();
         a.upstream_received = Some(received);
     }

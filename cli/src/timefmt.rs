@@ -31,14 +31,18 @@ pub fn parse(text: &str) -> Result<u64, String> {
         return Ok(secs);
     }
     let b = text.trim().as_bytes();
-    if b.len() != 20 || b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || b.get(10) != Some(&b'T')
-        || b.get(13) != Some(&b':') || b.get(16) != Some(&b':') || b.get(19) != Some(&b'Z')
+    if b.len() != 20
+        || b.get(4) != Some(&b'-')
+        || b.get(7) != Some(&b'-')
+        || b.get(10) != Some(&b'T')
+        || b.get(13) != Some(&b':')
+        || b.get(16) != Some(&b':')
+        || b.get(19) != Some(&b'Z')
     {
         return Err(bad());
     }
-    let num = |from: usize, to: usize| -> Result<i64, String> {
-        text.trim().get(from..to).and_then(|s| s.parse::<i64>().ok()).ok_or_else(bad)
-    };
+    let num =
+        |from: usize, to: usize| -> Result<i64, String> { text.trim().get(from..to).and_then(|s| s.parse::<i64>().ok()).ok_or_else(bad) };
     let (y, mo, d, h, mi, s) = (num(0, 4)?, num(5, 7)?, num(8, 10)?, num(11, 13)?, num(14, 16)?, num(17, 19)?);
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 || y < 1970 {
         return Err(bad());

@@ -12,10 +12,7 @@ use crate::policy_file::LoadedPolicy;
 pub fn check_trust(label: &str, text: &str, policy: &LoadedPolicy) -> Result<(), Refusal> {
     let trust = gatewarden_policy::approvals::TrustConfig::parse(text.as_bytes())
         .map_err(|e| Refusal::could_not_run(format!("{label}: invalid trust settings: {e}")))?;
-    trust
-        .verify(policy.json.as_bytes())
-        .map(|_| ())
-        .map_err(|e| Refusal::invalid(format!("the filter would refuse it: {e}")))
+    trust.verify(policy.json.as_bytes()).map(|_| ()).map_err(|e| Refusal::invalid(format!("the filter would refuse it: {e}")))
 }
 
 /// The trust settings an apply or rollback writes into the ECDS resource as

@@ -30,7 +30,6 @@ fn s(p: &Path) -> &str {
 
 const POLICY_YAML: &str = "# office only on /admin\nfilter: ip_geo\npolicy_version: \"v1\"\nrules:\n  - name: admin   # the admin API\n    match: { path_prefix: /admin }\n    allow: [10.0.0.0/8]\n";
 
-
 fn filter_accepts(file: &Path, trust: &Path) -> bool {
     let (code, json, err) = run(&["render-json", s(file)]);
     assert_eq!(code, 0, "{err}");
@@ -160,15 +159,23 @@ fn abort_removes_the_rollout_and_keeps_comments() {
 #[test]
 fn promote_makes_the_candidate_the_policy() {
     let dir = temp_dir("promote");
-    for (name, contents) in [("policy.yaml", ROLLOUT_YAML.to_string()), ("policy.json", serde_json::to_string(&serde_norway::from_str::<Value>(ROLLOUT_YAML).unwrap()).unwrap())] {
+    for (name, contents) in [
+        ("policy.yaml", ROLLOUT_YAML.to_string()),
+        ("policy.json", serde_json::to_string(&serde_norway::from_str::<Value>(ROLLOUT_YAML).unwrap()).unwrap()),
+    ] {
         let policy = dir.join(name);
         std::fs::write(&policy, contents).unwrap();
         let (code, _, err) = run(&["promote", s(&policy)]);
         assert_eq!(code, 0, "{err}");
         assert!(err.contains("candidate \"v2\" promoted to the active policy; rollout removed"), "{err}");
         let text = std::fs::read_to_string(&policy).unwrap();
-        let doc: Value = if name.ends_with(".json") { serde_json::from_str(&text).unwrap() } else { serde_norway::from_str(&text).unwrap() };
-        assert_eq!(doc, json!({"filter": "ip_geo", "policy_version": "v2", "default": {"deny": ["192.0.2.0/24", "198.51.100.0/24"]}}), "{name}");
+        let doc: Value =
+            if name.ends_with(".json") { serde_json::from_str(&text).unwrap() } else { serde_norway::from_str(&text).unwrap() };
+        assert_eq!(
+            doc,
+            json!({"filter": "ip_geo", "policy_version": "v2", "default": {"deny": ["192.0.2.0/24", "198.51.100.0/24"]}}),
+            "{name}"
+        );
         let (code, out, err) = run(&["validate", s(&policy)]);
         assert_eq!(code, 0, "{out} {err}");
     }

@@ -7,11 +7,9 @@
 mod common;
 use common::{modules_dir, run};
 
-
 fn module(name: &str) -> String {
     modules_dir().join(format!("gatewarden_{name}.wasm")).to_string_lossy().into_owned()
 }
-
 
 fn names(args: &[&str]) -> Vec<String> {
     let (code, out, err) = run(args);

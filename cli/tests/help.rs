@@ -19,15 +19,36 @@ const COMMANDS: &[(&str, &[&str])] = &[
     (
         "eval",
         &[
-            "--policy", "--request", "--fixtures", "--method", "--path", "-H, --header", "--peer", "--body", "--time",
-            "--modules", "--filter", "--profile",
+            "--policy",
+            "--request",
+            "--fixtures",
+            "--method",
+            "--path",
+            "-H, --header",
+            "--peer",
+            "--body",
+            "--time",
+            "--modules",
+            "--filter",
+            "--profile",
         ],
     ),
     (
         "render",
         &[
-            "--target", "--out", "--module", "--modules", "--vm-id", "--vm-config", "--url", "--sha256", "--namespace",
-            "--service", "--shm-size", "--ecds-dir", "--filter",
+            "--target",
+            "--out",
+            "--module",
+            "--modules",
+            "--vm-id",
+            "--vm-config",
+            "--url",
+            "--sha256",
+            "--namespace",
+            "--service",
+            "--shm-size",
+            "--ecds-dir",
+            "--filter",
         ],
     ),
     ("apply", &["--to", "--author", "-m, --message", "--module", "--modules", "--vm-id", "--vm-config", "--filter", "--target"]),
@@ -128,16 +149,16 @@ fn completions_for_bash_zsh_and_fish() {
 #[test]
 fn usage_errors_exit_two_and_say_where_help_is() {
     for args in [
-        &["apply", "p.yaml"][..],                             // no --to
-        &["apply", "--to", "d"],                              // no policy
-        &["apply", "a.yaml", "b.yaml", "--to", "d"],          // two policies
-        &["render", "--target", "mesh", "p.yaml"],            // unknown value
-        &["validate"],                                        // nothing to validate
-        &["eval"],                                            // no policy
-        &["eval", "--policy", "p.yaml", "-H", "no-colon"],    // bad header
-        &["rollback", "--to", "d", "--version", "latest"],    // not a number
+        &["apply", "p.yaml"][..],                                                      // no --to
+        &["apply", "--to", "d"],                                                       // no policy
+        &["apply", "a.yaml", "b.yaml", "--to", "d"],                                   // two policies
+        &["render", "--target", "mesh", "p.yaml"],                                     // unknown value
+        &["validate"],                                                                 // nothing to validate
+        &["eval"],                                                                     // no policy
+        &["eval", "--policy", "p.yaml", "-H", "no-colon"],                             // bad header
+        &["rollback", "--to", "d", "--version", "latest"],                             // not a number
         &["render", "--target", "envoy", "--module", "m", "--modules", "d", "p.yaml"], // exclusive
-        &["history"],                                         // no --to
+        &["history"],                                                                  // no --to
     ] {
         let (code, out, err) = run(args);
         assert_eq!((code, out.as_str()), (2, ""), "{args:?}: {err}");
@@ -170,7 +191,9 @@ fn an_invalid_policy_is_one_and_an_unreadable_file_two_for_every_command_that_re
     }
     assert_eq!(std::fs::read_dir(&ecds).unwrap().count(), 0, "a refused apply wrote something");
     let missing = d.join("missing.yaml");
-    for args in [vec!["validate", s(&missing)], vec!["render", "--target", "kong", s(&missing)], vec!["apply", s(&missing), "--to", s(&ecds)]] {
+    for args in
+        [vec!["validate", s(&missing)], vec!["render", "--target", "kong", s(&missing)], vec!["apply", s(&missing), "--to", s(&ecds)]]
+    {
         let (code, _, err) = run(&args);
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains("cannot read"), "{args:?}: {err}");
@@ -180,8 +203,7 @@ fn an_invalid_policy_is_one_and_an_unreadable_file_two_for_every_command_that_re
 #[test]
 fn a_case_that_asserts_nothing_is_refused_naming_the_file_and_the_case() {
     let d = temp_dir("help", "noexpect");
-    std::fs::write(d.join("p.yaml"), "filter: ip_geo\npolicy_version: v1\nrules:\n  - { name: block, deny: [203.0.113.0/24] }\n")
-        .unwrap();
+    std::fs::write(d.join("p.yaml"), "filter: ip_geo\npolicy_version: v1\nrules:\n  - { name: block, deny: [203.0.113.0/24] }\n").unwrap();
     std::fs::write(
         d.join("t.test.yaml"),
         "policy: p.yaml\ncases:\n\

@@ -129,11 +129,23 @@ fn no_tests_or_no_module_exits_two() {
 
 #[test]
 fn eval_prints_decision_rule_headers_and_log_line() {
-    let tokens: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("examples/fixtures/tokens.json")).unwrap()).unwrap();
+    let tokens: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("examples/fixtures/tokens.json")).unwrap()).unwrap();
     let auth = format!("authorization: Bearer {}", tokens["reader"].as_str().unwrap());
     let (code, out, err) = run(&[
-        "eval", "--policy", "examples/policies/jwt.yaml", "--fixtures", "examples/tests/jwt.test.yaml",
-        "--modules", &modules_arg(), "--method", "DELETE", "--path", "/orders/1", "--header", &auth,
+        "eval",
+        "--policy",
+        "examples/policies/jwt.yaml",
+        "--fixtures",
+        "examples/tests/jwt.test.yaml",
+        "--modules",
+        &modules_arg(),
+        "--method",
+        "DELETE",
+        "--path",
+        "/orders/1",
+        "--header",
+        &auth,
     ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -145,8 +157,17 @@ fn eval_prints_decision_rule_headers_and_log_line() {
     assert_eq!(v["log"]["policy_version"], "2026-11-23.1");
     assert!(!out.contains(tokens["reader"].as_str().unwrap()), "the token must not be printed back from the log");
     let (code, out, _) = run(&[
-        "eval", "--policy", "examples/policies/jwt.yaml", "--fixtures", "examples/tests/jwt.test.yaml",
-        "--modules", &modules_arg(), "--path", "/orders/1", "--header", &auth,
+        "eval",
+        "--policy",
+        "examples/policies/jwt.yaml",
+        "--fixtures",
+        "examples/tests/jwt.test.yaml",
+        "--modules",
+        &modules_arg(),
+        "--path",
+        "/orders/1",
+        "--header",
+        &auth,
     ]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -175,7 +196,8 @@ fn render_envoy_equals_what_ecds_py_writes() {
     assert!(theirs.status.success(), "{}", String::from_utf8_lossy(&theirs.stderr));
     assert_eq!(ours, String::from_utf8_lossy(&theirs.stdout));
     // --module and --vm-id reach the resource.
-    let (_, other, _) = run(&["render", "--target", "envoy", "--module", "/opt/f.wasm", "--vm-id", "shared", "examples/policies/ip_geo.yaml"]);
+    let (_, other, _) =
+        run(&["render", "--target", "envoy", "--module", "/opt/f.wasm", "--vm-id", "shared", "examples/policies/ip_geo.yaml"]);
     let v: serde_json::Value = serde_json::from_str(&other).unwrap();
     let c = &v["resources"][0]["typed_config"]["config"];
     assert_eq!((c["vm_config"]["code"]["local"]["filename"].as_str(), c["root_id"].as_str()), (Some("/opt/f.wasm"), Some("shared")));
@@ -198,7 +220,8 @@ fn render_istio_kong_compose() {
     let example = std::fs::read_to_string(root().join("examples/policies/ip_geo.yaml")).unwrap();
     std::fs::write(&kong_policy, example.replace("cluster: gatewarden_geo_db", "cluster: \"127.0.0.1:8081\"")).unwrap();
     let out = d.join("out");
-    let (code, _, err) = run(&["render", "--target", "kong", "--service", "orders", "--out", out.to_str().unwrap(), kong_policy.to_str().unwrap()]);
+    let (code, _, err) =
+        run(&["render", "--target", "kong", "--service", "orders", "--out", out.to_str().unwrap(), kong_policy.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     let chain: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(out.join("filter_chains.yaml")).unwrap()).unwrap();
     assert_eq!(chain["filter_chains"][0]["service"], "orders");
@@ -206,7 +229,8 @@ fn render_istio_kong_compose() {
     assert_eq!(chain["filter_chains"][0]["filters"][0]["config"]["rules"][1]["name"], "embargo");
     assert_eq!(chain["filter_chains"][0]["filters"][0]["config"]["geo_database"]["cluster"], "127.0.0.1:8081");
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("gatewarden_ip_geo.meta.json")).unwrap()).unwrap();
-    let shipped: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("deploy/kong/gatewarden_ip_geo.meta.json")).unwrap()).unwrap();
+    let shipped: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("deploy/kong/gatewarden_ip_geo.meta.json")).unwrap()).unwrap();
     assert_eq!(meta, shipped);
 
     let (code, out, _) = run(&["render", "--target", "compose", "examples/policies/jwt.yaml"]);

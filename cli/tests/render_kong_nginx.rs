@@ -22,11 +22,6 @@ fn temp_dir(name: &str) -> PathBuf {
     common::temp_dir("render-kn", name)
 }
 
-
-
-
-
-
 /// A policy whose JSON holds every character nginx.conf quoting must get right: `'`, `"`, `\`
 /// (a regex `\d`), and the JSON escapes `\t` and `\n` (nginx turns a bare `\t`/`\n` in a quoted
 /// parameter into a control character, which would make the JSON invalid).
@@ -113,8 +108,20 @@ fn nginx_out_dir_vm_id_shm_size_and_trust_settings() {
     assert_eq!(code, 0, "{err}");
     let out_dir = d.join("conf");
     let (code, out, err) = run(&[
-        "render", "--target", "nginx", "--module", "rel/f.wasm", "--vm-id", "geo", "--shm-size", "128m", "--vm-config", s(&trust),
-        "--out", s(&out_dir), s(&p),
+        "render",
+        "--target",
+        "nginx",
+        "--module",
+        "rel/f.wasm",
+        "--vm-id",
+        "geo",
+        "--shm-size",
+        "128m",
+        "--vm-config",
+        s(&trust),
+        "--out",
+        s(&out_dir),
+        s(&p),
     ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, format!("{}\n{}\n", out_dir.join("geo.wasm.conf").display(), out_dir.join("geo.location.conf").display()));
@@ -146,7 +153,6 @@ fn nginx_out_dir_vm_id_shm_size_and_trust_settings() {
     assert_eq!(code, 2);
     assert!(err.contains("--vm-id: module name \"geo:1\": character ':' not allowed"), "{err}");
 }
-
 
 /// Runs a render that must be refused: exit 1, exactly `message` for `file` on stderr, and
 /// nothing written (the --out directory is not even created).
@@ -195,7 +201,12 @@ fn kong_and_nginx_refuse_missing_or_tampered_approvals() {
     let p = d.join("p.yaml");
     std::fs::write(&p, QUOTES_YAML).unwrap();
     for target in ["kong", "nginx", "envoy"] {
-        assert_refused(target, &p, &["--vm-config", s(&trust)], "the filter would refuse it: signatures: 0 valid signature(s) from distinct trusted keys, 2 required");
+        assert_refused(
+            target,
+            &p,
+            &["--vm-config", s(&trust)],
+            "the filter would refuse it: signatures: 0 valid signature(s) from distinct trusted keys, 2 required",
+        );
     }
     for who in ["alice", "bob"] {
         let (code, _, err) = run(&["sign", "--key", s(&d.join(format!("{who}.key"))), "--key-id", who, s(&p)]);
@@ -215,7 +226,10 @@ fn kong_and_nginx_refuse_missing_or_tampered_approvals() {
     for target in ["kong", "nginx"] {
         let (code, _, err) = run(&["render", "--target", target, "--vm-config", s(&trust), s(&tampered)]);
         assert_eq!(code, 1, "{err}");
-        assert!(err.contains("the filter would refuse it: signatures: 0 valid signature(s) from distinct trusted keys, 2 required"), "{err}");
+        assert!(
+            err.contains("the filter would refuse it: signatures: 0 valid signature(s) from distinct trusted keys, 2 required"),
+            "{err}"
+        );
     }
     // Invalid trust settings: could not run (2), nothing written.
     let broken = d.join("broken.json");

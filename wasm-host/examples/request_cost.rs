@@ -15,11 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: request_cost MODULE.wasm POLICY.json [N]".into());
     };
     let n: u64 = rest.first().map(|s| s.parse()).transpose()?.unwrap_or(1000);
-    let headers: Vec<(String, String)> = rest
-        .iter()
-        .skip(1)
-        .filter_map(|h| h.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
-        .collect();
+    let headers: Vec<(String, String)> =
+        rest.iter().skip(1).filter_map(|h| h.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))).collect();
     let module = Module::from_file(module)?;
     let policy = std::fs::read(policy)?;
     let host = Host::new(Profile::Envoy);

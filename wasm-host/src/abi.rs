@@ -223,10 +223,7 @@ pub(crate) fn deserialize_pairs(bytes: &[u8]) -> Option<Vec<(String, String)>> {
         data_at = data_at.checked_add(key_len + 1)?;
         let value = bytes.get(data_at..data_at.checked_add(value_len)?)?;
         data_at = data_at.checked_add(value_len + 1)?;
-        pairs.push((
-            String::from_utf8_lossy(key).into_owned(),
-            String::from_utf8_lossy(value).into_owned(),
-        ));
+        pairs.push((String::from_utf8_lossy(key).into_owned(), String::from_utf8_lossy(value).into_owned()));
     }
     Some(pairs)
 }
@@ -243,10 +240,7 @@ mod tests {
 
     #[test]
     fn pairs_round_trip_in_sdk_format() {
-        let pairs = vec![
-            (":method".to_string(), "GET".to_string()),
-            ("x-a".to_string(), String::new()),
-        ];
+        let pairs = vec![(":method".to_string(), "GET".to_string()), ("x-a".to_string(), String::new())];
         let bytes = serialize_pairs(&pairs);
         assert_eq!(&bytes[..4], &[2, 0, 0, 0]);
         assert_eq!(&bytes[4..12], &[7, 0, 0, 0, 3, 0, 0, 0]);

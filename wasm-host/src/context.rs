@@ -123,24 +123,16 @@ impl VmCtx {
     /// The map `map` of the effective context, `None` where it does not exist.
     pub(crate) fn map_mut(&mut self, map: MapType) -> Option<&mut Pairs> {
         match map {
-            MapType::CallResponseHeaders => {
-                return self.call_response.as_mut().map(|c| &mut c.headers)
-            }
-            MapType::CallResponseTrailers => {
-                return self.call_response.as_mut().map(|c| &mut c.trailers)
-            }
+            MapType::CallResponseHeaders => return self.call_response.as_mut().map(|c| &mut c.headers),
+            MapType::CallResponseTrailers => return self.call_response.as_mut().map(|c| &mut c.trailers),
             _ => {}
         }
         let stream = self.streams.get_mut(&self.effective)?;
         match map {
             MapType::RequestHeaders => Some(&mut stream.request_headers),
             MapType::RequestTrailers => Some(&mut stream.request_trailers),
-            MapType::ResponseHeaders if stream.phase >= StreamPhase::Response => {
-                Some(&mut stream.response_headers)
-            }
-            MapType::ResponseTrailers if stream.phase >= StreamPhase::Response => {
-                Some(&mut stream.response_trailers)
-            }
+            MapType::ResponseHeaders if stream.phase >= StreamPhase::Response => Some(&mut stream.response_headers),
+            MapType::ResponseTrailers if stream.phase >= StreamPhase::Response => Some(&mut stream.response_trailers),
             _ => None,
         }
     }
@@ -150,9 +142,7 @@ impl VmCtx {
         match buffer {
             BufferType::VmConfiguration => Some(&mut self.vm_config),
             BufferType::PluginConfiguration => Some(&mut self.plugin_config),
-            BufferType::CallResponseBody | BufferType::GrpcReceive => {
-                self.call_response.as_mut().map(|c| &mut c.body)
-            }
+            BufferType::CallResponseBody | BufferType::GrpcReceive => self.call_response.as_mut().map(|c| &mut c.body),
             BufferType::RequestBody => {
                 let stream = self.stream()?;
                 (!stream.body_spilled).then_some(&mut stream.request_body)

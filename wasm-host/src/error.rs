@@ -43,11 +43,7 @@ impl Error {
     }
 
     pub(crate) fn io(message: impl Into<String>, source: std::io::Error) -> Error {
-        Error {
-            kind: Kind::Io,
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
+        Error { kind: Kind::Io, message: message.into(), source: Some(Box::new(source)) }
     }
 
     pub(crate) fn internal(message: impl Into<String>) -> Error {
@@ -55,20 +51,12 @@ impl Error {
     }
 
     fn new(kind: Kind, message: impl Into<String>) -> Error {
-        Error {
-            kind,
-            message: message.into(),
-            source: None,
-        }
+        Error { kind, message: message.into(), source: None }
     }
 
     fn with_source(kind: Kind, message: impl Into<String>, source: wasmtime::Error) -> Error {
         let source: Box<dyn std::error::Error + Send + Sync> = source.into();
-        Error {
-            kind,
-            message: message.into(),
-            source: Some(source),
-        }
+        Error { kind, message: message.into(), source: Some(source) }
     }
 
     /// The module could not be compiled, linked or instantiated.
@@ -115,9 +103,7 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_ref()
-            .map(|source| source.as_ref() as &(dyn std::error::Error + 'static))
+        self.source.as_ref().map(|source| source.as_ref() as &(dyn std::error::Error + 'static))
     }
 }
 

@@ -75,10 +75,7 @@ pub struct HttpResponse {
 impl HttpResponse {
     /// A response with this status, no headers and an empty body.
     pub fn new(status: u16) -> HttpResponse {
-        HttpResponse {
-            status,
-            ..HttpResponse::default()
-        }
+        HttpResponse { status, ..HttpResponse::default() }
     }
 
     /// Adds a header.
@@ -290,9 +287,7 @@ impl HostShared {
     /// Locks the shared state. A poisoned lock (a panic in another test thread while holding it)
     /// is recovered: the state is plain data and stays consistent between statements.
     pub(crate) fn state(&self) -> MutexGuard<'_, HostState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -361,9 +356,7 @@ impl Host {
         let index = {
             let mut vms = self.lock_vms();
             vms.retain(|vm| vm.strong_count() > 0);
-            self.shared
-                .next_vm_index
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            self.shared.next_vm_index.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         };
         let vm = Vm::start(self.clone(), module, options, index)?;
         self.lock_vms().push(vm.downgrade());
@@ -381,18 +374,11 @@ impl Host {
     }
 
     fn lock_vms(&self) -> MutexGuard<'_, Vec<Weak<Mutex<VmInner>>>> {
-        self.shared
-            .vms
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared.vms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn live_vms(&self) -> Vec<Vm> {
-        self.lock_vms()
-            .iter()
-            .filter_map(|weak| weak.upgrade())
-            .map(|inner| Vm::from_inner(self.clone(), inner))
-            .collect()
+        self.lock_vms().iter().filter_map(|weak| weak.upgrade()).map(|inner| Vm::from_inner(self.clone(), inner)).collect()
     }
 
     /// Fires `proxy_on_tick` on every root context, in every live VM, that set a tick period.
@@ -431,19 +417,13 @@ impl Host {
     /// Scripts the answer to callouts to `upstream` with `:path` equal to `path` (`"*"`: any path).
     /// An exact path wins over `"*"`. A callout with no script fails (like a timeout).
     pub fn script_http_response(&self, upstream: &str, path: &str, response: HttpResponse) {
-        self.shared.state().scripts.insert(
-            (upstream.to_string(), path.to_string()),
-            Scripted::Respond(response),
-        );
+        self.shared.state().scripts.insert((upstream.to_string(), path.to_string()), Scripted::Respond(response));
     }
 
     /// Scripts a failure (reset, timeout): the module gets `proxy_on_http_call_response` with
     /// zero headers, body and trailers, as Envoy delivers a failed call.
     pub fn script_http_failure(&self, upstream: &str, path: &str) {
-        self.shared
-            .state()
-            .scripts
-            .insert((upstream.to_string(), path.to_string()), Scripted::Fail);
+        self.shared.state().scripts.insert((upstream.to_string(), path.to_string()), Scripted::Fail);
     }
 
     /// Envoy profile: request bodies reach the module in chunks of `size` bytes (at least 1);
@@ -455,10 +435,7 @@ impl Host {
     /// Scripts the answer to gRPC callouts to cluster `upstream` for `service/method`
     /// (`"*"`: any). A gRPC callout with no script closes with UNAVAILABLE.
     pub fn script_grpc_response(&self, upstream: &str, service_method: &str, response: GrpcResponse) {
-        self.shared
-            .state()
-            .grpc_scripts
-            .insert((upstream.to_string(), service_method.to_string()), response);
+        self.shared.state().grpc_scripts.insert((upstream.to_string(), service_method.to_string()), response);
     }
 
     /// Every gRPC callout dispatched so far, in order.
@@ -469,12 +446,7 @@ impl Host {
     /// Tokens of the callouts (HTTP and gRPC) dispatched and not yet settled, in dispatch order.
     pub fn pending_tokens(&self) -> Vec<u32> {
         let state = self.shared.state();
-        state
-            .pending
-            .iter()
-            .map(|p| p.call.token)
-            .chain(state.pending_grpc.iter().map(|p| p.call.token))
-            .collect()
+        state.pending.iter().map(|p| p.call.token).chain(state.pending_grpc.iter().map(|p| p.call.token)).collect()
     }
 
     /// Settles one pending callout as the test says (answer, timeout, failure), delivering the
@@ -536,12 +508,7 @@ impl Host {
 
     /// Callouts dispatched and not yet delivered.
     pub fn pending_calls(&self) -> Vec<HttpCall> {
-        self.shared
-            .state()
-            .pending
-            .iter()
-            .map(|pending| pending.call.clone())
-            .collect()
+        self.shared.state().pending.iter().map(|pending| pending.call.clone()).collect()
     }
 
     /// Delivers every pending callout response, in dispatch order, to the context that made it
@@ -602,19 +569,14 @@ impl Host {
 
     pub(crate) fn has_pending_calls_for(&self, vm: usize) -> bool {
         let state = self.shared.state();
-        state.pending.iter().any(|pending| pending.call.vm == vm)
-            || state.pending_grpc.iter().any(|pending| pending.call.vm == vm)
+        state.pending.iter().any(|pending| pending.call.vm == vm) || state.pending_grpc.iter().any(|pending| pending.call.vm == vm)
     }
 
     fn scripted_response(&self, call: &HttpCall) -> Option<HttpResponse> {
         let state = self.shared.state();
         let exact = (call.upstream.clone(), call.path().to_string());
         let any = (call.upstream.clone(), "*".to_string());
-        match state
-            .scripts
-            .get(&exact)
-            .or_else(|| state.scripts.get(&any))
-        {
+        match state.scripts.get(&exact).or_else(|| state.scripts.get(&any)) {
             Some(Scripted::Respond(response)) => Some(response.clone()),
             Some(Scripted::Fail) | None => None,
         }
@@ -641,12 +603,7 @@ impl Host {
 
     /// The metric named `name`, if a module defined it.
     pub fn metric(&self, name: &str) -> Option<Metric> {
-        self.shared
-            .state()
-            .metrics
-            .iter()
-            .find(|metric| metric.name == name)
-            .cloned()
+        self.shared.state().metrics.iter().find(|metric| metric.name == name).cloned()
     }
 
     /// The value of metric `name`, 0 when it was never defined.
@@ -656,12 +613,7 @@ impl Host {
 
     /// All metrics by name.
     pub fn metrics(&self) -> BTreeMap<String, Metric> {
-        self.shared
-            .state()
-            .metrics
-            .iter()
-            .map(|metric| (metric.name.clone(), metric.clone()))
-            .collect()
+        self.shared.state().metrics.iter().map(|metric| (metric.name.clone(), metric.clone())).collect()
     }
 
     /// Sets the level reported by `proxy_get_log_level`; lines below it are not recorded.
@@ -677,12 +629,7 @@ impl Host {
     /// Log lines at `level` or above.
     pub fn logs_at_least(&self, level: LogLevel) -> Vec<LogLine> {
         let state = self.shared.state();
-        state
-            .logs
-            .iter()
-            .filter(|line| line.level >= level)
-            .cloned()
-            .collect()
+        state.logs.iter().filter(|line| line.level >= level).cloned().collect()
     }
 
     /// Forgets recorded log lines.
@@ -697,12 +644,7 @@ impl Host {
 
     /// How many times host function `name` was called.
     pub fn call_count(&self, name: &str) -> usize {
-        self.shared
-            .state()
-            .calls
-            .iter()
-            .filter(|call| call.name == name)
-            .count()
+        self.shared.state().calls.iter().filter(|call| call.name == name).count()
     }
 
     /// Forgets recorded host calls (e.g. after configure, to count one request's crossings).
@@ -736,20 +678,12 @@ impl HostState {
 
     pub(crate) fn log(&mut self, vm: usize, level: LogLevel, message: String, source: LogSource) {
         if level >= self.log_level {
-            self.logs.push(LogLine {
-                vm,
-                level,
-                message,
-                source,
-            });
+            self.logs.push(LogLine { vm, level, message, source });
         }
     }
 }
 
 /// Case-insensitive lookup of the first value of `name`.
 pub(crate) fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(key, _)| key.eq_ignore_ascii_case(name))
-        .map(|(_, value)| value.as_str())
+    headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
 }

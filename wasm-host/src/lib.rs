@@ -35,13 +35,10 @@ mod vm;
 pub use abi::{LogLevel, MetricKind};
 pub use error::{Error, Result};
 pub use host::{
-    GrpcCall, GrpcResponse, Host, HostCall, HttpCall, HttpResponse, LogLine, LogSource, Metric,
-    Profile, Settle, DEFAULT_BODY_CHUNK_SIZE, DEFAULT_TIME_UNIX_SECONDS, GRPC_DEADLINE_EXCEEDED,
-    GRPC_UNAVAILABLE,
+    GrpcCall, GrpcResponse, Host, HostCall, HttpCall, HttpResponse, LogLine, LogSource, Metric, Profile, Settle, DEFAULT_BODY_CHUNK_SIZE,
+    DEFAULT_TIME_UNIX_SECONDS, GRPC_DEADLINE_EXCEEDED, GRPC_UNAVAILABLE,
 };
 pub use module::Module;
-pub use request::{
-    Failure, LocalResponse, Outcome, Phase, Progress, Request, RequestHandle, UpstreamRequest,
-};
+pub use request::{Failure, LocalResponse, Outcome, Phase, Progress, Request, RequestHandle, UpstreamRequest};
 pub use shared::SharedValue;
 pub use vm::{Vm, VmOptions};

@@ -25,34 +25,25 @@ impl Module {
         // Fuel counts the Wasm instructions a VM executes (`Vm::fuel_used`): a deterministic
         // measure of a filter's own work per request, without the proxy around it.
         config.consume_fuel(true);
-        let engine = wasmtime::Engine::new(&config)
-            .map_err(|source| Error::load("cannot configure the wasm engine", source))?;
-        let module = wasmtime::Module::new(&engine, wasm)
-            .map_err(|source| Error::load("cannot compile module", source))?;
+        let engine = wasmtime::Engine::new(&config).map_err(|source| Error::load("cannot configure the wasm engine", source))?;
+        let module = wasmtime::Module::new(&engine, wasm).map_err(|source| Error::load("cannot compile module", source))?;
         Ok(Module { engine, module })
     }
 
     /// Reads and compiles a `.wasm` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Module> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path)
-            .map_err(|source| Error::io(format!("cannot read {}", path.display()), source))?;
+        let bytes = std::fs::read(path).map_err(|source| Error::io(format!("cannot read {}", path.display()), source))?;
         Module::new(&bytes)
     }
 
     /// Names of the functions the module imports, as `module::name` (e.g. `env::proxy_log`).
     pub fn imports(&self) -> Vec<String> {
-        self.module
-            .imports()
-            .map(|import| format!("{}::{}", import.module(), import.name()))
-            .collect()
+        self.module.imports().map(|import| format!("{}::{}", import.module(), import.name())).collect()
     }
 
     /// Names of the module's exports.
     pub fn exports(&self) -> Vec<String> {
-        self.module
-            .exports()
-            .map(|export| export.name().to_string())
-            .collect()
+        self.module.exports().map(|export| export.name().to_string()).collect()
     }
 }

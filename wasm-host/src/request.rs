@@ -204,10 +204,7 @@ pub enum Phase {
 
 impl Phase {
     fn is_request(self) -> bool {
-        matches!(
-            self,
-            Phase::RequestHeaders | Phase::RequestBody | Phase::RequestTrailers
-        )
+        matches!(self, Phase::RequestHeaders | Phase::RequestBody | Phase::RequestTrailers)
     }
 }
 
@@ -262,9 +259,7 @@ impl Outcome {
 
     /// First value of a header that went upstream.
     pub fn upstream_header(&self, name: &str) -> Option<&str> {
-        self.upstream_request
-            .as_ref()
-            .and_then(|request| request.header(name))
+        self.upstream_request.as_ref().and_then(|request| request.header(name))
     }
 
     fn failed(profile: Profile, failure: Failure, context_id: u32) -> Outcome {
@@ -342,10 +337,7 @@ impl Vm {
             full_body: request.body.clone().unwrap_or_default(),
             body_sent: 0,
             chunk_size: match profile {
-                Profile::Envoy => request
-                    .body_chunk_size
-                    .unwrap_or_else(|| self.host().shared().state().body_chunk_size)
-                    .max(1),
+                Profile::Envoy => request.body_chunk_size.unwrap_or_else(|| self.host().shared().state().body_chunk_size).max(1),
                 Profile::Kong => usize::MAX,
             },
             upstream_request: None,
@@ -383,39 +375,16 @@ fn new_stream(profile: Profile, root: u32, request: Request) -> StreamState {
         (":method".to_string(), request.method.clone()),
         (":scheme".to_string(), request.scheme.clone()),
     ];
-    headers.extend(
-        request
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
-    );
+    headers.extend(request.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
     let mut properties: HashMap<String, Vec<u8>> = HashMap::new();
-    properties.insert(
-        "request.path".to_string(),
-        request.path.clone().into_bytes(),
-    );
-    properties.insert(
-        "request.url_path".to_string(),
-        url_path(&request.path).into_bytes(),
-    );
-    properties.insert(
-        "request.method".to_string(),
-        request.method.clone().into_bytes(),
-    );
-    properties.insert(
-        "request.host".to_string(),
-        request.authority.clone().into_bytes(),
-    );
-    properties.insert(
-        "request.scheme".to_string(),
-        request.scheme.clone().into_bytes(),
-    );
+    properties.insert("request.path".to_string(), request.path.clone().into_bytes());
+    properties.insert("request.url_path".to_string(), url_path(&request.path).into_bytes());
+    properties.insert("request.method".to_string(), request.method.clone().into_bytes());
+    properties.insert("request.host".to_string(), request.authority.clone().into_bytes());
+    properties.insert("request.scheme".to_string(), request.scheme.clone().into_bytes());
     // Both hosts have it (nginx `$server_protocol`); the test may set another with `property`.
     properties.insert("request.protocol".to_string(), b"HTTP/1.1".to_vec());
-    let request_id = request
-        .request_id
-        .clone()
-        .or_else(|| header_value(&headers, "x-request-id").map(str::to_string));
+    let request_id = request.request_id.clone().or_else(|| header_value(&headers, "x-request-id").map(str::to_string));
     if let Some(id) = request_id {
         properties.insert("request.id".to_string(), id.into_bytes());
     }
@@ -428,10 +397,7 @@ fn new_stream(profile: Profile, root: u32, request: Request) -> StreamState {
         properties.insert("source.address".to_string(), value.into_bytes());
         if let (Profile::Envoy, Some(port)) = (profile, port) {
             // Envoy encodes integer properties as 8 little-endian bytes.
-            properties.insert(
-                "source.port".to_string(),
-                i64::from(port).to_le_bytes().to_vec(),
-            );
+            properties.insert("source.port".to_string(), i64::from(port).to_le_bytes().to_vec());
         }
     }
     properties.extend(request.properties);
@@ -568,19 +534,11 @@ impl RequestHandle {
                 Stage::RequestHeaders => {
                     // ngx_wasm_module always passes end_of_stream false on request headers.
                     let eos = profile == Profile::Envoy && !self.has_body && !self.has_trailers;
-                    (
-                        "proxy_on_request_headers",
-                        Phase::RequestHeaders,
-                        len_u32(stream.request_headers.len()),
-                        Some(u32::from(eos)),
-                    )
+                    ("proxy_on_request_headers", Phase::RequestHeaders, len_u32(stream.request_headers.len()), Some(u32::from(eos)))
                 }
-                Stage::RequestTrailers if self.has_trailers => (
-                    "proxy_on_request_trailers",
-                    Phase::RequestTrailers,
-                    len_u32(stream.request_trailers.len()),
-                    None,
-                ),
+                Stage::RequestTrailers if self.has_trailers => {
+                    ("proxy_on_request_trailers", Phase::RequestTrailers, len_u32(stream.request_trailers.len()), None)
+                }
                 Stage::Upstream => {
                     self.go_upstream(inner);
                     self.stage = Stage::ResponseHeaders;
@@ -588,37 +546,21 @@ impl RequestHandle {
                 }
                 Stage::ResponseHeaders => {
                     let eos = stream.response_body.is_empty() && !self.response_has_trailers();
-                    (
-                        "proxy_on_response_headers",
-                        Phase::ResponseHeaders,
-                        len_u32(stream.response_headers.len()),
-                        Some(u32::from(eos)),
-                    )
+                    ("proxy_on_response_headers", Phase::ResponseHeaders, len_u32(stream.response_headers.len()), Some(u32::from(eos)))
                 }
                 Stage::ResponseBody if !stream.response_body.is_empty() => {
                     let eos = !self.response_has_trailers();
-                    (
-                        "proxy_on_response_body",
-                        Phase::ResponseBody,
-                        len_u32(stream.response_body.len()),
-                        Some(u32::from(eos)),
-                    )
+                    ("proxy_on_response_body", Phase::ResponseBody, len_u32(stream.response_body.len()), Some(u32::from(eos)))
                 }
-                Stage::ResponseTrailers if self.response_has_trailers() => (
-                    "proxy_on_response_trailers",
-                    Phase::ResponseTrailers,
-                    len_u32(stream.response_trailers.len()),
-                    None,
-                ),
+                Stage::ResponseTrailers if self.response_has_trailers() => {
+                    ("proxy_on_response_trailers", Phase::ResponseTrailers, len_u32(stream.response_trailers.len()), None)
+                }
                 Stage::Complete => {
                     self.stage = Stage::Complete;
                     return;
                 }
                 // A phase without data: skip it.
-                Stage::RequestBody
-                | Stage::RequestTrailers
-                | Stage::ResponseBody
-                | Stage::ResponseTrailers => {
+                Stage::RequestBody | Stage::RequestTrailers | Stage::ResponseBody | Stage::ResponseTrailers => {
                     self.stage = next_stage(self.stage);
                     return;
                 }
@@ -633,9 +575,7 @@ impl RequestHandle {
             }
             // Pause on a chunk that is not the last only buffers (Envoy's StopIterationAndBuffer):
             // the next phase still runs.
-            Ok(Flow::Pause)
-                if b == Some(0) && matches!(phase, Phase::RequestBody | Phase::ResponseBody) =>
-            {
+            Ok(Flow::Pause) if b == Some(0) && matches!(phase, Phase::RequestBody | Phase::ResponseBody) => {
                 self.stage = next_stage(self.stage);
             }
             // Pause on request headers stops the body too, on both hosts: proxy-wasm-cpp-host
@@ -724,12 +664,7 @@ impl RequestHandle {
         });
         let response = &self.upstream_response;
         let mut headers = vec![(":status".to_string(), response.status.to_string())];
-        headers.extend(
-            response
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
-        );
+        headers.extend(response.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
         stream.phase = StreamPhase::Response;
         stream.response_headers = headers;
         stream.response_body = response.body.clone();
@@ -771,12 +706,7 @@ impl RequestHandle {
             outcome.status = header_value(&stream.response_headers, ":status")
                 .and_then(|status| status.parse().ok())
                 .unwrap_or(self.upstream_response.status);
-            outcome.response_headers = stream
-                .response_headers
-                .iter()
-                .filter(|(name, _)| name != ":status")
-                .cloned()
-                .collect();
+            outcome.response_headers = stream.response_headers.iter().filter(|(name, _)| name != ":status").cloned().collect();
             outcome.response_body = stream.response_body.clone();
         }
         // The end of the stream: done, log, delete (proxy-wasm-cpp-host order).
@@ -817,18 +747,9 @@ mod tests {
 
     #[test]
     fn addresses_split_into_ip_and_port() {
-        assert_eq!(
-            split_address("1.2.3.4:5678"),
-            ("1.2.3.4".to_string(), Some(5678))
-        );
-        assert_eq!(
-            split_address("[2001:db8::1]:443"),
-            ("2001:db8::1".to_string(), Some(443))
-        );
-        assert_eq!(
-            split_address("2001:db8::1"),
-            ("2001:db8::1".to_string(), None)
-        );
+        assert_eq!(split_address("1.2.3.4:5678"), ("1.2.3.4".to_string(), Some(5678)));
+        assert_eq!(split_address("[2001:db8::1]:443"), ("2001:db8::1".to_string(), Some(443)));
+        assert_eq!(split_address("2001:db8::1"), ("2001:db8::1".to_string(), None));
         assert_eq!(split_address("1.2.3.4"), ("1.2.3.4".to_string(), None));
     }
 }

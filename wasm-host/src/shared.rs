@@ -35,12 +35,7 @@ pub(crate) struct Queue {
 
 impl SharedStore {
     pub(crate) fn new(profile: Profile) -> SharedStore {
-        SharedStore {
-            profile,
-            maps: HashMap::new(),
-            next_cas: 1,
-            queues: Vec::new(),
-        }
+        SharedStore { profile, maps: HashMap::new(), next_cas: 1, queues: Vec::new() }
     }
 
     /// Kong has one store (the default `shm_kv` zone) for every VM.
@@ -85,14 +80,8 @@ impl SharedStore {
             return Status::Ok;
         }
         let cas = self.next_cas();
-        let entry = SharedValue {
-            value: value.unwrap_or_default().to_vec(),
-            cas,
-        };
-        self.maps
-            .entry(map_key)
-            .or_default()
-            .insert(key.to_string(), entry);
+        let entry = SharedValue { value: value.unwrap_or_default().to_vec(), cas };
+        self.maps.entry(map_key).or_default().insert(key.to_string(), entry);
         Status::Ok
     }
 
@@ -100,14 +89,8 @@ impl SharedStore {
     pub(crate) fn force_set(&mut self, vm_id: &str, key: &str, value: &[u8]) {
         let map_key = self.map_key(vm_id).to_string();
         let cas = self.next_cas();
-        let entry = SharedValue {
-            value: value.to_vec(),
-            cas,
-        };
-        self.maps
-            .entry(map_key)
-            .or_default()
-            .insert(key.to_string(), entry);
+        let entry = SharedValue { value: value.to_vec(), cas };
+        self.maps.entry(map_key).or_default().insert(key.to_string(), entry);
     }
 
     /// `proxy_register_shared_queue`: the id of the queue `name` of `vm_id`, created if needed;
@@ -119,12 +102,7 @@ impl SharedStore {
             }
             return queue_id(index);
         }
-        self.queues.push(Queue {
-            vm_id: vm_id.to_string(),
-            name: name.to_string(),
-            items: VecDeque::new(),
-            owner,
-        });
+        self.queues.push(Queue { vm_id: vm_id.to_string(), name: name.to_string(), items: VecDeque::new(), owner });
         queue_id(self.queues.len() - 1)
     }
 
@@ -133,9 +111,7 @@ impl SharedStore {
     }
 
     fn queue_index(&self, vm_id: &str, name: &str) -> Option<usize> {
-        self.queues
-            .iter()
-            .position(|queue| queue.vm_id == vm_id && queue.name == name)
+        self.queues.iter().position(|queue| queue.vm_id == vm_id && queue.name == name)
     }
 
     /// Returns the owner to notify, or `None` when the queue does not exist.
@@ -147,9 +123,7 @@ impl SharedStore {
 
     /// `Err(NotFound)` for an unknown queue, `Ok(None)` when empty.
     pub(crate) fn dequeue(&mut self, id: u32) -> Result<Option<Vec<u8>>, Status> {
-        let queue = queue_index(id)
-            .and_then(|index| self.queues.get_mut(index))
-            .ok_or(Status::NotFound)?;
+        let queue = queue_index(id).and_then(|index| self.queues.get_mut(index)).ok_or(Status::NotFound)?;
         Ok(queue.items.pop_front())
     }
 }
@@ -174,11 +148,7 @@ mod tests {
         assert_eq!(store.set("vm", "k", Some(b"b"), 0), Status::Ok);
         assert_eq!(store.set("vm", "k", Some(b"c"), first), Status::CasMismatch);
         assert_eq!(store.get("vm", "k").unwrap().value, b"b");
-        assert_eq!(
-            store.get("other", "k"),
-            None,
-            "envoy keeps one map per vm_id"
-        );
+        assert_eq!(store.get("other", "k"), None, "envoy keeps one map per vm_id");
     }
 
     #[test]
@@ -188,10 +158,7 @@ mod tests {
         assert_eq!(store.set("vm", "k", Some(b"b"), 0), Status::CasMismatch);
         let cas = store.get("other", "k").unwrap().cas;
         assert_eq!(store.set("vm", "k", Some(b"c"), cas), Status::Ok);
-        assert_eq!(
-            store.set("vm", "missing", Some(b"x"), 7),
-            Status::CasMismatch
-        );
+        assert_eq!(store.set("vm", "missing", Some(b"x"), 7), Status::CasMismatch);
         let cas = store.get("vm", "k").unwrap().cas;
         assert_eq!(store.set("vm", "k", None, cas), Status::Ok);
         assert_eq!(store.get("vm", "k"), None);

@@ -48,10 +48,7 @@ pub struct VmOptions {
 impl VmOptions {
     /// Options with this root id, an empty `vm_id` and VM configuration.
     pub fn new(root_id: &str) -> VmOptions {
-        VmOptions {
-            root_id: root_id.to_string(),
-            ..VmOptions::default()
-        }
+        VmOptions { root_id: root_id.to_string(), ..VmOptions::default() }
     }
 
     /// Sets the `vm_id`.
@@ -109,11 +106,7 @@ pub(crate) enum Called<R> {
 
 impl VmInner {
     /// Calls export `name`; a trap marks the VM failed. The effective context must be set.
-    pub(crate) fn call<P: WasmParams, R: WasmResults>(
-        &mut self,
-        name: &str,
-        params: P,
-    ) -> Called<R> {
+    pub(crate) fn call<P: WasmParams, R: WasmResults>(&mut self, name: &str, params: P) -> Called<R> {
         if let Some(failure) = &self.failure {
             return Called::Trapped(failure.clone());
         }
@@ -152,13 +145,7 @@ impl VmInner {
     }
 
     /// Calls a stream callback returning an action (`proxy_on_request_headers` …).
-    pub(crate) fn call_action(
-        &mut self,
-        name: &str,
-        context: u32,
-        a: u32,
-        b: Option<u32>,
-    ) -> Result<Flow, String> {
+    pub(crate) fn call_action(&mut self, name: &str, context: u32, a: u32, b: Option<u32>) -> Result<Flow, String> {
         self.store.data_mut().effective = context;
         let called: Called<u32> = match b {
             Some(b) => self.call(name, (context, a, b)),
@@ -172,23 +159,13 @@ impl VmInner {
     }
 
     /// Calls a callback without result on `context`; `Err` is the trap message.
-    pub(crate) fn call_void(
-        &mut self,
-        name: &str,
-        context: u32,
-        extra: &[u32],
-    ) -> Result<(), String> {
+    pub(crate) fn call_void(&mut self, name: &str, context: u32, extra: &[u32]) -> Result<(), String> {
         self.store.data_mut().effective = context;
         let called: Called<()> = match *extra {
             [] => self.call(name, context),
             [a] => self.call(name, (context, a)),
             [a, b, c, d] => self.call(name, (context, a, b, c, d)),
-            _ => {
-                return Err(format!(
-                    "host bug: {name} called with {} arguments",
-                    extra.len() + 1
-                ))
-            }
+            _ => return Err(format!("host bug: {name} called with {} arguments", extra.len() + 1)),
         };
         match called {
             Called::Returned(()) | Called::Missing => Ok(()),
@@ -199,23 +176,12 @@ impl VmInner {
     /// Calls a callback without result with `argument` as its context id argument while
     /// `effective` is the context host calls act on (they differ on ngx_wasm_module, see
     /// [`Vm::deliver`]); `Err` is the trap message.
-    pub(crate) fn call_void_on(
-        &mut self,
-        name: &str,
-        effective: u32,
-        argument: u32,
-        extra: &[u32],
-    ) -> Result<(), String> {
+    pub(crate) fn call_void_on(&mut self, name: &str, effective: u32, argument: u32, extra: &[u32]) -> Result<(), String> {
         self.store.data_mut().effective = effective;
         let called: Called<()> = match *extra {
             [a, b] => self.call(name, (argument, a, b)),
             [a, b, c, d] => self.call(name, (argument, a, b, c, d)),
-            _ => {
-                return Err(format!(
-                    "host bug: {name} called with {} arguments",
-                    extra.len() + 1
-                ))
-            }
+            _ => return Err(format!("host bug: {name} called with {} arguments", extra.len() + 1)),
         };
         match called {
             Called::Returned(()) | Called::Missing => Ok(()),
@@ -224,12 +190,7 @@ impl VmInner {
     }
 
     /// Calls a callback returning a bool (`proxy_on_vm_start`, `proxy_on_configure`, `proxy_on_done`).
-    pub(crate) fn call_bool(
-        &mut self,
-        name: &str,
-        context: u32,
-        arg: Option<u32>,
-    ) -> Result<bool, String> {
+    pub(crate) fn call_bool(&mut self, name: &str, context: u32, arg: Option<u32>) -> Result<bool, String> {
         self.store.data_mut().effective = context;
         let called: Called<u32> = match arg {
             Some(arg) => self.call(name, (context, arg)),
@@ -260,12 +221,7 @@ pub struct Vm {
 }
 
 impl Vm {
-    pub(crate) fn start(
-        host: Host,
-        compiled: &Module,
-        options: VmOptions,
-        index: usize,
-    ) -> Result<Vm> {
+    pub(crate) fn start(host: Host, compiled: &Module, options: VmOptions, index: usize) -> Result<Vm> {
         let shared = host.shared().clone();
         let module = &compiled.module;
         let mut linker: Linker<VmCtx> = Linker::new(&compiled.engine);
@@ -274,11 +230,7 @@ impl Vm {
             .and_then(|()| linker.define_unknown_imports_as_traps(module))
             .map_err(|source| Error::load("cannot link host functions", source))?;
 
-        let plugin_name = if options.plugin_name.is_empty() {
-            options.root_id.clone()
-        } else {
-            options.plugin_name.clone()
-        };
+        let plugin_name = if options.plugin_name.is_empty() { options.root_id.clone() } else { options.plugin_name.clone() };
         let mut properties: HashMap<String, Vec<u8>> = options.properties.into_iter().collect();
         properties.insert("plugin_name".to_string(), plugin_name.into_bytes());
         // ngx_wasm_module answers "0" in a root context, whatever the filter is called.
@@ -287,10 +239,7 @@ impl Vm {
             Profile::Kong => b"0".to_vec(),
         };
         properties.insert("plugin_root_id".to_string(), root_id);
-        properties.insert(
-            "plugin_vm_id".to_string(),
-            options.vm_id.clone().into_bytes(),
-        );
+        properties.insert("plugin_vm_id".to_string(), options.vm_id.clone().into_bytes());
         let ctx = VmCtx {
             host: shared.clone(),
             index,
@@ -311,34 +260,19 @@ impl Vm {
             random_state: 0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1),
         };
         let mut store = Store::new(&compiled.engine, ctx);
-        store
-            .set_fuel(FUEL)
-            .map_err(|source| Error::load("cannot set the VM's fuel", source))?;
-        let instance = linker
-            .instantiate(&mut store, module)
-            .map_err(|source| Error::load("cannot instantiate module", source))?;
+        store.set_fuel(FUEL).map_err(|source| Error::load("cannot set the VM's fuel", source))?;
+        let instance = linker.instantiate(&mut store, module).map_err(|source| Error::load("cannot instantiate module", source))?;
 
         check_abi_version(module)?;
-        let memory = instance
-            .get_memory(&mut store, "memory")
-            .ok_or_else(|| Error::abi("module exports no memory named \"memory\""))?;
+        let memory = instance.get_memory(&mut store, "memory").ok_or_else(|| Error::abi("module exports no memory named \"memory\""))?;
         let allocate = instance
             .get_typed_func::<u32, u32>(&mut store, "proxy_on_memory_allocate")
             .or_else(|_| instance.get_typed_func::<u32, u32>(&mut store, "malloc"))
-            .map_err(|_| {
-                Error::abi(
-                    "module exports neither proxy_on_memory_allocate nor malloc (i32) -> i32",
-                )
-            })?;
+            .map_err(|_| Error::abi("module exports neither proxy_on_memory_allocate nor malloc (i32) -> i32"))?;
         store.data_mut().memory = Some(memory);
         store.data_mut().allocate = Some(allocate);
 
-        let mut inner = VmInner {
-            store,
-            instance,
-            failure: None,
-            serving_root: None,
-        };
+        let mut inner = VmInner { store, instance, failure: None, serving_root: None };
         // A reactor exports _initialize (the SDK's main! macro); a command exports _start.
         for entry in ["_initialize", "_start"] {
             match inner.call::<(), ()>(entry, ()) {
@@ -347,18 +281,11 @@ impl Vm {
                 Called::Trapped(message) => return Err(Error::trap(message)),
             }
         }
-        Ok(Vm {
-            host,
-            inner: Arc::new(Mutex::new(inner)),
-            index,
-        })
+        Ok(Vm { host, inner: Arc::new(Mutex::new(inner)), index })
     }
 
     pub(crate) fn from_inner(host: Host, inner: Arc<Mutex<VmInner>>) -> Vm {
-        let index = inner
-            .lock()
-            .map(|guard| guard.store.data().index)
-            .unwrap_or_else(|poisoned| poisoned.into_inner().store.data().index);
+        let index = inner.lock().map(|guard| guard.store.data().index).unwrap_or_else(|poisoned| poisoned.into_inner().store.data().index);
         Vm { host, inner, index }
     }
 
@@ -367,9 +294,7 @@ impl Vm {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, VmInner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The host this VM belongs to.
@@ -422,8 +347,7 @@ impl Vm {
         if let Some(failure) = &inner.failure {
             return Err(Error::vm_failed(format!("vm failed earlier: {failure}")));
         }
-        let size = u32::try_from(config.len())
-            .map_err(|_| Error::internal("configuration larger than 4 GiB"))?;
+        let size = u32::try_from(config.len()).map_err(|_| Error::internal("configuration larger than 4 GiB"))?;
         let vm_config_size = u32::try_from(inner.store.data().vm_config.len()).unwrap_or(u32::MAX);
         let root = {
             let data = inner.store.data_mut();
@@ -461,31 +385,16 @@ impl Vm {
         if let Some(failure) = &inner.failure {
             return Err(Error::vm_failed(format!("vm failed earlier: {failure}")));
         }
-        let roots: Vec<u32> = inner
-            .store
-            .data()
-            .roots
-            .iter()
-            .filter(|(_, root)| root.tick_period_ms > 0)
-            .map(|(id, _)| *id)
-            .collect();
+        let roots: Vec<u32> = inner.store.data().roots.iter().filter(|(_, root)| root.tick_period_ms > 0).map(|(id, _)| *id).collect();
         for root in roots {
-            inner
-                .call_void("proxy_on_tick", root, &[])
-                .map_err(Error::trap)?;
+            inner.call_void("proxy_on_tick", root, &[]).map_err(Error::trap)?;
         }
         Ok(())
     }
 
     /// The tick period each root context asked for, in milliseconds (0: none), by context id.
     pub fn tick_periods(&self) -> BTreeMap<u32, u32> {
-        self.lock()
-            .store
-            .data()
-            .roots
-            .iter()
-            .map(|(id, root)| (*id, root.tick_period_ms))
-            .collect()
+        self.lock().store.data().roots.iter().map(|(id, root)| (*id, root.tick_period_ms)).collect()
     }
 
     /// Delivers one callout's result to the context that made it; false when the context is
@@ -520,30 +429,12 @@ impl Vm {
                 let state = match response {
                     Some(response) => {
                         let mut headers = vec![(":status".to_string(), response.status.to_string())];
-                        headers.extend(
-                            response
-                                .headers
-                                .into_iter()
-                                .map(|(k, v)| (k.to_ascii_lowercase(), v)),
-                        );
-                        CallResponseState {
-                            headers,
-                            body: response.body,
-                            trailers: response.trailers,
-                        }
+                        headers.extend(response.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)));
+                        CallResponseState { headers, body: response.body, trailers: response.trailers }
                     }
-                    None => CallResponseState {
-                        headers: Vec::new(),
-                        body: Vec::new(),
-                        trailers: Vec::new(),
-                    },
+                    None => CallResponseState { headers: Vec::new(), body: Vec::new(), trailers: Vec::new() },
                 };
-                let counts = [
-                    token,
-                    len_u32(state.headers.len()),
-                    len_u32(state.body.len()),
-                    len_u32(state.trailers.len()),
-                ];
+                let counts = [token, len_u32(state.headers.len()), len_u32(state.body.len()), len_u32(state.trailers.len())];
                 inner.store.data_mut().call_response = Some(state);
                 // A trap fails the VM; the request or the test sees it through `failure()`.
                 let _ = inner.call_void_on("proxy_on_http_call_response", context, argument, &counts);
@@ -553,11 +444,8 @@ impl Vm {
             // a failure is one close with the status.
             Delivery::Grpc(response) if response.status == 0 => {
                 let size = len_u32(response.message.len());
-                inner.store.data_mut().call_response = Some(CallResponseState {
-                    headers: Vec::new(),
-                    body: response.message,
-                    trailers: Vec::new(),
-                });
+                inner.store.data_mut().call_response =
+                    Some(CallResponseState { headers: Vec::new(), body: response.message, trailers: Vec::new() });
                 let _ = inner.call_void_on("proxy_on_grpc_receive", context, argument, &[token, size]);
                 inner.store.data_mut().call_response = None;
             }
@@ -602,14 +490,9 @@ fn check_abi_version(module: &wasmtime::Module) -> Result<()> {
     let other = exports
         .iter()
         .find(|name| name.starts_with("proxy_abi_version_"))
-        .map(|name| {
-            name.trim_start_matches("proxy_abi_version_")
-                .replace('_', ".")
-        });
+        .map(|name| name.trim_start_matches("proxy_abi_version_").replace('_', "."));
     Err(Error::abi(match other {
         Some(version) => format!("module speaks proxy-wasm ABI {version}, this host only 0.2.1"),
-        None => {
-            "module exports no proxy_abi_version_* function: not a proxy-wasm module".to_string()
-        }
+        None => "module exports no proxy_abi_version_* function: not a proxy-wasm module".to_string(),
     }))
 }

@@ -1,12 +1,7 @@
 //! Shared data: CAS semantics per profile, sharing between VMs.
 
 // Test helpers outside #[test] functions may unwrap too.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
@@ -19,10 +14,7 @@ fn set(vm: &mut gatewarden_wasm_host::Vm, entry: &str, cas: Option<u32>) -> Stri
         request = request.header("x-cas", &cas.to_string());
     }
     let outcome = vm.http_request(request).unwrap();
-    outcome
-        .upstream_header("x-shared-result")
-        .unwrap_or("<missing>")
-        .to_string()
+    outcome.upstream_header("x-shared-result").unwrap_or("<missing>").to_string()
 }
 
 #[test]
@@ -39,11 +31,7 @@ fn kong_cas_zero_succeeds_only_when_key_is_absent() {
     let host = host(Profile::Kong);
     let mut vm = configured_vm(&host, "t");
     assert_eq!(set(&mut vm, "k=a", None), "ok");
-    assert_eq!(
-        set(&mut vm, "k=b", None),
-        "cas_mismatch",
-        "kong: CAS 0 only creates"
-    );
+    assert_eq!(set(&mut vm, "k=b", None), "cas_mismatch", "kong: CAS 0 only creates");
     assert_eq!(host.shared_data("", "k").unwrap().value, b"a");
     let cas = host.shared_data("", "k").unwrap().cas;
     assert_eq!(set(&mut vm, "k=c", Some(cas)), "ok", "the current CAS wins");
@@ -66,17 +54,10 @@ fn get_returns_value_and_cas_and_missing_keys() {
     host.set_shared_data("", "color", b"blue");
     let cas = host.shared_data("", "color").unwrap().cas;
     let mut vm = configured_vm(&host, "t");
-    let outcome = vm
-        .http_request(Request::get("/").header("x-shared-get", "color"))
-        .unwrap();
+    let outcome = vm.http_request(Request::get("/").header("x-shared-get", "color")).unwrap();
     assert_eq!(outcome.upstream_header("x-shared-value"), Some("blue"));
-    assert_eq!(
-        outcome.upstream_header("x-shared-cas"),
-        Some(cas.to_string().as_str())
-    );
-    let outcome = vm
-        .http_request(Request::get("/").header("x-shared-get", "nope"))
-        .unwrap();
+    assert_eq!(outcome.upstream_header("x-shared-cas"), Some(cas.to_string().as_str()));
+    let outcome = vm.http_request(Request::get("/").header("x-shared-get", "nope")).unwrap();
     assert_eq!(outcome.upstream_header("x-shared-value"), Some("<none>"));
 }
 
@@ -84,9 +65,7 @@ fn get_returns_value_and_cas_and_missing_keys() {
 fn envoy_vms_share_data_per_vm_id() {
     let host = host(Profile::Envoy);
     let load = |vm_id: &str| {
-        let mut vm = host
-            .load_vm(echo_module(), VmOptions::new("echo_root").vm_id(vm_id))
-            .unwrap();
+        let mut vm = host.load_vm(echo_module(), VmOptions::new("echo_root").vm_id(vm_id)).unwrap();
         assert!(vm.configure(b"t").unwrap());
         vm
     };
@@ -95,23 +74,11 @@ fn envoy_vms_share_data_per_vm_id() {
     let mut other = load("elsewhere");
     assert_eq!(set(&mut writer, "k=v", None), "ok");
     let seen = |vm: &mut gatewarden_wasm_host::Vm| {
-        let outcome = vm
-            .http_request(Request::get("/").header("x-shared-get", "k"))
-            .unwrap();
-        outcome
-            .upstream_header("x-shared-value")
-            .map(str::to_string)
+        let outcome = vm.http_request(Request::get("/").header("x-shared-get", "k")).unwrap();
+        outcome.upstream_header("x-shared-value").map(str::to_string)
     };
-    assert_eq!(
-        seen(&mut same).as_deref(),
-        Some("v"),
-        "same vm_id shares data"
-    );
-    assert_eq!(
-        seen(&mut other).as_deref(),
-        Some("<none>"),
-        "another vm_id does not"
-    );
+    assert_eq!(seen(&mut same).as_deref(), Some("v"), "same vm_id shares data");
+    assert_eq!(seen(&mut other).as_deref(), Some("<none>"), "another vm_id does not");
     assert_eq!(host.shared_data_len("workers"), 1);
 }
 
@@ -119,41 +86,25 @@ fn envoy_vms_share_data_per_vm_id() {
 fn envoy_queue_items_reach_the_registering_root() {
     let host = host(Profile::Envoy);
     let mut vm = configured_vm(&host, "queue");
-    let outcome = vm
-        .http_request(Request::get("/").header("x-enqueue", "job-1"))
-        .unwrap();
+    let outcome = vm.http_request(Request::get("/").header("x-enqueue", "job-1")).unwrap();
     assert_eq!(outcome.upstream_header("x-enqueue-result"), Some("ok"));
-    assert!(
-        !host.logs().iter().any(|l| l.message == "queue item: job-1"),
-        "not before delivery"
-    );
+    assert!(!host.logs().iter().any(|l| l.message == "queue item: job-1"), "not before delivery");
     assert_eq!(host.deliver_queue_ready(), 1);
-    assert!(
-        host.logs().iter().any(|l| l.message == "queue item: job-1"),
-        "{:?}",
-        host.logs()
-    );
+    assert!(host.logs().iter().any(|l| l.message == "queue item: job-1"), "{:?}", host.logs());
 }
 
 #[test]
 fn envoy_unregistered_queue_is_not_found() {
     let host = host(Profile::Envoy);
     let mut vm = configured_vm(&host, "t");
-    let outcome = vm
-        .http_request(Request::get("/").header("x-enqueue", "job-1"))
-        .unwrap();
-    assert_eq!(
-        outcome.upstream_header("x-enqueue-result"),
-        Some("no_queue")
-    );
+    let outcome = vm.http_request(Request::get("/").header("x-enqueue", "job-1")).unwrap();
+    assert_eq!(outcome.upstream_header("x-enqueue-result"), Some("no_queue"));
 }
 
 #[test]
 fn kong_has_no_shared_queues() {
     let host = host(Profile::Kong);
-    let mut vm = host
-        .load_vm(echo_module(), VmOptions::new("echo_root"))
-        .unwrap();
+    let mut vm = host.load_vm(echo_module(), VmOptions::new("echo_root")).unwrap();
     let error = vm.configure(b"queue").unwrap_err();
     assert!(error.is_trap(), "the SDK panics on Unimplemented: {error}");
     assert!(vm.is_failed());

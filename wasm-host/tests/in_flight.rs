@@ -6,16 +6,9 @@
 //! On Kong a policy change is a reload with new workers (the old worker finishes its requests):
 //! scripts/e2e/test_claims.py holds a request across an update on both real hosts.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use gatewarden_wasm_host::{
-    Host, HttpResponse, Module, Phase, Profile, Progress, Request, Settle, Vm, VmOptions,
-};
+use gatewarden_wasm_host::{Host, HttpResponse, Module, Phase, Profile, Progress, Request, Settle, Vm, VmOptions};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -25,19 +18,10 @@ fn pipeline_module() -> &'static Module {
     static MODULE: OnceLock<Module> = OnceLock::new();
     MODULE.get_or_init(|| {
         let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| manifest_dir.join("../target"))
-            .join("test-modules");
+        let target_dir =
+            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| manifest_dir.join("../target")).join("test-modules");
         let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "--target",
-                "wasm32-wasip1",
-                "--manifest-path",
-            ])
+            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip1", "--manifest-path"])
             .arg(manifest_dir.join("test-modules/pipeline/Cargo.toml"))
             .arg("--target-dir")
             .arg(&target_dir)
@@ -64,12 +48,7 @@ fn p2() -> &'static str {
 }
 
 fn configured(host: &Host) -> Vm {
-    let mut vm = host
-        .load_vm(
-            pipeline_module(),
-            VmOptions::new("gatewarden_test_pipeline"),
-        )
-        .unwrap();
+    let mut vm = host.load_vm(pipeline_module(), VmOptions::new("gatewarden_test_pipeline")).unwrap();
     assert!(vm.configure(p1().as_bytes()).unwrap(), "{:#?}", host.logs());
     vm
 }
@@ -82,45 +61,25 @@ fn a_waiting_request_finishes_under_the_policy_it_started_with() {
     let root_p1 = vm.serving_root();
 
     let mut waiting = vm.start_request(Request::get("/http")).unwrap();
-    assert_eq!(
-        waiting.poll().unwrap(),
-        Progress::Paused(Phase::RequestHeaders)
-    );
+    assert_eq!(waiting.poll().unwrap(), Progress::Paused(Phase::RequestHeaders));
     let token = host.pending_tokens()[0];
 
     assert!(vm.configure(p2().as_bytes()).unwrap(), "{:#?}", host.logs());
-    assert_ne!(
-        vm.serving_root(),
-        root_p1,
-        "p2 is served by a new root context"
-    );
+    assert_ne!(vm.serving_root(), root_p1, "p2 is served by a new root context");
 
     // A new request: p2 decides on the headers, no callout.
     let calls = host.http_calls().len();
     let fresh = vm.http_request(Request::get("/http")).unwrap();
     assert_eq!(fresh.status, 200, "{fresh:?}");
-    assert_eq!(
-        fresh.upstream_header(HEADER),
-        Some("allow; rule=plain; version=p2")
-    );
+    assert_eq!(fresh.upstream_header(HEADER), Some("allow; rule=plain; version=p2"));
     assert_eq!(host.http_calls().len(), calls, "p2 makes no callout");
 
     // The waiting request resumes on its callout's answer and ends by p1's rule.
-    assert!(host
-        .settle_call(token, Settle::Http(HttpResponse::new(200).body("ok")))
-        .unwrap());
-    let Progress::Done(outcome) = waiting.poll().unwrap() else {
-        panic!("not resumed: {:#?}", host.logs())
-    };
+    assert!(host.settle_call(token, Settle::Http(HttpResponse::new(200).body("ok"))).unwrap());
+    let Progress::Done(outcome) = waiting.poll().unwrap() else { panic!("not resumed: {:#?}", host.logs()) };
     assert_eq!(outcome.status, 200, "{outcome:?}");
-    assert_eq!(
-        outcome.upstream_header(HEADER),
-        Some("allow; rule=http; version=p1")
-    );
-    assert_eq!(
-        outcome.upstream_header("x-pipeline"),
-        Some("body=-;http=200;grpc=-")
-    );
+    assert_eq!(outcome.upstream_header(HEADER), Some("allow; rule=http; version=p1"));
+    assert_eq!(outcome.upstream_header("x-pipeline"), Some("body=-;http=200;grpc=-"));
 
     // And p1's callout still decides a denial for the request it was made for.
     let mut vm = configured(&host);
@@ -128,26 +87,15 @@ fn a_waiting_request_finishes_under_the_policy_it_started_with() {
     assert!(matches!(waiting.poll().unwrap(), Progress::Paused(_)));
     let token = *host.pending_tokens().last().unwrap();
     assert!(vm.configure(p2().as_bytes()).unwrap());
-    assert!(host
-        .settle_call(token, Settle::Http(HttpResponse::new(403)))
-        .unwrap());
-    let Progress::Done(outcome) = waiting.poll().unwrap() else {
-        panic!("not resumed")
-    };
+    assert!(host.settle_call(token, Settle::Http(HttpResponse::new(403))).unwrap());
+    let Progress::Done(outcome) = waiting.poll().unwrap() else { panic!("not resumed") };
     let local = outcome.local_response.as_ref().expect("denied");
-    assert_eq!(
-        (local.status, local.details.as_str()),
-        (403, "gatewarden_test_pipeline_callout_denied")
-    );
+    assert_eq!((local.status, local.details.as_str()), (403, "gatewarden_test_pipeline_callout_denied"));
     let line = host
         .logs()
         .into_iter()
         .rev()
         .find(|l| l.message.contains(r#""reason":"callout_denied""#))
         .unwrap_or_else(|| panic!("no denial line: {:#?}", host.logs()));
-    assert!(
-        line.message.contains(r#""policy_version":"p1""#),
-        "logged with the version that decided: {}",
-        line.message
-    );
+    assert!(line.message.contains(r#""policy_version":"p1""#), "logged with the version that decided: {}", line.message);
 }

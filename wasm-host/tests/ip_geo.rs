@@ -38,12 +38,8 @@ fn db(networks: &[(&str, &str)]) -> Vec<u8> {
 
 fn scenario_db() -> Vec<u8> {
     let table = scenarios();
-    let nets: Vec<(String, String)> = table["geo_db"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-        .collect();
+    let nets: Vec<(String, String)> =
+        table["geo_db"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect();
     let refs: Vec<(&str, &str)> = nets.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     db(&refs)
 }
@@ -82,10 +78,7 @@ fn get(vm: &mut Vm, path: &str, peer: &str, xff: Option<&str>) -> Outcome {
 }
 
 fn decision_lines(host: &Host) -> Vec<Value> {
-    host.logs()
-        .iter()
-        .filter_map(|l| l.message.find("{\"gatewarden\"").map(|i| serde_json::from_str(&l.message[i..]).unwrap()))
-        .collect()
+    host.logs().iter().filter_map(|l| l.message.find("{\"gatewarden\"").map(|i| serde_json::from_str(&l.message[i..]).unwrap())).collect()
 }
 
 #[test]
@@ -297,7 +290,10 @@ fn dry_run_lets_requests_through_and_counts() {
     assert_eq!(host.metric_value("gatewarden_ip_geo_dry_run_denied_ip_denied"), 1);
     assert_eq!(host.metric_value("gatewarden_ip_geo_denied"), 0);
     let line = decision_lines(&host).pop().unwrap();
-    assert_eq!((line["decision"].as_str(), line["client"].as_str(), line["request_id"].as_str()), (Some("dry_run_deny"), Some("192.0.2.1"), Some("req-1")));
+    assert_eq!(
+        (line["decision"].as_str(), line["client"].as_str(), line["request_id"].as_str()),
+        (Some("dry_run_deny"), Some("192.0.2.1"), Some("req-1"))
+    );
 }
 
 #[test]
@@ -314,9 +310,7 @@ fn decision_header_off_sets_nothing_and_saves_the_host_call() {
         let denied = get(&mut v, "/", "192.0.2.1:1", None);
         assert_eq!(denied.status, 403, "{profile:?}: enforcement is unchanged");
         // Not replaced either: what a client sends under that name passes as it came.
-        let spoofed = v
-            .http_request(Request::get("/").source("198.51.100.1:1").header("x-gatewarden-ip-geo", "from the client"))
-            .unwrap();
+        let spoofed = v.http_request(Request::get("/").source("198.51.100.1:1").header("x-gatewarden-ip-geo", "from the client")).unwrap();
         assert_eq!(spoofed.upstream_header("x-gatewarden-ip-geo"), Some("from the client"));
         v.tick().unwrap();
         assert_eq!(h.metric_value("gatewarden_ip_geo_allowed"), 2, "{profile:?}");
@@ -381,7 +375,14 @@ fn hostile_inputs_never_trap_the_vm() {
         assert!(!out.trapped(), "trapped on peer {peer:?}");
         assert_eq!(out.status, 403);
     }
-    for config in ["", "{", "null", "[]", &format!("{{\"policy_version\":\"{long}\"}}"), "{\"policy_version\":\"v\",\"rules\":[{\"match\":{\"path_regex\":\"(((((((((((\"}}]}"] {
+    for config in [
+        "",
+        "{",
+        "null",
+        "[]",
+        &format!("{{\"policy_version\":\"{long}\"}}"),
+        "{\"policy_version\":\"v\",\"rules\":[{\"match\":{\"path_regex\":\"(((((((((((\"}}]}",
+    ] {
         assert!(!vm.configure(config.as_bytes()).unwrap(), "accepted {config:.40}");
         assert!(!vm.is_failed(), "trapped on config {config:.40}");
     }
@@ -404,7 +405,11 @@ fn a_host_error_reading_headers_fails_closed_and_is_counted() {
         let out = get(&mut vm, "/", "10.0.0.1:1", None);
         assert_eq!(out.status, 503, "{profile:?}");
         assert_eq!(out.upstream_request, None, "{profile:?}");
-        assert!(host.logs().iter().any(|l| l.message.contains("cannot read the request headers (status 2)")), "{profile:?}: {:#?}", host.logs());
+        assert!(
+            host.logs().iter().any(|l| l.message.contains("cannot read the request headers (status 2)")),
+            "{profile:?}: {:#?}",
+            host.logs()
+        );
         host.tick().unwrap();
         assert_eq!(host.metric_value("gatewarden_ip_geo_host_error"), 1, "{profile:?}");
         assert_eq!(host.metric_value("gatewarden_ip_geo_allowed"), 1, "{profile:?}");

@@ -7,12 +7,7 @@
 //! Tokens and keys: filters/jwt/policy/tests/fixtures/jwt (made by make_fixtures.py; claims iss
 //! https://idp.example.com, aud api, sub user-1, iat 1700000000, exp 4102444800).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
@@ -40,38 +35,24 @@ fn module() -> &'static Module {
 }
 
 fn fixtures() -> Value {
-    serde_json::from_str(include_str!(
-        "../../filters/jwt/policy/tests/fixtures/jwt/tokens.json"
-    ))
-    .unwrap()
+    serde_json::from_str(include_str!("../../filters/jwt/policy/tests/fixtures/jwt/tokens.json")).unwrap()
 }
 
 fn jwks() -> Value {
-    serde_json::from_str(include_str!(
-        "../../filters/jwt/policy/tests/fixtures/jwt/jwks.json"
-    ))
-    .unwrap()
+    serde_json::from_str(include_str!("../../filters/jwt/policy/tests/fixtures/jwt/jwks.json")).unwrap()
 }
 
 /// The JWKS without the keys of these kids.
 fn jwks_without(kids: &[&str]) -> Value {
     let mut j = jwks();
-    j["keys"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|k| !kids.contains(&k["kid"].as_str().unwrap_or("")));
+    j["keys"].as_array_mut().unwrap().retain(|k| !kids.contains(&k["kid"].as_str().unwrap_or("")));
     j
 }
 
 /// The fixture token named `name` (an algorithm: RS256, ES256, EdDSA …).
 fn token(name: &str) -> String {
     let f = fixtures();
-    let t = f["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == name)
-        .unwrap_or_else(|| panic!("no fixture {name}"));
+    let t = f["tokens"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("no fixture {name}"));
     t["token"].as_str().unwrap().to_string()
 }
 
@@ -79,10 +60,7 @@ fn b64url(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..=chunk.len() {
             out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
         }
@@ -114,17 +92,8 @@ fn host(profile: Profile) -> Host {
 }
 
 fn vm(host: &Host, policy: &Value) -> Vm {
-    let mut vm = host
-        .load_vm(
-            module(),
-            VmOptions::new("gatewarden_jwt").vm_id("gatewarden_jwt"),
-        )
-        .unwrap();
-    assert!(
-        vm.configure(policy.to_string().as_bytes()).unwrap(),
-        "policy refused: {:#?}",
-        host.logs()
-    );
+    let mut vm = host.load_vm(module(), VmOptions::new("gatewarden_jwt").vm_id("gatewarden_jwt")).unwrap();
+    assert!(vm.configure(policy.to_string().as_bytes()).unwrap(), "policy refused: {:#?}", host.logs());
     vm
 }
 
@@ -135,9 +104,7 @@ fn provider(keys: Value) -> Value {
         "forward_payload_header": "x-jwt-payload",
         "claim_to_headers": [{"claim": "sub", "header": "x-user"}]
     });
-    p.as_object_mut()
-        .unwrap()
-        .extend(keys.as_object().unwrap().clone());
+    p.as_object_mut().unwrap().extend(keys.as_object().unwrap().clone());
     p
 }
 
@@ -160,21 +127,15 @@ fn inline_policy() -> Value {
 }
 
 fn remote_policy(cluster: &str) -> Value {
-    policy_with(provider(
-        json!({"remote_jwks": {"cluster": cluster, "path": JWKS_PATH}}),
-    ))
+    policy_with(provider(json!({"remote_jwks": {"cluster": cluster, "path": JWKS_PATH}})))
 }
 
 fn jwks_response(j: &Value) -> HttpResponse {
-    HttpResponse::new(200)
-        .header("content-type", "application/json")
-        .body(j.to_string())
+    HttpResponse::new(200).header("content-type", "application/json").body(j.to_string())
 }
 
 fn get(vm: &mut Vm, path: &str, token: Option<&str>) -> Outcome {
-    let mut r = Request::get(path)
-        .source("10.0.0.1:5000")
-        .header("x-request-id", "req-1");
+    let mut r = Request::get(path).source("10.0.0.1:5000").header("x-request-id", "req-1");
     if let Some(t) = token {
         r = r.header("authorization", &bearer(t));
     }
@@ -182,41 +143,20 @@ fn get(vm: &mut Vm, path: &str, token: Option<&str>) -> Outcome {
 }
 
 fn decision_lines(host: &Host) -> Vec<Value> {
-    host.logs()
-        .iter()
-        .filter_map(|l| {
-            l.message
-                .find("{\"gatewarden\"")
-                .map(|i| serde_json::from_str(&l.message[i..]).unwrap())
-        })
-        .collect()
+    host.logs().iter().filter_map(|l| l.message.find("{\"gatewarden\"").map(|i| serde_json::from_str(&l.message[i..]).unwrap())).collect()
 }
 
 fn last_reason(host: &Host) -> String {
-    decision_lines(host)
-        .pop()
-        .map(|l| l["reason"].as_str().unwrap().to_string())
-        .unwrap_or_default()
+    decision_lines(host).pop().map(|l| l["reason"].as_str().unwrap().to_string()).unwrap_or_default()
 }
 
 /// Asserts a local denial and returns it.
 fn assert_denied(out: &Outcome, status: u16, www_authenticate: Option<&str>, what: &str) {
-    let local = out
-        .local_response
-        .as_ref()
-        .unwrap_or_else(|| panic!("{what}: not denied: {out:?}"));
+    let local = out.local_response.as_ref().unwrap_or_else(|| panic!("{what}: not denied: {out:?}"));
     assert_eq!(local.status, status, "{what}");
-    let body = if status == 403 {
-        FORBIDDEN_BODY
-    } else {
-        UNAUTHORIZED_BODY
-    };
+    let body = if status == 403 { FORBIDDEN_BODY } else { UNAUTHORIZED_BODY };
     assert_eq!(local.body, body.as_bytes(), "{what}");
-    assert_eq!(
-        local.header("content-type"),
-        Some("application/json"),
-        "{what}"
-    );
+    assert_eq!(local.header("content-type"), Some("application/json"), "{what}");
     assert_eq!(local.header("www-authenticate"), www_authenticate, "{what}");
     assert!(out.upstream_request.is_none(), "{what}");
 }
@@ -246,12 +186,7 @@ fn inline_jwks_every_fixture_algorithm_and_hostile_fixture() {
         match t["expect"].as_str().unwrap() {
             "allow" => assert_eq!(out.status, 200, "{name}: {out:?} {:#?}", host.logs()),
             reason => {
-                assert_denied(
-                    &out,
-                    401,
-                    Some(r#"Bearer realm="api", error="invalid_token""#),
-                    name,
-                );
+                assert_denied(&out, 401, Some(r#"Bearer realm="api", error="invalid_token""#), name);
                 assert_eq!(last_reason(&host), reason, "{name}");
             }
         }
@@ -272,25 +207,10 @@ fn inline_jwks_valid_expired_bad_signature_missing() {
         "an allowed JWT request does not read the peer address: {:?}",
         host.calls().iter().map(|c| c.name).collect::<Vec<_>>()
     );
-    assert_eq!(
-        out.upstream_header("x-gatewarden-jwt"),
-        Some("allow; rule=default; version=j1")
-    );
-    assert_eq!(
-        out.upstream_header("x-user"),
-        Some("user-1"),
-        "claim_to_headers"
-    );
-    assert_eq!(
-        out.upstream_header("x-jwt-payload"),
-        rs.split('.').nth(1),
-        "forward_payload_header: the base64url payload"
-    );
-    assert_eq!(
-        out.upstream_header("authorization"),
-        None,
-        "the token is not forwarded by default"
-    );
+    assert_eq!(out.upstream_header("x-gatewarden-jwt"), Some("allow; rule=default; version=j1"));
+    assert_eq!(out.upstream_header("x-user"), Some("user-1"), "claim_to_headers");
+    assert_eq!(out.upstream_header("x-jwt-payload"), rs.split('.').nth(1), "forward_payload_header: the base64url payload");
+    assert_eq!(out.upstream_header("authorization"), None, "the token is not forwarded by default");
 
     // Missing: 401 without error=; the denial's log line reads the peer address (once).
     host.clear_calls();
@@ -299,21 +219,11 @@ fn inline_jwks_valid_expired_bad_signature_missing() {
     assert_eq!(host.calls().iter().filter(|c| c.name == "proxy_get_property").count(), 1);
     let line = decision_lines(&host).pop().unwrap();
     assert_eq!(
-        (
-            line["reason"].as_str(),
-            line["rule"].as_str(),
-            line["policy_version"].as_str()
-        ),
+        (line["reason"].as_str(), line["rule"].as_str(), line["policy_version"].as_str()),
         (Some("missing"), Some("default"), Some("j1"))
     );
-    assert_eq!(
-        (line["client"].as_str(), line["request_id"].as_str()),
-        (Some("10.0.0.1"), Some("req-1"))
-    );
-    assert!(
-        !host.logs().iter().any(|l| l.message.contains(&rs)),
-        "a token is never logged"
-    );
+    assert_eq!((line["client"].as_str(), line["request_id"].as_str()), (Some("10.0.0.1"), Some("req-1")));
+    assert!(!host.logs().iter().any(|l| l.message.contains(&rs)), "a token is never logged");
 
     // Bad signature: one signature character changed.
     let mut parts: Vec<String> = rs.split('.').map(str::to_string).collect();
@@ -322,31 +232,17 @@ fn inline_jwks_valid_expired_bad_signature_missing() {
     flipped[10] = if sig[10] == b'A' { b'B' } else { b'A' };
     parts[2] = String::from_utf8(flipped).unwrap();
     let out = get(&mut vm, "/api", Some(&parts.join(".")));
-    assert_denied(
-        &out,
-        401,
-        Some(r#"Bearer realm="api", error="invalid_token""#),
-        "bad signature",
-    );
+    assert_denied(&out, 401, Some(r#"Bearer realm="api", error="invalid_token""#), "bad signature");
     assert_eq!(last_reason(&host), "bad_signature");
 
     // Expired: the clock at exp + skew (60 s). The token is cached from the first request: the
     // cache never serves a token past its exp.
     host.set_time(at(EXP + 60));
     let out = get(&mut vm, "/api", Some(&rs));
-    assert_denied(
-        &out,
-        401,
-        Some(r#"Bearer realm="api", error="invalid_token""#),
-        "expired",
-    );
+    assert_denied(&out, 401, Some(r#"Bearer realm="api", error="invalid_token""#), "expired");
     assert_eq!(last_reason(&host), "expired");
     host.set_time(at(EXP + 59));
-    assert_eq!(
-        get(&mut vm, "/api", Some(&rs)).status,
-        200,
-        "still within the clock skew"
-    );
+    assert_eq!(get(&mut vm, "/api", Some(&rs)).status, 200, "still within the clock skew");
 
     vm.tick().unwrap(); // tallied counters reach the host on the tick
     assert_eq!(host.metric_value("gatewarden_jwt_denied_missing"), 1);
@@ -361,23 +257,11 @@ fn forbidden_on_scope_and_claim_failures() {
     let mut vm = vm(&host, &inline_policy());
     let es = token("ES256");
     let out = get(&mut vm, "/admin", Some(&es));
-    assert_denied(
-        &out,
-        403,
-        Some(r#"Bearer realm="api", error="insufficient_scope""#),
-        "scope",
-    );
+    assert_denied(&out, 403, Some(r#"Bearer realm="api", error="insufficient_scope""#), "scope");
     assert_eq!(last_reason(&host), "scope");
     let out = get(&mut vm, "/tenant", Some(&es));
-    assert_eq!(
-        out.local_response.as_ref().map(|l| l.status),
-        Some(403),
-        "{out:?}"
-    );
-    assert_eq!(
-        out.local_response.as_ref().unwrap().body,
-        FORBIDDEN_BODY.as_bytes()
-    );
+    assert_eq!(out.local_response.as_ref().map(|l| l.status), Some(403), "{out:?}");
+    assert_eq!(out.local_response.as_ref().unwrap().body, FORBIDDEN_BODY.as_bytes());
     assert_eq!(last_reason(&host), "claim");
     vm.tick().unwrap(); // tallied counters reach the host on the tick
     assert_eq!(host.metric_value("gatewarden_jwt_denied_scope"), 1);
@@ -404,10 +288,7 @@ fn forged_output_headers_are_stripped_and_preflight_passes() {
     assert_eq!(out.status, 200);
     assert_eq!(out.upstream_header("x-user"), None);
     assert_eq!(out.upstream_header("x-jwt-payload"), None);
-    assert_eq!(
-        out.upstream_header("x-gatewarden-jwt"),
-        Some("allow; rule=public; version=j1")
-    );
+    assert_eq!(out.upstream_header("x-gatewarden-jwt"), Some("allow; rule=public; version=j1"));
     // With a valid token: the verified values replace the forged ones.
     let rs = token("EdDSA");
     let out = vm.http_request(forged("/api", Some(&rs))).unwrap();
@@ -415,12 +296,7 @@ fn forged_output_headers_are_stripped_and_preflight_passes() {
     assert_eq!(out.upstream_header("x-user"), Some("user-1"));
     assert_eq!(out.upstream_header("x-jwt-payload"), rs.split('.').nth(1));
     let up = out.upstream_request.as_ref().unwrap();
-    assert_eq!(
-        up.headers.iter().filter(|(k, _)| k == "x-user").count(),
-        1,
-        "one x-user: {:?}",
-        up.headers
-    );
+    assert_eq!(up.headers.iter().filter(|(k, _)| k == "x-user").count(), 1, "one x-user: {:?}", up.headers);
 
     // CORS preflight passes without a token; a plain OPTIONS does not.
     let pre = Request::new("OPTIONS", "/api")
@@ -438,25 +314,13 @@ fn dry_run_lets_requests_through_and_strips_forgeries() {
     let mut policy = inline_policy();
     policy["mode"] = json!("dry_run");
     let mut vm = vm(&host, &policy);
-    let r = Request::get("/api")
-        .source("10.0.0.1:5000")
-        .header("x-user", "admin");
+    let r = Request::get("/api").source("10.0.0.1:5000").header("x-user", "admin");
     let out = vm.http_request(r).unwrap();
     assert_eq!(out.status, 200);
-    assert_eq!(
-        out.upstream_header("x-gatewarden-jwt"),
-        Some("dry_run_deny; reason=missing; rule=default; version=j1")
-    );
-    assert_eq!(
-        out.upstream_header("x-user"),
-        None,
-        "forged header stripped in dry run too"
-    );
+    assert_eq!(out.upstream_header("x-gatewarden-jwt"), Some("dry_run_deny; reason=missing; rule=default; version=j1"));
+    assert_eq!(out.upstream_header("x-user"), None, "forged header stripped in dry run too");
     vm.tick().unwrap(); // tallied counters reach the host on the tick
-    assert_eq!(
-        host.metric_value("gatewarden_jwt_dry_run_denied_missing"),
-        1
-    );
+    assert_eq!(host.metric_value("gatewarden_jwt_dry_run_denied_missing"), 1);
     assert_eq!(host.metric_value("gatewarden_jwt_denied"), 0);
 }
 
@@ -465,26 +329,12 @@ fn remote_jwks_is_fetched_once_for_every_worker() {
     let host = host(Profile::Envoy);
     // A key with bad parameters is skipped (and logged), not fatal to the set.
     let mut set = jwks();
-    set["keys"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"kty": "RSA", "kid": "weak", "n": "AQAB", "e": "AQAB"}));
+    set["keys"].as_array_mut().unwrap().push(json!({"kty": "RSA", "kid": "weak", "n": "AQAB", "e": "AQAB"}));
     host.script_http_response(CLUSTER, JWKS_PATH, jwks_response(&set));
     let mut vms: Vec<Vm> = (0..3).map(|_| vm(&host, &remote_policy(CLUSTER))).collect();
     load_jwks(&host, 3);
-    assert!(
-        host.logs()
-            .iter()
-            .any(|l| l.message.contains(r#"keys[6] (kid "weak") skipped"#)),
-        "{:#?}",
-        host.logs()
-    );
-    assert_eq!(
-        host.http_calls().len(),
-        1,
-        "one fetch for three workers: {:?}",
-        host.http_calls()
-    );
+    assert!(host.logs().iter().any(|l| l.message.contains(r#"keys[6] (kid "weak") skipped"#)), "{:#?}", host.logs());
+    assert_eq!(host.http_calls().len(), 1, "one fetch for three workers: {:?}", host.http_calls());
     let call = &host.http_calls()[0];
     assert_eq!((call.upstream.as_str(), call.path()), (CLUSTER, JWKS_PATH));
     assert_eq!(host.metric_value("gatewarden_jwt_jwks_fetch_succeeded"), 1);
@@ -500,11 +350,7 @@ fn remote_jwks_is_fetched_once_for_every_worker() {
     host.tick().unwrap();
     host.deliver_pending_calls().unwrap();
     host.tick().unwrap();
-    assert_eq!(
-        host.http_calls().len(),
-        2,
-        "refreshed after cache_duration_seconds"
-    );
+    assert_eq!(host.http_calls().len(), 2, "refreshed after cache_duration_seconds");
     assert_eq!(host.metric_value("gatewarden_jwt_jwks_fetch_succeeded"), 2);
 }
 
@@ -519,29 +365,15 @@ fn jwks_endpoint_failing_follows_failure_mode() {
     let out = get(&mut worker, "/api", Some(&token("RS256")));
     assert_denied(&out, 401, Some(r#"Bearer realm="api""#), "jwks unavailable");
     assert_eq!(last_reason(&host), "jwks_unavailable");
-    assert_eq!(
-        get(&mut worker, "/public", None).status,
-        200,
-        "routes without requirements work"
-    );
+    assert_eq!(get(&mut worker, "/public", None).status, 200, "routes without requirements work");
 
     // An invalid JWKS is refused like a failed fetch; then the endpoint recovers after retry_seconds.
-    host.script_http_response(
-        CLUSTER,
-        JWKS_PATH,
-        HttpResponse::new(200).body(r#"{"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]}"#),
-    );
+    host.script_http_response(CLUSTER, JWKS_PATH, HttpResponse::new(200).body(r#"{"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]}"#));
     host.advance(Duration::from_secs(11));
     host.tick().unwrap();
     host.deliver_pending_calls().unwrap();
     assert_eq!(host.metric_value("gatewarden_jwt_jwks_fetch_failed"), 2);
-    assert!(
-        host.logs()
-            .iter()
-            .any(|l| l.message.contains("invalid content: no usable key")),
-        "{:#?}",
-        host.logs()
-    );
+    assert!(host.logs().iter().any(|l| l.message.contains("invalid content: no usable key")), "{:#?}", host.logs());
     host.script_http_response(CLUSTER, JWKS_PATH, jwks_response(&jwks()));
     host.advance(Duration::from_secs(11));
     load_jwks(&host, 1);
@@ -558,10 +390,7 @@ fn jwks_endpoint_failing_follows_failure_mode() {
     assert_eq!(host2.metric_value("gatewarden_jwt_jwks_fetch_failed"), 1);
     let out = get(&mut vm2, "/api", Some(&token("RS256")));
     assert_eq!(out.status, 200, "{out:?}");
-    assert_eq!(
-        out.upstream_header("x-gatewarden-jwt"),
-        Some("allow; rule=default; version=j1")
-    );
+    assert_eq!(out.upstream_header("x-gatewarden-jwt"), Some("allow; rule=default; version=j1"));
 }
 
 #[test]
@@ -573,11 +402,7 @@ fn key_rotation_refetches_once_then_accepts_the_new_kid() {
     assert_eq!(host.http_calls().len(), 1);
     let es = token("ES256");
     let rs = token("RS256");
-    assert_eq!(
-        get(&mut vms[0], "/api", Some(&rs)).status,
-        200,
-        "warm the token cache"
-    );
+    assert_eq!(get(&mut vms[0], "/api", Some(&rs)).status, 200, "warm the token cache");
 
     // The issuer rotates in ec256: the first request fails with unknown_kid and asks for keys.
     host.script_http_response(CLUSTER, JWKS_PATH, jwks_response(&jwks()));
@@ -589,24 +414,11 @@ fn key_rotation_refetches_once_then_accepts_the_new_kid() {
     host.tick().unwrap();
     host.deliver_pending_calls().unwrap();
     host.tick().unwrap();
-    assert_eq!(
-        host.http_calls().len(),
-        2,
-        "exactly one early refetch for three workers: {:?}",
-        host.http_calls()
-    );
+    assert_eq!(host.http_calls().len(), 2, "exactly one early refetch for three workers: {:?}", host.http_calls());
     assert_eq!(host.metric_value("gatewarden_jwt_jwks_fetch_early"), 1);
-    assert_eq!(
-        host.metric_value("gatewarden_jwt_jwks_loaded"),
-        6,
-        "every worker loaded the new set"
-    );
+    assert_eq!(host.metric_value("gatewarden_jwt_jwks_loaded"), 6, "every worker loaded the new set");
     for vm in &mut vms {
-        assert_eq!(
-            get(vm, "/api", Some(&es)).status,
-            200,
-            "the new kid is accepted"
-        );
+        assert_eq!(get(vm, "/api", Some(&es)).status, 200, "the new kid is accepted");
         assert_eq!(get(vm, "/api", Some(&rs)).status, 200);
     }
 
@@ -617,11 +429,7 @@ fn key_rotation_refetches_once_then_accepts_the_new_kid() {
     host.deliver_pending_calls().unwrap();
     host.tick().unwrap();
     assert_eq!(host.http_calls().len(), 3);
-    assert_eq!(
-        get(&mut vms[0], "/api", Some(&rs)).status,
-        401,
-        "cache cleared on the key set change"
-    );
+    assert_eq!(get(&mut vms[0], "/api", Some(&rs)).status, 401, "cache cleared on the key set change");
     assert_eq!(last_reason(&host), "unknown_kid");
 }
 
@@ -640,11 +448,7 @@ fn kid_flood_costs_at_most_one_refetch_per_interval() {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            let out = get(
-                &mut vms[i % 3],
-                "/api",
-                Some(&token_with_kid(&format!("{seed:x}"))),
-            );
+            let out = get(&mut vms[i % 3], "/api", Some(&token_with_kid(&format!("{seed:x}"))));
             assert_eq!(out.status, 401);
             if i % 10 == 9 {
                 host.tick().unwrap();
@@ -655,29 +459,17 @@ fn kid_flood_costs_at_most_one_refetch_per_interval() {
     };
     flood(&mut vms, &host);
     assert_eq!(last_reason(&host), "unknown_kid");
-    assert_eq!(
-        host.http_calls().len(),
-        2,
-        "one early refetch for 100 unknown kids on 3 workers"
-    );
+    assert_eq!(host.http_calls().len(), 2, "one early refetch for 100 unknown kids on 3 workers");
     // Still within the interval (about 5 s have passed): nothing more.
     host.advance(Duration::from_secs(20));
     flood(&mut vms, &host);
-    assert_eq!(
-        host.http_calls().len(),
-        2,
-        "no second refetch within unknown_kid_refetch_seconds"
-    );
+    assert_eq!(host.http_calls().len(), 2, "no second refetch within unknown_kid_refetch_seconds");
     // After the interval: one more.
     host.advance(Duration::from_secs(10));
     flood(&mut vms, &host);
     assert_eq!(host.http_calls().len(), 3);
     assert_eq!(host.metric_value("gatewarden_jwt_jwks_fetch_early"), 2);
-    assert_eq!(
-        get(&mut vms[0], "/api", Some(&token("RS256"))).status,
-        200,
-        "real tokens still pass"
-    );
+    assert_eq!(get(&mut vms[0], "/api", Some(&token("RS256"))).status, 200, "real tokens still pass");
 }
 
 /// Envoy keeps the last good policy; on Kong a policy change is a reload (a new VM), where the
@@ -717,14 +509,8 @@ fn refused_policy_keeps_the_old_one_on_envoy_and_fails_closed_on_kong() {
 fn kong_profile_fetches_from_host_port() {
     let host = Host::new(Profile::Kong);
     host.set_time(at(NOW));
-    host.script_http_response(
-        KONG_UPSTREAM,
-        JWKS_PATH,
-        jwks_response(&jwks_without(&["ed1"])),
-    );
-    let mut vms: Vec<Vm> = (0..2)
-        .map(|_| vm(&host, &remote_policy(KONG_UPSTREAM)))
-        .collect();
+    host.script_http_response(KONG_UPSTREAM, JWKS_PATH, jwks_response(&jwks_without(&["ed1"])));
+    let mut vms: Vec<Vm> = (0..2).map(|_| vm(&host, &remote_policy(KONG_UPSTREAM))).collect();
     load_jwks(&host, 2);
     assert_eq!(host.http_calls().len(), 1);
     assert_eq!(host.http_calls()[0].upstream, KONG_UPSTREAM);
@@ -759,27 +545,10 @@ fn hostile_inputs_never_trap_the_vm() {
         "a.b.c".into(),
         "\u{0}\u{ff}.\u{1}.x".into(),
         format!("{}.{payload}.AAAA", b64url(nested.as_bytes())),
-        format!(
-            "{}.{payload}.AAAA",
-            b64url(br#"{"alg":"RS256","kid":"rsa1","crit":["x"]}"#)
-        ),
-        format!(
-            "{}.{}.AAAA",
-            b64url(br#"{"alg":"ES256","kid":"ec256"}"#),
-            b64url(nested.as_bytes())
-        ),
-        format!(
-            "{}.{}.{}",
-            b64url(br#"{"alg":"ES256","kid":"ec256"}"#),
-            payload,
-            b64url(&[0xff; 64])
-        ),
-        format!(
-            "{}.{}.{}",
-            b64url(br#"{"alg":"EdDSA","kid":"ed1"}"#),
-            payload,
-            b64url(&[0; 3])
-        ),
+        format!("{}.{payload}.AAAA", b64url(br#"{"alg":"RS256","kid":"rsa1","crit":["x"]}"#)),
+        format!("{}.{}.AAAA", b64url(br#"{"alg":"ES256","kid":"ec256"}"#), b64url(nested.as_bytes())),
+        format!("{}.{}.{}", b64url(br#"{"alg":"ES256","kid":"ec256"}"#), payload, b64url(&[0xff; 64])),
+        format!("{}.{}.{}", b64url(br#"{"alg":"EdDSA","kid":"ed1"}"#), payload, b64url(&[0; 3])),
     ];
     for t in &hostile {
         for path in ["/api", "/admin?access_token=x", "/api?access_token=%ff%00"] {
@@ -798,10 +567,7 @@ fn hostile_inputs_never_trap_the_vm() {
     assert_eq!(out.status, 431);
     // Odd peers and cookies.
     for peer in ["garbage", "", "[::1"] {
-        let r = Request::get("/api")
-            .source(peer)
-            .header("cookie", &format!("a={long}; ;;=;"))
-            .header("authorization", "Bearer");
+        let r = Request::get("/api").source(peer).header("cookie", &format!("a={long}; ;;=;")).header("authorization", "Bearer");
         let out = vm.http_request(r).unwrap();
         assert!(!out.trapped());
         assert_eq!(out.status, 401);
@@ -814,17 +580,10 @@ fn hostile_inputs_never_trap_the_vm() {
         &format!("{{\"policy_version\":\"{long}\"}}"),
         r#"{"policy_version":"v","providers":{"p":{"issuer":"i","local_jwks":{"keys":[]}}}}"#,
     ] {
-        assert!(
-            !vm.configure(config.as_bytes()).unwrap(),
-            "accepted {config:.40}"
-        );
+        assert!(!vm.configure(config.as_bytes()).unwrap(), "accepted {config:.40}");
         assert!(!vm.is_failed(), "trapped on config {config:.40}");
     }
-    assert_eq!(
-        get(&mut vm, "/api", Some(&rs)).status,
-        200,
-        "still serving the first policy"
-    );
+    assert_eq!(get(&mut vm, "/api", Some(&rs)).status, 200, "still serving the first policy");
 }
 
 /// Under `requires_any: [other, idp]`, an expired idp token is logged and counted as `expired`
@@ -835,17 +594,12 @@ fn decision_log_has_the_token_s_own_reason_and_the_resolved_client() {
     let host = host(Profile::Envoy);
     let mut policy = inline_policy();
     policy["client_address"] = json!({"xff_num_trusted_hops": 1});
-    policy["providers"]["other"] =
-        json!({"issuer": "https://other.example.com", "local_jwks": jwks()});
-    policy["default"] =
-        json!({"requires": {"requires_any": [{"provider": "other"}, {"provider": "idp"}]}});
+    policy["providers"]["other"] = json!({"issuer": "https://other.example.com", "local_jwks": jwks()});
+    policy["default"] = json!({"requires": {"requires_any": [{"provider": "other"}, {"provider": "idp"}]}});
     let mut vm = vm(&host, &policy);
     let rs = token("RS256");
     let request = |xff: &str, token: Option<&str>| {
-        let mut r = Request::get("/api")
-            .source("10.0.0.1:5000")
-            .header("x-request-id", "req-9")
-            .header("x-forwarded-for", xff);
+        let mut r = Request::get("/api").source("10.0.0.1:5000").header("x-request-id", "req-9").header("x-forwarded-for", xff);
         if let Some(t) = token {
             r = r.header("authorization", &bearer(t));
         }
@@ -853,45 +607,24 @@ fn decision_log_has_the_token_s_own_reason_and_the_resolved_client() {
     };
 
     host.set_time(at(EXP + 60));
-    let out = vm
-        .http_request(request("6.6.6.6, 203.0.113.9", Some(&rs)))
-        .unwrap();
-    assert_denied(
-        &out,
-        401,
-        Some(r#"Bearer realm="api", error="invalid_token""#),
-        "expired",
-    );
+    let out = vm.http_request(request("6.6.6.6, 203.0.113.9", Some(&rs))).unwrap();
+    assert_denied(&out, 401, Some(r#"Bearer realm="api", error="invalid_token""#), "expired");
     let line = decision_lines(&host).pop().unwrap();
-    assert_eq!(
-        (line["reason"].as_str(), line["client"].as_str()),
-        (Some("expired"), Some("203.0.113.9")),
-        "{line}"
-    );
+    assert_eq!((line["reason"].as_str(), line["client"].as_str()), (Some("expired"), Some("203.0.113.9")), "{line}");
     vm.tick().unwrap(); // tallied counters reach the host on the tick
     assert_eq!(host.metric_value("gatewarden_jwt_denied_expired"), 1);
     assert_eq!(host.metric_value("gatewarden_jwt_denied_issuer"), 0);
 
     // A malformed x-forwarded-for: authentication is unchanged, the client is unknown.
     host.set_time(at(NOW));
-    let out = vm
-        .http_request(request("10.9.9.9, bogus", Some(&rs)))
-        .unwrap();
+    let out = vm.http_request(request("10.9.9.9, bogus", Some(&rs))).unwrap();
     assert_eq!(out.status, 200, "{out:?} {:#?}", host.logs());
     let out = vm.http_request(request("10.9.9.9, bogus", None)).unwrap();
     assert_denied(&out, 401, Some(r#"Bearer realm="api""#), "missing");
     let line = decision_lines(&host).pop().unwrap();
     assert_eq!(
-        (
-            line["reason"].as_str(),
-            line["client"].as_str(),
-            line["detail"].as_str()
-        ),
-        (
-            Some("missing"),
-            Some(""),
-            Some("client_address=malformed_forwarded_for; peer=10.0.0.1")
-        ),
+        (line["reason"].as_str(), line["client"].as_str(), line["detail"].as_str()),
+        (Some("missing"), Some(""), Some("client_address=malformed_forwarded_for; peer=10.0.0.1")),
         "{line}"
     );
 }
@@ -912,10 +645,7 @@ fn on_kong_a_token_in_one_of_several_cookie_headers_fails_closed() {
     p["from_cookies"] = json!(["session"]);
     let mut vm = vm(&host, &policy_with(p));
     let rs = token("RS256");
-    let several = Request::get("/api")
-        .source("10.0.0.1:5000")
-        .header("cookie", "theme=dark")
-        .header("cookie", &format!("session={rs}"));
+    let several = Request::get("/api").source("10.0.0.1:5000").header("cookie", "theme=dark").header("cookie", &format!("session={rs}"));
     let out = vm.http_request(several).unwrap();
     assert_eq!(out.status, 503, "{out:?}");
     assert_eq!(out.upstream_request, None);
@@ -945,18 +675,9 @@ fn cut_from_query_and_cookies(profile: Profile) {
     assert_eq!(out.status, 200, "{out:?} {:#?}", host.logs());
     let up = out.upstream_request.as_ref().unwrap();
     assert_eq!(out.upstream_header(":path"), Some("/api?x=1"));
-    let cookies: Vec<&str> = up
-        .headers
-        .iter()
-        .filter(|(k, _)| k == "cookie")
-        .map(|(_, v)| v.as_str())
-        .collect();
+    let cookies: Vec<&str> = up.headers.iter().filter(|(k, _)| k == "cookie").map(|(_, v)| v.as_str()).collect();
     assert_eq!(cookies, vec!["theme=dark; lang=en"]);
-    assert!(
-        !up.headers.iter().any(|(_, v)| v.contains(&rs)),
-        "{:?}",
-        up.headers
-    );
+    assert!(!up.headers.iter().any(|(_, v)| v.contains(&rs)), "{:?}", up.headers);
     assert_eq!(out.upstream_header("x-user"), Some("user-1"));
 }
 
@@ -1011,15 +732,8 @@ fn on_kong_a_stripped_token_and_a_forged_claim_header_reach_the_upstream_empty()
             Profile::Kong => Some(""),
         };
         assert_eq!(out.upstream_header("authorization"), expected, "{profile:?}: token stripped");
-        let payload: Vec<&str> = out
-            .upstream_request
-            .as_ref()
-            .unwrap()
-            .headers
-            .iter()
-            .filter(|(k, _)| k == "x-jwt-payload")
-            .map(|(_, v)| v.as_str())
-            .collect();
+        let payload: Vec<&str> =
+            out.upstream_request.as_ref().unwrap().headers.iter().filter(|(k, _)| k == "x-jwt-payload").map(|(_, v)| v.as_str()).collect();
         assert!(!payload.contains(&"forged"), "{profile:?}: forged header forwarded: {payload:?}");
     }
 }

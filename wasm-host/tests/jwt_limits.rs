@@ -15,12 +15,7 @@
 //! Tokens are EdDSA (Ed25519), signed here with keys from fixed seeds, so the test needs no
 //! fixture files; claims: iss https://idp.example.com, aud api, sub user-1.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
@@ -50,10 +45,7 @@ fn b64url(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..=chunk.len() {
             out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
         }
@@ -85,11 +77,7 @@ fn token(n: usize, kid: Option<&str>, claims: &Value) -> String {
     if let Some(kid) = kid {
         header["kid"] = json!(kid);
     }
-    let input = format!(
-        "{}.{}",
-        b64url(header.to_string().as_bytes()),
-        b64url(claims.to_string().as_bytes())
-    );
+    let input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
     let sig = key(n).sk.sign(input.as_bytes(), None);
     format!("{input}.{}", b64url(sig.as_ref()))
 }
@@ -108,10 +96,7 @@ fn policy(keys: Value) -> Value {
         "max_token_bytes": 65536,
         "claim_to_headers": [{"claim": "blob", "header": "x-blob"}, {"claim": "sub", "header": "x-user"}]
     });
-    provider
-        .as_object_mut()
-        .unwrap()
-        .extend(keys.as_object().unwrap().clone());
+    provider.as_object_mut().unwrap().extend(keys.as_object().unwrap().clone());
     json!({
         "policy_version": "limits-1",
         "providers": {"idp": provider},
@@ -121,19 +106,12 @@ fn policy(keys: Value) -> Value {
 
 fn remote(extra: Value) -> Value {
     let mut r = json!({"cluster": CLUSTER, "path": JWKS_PATH});
-    r.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
+    r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     policy(json!({"remote_jwks": r}))
 }
 
 fn load(host: &Host, policy: &Value) -> (Vm, bool) {
-    let mut vm = host
-        .load_vm(
-            module(),
-            VmOptions::new("gatewarden_jwt").vm_id("gatewarden_jwt"),
-        )
-        .unwrap();
+    let mut vm = host.load_vm(module(), VmOptions::new("gatewarden_jwt").vm_id("gatewarden_jwt")).unwrap();
     let accepted = vm.configure(policy.to_string().as_bytes()).unwrap();
     (vm, accepted)
 }
@@ -146,42 +124,24 @@ fn vm(host: &Host, policy: &Value) -> Vm {
 
 /// A VM whose remote JWKS `set` has been fetched and loaded.
 fn vm_with_remote_set(host: &Host, set: &Value) -> Vm {
-    host.script_http_response(
-        CLUSTER,
-        JWKS_PATH,
-        HttpResponse::new(200).body(set.to_string()),
-    );
+    host.script_http_response(CLUSTER, JWKS_PATH, HttpResponse::new(200).body(set.to_string()));
     let vm = vm(host, &remote(json!({})));
     vm.tick().unwrap();
     host.deliver_pending_calls().unwrap();
     vm.tick().unwrap();
-    assert_eq!(
-        host.metric_value("gatewarden_jwt_jwks_loaded"),
-        1,
-        "{:#?}",
-        host.logs()
-    );
+    assert_eq!(host.metric_value("gatewarden_jwt_jwks_loaded"), 1, "{:#?}", host.logs());
     vm
 }
 
 fn send(vm: &mut Vm, token: &str) -> Outcome {
-    vm.http_request(
-        Request::get("/api")
-            .source("10.0.0.1:5000")
-            .header("authorization", &format!("Bearer {token}")),
-    )
-    .unwrap()
+    vm.http_request(Request::get("/api").source("10.0.0.1:5000").header("authorization", &format!("Bearer {token}"))).unwrap()
 }
 
 fn last_reason(host: &Host) -> String {
     host.logs()
         .iter()
         .rev()
-        .find_map(|l| {
-            l.message
-                .find("{\"gatewarden\":\"decision\"")
-                .map(|i| serde_json::from_str::<Value>(&l.message[i..]).unwrap())
-        })
+        .find_map(|l| l.message.find("{\"gatewarden\":\"decision\"").map(|i| serde_json::from_str::<Value>(&l.message[i..]).unwrap()))
         .map(|d| d["reason"].as_str().unwrap().to_string())
         .unwrap_or_default()
 }
@@ -211,16 +171,10 @@ fn logged(host: &Host, text: &str) -> bool {
 #[test]
 fn a_jwks_keeps_64_keys_and_skips_the_65th() {
     let host = host();
-    let keys: Vec<Value> = (0..=MAX_KEYS)
-        .map(|n| jwk(n, Some(&format!("k{n}"))))
-        .collect();
+    let keys: Vec<Value> = (0..=MAX_KEYS).map(|n| jwk(n, Some(&format!("k{n}")))).collect();
     let mut vm = vm_with_remote_set(&host, &json!({ "keys": keys }));
     assert_eq!(keys_loaded(&host), Some(MAX_KEYS), "{:#?}", host.logs());
-    assert!(
-        logged(&host, r#"keys[64] (kid "k64") skipped: more than 64 keys"#),
-        "{:#?}",
-        host.logs()
-    );
+    assert!(logged(&host, r#"keys[64] (kid "k64") skipped: more than 64 keys"#), "{:#?}", host.logs());
     for n in [0, MAX_KEYS - 1] {
         let kid = format!("k{n}");
         let out = send(&mut vm, &token(n, Some(&kid), &claims()));
@@ -242,9 +196,7 @@ fn a_token_without_kid_is_tried_against_at_most_8_keys() {
     let out = send(&mut vm, &token(MAX_KEYS_TRIED, None, &claims()));
     assert_refused(&host, &out, "bad_signature", "the 9th key is never tried");
     // With a kid, the same 9th key verifies: the limit is on keys tried, not on the set.
-    let keys: Vec<Value> = (0..=MAX_KEYS_TRIED)
-        .map(|n| jwk(n, Some(&format!("k{n}"))))
-        .collect();
+    let keys: Vec<Value> = (0..=MAX_KEYS_TRIED).map(|n| jwk(n, Some(&format!("k{n}")))).collect();
     let mut vm = self::vm(&host, &policy(json!({"local_jwks": {"keys": keys}})));
     let out = send(&mut vm, &token(MAX_KEYS_TRIED, Some("k8"), &claims()));
     assert_eq!(out.status, 200, "selected by kid: {out:?}");
@@ -267,68 +219,33 @@ fn rsa_keys_outside_2048_to_4096_bits_are_skipped() {
         rsa_jwk(4097, "rsa-4097"), jwk(0, Some("ed"))
     ]});
     let mut vm = vm_with_remote_set(&host, &set);
-    assert_eq!(
-        keys_loaded(&host),
-        Some(3),
-        "2048, 4096 and the Ed25519 key kept: {:#?}",
-        host.logs()
-    );
+    assert_eq!(keys_loaded(&host), Some(3), "2048, 4096 and the Ed25519 key kept: {:#?}", host.logs());
     for (i, kid) in [(0, "rsa-2047"), (3, "rsa-4097")] {
-        assert!(
-            logged(
-                &host,
-                &format!(r#"keys[{i}] (kid "{kid}") skipped: invalid RSA key"#)
-            ),
-            "{kid}: {:#?}",
-            host.logs()
-        );
+        assert!(logged(&host, &format!(r#"keys[{i}] (kid "{kid}") skipped: invalid RSA key"#)), "{kid}: {:#?}", host.logs());
     }
     // A token for the skipped key is an unknown kid; the kept keys still serve.
     let rs = json!({"alg": "RS256", "kid": "rsa-4097"}).to_string();
-    let forged = format!(
-        "{}.{}.{}",
-        b64url(rs.as_bytes()),
-        b64url(claims().to_string().as_bytes()),
-        b64url(&[7; 513])
-    );
-    assert_refused(
-        &host,
-        &send(&mut vm, &forged),
-        "unknown_kid",
-        "4097-bit key skipped",
-    );
+    let forged = format!("{}.{}.{}", b64url(rs.as_bytes()), b64url(claims().to_string().as_bytes()), b64url(&[7; 513]));
+    assert_refused(&host, &send(&mut vm, &forged), "unknown_kid", "4097-bit key skipped");
     assert_eq!(send(&mut vm, &token(0, Some("ed"), &claims())).status, 200);
 
     // A local set whose only key is too large: the policy is refused, naming the key.
     let host = self::host();
-    let (_vm, accepted) = load(
-        &host,
-        &policy(json!({"local_jwks": {"keys": [rsa_jwk(4097, "big")]}})),
-    );
+    let (_vm, accepted) = load(&host, &policy(json!({"local_jwks": {"keys": [rsa_jwk(4097, "big")]}})));
     assert!(!accepted, "a JWKS with no usable key is refused");
     assert!(
         logged(&host, "providers.idp.local_jwks: invalid JWKS: no usable key in the JWKS (keys[0]: invalid RSA key"),
         "{:#?}",
         host.logs()
     );
-    let (_vm, accepted) = load(
-        &host,
-        &policy(json!({"local_jwks": {"keys": [rsa_jwk(4096, "max")]}})),
-    );
-    assert!(
-        accepted,
-        "4096 bits is within the limit: {:#?}",
-        host.logs()
-    );
+    let (_vm, accepted) = load(&host, &policy(json!({"local_jwks": {"keys": [rsa_jwk(4096, "max")]}})));
+    assert!(accepted, "4096 bits is within the limit: {:#?}", host.logs());
 }
 
 #[test]
 fn claim_headers_of_at_most_8192_bytes_are_forwarded() {
     let host = host();
-    let mut vm = vm(
-        &host,
-        &policy(json!({"local_jwks": {"keys": [jwk(0, None)]}})),
-    );
+    let mut vm = vm(&host, &policy(json!({"local_jwks": {"keys": [jwk(0, None)]}})));
     let with_blob = |len: usize| {
         let mut c = claims();
         c["blob"] = json!("b".repeat(len));
@@ -336,26 +253,11 @@ fn claim_headers_of_at_most_8192_bytes_are_forwarded() {
     };
     let out = send(&mut vm, &with_blob(MAX_CLAIM_HEADER_BYTES));
     assert_eq!(out.status, 200, "{out:?}");
-    assert_eq!(
-        out.upstream_header("x-blob").map(str::len),
-        Some(MAX_CLAIM_HEADER_BYTES),
-        "8192 bytes are forwarded"
-    );
+    assert_eq!(out.upstream_header("x-blob").map(str::len), Some(MAX_CLAIM_HEADER_BYTES), "8192 bytes are forwarded");
     let out = send(&mut vm, &with_blob(MAX_CLAIM_HEADER_BYTES + 1));
-    assert_eq!(
-        out.status, 200,
-        "an oversized claim does not fail the request: {out:?}"
-    );
-    assert_eq!(
-        out.upstream_header("x-blob"),
-        None,
-        "8193 bytes are not forwarded"
-    );
-    assert_eq!(
-        out.upstream_header("x-user"),
-        Some("user-1"),
-        "the other claim headers are"
-    );
+    assert_eq!(out.status, 200, "an oversized claim does not fail the request: {out:?}");
+    assert_eq!(out.upstream_header("x-blob"), None, "8193 bytes are not forwarded");
+    assert_eq!(out.upstream_header("x-user"), Some("user-1"), "the other claim headers are");
 }
 
 #[test]
@@ -373,12 +275,7 @@ fn a_jwks_larger_than_max_bytes_is_a_failed_fetch() {
     assert_eq!(host.metric_value("gatewarden_jwt_jwks_loaded"), 0);
     let why = format!("response of {len} bytes exceeds max_bytes {}", len - 1);
     assert!(logged(&host, &why), "{why}: {:#?}", host.logs());
-    assert_refused(
-        &host,
-        &send(&mut vm, &token(0, None, &claims())),
-        "jwks_unavailable",
-        "no key set (failure_mode deny)",
-    );
+    assert_refused(&host, &send(&mut vm, &token(0, None, &claims())), "jwks_unavailable", "no key set (failure_mode deny)");
 
     // Exactly max_bytes is loaded.
     let host = self::host();
@@ -387,12 +284,7 @@ fn a_jwks_larger_than_max_bytes_is_a_failed_fetch() {
     vm.tick().unwrap();
     host.deliver_pending_calls().unwrap();
     vm.tick().unwrap();
-    assert_eq!(
-        host.metric_value("gatewarden_jwt_jwks_loaded"),
-        1,
-        "{:#?}",
-        host.logs()
-    );
+    assert_eq!(host.metric_value("gatewarden_jwt_jwks_loaded"), 1, "{:#?}", host.logs());
     assert_eq!(send(&mut vm, &token(0, None, &claims())).status, 200);
 }
 
@@ -401,35 +293,20 @@ fn timeout_ms_is_the_callout_timeout_and_no_response_is_a_failed_fetch() {
     let host = host();
     let set = json!({"keys": [jwk(0, None)]});
     host.script_http_failure(CLUSTER, JWKS_PATH);
-    let mut vm = vm(
-        &host,
-        &remote(json!({"timeout_ms": 1234, "retry_seconds": 10})),
-    );
+    let mut vm = vm(&host, &remote(json!({"timeout_ms": 1234, "retry_seconds": 10})));
     vm.tick().unwrap();
     let calls = host.http_calls();
     assert_eq!(calls.len(), 1, "{calls:?}");
-    assert_eq!(
-        calls[0].timeout,
-        Duration::from_millis(1234),
-        "the host is asked to time out the callout"
-    );
+    assert_eq!(calls[0].timeout, Duration::from_millis(1234), "the host is asked to time out the callout");
     // The host ends the callout without a response, as Kong's engine does when the timeout fires
     // (Envoy answers 504 itself: below).
     host.deliver_pending_calls().unwrap();
     assert_eq!(host.metric_value("gatewarden_jwt_jwks_fetch_failed"), 1);
-    assert!(
-        logged(&host, "failed: no response (connection failure or timeout)"),
-        "{:#?}",
-        host.logs()
-    );
+    assert!(logged(&host, "failed: no response (connection failure or timeout)"), "{:#?}", host.logs());
 
     // Retried after retry_seconds, not before (no request in between: a request that needs the
     // missing key set brings the fetch forward, as an unknown kid does).
-    host.script_http_response(
-        CLUSTER,
-        JWKS_PATH,
-        HttpResponse::new(200).body(set.to_string()),
-    );
+    host.script_http_response(CLUSTER, JWKS_PATH, HttpResponse::new(200).body(set.to_string()));
     host.advance(Duration::from_secs(9));
     vm.tick().unwrap();
     assert_eq!(host.http_calls().len(), 1, "no retry before retry_seconds");
@@ -439,12 +316,7 @@ fn timeout_ms_is_the_callout_timeout_and_no_response_is_a_failed_fetch() {
     assert_eq!(host.http_calls()[1].timeout, Duration::from_millis(1234));
     host.deliver_pending_calls().unwrap();
     vm.tick().unwrap();
-    assert_eq!(
-        send(&mut vm, &token(0, None, &claims())).status,
-        200,
-        "{:#?}",
-        host.logs()
-    );
+    assert_eq!(send(&mut vm, &token(0, None, &claims())).status, 200, "{:#?}", host.logs());
 
     // Meanwhile requests follow failure_mode (deny: 401 jwks_unavailable).
     let host = self::host();
@@ -452,28 +324,15 @@ fn timeout_ms_is_the_callout_timeout_and_no_response_is_a_failed_fetch() {
     let mut vm = self::vm(&host, &remote(json!({"timeout_ms": 1234})));
     vm.tick().unwrap();
     host.deliver_pending_calls().unwrap();
-    assert_refused(
-        &host,
-        &send(&mut vm, &token(0, None, &claims())),
-        "jwks_unavailable",
-        "while the fetch fails",
-    );
+    assert_refused(&host, &send(&mut vm, &token(0, None, &claims())), "jwks_unavailable", "while the fetch fails");
     // ... and such a request brings the retry forward (at most once per unknown_kid_refetch_seconds).
     vm.tick().unwrap();
     assert_eq!(host.metric_value("gatewarden_jwt_jwks_fetch_early"), 1);
-    assert_eq!(
-        host.http_calls().len(),
-        2,
-        "retried at once, before retry_seconds"
-    );
+    assert_eq!(host.http_calls().len(), 2, "retried at once, before retry_seconds");
 
     // Envoy's answer to a timed-out callout: its own 504.
     let host = self::host();
-    host.script_http_response(
-        CLUSTER,
-        JWKS_PATH,
-        HttpResponse::new(504).body("upstream request timeout"),
-    );
+    host.script_http_response(CLUSTER, JWKS_PATH, HttpResponse::new(504).body("upstream request timeout"));
     let vm = self::vm(&host, &remote(json!({})));
     vm.tick().unwrap();
     host.deliver_pending_calls().unwrap();
@@ -490,10 +349,7 @@ fn timeout_ms_is_the_callout_timeout_and_no_response_is_a_failed_fetch() {
 #[test]
 fn more_than_4_different_tokens_are_refused_as_multiple_tokens() {
     let host = host();
-    let mut vm = vm(
-        &host,
-        &policy(json!({"local_jwks": {"keys": [jwk(0, None)]}})),
-    );
+    let mut vm = vm(&host, &policy(json!({"local_jwks": {"keys": [jwk(0, None)]}})));
     let own = token(0, None, &claims());
     // Tokens of other issuers are not the provider's (two providers may share a header), but
     // each is a different token found: at most 4 are looked at.
@@ -509,17 +365,10 @@ fn more_than_4_different_tokens_are_refused_as_multiple_tokens() {
         }
         vm.http_request(r).unwrap()
     };
-    let four: Vec<String> = std::iter::once(own.clone())
-        .chain((0..3).map(foreign))
-        .collect();
+    let four: Vec<String> = std::iter::once(own.clone()).chain((0..3).map(foreign)).collect();
     let out = send_all(&mut vm, &four);
-    assert_eq!(
-        out.status, 200,
-        "4 different tokens, one the provider's: {out:?}"
-    );
-    let five: Vec<String> = std::iter::once(own.clone())
-        .chain((0..4).map(foreign))
-        .collect();
+    assert_eq!(out.status, 200, "4 different tokens, one the provider's: {out:?}");
+    let five: Vec<String> = std::iter::once(own.clone()).chain((0..4).map(foreign)).collect();
     let out = send_all(&mut vm, &five);
     assert_refused(&host, &out, "multiple_tokens", "a 5th different token");
     // The same token five times is one token.
@@ -534,29 +383,17 @@ fn token_values_are_not_percent_decoded() {
     p["providers"]["idp"]["from_params"] = json!(["access_token"]);
     let mut vm = vm(&host, &p);
     let t = token(0, None, &claims());
-    let get = |vm: &mut Vm, query: &str| {
-        vm.http_request(Request::get(&format!("/api?access_token={query}")).source("10.0.0.1:5000"))
-            .unwrap()
-    };
+    let get =
+        |vm: &mut Vm, query: &str| vm.http_request(Request::get(&format!("/api?access_token={query}")).source("10.0.0.1:5000")).unwrap();
     assert_eq!(get(&mut vm, &t).status, 200);
     // The same token with its first dot escaped: read as it is, not decoded.
     let escaped = t.replacen('.', "%2E", 1);
-    assert_refused(
-        &host,
-        &get(&mut vm, &escaped),
-        "malformed",
-        "an escaped token",
-    );
+    assert_refused(&host, &get(&mut vm, &escaped), "malformed", "an escaped token");
 }
 
 #[test]
 fn requirements_nest_up_to_8_deep() {
-    let nested = |depth: usize| {
-        (0..depth).fold(
-            json!({"provider": "idp"}),
-            |inner, _| json!({"requires_all": [inner]}),
-        )
-    };
+    let nested = |depth: usize| (0..depth).fold(json!({"provider": "idp"}), |inner, _| json!({"requires_all": [inner]}));
     let with_requirement = |req: Value| {
         let mut p = policy(json!({"local_jwks": {"keys": [jwk(0, None)]}}));
         p["default"] = json!({"requires": req});
@@ -567,9 +404,5 @@ fn requirements_nest_up_to_8_deep() {
     assert_eq!(send(&mut vm, &token(0, None, &claims())).status, 200);
     let (_vm, accepted) = load(&host, &with_requirement(nested(9)));
     assert!(!accepted, "9 levels are refused");
-    assert!(
-        logged(&host, "requirements nested deeper than 8"),
-        "{:#?}",
-        host.logs()
-    );
+    assert!(logged(&host, "requirements nested deeper than 8"), "{:#?}", host.logs());
 }

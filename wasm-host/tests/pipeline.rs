@@ -10,8 +10,7 @@
 mod common;
 
 use gatewarden_wasm_host::{
-    Failure, GrpcResponse, Host, HttpResponse, Module, Outcome, Phase, Profile, Progress, Request, Settle, Vm,
-    VmOptions,
+    Failure, GrpcResponse, Host, HttpResponse, Module, Outcome, Phase, Profile, Progress, Request, Settle, Vm, VmOptions,
 };
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,10 +22,8 @@ fn pipeline_module() -> &'static Module {
     static MODULE: OnceLock<Module> = OnceLock::new();
     MODULE.get_or_init(|| {
         let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| manifest_dir.join("../target"))
-            .join("test-modules");
+        let target_dir =
+            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| manifest_dir.join("../target")).join("test-modules");
         let status = Command::new(env!("CARGO"))
             .args(["build", "--release", "--quiet", "--target", "wasm32-wasip1", "--manifest-path"])
             .arg(manifest_dir.join("test-modules/pipeline/Cargo.toml"))
@@ -428,9 +425,10 @@ fn kong_refuses_a_grpc_policy_at_configure_time() {
     let mut vm = host.load_vm(pipeline_module(), VmOptions::new("gatewarden_test_pipeline")).unwrap();
     // On Kong the root accepts the VM without a policy (a false return would stop nginx).
     assert!(vm.configure(policy(Profile::Kong, "deny", true).as_bytes()).unwrap());
-    let refused = host.logs().into_iter().any(|l| {
-        l.message.contains("policy refused: rules[3].grpc: gRPC callouts are not available on ngx_wasm_module")
-    });
+    let refused = host
+        .logs()
+        .into_iter()
+        .any(|l| l.message.contains("policy refused: rules[3].grpc: gRPC callouts are not available on ngx_wasm_module"));
     assert!(refused, "refusal logged with the field path: {:?}", host.logs());
     let outcome = vm.http_request(Request::get("/plain")).unwrap();
     assert_denied(&outcome, 503, "no_policy");

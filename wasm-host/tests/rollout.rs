@@ -11,8 +11,8 @@ mod common;
 use std::sync::OnceLock;
 
 use ed25519_compact::{KeyPair, Seed};
-use gatewarden_policy::approvals::{encode_b64, signing_message};
 use gatewarden_ip_geo_policy::IpGeoPolicy;
+use gatewarden_policy::approvals::{encode_b64, signing_message};
 use gatewarden_policy::rollout::Role;
 use gatewarden_policy::{compile_set, RequestFacts};
 use gatewarden_wasm_host::{Host, Module, Outcome, Profile, Request, Vm, VmOptions};
@@ -171,10 +171,8 @@ fn trust_config(required: u32) -> String {
 
 fn signed(mut doc: Value, signers: &[(&str, u8)]) -> Value {
     let msg = signing_message(&doc).unwrap();
-    let sigs: Vec<Value> = signers
-        .iter()
-        .map(|(id, n)| json!({"key_id": id, "sig": encode_b64(keypair(*n).sk.sign(&msg, None).as_ref())}))
-        .collect();
+    let sigs: Vec<Value> =
+        signers.iter().map(|(id, n)| json!({"key_id": id, "sig": encode_b64(keypair(*n).sk.sign(&msg, None).as_ref())})).collect();
     doc["signatures"] = json!(sigs);
     doc
 }
@@ -199,7 +197,8 @@ fn tampered_signed_policy_is_refused_and_envoy_keeps_the_old_one() {
         assert!(!vm.configure(tampered.to_string().as_bytes()).unwrap(), "{profile:?}: tampered policy accepted");
         assert_eq!(host.metric_value("gatewarden_ip_geo_signature_rejected"), 1);
         assert_eq!(host.metric_value("gatewarden_ip_geo_config_rejected"), 1);
-        let errors: Vec<String> = host.logs().iter().filter(|l| l.message.contains("policy refused: signatures:")).map(|l| l.message.clone()).collect();
+        let errors: Vec<String> =
+            host.logs().iter().filter(|l| l.message.contains("policy refused: signatures:")).map(|l| l.message.clone()).collect();
         assert_eq!(errors.len(), 1, "{:#?}", host.logs());
         assert!(errors[0].contains("0 valid signature(s) from distinct trusted keys, 2 required"), "{}", errors[0]);
 
@@ -262,7 +261,14 @@ fn invalid_trust_settings_on_kong_refuse_every_policy() {
     let mut vm = load(&host, r#"{"required_signatures": 1}"#);
     let signed_anyway = signed(allow_all("v1"), &[("alice", 1), ("bob", 2)]);
     assert!(vm.configure(signed_anyway.to_string().as_bytes()).unwrap());
-    assert!(host.logs().iter().any(|l| l.message.contains("invalid trust settings in the VM configuration") && l.message.contains("every policy will be refused")), "{:#?}", host.logs());
+    assert!(
+        host.logs()
+            .iter()
+            .any(|l| l.message.contains("invalid trust settings in the VM configuration")
+                && l.message.contains("every policy will be refused")),
+        "{:#?}",
+        host.logs()
+    );
     assert_eq!(from(&mut vm, "203.0.113.1").status, 503);
     host.tick().unwrap();
     assert_eq!(host.metric_value("gatewarden_ip_geo_trust_config_rejected"), 1);

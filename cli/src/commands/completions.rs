@@ -28,9 +28,7 @@ pub fn script(shell: Shell) -> Vec<u8> {
 /// `gatewarden completions`.
 pub fn run(a: &Args) -> CmdResult {
     use std::io::Write;
-    std::io::stdout()
-        .write_all(&script(a.shell))
-        .map_err(|e| CliError::could_not_run(format!("gatewarden completions: {e}")))
+    std::io::stdout().write_all(&script(a.shell)).map_err(|e| CliError::could_not_run(format!("gatewarden completions: {e}")))
 }
 
 #[cfg(test)]

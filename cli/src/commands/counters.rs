@@ -13,9 +13,9 @@
 //!   where the module name is that of nginx's `module <name> <path>` directive, and on Kong the
 //!   file name without `.wasm` (the default here).
 
-use std::path::{Path, PathBuf};
 use clap::ValueEnum;
 use gatewarden_wasm_host::{Host, Module, Profile, VmOptions};
+use std::path::{Path, PathBuf};
 
 use crate::error::{CliError, CmdResult};
 use crate::hosts::nginx::check_module_name;
@@ -87,8 +87,7 @@ pub fn defined_metrics(path: &Path, profile: Profile, root_id: &str, warn: &mut 
 pub fn run(o: &Args) -> CmdResult {
     let module_name = o.module_name.clone().unwrap_or_else(|| default_module_name(&o.module));
     if o.host_prefix == HostPrefix::Kong {
-        check_module_name(&module_name)
-            .map_err(|e| CliError::could_not_run(format!("gatewarden counters: --module-name: {e}")))?;
+        check_module_name(&module_name).map_err(|e| CliError::could_not_run(format!("gatewarden counters: --module-name: {e}")))?;
     }
     // The names a module defines do not depend on the host; the Envoy profile tolerates
     // callbacks a module does not export, which are not this command's business.

@@ -36,15 +36,13 @@ fn side(arg: &str, history: Option<&History>, filter: Option<Filter>) -> Result<
     if let (Some(h), Ok(n)) = (history, number.parse::<u64>()) {
         if !std::path::Path::new(arg).exists() {
             let entry = h.entry(n)?;
-            let p = load_text("history.json", &entry.policy_json, Some(entry.filter()?))
-                .map_err(|e| format!("version {n}: {e}"))?;
+            let p = load_text("history.json", &entry.policy_json, Some(entry.filter()?)).map_err(|e| format!("version {n}: {e}"))?;
             return Ok((format!("version {n} ({})", entry.policy_version), p));
         }
     }
     let p = load(arg, filter).map_err(|e| format!("{arg}: {e}"))?;
     Ok((arg.to_string(), p))
 }
-
 
 /// `gatewarden diff`.
 pub fn run(o: &Args) -> CmdResult {

@@ -170,14 +170,8 @@ pub fn run(o: &Args) -> CmdResult {
     let when = when.map_err(|e| could_not(format!("time: {e}")))?.unwrap_or(DEFAULT_TIME);
     let mut modules = Modules::new(module_dir(o.modules.as_deref()));
     let module = modules.get(policy.filter).map_err(could_not)?;
-    let setup = Setup {
-        module: &module.module,
-        filter: policy.filter,
-        policy_json: &policy.json,
-        fixtures: &fixtures,
-        profile,
-        time: when,
-    };
+    let setup =
+        Setup { module: &module.module, filter: policy.filter, policy_json: &policy.json, fixtures: &fixtures, profile, time: when };
     let actual = run_request(&setup, &request).map_err(could_not)?;
     let out = Output {
         decision: &actual.decision,
@@ -202,7 +196,8 @@ mod tests {
     fn a_request_file_is_a_bare_request_or_one_with_fixtures() {
         let bare: EvalDoc = serde_norway::from_str("path: /a\nheaders: { x-a: b }\n").unwrap();
         assert!(matches!(bare, EvalDoc::Bare(r) if r.path == "/a"));
-        let full: EvalDoc = serde_norway::from_str("request: { path: /b }\nfixtures: [{ upstream: jwks, fail: true }]\nprofile: kong\n").unwrap();
+        let full: EvalDoc =
+            serde_norway::from_str("request: { path: /b }\nfixtures: [{ upstream: jwks, fail: true }]\nprofile: kong\n").unwrap();
         assert!(matches!(full, EvalDoc::Full(f) if f.request.path == "/b" && f.fixtures.len() == 1));
         assert!(serde_norway::from_str::<EvalDoc>("pth: /typo\n").is_err());
     }

@@ -20,8 +20,8 @@ pub fn run(a: &Args) -> CmdResult {
     let bytes = std::fs::read(db).map_err(|e| CliError::could_not_run(format!("{db}: cannot read: {e}")))?;
     let geo = gatewarden_ip_geo_policy::GeoDb::from_bytes(bytes).map_err(|e| CliError::failed(format!("{db}: {e}")))?;
     for ip in &a.ips {
-        let addr = gatewarden_policy::cidr::parse_address(ip)
-            .ok_or_else(|| CliError::usage("geo-lookup", format!("not an address: {ip:?}")))?;
+        let addr =
+            gatewarden_policy::cidr::parse_address(ip).ok_or_else(|| CliError::usage("geo-lookup", format!("not an address: {ip:?}")))?;
         match geo.country(addr) {
             Ok(Some(cc)) => println!("{ip}\t{cc}"),
             Ok(None) => println!("{ip}\tunknown"),

@@ -89,8 +89,7 @@ pub fn run(o: &Args) -> CmdResult {
     let mut settings = ModuleSettings::resolve(o.module.module.as_deref(), o.module.modules.as_deref(), policy.filter);
     settings.vm_id = o.module.vm_id.clone();
     if let Some(path) = &o.module.vm_config {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| refused(Refusal::could_not_run(format!("{path}: cannot read: {e}"))))?;
+        let text = std::fs::read_to_string(path).map_err(|e| refused(Refusal::could_not_run(format!("{path}: cannot read: {e}"))))?;
         check_trust(path, &text, &policy).map_err(refused)?;
         settings.vm_configuration = Some(text);
     }
@@ -156,8 +155,7 @@ pub fn run(o: &Args) -> CmdResult {
     };
     match &o.out {
         Some(path) => {
-            write_atomic(Path::new(path), text.as_bytes())
-                .map_err(|e| CliError::could_not_run(format!("gatewarden: {path}: {e}")))?;
+            write_atomic(Path::new(path), text.as_bytes()).map_err(|e| CliError::could_not_run(format!("gatewarden: {path}: {e}")))?;
             println!("{path}");
         }
         None => print!("{text}"),

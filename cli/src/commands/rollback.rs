@@ -51,15 +51,14 @@ pub fn run(o: &Args) -> CmdResult {
     // The same validation as apply: the filter of today must still accept the old policy.
     let policy = load_text("history.json", &target.policy_json, Some(filter))
         .map_err(|e| invalid(format!("version {} no longer validates: {e}", target.version)))?;
-    let vm_configuration = approved_vm_config(o.module.vm_config.as_deref(), Path::new(dir), &policy)
-        .map_err(|r| {
-            let e = format!("version {}: {}", target.version, r.message);
-            if r.status == Status::Failed {
-                invalid(e)
-            } else {
-                fail(e)
-            }
-        })?;
+    let vm_configuration = approved_vm_config(o.module.vm_config.as_deref(), Path::new(dir), &policy).map_err(|r| {
+        let e = format!("version {}: {}", target.version, r.message);
+        if r.status == Status::Failed {
+            invalid(e)
+        } else {
+            fail(e)
+        }
+    })?;
     let module = match (&o.module.module, &o.module.modules) {
         (Some(m), _) => m.clone(),
         (None, Some(d)) => module_dir(Some(d)).join(filter.module_file()).to_string_lossy().into_owned(),

@@ -30,7 +30,8 @@ pub struct Args {
 
 fn read_key(path: &str) -> Result<KeyPair, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: cannot read: {e}"))?;
-    let seed = decode_b64(text.trim()).ok_or_else(|| format!("{path}: not a key written by `gatewarden keygen` (base64 of a 32-byte seed)"))?;
+    let seed =
+        decode_b64(text.trim()).ok_or_else(|| format!("{path}: not a key written by `gatewarden keygen` (base64 of a 32-byte seed)"))?;
     let seed = Seed::from_slice(&seed).map_err(|_| format!("{path}: the seed is not 32 bytes"))?;
     Ok(KeyPair::from_seed(seed))
 }

@@ -56,14 +56,8 @@ impl Progress {
 /// Runs one test file; its cases in order, each through a fresh VM.
 fn run_file(path: &Path, modules: &mut Modules, progress: &mut Progress) -> FileReport {
     let started = Instant::now();
-    let mut report = FileReport {
-        path: path.display().to_string(),
-        error: None,
-        policy: None,
-        policy_version: None,
-        cases: Vec::new(),
-        seconds: 0.0,
-    };
+    let mut report =
+        FileReport { path: path.display().to_string(), error: None, policy: None, policy_version: None, cases: Vec::new(), seconds: 0.0 };
     let fail = |mut r: FileReport, e: String| {
         r.error = Some(e);
         r.seconds = started.elapsed().as_secs_f64();

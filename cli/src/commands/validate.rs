@@ -31,9 +31,8 @@ pub fn run(a: &Args) -> CmdResult {
             });
         }
         match (a.format, &result) {
-            (Format::Json, Ok(p)) => results.push(
-                serde_json::json!({"file": file, "valid": true, "filter": p.filter.name(), "policy_version": p.policy_version}),
-            ),
+            (Format::Json, Ok(p)) => results
+                .push(serde_json::json!({"file": file, "valid": true, "filter": p.filter.name(), "policy_version": p.policy_version})),
             (Format::Json, Err(e)) => results.push(serde_json::json!({
                 "file": file, "valid": false, "error": e.to_string(), "field": e.field(),
                 "could_not_run": load_status(e) == Status::CouldNotRun,

@@ -25,8 +25,7 @@ pub struct Args {
 pub fn run(a: &Args) -> CmdResult {
     let (file, trust_path) = (a.policy.as_str(), a.trust.as_str());
     let bytes = std::fs::read(trust_path).map_err(|e| CliError::could_not_run(format!("{trust_path}: cannot read: {e}")))?;
-    let trust = TrustConfig::parse(&bytes)
-        .map_err(|e| CliError::could_not_run(format!("{trust_path}: invalid trust settings: {e}")))?;
+    let trust = TrustConfig::parse(&bytes).map_err(|e| CliError::could_not_run(format!("{trust_path}: invalid trust settings: {e}")))?;
     let policy = load(file, a.filter.filter).map_err(|e| CliError::load(file, &e))?;
     let checked = trust.check(policy.json.as_bytes()).map_err(|e| CliError::could_not_run(format!("{file}: {e}")))?;
     for k in &checked.valid {

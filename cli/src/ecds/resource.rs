@@ -29,9 +29,8 @@ pub struct ModuleSettings {
 impl ModuleSettings {
     /// `--module PATH`, else `<--modules DIR | $GATEWARDEN_WASM_DIR | target/wasm32-wasip1/release>/gatewarden_<filter>.wasm`.
     pub fn resolve(module: Option<&str>, modules: Option<&str>, filter: Filter) -> Self {
-        let module = module
-            .map(str::to_string)
-            .unwrap_or_else(|| module_dir(modules).join(filter.module_file()).to_string_lossy().into_owned());
+        let module =
+            module.map(str::to_string).unwrap_or_else(|| module_dir(modules).join(filter.module_file()).to_string_lossy().into_owned());
         ModuleSettings { module, vm_id: None, vm_configuration: None }
     }
 
@@ -138,10 +137,7 @@ pub fn ecds_resource(filter: Filter, policy_json: &str, policy_version: &str, se
                         vm_id: id,
                         runtime: "envoy.wasm.runtime.v8",
                         code: Code { local: Local { filename: &settings.module } },
-                        configuration: settings
-                            .vm_configuration
-                            .as_deref()
-                            .map(|value| StringValue { kind: STRING_VALUE_TYPE, value }),
+                        configuration: settings.vm_configuration.as_deref().map(|value| StringValue { kind: STRING_VALUE_TYPE, value }),
                     },
                     configuration: StringValue { kind: STRING_VALUE_TYPE, value: policy_json },
                     failure_policy: "FAIL_CLOSED",
@@ -162,8 +158,8 @@ pub fn serving_vm_config(dir: &Path, filter: Filter) -> Result<Option<(String, S
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Refusal::could_not_run(format!("{}: cannot read: {e}", path.display()))),
     };
-    let doc: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Refusal::could_not_run(format!("{}: not an ECDS resource: {e}", path.display())))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Refusal::could_not_run(format!("{}: not an ECDS resource: {e}", path.display())))?;
     let found = doc.pointer("/resources/0/typed_config/config/vm_config/configuration/value").and_then(|v| v.as_str());
     Ok(found.map(|v| (format!("{} (serving trust settings)", path.display()), v.to_owned())))
 }
@@ -203,5 +199,4 @@ mod tests {
         assert_eq!(config["vm_config"]["vm_id"], "shared_vm");
         assert!(v["version_info"].as_str().unwrap_or("").starts_with("raw-"));
     }
-
 }

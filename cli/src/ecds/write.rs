@@ -19,10 +19,9 @@ impl Lock {
         let path = state_dir(ecds_dir).join("lock");
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(_) => Ok(Lock(path)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(format!(
-                "{}: another apply is running (remove the file if it is stale)",
-                path.display()
-            )),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(format!("{}: another apply is running (remove the file if it is stale)", path.display()))
+            }
             Err(e) => Err(format!("{}: {e}", path.display())),
         }
     }
@@ -110,7 +109,8 @@ mod tests {
     }
 
     fn policy(version: &str) -> LoadedPolicy {
-        let text = format!("{{\"filter\":\"ip_geo\",\"policy_version\":\"{version}\",\"rules\":[{{\"name\":\"a\",\"deny\":[\"10.0.0.0/8\"]}}]}}");
+        let text =
+            format!("{{\"filter\":\"ip_geo\",\"policy_version\":\"{version}\",\"rules\":[{{\"name\":\"a\",\"deny\":[\"10.0.0.0/8\"]}}]}}");
         load_text("p.json", &text, None).unwrap()
     }
 

@@ -28,4 +28,3 @@ pub fn kong(policy: &LoadedPolicy, service: Option<&str>) -> Result<(String, Str
     let meta = serde_json::to_string_pretty(&meta).map_err(|e| CliError::could_not_run(e.to_string()))? + "\n";
     Ok((head + &to_yaml(&doc)?, meta))
 }
-

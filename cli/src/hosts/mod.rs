@@ -13,4 +13,3 @@ use crate::error::CliError;
 fn to_yaml<T: Serialize>(value: &T) -> Result<String, CliError> {
     serde_norway::to_string(value).map_err(|e| CliError::could_not_run(e.to_string()))
 }
-

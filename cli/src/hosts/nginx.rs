@@ -111,9 +111,7 @@ pub fn is_kong_target(target: &str) -> bool {
     } else {
         !host.is_empty()
             && host.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                !label.is_empty() && label.len() <= 63 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             })
     };
     port_ok && host_ok
@@ -122,8 +120,7 @@ pub fn is_kong_target(target: &str) -> bool {
 /// Refuses a policy whose callout targets cannot be `host:port` (Kong and nginx connect to
 /// `host:port`; Envoy to a cluster name). The message names the field and quotes the value.
 pub fn check_kong_targets(policy: &LoadedPolicy) -> Result<(), Refusal> {
-    let doc: serde_json::Value =
-        serde_json::from_str(&policy.json).map_err(|e| Refusal::could_not_run(format!("policy JSON: {e}")))?;
+    let doc: serde_json::Value = serde_json::from_str(&policy.json).map_err(|e| Refusal::could_not_run(format!("policy JSON: {e}")))?;
     for (path, target) in callout_targets(&doc) {
         if !is_kong_target(&target) {
             return Err(Refusal::invalid(format!(
@@ -284,10 +281,7 @@ pub fn out_files(name: &str) -> (String, String) {
 
 /// The text printed without `--out`: both parts, each under a heading comment.
 pub fn stdout_text(c: &NginxConfig) -> String {
-    format!(
-        "# ---- main context of nginx.conf ----\n{}\n# ---- inside location {{ ... }} ----\n{}",
-        c.wasm_block, c.location
-    )
+    format!("# ---- main context of nginx.conf ----\n{}\n# ---- inside location {{ ... }} ----\n{}", c.wasm_block, c.location)
 }
 
 #[cfg(test)]
@@ -306,7 +300,18 @@ mod tests {
         for ok in ["127.0.0.1:8080", "geo-db:80", "gatewarden_geo_db:8081", "[::1]:9000", "unix:/run/geo.sock", "idp.example.com:443"] {
             assert!(is_kong_target(ok), "{ok}");
         }
-        for bad in ["gatewarden_geo_db", "outbound|80||geo.svc.cluster.local", "geo:0", "geo:99999", ":80", "geo:", "[::1]", "a b:80", "geo:+80", "unix:rel"] {
+        for bad in [
+            "gatewarden_geo_db",
+            "outbound|80||geo.svc.cluster.local",
+            "geo:0",
+            "geo:99999",
+            ":80",
+            "geo:",
+            "[::1]",
+            "a b:80",
+            "geo:+80",
+            "unix:rel",
+        ] {
             assert!(!is_kong_target(bad), "{bad}");
         }
     }
@@ -318,7 +323,8 @@ mod tests {
         }
     }
 
-    const IP_GEO: &str = "filter: ip_geo\npolicy_version: \"v1\"\ngeo_database: { cluster: gatewarden_geo_db, path: /c.mmdb }\ndefault: {}\n";
+    const IP_GEO: &str =
+        "filter: ip_geo\npolicy_version: \"v1\"\ngeo_database: { cluster: gatewarden_geo_db, path: /c.mmdb }\ndefault: {}\n";
 
     #[test]
     fn a_cluster_name_is_refused_naming_the_field() {
@@ -351,7 +357,13 @@ mod tests {
         let p = policy(&IP_GEO.replace("gatewarden_geo_db", "geo-db:8081"));
         let o = NginxOptions { name: "gatewarden_ip_geo", module: "/m.wasm", vm_configuration: None, shm_size: "64m" };
         let c = render(&p, &o).unwrap_or_else(|e| panic!("{e:?}"));
-        assert!(c.location.contains("# geo_database.cluster names host \"geo-db\": nginx must resolve it, e.g. `resolver_add <ip> geo-db;` in http{}"), "{}", c.location);
+        assert!(
+            c.location.contains(
+                "# geo_database.cluster names host \"geo-db\": nginx must resolve it, e.g. `resolver_add <ip> geo-db;` in http{}"
+            ),
+            "{}",
+            c.location
+        );
         let p = policy(&IP_GEO.replace("gatewarden_geo_db", "127.0.0.1:8081"));
         let c = render(&p, &o).unwrap_or_else(|e| panic!("{e:?}"));
         assert!(!c.location.contains("resolver_add"), "{}", c.location);

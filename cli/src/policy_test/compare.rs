@@ -38,8 +38,7 @@ pub fn compare(expect: &Expect, actual: &Actual) -> Vec<Mismatch> {
             out.push(Mismatch {
                 field: "rule".into(),
                 expected: shown(Some(r)),
-                actual: "(none: an allowed request names its rule only in the decision header; is `decision_header: false` set?)"
-                    .into(),
+                actual: "(none: an allowed request names its rule only in the decision header; is `decision_header: false` set?)".into(),
             });
         } else {
             check(&mut out, "rule".into(), Some(r), actual.rule.as_deref());

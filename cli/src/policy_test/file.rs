@@ -160,7 +160,15 @@ mod tests {
         assert!(matches!(&missing, Err(e) if e.starts_with("no `expect`")), "{missing:?}");
         let only_empty_maps = case("name: x\nexpect: { upstream_headers: {}, response_headers: {} }\n");
         assert!(only_empty_maps.and_then(|c| c.expectation().map(|_| ())).is_err());
-        for one in ["status: 200", "decision: allow", "rule: r", "reason: r", "upstream_headers: { x-a: null }", "response_headers: { x-a: b }", "body: ''"] {
+        for one in [
+            "status: 200",
+            "decision: allow",
+            "rule: r",
+            "reason: r",
+            "upstream_headers: { x-a: null }",
+            "response_headers: { x-a: b }",
+            "body: ''",
+        ] {
             let c = case(&format!("name: x\nexpect: {{ {one} }}\n"));
             assert!(c.and_then(|c| c.expectation().map(|_| ())).is_ok(), "{one}");
         }

@@ -78,11 +78,9 @@ pub fn render(reports: &[FileReport], seconds: f64) -> String {
                     escape(why),
                     text(why)
                 )),
-                Verdict::Error(e) => x.push_str(&format!(
-                    "{head}>\n      <error message=\"{}\">{}</error>\n    </testcase>\n",
-                    escape(e),
-                    text(e)
-                )),
+                Verdict::Error(e) => {
+                    x.push_str(&format!("{head}>\n      <error message=\"{}\">{}</error>\n    </testcase>\n", escape(e), text(e)))
+                }
             }
         }
         x.push_str("  </testsuite>\n");

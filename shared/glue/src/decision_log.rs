@@ -1,7 +1,6 @@
 //! One structured JSON log line per denial (and per dry-run denial): filter, decision, reason,
 //! rule, policy_version, request id, client address. Never a secret: callers pass only these.
 
-
 /// The fields of one decision log line.
 pub struct DecisionRecord<'a> {
     pub filter: &'a str,

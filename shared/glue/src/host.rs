@@ -76,20 +76,10 @@ extern "C" {
         timeout_milliseconds: u32,
         return_token: *mut u32,
     ) -> u32;
-    fn proxy_replace_header_map_value(
-        map_type: u32,
-        key_data: *const u8,
-        key_size: usize,
-        value_data: *const u8,
-        value_size: usize,
-    ) -> u32;
+    fn proxy_replace_header_map_value(map_type: u32, key_data: *const u8, key_size: usize, value_data: *const u8, value_size: usize)
+        -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
-    fn proxy_get_property(
-        path_data: *const u8,
-        path_size: usize,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
-    ) -> u32;
+    fn proxy_get_property(path_data: *const u8, path_size: usize, return_value_data: *mut *mut u8, return_value_size: *mut usize) -> u32;
     fn proxy_send_local_response(
         status_code: u32,
         status_code_details_data: *const u8,
@@ -286,9 +276,7 @@ pub fn http_call_response_headers() -> Result<Vec<(String, String)>, HostError> 
 /// Sets (replacing any value the client sent) a request header.
 pub fn set_request_header(name: &str, value: &str) -> Result<(), HostError> {
     // SAFETY: pointers and lengths describe live strs.
-    status(unsafe {
-        proxy_replace_header_map_value(MAP_HTTP_REQUEST_HEADERS, name.as_ptr(), name.len(), value.as_ptr(), value.len())
-    })
+    status(unsafe { proxy_replace_header_map_value(MAP_HTTP_REQUEST_HEADERS, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
 /// Removes every value of a request header. An absent header is not an error (Envoy answers
@@ -418,11 +406,7 @@ pub fn increment(metric_id: u32, by: i64) -> Result<(), HostError> {
 }
 
 /// Starts an HTTP callout; the response arrives in the root context's `on_http_call_response`.
-pub fn dispatch_http_call(
-    upstream: &str,
-    headers: &[(&str, &str)],
-    timeout: Duration,
-) -> Result<u32, HostError> {
+pub fn dispatch_http_call(upstream: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u32, HostError> {
     let headers = encode_pairs(headers);
     let trailers = encode_pairs(&[]);
     let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
@@ -472,7 +456,14 @@ pub fn dispatch_http_call_with_body(upstream: &str, headers: &[(&str, &str)], bo
 
 /// Starts a unary gRPC callout to cluster `upstream` (Envoy; ngx_wasm_module traps on it, so
 /// never call it there); the answer arrives in `proxy_on_grpc_receive` / `proxy_on_grpc_close`.
-pub fn dispatch_grpc_call(upstream: &str, service: &str, method: &str, metadata: &[(&str, &str)], message: &[u8], timeout: Duration) -> Result<u32, HostError> {
+pub fn dispatch_grpc_call(
+    upstream: &str,
+    service: &str,
+    method: &str,
+    metadata: &[(&str, &str)],
+    message: &[u8],
+    timeout: Duration,
+) -> Result<u32, HostError> {
     let metadata = encode_pairs(metadata);
     let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
     let mut token = 0u32;

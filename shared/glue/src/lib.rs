@@ -15,9 +15,9 @@ pub mod host;
 pub mod metrics;
 pub mod panic_hook;
 pub mod pipeline;
+pub mod remote;
 pub mod rollout;
 pub mod runtime;
-pub mod remote;
 pub mod waiting;
 
 pub use pipeline::{CallFailure, Callout, GrpcCallout, HostCaps, HttpCallout, Pending, Resumed, Step};

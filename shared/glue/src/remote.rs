@@ -62,7 +62,8 @@ pub enum ResourceEvent {
 }
 
 impl ResourceEvent {
-    pub const ALL: [ResourceEvent; 6] = [Self::FetchStarted, Self::FetchSucceeded, Self::FetchFailed, Self::FetchEarly, Self::Loaded, Self::LoadFailed];
+    pub const ALL: [ResourceEvent; 6] =
+        [Self::FetchStarted, Self::FetchSucceeded, Self::FetchFailed, Self::FetchEarly, Self::Loaded, Self::LoadFailed];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -99,7 +100,15 @@ impl RemoteResource {
     pub fn new(filter: &'static str, source: RemoteSource) -> Self {
         let id = fnv1a(format!("{}\n{}\n{}", source.upstream, source.authority, source.path).as_bytes());
         let base = format!("gatewarden/{filter}/{}/{id:016x}", source.kind);
-        Self { filter, meta_key: format!("{base}/meta"), data_key: format!("{base}/data"), source, subject: String::new(), owner: vm_owner_id(), pending: None }
+        Self {
+            filter,
+            meta_key: format!("{base}/meta"),
+            data_key: format!("{base}/data"),
+            source,
+            subject: String::new(),
+            owner: vm_owner_id(),
+            pending: None,
+        }
     }
 
     /// Names who uses the resource in its log lines (`published JWKS of idp refused`).
@@ -155,7 +164,12 @@ impl RemoteResource {
             }
             Err(why) => {
                 self.count(ResourceEvent::LoadFailed);
-                host::log(Level::Error, format_args!("gatewarden {filter}: published {label}{subject} refused (generation {generation}), the previous copy stays: {why}"));
+                host::log(
+                    Level::Error,
+                    format_args!(
+                        "gatewarden {filter}: published {label}{subject} refused (generation {generation}), the previous copy stays: {why}"
+                    ),
+                );
                 SEEN.with(|s| {
                     let mut s = s.borrow_mut();
                     let value = s.get(&self.data_key).and_then(|e| e.value.clone());
@@ -217,7 +231,10 @@ impl RemoteResource {
             return false;
         }
         self.count(ResourceEvent::FetchEarly);
-        host::log(Level::Info, format_args!("gatewarden {}: {} refetch from {} brought forward", self.filter, self.source.kind, self.source.upstream));
+        host::log(
+            Level::Info,
+            format_args!("gatewarden {}: {} refetch from {} brought forward", self.filter, self.source.kind, self.source.upstream),
+        );
         true
     }
 
@@ -269,7 +286,10 @@ impl RemoteResource {
             }
         };
         self.count(ResourceEvent::FetchSucceeded);
-        host::log(Level::Info, format_args!("gatewarden {}: {} fetched from {} ({} bytes)", self.filter, self.source.kind, self.source.upstream, body.len()));
+        host::log(
+            Level::Info,
+            format_args!("gatewarden {}: {} fetched from {} ({} bytes)", self.filter, self.source.kind, self.source.upstream, body.len()),
+        );
         Some(self.install(generation, Ok(parsed)))
     }
 
@@ -284,7 +304,10 @@ impl RemoteResource {
 
     fn fail(&mut self, now_ms: u64, why: &str) {
         self.count(ResourceEvent::FetchFailed);
-        host::log(Level::Warn, format_args!("gatewarden {}: fetching {} from {} failed: {why}", self.filter, self.source.kind, self.source.upstream));
+        host::log(
+            Level::Warn,
+            format_args!("gatewarden {}: fetching {} from {} failed: {why}", self.filter, self.source.kind, self.source.upstream),
+        );
         if let Ok((meta, _)) = self.read_meta() {
             let _ = overwrite(&self.meta_key, &self.source.schedule.failed(meta.as_ref(), now_ms).encode());
         }

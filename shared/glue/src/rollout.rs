@@ -79,7 +79,13 @@ pub fn on_vm_start(filter: &str) -> bool {
         Ok(t) => {
             if t.required() > 0 {
                 let ids: Vec<&str> = t.key_ids().collect();
-                host::log(Level::Info, format_args!("gatewarden {filter}: policies need {} signature(s) from distinct trusted keys ({})", t.required(), ids.join(", ")),
+                host::log(
+                    Level::Info,
+                    format_args!(
+                        "gatewarden {filter}: policies need {} signature(s) from distinct trusted keys ({})",
+                        t.required(),
+                        ids.join(", ")
+                    ),
                 );
             }
             TRUST.with(|slot| *slot.borrow_mut() = Rc::new(t));

@@ -39,11 +39,11 @@ use gatewarden_policy::{compile_set, Decision, FilterPolicy, Header, Mode, Reque
 
 use crate::decision_log::DecisionRecord;
 use crate::host::{self, Level};
-use crate::pipeline::{HostCaps, Pending, Resumed, Step};
-use crate::waiting::{self, At, BodyAhead, Waiting};
-use crate::rollout::{self as rollout_glue, ShadowRecord};
 use crate::metrics::{self, Counter};
 use crate::panic_hook;
+use crate::pipeline::{HostCaps, Pending, Resumed, Step};
+use crate::rollout::{self as rollout_glue, ShadowRecord};
+use crate::waiting::{self, At, BodyAhead, Waiting};
 
 /// What the host should do with the request after a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,7 +307,8 @@ impl<F: Enforcer> Root<F> {
                     CompiledRollout { rollout: r, state }
                 });
                 let state = F::policy_state(&policy);
-                self.policy = Some(Rc::new(Compiled { policy, state, rollout, needs, all_headers, header_name: decision_header_name(filter) }));
+                self.policy =
+                    Some(Rc::new(Compiled { policy, state, rollout, needs, all_headers, header_name: decision_header_name(filter) }));
                 true
             }
             Err(e) => self.refuse(&e.to_string(), &[Counter::CONFIG_REJECTED]),
@@ -403,7 +404,14 @@ pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Flow {
 }
 
 /// Counts (and logs, when they differ) the shadow candidate's decision beside the active one's.
-fn compare_shadow<P: FilterPolicy>(filter: &str, active: &Header, candidate: &P, eval: &Outcome, shadow: &Outcome, facts: &RequestFacts<'_>) {
+fn compare_shadow<P: FilterPolicy>(
+    filter: &str,
+    active: &Header,
+    candidate: &P,
+    eval: &Outcome,
+    shadow: &Outcome,
+    facts: &RequestFacts<'_>,
+) {
     if disagree(&eval.decision, &shadow.decision) {
         metrics::tally(filter, Counter::SHADOW_DISAGREED);
         let request_id = request_id(facts);
@@ -499,7 +507,14 @@ fn request_id(facts: &RequestFacts<'_>) -> String {
 /// Acts on the evaluation of the policy whose header is `header`: `role` is which policy of a
 /// canary decided (None without a canary).
 /// `all_headers`: every request header, when they were read for the policy (spares a host call).
-pub(crate) fn act(filter: &str, header_name: &str, header: &Header, eval: &Outcome, role: Option<Role>, all_headers: Option<&[(String, String)]>) -> Flow {
+pub(crate) fn act(
+    filter: &str,
+    header_name: &str,
+    header: &Header,
+    eval: &Outcome,
+    role: Option<Role>,
+    all_headers: Option<&[(String, String)]>,
+) -> Flow {
     let version = &*header.policy_version;
     let rule = &*eval.decision.rule;
     let candidate = role == Some(Role::Candidate);
@@ -537,8 +552,11 @@ pub(crate) fn act(filter: &str, header_name: &str, header: &Header, eval: &Outco
                 rollout: role.map(Role::as_str).unwrap_or(""),
             };
             host::log(Level::Info, format_args!("{record}"));
-            let (outcome, candidate_outcome) =
-                if dry_run { (Counter::DRY_RUN_DENIED, Counter::CANDIDATE_DRY_RUN_DENIED) } else { (Counter::DENIED, Counter::CANDIDATE_DENIED) };
+            let (outcome, candidate_outcome) = if dry_run {
+                (Counter::DRY_RUN_DENIED, Counter::CANDIDATE_DRY_RUN_DENIED)
+            } else {
+                (Counter::DENIED, Counter::CANDIDATE_DENIED)
+            };
             metrics::tally(filter, outcome);
             metrics::tally_reason(filter, outcome, denial.reason);
             if candidate {
@@ -587,7 +605,11 @@ fn allow_header_value(rule: &str, version: &str) -> String {
 /// `proxy_pass` still forwards them (seen on 3bed278): a forged `x-user` or a second token would
 /// reach the upstream. Such a request fails closed there. One extra host call, on that host only,
 /// and only when the evaluation changes headers.
-fn duplicated_header<'a>(eval: &'a Outcome, decision_header: Option<&'a str>, all_headers: Option<&[(String, String)]>) -> Result<Option<&'a str>, host::HostError> {
+fn duplicated_header<'a>(
+    eval: &'a Outcome,
+    decision_header: Option<&'a str>,
+    all_headers: Option<&[(String, String)]>,
+) -> Result<Option<&'a str>, host::HostError> {
     if host::host_kind() != host::HostKind::NgxWasmModule {
         return Ok(None);
     }
@@ -596,7 +618,13 @@ fn duplicated_header<'a>(eval: &'a Outcome, decision_header: Option<&'a str>, al
         // (seen on 3bed278): a token cut from the query would still reach the upstream.
         return Ok(Some(":path"));
     }
-    let mut names = eval.remove_headers.iter().map(String::as_str).chain(eval.set_headers.iter().map(|(n, _)| n.as_str())).chain(decision_header).peekable();
+    let mut names = eval
+        .remove_headers
+        .iter()
+        .map(String::as_str)
+        .chain(eval.set_headers.iter().map(|(n, _)| n.as_str()))
+        .chain(decision_header)
+        .peekable();
     if names.peek().is_none() {
         return Ok(None);
     }
@@ -612,7 +640,12 @@ fn duplicated_header<'a>(eval: &'a Outcome, decision_header: Option<&'a str>, al
 }
 
 /// Fails the request closed (503, `host_error`) when [`duplicated_header`] finds one.
-fn refuse_duplicates(filter: &str, eval: &Outcome, decision_header: Option<&str>, all_headers: Option<&[(String, String)]>) -> Option<Flow> {
+fn refuse_duplicates(
+    filter: &str,
+    eval: &Outcome,
+    decision_header: Option<&str>,
+    all_headers: Option<&[(String, String)]>,
+) -> Option<Flow> {
     match duplicated_header(eval, decision_header, all_headers) {
         Ok(None) => None,
         Ok(Some(":path")) => Some(fail_closed(

@@ -57,7 +57,7 @@ use gatewarden_policy::{FilterPolicy, Header, Mode, Verdict};
 use crate::host::{self, HostKind, Level};
 use crate::metrics::{self, Counter};
 use crate::pipeline::{CallFailure, Callout, GrpcCallout, HttpCallout, Pending, Resumed, Step, MAX_STEPS};
-use crate::runtime::{act, fail_closed, Flow, Compiled, Enforcer};
+use crate::runtime::{act, fail_closed, Compiled, Enforcer, Flow};
 
 /// Counters of the pipeline, defined for filters that wait (`gatewarden_<filter>_<name>`).
 pub const COUNTERS: &[Counter] = &[
@@ -89,14 +89,29 @@ pub struct Waiting<F: Enforcer> {
 
 enum WaitingOn {
     /// `seen`: the body size buffered so far (the last chunk's size argument).
-    Body { max_bytes: usize, seen: usize },
+    Body {
+        max_bytes: usize,
+        seen: usize,
+    },
     /// `sent_body`: the callout carried a body (see [`settle`]).
-    Http { token: u32, deadline_ms: u64, max_response: usize, sent_body: bool },
-    Grpc { token: u32, deadline_ms: u64, max_response: usize },
+    Http {
+        token: u32,
+        deadline_ms: u64,
+        max_response: usize,
+        sent_body: bool,
+    },
+    Grpc {
+        token: u32,
+        deadline_ms: u64,
+        max_response: usize,
+    },
     /// ngx_wasm_module: the filter's next step, taken on an answer whose own callback could not
     /// safely send a local response; acted on when the bodiless settling callout `token` ends
     /// (see [`settle`]).
-    Settle { token: u32, step: Step },
+    Settle {
+        token: u32,
+        step: Step,
+    },
 }
 
 impl<F: Enforcer> Waiting<F> {
@@ -267,16 +282,23 @@ fn dispatch(filter: &str, call: &Callout) -> Result<WaitingOn, CallFailure> {
     let started = match call {
         Callout::Http(HttpCallout { upstream, headers, body, timeout, max_response_bytes }) => {
             let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            host::dispatch_http_call_with_body(upstream, &headers, body, *timeout)
-                .map(|token| WaitingOn::Http { token, deadline_ms: deadline_ms(*timeout), max_response: *max_response_bytes, sent_body: !body.is_empty() })
+            host::dispatch_http_call_with_body(upstream, &headers, body, *timeout).map(|token| WaitingOn::Http {
+                token,
+                deadline_ms: deadline_ms(*timeout),
+                max_response: *max_response_bytes,
+                sent_body: !body.is_empty(),
+            })
         }
         // Never on ngx_wasm_module, where `proxy_grpc_call` traps: such policies are refused at
         // configure time; this is the belt to that brace.
         Callout::Grpc(_) if host::host_kind() == HostKind::NgxWasmModule => Err(host::HostError(host::STATUS_UNIMPLEMENTED)),
         Callout::Grpc(GrpcCallout { upstream, service, method, metadata, message, timeout, max_response_bytes }) => {
             let metadata: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            host::dispatch_grpc_call(upstream, service, method, &metadata, message, *timeout)
-                .map(|token| WaitingOn::Grpc { token, deadline_ms: deadline_ms(*timeout), max_response: *max_response_bytes })
+            host::dispatch_grpc_call(upstream, service, method, &metadata, message, *timeout).map(|token| WaitingOn::Grpc {
+                token,
+                deadline_ms: deadline_ms(*timeout),
+                max_response: *max_response_bytes,
+            })
         }
     };
     started.map_err(|e| {
@@ -357,13 +379,21 @@ pub fn on_body<F: Enforcer>(waiting: Waiting<F>, body_size: usize) -> (Flow, Opt
             Ok(body) if body.len() == body_size => F::resume(policy, state, pending, Resumed::Body(&body)),
             Ok(body) => {
                 // ngx_wasm_module: nginx spilled the body to a temp file (client_body_buffer_size).
-                host::log(Level::Warn, format_args!("gatewarden {filter}: the request body ({body_size} bytes) cannot be read here ({} read); failure_mode decides", body.len()),
+                host::log(
+                    Level::Warn,
+                    format_args!(
+                        "gatewarden {filter}: the request body ({body_size} bytes) cannot be read here ({} read); failure_mode decides",
+                        body.len()
+                    ),
                 );
                 metrics::tally(filter, Counter::BODY_UNAVAILABLE);
                 F::resume(policy, state, pending, Resumed::BodyUnavailable)
             }
             Err(e) => {
-                host::log(Level::Warn, format_args!("gatewarden {filter}: cannot read the request body (status {}); failure_mode decides", e.0));
+                host::log(
+                    Level::Warn,
+                    format_args!("gatewarden {filter}: cannot read the request body (status {}); failure_mode decides", e.0),
+                );
                 metrics::tally(filter, Counter::BODY_UNAVAILABLE);
                 F::resume(policy, state, pending, Resumed::BodyUnavailable)
             }
@@ -378,7 +408,10 @@ fn make_effective(filter: &str, context_id: u32) -> bool {
     match host::set_effective_context(context_id) {
         Ok(()) => true,
         Err(e) => {
-            host::log(Level::Info, format_args!("gatewarden {filter}: request {context_id} is gone (status {}): its callout answer is dropped", e.0));
+            host::log(
+                Level::Info,
+                format_args!("gatewarden {filter}: request {context_id} is gone (status {}): its callout answer is dropped", e.0),
+            );
             metrics::tally(filter, Counter::WAITING_ABANDONED);
             false
         }
@@ -442,7 +475,10 @@ pub fn on_http_response<F: Enforcer>(context_id: u32, waiting: Waiting<F>, num_h
                     return Some(Waiting { compiled, role, steps, pending: Pending::new(()), on, body_passed, headers_sent });
                 }
                 Err(e) => {
-                    host::log(Level::Error, format_args!("gatewarden {filter}: cannot start the settling callout (status {}); acting now", e.0));
+                    host::log(
+                        Level::Error,
+                        format_args!("gatewarden {filter}: cannot start the settling callout (status {}); acting now", e.0),
+                    );
                     preempt(filter);
                 }
             },
@@ -509,7 +545,9 @@ fn guard<F: Enforcer>(compiled: &Compiled<F>, role: Option<Role>, step: &Step, s
                 return Guard::Preempt;
             }
             let twice = match host::request_headers() {
-                Ok(headers) => headers.iter().enumerate().any(|(i, (k, _))| headers.iter().skip(i + 1).any(|(other, _)| other.eq_ignore_ascii_case(k))),
+                Ok(headers) => {
+                    headers.iter().enumerate().any(|(i, (k, _))| headers.iter().skip(i + 1).any(|(other, _)| other.eq_ignore_ascii_case(k)))
+                }
                 Err(_) => true,
             };
             if twice || eval.set_headers.iter().any(|(n, _)| n == ":path") {
@@ -575,7 +613,10 @@ pub fn on_grpc_answer<F: Enforcer>(context_id: u32, waiting: Waiting<F>, message
     let input = match (failure, status) {
         (Some(f), _) => {
             metrics::tally(filter, counter_of(f));
-            host::log(Level::Warn, format_args!("gatewarden {filter}: gRPC callout {} (status {}); failure_mode decides", f.as_str(), status.unwrap_or(0)));
+            host::log(
+                Level::Warn,
+                format_args!("gatewarden {filter}: gRPC callout {} (status {}); failure_mode decides", f.as_str(), status.unwrap_or(0)),
+            );
             Resumed::Failed(f)
         }
         (None, Some(status)) => Resumed::Grpc { status, message: &[] },

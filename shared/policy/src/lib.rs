@@ -17,7 +17,6 @@
 //! ```
 
 #![forbid(unsafe_code)]
-
 #![cfg_attr(test, allow(clippy::type_complexity))]
 
 pub mod codec;

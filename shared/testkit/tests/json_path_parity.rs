@@ -6,10 +6,10 @@
 // Test helpers outside #[test] functions: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
-use gatewarden_policy::approvals::SignatureDoc;
-use gatewarden_policy::document::parse_document;
 use gatewarden_ip_geo_policy::IpGeoDocument;
 use gatewarden_jwt_policy::JwtDocument;
+use gatewarden_policy::approvals::SignatureDoc;
+use gatewarden_policy::document::parse_document;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 

@@ -33,11 +33,7 @@ impl Drop for TempFile {
 }
 
 fn temp_path(name: &str) -> TempFile {
-    let dir = std::env::temp_dir().join(format!(
-        "gatewarden-testkit-{}-{}",
-        std::process::id(),
-        name.trim_end_matches(".mmdb")
-    ));
+    let dir = std::env::temp_dir().join(format!("gatewarden-testkit-{}-{}", std::process::id(), name.trim_end_matches(".mmdb")));
     std::fs::create_dir_all(&dir).unwrap();
     TempFile(dir.join(name))
 }
@@ -54,40 +50,15 @@ fn lookup(reader: &Reader<Vec<u8>>, addr: &str) -> Option<Value> {
 #[test]
 fn country_code_fixture_resolves_each_entry() {
     let out = temp_path("country_code.mmdb");
-    let status = run(&[
-        out.to_str(),
-        "203.0.113.0/24=KP",
-        "198.51.100.0/24=US",
-        "2001:db8:1::/48=IR",
-        "203.0.113.128/25=CN",
-    ]);
-    assert!(
-        status.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    let status = run(&[out.to_str(), "203.0.113.0/24=KP", "198.51.100.0/24=US", "2001:db8:1::/48=IR", "203.0.113.128/25=CN"]);
+    assert!(status.status.success(), "stderr: {}", String::from_utf8_lossy(&status.stderr));
     let reader = Reader::open_readfile(&out.0).unwrap();
     reader.verify().unwrap();
-    assert_eq!(
-        reader.metadata.database_type,
-        "Gatewarden-Test-Country-Code"
-    );
-    assert_eq!(
-        lookup(&reader, "203.0.113.1"),
-        Some(json!({"country_code": "KP"}))
-    );
-    assert_eq!(
-        lookup(&reader, "203.0.113.200"),
-        Some(json!({"country_code": "CN"}))
-    );
-    assert_eq!(
-        lookup(&reader, "198.51.100.7"),
-        Some(json!({"country_code": "US"}))
-    );
-    assert_eq!(
-        lookup(&reader, "2001:db8:1::9"),
-        Some(json!({"country_code": "IR"}))
-    );
+    assert_eq!(reader.metadata.database_type, "Gatewarden-Test-Country-Code");
+    assert_eq!(lookup(&reader, "203.0.113.1"), Some(json!({"country_code": "KP"})));
+    assert_eq!(lookup(&reader, "203.0.113.200"), Some(json!({"country_code": "CN"})));
+    assert_eq!(lookup(&reader, "198.51.100.7"), Some(json!({"country_code": "US"})));
+    assert_eq!(lookup(&reader, "2001:db8:1::9"), Some(json!({"country_code": "IR"})));
     assert_eq!(lookup(&reader, "192.0.2.1"), None);
 }
 
@@ -95,31 +66,17 @@ fn country_code_fixture_resolves_each_entry() {
 fn geoip2_fixture_uses_the_geoip2_layout() {
     let out = temp_path("geoip2.mmdb");
     let status = run(&[out.to_str(), "--layout", "geoip2", "1.1.1.0/24=AU"]);
-    assert!(
-        status.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    assert!(status.status.success(), "stderr: {}", String::from_utf8_lossy(&status.stderr));
     let reader = Reader::open_readfile(&out.0).unwrap();
-    assert_eq!(
-        lookup(&reader, "1.1.1.1"),
-        Some(json!({"country": {"iso_code": "AU"}, "registered_country": {"iso_code": "AU"}}))
-    );
+    assert_eq!(lookup(&reader, "1.1.1.1"), Some(json!({"country": {"iso_code": "AU"}, "registered_country": {"iso_code": "AU"}})));
 }
 
 #[test]
 fn corrupt_fixture_does_not_open() {
     let out = temp_path("corrupt.mmdb");
     let status = run(&[out.to_str(), "--corrupt", "203.0.113.0/24=KP"]);
-    assert!(
-        status.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    assert!(
-        Reader::open_readfile(&out.0).is_err(),
-        "a file with truncated metadata opened"
-    );
+    assert!(status.status.success(), "stderr: {}", String::from_utf8_lossy(&status.stderr));
+    assert!(Reader::open_readfile(&out.0).is_err(), "a file with truncated metadata opened");
 }
 
 #[test]
@@ -129,9 +86,7 @@ fn bad_entry_exits_with_status_2_and_usage() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.starts_with(
-            "make-test-mmdb: entry \"203.0.113.0/24\": expected NET=CC, e.g. 203.0.113.0/24=KP\nusage:"
-        ),
+        stderr.starts_with("make-test-mmdb: entry \"203.0.113.0/24\": expected NET=CC, e.g. 203.0.113.0/24=KP\nusage:"),
         "stderr was: {stderr}"
     );
     assert!(!out.0.exists(), "nothing is written on a usage error");

@@ -12,22 +12,18 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 fn net(s: &str) -> ipnet::IpNet {
-    s.parse()
-        .unwrap_or_else(|e| panic!("test network {s:?}: {e}"))
+    s.parse().unwrap_or_else(|e| panic!("test network {s:?}: {e}"))
 }
 
 fn ip(s: &str) -> IpAddr {
-    s.parse()
-        .unwrap_or_else(|e| panic!("test address {s:?}: {e}"))
+    s.parse().unwrap_or_else(|e| panic!("test address {s:?}: {e}"))
 }
 
 /// Builds, opens and verifies a database.
 fn open(writer: &MmdbWriter) -> Reader<Vec<u8>> {
     let bytes = writer.build().expect("build");
     let reader = Reader::from_source(bytes).expect("maxminddb opens the file");
-    reader
-        .verify()
-        .expect("maxminddb verify() accepts the file");
+    reader.verify().expect("maxminddb verify() accepts the file");
     reader
 }
 
@@ -48,11 +44,7 @@ fn country_at(reader: &Reader<Vec<u8>>, addr: &str) -> Option<String> {
 
 fn assert_countries(reader: &Reader<Vec<u8>>, expected: &[(&str, Option<&str>)]) {
     for (addr, want) in expected {
-        assert_eq!(
-            country_at(reader, addr).as_deref(),
-            *want,
-            "lookup of {addr}"
-        );
+        assert_eq!(country_at(reader, addr).as_deref(), *want, "lookup of {addr}");
     }
 }
 
@@ -83,9 +75,7 @@ fn ipv6_database_holds_ipv4_and_ipv6_networks() {
     let mut writer = MmdbWriter::new(6, "Test-Country").unwrap();
     writer.insert_country(net("203.0.113.0/24"), "KP").unwrap();
     writer.insert_country(net("2001:db8:1::/48"), "IR").unwrap();
-    writer
-        .insert_country(net("2001:db8:2::1/128"), "NZ")
-        .unwrap();
+    writer.insert_country(net("2001:db8:2::1/128"), "NZ").unwrap();
     let reader = open(&writer);
     assert_countries(
         &reader,
@@ -124,9 +114,7 @@ fn later_more_specific_networks_override_parts_of_earlier_ones() {
     writer.insert_country(net("10.1.2.0/24"), "CC").unwrap();
     writer.insert_country(net("10.1.2.128/32"), "DD").unwrap();
     writer.insert_country(net("2001:db8::/32"), "EE").unwrap();
-    writer
-        .insert_country(net("2001:db8:ffff::/48"), "FF")
-        .unwrap();
+    writer.insert_country(net("2001:db8:ffff::/48"), "FF").unwrap();
     let reader = open(&writer);
     assert_countries(
         &reader,
@@ -153,10 +141,7 @@ fn later_wider_network_replaces_everything_inside_it() {
     writer.insert_country(net("10.1.2.0/24"), "CC").unwrap();
     writer.insert_country(net("10.1.0.0/16"), "BB").unwrap();
     let reader = open(&writer);
-    assert_countries(
-        &reader,
-        &[("10.1.2.3", Some("BB")), ("10.1.9.9", Some("BB"))],
-    );
+    assert_countries(&reader, &[("10.1.2.3", Some("BB")), ("10.1.9.9", Some("BB"))]);
 }
 
 #[test]
@@ -165,81 +150,48 @@ fn whole_address_space_networks_cover_everything() {
     v4.insert_country(net("0.0.0.0/0"), "ZZ").unwrap();
     v4.insert_country(net("1.1.1.1/32"), "AU").unwrap();
     let reader = open(&v4);
-    assert_countries(
-        &reader,
-        &[("1.1.1.1", Some("AU")), ("255.255.255.255", Some("ZZ"))],
-    );
+    assert_countries(&reader, &[("1.1.1.1", Some("AU")), ("255.255.255.255", Some("ZZ"))]);
 
     let mut v6 = MmdbWriter::new(6, "Test-Country").unwrap();
     v6.insert_country(net("::/0"), "ZZ").unwrap();
     v6.insert_country(net("0.0.0.0/0"), "YY").unwrap();
     let reader = open(&v6);
-    assert_countries(
-        &reader,
-        &[
-            ("2001:db8::1", Some("ZZ")),
-            ("9.9.9.9", Some("YY")),
-            ("::ffff:9.9.9.9", Some("YY")),
-        ],
-    );
+    assert_countries(&reader, &[("2001:db8::1", Some("ZZ")), ("9.9.9.9", Some("YY")), ("::ffff:9.9.9.9", Some("YY"))]);
 }
 
 #[test]
 fn alias_can_be_turned_off() {
-    let mut writer = MmdbWriter::new(6, "Test-Country")
-        .unwrap()
-        .with_ipv4_mapped_alias(false);
+    let mut writer = MmdbWriter::new(6, "Test-Country").unwrap().with_ipv4_mapped_alias(false);
     writer.insert_country(net("203.0.113.0/24"), "KP").unwrap();
     let reader = open(&writer);
-    assert_countries(
-        &reader,
-        &[("203.0.113.1", Some("KP")), ("::ffff:203.0.113.1", None)],
-    );
+    assert_countries(&reader, &[("203.0.113.1", Some("KP")), ("::ffff:203.0.113.1", None)]);
 }
 
 #[test]
 fn ipv4_mapped_networks_are_stored_as_ipv4() {
     let mut writer = MmdbWriter::new(4, "Test-Country").unwrap();
-    writer
-        .insert_country(net("::ffff:192.0.2.0/120"), "AU")
-        .unwrap();
+    writer.insert_country(net("::ffff:192.0.2.0/120"), "AU").unwrap();
     let reader = open(&writer);
     assert_countries(&reader, &[("192.0.2.55", Some("AU"))]);
 
     let mut writer = MmdbWriter::new(6, "Test-Country").unwrap();
-    writer
-        .insert_country(net("::ffff:192.0.2.0/120"), "AU")
-        .unwrap();
+    writer.insert_country(net("::ffff:192.0.2.0/120"), "AU").unwrap();
     let reader = open(&writer);
-    assert_countries(
-        &reader,
-        &[
-            ("192.0.2.55", Some("AU")),
-            ("::ffff:192.0.2.55", Some("AU")),
-        ],
-    );
+    assert_countries(&reader, &[("192.0.2.55", Some("AU")), ("::ffff:192.0.2.55", Some("AU"))]);
 }
 
 #[test]
 fn ipv6_network_in_ipv4_database_is_rejected() {
     let mut writer = MmdbWriter::new(4, "Test-Country").unwrap();
-    let err = writer
-        .insert_country(net("2001:db8::/32"), "AU")
-        .unwrap_err();
+    let err = writer.insert_country(net("2001:db8::/32"), "AU").unwrap_err();
     assert!(err.is_invalid_input());
-    assert_eq!(
-        err.to_string(),
-        "network \"2001:db8::/32\": an IPv6 network cannot be stored in an IPv4 database"
-    );
+    assert_eq!(err.to_string(), "network \"2001:db8::/32\": an IPv6 network cannot be stored in an IPv4 database");
 }
 
 #[test]
 fn unsupported_ip_version_is_rejected() {
     let err = MmdbWriter::new(5, "Test-Country").unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "ip_version: unsupported value 5, expected 4 or 6"
-    );
+    assert_eq!(err.to_string(), "ip_version: unsupported value 5, expected 4 or 6");
 }
 
 #[test]
@@ -252,23 +204,13 @@ fn empty_database_is_valid_and_finds_nothing() {
 #[test]
 fn every_record_size_round_trips() {
     for size in [RecordSize::Bits24, RecordSize::Bits28, RecordSize::Bits32] {
-        let mut writer = MmdbWriter::new(6, "Test-Country")
-            .unwrap()
-            .with_record_size(size);
+        let mut writer = MmdbWriter::new(6, "Test-Country").unwrap().with_record_size(size);
         writer.insert_country(net("203.0.113.0/24"), "KP").unwrap();
         writer.insert_country(net("2001:db8:1::/48"), "IR").unwrap();
         let reader = open(&writer);
         assert_eq!(reader.metadata.record_size, size.bits());
-        assert_eq!(
-            country_at(&reader, "203.0.113.1").as_deref(),
-            Some("KP"),
-            "{size:?}"
-        );
-        assert_eq!(
-            country_at(&reader, "2001:db8:1::1").as_deref(),
-            Some("IR"),
-            "{size:?}"
-        );
+        assert_eq!(country_at(&reader, "203.0.113.1").as_deref(), Some("KP"), "{size:?}");
+        assert_eq!(country_at(&reader, "2001:db8:1::1").as_deref(), Some("IR"), "{size:?}");
         assert_eq!(country_at(&reader, "2001:db8:2::1"), None, "{size:?}");
     }
 }
@@ -276,22 +218,12 @@ fn every_record_size_round_trips() {
 #[test]
 fn geoip2_layout_decodes_as_maxminddb_country() {
     let mut writer = MmdbWriter::new(6, "Test-GeoIP2-Country").unwrap();
-    writer
-        .insert_geoip2_country(net("1.1.1.0/24"), "AU")
-        .unwrap();
+    writer.insert_geoip2_country(net("1.1.1.0/24"), "AU").unwrap();
     let reader = open(&writer);
-    let country = reader
-        .lookup(ip("1.1.1.1"))
-        .unwrap()
-        .decode::<maxminddb::geoip2::Country>()
-        .unwrap()
-        .expect("1.1.1.1 has a record");
+    let country = reader.lookup(ip("1.1.1.1")).unwrap().decode::<maxminddb::geoip2::Country>().unwrap().expect("1.1.1.1 has a record");
     assert_eq!(country.country.iso_code, Some("AU"));
     assert_eq!(country.registered_country.iso_code, Some("AU"));
-    assert_eq!(
-        lookup(&reader, "1.1.1.1"),
-        Some(json!({"country": {"iso_code": "AU"}, "registered_country": {"iso_code": "AU"}}))
-    );
+    assert_eq!(lookup(&reader, "1.1.1.1"), Some(json!({"country": {"iso_code": "AU"}, "registered_country": {"iso_code": "AU"}})));
 }
 
 #[test]
@@ -303,11 +235,7 @@ fn country_code_layout_decodes_into_a_struct() {
     let mut writer = MmdbWriter::new(6, "Test-Country").unwrap();
     writer.insert_country(net("2001:db8::/32"), "IR").unwrap();
     let reader = open(&writer);
-    let record = reader
-        .lookup(ip("2001:db8::5"))
-        .unwrap()
-        .decode::<CountryCode>()
-        .unwrap();
+    let record = reader.lookup(ip("2001:db8::5")).unwrap().decode::<CountryCode>().unwrap();
     assert_eq!(record, Some(CountryCode { country_code: "IR" }));
 }
 
@@ -325,12 +253,7 @@ fn json_records_round_trip_with_every_type() {
     });
     let mut writer = MmdbWriter::new(6, "Test-Json").unwrap();
     writer.insert_json(net("192.0.2.0/24"), &value).unwrap();
-    writer
-        .insert(
-            net("192.0.2.1/32"),
-            Record::map([("u16", Record::Uint16(7))]),
-        )
-        .unwrap();
+    writer.insert(net("192.0.2.1/32"), Record::map([("u16", Record::Uint16(7))])).unwrap();
     let reader = open(&writer);
     assert_eq!(lookup(&reader, "192.0.2.2"), Some(value));
     assert_eq!(lookup(&reader, "192.0.2.1"), Some(json!({"u16": 7})));
@@ -340,22 +263,13 @@ fn json_records_round_trip_with_every_type() {
 fn identical_records_are_stored_once() {
     let mut writer = MmdbWriter::new(4, "Test-Country").unwrap();
     for i in 0..=255u8 {
-        writer
-            .insert_country(net(&format!("10.{i}.0.0/16")), "AU")
-            .unwrap();
+        writer.insert_country(net(&format!("10.{i}.0.0/16")), "AU").unwrap();
     }
     writer.insert_country(net("11.0.0.0/8"), "NZ").unwrap();
     let reader = open(&writer);
-    let offsets: std::collections::BTreeSet<usize> = reader
-        .networks(Default::default())
-        .unwrap()
-        .map(|r| r.unwrap().offset().expect("networks() yields only data"))
-        .collect();
-    assert_eq!(
-        offsets.len(),
-        2,
-        "one data offset per distinct record, saw {offsets:?}"
-    );
+    let offsets: std::collections::BTreeSet<usize> =
+        reader.networks(Default::default()).unwrap().map(|r| r.unwrap().offset().expect("networks() yields only data")).collect();
+    assert_eq!(offsets.len(), 2, "one data offset per distinct record, saw {offsets:?}");
 }
 
 #[test]
@@ -367,20 +281,11 @@ fn metadata_has_every_required_key() {
         .with_description("de", "Testdatenbank");
     let reader = open(&writer);
     let m = &reader.metadata;
-    assert_eq!(
-        (m.binary_format_major_version, m.binary_format_minor_version),
-        (2, 0)
-    );
+    assert_eq!((m.binary_format_major_version, m.binary_format_minor_version), (2, 0));
     assert_eq!(m.build_epoch, 1_700_000_000);
     assert_eq!(m.database_type, "Gatewarden-Test");
-    assert_eq!(
-        m.description.get("en").map(String::as_str),
-        Some("Gatewarden test database")
-    );
-    assert_eq!(
-        m.description.get("de").map(String::as_str),
-        Some("Testdatenbank")
-    );
+    assert_eq!(m.description.get("en").map(String::as_str), Some("Gatewarden test database"));
+    assert_eq!(m.description.get("de").map(String::as_str), Some("Testdatenbank"));
     assert_eq!(m.ip_version, 6);
     assert_eq!(m.languages, vec!["en".to_owned(), "de".to_owned()]);
     assert_eq!(m.record_size, 28);
@@ -392,9 +297,7 @@ fn output_is_deterministic() {
     let make = || {
         let mut writer = MmdbWriter::new(6, "Test-Country").unwrap();
         writer.insert_country(net("203.0.113.0/24"), "KP").unwrap();
-        writer
-            .insert_geoip2_country(net("2001:db8:1::/48"), "IR")
-            .unwrap();
+        writer.insert_geoip2_country(net("2001:db8:1::/48"), "IR").unwrap();
         writer.build().unwrap()
     };
     assert_eq!(make(), make());
@@ -415,10 +318,7 @@ fn truncated_metadata_is_rejected_by_the_reader() {
 fn truncate_metadata_needs_a_database() {
     let err = truncate_metadata(b"not a database").unwrap_err();
     assert!(err.is_not_a_database());
-    assert_eq!(
-        err.to_string(),
-        "no MaxMind DB metadata marker found in input"
-    );
+    assert_eq!(err.to_string(), "no MaxMind DB metadata marker found in input");
 }
 
 /// xorshift64*: a fixed-seed generator so the large test is reproducible without a dependency.
@@ -471,9 +371,7 @@ fn fifty_thousand_random_networks_round_trip() {
     let networks: Vec<ipnet::IpNet> = (0..50_000).map(|_| random_network(&mut rng)).collect();
     let mut writer = MmdbWriter::new(6, "Test-Large").unwrap();
     for (i, n) in networks.iter().enumerate() {
-        writer
-            .insert(*n, Record::map([("id", Record::Uint32(i as u32))]))
-            .unwrap();
+        writer.insert(*n, Record::map([("id", Record::Uint32(i as u32))])).unwrap();
     }
     let reader = open(&writer);
     println!("50,000 networks: {} nodes", reader.metadata.node_count);
@@ -482,34 +380,15 @@ fn fifty_thousand_random_networks_round_trip() {
     for _ in 0..1_000 {
         let picked = networks[rng.below(networks.len() as u64) as usize];
         let addr = random_address_in(&mut rng, picked);
-        let expected = networks
-            .iter()
-            .rposition(|n| n.contains(&addr))
-            .expect("picked contains it");
+        let expected = networks.iter().rposition(|n| n.contains(&addr)).expect("picked contains it");
         let got = lookup(&reader, &addr.to_string());
-        assert_eq!(
-            got,
-            Some(json!({"id": expected})),
-            "lookup of {addr} (picked from {picked})"
-        );
+        assert_eq!(got, Some(json!({"id": expected})), "lookup of {addr} (picked from {picked})");
     }
     for addr in ["0.0.0.0", "255.255.255.255", "2001:db8::1"] {
         let expected = networks.iter().rposition(|n| n.contains(&ip(addr)));
-        assert_eq!(
-            lookup(&reader, addr),
-            expected.map(|id| json!({"id": id})),
-            "lookup of {addr}"
-        );
+        assert_eq!(lookup(&reader, addr), expected.map(|id| json!({"id": id})), "lookup of {addr}");
     }
     // ::/96 is the IPv4 subtree, so ::1 is 0.0.0.1 and ::ffff:1.2.3.4 is 1.2.3.4.
-    assert_eq!(
-        lookup(&reader, "::1"),
-        lookup(&reader, "0.0.0.1"),
-        "::1 resolves like 0.0.0.1"
-    );
-    assert_eq!(
-        lookup(&reader, "::ffff:1.2.3.4"),
-        lookup(&reader, "1.2.3.4"),
-        "mapped 1.2.3.4"
-    );
+    assert_eq!(lookup(&reader, "::1"), lookup(&reader, "0.0.0.1"), "::1 resolves like 0.0.0.1");
+    assert_eq!(lookup(&reader, "::ffff:1.2.3.4"), lookup(&reader, "1.2.3.4"), "mapped 1.2.3.4");
 }

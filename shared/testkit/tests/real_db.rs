@@ -16,9 +16,8 @@ use serde_json::Value;
 /// Where scripts/setup.sh puts the database: `<workspace>/node_modules/...` (this crate is
 /// `<workspace>/shared/testkit`).
 fn npm_database() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(
-        "../../node_modules/@ip-location-db/geo-whois-asn-country-mmdb/geo-whois-asn-country.mmdb",
-    )
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../node_modules/@ip-location-db/geo-whois-asn-country-mmdb/geo-whois-asn-country.mmdb")
 }
 
 /// `GATEWARDEN_REQUIRE_REAL_DB` set to anything but empty or `0`: a missing database is a failure.
@@ -30,11 +29,7 @@ fn real_db_required() -> bool {
 fn npm_geo_whois_asn_country_db_reads_with_maxminddb() {
     let path = npm_database();
     if !path.is_file() {
-        assert!(
-            !real_db_required(),
-            "GATEWARDEN_REQUIRE_REAL_DB is set and {} is missing (run scripts/setup.sh)",
-            path.display()
-        );
+        assert!(!real_db_required(), "GATEWARDEN_REQUIRE_REAL_DB is set and {} is missing (run scripts/setup.sh)", path.display());
         eprintln!("skipped: {} missing (run scripts/setup.sh)", path.display());
         return;
     }
@@ -51,26 +46,14 @@ fn npm_geo_whois_asn_country_db_reads_with_maxminddb() {
         m.languages,
         m.description
     );
-    for addr in [
-        "1.1.1.1",
-        "8.8.8.8",
-        "2001:4860:4860::8888",
-        "::ffff:8.8.8.8",
-    ] {
+    for addr in ["1.1.1.1", "8.8.8.8", "2001:4860:4860::8888", "::ffff:8.8.8.8"] {
         let ip: IpAddr = addr.parse().unwrap();
-        let result = reader
-            .lookup(ip)
-            .unwrap_or_else(|e| panic!("lookup {addr}: {e}"));
+        let result = reader.lookup(ip).unwrap_or_else(|e| panic!("lookup {addr}: {e}"));
         let network = result.network().map(|n| n.to_string()).unwrap_or_default();
-        let record = result
-            .decode::<Value>()
-            .unwrap_or_else(|e| panic!("decode {addr}: {e}"));
+        let record = result.decode::<Value>().unwrap_or_else(|e| panic!("decode {addr}: {e}"));
         println!("{addr} -> {record:?} (network {network})");
         if addr != "::ffff:8.8.8.8" {
-            assert!(
-                record.is_some(),
-                "{addr} should be in a full country database"
-            );
+            assert!(record.is_some(), "{addr} should be in a full country database");
         }
     }
 }

@@ -68,7 +68,8 @@ fn config_errors_name_the_field() {
     }
     // The candidate uses the background resources of the active policy: no other geo database.
     let geo = |path: &str| json!({"cluster": "gatewarden_geo_db", "path": path});
-    let mut with_db: Value = serde_json::from_str(&doc(json!({"percent": 5, "candidate": {"policy_version": "v2", "geo_database": geo("/b.mmdb")}}))).unwrap();
+    let mut with_db: Value =
+        serde_json::from_str(&doc(json!({"percent": 5, "candidate": {"policy_version": "v2", "geo_database": geo("/b.mmdb")}}))).unwrap();
     with_db["geo_database"] = geo("/a.mmdb");
     let err = compile::<IpGeoPolicy>(with_db.to_string().as_bytes()).unwrap_err();
     assert!(err.to_string().starts_with("rollout.candidate.geo_database: a candidate must use the active policy's geo_database (cluster \"gatewarden_geo_db\", path \"/b.mmdb\")"), "{err}");
@@ -174,8 +175,14 @@ fn mutated_rollout_and_signed_documents_never_panic() {
     use ed25519_compact::{KeyPair, Seed};
     use gatewarden_policy::approvals::{encode_b64, signing_message, TrustConfig};
     let kp = KeyPair::from_seed(Seed::new([7; 32]));
-    let trust = TrustConfig::parse(json!({"trusted_signers": [{"key_id": "k", "public_key": encode_b64(kp.pk.as_ref())}], "required_signatures": 1}).to_string().as_bytes()).unwrap();
-    let mut base: Value = serde_json::from_str(&doc(json!({"candidate": candidate(), "percent": 12.5, "hash_on": {"header": "x-u"}}))).unwrap();
+    let trust = TrustConfig::parse(
+        json!({"trusted_signers": [{"key_id": "k", "public_key": encode_b64(kp.pk.as_ref())}], "required_signatures": 1})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut base: Value =
+        serde_json::from_str(&doc(json!({"candidate": candidate(), "percent": 12.5, "hash_on": {"header": "x-u"}}))).unwrap();
     let sig = encode_b64(kp.sk.sign(signing_message(&base).unwrap(), None).as_ref());
     base["signatures"] = json!([{"key_id": "k", "sig": sig}]);
     let base = base.to_string().into_bytes();

@@ -13,18 +13,11 @@ use wasmtime::Caller;
 pub(crate) type HostResult = wasmtime::Result<u32>;
 
 fn memory(caller: &Caller<'_, VmCtx>) -> wasmtime::Result<wasmtime::Memory> {
-    caller
-        .data()
-        .memory
-        .ok_or_else(|| wasmtime::format_err!("module exports no memory"))
+    caller.data().memory.ok_or_else(|| wasmtime::format_err!("module exports no memory"))
 }
 
 /// Copies `len` bytes at `ptr` out of the module, `None` when out of bounds.
-pub(crate) fn read(
-    caller: &Caller<'_, VmCtx>,
-    ptr: u32,
-    len: u32,
-) -> wasmtime::Result<Option<Vec<u8>>> {
+pub(crate) fn read(caller: &Caller<'_, VmCtx>, ptr: u32, len: u32) -> wasmtime::Result<Option<Vec<u8>>> {
     let memory = memory(caller)?;
     let data = memory.data(caller);
     let start = ptr as usize;
@@ -35,20 +28,12 @@ pub(crate) fn read(
 }
 
 /// Reads a UTF-8 string (lossy) at `ptr`.
-pub(crate) fn read_string(
-    caller: &Caller<'_, VmCtx>,
-    ptr: u32,
-    len: u32,
-) -> wasmtime::Result<Option<String>> {
+pub(crate) fn read_string(caller: &Caller<'_, VmCtx>, ptr: u32, len: u32) -> wasmtime::Result<Option<String>> {
     Ok(read(caller, ptr, len)?.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// Writes `bytes` at `ptr`; false when out of bounds.
-pub(crate) fn write(
-    caller: &mut Caller<'_, VmCtx>,
-    ptr: u32,
-    bytes: &[u8],
-) -> wasmtime::Result<bool> {
+pub(crate) fn write(caller: &mut Caller<'_, VmCtx>, ptr: u32, bytes: &[u8]) -> wasmtime::Result<bool> {
     let memory = memory(caller)?;
     let data = memory.data_mut(caller);
     let start = ptr as usize;
@@ -64,37 +49,20 @@ pub(crate) fn write(
     }
 }
 
-pub(crate) fn write_u32(
-    caller: &mut Caller<'_, VmCtx>,
-    ptr: u32,
-    value: u32,
-) -> wasmtime::Result<bool> {
+pub(crate) fn write_u32(caller: &mut Caller<'_, VmCtx>, ptr: u32, value: u32) -> wasmtime::Result<bool> {
     write(caller, ptr, &value.to_le_bytes())
 }
 
-pub(crate) fn write_u64(
-    caller: &mut Caller<'_, VmCtx>,
-    ptr: u32,
-    value: u64,
-) -> wasmtime::Result<bool> {
+pub(crate) fn write_u64(caller: &mut Caller<'_, VmCtx>, ptr: u32, value: u64) -> wasmtime::Result<bool> {
     write(caller, ptr, &value.to_le_bytes())
 }
 
 /// Hands `bytes` to the module: allocates in the module, copies, writes pointer and size.
-pub(crate) fn return_bytes(
-    caller: &mut Caller<'_, VmCtx>,
-    bytes: &[u8],
-    ptr_out: u32,
-    size_out: u32,
-) -> HostResult {
+pub(crate) fn return_bytes(caller: &mut Caller<'_, VmCtx>, bytes: &[u8], ptr_out: u32, size_out: u32) -> HostResult {
     let mut address = 0u32;
     if !bytes.is_empty() {
-        let allocate =
-            caller.data().allocate.clone().ok_or_else(|| {
-                wasmtime::format_err!("module exports no proxy_on_memory_allocate")
-            })?;
-        let size =
-            u32::try_from(bytes.len()).map_err(|_| wasmtime::format_err!("value too large"))?;
+        let allocate = caller.data().allocate.clone().ok_or_else(|| wasmtime::format_err!("module exports no proxy_on_memory_allocate"))?;
+        let size = u32::try_from(bytes.len()).map_err(|_| wasmtime::format_err!("value too large"))?;
         address = allocate.call(&mut *caller, size)?;
         if address == 0 || !write(caller, address, bytes)? {
             return Ok(Status::InvalidMemoryAccess.code());

@@ -5,10 +5,7 @@
 //! Every call is recorded by name in the host's call log before it runs.
 
 use super::memory::{read, read_string, return_bytes, write_u32, write_u64, HostResult};
-use crate::abi::{
-    deserialize_pairs, serialize_pairs, BufferType, LogLevel, MapType, MetricKind, Status,
-    StreamType,
-};
+use crate::abi::{deserialize_pairs, serialize_pairs, BufferType, LogLevel, MapType, MetricKind, Status, StreamType};
 use crate::context::{Pairs, VmCtx};
 use crate::host::{GrpcCall, HttpCall, LogSource, Metric, PendingCall, PendingGrpc, Profile};
 use crate::request::LocalResponse;
@@ -48,86 +45,65 @@ pub(crate) fn add_to_linker(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> 
 }
 
 fn add_logging_and_time(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        "env",
-        "proxy_log",
-        |mut caller: Ctx<'_>, level: u32, ptr: u32, len: u32| -> HostResult {
-            enter(&caller, "proxy_log");
-            let Some(level) = LogLevel::from_code(level) else {
-                return status(Status::BadArgument);
-            };
-            let Some(message) = read_string(&caller, ptr, len)? else {
-                return status(Status::InvalidMemoryAccess);
-            };
-            let data = caller.data_mut();
-            let index = data.index;
-            data.host_state()
-                .log(index, level, message.clone(), LogSource::ProxyLog);
-            if level == LogLevel::Critical {
-                // The SDK's panic hook logs the panic at critical level just before the trap.
-                data.last_critical = Some(message);
+    linker.func_wrap("env", "proxy_log", |mut caller: Ctx<'_>, level: u32, ptr: u32, len: u32| -> HostResult {
+        enter(&caller, "proxy_log");
+        let Some(level) = LogLevel::from_code(level) else {
+            return status(Status::BadArgument);
+        };
+        let Some(message) = read_string(&caller, ptr, len)? else {
+            return status(Status::InvalidMemoryAccess);
+        };
+        let data = caller.data_mut();
+        let index = data.index;
+        data.host_state().log(index, level, message.clone(), LogSource::ProxyLog);
+        if level == LogLevel::Critical {
+            // The SDK's panic hook logs the panic at critical level just before the trap.
+            data.last_critical = Some(message);
+        }
+        status(Status::Ok)
+    })?;
+    linker.func_wrap("env", "proxy_get_log_level", |mut caller: Ctx<'_>, out: u32| -> HostResult {
+        enter(&caller, "proxy_get_log_level");
+        let level = caller.data().host_state().log_level.code();
+        if !write_u32(&mut caller, out, level)? {
+            return status(Status::InvalidMemoryAccess);
+        }
+        status(Status::Ok)
+    })?;
+    linker.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut caller: Ctx<'_>, out: u32| -> HostResult {
+        enter(&caller, "proxy_get_current_time_nanoseconds");
+        let nanos = now_nanos(&caller);
+        if !write_u64(&mut caller, out, nanos)? {
+            return status(Status::InvalidMemoryAccess);
+        }
+        status(Status::Ok)
+    })?;
+    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |mut caller: Ctx<'_>, period: u32| -> HostResult {
+        enter(&caller, "proxy_set_tick_period_milliseconds");
+        let data = caller.data_mut();
+        let Some(root) = data.effective_root() else {
+            return status(Status::BadArgument);
+        };
+        let kong = data.host.profile == Profile::Kong;
+        if let Some(root) = data.roots.get_mut(&root) {
+            // ngx_wasm_module: a root context sets its tick period once; a second non-zero
+            // period traps ("tick_period already set"), which fails on_configure.
+            if kong && root.tick_period_ms != 0 && period != 0 {
+                return Err(wasmtime::Error::msg("tick_period already set"));
             }
-            status(Status::Ok)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_log_level",
-        |mut caller: Ctx<'_>, out: u32| -> HostResult {
-            enter(&caller, "proxy_get_log_level");
-            let level = caller.data().host_state().log_level.code();
-            if !write_u32(&mut caller, out, level)? {
-                return status(Status::InvalidMemoryAccess);
-            }
-            status(Status::Ok)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_current_time_nanoseconds",
-        |mut caller: Ctx<'_>, out: u32| -> HostResult {
-            enter(&caller, "proxy_get_current_time_nanoseconds");
-            let nanos = now_nanos(&caller);
-            if !write_u64(&mut caller, out, nanos)? {
-                return status(Status::InvalidMemoryAccess);
-            }
-            status(Status::Ok)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_tick_period_milliseconds",
-        |mut caller: Ctx<'_>, period: u32| -> HostResult {
-            enter(&caller, "proxy_set_tick_period_milliseconds");
-            let data = caller.data_mut();
-            let Some(root) = data.effective_root() else {
-                return status(Status::BadArgument);
-            };
-            let kong = data.host.profile == Profile::Kong;
-            if let Some(root) = data.roots.get_mut(&root) {
-                // ngx_wasm_module: a root context sets its tick period once; a second non-zero
-                // period traps ("tick_period already set"), which fails on_configure.
-                if kong && root.tick_period_ms != 0 && period != 0 {
-                    return Err(wasmtime::Error::msg("tick_period already set"));
-                }
-                root.tick_period_ms = period;
-            }
-            status(Status::Ok)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_effective_context",
-        |mut caller: Ctx<'_>, context: u32| -> HostResult {
-            enter(&caller, "proxy_set_effective_context");
-            let data = caller.data_mut();
-            if data.roots.contains_key(&context) || data.streams.contains_key(&context) {
-                data.effective = context;
-                return status(Status::Ok);
-            }
-            status(Status::BadArgument)
-        },
-    )?;
+            root.tick_period_ms = period;
+        }
+        status(Status::Ok)
+    })?;
+    linker.func_wrap("env", "proxy_set_effective_context", |mut caller: Ctx<'_>, context: u32| -> HostResult {
+        enter(&caller, "proxy_set_effective_context");
+        let data = caller.data_mut();
+        if data.roots.contains_key(&context) || data.streams.contains_key(&context) {
+            data.effective = context;
+            return status(Status::Ok);
+        }
+        status(Status::BadArgument)
+    })?;
     linker.func_wrap("env", "proxy_done", |caller: Ctx<'_>| -> HostResult {
         enter(&caller, "proxy_done");
         status(Status::Ok)
@@ -146,13 +122,7 @@ fn add_buffers(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_buffer_bytes",
-        |mut caller: Ctx<'_>,
-         kind: u32,
-         start: u32,
-         max: u32,
-         ptr_out: u32,
-         size_out: u32|
-         -> HostResult {
+        |mut caller: Ctx<'_>, kind: u32, start: u32, max: u32, ptr_out: u32, size_out: u32| -> HostResult {
             enter(&caller, "proxy_get_buffer_bytes");
             let Some(kind) = BufferType::from_code(kind) else {
                 return status(Status::BadArgument);
@@ -169,24 +139,20 @@ fn add_buffers(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             return_bytes(&mut caller, &bytes, ptr_out, size_out)
         },
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_buffer_status",
-        |mut caller: Ctx<'_>, kind: u32, size_out: u32, flags_out: u32| -> HostResult {
-            enter(&caller, "proxy_get_buffer_status");
-            let Some(kind) = BufferType::from_code(kind) else {
-                return status(Status::BadArgument);
-            };
-            let Some(buffer) = caller.data_mut().buffer_mut(kind) else {
-                return status(Status::NotFound);
-            };
-            let size = u32::try_from(buffer.len()).unwrap_or(u32::MAX);
-            if !write_u32(&mut caller, size_out, size)? || !write_u32(&mut caller, flags_out, 0)? {
-                return status(Status::InvalidMemoryAccess);
-            }
-            status(Status::Ok)
-        },
-    )?;
+    linker.func_wrap("env", "proxy_get_buffer_status", |mut caller: Ctx<'_>, kind: u32, size_out: u32, flags_out: u32| -> HostResult {
+        enter(&caller, "proxy_get_buffer_status");
+        let Some(kind) = BufferType::from_code(kind) else {
+            return status(Status::BadArgument);
+        };
+        let Some(buffer) = caller.data_mut().buffer_mut(kind) else {
+            return status(Status::NotFound);
+        };
+        let size = u32::try_from(buffer.len()).unwrap_or(u32::MAX);
+        if !write_u32(&mut caller, size_out, size)? || !write_u32(&mut caller, flags_out, 0)? {
+            return status(Status::InvalidMemoryAccess);
+        }
+        status(Status::Ok)
+    })?;
     linker.func_wrap(
         "env",
         "proxy_set_buffer_bytes",
@@ -198,10 +164,7 @@ fn add_buffers(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             let Some(bytes) = read(&caller, ptr, len)? else {
                 return status(Status::InvalidMemoryAccess);
             };
-            if matches!(
-                kind,
-                BufferType::VmConfiguration | BufferType::PluginConfiguration
-            ) {
+            if matches!(kind, BufferType::VmConfiguration | BufferType::PluginConfiguration) {
                 return status(Status::BadArgument);
             }
             let Some(buffer) = caller.data_mut().buffer_mut(kind) else {
@@ -218,54 +181,35 @@ fn add_buffers(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
 }
 
 fn add_header_maps(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        "env",
-        "proxy_get_header_map_pairs",
-        |mut caller: Ctx<'_>, map: u32, ptr_out: u32, size_out: u32| -> HostResult {
-            enter(&caller, "proxy_get_header_map_pairs");
-            if let Some(code) = injected_fault(&caller, "proxy_get_header_map_pairs") {
-                return Ok(code);
-            }
-            let Some(pairs) = MapType::from_code(map).and_then(|m| caller.data_mut().map_mut(m))
-            else {
-                return status(Status::BadArgument);
-            };
-            let bytes = serialize_pairs(pairs);
-            return_bytes(&mut caller, &bytes, ptr_out, size_out)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_header_map_pairs",
-        |mut caller: Ctx<'_>, map: u32, ptr: u32, len: u32| -> HostResult {
-            enter(&caller, "proxy_set_header_map_pairs");
-            let Some(bytes) = read(&caller, ptr, len)? else {
-                return status(Status::InvalidMemoryAccess);
-            };
-            let Some(new_pairs) = deserialize_pairs(&bytes) else {
-                return status(Status::SerializationFailure);
-            };
-            let Some(pairs) = MapType::from_code(map).and_then(|m| caller.data_mut().writable_map_mut(m))
-            else {
-                return status(Status::BadArgument);
-            };
-            *pairs = new_pairs
-                .into_iter()
-                .map(|(key, value)| (key.to_ascii_lowercase(), value))
-                .collect();
-            status(Status::Ok)
-        },
-    )?;
+    linker.func_wrap("env", "proxy_get_header_map_pairs", |mut caller: Ctx<'_>, map: u32, ptr_out: u32, size_out: u32| -> HostResult {
+        enter(&caller, "proxy_get_header_map_pairs");
+        if let Some(code) = injected_fault(&caller, "proxy_get_header_map_pairs") {
+            return Ok(code);
+        }
+        let Some(pairs) = MapType::from_code(map).and_then(|m| caller.data_mut().map_mut(m)) else {
+            return status(Status::BadArgument);
+        };
+        let bytes = serialize_pairs(pairs);
+        return_bytes(&mut caller, &bytes, ptr_out, size_out)
+    })?;
+    linker.func_wrap("env", "proxy_set_header_map_pairs", |mut caller: Ctx<'_>, map: u32, ptr: u32, len: u32| -> HostResult {
+        enter(&caller, "proxy_set_header_map_pairs");
+        let Some(bytes) = read(&caller, ptr, len)? else {
+            return status(Status::InvalidMemoryAccess);
+        };
+        let Some(new_pairs) = deserialize_pairs(&bytes) else {
+            return status(Status::SerializationFailure);
+        };
+        let Some(pairs) = MapType::from_code(map).and_then(|m| caller.data_mut().writable_map_mut(m)) else {
+            return status(Status::BadArgument);
+        };
+        *pairs = new_pairs.into_iter().map(|(key, value)| (key.to_ascii_lowercase(), value)).collect();
+        status(Status::Ok)
+    })?;
     linker.func_wrap(
         "env",
         "proxy_get_header_map_value",
-        |mut caller: Ctx<'_>,
-         map: u32,
-         key_ptr: u32,
-         key_len: u32,
-         ptr_out: u32,
-         size_out: u32|
-         -> HostResult {
+        |mut caller: Ctx<'_>, map: u32, key_ptr: u32, key_len: u32, ptr_out: u32, size_out: u32| -> HostResult {
             enter(&caller, "proxy_get_header_map_value");
             if let Some(code) = injected_fault(&caller, "proxy_get_header_map_value") {
                 return Ok(code);
@@ -273,8 +217,7 @@ fn add_header_maps(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             let Some(key) = read_string(&caller, key_ptr, key_len)? else {
                 return status(Status::InvalidMemoryAccess);
             };
-            let Some(pairs) = MapType::from_code(map).and_then(|m| caller.data_mut().map_mut(m))
-            else {
+            let Some(pairs) = MapType::from_code(map).and_then(|m| caller.data_mut().map_mut(m)) else {
                 return status(Status::BadArgument);
             };
             // Envoy returns the first value of a repeated header.
@@ -287,22 +230,12 @@ fn add_header_maps(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_add_header_map_value",
-        |mut caller: Ctx<'_>,
-         map: u32,
-         key_ptr: u32,
-         key_len: u32,
-         value_ptr: u32,
-         value_len: u32|
-         -> HostResult {
+        |mut caller: Ctx<'_>, map: u32, key_ptr: u32, key_len: u32, value_ptr: u32, value_len: u32| -> HostResult {
             enter(&caller, "proxy_add_header_map_value");
-            let (Some(key), Some(value)) = (
-                read_string(&caller, key_ptr, key_len)?,
-                read_string(&caller, value_ptr, value_len)?,
-            ) else {
+            let (Some(key), Some(value)) = (read_string(&caller, key_ptr, key_len)?, read_string(&caller, value_ptr, value_len)?) else {
                 return status(Status::InvalidMemoryAccess);
             };
-            let Some(pairs) = MapType::from_code(map).and_then(|m| caller.data_mut().writable_map_mut(m))
-            else {
+            let Some(pairs) = MapType::from_code(map).and_then(|m| caller.data_mut().writable_map_mut(m)) else {
                 return status(Status::BadArgument);
             };
             pairs.push((key.to_ascii_lowercase(), value));
@@ -312,21 +245,12 @@ fn add_header_maps(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_replace_header_map_value",
-        |mut caller: Ctx<'_>,
-         map: u32,
-         key_ptr: u32,
-         key_len: u32,
-         value_ptr: u32,
-         value_len: u32|
-         -> HostResult {
+        |mut caller: Ctx<'_>, map: u32, key_ptr: u32, key_len: u32, value_ptr: u32, value_len: u32| -> HostResult {
             enter(&caller, "proxy_replace_header_map_value");
             if let Some(code) = injected_fault(&caller, "proxy_replace_header_map_value") {
                 return Ok(code);
             }
-            let (Some(key), Some(value)) = (
-                read_string(&caller, key_ptr, key_len)?,
-                read_string(&caller, value_ptr, value_len)?,
-            ) else {
+            let (Some(key), Some(value)) = (read_string(&caller, key_ptr, key_len)?, read_string(&caller, value_ptr, value_len)?) else {
                 return status(Status::InvalidMemoryAccess);
             };
             let map = MapType::from_code(map);
@@ -337,10 +261,7 @@ fn add_header_maps(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             };
             let key = key.to_ascii_lowercase();
             let mut dropped: Pairs = Vec::new();
-            match pairs
-                .iter()
-                .position(|(name, _)| name.eq_ignore_ascii_case(&key))
-            {
+            match pairs.iter().position(|(name, _)| name.eq_ignore_ascii_case(&key)) {
                 Some(first) => {
                     let mut index = 0;
                     pairs.retain(|(name, v)| {
@@ -403,30 +324,18 @@ fn add_properties(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_property",
-        |mut caller: Ctx<'_>,
-         path_ptr: u32,
-         path_len: u32,
-         ptr_out: u32,
-         size_out: u32|
-         -> HostResult {
+        |mut caller: Ctx<'_>, path_ptr: u32, path_len: u32, ptr_out: u32, size_out: u32| -> HostResult {
             enter(&caller, "proxy_get_property");
             let Some(path) = read(&caller, path_ptr, path_len)? else {
                 return status(Status::InvalidMemoryAccess);
             };
             let path = property_path(&path);
             let data = caller.data_mut();
-            if data.host.profile == Profile::Kong
-                && data.stream().is_none()
-                && matches!(path.as_str(), "plugin_name" | "plugin_vm_id")
-            {
+            if data.host.profile == Profile::Kong && data.stream().is_none() && matches!(path.as_str(), "plugin_name" | "plugin_vm_id") {
                 // ngx_wasm_module 3bed278 crashes the worker (SIGSEGV) on these in a root context.
-                return Err(wasmtime::Error::msg(format!(
-                    "property {path} read in a root context: ngx_wasm_module crashes the worker"
-                )));
+                return Err(wasmtime::Error::msg(format!("property {path} read in a root context: ngx_wasm_module crashes the worker")));
             }
-            let from_stream = data
-                .stream()
-                .and_then(|stream| stream.properties.get(&path).cloned());
+            let from_stream = data.stream().and_then(|stream| stream.properties.get(&path).cloned());
             let Some(value) = from_stream.or_else(|| data.properties.get(&path).cloned()) else {
                 return status(Status::NotFound);
             };
@@ -436,17 +345,9 @@ fn add_properties(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_set_property",
-        |mut caller: Ctx<'_>,
-         path_ptr: u32,
-         path_len: u32,
-         value_ptr: u32,
-         value_len: u32|
-         -> HostResult {
+        |mut caller: Ctx<'_>, path_ptr: u32, path_len: u32, value_ptr: u32, value_len: u32| -> HostResult {
             enter(&caller, "proxy_set_property");
-            let (Some(path), Some(value)) = (
-                read(&caller, path_ptr, path_len)?,
-                read(&caller, value_ptr, value_len)?,
-            ) else {
+            let (Some(path), Some(value)) = (read(&caller, path_ptr, path_len)?, read(&caller, value_ptr, value_len)?) else {
                 return status(Status::InvalidMemoryAccess);
             };
             let path = property_path(&path);
@@ -467,10 +368,7 @@ fn add_properties(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
 
 /// `source\0address` → `source.address`.
 fn property_path(raw: &[u8]) -> String {
-    raw.split(|byte| *byte == 0)
-        .map(String::from_utf8_lossy)
-        .collect::<Vec<_>>()
-        .join(".")
+    raw.split(|byte| *byte == 0).map(String::from_utf8_lossy).collect::<Vec<_>>().join(".")
 }
 
 fn add_stream_control(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
@@ -506,10 +404,7 @@ fn add_stream_control(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             };
             stream.local_response = Some(LocalResponse {
                 status: code,
-                headers: headers
-                    .into_iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                    .collect(),
+                headers: headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
                 body,
                 details,
                 grpc_status: (grpc_status >= 0).then_some(grpc_status),
@@ -520,73 +415,55 @@ fn add_stream_control(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
                 // is stashed ("local response produced, cancelling pending dispatch
                 // operations", ngx_proxy_wasm_host.c, 3bed278): their answers never come.
                 let (vm, context) = (data.index, data.effective);
-                data.host_state()
-                    .pending
-                    .retain(|p| !(p.call.vm == vm && p.context_id == context));
+                data.host_state().pending.retain(|p| !(p.call.vm == vm && p.context_id == context));
             }
             status(Status::Ok)
         },
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_continue_stream",
-        |mut caller: Ctx<'_>, kind: u32| -> HostResult {
-            enter(&caller, "proxy_continue_stream");
-            let Some(stream) = caller.data_mut().stream() else {
-                return status(Status::BadArgument);
-            };
-            match StreamType::from_code(kind) {
-                Some(StreamType::HttpRequest) => stream.continue_request = true,
-                Some(StreamType::HttpResponse) => stream.continue_response = true,
-                _ => return status(Status::BadArgument),
-            }
-            status(Status::Ok)
-        },
-    )?;
+    linker.func_wrap("env", "proxy_continue_stream", |mut caller: Ctx<'_>, kind: u32| -> HostResult {
+        enter(&caller, "proxy_continue_stream");
+        let Some(stream) = caller.data_mut().stream() else {
+            return status(Status::BadArgument);
+        };
+        match StreamType::from_code(kind) {
+            Some(StreamType::HttpRequest) => stream.continue_request = true,
+            Some(StreamType::HttpResponse) => stream.continue_response = true,
+            _ => return status(Status::BadArgument),
+        }
+        status(Status::Ok)
+    })?;
     // ABI 0.1.0 names, still exported by some SDKs.
-    linker.func_wrap(
-        "env",
-        "proxy_continue_request",
-        |mut caller: Ctx<'_>| -> HostResult {
-            enter(&caller, "proxy_continue_request");
-            match caller.data_mut().stream() {
-                Some(stream) => {
-                    stream.continue_request = true;
-                    status(Status::Ok)
-                }
-                None => status(Status::BadArgument),
+    linker.func_wrap("env", "proxy_continue_request", |mut caller: Ctx<'_>| -> HostResult {
+        enter(&caller, "proxy_continue_request");
+        match caller.data_mut().stream() {
+            Some(stream) => {
+                stream.continue_request = true;
+                status(Status::Ok)
             }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_continue_response",
-        |mut caller: Ctx<'_>| -> HostResult {
-            enter(&caller, "proxy_continue_response");
-            match caller.data_mut().stream() {
-                Some(stream) => {
-                    stream.continue_response = true;
-                    status(Status::Ok)
-                }
-                None => status(Status::BadArgument),
+            None => status(Status::BadArgument),
+        }
+    })?;
+    linker.func_wrap("env", "proxy_continue_response", |mut caller: Ctx<'_>| -> HostResult {
+        enter(&caller, "proxy_continue_response");
+        match caller.data_mut().stream() {
+            Some(stream) => {
+                stream.continue_response = true;
+                status(Status::Ok)
             }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_close_stream",
-        |mut caller: Ctx<'_>, kind: u32| -> HostResult {
-            enter(&caller, "proxy_close_stream");
-            let Some(stream) = caller.data_mut().stream() else {
-                return status(Status::BadArgument);
-            };
-            match StreamType::from_code(kind) {
-                Some(StreamType::HttpRequest | StreamType::HttpResponse) => stream.reset = true,
-                _ => return status(Status::BadArgument),
-            }
-            status(Status::Ok)
-        },
-    )?;
+            None => status(Status::BadArgument),
+        }
+    })?;
+    linker.func_wrap("env", "proxy_close_stream", |mut caller: Ctx<'_>, kind: u32| -> HostResult {
+        enter(&caller, "proxy_close_stream");
+        let Some(stream) = caller.data_mut().stream() else {
+            return status(Status::BadArgument);
+        };
+        match StreamType::from_code(kind) {
+            Some(StreamType::HttpRequest | StreamType::HttpResponse) => stream.reset = true,
+            _ => return status(Status::BadArgument),
+        }
+        status(Status::Ok)
+    })?;
     Ok(())
 }
 
@@ -594,13 +471,7 @@ fn add_shared_data(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_get_shared_data",
-        |mut caller: Ctx<'_>,
-         key_ptr: u32,
-         key_len: u32,
-         ptr_out: u32,
-         size_out: u32,
-         cas_out: u32|
-         -> HostResult {
+        |mut caller: Ctx<'_>, key_ptr: u32, key_len: u32, ptr_out: u32, size_out: u32, cas_out: u32| -> HostResult {
             enter(&caller, "proxy_get_shared_data");
             let Some(key) = read_string(&caller, key_ptr, key_len)? else {
                 return status(Status::InvalidMemoryAccess);
@@ -619,13 +490,7 @@ fn add_shared_data(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_set_shared_data",
-        |caller: Ctx<'_>,
-         key_ptr: u32,
-         key_len: u32,
-         value_ptr: u32,
-         value_len: u32,
-         cas: u32|
-         -> HostResult {
+        |caller: Ctx<'_>, key_ptr: u32, key_len: u32, value_ptr: u32, value_len: u32, cas: u32| -> HostResult {
             enter(&caller, "proxy_set_shared_data");
             let Some(key) = read_string(&caller, key_ptr, key_len)? else {
                 return status(Status::InvalidMemoryAccess);
@@ -639,10 +504,7 @@ fn add_shared_data(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
                 }
             };
             let data = caller.data();
-            let result = data
-                .host_state()
-                .shared
-                .set(&data.vm_id, &key, value.as_deref(), cas);
+            let result = data.host_state().shared.set(&data.vm_id, &key, value.as_deref(), cas);
             status(result)
         },
     )?;
@@ -665,10 +527,7 @@ fn add_shared_queues(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             let Some(root) = data.effective_root() else {
                 return status(Status::BadArgument);
             };
-            let id =
-                data.host_state()
-                    .shared
-                    .register_queue(&data.vm_id, &name, (data.index, root));
+            let id = data.host_state().shared.register_queue(&data.vm_id, &name, (data.index, root));
             if !write_u32(&mut caller, id_out, id)? {
                 return status(Status::InvalidMemoryAccess);
             }
@@ -678,29 +537,16 @@ fn add_shared_queues(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_resolve_shared_queue",
-        |mut caller: Ctx<'_>,
-         vm_ptr: u32,
-         vm_len: u32,
-         name_ptr: u32,
-         name_len: u32,
-         id_out: u32|
-         -> HostResult {
+        |mut caller: Ctx<'_>, vm_ptr: u32, vm_len: u32, name_ptr: u32, name_len: u32, id_out: u32| -> HostResult {
             enter(&caller, "proxy_resolve_shared_queue");
             if caller.data().host.profile == Profile::Kong {
                 return status(Status::Unimplemented);
             }
-            let (Some(vm_id), Some(name)) = (
-                read_string(&caller, vm_ptr, vm_len)?,
-                read_string(&caller, name_ptr, name_len)?,
-            ) else {
+            let (Some(vm_id), Some(name)) = (read_string(&caller, vm_ptr, vm_len)?, read_string(&caller, name_ptr, name_len)?) else {
                 return status(Status::InvalidMemoryAccess);
             };
             let data = caller.data();
-            let vm_id = if vm_id.is_empty() {
-                data.vm_id.clone()
-            } else {
-                vm_id
-            };
+            let vm_id = if vm_id.is_empty() { data.vm_id.clone() } else { vm_id };
             let id = data.host_state().shared.resolve_queue(&vm_id, &name);
             let Some(id) = id else {
                 return status(Status::NotFound);
@@ -711,43 +557,35 @@ fn add_shared_queues(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             status(Status::Ok)
         },
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_enqueue_shared_queue",
-        |caller: Ctx<'_>, id: u32, value_ptr: u32, value_len: u32| -> HostResult {
-            enter(&caller, "proxy_enqueue_shared_queue");
-            if caller.data().host.profile == Profile::Kong {
-                return status(Status::Unimplemented);
+    linker.func_wrap("env", "proxy_enqueue_shared_queue", |caller: Ctx<'_>, id: u32, value_ptr: u32, value_len: u32| -> HostResult {
+        enter(&caller, "proxy_enqueue_shared_queue");
+        if caller.data().host.profile == Profile::Kong {
+            return status(Status::Unimplemented);
+        }
+        let Some(value) = read(&caller, value_ptr, value_len)? else {
+            return status(Status::InvalidMemoryAccess);
+        };
+        let mut state = caller.data().host_state();
+        match state.shared.enqueue(id, value) {
+            Some((vm, root)) => {
+                state.queue_ready.push((vm, root, id));
+                status(Status::Ok)
             }
-            let Some(value) = read(&caller, value_ptr, value_len)? else {
-                return status(Status::InvalidMemoryAccess);
-            };
-            let mut state = caller.data().host_state();
-            match state.shared.enqueue(id, value) {
-                Some((vm, root)) => {
-                    state.queue_ready.push((vm, root, id));
-                    status(Status::Ok)
-                }
-                None => status(Status::NotFound),
-            }
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_dequeue_shared_queue",
-        |mut caller: Ctx<'_>, id: u32, ptr_out: u32, size_out: u32| -> HostResult {
-            enter(&caller, "proxy_dequeue_shared_queue");
-            if caller.data().host.profile == Profile::Kong {
-                return status(Status::Unimplemented);
-            }
-            let item = caller.data().host_state().shared.dequeue(id);
-            match item {
-                Ok(Some(value)) => return_bytes(&mut caller, &value, ptr_out, size_out),
-                Ok(None) => status(Status::Empty),
-                Err(error) => status(error),
-            }
-        },
-    )?;
+            None => status(Status::NotFound),
+        }
+    })?;
+    linker.func_wrap("env", "proxy_dequeue_shared_queue", |mut caller: Ctx<'_>, id: u32, ptr_out: u32, size_out: u32| -> HostResult {
+        enter(&caller, "proxy_dequeue_shared_queue");
+        if caller.data().host.profile == Profile::Kong {
+            return status(Status::Unimplemented);
+        }
+        let item = caller.data().host_state().shared.dequeue(id);
+        match item {
+            Ok(Some(value)) => return_bytes(&mut caller, &value, ptr_out, size_out),
+            Ok(None) => status(Status::Empty),
+            Err(error) => status(error),
+        }
+    })?;
     Ok(())
 }
 
@@ -776,9 +614,7 @@ fn add_http_call(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             ) else {
                 return status(Status::InvalidMemoryAccess);
             };
-            let (Some(headers), Some(trailers)) =
-                (deserialize_pairs(&headers), deserialize_pairs(&trailers))
-            else {
+            let (Some(headers), Some(trailers)) = (deserialize_pairs(&headers), deserialize_pairs(&trailers)) else {
                 return status(Status::SerializationFailure);
             };
             let data = caller.data();
@@ -788,9 +624,7 @@ fn add_http_call(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             let valid = match data.host.profile {
                 Profile::Envoy => {
                     state.clusters.contains(&upstream)
-                        && [":method", ":path", ":authority"]
-                            .iter()
-                            .all(|name| crate::host::header_value(&headers, name).is_some())
+                        && [":method", ":path", ":authority"].iter().all(|name| crate::host::header_value(&headers, name).is_some())
                 }
                 Profile::Kong => is_host_port(&upstream),
             };
@@ -799,15 +633,7 @@ fn add_http_call(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             }
             let token = state.next_token;
             state.next_token = state.next_token.wrapping_add(1).max(1);
-            let call = HttpCall {
-                vm,
-                token,
-                upstream,
-                headers,
-                body,
-                trailers,
-                timeout: Duration::from_millis(u64::from(timeout_ms)),
-            };
+            let call = HttpCall { vm, token, upstream, headers, body, trailers, timeout: Duration::from_millis(u64::from(timeout_ms)) };
             state.dispatched.push(call.clone());
             state.pending.push(PendingCall { call, context_id });
             drop(state);
@@ -824,9 +650,7 @@ fn add_http_call(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
 /// instance ("host trap (function not yet implemented)", ngx_wavm_host.c, 3bed278).
 fn kong_has_no_grpc(caller: &Ctx<'_>, name: &str) -> wasmtime::Result<()> {
     if caller.data().host.profile == Profile::Kong {
-        return Err(wasmtime::Error::msg(format!(
-            "{name}: host trap (function not yet implemented)"
-        )));
+        return Err(wasmtime::Error::msg(format!("{name}: host trap (function not yet implemented)")));
     }
     Ok(())
 }
@@ -873,16 +697,8 @@ fn add_grpc_call(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             }
             let token = state.next_token;
             state.next_token = state.next_token.wrapping_add(1).max(1);
-            let call = GrpcCall {
-                vm,
-                token,
-                upstream,
-                service,
-                method,
-                metadata,
-                message,
-                timeout: Duration::from_millis(u64::from(timeout_ms)),
-            };
+            let call =
+                GrpcCall { vm, token, upstream, service, method, metadata, message, timeout: Duration::from_millis(u64::from(timeout_ms)) };
             state.dispatched_grpc.push(call.clone());
             state.pending_grpc.push(PendingGrpc { call, context_id });
             drop(state);
@@ -893,24 +709,18 @@ fn add_grpc_call(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
         },
     )?;
     for name in ["proxy_grpc_cancel", "proxy_grpc_close"] {
-        linker.func_wrap(
-            "env",
-            name,
-            move |caller: Ctx<'_>, token: u32| -> HostResult {
-                enter(&caller, name);
-                kong_has_no_grpc(&caller, name)?;
-                let vm = caller.data().index;
-                let mut state = caller.data().host_state();
-                let before = state.pending_grpc.len();
-                state
-                    .pending_grpc
-                    .retain(|p| !(p.call.vm == vm && p.call.token == token));
-                if state.pending_grpc.len() == before {
-                    return status(Status::NotFound);
-                }
-                status(Status::Ok)
-            },
-        )?;
+        linker.func_wrap("env", name, move |caller: Ctx<'_>, token: u32| -> HostResult {
+            enter(&caller, name);
+            kong_has_no_grpc(&caller, name)?;
+            let vm = caller.data().index;
+            let mut state = caller.data().host_state();
+            let before = state.pending_grpc.len();
+            state.pending_grpc.retain(|p| !(p.call.vm == vm && p.call.token == token));
+            if state.pending_grpc.len() == before {
+                return status(Status::NotFound);
+            }
+            status(Status::Ok)
+        })?;
     }
     Ok(())
 }
@@ -940,12 +750,7 @@ fn add_metrics(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
                 let index = match state.metrics.iter().position(|metric| metric.name == name) {
                     Some(index) => index,
                     None => {
-                        state.metrics.push(Metric {
-                            name,
-                            kind,
-                            value: 0,
-                            samples: Vec::new(),
-                        });
+                        state.metrics.push(Metric { name, kind, value: 0, samples: Vec::new() });
                         state.metrics.len() - 1
                     }
                 };
@@ -957,71 +762,51 @@ fn add_metrics(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
             status(Status::Ok)
         },
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_increment_metric",
-        |caller: Ctx<'_>, id: u32, offset: i64| -> HostResult {
-            enter(&caller, "proxy_increment_metric");
+    linker.func_wrap("env", "proxy_increment_metric", |caller: Ctx<'_>, id: u32, offset: i64| -> HostResult {
+        enter(&caller, "proxy_increment_metric");
+        let mut state = caller.data().host_state();
+        let Some(metric) = metric_mut(&mut state.metrics, id) else {
+            return status(Status::NotFound);
+        };
+        match metric.kind {
+            MetricKind::Counter if offset > 0 => metric.value = metric.value.saturating_add(offset.unsigned_abs()),
+            MetricKind::Gauge if offset >= 0 => metric.value = metric.value.saturating_add(offset.unsigned_abs()),
+            MetricKind::Gauge => metric.value = metric.value.saturating_sub(offset.unsigned_abs()),
+            MetricKind::Counter | MetricKind::Histogram => return status(Status::BadArgument),
+        }
+        status(Status::Ok)
+    })?;
+    linker.func_wrap("env", "proxy_record_metric", |caller: Ctx<'_>, id: u32, value: u64| -> HostResult {
+        enter(&caller, "proxy_record_metric");
+        let mut state = caller.data().host_state();
+        let Some(metric) = metric_mut(&mut state.metrics, id) else {
+            return status(Status::NotFound);
+        };
+        match metric.kind {
+            MetricKind::Counter => metric.value = metric.value.saturating_add(value),
+            MetricKind::Gauge => metric.value = value,
+            MetricKind::Histogram => {
+                metric.value = value;
+                metric.samples.push(value);
+            }
+        }
+        status(Status::Ok)
+    })?;
+    linker.func_wrap("env", "proxy_get_metric", |mut caller: Ctx<'_>, id: u32, out: u32| -> HostResult {
+        enter(&caller, "proxy_get_metric");
+        let value = {
             let mut state = caller.data().host_state();
-            let Some(metric) = metric_mut(&mut state.metrics, id) else {
-                return status(Status::NotFound);
-            };
-            match metric.kind {
-                MetricKind::Counter if offset > 0 => {
-                    metric.value = metric.value.saturating_add(offset.unsigned_abs())
-                }
-                MetricKind::Gauge if offset >= 0 => {
-                    metric.value = metric.value.saturating_add(offset.unsigned_abs())
-                }
-                MetricKind::Gauge => {
-                    metric.value = metric.value.saturating_sub(offset.unsigned_abs())
-                }
-                MetricKind::Counter | MetricKind::Histogram => return status(Status::BadArgument),
+            match metric_mut(&mut state.metrics, id) {
+                None => return status(Status::NotFound),
+                Some(metric) if metric.kind == MetricKind::Histogram => return status(Status::BadArgument),
+                Some(metric) => metric.value,
             }
-            status(Status::Ok)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_record_metric",
-        |caller: Ctx<'_>, id: u32, value: u64| -> HostResult {
-            enter(&caller, "proxy_record_metric");
-            let mut state = caller.data().host_state();
-            let Some(metric) = metric_mut(&mut state.metrics, id) else {
-                return status(Status::NotFound);
-            };
-            match metric.kind {
-                MetricKind::Counter => metric.value = metric.value.saturating_add(value),
-                MetricKind::Gauge => metric.value = value,
-                MetricKind::Histogram => {
-                    metric.value = value;
-                    metric.samples.push(value);
-                }
-            }
-            status(Status::Ok)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_metric",
-        |mut caller: Ctx<'_>, id: u32, out: u32| -> HostResult {
-            enter(&caller, "proxy_get_metric");
-            let value = {
-                let mut state = caller.data().host_state();
-                match metric_mut(&mut state.metrics, id) {
-                    None => return status(Status::NotFound),
-                    Some(metric) if metric.kind == MetricKind::Histogram => {
-                        return status(Status::BadArgument)
-                    }
-                    Some(metric) => metric.value,
-                }
-            };
-            if !write_u64(&mut caller, out, value)? {
-                return status(Status::InvalidMemoryAccess);
-            }
-            status(Status::Ok)
-        },
-    )?;
+        };
+        if !write_u64(&mut caller, out, value)? {
+            return status(Status::InvalidMemoryAccess);
+        }
+        status(Status::Ok)
+    })?;
     Ok(())
 }
 
@@ -1035,39 +820,21 @@ fn add_unsupported(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_grpc_stream",
-        |caller: Ctx<'_>,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32,
-         _: u32|
-         -> HostResult {
+        |caller: Ctx<'_>, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32, _: u32| -> HostResult {
             enter(&caller, "proxy_grpc_stream");
             kong_has_no_grpc(&caller, "proxy_grpc_stream")?;
             status(Status::Unimplemented)
         },
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_send",
-        |caller: Ctx<'_>, _: u32, _: u32, _: u32, _: u32| -> HostResult {
-            enter(&caller, "proxy_grpc_send");
-            kong_has_no_grpc(&caller, "proxy_grpc_send")?;
-            status(Status::Unimplemented)
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_status",
-        |caller: Ctx<'_>, _: u32, _: u32, _: u32| -> HostResult {
-            enter(&caller, "proxy_get_status");
-            status(Status::Unimplemented)
-        },
-    )?;
+    linker.func_wrap("env", "proxy_grpc_send", |caller: Ctx<'_>, _: u32, _: u32, _: u32, _: u32| -> HostResult {
+        enter(&caller, "proxy_grpc_send");
+        kong_has_no_grpc(&caller, "proxy_grpc_send")?;
+        status(Status::Unimplemented)
+    })?;
+    linker.func_wrap("env", "proxy_get_status", |caller: Ctx<'_>, _: u32, _: u32, _: u32| -> HostResult {
+        enter(&caller, "proxy_get_status");
+        status(Status::Unimplemented)
+    })?;
     linker.func_wrap(
         "env",
         "proxy_call_foreign_function",

@@ -32,12 +32,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> 
     linker.func_wrap(
         MODULE,
         "fd_write",
-        |mut caller: Ctx<'_>,
-         fd: u32,
-         iovs: u32,
-         iovs_len: u32,
-         written_out: u32|
-         -> wasmtime::Result<u32> {
+        |mut caller: Ctx<'_>, fd: u32, iovs: u32, iovs_len: u32, written_out: u32| -> wasmtime::Result<u32> {
             enter(&caller, "fd_write");
             if fd != 1 && fd != 2 {
                 return Ok(ERRNO_BADF);
@@ -65,91 +60,53 @@ pub(crate) fn add_to_linker(linker: &mut Linker<VmCtx>) -> wasmtime::Result<()> 
         },
     )?;
     for name in ["environ_sizes_get", "args_sizes_get"] {
-        linker.func_wrap(
-            MODULE,
-            name,
-            move |mut caller: Ctx<'_>, count_out: u32, size_out: u32| -> wasmtime::Result<u32> {
-                enter(
-                    &caller,
-                    if name == "args_sizes_get" {
-                        "args_sizes_get"
-                    } else {
-                        "environ_sizes_get"
-                    },
-                );
-                if !write_u32(&mut caller, count_out, 0)? || !write_u32(&mut caller, size_out, 0)? {
-                    return Ok(ERRNO_FAULT);
-                }
-                Ok(ERRNO_SUCCESS)
-            },
-        )?;
+        linker.func_wrap(MODULE, name, move |mut caller: Ctx<'_>, count_out: u32, size_out: u32| -> wasmtime::Result<u32> {
+            enter(&caller, if name == "args_sizes_get" { "args_sizes_get" } else { "environ_sizes_get" });
+            if !write_u32(&mut caller, count_out, 0)? || !write_u32(&mut caller, size_out, 0)? {
+                return Ok(ERRNO_FAULT);
+            }
+            Ok(ERRNO_SUCCESS)
+        })?;
     }
     for name in ["environ_get", "args_get"] {
-        linker.func_wrap(
-            MODULE,
-            name,
-            move |caller: Ctx<'_>, _list: u32, _buffer: u32| -> wasmtime::Result<u32> {
-                enter(
-                    &caller,
-                    if name == "args_get" {
-                        "args_get"
-                    } else {
-                        "environ_get"
-                    },
-                );
-                Ok(ERRNO_SUCCESS)
-            },
-        )?;
+        linker.func_wrap(MODULE, name, move |caller: Ctx<'_>, _list: u32, _buffer: u32| -> wasmtime::Result<u32> {
+            enter(&caller, if name == "args_get" { "args_get" } else { "environ_get" });
+            Ok(ERRNO_SUCCESS)
+        })?;
     }
-    linker.func_wrap(
-        MODULE,
-        "clock_time_get",
-        |mut caller: Ctx<'_>, clock: u32, _precision: u64, out: u32| -> wasmtime::Result<u32> {
-            enter(&caller, "clock_time_get");
-            // 0 realtime, 1 monotonic: both read the host clock; process/thread CPU clocks do not exist.
-            if clock > 1 {
-                return Ok(ERRNO_INVAL);
-            }
-            let nanos = now_nanos(&caller);
-            if !write_u64(&mut caller, out, nanos)? {
-                return Ok(ERRNO_FAULT);
-            }
-            Ok(ERRNO_SUCCESS)
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        "random_get",
-        |mut caller: Ctx<'_>, ptr: u32, len: u32| -> wasmtime::Result<u32> {
-            enter(&caller, "random_get");
-            let mut bytes = Vec::with_capacity(len as usize);
-            while bytes.len() < len as usize {
-                let next = caller.data_mut().next_random();
-                bytes.extend_from_slice(&next.to_le_bytes());
-            }
-            bytes.truncate(len as usize);
-            if !write(&mut caller, ptr, &bytes)? {
-                return Ok(ERRNO_FAULT);
-            }
-            Ok(ERRNO_SUCCESS)
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        "sched_yield",
-        |caller: Ctx<'_>| -> wasmtime::Result<u32> {
-            enter(&caller, "sched_yield");
-            Ok(ERRNO_SUCCESS)
-        },
-    )?;
-    linker.func_wrap(
-        MODULE,
-        "proc_exit",
-        |caller: Ctx<'_>, code: u32| -> wasmtime::Result<()> {
-            enter(&caller, "proc_exit");
-            Err(wasmtime::format_err!("module called proc_exit({code})"))
-        },
-    )?;
+    linker.func_wrap(MODULE, "clock_time_get", |mut caller: Ctx<'_>, clock: u32, _precision: u64, out: u32| -> wasmtime::Result<u32> {
+        enter(&caller, "clock_time_get");
+        // 0 realtime, 1 monotonic: both read the host clock; process/thread CPU clocks do not exist.
+        if clock > 1 {
+            return Ok(ERRNO_INVAL);
+        }
+        let nanos = now_nanos(&caller);
+        if !write_u64(&mut caller, out, nanos)? {
+            return Ok(ERRNO_FAULT);
+        }
+        Ok(ERRNO_SUCCESS)
+    })?;
+    linker.func_wrap(MODULE, "random_get", |mut caller: Ctx<'_>, ptr: u32, len: u32| -> wasmtime::Result<u32> {
+        enter(&caller, "random_get");
+        let mut bytes = Vec::with_capacity(len as usize);
+        while bytes.len() < len as usize {
+            let next = caller.data_mut().next_random();
+            bytes.extend_from_slice(&next.to_le_bytes());
+        }
+        bytes.truncate(len as usize);
+        if !write(&mut caller, ptr, &bytes)? {
+            return Ok(ERRNO_FAULT);
+        }
+        Ok(ERRNO_SUCCESS)
+    })?;
+    linker.func_wrap(MODULE, "sched_yield", |caller: Ctx<'_>| -> wasmtime::Result<u32> {
+        enter(&caller, "sched_yield");
+        Ok(ERRNO_SUCCESS)
+    })?;
+    linker.func_wrap(MODULE, "proc_exit", |caller: Ctx<'_>, code: u32| -> wasmtime::Result<()> {
+        enter(&caller, "proc_exit");
+        Err(wasmtime::format_err!("module called proc_exit({code})"))
+    })?;
     Ok(())
 }
 

@@ -13,20 +13,11 @@ pub fn echo_wasm() -> &'static [u8] {
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
     WASM.get_or_init(|| {
         let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| manifest_dir.join("../target"))
-            .join("test-modules");
+        let target_dir =
+            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| manifest_dir.join("../target")).join("test-modules");
         let manifest = manifest_dir.join("test-modules/echo/Cargo.toml");
         let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "--target",
-                "wasm32-wasip1",
-                "--manifest-path",
-            ])
+            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip1", "--manifest-path"])
             .arg(&manifest)
             .arg("--target-dir")
             .arg(&target_dir)
@@ -35,10 +26,7 @@ pub fn echo_wasm() -> &'static [u8] {
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .status()
             .expect("cargo runs");
-        assert!(
-            status.success(),
-            "building the echo test module failed: {status}"
-        );
+        assert!(status.success(), "building the echo test module failed: {status}");
         let wasm = target_dir.join("wasm32-wasip1/release/echo_filter.wasm");
         std::fs::read(&wasm).unwrap_or_else(|e| panic!("reading {}: {e}", wasm.display()))
     })
@@ -59,16 +47,8 @@ pub fn host(profile: Profile) -> Host {
 
 /// A VM of the echo module configured with `config`, which must be accepted.
 pub fn configured_vm(host: &Host, config: &str) -> Vm {
-    let mut vm = host
-        .load_vm(
-            echo_module(),
-            VmOptions::new("echo_root").vm_config("vm-config-bytes"),
-        )
-        .expect("echo module loads");
-    assert!(
-        vm.configure(config.as_bytes()).expect("configure runs"),
-        "config {config:?} refused"
-    );
+    let mut vm = host.load_vm(echo_module(), VmOptions::new("echo_root").vm_config("vm-config-bytes")).expect("echo module loads");
+    assert!(vm.configure(config.as_bytes()).expect("configure runs"), "config {config:?} refused");
     vm
 }
 
@@ -77,9 +57,7 @@ pub fn configured_vm(host: &Host, config: &str) -> Vm {
 /// here if missing. Compile it once per test binary (keep the result in a `OnceLock`).
 pub fn filter_module(package: &str) -> Module {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = std::env::var_os("GATEWARDEN_WASM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/wasm32-wasip1/release"));
+    let dir = std::env::var_os("GATEWARDEN_WASM_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target/wasm32-wasip1/release"));
     let wasm = dir.join(format!("{}.wasm", package.replace('-', "_")));
     if !wasm.exists() {
         let status = Command::new(env!("CARGO"))

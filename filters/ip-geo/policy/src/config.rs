@@ -4,8 +4,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use gatewarden_policy::matcher::MatchSpec;
-use gatewarden_policy::remote::RemoteSourceSpec;
 use gatewarden_policy::policy_document;
+use gatewarden_policy::remote::RemoteSourceSpec;
 use gatewarden_policy::rules::RuleSpec;
 
 policy_document! {

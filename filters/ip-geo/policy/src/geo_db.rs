@@ -19,9 +19,7 @@ impl CountryCode {
     /// Parses two ASCII letters, any case.
     pub fn parse(s: &str) -> Option<Self> {
         match s.as_bytes() {
-            [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
-                Some(Self([a.to_ascii_uppercase(), b.to_ascii_uppercase()]))
-            }
+            [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => Some(Self([a.to_ascii_uppercase(), b.to_ascii_uppercase()])),
             _ => None,
         }
     }
@@ -90,11 +88,7 @@ impl GeoDb {
         if !matches!(reader.metadata.ip_version, 4 | 6) {
             return Err(GeoDbError(format!("not a valid MaxMind DB: ip_version {}", reader.metadata.ip_version)));
         }
-        let db = Self {
-            build_epoch: reader.metadata.build_epoch,
-            database_type: reader.metadata.database_type.clone(),
-            reader,
-        };
+        let db = Self { build_epoch: reader.metadata.build_epoch, database_type: reader.metadata.database_type.clone(), reader };
         // Probe lookups across the address space so a truncated or corrupt tree is caught now.
         let probes = [
             IpAddr::from([1, 1, 1, 1]),

@@ -18,7 +18,6 @@
 //! 5. Otherwise the request is allowed.
 
 #![forbid(unsafe_code)]
-
 #![cfg_attr(test, allow(clippy::type_complexity))]
 
 mod config;

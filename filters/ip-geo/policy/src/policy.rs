@@ -7,8 +7,8 @@ use gatewarden_policy::client_address::ClientAddressError;
 use gatewarden_policy::decision::{Decision, Denial, FORBIDDEN_BODY};
 use gatewarden_policy::document::{FailureMode, FilterPolicy, Header};
 use gatewarden_policy::error::{quote, ConfigError, FieldPath};
-use gatewarden_policy::remote::{RemoteSource, ResourceKind};
 use gatewarden_policy::facts::{HeaderNeeds, RequestFacts};
+use gatewarden_policy::remote::{RemoteSource, ResourceKind};
 use gatewarden_policy::rules::RuleSet;
 
 use super::config::{IpGeoDocument, IpGeoRule, UnknownCountry};
@@ -151,11 +151,8 @@ impl IpGeoPolicy {
     /// Decides for one request. `geo` is the loaded database, `None` while none is available.
     pub fn decide(&self, facts: &RequestFacts<'_>, geo: Option<&GeoDb>) -> IpGeoOutcome {
         let rule = self.rules.select(facts);
-        let deny = |reason: IpGeoReason, client, country| IpGeoOutcome {
-            decision: Decision::deny(&rule.name, reason.denial()),
-            client,
-            country,
-        };
+        let deny =
+            |reason: IpGeoReason, client, country| IpGeoOutcome { decision: Decision::deny(&rule.name, reason.denial()), client, country };
         let client = match self.header.client_address.resolve(facts) {
             Ok(ip) => ip,
             Err(ClientAddressError::NoPeer | ClientAddressError::MalformedForwardedFor) => {
@@ -197,8 +194,7 @@ impl IpGeoPolicy {
 
         if !a.allow.is_empty() || !a.allow_countries.is_empty() {
             let by_ip = a.allow.contains(client);
-            let by_country = !a.allow_countries.is_empty()
-                && (country_waived || country.is_some_and(|cc| a.allow_countries.contains(cc)));
+            let by_country = !a.allow_countries.is_empty() && (country_waived || country.is_some_and(|cc| a.allow_countries.contains(cc)));
             if !(by_ip || by_country) {
                 let reason = if a.allow_countries.is_empty() {
                     IpGeoReason::IpNotAllowed
@@ -264,9 +260,8 @@ impl CountrySet {
 fn compile_countries(codes: &[String], path: &FieldPath) -> Result<CountrySet, ConfigError> {
     let mut out = CountrySet::default();
     for (i, code) in codes.iter().enumerate() {
-        let cc = CountryCode::parse(code).ok_or_else(|| {
-            path.index(i).error(format!("invalid ISO 3166-1 alpha-2 country code {}", quote(code)))
-        })?;
+        let cc = CountryCode::parse(code)
+            .ok_or_else(|| path.index(i).error(format!("invalid ISO 3166-1 alpha-2 country code {}", quote(code))))?;
         out.insert(cc);
     }
     Ok(out)

@@ -78,7 +78,9 @@ fn decision_table() {
 
 #[test]
 fn no_rule_matches_means_default() {
-    let p = policy(r#"{"policy_version":"t","rules":[{"match":{"path_prefix":"/x"},"deny":["0.0.0.0/0"]}],"default":{"allow":["10.0.0.0/8"]}}"#);
+    let p = policy(
+        r#"{"policy_version":"t","rules":[{"match":{"path_prefix":"/x"},"deny":["0.0.0.0/0"]}],"default":{"allow":["10.0.0.0/8"]}}"#,
+    );
     assert_eq!(decide(&p, None, "/x", Some("10.0.0.1:1"), &[]), ("ip_denied".into(), "rules[0]".into()));
     assert_eq!(decide(&p, None, "/y", Some("10.0.0.1:1"), &[]), ("allow".into(), "default".into()));
     assert_eq!(decide(&p, None, "/y", Some("11.0.0.1:1"), &[]), ("ip_not_allowed".into(), "default".into()));
@@ -97,7 +99,8 @@ fn geo_unavailable_follows_failure_mode() {
 
 #[test]
 fn xff_with_trusted_hops_decides_on_the_client_not_the_proxy() {
-    let p = policy(&POLICY.replace(r#""policy_version": "t1","#, r#""policy_version": "t1", "client_address": {"xff_num_trusted_hops": 1},"#));
+    let p =
+        policy(&POLICY.replace(r#""policy_version": "t1","#, r#""policy_version": "t1", "client_address": {"xff_num_trusted_hops": 1},"#));
     let db = test_db();
     // The proxy (10.0.0.1) is in the admin allow list; the client behind it is not.
     assert_eq!(decide(&p, Some(&db), "/admin", Some("10.0.0.1:1"), &[("x-forwarded-for", "8.8.8.8")]).0, "ip_not_allowed");
@@ -125,7 +128,10 @@ fn country_code_preference_and_fallbacks() {
         // country.iso_code wins over everything.
         ("198.51.100.0/26", Record::map([("country", iso("DE")), ("country_code", Record::from("FR")), ("registered_country", iso("IT"))])),
         // A country without iso_code: country_code next.
-        ("198.51.100.64/26", Record::map([("country", names.clone()), ("country_code", Record::from("FR")), ("registered_country", iso("IT"))])),
+        (
+            "198.51.100.64/26",
+            Record::map([("country", names.clone()), ("country_code", Record::from("FR")), ("registered_country", iso("IT"))]),
+        ),
         // Only the registered country (e.g. anycast): its iso_code.
         ("198.51.100.128/26", Record::map([("registered_country", iso("IT")), ("continent", names.clone())])),
         // No code at all: unknown.
@@ -135,7 +141,13 @@ fn country_code_preference_and_fallbacks() {
         w.insert(net.parse().unwrap(), record).unwrap();
     }
     let db = GeoDb::from_bytes(w.build().unwrap()).unwrap();
-    for (ip, want) in [("198.51.100.1", Some("DE")), ("198.51.100.65", Some("FR")), ("198.51.100.129", Some("IT")), ("198.51.100.193", None), ("192.0.2.1", None)] {
+    for (ip, want) in [
+        ("198.51.100.1", Some("DE")),
+        ("198.51.100.65", Some("FR")),
+        ("198.51.100.129", Some("IT")),
+        ("198.51.100.193", None),
+        ("192.0.2.1", None),
+    ] {
         assert_eq!(db.country(ip.parse().unwrap()).unwrap().map(|c| c.to_string()).as_deref(), want, "{ip}");
     }
     // A record whose country is not a map is a lookup error, not a country.
@@ -219,11 +231,7 @@ fn header_needs_list_exactly_what_decide_reads() {
     let names = |json: &str| policy(json).header_needs().names().to_vec();
     assert!(names(r#"{"policy_version":"t","default":{"deny":["10.0.0.0/8"]}}"#).is_empty(), "peer-only policy reads no header");
     assert_eq!(names(r#"{"policy_version":"t","client_address":{"xff_num_trusted_hops":1}}"#), ["x-forwarded-for"]);
-    assert_eq!(
-        names(POLICY),
-        [":path", "x-tenant-id"],
-        "path rules and the tenant header"
-    );
+    assert_eq!(names(POLICY), [":path", "x-tenant-id"], "path rules and the tenant header");
     assert_eq!(
         names(r#"{"policy_version":"t","rules":[{"match":{"methods":["GET"],"hosts":["a.example"],"headers":[{"name":"X-A"}]}}]}"#),
         [":authority", ":method", "x-a"]

@@ -4,7 +4,8 @@
 
 use gatewarden_ip_geo_policy::GeoDb;
 
-const DB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../node_modules/@ip-location-db/geo-whois-asn-country-mmdb/geo-whois-asn-country.mmdb");
+const DB: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../../node_modules/@ip-location-db/geo-whois-asn-country-mmdb/geo-whois-asn-country.mmdb");
 
 #[test]
 fn free_default_database_opens_and_answers() {

@@ -7,8 +7,7 @@ use gatewarden_testkit::MmdbWriter;
 
 #[test]
 fn ip_geo_scenarios_natively() {
-    let table: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/ip_geo_scenarios.json")).unwrap();
+    let table: serde_json::Value = serde_json::from_str(include_str!("fixtures/ip_geo_scenarios.json")).unwrap();
     let mut w = MmdbWriter::new(6, "scenarios").unwrap();
     for (net, cc) in table["geo_db"].as_object().unwrap() {
         w.insert_country(net.parse().unwrap(), cc.as_str().unwrap()).unwrap();
@@ -18,7 +17,8 @@ fn ip_geo_scenarios_natively() {
     let cases = table["cases"].as_array().unwrap();
     assert!(cases.len() >= 20);
     for case in cases {
-        let mut headers = vec![(":method".to_string(), "GET".to_string()), (":path".to_string(), case["path"].as_str().unwrap().to_string())];
+        let mut headers =
+            vec![(":method".to_string(), "GET".to_string()), (":path".to_string(), case["path"].as_str().unwrap().to_string())];
         if let Some(xff) = case["xff"].as_str() {
             headers.push(("x-forwarded-for".into(), xff.into()));
         }

@@ -91,11 +91,7 @@ mod tests {
         let data: Vec<u8> = (0u8..=255).collect();
         for len in 0..40 {
             let enc = encode(&data[..len]);
-            assert_eq!(
-                decode(enc.as_bytes()).as_deref(),
-                Some(&data[..len]),
-                "length {len}: {enc}"
-            );
+            assert_eq!(decode(enc.as_bytes()).as_deref(), Some(&data[..len]), "length {len}: {enc}");
         }
     }
 

@@ -121,10 +121,7 @@ impl TokenCache {
         Self {
             capacity,
             generation: 0,
-            map: HashMap::with_capacity_and_hasher(
-                capacity.min(4096),
-                BuildHasherDefault::default(),
-            ),
+            map: HashMap::with_capacity_and_hasher(capacity.min(4096), BuildHasherDefault::default()),
             order: VecDeque::with_capacity(capacity.min(4096)),
             hits: 0,
             misses: 0,
@@ -164,9 +161,7 @@ impl TokenCache {
     pub(crate) fn get(&mut self, key: &CacheKey, text: &str, now: i64) -> Option<Hit> {
         let found = match self.map.get(key) {
             Some(e) if !same_text(&e.text, text) => None,
-            Some(e) if e.stale_at.is_none_or(|s| now < s) => {
-                Some(Hit { token: Arc::clone(&e.token), claims_hold: now >= e.checked_at })
-            }
+            Some(e) if e.stale_at.is_none_or(|s| now < s) => Some(Hit { token: Arc::clone(&e.token), claims_hold: now >= e.checked_at }),
             Some(_) => {
                 self.map.remove(key);
                 None
@@ -181,14 +176,7 @@ impl TokenCache {
         found
     }
 
-    pub(crate) fn insert(
-        &mut self,
-        key: CacheKey,
-        text: &str,
-        token: Arc<VerifiedToken>,
-        stale_at: Option<i64>,
-        checked_at: i64,
-    ) {
+    pub(crate) fn insert(&mut self, key: CacheKey, text: &str, token: Arc<VerifiedToken>, stale_at: Option<i64>, checked_at: i64) {
         if self.capacity == 0 {
             return;
         }
@@ -239,10 +227,7 @@ mod tests {
         let mut c = TokenCache::new(10);
         c.insert(CacheKey::new(0, "t"), "t", tok(1), Some(100), 0);
         assert!(c.get(&CacheKey::new(0, "t"), "t", 99).is_some_and(|h| h.claims_hold));
-        assert!(
-            c.get(&CacheKey::new(1, "t"), "t", 99).is_none(),
-            "another provider"
-        );
+        assert!(c.get(&CacheKey::new(1, "t"), "t", 99).is_none(), "another provider");
         assert!(c.get(&CacheKey::new(0, "t"), "t", 100).is_none());
         assert!(c.is_empty(), "the stale entry is dropped");
     }

@@ -107,19 +107,14 @@ impl ClaimChecks {
             }
         }
 
-        if !self.audiences.is_empty() && !aud.iter().any(|a| self.audiences.iter().any(|w| w == a))
-        {
+        if !self.audiences.is_empty() && !aud.iter().any(|a| self.audiences.iter().any(|w| w == a)) {
             return Err(JwtReason::Audience);
         }
         match (&self.subjects, sub) {
             (None, _) => {}
             (Some(_), None) => return Err(JwtReason::Subject),
-            (Some(Subjects::List(list)), Some(s)) if !list.iter().any(|w| w == s) => {
-                return Err(JwtReason::Subject)
-            }
-            (Some(Subjects::Prefix(p)), Some(s)) if !s.starts_with(p.as_str()) => {
-                return Err(JwtReason::Subject)
-            }
+            (Some(Subjects::List(list)), Some(s)) if !list.iter().any(|w| w == s) => return Err(JwtReason::Subject),
+            (Some(Subjects::Prefix(p)), Some(s)) if !s.starts_with(p.as_str()) => return Err(JwtReason::Subject),
             _ => {}
         }
         Ok(())
@@ -193,48 +188,21 @@ mod tests {
         };
         // exp = 1000: accepted while now < 1060.
         assert_eq!(run(&c, with(json!({"exp": 1000})), 1059), Ok(()));
-        assert_eq!(
-            run(&c, with(json!({"exp": 1000})), 1060),
-            Err(JwtReason::Expired)
-        );
+        assert_eq!(run(&c, with(json!({"exp": 1000})), 1060), Err(JwtReason::Expired));
         // nbf = 1000: accepted from now = 940.
-        assert_eq!(
-            run(&c, with(json!({"exp": 2000, "nbf": 1000})), 940),
-            Ok(())
-        );
-        assert_eq!(
-            run(&c, with(json!({"exp": 2000, "nbf": 1000})), 939),
-            Err(JwtReason::NotYetValid)
-        );
-        assert_eq!(
-            run(&c, with(json!({"exp": 2000, "iat": 1000})), 939),
-            Err(JwtReason::NotYetValid)
-        );
+        assert_eq!(run(&c, with(json!({"exp": 2000, "nbf": 1000})), 940), Ok(()));
+        assert_eq!(run(&c, with(json!({"exp": 2000, "nbf": 1000})), 939), Err(JwtReason::NotYetValid));
+        assert_eq!(run(&c, with(json!({"exp": 2000, "iat": 1000})), 939), Err(JwtReason::NotYetValid));
         assert_eq!(run(&c, with(json!({"exp": 1000.9})), 1059), Ok(()));
         assert_eq!(run(&c, with(json!({})), 0), Err(JwtReason::NoExpiration));
         // Lifetime: exp - iat, else exp - now.
-        assert_eq!(
-            run(&c, with(json!({"exp": 4600, "iat": 1000})), 1000),
-            Ok(())
-        );
-        assert_eq!(
-            run(&c, with(json!({"exp": 4601, "iat": 1000})), 1000),
-            Err(JwtReason::LifetimeTooLong)
-        );
-        assert_eq!(
-            run(&c, with(json!({"exp": 4601})), 1000),
-            Err(JwtReason::LifetimeTooLong)
-        );
+        assert_eq!(run(&c, with(json!({"exp": 4600, "iat": 1000})), 1000), Ok(()));
+        assert_eq!(run(&c, with(json!({"exp": 4601, "iat": 1000})), 1000), Err(JwtReason::LifetimeTooLong));
+        assert_eq!(run(&c, with(json!({"exp": 4601})), 1000), Err(JwtReason::LifetimeTooLong));
         assert_eq!(run(&c, with(json!({"exp": 4600})), 1000), Ok(()));
-        assert_eq!(
-            run(&c, with(json!({"exp": u64::MAX})), 1000),
-            Err(JwtReason::LifetimeTooLong)
-        );
+        assert_eq!(run(&c, with(json!({"exp": u64::MAX})), 1000), Err(JwtReason::LifetimeTooLong));
         assert_eq!(run(&c, with(json!({"exp": -5})), 54), Ok(()));
-        assert_eq!(
-            run(&c, with(json!({"exp": -5})), 55),
-            Err(JwtReason::Expired)
-        );
+        assert_eq!(run(&c, with(json!({"exp": -5})), 55), Err(JwtReason::Expired));
     }
 
     #[test]
@@ -251,83 +219,24 @@ mod tests {
             json!({"iss": "https://idp", "aud": "api", "exp": 2000, "sub": 7}),
             json!({"iss": "https://idp", "aud": "api", "exp": 2000, "jti": {}}),
         ] {
-            assert_eq!(
-                run(&c, bad.clone(), 1000),
-                Err(JwtReason::ClaimType),
-                "{bad}"
-            );
+            assert_eq!(run(&c, bad.clone(), 1000), Err(JwtReason::ClaimType), "{bad}");
         }
     }
 
     #[test]
     fn issuer_audience_subject() {
         let mut c = checks();
-        assert_eq!(
-            run(
-                &c,
-                json!({"iss": "https://other", "aud": "api", "exp": 2000}),
-                1000
-            ),
-            Err(JwtReason::Issuer)
-        );
-        assert_eq!(
-            run(&c, json!({"aud": "api", "exp": 2000}), 1000),
-            Err(JwtReason::Issuer)
-        );
-        assert_eq!(
-            run(
-                &c,
-                json!({"iss": "https://idp", "aud": ["x", "api"], "exp": 2000}),
-                1000
-            ),
-            Ok(())
-        );
-        assert_eq!(
-            run(
-                &c,
-                json!({"iss": "https://idp", "aud": ["x"], "exp": 2000}),
-                1000
-            ),
-            Err(JwtReason::Audience)
-        );
-        assert_eq!(
-            run(&c, json!({"iss": "https://idp", "exp": 2000}), 1000),
-            Err(JwtReason::Audience)
-        );
+        assert_eq!(run(&c, json!({"iss": "https://other", "aud": "api", "exp": 2000}), 1000), Err(JwtReason::Issuer));
+        assert_eq!(run(&c, json!({"aud": "api", "exp": 2000}), 1000), Err(JwtReason::Issuer));
+        assert_eq!(run(&c, json!({"iss": "https://idp", "aud": ["x", "api"], "exp": 2000}), 1000), Ok(()));
+        assert_eq!(run(&c, json!({"iss": "https://idp", "aud": ["x"], "exp": 2000}), 1000), Err(JwtReason::Audience));
+        assert_eq!(run(&c, json!({"iss": "https://idp", "exp": 2000}), 1000), Err(JwtReason::Audience));
         c.subjects = Some(Subjects::Prefix("svc-".into()));
-        assert_eq!(
-            run(
-                &c,
-                json!({"iss": "https://idp", "aud": "api", "exp": 2000, "sub": "svc-a"}),
-                1000
-            ),
-            Ok(())
-        );
-        assert_eq!(
-            run(
-                &c,
-                json!({"iss": "https://idp", "aud": "api", "exp": 2000, "sub": "usr-a"}),
-                1000
-            ),
-            Err(JwtReason::Subject)
-        );
-        assert_eq!(
-            run(
-                &c,
-                json!({"iss": "https://idp", "aud": "api", "exp": 2000}),
-                1000
-            ),
-            Err(JwtReason::Subject)
-        );
+        assert_eq!(run(&c, json!({"iss": "https://idp", "aud": "api", "exp": 2000, "sub": "svc-a"}), 1000), Ok(()));
+        assert_eq!(run(&c, json!({"iss": "https://idp", "aud": "api", "exp": 2000, "sub": "usr-a"}), 1000), Err(JwtReason::Subject));
+        assert_eq!(run(&c, json!({"iss": "https://idp", "aud": "api", "exp": 2000}), 1000), Err(JwtReason::Subject));
         c.subjects = Some(Subjects::List(vec!["a".into()]));
-        assert_eq!(
-            run(
-                &c,
-                json!({"iss": "https://idp", "aud": "api", "exp": 2000, "sub": "a"}),
-                1000
-            ),
-            Ok(())
-        );
+        assert_eq!(run(&c, json!({"iss": "https://idp", "aud": "api", "exp": 2000, "sub": "a"}), 1000), Ok(()));
     }
 
     #[test]

@@ -8,9 +8,7 @@ use gatewarden_policy::error::{quote, ConfigError, FieldPath};
 use gatewarden_policy::remote::{RemoteSource, ResourceKind};
 
 use super::claims::{ClaimChecks, Subjects};
-use super::config::{
-    ClaimRequirementSpec, ProviderSpec, RequirementSpec, SubjectsSpec,
-};
+use super::config::{ClaimRequirementSpec, ProviderSpec, RequirementSpec, SubjectsSpec};
 use super::extract::Sources;
 use super::jwk::JwksSet;
 
@@ -76,11 +74,7 @@ pub(crate) struct JwtAction {
 
 /// A header name we may read or write: an RFC 9110 token, not a pseudo-header. Lowercased.
 pub(crate) fn header_name(name: &str, path: &FieldPath) -> Result<String, ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let ok = !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if ok {
         Ok(name.to_ascii_lowercase())
     } else {
@@ -107,9 +101,7 @@ const RESERVED_OUTPUT_PREFIXES: [&str; 2] = ["x-envoy-", "x-gatewarden-"];
 /// A header the policy writes from a token: a valid name that is not reserved. Lowercased.
 fn output_header_name(name: &str, path: &FieldPath) -> Result<String, ConfigError> {
     let name = header_name(name, path)?;
-    if RESERVED_OUTPUT_HEADERS.contains(&name.as_str())
-        || RESERVED_OUTPUT_PREFIXES.iter().any(|p| name.starts_with(p))
-    {
+    if RESERVED_OUTPUT_HEADERS.contains(&name.as_str()) || RESERVED_OUTPUT_PREFIXES.iter().any(|p| name.starts_with(p)) {
         return Err(path.error(format!(
             "header {} is reserved: framing, routing and proxy headers (host, content-length, \
              transfer-encoding, connection, keep-alive, proxy-connection, te, trailer, upgrade, \
@@ -122,36 +114,22 @@ fn output_header_name(name: &str, path: &FieldPath) -> Result<String, ConfigErro
 }
 
 pub(crate) fn validate_provider_name(name: &str, path: &FieldPath) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let ok = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(path.error(format!(
-            "invalid provider name {}: use 1 to 64 characters from A-Z a-z 0-9 - _ .",
-            quote(name)
-        )))
+        Err(path.error(format!("invalid provider name {}: use 1 to 64 characters from A-Z a-z 0-9 - _ .", quote(name))))
     }
 }
 
 fn claim_path(claim: &str, path: &FieldPath) -> Result<String, ConfigError> {
     if claim.is_empty() || claim.len() > 256 || claim.split('.').any(str::is_empty) {
-        return Err(path.error(format!(
-            "invalid claim path {}: use names separated by \".\"",
-            quote(claim)
-        )));
+        return Err(path.error(format!("invalid claim path {}: use names separated by \".\"", quote(claim))));
     }
     Ok(claim.to_owned())
 }
 
-pub(crate) fn compile_provider(
-    name: &str,
-    spec: &ProviderSpec,
-    path: &FieldPath,
-) -> Result<Provider, ConfigError> {
+pub(crate) fn compile_provider(name: &str, spec: &ProviderSpec, path: &FieldPath) -> Result<Provider, ConfigError> {
     if spec.issuer.is_empty() {
         return Err(path.field("issuer").error("empty issuer"));
     }
@@ -164,26 +142,19 @@ pub(crate) fn compile_provider(
         None => None,
         Some(SubjectsSpec::List(list)) => {
             if list.is_empty() {
-                return Err(path
-                    .field("subjects")
-                    .error("empty subject list: omit \"subjects\" to allow any"));
+                return Err(path.field("subjects").error("empty subject list: omit \"subjects\" to allow any"));
             }
             Some(Subjects::List(list.clone()))
         }
         Some(SubjectsSpec::Prefix(p)) => {
             if p.prefix.is_empty() {
-                return Err(path
-                    .field("subjects")
-                    .field("prefix")
-                    .error("empty prefix: omit \"subjects\" to allow any"));
+                return Err(path.field("subjects").field("prefix").error("empty prefix: omit \"subjects\" to allow any"));
             }
             Some(Subjects::Prefix(p.prefix.clone()))
         }
     };
     let local = match (&spec.local_jwks, &spec.remote_jwks) {
-        (Some(_), Some(_)) | (None, None) => {
-            return Err(path.error("give exactly one of local_jwks, remote_jwks"))
-        }
+        (Some(_), Some(_)) | (None, None) => return Err(path.error("give exactly one of local_jwks, remote_jwks")),
         (Some(v), None) => Some(compile_local_jwks(v, &path.field("local_jwks"))?),
         (None, Some(_)) => None,
     };
@@ -197,71 +168,42 @@ pub(crate) fn compile_provider(
         let hp = path.field("from_headers").index(i);
         let name = header_name(&h.name, &hp.field("name"))?;
         if h.value_prefix.as_deref() == Some("") {
-            return Err(hp
-                .field("value_prefix")
-                .error("empty prefix: omit \"value_prefix\" to take the whole value"));
+            return Err(hp.field("value_prefix").error("empty prefix: omit \"value_prefix\" to take the whole value"));
         }
         headers.push((name, h.value_prefix.clone()));
     }
     for (i, p) in spec.from_params.iter().enumerate() {
-        if p.is_empty()
-            || p.bytes()
-                .any(|b| b"&=#?% ".contains(&b) || b.is_ascii_control())
-        {
-            return Err(path
-                .field("from_params")
-                .index(i)
-                .error(format!("invalid query parameter name {}", quote(p))));
+        if p.is_empty() || p.bytes().any(|b| b"&=#?% ".contains(&b) || b.is_ascii_control()) {
+            return Err(path.field("from_params").index(i).error(format!("invalid query parameter name {}", quote(p))));
         }
     }
     for (i, c) in spec.from_cookies.iter().enumerate() {
-        if c.is_empty()
-            || c.bytes()
-                .any(|b| b"=;, \"".contains(&b) || !b.is_ascii_graphic())
-        {
-            return Err(path
-                .field("from_cookies")
-                .index(i)
-                .error(format!("invalid cookie name {}", quote(c))));
+        if c.is_empty() || c.bytes().any(|b| b"=;, \"".contains(&b) || !b.is_ascii_graphic()) {
+            return Err(path.field("from_cookies").index(i).error(format!("invalid cookie name {}", quote(c))));
         }
     }
     if headers.is_empty() && spec.from_params.is_empty() && spec.from_cookies.is_empty() {
         headers.push(("authorization".to_owned(), Some("Bearer ".to_owned())));
     }
 
-    let payload_header = spec
-        .forward_payload_header
-        .as_deref()
-        .map(|h| output_header_name(h, &path.field("forward_payload_header")))
-        .transpose()?;
+    let payload_header =
+        spec.forward_payload_header.as_deref().map(|h| output_header_name(h, &path.field("forward_payload_header"))).transpose()?;
     if spec.pad_forward_payload_header && payload_header.is_none() {
-        return Err(path
-            .field("pad_forward_payload_header")
-            .error("true needs forward_payload_header"));
+        return Err(path.field("pad_forward_payload_header").error("true needs forward_payload_header"));
     }
     let mut claim_headers = Vec::with_capacity(spec.claim_to_headers.len());
     for (i, c) in spec.claim_to_headers.iter().enumerate() {
         let cp = path.field("claim_to_headers").index(i);
-        claim_headers.push((
-            claim_path(&c.claim, &cp.field("claim"))?,
-            output_header_name(&c.header, &cp.field("header"))?,
-        ));
+        claim_headers.push((claim_path(&c.claim, &cp.field("claim"))?, output_header_name(&c.header, &cp.field("header"))?));
     }
     if spec.clock_skew_seconds > 86_400 {
-        return Err(path.field("clock_skew_seconds").error(format!(
-            "{} is more than the maximum 86400",
-            spec.clock_skew_seconds
-        )));
+        return Err(path.field("clock_skew_seconds").error(format!("{} is more than the maximum 86400", spec.clock_skew_seconds)));
     }
     if spec.max_lifetime_seconds == Some(0) {
-        return Err(path
-            .field("max_lifetime_seconds")
-            .error("0 is less than the minimum 1"));
+        return Err(path.field("max_lifetime_seconds").error("0 is less than the minimum 1"));
     }
     if !(16..=65_536).contains(&spec.max_token_bytes) {
-        return Err(path
-            .field("max_token_bytes")
-            .error(format!("{} is outside 16..=65536", spec.max_token_bytes)));
+        return Err(path.field("max_token_bytes").error(format!("{} is outside 16..=65536", spec.max_token_bytes)));
     }
     Ok(Provider {
         name: Arc::from(name),
@@ -271,15 +213,9 @@ pub(crate) fn compile_provider(
             subjects,
             skew: i64::try_from(spec.clock_skew_seconds).unwrap_or(86_400),
             require_expiration: spec.require_expiration,
-            max_lifetime: spec
-                .max_lifetime_seconds
-                .map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+            max_lifetime: spec.max_lifetime_seconds.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
         },
-        sources: Sources {
-            headers,
-            params: spec.from_params.clone(),
-            cookies: spec.from_cookies.clone(),
-        },
+        sources: Sources { headers, params: spec.from_params.clone(), cookies: spec.from_cookies.clone() },
         local,
         remote,
         forward: spec.forward,
@@ -311,9 +247,7 @@ pub(crate) fn compile_requirement(
     depth: usize,
 ) -> Result<Requirement, ConfigError> {
     if depth > MAX_REQUIREMENT_DEPTH {
-        return Err(path.error(format!(
-            "requirements nested deeper than {MAX_REQUIREMENT_DEPTH}"
-        )));
+        return Err(path.error(format!("requirements nested deeper than {MAX_REQUIREMENT_DEPTH}")));
     }
     fn list(
         items: &[RequirementSpec],
@@ -325,29 +259,18 @@ pub(crate) fn compile_requirement(
         if items.is_empty() {
             return Err(path.error("empty list"));
         }
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, r)| compile_requirement(r, providers, copies, &path.index(i), depth + 1))
-            .collect()
+        items.iter().enumerate().map(|(i, r)| compile_requirement(r, providers, copies, &path.index(i), depth + 1)).collect()
     }
     let provider_index = |name: &str, path: &FieldPath| -> Result<usize, ConfigError> {
-        providers
-            .iter()
-            .position(|p| &*p.name == name)
-            .ok_or_else(|| path.error(format!("unknown provider {}", quote(name))))
+        providers.iter().position(|p| &*p.name == name).ok_or_else(|| path.error(format!("unknown provider {}", quote(name))))
     };
     Ok(match spec {
-        RequirementSpec::Provider(name) => {
-            Requirement::Provider(provider_index(name, &path.field("provider"))?)
-        }
+        RequirementSpec::Provider(name) => Requirement::Provider(provider_index(name, &path.field("provider"))?),
         RequirementSpec::ProviderAndAudiences(pa) => {
             let path = path.field("provider_and_audiences");
             let base = provider_index(&pa.provider, &path.field("provider"))?;
             if pa.audiences.is_empty() {
-                return Err(path.field("audiences").error(
-                    "empty list: use {\"provider\": ...} for the provider's own audiences",
-                ));
+                return Err(path.field("audiences").error("empty list: use {\"provider\": ...} for the provider's own audiences"));
             }
             if let Some(i) = pa.audiences.iter().position(String::is_empty) {
                 return Err(path.field("audiences").index(i).error("empty audience"));
@@ -362,44 +285,23 @@ pub(crate) fn compile_requirement(
             };
             Requirement::Provider(providers.len() + k)
         }
-        RequirementSpec::RequiresAny(items) => Requirement::Any(list(
-            items,
-            providers,
-            copies,
-            &path.field("requires_any"),
-            depth,
-        )?),
-        RequirementSpec::RequiresAll(items) => Requirement::All(list(
-            items,
-            providers,
-            copies,
-            &path.field("requires_all"),
-            depth,
-        )?),
+        RequirementSpec::RequiresAny(items) => Requirement::Any(list(items, providers, copies, &path.field("requires_any"), depth)?),
+        RequirementSpec::RequiresAll(items) => Requirement::All(list(items, providers, copies, &path.field("requires_all"), depth)?),
         RequirementSpec::AllowMissing => Requirement::AllowMissing,
         RequirementSpec::AllowMissingOrFailed => Requirement::AllowMissingOrFailed,
     })
 }
 
-pub(crate) fn compile_scopes(
-    scopes: &[String],
-    path: &FieldPath,
-) -> Result<Vec<String>, ConfigError> {
+pub(crate) fn compile_scopes(scopes: &[String], path: &FieldPath) -> Result<Vec<String>, ConfigError> {
     for (i, s) in scopes.iter().enumerate() {
         if s.is_empty() || s.chars().any(char::is_whitespace) {
-            return Err(path.index(i).error(format!(
-                "invalid scope {}: one scope without spaces",
-                quote(s)
-            )));
+            return Err(path.index(i).error(format!("invalid scope {}: one scope without spaces", quote(s))));
         }
     }
     Ok(scopes.to_vec())
 }
 
-pub(crate) fn compile_claim_requirement(
-    c: &ClaimRequirementSpec,
-    path: &FieldPath,
-) -> Result<(String, ClaimCondition), ConfigError> {
+pub(crate) fn compile_claim_requirement(c: &ClaimRequirementSpec, path: &FieldPath) -> Result<(String, ClaimCondition), ConfigError> {
     let name = claim_path(&c.name, &path.field("name"))?;
     let cond = match (&c.equals, &c.one_of, &c.equals_header) {
         (Some(v), None, None) => ClaimCondition::Equals(v.clone()),
@@ -409,9 +311,7 @@ pub(crate) fn compile_claim_requirement(
             }
             ClaimCondition::In(list.clone())
         }
-        (None, None, Some(h)) => {
-            ClaimCondition::EqualsHeader(header_name(h, &path.field("equals_header"))?)
-        }
+        (None, None, Some(h)) => ClaimCondition::EqualsHeader(header_name(h, &path.field("equals_header"))?),
         _ => return Err(path.error("give exactly one of equals, in, equals_header")),
     };
     Ok((name, cond))

@@ -157,14 +157,7 @@ pub struct JwtRule {
 
 impl Default for JwtRule {
     fn default() -> Self {
-        Self {
-            name: None,
-            matcher: None,
-            requires: None,
-            scopes: Vec::new(),
-            claims: Vec::new(),
-            cors_preflight_passes: true,
-        }
+        Self { name: None, matcher: None, requires: None, scopes: Vec::new(), claims: Vec::new(), cors_preflight_passes: true }
     }
 }
 

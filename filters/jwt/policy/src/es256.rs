@@ -200,9 +200,7 @@ impl Table {
 /// The signed base-2^7 digits of a 256-bit big-endian scalar, least significant first, each in
 /// −64..=63: Σ dᵢ·2^(7i) equals the scalar.
 fn recode(be: &[u8; 32]) -> [i8; WINDOWS] {
-    let bit = |i: usize| -> u16 {
-        31usize.checked_sub(i / 8).and_then(|byte| be.get(byte)).map_or(0, |b| u16::from((b >> (i % 8)) & 1))
-    };
+    let bit = |i: usize| -> u16 { 31usize.checked_sub(i / 8).and_then(|byte| be.get(byte)).map_or(0, |b| u16::from((b >> (i % 8)) & 1)) };
     let mut digits = [0i8; WINDOWS];
     let mut carry = 0u16;
     for (w, digit) in digits.iter_mut().enumerate() {

@@ -58,17 +58,11 @@ impl Failure {
     const MISSING: Failure = Failure::unclaimed(JwtReason::Missing);
 
     const fn unclaimed(reason: JwtReason) -> Self {
-        Self {
-            reason,
-            claimed: false,
-        }
+        Self { reason, claimed: false }
     }
 
     const fn claimed(reason: JwtReason) -> Self {
-        Self {
-            reason,
-            claimed: true,
-        }
+        Self { reason, claimed: true }
     }
 
     fn rank(self) -> u8 {
@@ -125,11 +119,7 @@ impl<'a> Request<'_, 'a, '_> {
                     }
                 }
                 if listed == 0 {
-                    let alone = if allow_failed {
-                        Requirement::AllowMissingOrFailed
-                    } else {
-                        Requirement::AllowMissing
-                    };
+                    let alone = if allow_failed { Requirement::AllowMissingOrFailed } else { Requirement::AllowMissing };
                     return self.eval(&alone);
                 }
                 let best = best.unwrap_or(Failure::MISSING);
@@ -228,9 +218,7 @@ impl<'a> Request<'_, 'a, '_> {
         };
         let candidates = match p.sources.extract(self.facts) {
             Extracted::None => return ProviderState::Missing,
-            Extracted::Multiple => {
-                return ProviderState::Failed(Failure::unclaimed(JwtReason::MultipleTokens))
-            }
+            Extracted::Multiple => return ProviderState::Failed(Failure::unclaimed(JwtReason::MultipleTokens)),
             Extracted::Some(c) => c,
         };
         // Bound the work before decoding anything.
@@ -242,11 +230,7 @@ impl<'a> Request<'_, 'a, '_> {
         let mut first_failure = None;
         for c in candidates {
             let key = CacheKey::new(i, c.token);
-            if let Some(hit) = self
-                .cache
-                .as_deref_mut()
-                .and_then(|cache| cache.get(&key, c.token, self.now))
-            {
+            if let Some(hit) = self.cache.as_deref_mut().and_then(|cache| cache.get(&key, c.token, self.now)) {
                 if chosen.is_some() {
                     return ProviderState::Failed(Failure::claimed(JwtReason::MultipleTokens));
                 }
@@ -279,11 +263,7 @@ impl<'a> Request<'_, 'a, '_> {
         }
         let Some((c, key, found)) = chosen else {
             // A single token keeps its own failure; among several, none was this provider's.
-            let r = if single {
-                first_failure
-            } else {
-                first_failure.map(|_| JwtReason::Issuer)
-            };
+            let r = if single { first_failure } else { first_failure.map(|_| JwtReason::Issuer) };
             return ProviderState::Failed(Failure::unclaimed(r.unwrap_or(JwtReason::Issuer)));
         };
         let (text, locations) = (c.token, c.locations);
@@ -291,11 +271,7 @@ impl<'a> Request<'_, 'a, '_> {
             Ok(hit) => {
                 let checked = if hit.claims_hold { Ok(()) } else { p.checks.check(&hit.token.claims, self.now) };
                 return match checked {
-                    Ok(()) => ProviderState::Verified {
-                        token: hit.token,
-                        text,
-                        locations,
-                    },
+                    Ok(()) => ProviderState::Verified { token: hit.token, text, locations },
                     Err(r) => ProviderState::Failed(Failure::claimed(r)),
                 };
             }
@@ -320,19 +296,12 @@ impl<'a> Request<'_, 'a, '_> {
         if let Err(r) = p.checks.check(&parsed.claims, self.now) {
             return ProviderState::Failed(Failure::claimed(r));
         }
-        let stale_at =
-            claims::expiration(&parsed.claims).map(|exp| exp.saturating_add(p.checks.skew));
-        let token = Arc::new(VerifiedToken {
-            claims: parsed.claims,
-        });
+        let stale_at = claims::expiration(&parsed.claims).map(|exp| exp.saturating_add(p.checks.skew));
+        let token = Arc::new(VerifiedToken { claims: parsed.claims });
         if let Some(c) = self.cache.as_deref_mut() {
             c.insert(key, text, Arc::clone(&token), stale_at, self.now);
         }
-        ProviderState::Verified {
-            token,
-            text,
-            locations,
-        }
+        ProviderState::Verified { token, text, locations }
     }
 
     fn need_keys(&mut self, name: &Arc<str>) {
@@ -355,11 +324,7 @@ impl<'a> Request<'_, 'a, '_> {
         }
         let Some(token) = verified.first().and_then(|i| self.verified_token(*i)) else {
             // No verified token: only a key set outage under `failure_mode: allow` skips the checks.
-            return if self.degraded {
-                Ok(())
-            } else {
-                Err(JwtReason::Missing)
-            };
+            return if self.degraded { Ok(()) } else { Err(JwtReason::Missing) };
         };
         if !claims::has_scopes(&token.claims, &action.scopes) {
             return Err(JwtReason::Scope);
@@ -371,10 +336,7 @@ impl<'a> Request<'_, 'a, '_> {
             let ok = match cond {
                 ClaimCondition::Equals(want) => claims::value_equals(value, want),
                 ClaimCondition::In(list) => list.iter().any(|w| claims::value_equals(value, w)),
-                ClaimCondition::EqualsHeader(h) => self
-                    .facts
-                    .header(h)
-                    .is_some_and(|want| claims::value_equals(value, want)),
+                ClaimCondition::EqualsHeader(h) => self.facts.header(h).is_some_and(|want| claims::value_equals(value, want)),
             };
             if !ok {
                 return Err(JwtReason::Claim);

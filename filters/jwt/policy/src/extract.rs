@@ -58,22 +58,14 @@ pub(crate) enum Extracted<'a> {
 impl<'a> Extracted<'a> {
     fn add(&mut self, token: &'a str, at: Location) {
         match self {
-            Extracted::None => {
-                *self = Extracted::Some(vec![Candidate {
-                    token,
-                    locations: vec![at],
-                }])
-            }
+            Extracted::None => *self = Extracted::Some(vec![Candidate { token, locations: vec![at] }]),
             Extracted::Some(list) => {
                 if let Some(c) = list.iter_mut().find(|c| c.token == token) {
                     if !c.locations.contains(&at) {
                         c.locations.push(at);
                     }
                 } else if list.len() < MAX_CANDIDATES {
-                    list.push(Candidate {
-                        token,
-                        locations: vec![at],
-                    });
+                    list.push(Candidate { token, locations: vec![at] });
                 } else {
                     *self = Extracted::Multiple;
                 }
@@ -137,10 +129,7 @@ fn strip_prefix_ignore_case<'a>(v: &'a str, prefix: &str) -> Option<&'a str> {
 pub(crate) fn query_pairs(path: &str) -> impl Iterator<Item = (&str, &str)> {
     let query = path.split_once('?').map_or("", |(_, q)| q);
     let query = query.split_once('#').map_or(query, |(q, _)| q);
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
+    query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, "")))
 }
 
 fn cookie_pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
@@ -148,10 +137,7 @@ fn cookie_pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
         let (n, v) = c.split_once('=')?;
         let v = v.trim();
         // RFC 6265 allows a quoted cookie value.
-        let v = v
-            .strip_prefix('"')
-            .and_then(|x| x.strip_suffix('"'))
-            .unwrap_or(v);
+        let v = v.strip_prefix('"').and_then(|x| x.strip_suffix('"')).unwrap_or(v);
         Some((n.trim(), v))
     })
 }
@@ -162,9 +148,7 @@ pub(crate) fn path_without_params(path: &str, names: &[String]) -> String {
         Some((p, f)) => (p, Some(f)),
         None => (path, None),
     };
-    let (base, query) = before_fragment
-        .split_once('?')
-        .unwrap_or((before_fragment, ""));
+    let (base, query) = before_fragment.split_once('?').unwrap_or((before_fragment, ""));
     let kept: Vec<&str> = query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -213,18 +197,12 @@ mod tests {
     use super::*;
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn sources() -> Sources {
         Sources {
-            headers: vec![
-                ("authorization".into(), Some("Bearer ".into())),
-                ("x-jwt".into(), None),
-            ],
+            headers: vec![("authorization".into(), Some("Bearer ".into())), ("x-jwt".into(), None)],
             params: vec!["access_token".into()],
             cookies: vec!["session".into()],
         }
@@ -233,112 +211,44 @@ mod tests {
     #[test]
     fn table_of_sources() {
         let s = sources();
-        let one = |t: &'static str, at: Location| {
-            Extracted::Some(vec![Candidate {
-                token: t,
-                locations: vec![at],
-            }])
-        };
+        let one = |t: &'static str, at: Location| Extracted::Some(vec![Candidate { token: t, locations: vec![at] }]);
         let two = |a: (&'static str, Location), b: (&'static str, Location)| {
-            Extracted::Some(vec![
-                Candidate {
-                    token: a.0,
-                    locations: vec![a.1],
-                },
-                Candidate {
-                    token: b.0,
-                    locations: vec![b.1],
-                },
-            ])
+            Extracted::Some(vec![Candidate { token: a.0, locations: vec![a.1] }, Candidate { token: b.0, locations: vec![b.1] }])
         };
         let cases: Vec<(Vec<(&str, &str)>, Extracted<'static>)> = vec![
             (vec![(":path", "/")], Extracted::None),
-            (
-                vec![(":path", "/"), ("authorization", "Bearer a.b.c")],
-                one("a.b.c", Location::Header("authorization".into())),
-            ),
-            (
-                vec![(":path", "/"), ("authorization", "bearer  a.b.c ")],
-                one("a.b.c", Location::Header("authorization".into())),
-            ),
-            (
-                vec![(":path", "/"), ("authorization", "Basic dXNlcg==")],
-                Extracted::None,
-            ),
-            (
-                vec![(":path", "/"), ("authorization", "Bearer ")],
-                Extracted::None,
-            ),
-            (
-                vec![(":path", "/"), ("x-jwt", "a.b.c")],
-                one("a.b.c", Location::Header("x-jwt".into())),
-            ),
-            (
-                vec![(":path", "/x?a=1&access_token=a.b.c#f")],
-                one("a.b.c", Location::Param("access_token".into())),
-            ),
+            (vec![(":path", "/"), ("authorization", "Bearer a.b.c")], one("a.b.c", Location::Header("authorization".into()))),
+            (vec![(":path", "/"), ("authorization", "bearer  a.b.c ")], one("a.b.c", Location::Header("authorization".into()))),
+            (vec![(":path", "/"), ("authorization", "Basic dXNlcg==")], Extracted::None),
+            (vec![(":path", "/"), ("authorization", "Bearer ")], Extracted::None),
+            (vec![(":path", "/"), ("x-jwt", "a.b.c")], one("a.b.c", Location::Header("x-jwt".into()))),
+            (vec![(":path", "/x?a=1&access_token=a.b.c#f")], one("a.b.c", Location::Param("access_token".into()))),
             (vec![(":path", "/x?access_token=")], Extracted::None),
             (vec![(":path", "/x?my_access_token=a.b.c")], Extracted::None),
+            (vec![(":path", "/"), ("cookie", "a=1; session=a.b.c")], one("a.b.c", Location::Cookie("session".into()))),
+            (vec![(":path", "/"), ("cookie", "session=\"a.b.c\"")], one("a.b.c", Location::Cookie("session".into()))),
             (
-                vec![(":path", "/"), ("cookie", "a=1; session=a.b.c")],
-                one("a.b.c", Location::Cookie("session".into())),
-            ),
-            (
-                vec![(":path", "/"), ("cookie", "session=\"a.b.c\"")],
-                one("a.b.c", Location::Cookie("session".into())),
-            ),
-            (
-                vec![
-                    (":path", "/?access_token=a.b.c"),
-                    ("authorization", "Bearer a.b.c"),
-                ],
+                vec![(":path", "/?access_token=a.b.c"), ("authorization", "Bearer a.b.c")],
                 Extracted::Some(vec![Candidate {
                     token: "a.b.c",
-                    locations: vec![
-                        Location::Header("authorization".into()),
-                        Location::Param("access_token".into()),
-                    ],
+                    locations: vec![Location::Header("authorization".into()), Location::Param("access_token".into())],
                 }]),
             ),
             (
-                vec![
-                    (":path", "/"),
-                    ("authorization", "Bearer a.b.c"),
-                    ("authorization", "Bearer a.b.c"),
-                ],
+                vec![(":path", "/"), ("authorization", "Bearer a.b.c"), ("authorization", "Bearer a.b.c")],
                 one("a.b.c", Location::Header("authorization".into())),
             ),
             (
-                vec![
-                    (":path", "/"),
-                    ("authorization", "Bearer a.b.c"),
-                    ("authorization", "Bearer d.e.f"),
-                ],
-                two(
-                    ("a.b.c", Location::Header("authorization".into())),
-                    ("d.e.f", Location::Header("authorization".into())),
-                ),
+                vec![(":path", "/"), ("authorization", "Bearer a.b.c"), ("authorization", "Bearer d.e.f")],
+                two(("a.b.c", Location::Header("authorization".into())), ("d.e.f", Location::Header("authorization".into()))),
             ),
             (
-                vec![
-                    (":path", "/?access_token=d.e.f"),
-                    ("authorization", "Bearer a.b.c"),
-                ],
-                two(
-                    ("a.b.c", Location::Header("authorization".into())),
-                    ("d.e.f", Location::Param("access_token".into())),
-                ),
+                vec![(":path", "/?access_token=d.e.f"), ("authorization", "Bearer a.b.c")],
+                two(("a.b.c", Location::Header("authorization".into())), ("d.e.f", Location::Param("access_token".into()))),
             ),
             (
-                vec![
-                    (":path", "/"),
-                    ("cookie", "session=a.b.c"),
-                    ("x-jwt", "d.e.f"),
-                ],
-                two(
-                    ("d.e.f", Location::Header("x-jwt".into())),
-                    ("a.b.c", Location::Cookie("session".into())),
-                ),
+                vec![(":path", "/"), ("cookie", "session=a.b.c"), ("x-jwt", "d.e.f")],
+                two(("d.e.f", Location::Header("x-jwt".into())), ("a.b.c", Location::Cookie("session".into()))),
             ),
             (
                 vec![
@@ -353,33 +263,20 @@ mod tests {
         ];
         for (req, want) in cases {
             let headers = h(&req);
-            assert_eq!(
-                s.extract(&RequestFacts::new(&headers, None)),
-                want,
-                "{req:?}"
-            );
+            assert_eq!(s.extract(&RequestFacts::new(&headers, None)), want, "{req:?}");
         }
     }
 
     #[test]
     fn stripping_keeps_everything_else() {
         let names = vec!["access_token".to_string()];
-        assert_eq!(
-            path_without_params("/a?x=1&access_token=t&y=2#f", &names),
-            "/a?x=1&y=2#f"
-        );
+        assert_eq!(path_without_params("/a?x=1&access_token=t&y=2#f", &names), "/a?x=1&y=2#f");
         assert_eq!(path_without_params("/a?access_token=t", &names), "/a");
         assert_eq!(path_without_params("/a", &names), "/a");
         let headers = h(&[("cookie", "a=1; session=t"), ("cookie", "b=2")]);
         let facts = RequestFacts::new(&headers, None);
-        assert_eq!(
-            cookies_without(&facts, &["session".into()]).as_deref(),
-            Some("a=1; b=2")
-        );
+        assert_eq!(cookies_without(&facts, &["session".into()]).as_deref(), Some("a=1; b=2"));
         let headers = h(&[("cookie", "session=t")]);
-        assert_eq!(
-            cookies_without(&RequestFacts::new(&headers, None), &["session".into()]),
-            None
-        );
+        assert_eq!(cookies_without(&RequestFacts::new(&headers, None), &["session".into()]), None);
     }
 }

@@ -20,14 +20,8 @@ impl Request<'_, '_, '_> {
         let mut strip_params: Vec<String> = Vec::new();
         let mut strip_cookies: Vec<String> = Vec::new();
         for &i in verified {
-            let (
-                Some(p),
-                Some(Some(ProviderState::Verified {
-                    token,
-                    text,
-                    locations,
-                })),
-            ) = (self.policy.providers.get(i), self.states.get(i))
+            let (Some(p), Some(Some(ProviderState::Verified { token, text, locations }))) =
+                (self.policy.providers.get(i), self.states.get(i))
             else {
                 continue;
             };

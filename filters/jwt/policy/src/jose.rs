@@ -90,14 +90,10 @@ pub struct ParsedToken<'t> {
 /// [`JwtReason::AlgNotAllowed`], anything else wrong is [`JwtReason::Malformed`].
 pub fn parse(token: &str) -> Result<ParsedToken<'_>, JwtReason> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(JwtReason::Malformed);
     };
-    let signing_input = token
-        .get(..h.len() + 1 + p.len())
-        .ok_or(JwtReason::Malformed)?;
+    let signing_input = token.get(..h.len() + 1 + p.len()).ok_or(JwtReason::Malformed)?;
     let header = json_object(h)?;
     let alg = match header.get("alg") {
         Some(Value::String(a)) => Alg::parse(a).ok_or(JwtReason::AlgNotAllowed)?,
@@ -116,14 +112,7 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, JwtReason> {
     if signature.is_empty() {
         return Err(JwtReason::Malformed);
     }
-    Ok(ParsedToken {
-        signing_input,
-        payload_b64: p,
-        alg,
-        kid,
-        signature,
-        claims,
-    })
+    Ok(ParsedToken { signing_input, payload_b64: p, alg, kid, signature, claims })
 }
 
 fn json_object(segment: &str) -> Result<Map<String, Value>, JwtReason> {
@@ -149,11 +138,7 @@ mod tests {
 
     #[test]
     fn parses_a_well_formed_token() {
-        let t = tok(
-            r#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#,
-            r#"{"sub":"a"}"#,
-            "AAAA",
-        );
+        let t = tok(r#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#, r#"{"sub":"a"}"#, "AAAA");
         let p = parse(&t).unwrap();
         assert_eq!(p.alg, Alg::ES256);
         assert_eq!(p.kid.as_deref(), Some("k1"));
@@ -168,60 +153,23 @@ mod tests {
         let cases: Vec<(String, JwtReason)> = vec![
             ("".into(), JwtReason::Malformed),
             ("a.b".into(), JwtReason::Malformed),
-            (
-                format!("{}.AAAA", tok(ok_h, "{}", "AAAA")),
-                JwtReason::Malformed,
-            ),
+            (format!("{}.AAAA", tok(ok_h, "{}", "AAAA")), JwtReason::Malformed),
             (tok(ok_h, "{}", ""), JwtReason::Malformed),
             (tok(ok_h, "{}", "AA=="), JwtReason::Malformed),
             (tok(ok_h, "[]", "AAAA"), JwtReason::Malformed),
             (tok(ok_h, "\"x\"", "AAAA"), JwtReason::Malformed),
             (tok("{}", "{}", "AAAA"), JwtReason::Malformed),
             (tok(r#"{"alg":5}"#, "{}", "AAAA"), JwtReason::Malformed),
-            (
-                tok(r#"{"alg":"none"}"#, "{}", "AAAA"),
-                JwtReason::AlgNotAllowed,
-            ),
-            (
-                tok(r#"{"alg":"None"}"#, "{}", "AAAA"),
-                JwtReason::AlgNotAllowed,
-            ),
-            (
-                tok(r#"{"alg":"hs256"}"#, "{}", "AAAA"),
-                JwtReason::AlgNotAllowed,
-            ),
-            (
-                tok(r#"{"alg":"ES256K"}"#, "{}", "AAAA"),
-                JwtReason::AlgNotAllowed,
-            ),
-            (
-                tok(r#"{"alg":"HS256","kid":1}"#, "{}", "AAAA"),
-                JwtReason::Malformed,
-            ),
-            (
-                tok(r#"{"alg":"HS256","typ":{}}"#, "{}", "AAAA"),
-                JwtReason::Malformed,
-            ),
-            (
-                tok(r#"{"alg":"HS256","crit":["exp"]}"#, "{}", "AAAA"),
-                JwtReason::Malformed,
-            ),
-            (
-                format!("{}.{}.AAAA", seg(ok_h), "e30="),
-                JwtReason::Malformed,
-            ),
-            (
-                format!("{} .{}.AAAA", seg(ok_h), seg("{}")),
-                JwtReason::Malformed,
-            ),
-            (
-                tok(
-                    ok_h,
-                    &format!("{}1{}", "[".repeat(200), "]".repeat(200)),
-                    "AAAA",
-                ),
-                JwtReason::Malformed,
-            ),
+            (tok(r#"{"alg":"none"}"#, "{}", "AAAA"), JwtReason::AlgNotAllowed),
+            (tok(r#"{"alg":"None"}"#, "{}", "AAAA"), JwtReason::AlgNotAllowed),
+            (tok(r#"{"alg":"hs256"}"#, "{}", "AAAA"), JwtReason::AlgNotAllowed),
+            (tok(r#"{"alg":"ES256K"}"#, "{}", "AAAA"), JwtReason::AlgNotAllowed),
+            (tok(r#"{"alg":"HS256","kid":1}"#, "{}", "AAAA"), JwtReason::Malformed),
+            (tok(r#"{"alg":"HS256","typ":{}}"#, "{}", "AAAA"), JwtReason::Malformed),
+            (tok(r#"{"alg":"HS256","crit":["exp"]}"#, "{}", "AAAA"), JwtReason::Malformed),
+            (format!("{}.{}.AAAA", seg(ok_h), "e30="), JwtReason::Malformed),
+            (format!("{} .{}.AAAA", seg(ok_h), seg("{}")), JwtReason::Malformed),
+            (tok(ok_h, &format!("{}1{}", "[".repeat(200), "]".repeat(200)), "AAAA"), JwtReason::Malformed),
             (tok(ok_h, "{\"a\":1", "AAAA"), JwtReason::Malformed),
         ];
         for (t, want) in cases {

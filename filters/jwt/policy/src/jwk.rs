@@ -69,13 +69,7 @@ struct Jwk {
 impl fmt::Debug for Jwk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print key material (an oct key is a secret).
-        write!(
-            f,
-            "Jwk({}, kid={:?}, alg={:?})",
-            self.material.kind(),
-            self.kid,
-            self.alg.map(Alg::as_str)
-        )
+        write!(f, "Jwk({}, kid={:?}, alg={:?})", self.material.kind(), self.kid, self.alg.map(Alg::as_str))
     }
 }
 
@@ -121,26 +115,19 @@ impl JwksSet {
 
     /// Parses a JWKS document (`{"keys": [...]}`).
     pub fn parse(bytes: &[u8]) -> Result<Self, JwksError> {
-        let v: Value =
-            serde_json::from_slice(bytes).map_err(|e| JwksError(format!("invalid JSON: {e}")))?;
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| JwksError(format!("invalid JSON: {e}")))?;
         Self::from_value(&v)
     }
 
     /// Builds the set from an already parsed JWKS document.
     pub fn from_value(v: &Value) -> Result<Self, JwksError> {
         let Some(list) = v.get("keys").and_then(Value::as_array) else {
-            return Err(JwksError(
-                "a JWKS is an object with a \"keys\" array".into(),
-            ));
+            return Err(JwksError("a JWKS is an object with a \"keys\" array".into()));
         };
         let mut set = Self::default();
         for (index, raw) in list.iter().enumerate() {
             let kid = raw.get("kid").and_then(Value::as_str).map(str::to_owned);
-            let parsed = if set.keys.len() >= MAX_KEYS {
-                Err(format!("more than {MAX_KEYS} keys"))
-            } else {
-                parse_jwk(raw)
-            };
+            let parsed = if set.keys.len() >= MAX_KEYS { Err(format!("more than {MAX_KEYS} keys")) } else { parse_jwk(raw) };
             match parsed {
                 Ok(k) => set.keys.push(k),
                 Err(reason) => set.skipped.push(SkippedKey { index, kid, reason }),
@@ -183,22 +170,12 @@ impl JwksSet {
             _ => true,
         };
         let mut tried = 0;
-        for key in self
-            .keys
-            .iter()
-            .filter(by_kid)
-            .filter(|k| fits(token.alg, k.alg, &k.material))
-        {
+        for key in self.keys.iter().filter(by_kid).filter(|k| fits(token.alg, k.alg, &k.material)) {
             if tried == MAX_KEYS_TRIED {
                 break;
             }
             tried += 1;
-            if verify_with(
-                token.alg,
-                &key.material,
-                token.signing_input.as_bytes(),
-                &token.signature,
-            ) {
+            if verify_with(token.alg, &key.material, token.signing_input.as_bytes(), &token.signature) {
                 return Ok(());
             }
         }
@@ -223,9 +200,7 @@ fn fits(alg: Alg, jwk_alg: Option<Alg>, material: &KeyMaterial) -> bool {
         (KeyMaterial::Oct(k), HS384) => k.len() >= 48,
         (KeyMaterial::Oct(k), HS512) => k.len() >= 64,
         (KeyMaterial::Rsa(_), RS256 | RS384 | RS512 | PS256 | PS384 | PS512) => true,
-        (KeyMaterial::P256(_), ES256)
-        | (KeyMaterial::P384(_), ES384)
-        | (KeyMaterial::P521(_), ES512) => true,
+        (KeyMaterial::P256(_), ES256) | (KeyMaterial::P384(_), ES384) | (KeyMaterial::P521(_), ES512) => true,
         (KeyMaterial::Ed25519(_), EdDSA) => true,
         _ => false,
     }
@@ -248,36 +223,18 @@ fn verify_with(alg: Alg, key: &KeyMaterial, msg: &[u8], sig: &[u8]) -> bool {
         (KeyMaterial::Oct(k), HS256) => hmac_ok::<Hmac<Sha256>>(k, msg, sig),
         (KeyMaterial::Oct(k), HS384) => hmac_ok::<Hmac<Sha384>>(k, msg, sig),
         (KeyMaterial::Oct(k), HS512) => hmac_ok::<Hmac<Sha512>>(k, msg, sig),
-        (KeyMaterial::Rsa(k), RS256) => k
-            .verify(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(msg), sig)
-            .is_ok(),
-        (KeyMaterial::Rsa(k), RS384) => k
-            .verify(Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(msg), sig)
-            .is_ok(),
-        (KeyMaterial::Rsa(k), RS512) => k
-            .verify(Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(msg), sig)
-            .is_ok(),
+        (KeyMaterial::Rsa(k), RS256) => k.verify(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(msg), sig).is_ok(),
+        (KeyMaterial::Rsa(k), RS384) => k.verify(Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(msg), sig).is_ok(),
+        (KeyMaterial::Rsa(k), RS512) => k.verify(Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(msg), sig).is_ok(),
         // PSS with the salt as long as the hash (RFC 7518 §3.5).
-        (KeyMaterial::Rsa(k), PS256) => k
-            .verify(rsa::pss::Pss::<Sha256>::new(), &Sha256::digest(msg), sig)
-            .is_ok(),
-        (KeyMaterial::Rsa(k), PS384) => k
-            .verify(rsa::pss::Pss::<Sha384>::new(), &Sha384::digest(msg), sig)
-            .is_ok(),
-        (KeyMaterial::Rsa(k), PS512) => k
-            .verify(rsa::pss::Pss::<Sha512>::new(), &Sha512::digest(msg), sig)
-            .is_ok(),
+        (KeyMaterial::Rsa(k), PS256) => k.verify(rsa::pss::Pss::<Sha256>::new(), &Sha256::digest(msg), sig).is_ok(),
+        (KeyMaterial::Rsa(k), PS384) => k.verify(rsa::pss::Pss::<Sha384>::new(), &Sha384::digest(msg), sig).is_ok(),
+        (KeyMaterial::Rsa(k), PS512) => k.verify(rsa::pss::Pss::<Sha512>::new(), &Sha512::digest(msg), sig).is_ok(),
         // JWS ECDSA signatures are the fixed-size R || S (RFC 7518 §3.4), never DER.
         (KeyMaterial::P256(k), ES256) => k.verify(msg, sig),
-        (KeyMaterial::P384(k), ES384) => {
-            p384::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
-        }
-        (KeyMaterial::P521(k), ES512) => {
-            p521::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
-        }
-        (KeyMaterial::Ed25519(k), EdDSA) => {
-            ed25519_compact::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
-        }
+        (KeyMaterial::P384(k), ES384) => p384::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok()),
+        (KeyMaterial::P521(k), ES512) => p521::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok()),
+        (KeyMaterial::Ed25519(k), EdDSA) => ed25519_compact::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok()),
         _ => false,
     }
 }
@@ -297,18 +254,14 @@ fn parse_jwk(raw: &Value) -> Result<Jwk, String> {
         }
     }
     if let Some(ops) = obj.get("key_ops") {
-        let verify = ops
-            .as_array()
-            .is_some_and(|a| a.iter().any(|o| o.as_str() == Some("verify")));
+        let verify = ops.as_array().is_some_and(|a| a.iter().any(|o| o.as_str() == Some("verify")));
         if !verify {
             return Err("\"key_ops\" does not include \"verify\"".into());
         }
     }
     let alg = match obj.get("alg") {
         None => None,
-        Some(Value::String(a)) => {
-            Some(Alg::parse(a).ok_or_else(|| format!("unsupported \"alg\" {a:?}"))?)
-        }
+        Some(Value::String(a)) => Some(Alg::parse(a).ok_or_else(|| format!("unsupported \"alg\" {a:?}"))?),
         Some(_) => return Err("\"alg\" is not a string".into()),
     };
     let kty = str_field(obj, "kty")?;
@@ -316,22 +269,16 @@ fn parse_jwk(raw: &Value) -> Result<Jwk, String> {
         "oct" => {
             let k = bytes_field(obj, "k")?;
             if k.len() < MIN_HMAC_KEY_BYTES {
-                return Err(format!(
-                    "oct key of {} bytes is shorter than {MIN_HMAC_KEY_BYTES}",
-                    k.len()
-                ));
+                return Err(format!("oct key of {} bytes is shorter than {MIN_HMAC_KEY_BYTES}", k.len()));
             }
             KeyMaterial::Oct(k)
         }
         "RSA" => {
             let n = bytes_field(obj, "n")?;
             let e = bytes_field(obj, "e")?;
-            let key = PublicKey::new_with_size_limits(
-                BoxedUint::from_be_slice_vartime(&n),
-                BoxedUint::from_be_slice_vartime(&e),
-                2048..=4096,
-            )
-            .map_err(|err| format!("invalid RSA key: {err}"))?;
+            let key =
+                PublicKey::new_with_size_limits(BoxedUint::from_be_slice_vartime(&n), BoxedUint::from_be_slice_vartime(&e), 2048..=4096)
+                    .map_err(|err| format!("invalid RSA key: {err}"))?;
             KeyMaterial::Rsa(Box::new(key))
         }
         "EC" => {
@@ -355,12 +302,8 @@ fn parse_jwk(raw: &Value) -> Result<Jwk, String> {
                 "P-256" => KeyMaterial::P256(std::sync::Arc::new(
                     super::es256::Es256Key::from_coordinates(&x, &y).ok_or_else(|| format!("{crv} point is not on the curve"))?,
                 )),
-                "P-384" => KeyMaterial::P384(
-                    p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(bad)?,
-                ),
-                _ => KeyMaterial::P521(Box::new(
-                    p521::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(bad)?,
-                )),
+                "P-384" => KeyMaterial::P384(p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(bad)?),
+                _ => KeyMaterial::P521(Box::new(p521::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(bad)?)),
             }
         }
         "OKP" => {
@@ -369,20 +312,13 @@ fn parse_jwk(raw: &Value) -> Result<Jwk, String> {
                 return Err(format!("unsupported OKP curve {crv:?}"));
             }
             let x = bytes_field(obj, "x")?;
-            KeyMaterial::Ed25519(
-                ed25519_compact::PublicKey::from_slice(&x)
-                    .map_err(|_| "Ed25519 \"x\" must be 32 bytes".to_string())?,
-            )
+            KeyMaterial::Ed25519(ed25519_compact::PublicKey::from_slice(&x).map_err(|_| "Ed25519 \"x\" must be 32 bytes".to_string())?)
         }
         other => return Err(format!("unsupported \"kty\" {other:?}")),
     };
     if let Some(a) = alg {
         if !fits(a, None, &material) {
-            return Err(format!(
-                "\"alg\" {} does not fit a {} key",
-                a.as_str(),
-                material.kind()
-            ));
+            return Err(format!("\"alg\" {} does not fit a {} key", a.as_str(), material.kind()));
         }
     }
     Ok(Jwk { kid, alg, material })
@@ -399,6 +335,5 @@ fn str_field<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<&'a str, Str
 fn bytes_field(obj: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
     let s = str_field(obj, name)?;
     // Some key servers pad their base64url; tolerate it in key sets (not in tokens).
-    b64::decode(s.trim_end_matches('=').as_bytes())
-        .ok_or_else(|| format!("{name:?} is not base64url"))
+    b64::decode(s.trim_end_matches('=').as_bytes()).ok_or_else(|| format!("{name:?} is not base64url"))
 }

@@ -58,24 +58,24 @@ mod claims;
 mod compile;
 mod config;
 pub mod es256;
+mod evaluate;
 mod extract;
+mod forward;
 pub mod jose;
 pub mod jwk;
 mod keys;
-mod evaluate;
-mod forward;
 mod policy;
 mod reason;
 
 pub use cache::{TokenCache, VerifiedToken};
+pub use compile::JWKS;
 pub use config::{
-    ClaimRequirementSpec, ClaimToHeaderSpec, HeaderSourceSpec, JwtDocument, JwtRule, ProviderSpec,
-    ProviderAndAudiencesSpec, RemoteJwksSpec, RequirementSpec, SubjectPrefix, SubjectsSpec,
+    ClaimRequirementSpec, ClaimToHeaderSpec, HeaderSourceSpec, JwtDocument, JwtRule, ProviderAndAudiencesSpec, ProviderSpec,
+    RemoteJwksSpec, RequirementSpec, SubjectPrefix, SubjectsSpec,
 };
+pub use forward::MAX_CLAIM_HEADER_BYTES;
 pub use jose::Alg;
 pub use jwk::{JwksError, JwksSet, SkippedKey};
 pub use keys::{KeyLookup, NoRemoteKeys, RemoteKeys};
-pub use compile::JWKS;
-pub use forward::MAX_CLAIM_HEADER_BYTES;
 pub use policy::{JwtOutcome, JwtPolicy, RemoteJwksSource};
 pub use reason::{JwtReason, TOO_MANY_HEADERS_BODY};

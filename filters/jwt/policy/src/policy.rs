@@ -13,12 +13,11 @@ use gatewarden_policy::rules::{CompiledRule, RuleSet};
 
 use super::cache::TokenCache;
 use super::compile::{
-    compile_claim_requirement, compile_provider, compile_requirement, compile_scopes,
-    validate_provider_name, JwtAction, Provider,
+    compile_claim_requirement, compile_provider, compile_requirement, compile_scopes, validate_provider_name, JwtAction, Provider,
 };
 use super::config::JwtDocument;
-use super::keys::KeyLookup;
 use super::evaluate::{Eval, Request};
+use super::keys::KeyLookup;
 use super::reason::JwtReason;
 
 /// What the JWT policy decided, and what the glue must do to the request and response.
@@ -76,28 +75,20 @@ impl FilterPolicy for JwtPolicy {
         let root = FieldPath::root();
         if doc.realm.is_empty()
             || doc.realm.len() > 128
-            || doc
-                .realm
-                .bytes()
-                .any(|b| b == b'"' || b == b'\\' || !(b == b' ' || b.is_ascii_graphic()))
+            || doc.realm.bytes().any(|b| b == b'"' || b == b'\\' || !(b == b' ' || b.is_ascii_graphic()))
         {
-            return Err(root.field("realm").error(format!("invalid realm {}: 1 to 128 printable ASCII characters without quotes or backslashes", quote(&doc.realm))));
+            return Err(root
+                .field("realm")
+                .error(format!("invalid realm {}: 1 to 128 printable ASCII characters without quotes or backslashes", quote(&doc.realm))));
         }
         if doc.token_cache_entries > 1_000_000 {
-            return Err(root.field("token_cache_entries").error(format!(
-                "{} is more than the maximum 1000000",
-                doc.token_cache_entries
-            )));
+            return Err(root.field("token_cache_entries").error(format!("{} is more than the maximum 1000000", doc.token_cache_entries)));
         }
         if !(1..=10_000).contains(&doc.max_request_headers) {
-            return Err(root
-                .field("max_request_headers")
-                .error(format!("{} is outside 1..=10000", doc.max_request_headers)));
+            return Err(root.field("max_request_headers").error(format!("{} is outside 1..=10000", doc.max_request_headers)));
         }
         if doc.providers.is_empty() {
-            return Err(root
-                .field("providers")
-                .error("at least one provider is required"));
+            return Err(root.field("providers").error("at least one provider is required"));
         }
         let mut providers = Vec::with_capacity(doc.providers.len());
         for (name, spec) in &doc.providers {
@@ -107,11 +98,7 @@ impl FilterPolicy for JwtPolicy {
         }
         let mut output_headers: Vec<String> = Vec::new();
         for p in &providers {
-            for h in p
-                .payload_header
-                .iter()
-                .chain(p.claim_headers.iter().map(|(_, h)| h))
-            {
+            for h in p.payload_header.iter().chain(p.claim_headers.iter().map(|(_, h)| h)) {
                 if !output_headers.contains(h) {
                     output_headers.push(h.clone());
                 }
@@ -119,36 +106,23 @@ impl FilterPolicy for JwtPolicy {
         }
         // A header both read as a token source and written from a token would let the
         // upstream see a client's value as verified, or strip what we set.
-        let is_source = |h: &str| {
-            providers
-                .iter()
-                .any(|q| q.sources.headers.iter().any(|(s, _)| s == h))
-        };
+        let is_source = |h: &str| providers.iter().any(|q| q.sources.headers.iter().any(|(s, _)| s == h));
         for p in &providers {
             let path = root.field("providers").field(&p.name);
-            let outputs = p
-                .payload_header
-                .iter()
-                .map(|h| (path.field("forward_payload_header"), h))
-                .chain(p.claim_headers.iter().enumerate().map(|(i, (_, h))| {
-                    (path.field("claim_to_headers").index(i).field("header"), h)
-                }));
+            let outputs =
+                p.payload_header.iter().map(|h| (path.field("forward_payload_header"), h)).chain(
+                    p.claim_headers.iter().enumerate().map(|(i, (_, h))| (path.field("claim_to_headers").index(i).field("header"), h)),
+                );
             for (field, h) in outputs {
                 if is_source(h) {
-                    return Err(field.error(format!(
-                        "header {} is also where a token is read from",
-                        quote(h)
-                    )));
+                    return Err(field.error(format!("header {} is also where a token is read from", quote(h))));
                 }
             }
         }
         let mut copies: Vec<(usize, Vec<String>)> = Vec::new();
         let rules = RuleSet::compile(&doc.rules, &doc.default, |rule, path| {
-            let requires = rule
-                .requires
-                .as_ref()
-                .map(|r| compile_requirement(r, &providers, &mut copies, &path.field("requires"), 0))
-                .transpose()?;
+            let requires =
+                rule.requires.as_ref().map(|r| compile_requirement(r, &providers, &mut copies, &path.field("requires"), 0)).transpose()?;
             let scopes = compile_scopes(&rule.scopes, &path.field("scopes"))?;
             let claims = rule
                 .claims
@@ -157,21 +131,10 @@ impl FilterPolicy for JwtPolicy {
                 .map(|(i, c)| compile_claim_requirement(c, &path.field("claims").index(i)))
                 .collect::<Result<Vec<_>, _>>()?;
             if requires.is_none() && (!scopes.is_empty() || !claims.is_empty()) {
-                let field = if scopes.is_empty() {
-                    "claims"
-                } else {
-                    "scopes"
-                };
-                return Err(path
-                    .field(field)
-                    .error("scopes and claims need a token: add \"requires\""));
+                let field = if scopes.is_empty() { "claims" } else { "scopes" };
+                return Err(path.field(field).error("scopes and claims need a token: add \"requires\""));
             }
-            Ok(JwtAction {
-                requires,
-                scopes,
-                claims,
-                cors_preflight_passes: rule.cors_preflight_passes,
-            })
+            Ok(JwtAction { requires, scopes, claims, cors_preflight_passes: rule.cors_preflight_passes })
         })?;
         // `provider_and_audiences`: copies of providers with other audiences, after the listed
         // ones (the indices compile_requirement gave them).
@@ -239,12 +202,10 @@ impl JwtPolicy {
 
     /// The remote key sets the glue must fetch, one per provider with `remote_jwks`.
     pub fn remote_jwks(&self) -> impl Iterator<Item = RemoteJwksSource<'_>> {
-        self.providers.iter().filter(|p| p.copy_of.is_none()).filter_map(|p| {
-            p.remote.as_ref().map(|spec| RemoteJwksSource {
-                provider: &p.name,
-                spec,
-            })
-        })
+        self.providers
+            .iter()
+            .filter(|p| p.copy_of.is_none())
+            .filter_map(|p| p.remote.as_ref().map(|spec| RemoteJwksSource { provider: &p.name, spec }))
     }
 
     /// Every request header this policy may set from a token (always removed from requests).
@@ -254,13 +215,7 @@ impl JwtPolicy {
 
     /// Decides for one request at `now` (Unix seconds). `keys` holds the loaded remote key
     /// sets; `cache`, if given, remembers verified tokens across requests of one worker.
-    pub fn decide(
-        &self,
-        facts: &RequestFacts<'_>,
-        now: u64,
-        keys: &dyn KeyLookup,
-        cache: Option<&mut TokenCache>,
-    ) -> JwtOutcome {
+    pub fn decide(&self, facts: &RequestFacts<'_>, now: u64, keys: &dyn KeyLookup, cache: Option<&mut TokenCache>) -> JwtOutcome {
         let rule = self.rules.select(facts);
         let mut out = JwtOutcome {
             decision: Decision::allow(&rule.name),
@@ -310,27 +265,17 @@ impl JwtPolicy {
         out
     }
 
-    fn deny(
-        &self,
-        out: &mut JwtOutcome,
-        rule: &CompiledRule<JwtAction>,
-        reason: JwtReason,
-        facts: &RequestFacts<'_>,
-    ) {
+    fn deny(&self, out: &mut JwtOutcome, rule: &CompiledRule<JwtAction>, reason: JwtReason, facts: &RequestFacts<'_>) {
         out.decision = Decision::deny(&rule.name, reason.denial());
         out.reason = Some(reason);
         out.client = Some(self.header.client_address.resolve(facts));
         out.set_headers.clear();
         if let Some(v) = reason.www_authenticate(&self.realm) {
-            out.response_headers
-                .push(("www-authenticate".to_owned(), v));
+            out.response_headers.push(("www-authenticate".to_owned(), v));
         }
     }
 }
 
 fn is_cors_preflight(facts: &RequestFacts<'_>) -> bool {
-    facts.method() == "OPTIONS"
-        && facts.header("origin").is_some()
-        && facts.header("access-control-request-method").is_some()
+    facts.method() == "OPTIONS" && facts.header("origin").is_some() && facts.header("access-control-request-method").is_some()
 }
-

@@ -4,8 +4,7 @@
 use gatewarden_policy::decision::{Denial, FORBIDDEN_BODY, UNAUTHORIZED_BODY};
 
 /// The public body of a 431 (too many request headers).
-pub const TOO_MANY_HEADERS_BODY: &str =
-    r#"{"error":"request_header_fields_too_large","message":"too many request headers"}"#;
+pub const TOO_MANY_HEADERS_BODY: &str = r#"{"error":"request_header_fields_too_large","message":"too many request headers"}"#;
 
 /// Why a token (or a request) was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -114,11 +113,7 @@ impl JwtReason {
             431 => TOO_MANY_HEADERS_BODY,
             _ => UNAUTHORIZED_BODY,
         };
-        Denial {
-            status: self.status(),
-            body,
-            reason: self.as_str(),
-        }
+        Denial { status: self.status(), body, reason: self.as_str() }
     }
 
     /// The `error` attribute of `WWW-Authenticate` (RFC 6750 §3.1), if any.
@@ -151,30 +146,16 @@ mod tests {
     fn reasons_are_distinct_snake_case() {
         let mut seen = std::collections::HashSet::new();
         for r in JwtReason::ALL {
-            assert!(
-                r.as_str()
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'_'),
-                "{r:?}"
-            );
+            assert!(r.as_str().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{r:?}");
             assert!(seen.insert(r.as_str()), "duplicate {r:?}");
         }
     }
 
     #[test]
     fn www_authenticate_has_error_only_when_a_token_was_tried() {
-        assert_eq!(
-            JwtReason::Missing.www_authenticate("api").as_deref(),
-            Some("Bearer realm=\"api\"")
-        );
-        assert_eq!(
-            JwtReason::Expired.www_authenticate("api").as_deref(),
-            Some("Bearer realm=\"api\", error=\"invalid_token\"")
-        );
-        assert_eq!(
-            JwtReason::Scope.www_authenticate("api").as_deref(),
-            Some("Bearer realm=\"api\", error=\"insufficient_scope\"")
-        );
+        assert_eq!(JwtReason::Missing.www_authenticate("api").as_deref(), Some("Bearer realm=\"api\""));
+        assert_eq!(JwtReason::Expired.www_authenticate("api").as_deref(), Some("Bearer realm=\"api\", error=\"invalid_token\""));
+        assert_eq!(JwtReason::Scope.www_authenticate("api").as_deref(), Some("Bearer realm=\"api\", error=\"insufficient_scope\""));
         assert_eq!(JwtReason::Audience.www_authenticate("api"), None);
     }
 }

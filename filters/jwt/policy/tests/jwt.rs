@@ -8,9 +8,7 @@
 
 use std::sync::Arc;
 
-use gatewarden_jwt_policy::{
-    JwksSet, JwtDocument, JwtOutcome, JwtPolicy, KeyLookup, NoRemoteKeys, RemoteKeys, TokenCache,
-};
+use gatewarden_jwt_policy::{JwksSet, JwtDocument, JwtOutcome, JwtPolicy, KeyLookup, NoRemoteKeys, RemoteKeys, TokenCache};
 use gatewarden_policy::{compile, RequestFacts, Verdict};
 use hmac::{Hmac, KeyInit, Mac};
 use p256::ecdsa::signature::Signer;
@@ -63,16 +61,9 @@ fn sign(alg: &str, header_extra: Value, claims: Value) -> String {
         other => panic!("no test key for {other}"),
     };
     let mut header = json!({"alg": alg, "kid": kid, "typ": "JWT"});
-    header
-        .as_object_mut()
-        .unwrap()
-        .extend(header_extra.as_object().unwrap().clone());
+    header.as_object_mut().unwrap().extend(header_extra.as_object().unwrap().clone());
     header.as_object_mut().unwrap().retain(|_, v| !v.is_null());
-    let input = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
+    let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
     let sig = match alg {
         "HS256" => {
             let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(SECRET).unwrap();
@@ -92,9 +83,7 @@ fn sign(alg: &str, header_extra: Value, claims: Value) -> String {
 fn claims(extra: Value) -> Value {
     let mut c = json!({"iss": "https://t.example.com", "aud": ["api", "other"], "sub": "user-7", "iat": NOW - 10, "exp": NOW + 600,
                        "scope": "read write", "tenant": "acme", "org": {"id": 42, "name": "Acme"}});
-    c.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
+    c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     c.as_object_mut().unwrap().retain(|_, v| !v.is_null());
     c
 }
@@ -134,10 +123,7 @@ fn policy() -> JwtPolicy {
 }
 
 fn headers(path: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut h = vec![
-        (":method".to_string(), "GET".to_string()),
-        (":path".to_string(), path.to_string()),
-    ];
+    let mut h = vec![(":method".to_string(), "GET".to_string()), (":path".to_string(), path.to_string())];
     h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     h
 }
@@ -171,25 +157,13 @@ fn fixture_tokens_of_every_algorithm() {
     let p = policy();
     let f = fixtures();
     let tokens = f["tokens"].as_array().unwrap();
-    let algs: std::collections::BTreeSet<&str> = tokens
-        .iter()
-        .filter(|t| t["expect"] == "allow")
-        .map(|t| t["header"]["alg"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        algs.len(),
-        13,
-        "every algorithm has a valid fixture: {algs:?}"
-    );
+    let algs: std::collections::BTreeSet<&str> =
+        tokens.iter().filter(|t| t["expect"] == "allow").map(|t| t["header"]["alg"].as_str().unwrap()).collect();
+    assert_eq!(algs.len(), 13, "every algorithm has a valid fixture: {algs:?}");
     for t in tokens {
         let auth = bearer(t["token"].as_str().unwrap());
         let o = decide(&p, "/fixtures", &[("authorization", &auth)]);
-        assert_eq!(
-            outcome(&o),
-            t["expect"].as_str().unwrap(),
-            "fixture {:?}",
-            t["name"]
-        );
+        assert_eq!(outcome(&o), t["expect"].as_str().unwrap(), "fixture {:?}", t["name"]);
     }
 }
 
@@ -206,12 +180,7 @@ fn flip(segment: &str) -> String {
 fn tampered_signature_payload_or_header_fails() {
     let p = policy();
     let f = fixtures();
-    for t in f["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["expect"] == "allow")
-    {
+    for t in f["tokens"].as_array().unwrap().iter().filter(|t| t["expect"] == "allow") {
         let token = t["token"].as_str().unwrap();
         let parts: Vec<&str> = token.split('.').collect();
         let name = t["name"].as_str().unwrap();
@@ -220,37 +189,10 @@ fn tampered_signature_payload_or_header_fails() {
         let mut header = t["header"].clone();
         header["x5u"] = json!("https://evil");
         let cases = [
-            (
-                "signature",
-                format!("{}.{}.{}", parts[0], parts[1], flip(parts[2])),
-            ),
-            (
-                "payload",
-                format!(
-                    "{}.{}.{}",
-                    parts[0],
-                    b64(claims.to_string().as_bytes()),
-                    parts[2]
-                ),
-            ),
-            (
-                "header",
-                format!(
-                    "{}.{}.{}",
-                    b64(header.to_string().as_bytes()),
-                    parts[1],
-                    parts[2]
-                ),
-            ),
-            (
-                "truncated signature",
-                format!(
-                    "{}.{}.{}",
-                    parts[0],
-                    parts[1],
-                    &parts[2][..parts[2].len() / 2 / 4 * 4]
-                ),
-            ),
+            ("signature", format!("{}.{}.{}", parts[0], parts[1], flip(parts[2]))),
+            ("payload", format!("{}.{}.{}", parts[0], b64(claims.to_string().as_bytes()), parts[2])),
+            ("header", format!("{}.{}.{}", b64(header.to_string().as_bytes()), parts[1], parts[2])),
+            ("truncated signature", format!("{}.{}.{}", parts[0], parts[1], &parts[2][..parts[2].len() / 2 / 4 * 4])),
         ];
         for (what, bad) in cases {
             let o = decide(&p, "/fixtures", &[("authorization", &bearer(&bad))]);
@@ -262,73 +204,23 @@ fn tampered_signature_payload_or_header_fails() {
 #[test]
 fn alg_must_fit_the_key_type_and_the_jwk_alg() {
     let f = fixtures();
-    let by_name = |n: &str| {
-        f["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == n)
-            .unwrap()["token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let by_name = |n: &str| f["tokens"].as_array().unwrap().iter().find(|t| t["name"] == n).unwrap()["token"].as_str().unwrap().to_string();
     // ES384 header on the P-256 key's kid: the key does not fit.
     let es256 = by_name("ES256");
     let parts: Vec<&str> = es256.split('.').collect();
-    let relabelled = format!(
-        "{}.{}.{}",
-        b64(br#"{"alg":"ES384","kid":"ec256"}"#),
-        parts[1],
-        parts[2]
-    );
-    assert_eq!(
-        outcome(&decide(
-            &policy(),
-            "/fixtures",
-            &[("authorization", &bearer(&relabelled))]
-        )),
-        "alg_not_allowed"
-    );
+    let relabelled = format!("{}.{}.{}", b64(br#"{"alg":"ES384","kid":"ec256"}"#), parts[1], parts[2]);
+    assert_eq!(outcome(&decide(&policy(), "/fixtures", &[("authorization", &bearer(&relabelled))])), "alg_not_allowed");
     // An EdDSA header on an RSA kid.
-    let relabelled = format!(
-        "{}.{}.{}",
-        b64(br#"{"alg":"EdDSA","kid":"rsa1"}"#),
-        parts[1],
-        parts[2]
-    );
-    assert_eq!(
-        outcome(&decide(
-            &policy(),
-            "/fixtures",
-            &[("authorization", &bearer(&relabelled))]
-        )),
-        "alg_not_allowed"
-    );
+    let relabelled = format!("{}.{}.{}", b64(br#"{"alg":"EdDSA","kid":"rsa1"}"#), parts[1], parts[2]);
+    assert_eq!(outcome(&decide(&policy(), "/fixtures", &[("authorization", &bearer(&relabelled))])), "alg_not_allowed");
     // The RSA JWK pinned to RS256: a PS256 token with its kid is refused, RS256 still passes.
     let mut jwks = fixture_jwks();
     jwks["keys"][0]["alg"] = json!("RS256");
-    let mut doc = policy_json(
-        json!([{"match": {"path_prefix": "/fixtures"}, "requires": {"provider": "idp"}}]),
-    );
+    let mut doc = policy_json(json!([{"match": {"path_prefix": "/fixtures"}, "requires": {"provider": "idp"}}]));
     doc["providers"]["idp"]["local_jwks"] = jwks;
     let pinned = policy_from(&doc);
-    assert_eq!(
-        outcome(&decide(
-            &pinned,
-            "/fixtures",
-            &[("authorization", &bearer(&by_name("PS256")))]
-        )),
-        "alg_not_allowed"
-    );
-    assert_eq!(
-        outcome(&decide(
-            &pinned,
-            "/fixtures",
-            &[("authorization", &bearer(&by_name("RS256")))]
-        )),
-        "allow"
-    );
+    assert_eq!(outcome(&decide(&pinned, "/fixtures", &[("authorization", &bearer(&by_name("PS256")))])), "alg_not_allowed");
+    assert_eq!(outcome(&decide(&pinned, "/fixtures", &[("authorization", &bearer(&by_name("RS256")))])), "allow");
 }
 
 #[test]
@@ -337,27 +229,12 @@ fn hs256_signed_with_the_rsa_public_key_is_refused() {
     // public key as the HMAC secret, with and without the RSA key's kid.
     let pem = include_bytes!("fixtures/jwt/rsa_public.pem");
     let c = json!({"iss": FIXTURE_ISS, "aud": "api", "exp": NOW + 60});
-    for (header, want) in [
-        (json!({"alg": "HS256", "kid": "rsa1"}), "alg_not_allowed"),
-        (json!({"alg": "HS256"}), "bad_signature"),
-    ] {
-        let input = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(c.to_string().as_bytes())
-        );
+    for (header, want) in [(json!({"alg": "HS256", "kid": "rsa1"}), "alg_not_allowed"), (json!({"alg": "HS256"}), "bad_signature")] {
+        let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(c.to_string().as_bytes()));
         let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(pem).unwrap();
         m.update(input.as_bytes());
         let t = format!("{input}.{}", b64(&m.finalize().into_bytes()));
-        assert_eq!(
-            outcome(&decide(
-                &policy(),
-                "/fixtures",
-                &[("authorization", &bearer(&t))]
-            )),
-            want,
-            "{header}"
-        );
+        assert_eq!(outcome(&decide(&policy(), "/fixtures", &[("authorization", &bearer(&t))])), want, "{header}");
     }
 }
 
@@ -381,10 +258,7 @@ fn unknown_kid_and_missing_kid() {
     assert!(o.needs_keys.is_empty(), "inline keys cannot be refetched");
     // No kid: every key of the right type is tried.
     let t = sign("ES256", json!({"kid": null}), claims(json!({})));
-    assert_eq!(
-        outcome(&decide(&p, "/api", &[("authorization", &bearer(&t))])),
-        "allow"
-    );
+    assert_eq!(outcome(&decide(&p, "/api", &[("authorization", &bearer(&t))])), "allow");
 }
 
 #[test]
@@ -408,11 +282,7 @@ fn time_claims_at_the_skew_boundary() {
     ];
     for (extra, want) in cases {
         let t = sign("HS256", json!({}), claims(extra.clone()));
-        assert_eq!(
-            outcome(&decide(&p, "/api", &[("authorization", &bearer(&t))])),
-            *want,
-            "claims {extra}"
-        );
+        assert_eq!(outcome(&decide(&p, "/api", &[("authorization", &bearer(&t))])), *want, "claims {extra}");
     }
 }
 
@@ -433,11 +303,7 @@ fn wrong_claim_types_are_refused() {
         json!({"jti": 5}),
     ] {
         let t = sign("HS256", json!({}), claims(extra.clone()));
-        assert_eq!(
-            outcome(&decide(&p, "/api", &[("authorization", &bearer(&t))])),
-            "claim_type",
-            "claims {extra}"
-        );
+        assert_eq!(outcome(&decide(&p, "/api", &[("authorization", &bearer(&t))])), "claim_type", "claims {extra}");
     }
 }
 
@@ -461,14 +327,8 @@ fn issuer_audience_subject() {
     let sp = policy_from(&doc);
     let ok = sign("HS256", json!({}), claims(json!({})));
     let bad = sign("HS256", json!({}), claims(json!({"sub": "svc-1"})));
-    assert_eq!(
-        outcome(&decide(&sp, "/api", &[("authorization", &bearer(&ok))])),
-        "allow"
-    );
-    assert_eq!(
-        outcome(&decide(&sp, "/api", &[("authorization", &bearer(&bad))])),
-        "subject"
-    );
+    assert_eq!(outcome(&decide(&sp, "/api", &[("authorization", &bearer(&ok))])), "allow");
+    assert_eq!(outcome(&decide(&sp, "/api", &[("authorization", &bearer(&bad))])), "subject");
 }
 
 #[test]
@@ -480,29 +340,14 @@ fn each_token_source_and_what_goes_upstream() {
     let q = format!("/api/x?a=1&access_token={t}&b=2");
     let cookie = format!("theme=dark; session={t}");
 
-    let o = decide(
-        &p,
-        "/api",
-        &[("authorization", &auth), ("x-user", "spoofed")],
-    );
+    let o = decide(&p, "/api", &[("authorization", &auth), ("x-user", "spoofed")]);
     assert_eq!(outcome(&o), "allow");
-    assert!(
-        o.remove_headers.contains(&"authorization".to_string()),
-        "token stripped: {:?}",
-        o.remove_headers
-    );
-    assert!(
-        o.remove_headers.contains(&"x-user".to_string()),
-        "client's own x-user removed"
-    );
+    assert!(o.remove_headers.contains(&"authorization".to_string()), "token stripped: {:?}", o.remove_headers);
+    assert!(o.remove_headers.contains(&"x-user".to_string()), "client's own x-user removed");
     assert!(o.set_headers.contains(&("x-user".into(), "user-7".into())));
     assert!(o.set_headers.contains(&("x-org-id".into(), "42".into())));
-    assert!(o
-        .set_headers
-        .contains(&("x-org".into(), b64(br#"{"id":42,"name":"Acme"}"#))));
-    assert!(o
-        .set_headers
-        .contains(&("x-jwt-payload".into(), payload.clone())));
+    assert!(o.set_headers.contains(&("x-org".into(), b64(br#"{"id":42,"name":"Acme"}"#))));
+    assert!(o.set_headers.contains(&("x-jwt-payload".into(), payload.clone())));
 
     let o = decide(&p, "/api", &[("x-token", &t)]);
     assert_eq!(outcome(&o), "allow");
@@ -510,53 +355,19 @@ fn each_token_source_and_what_goes_upstream() {
 
     let o = decide(&p, &q, &[]);
     assert_eq!(outcome(&o), "allow");
-    assert!(
-        o.set_headers
-            .contains(&(":path".into(), "/api/x?a=1&b=2".into())),
-        "{:?}",
-        o.set_headers
-    );
+    assert!(o.set_headers.contains(&(":path".into(), "/api/x?a=1&b=2".into())), "{:?}", o.set_headers);
 
     let o = decide(&p, "/api", &[("cookie", &cookie)]);
     assert_eq!(outcome(&o), "allow");
-    assert!(
-        o.set_headers
-            .contains(&("cookie".into(), "theme=dark".into())),
-        "{:?}",
-        o.set_headers
-    );
+    assert!(o.set_headers.contains(&("cookie".into(), "theme=dark".into())), "{:?}", o.set_headers);
 
     // The same token twice is one token; two different tokens are refused.
-    assert_eq!(
-        outcome(&decide(&p, &q, &[("authorization", &auth)])),
-        "allow"
-    );
+    assert_eq!(outcome(&decide(&p, &q, &[("authorization", &auth)])), "allow");
     let other = sign("ES256", json!({}), claims(json!({})));
-    assert_eq!(
-        outcome(&decide(
-            &p,
-            "/api",
-            &[("authorization", &auth), ("x-token", &other)]
-        )),
-        "multiple_tokens"
-    );
-    assert_eq!(
-        outcome(&decide(
-            &p,
-            "/api",
-            &[("authorization", &auth), ("authorization", &bearer(&other))]
-        )),
-        "multiple_tokens"
-    );
+    assert_eq!(outcome(&decide(&p, "/api", &[("authorization", &auth), ("x-token", &other)])), "multiple_tokens");
+    assert_eq!(outcome(&decide(&p, "/api", &[("authorization", &auth), ("authorization", &bearer(&other))])), "multiple_tokens");
     // Other schemes are not tokens.
-    assert_eq!(
-        outcome(&decide(
-            &p,
-            "/api",
-            &[("authorization", "Basic dXNlcjpwdw==")]
-        )),
-        "missing"
-    );
+    assert_eq!(outcome(&decide(&p, "/api", &[("authorization", "Basic dXNlcjpwdw==")])), "missing");
 
     // forward: true keeps the token.
     let mut doc = policy_json(json!([]));
@@ -570,53 +381,21 @@ fn each_token_source_and_what_goes_upstream() {
 fn responses_of_401_and_403() {
     let p = policy();
     let o = decide(&p, "/api", &[]);
-    assert_eq!(
-        o.decision.verdict,
-        Verdict::Deny(gatewarden_jwt_policy::JwtReason::Missing.denial())
-    );
-    let Verdict::Deny(d) = &o.decision.verdict else {
-        unreachable!()
-    };
-    assert_eq!(
-        (d.status, d.body),
-        (401, gatewarden_policy::decision::UNAUTHORIZED_BODY)
-    );
-    assert_eq!(
-        o.response_headers,
-        vec![(
-            "www-authenticate".to_string(),
-            "Bearer realm=\"api\"".to_string()
-        )]
-    );
+    assert_eq!(o.decision.verdict, Verdict::Deny(gatewarden_jwt_policy::JwtReason::Missing.denial()));
+    let Verdict::Deny(d) = &o.decision.verdict else { unreachable!() };
+    assert_eq!((d.status, d.body), (401, gatewarden_policy::decision::UNAUTHORIZED_BODY));
+    assert_eq!(o.response_headers, vec![("www-authenticate".to_string(), "Bearer realm=\"api\"".to_string())]);
     assert!(o.set_headers.is_empty());
-    assert!(
-        o.remove_headers.contains(&"x-jwt-payload".to_string()),
-        "spoofed output headers are removed even on denial"
-    );
+    assert!(o.remove_headers.contains(&"x-jwt-payload".to_string()), "spoofed output headers are removed even on denial");
 
-    let bad = sign(
-        "HS256",
-        json!({}),
-        claims(json!({"exp": NOW as i64 - 1000})),
-    );
+    let bad = sign("HS256", json!({}), claims(json!({"exp": NOW as i64 - 1000})));
     let o = decide(&p, "/api", &[("authorization", &bearer(&bad))]);
-    assert_eq!(
-        o.response_headers,
-        vec![(
-            "www-authenticate".to_string(),
-            "Bearer realm=\"api\", error=\"invalid_token\"".to_string()
-        )]
-    );
+    assert_eq!(o.response_headers, vec![("www-authenticate".to_string(), "Bearer realm=\"api\", error=\"invalid_token\"".to_string())]);
 
     let wrong_aud = sign("HS256", json!({}), claims(json!({"aud": "x"})));
     let o = decide(&p, "/api", &[("authorization", &bearer(&wrong_aud))]);
-    let Verdict::Deny(d) = &o.decision.verdict else {
-        panic!("{o:?}")
-    };
-    assert_eq!(
-        (d.status, d.body, d.reason),
-        (403, gatewarden_policy::decision::FORBIDDEN_BODY, "audience")
-    );
+    let Verdict::Deny(d) = &o.decision.verdict else { panic!("{o:?}") };
+    assert_eq!((d.status, d.body, d.reason), (403, gatewarden_policy::decision::FORBIDDEN_BODY, "audience"));
     assert!(o.response_headers.is_empty());
 }
 
@@ -644,16 +423,8 @@ fn requirement_combinations() {
     let idp = bearer(fx["tokens"][9]["token"].as_str().unwrap()); // ES256 of idp, via Authorization
     let t_tok = sign("ES256", json!({}), claims(json!({})));
     let t_bad = sign("ES256", json!({}), claims(json!({"exp": 5})));
-    let foreign = sign(
-        "HS256",
-        json!({}),
-        claims(json!({"iss": "https://stranger"})),
-    );
-    let t_scp = sign(
-        "HS256",
-        json!({}),
-        claims(json!({"scope": null, "scp": ["admin"]})),
-    );
+    let foreign = sign("HS256", json!({}), claims(json!({"iss": "https://stranger"})));
+    let t_scp = sign("HS256", json!({}), claims(json!({"scope": null, "scp": ["admin"]})));
     let (idp_h, t_h, bad_h, foreign_h, scp_h) = (
         ("authorization", idp.as_str()),
         ("x-token", t_tok.as_str()),
@@ -695,74 +466,30 @@ fn requirement_combinations() {
     ];
     for (path, hs, want) in &cases {
         let o = decide(&p, path, hs);
-        assert_eq!(
-            outcome(&o),
-            *want,
-            "{path} with {:?}",
-            hs.iter().map(|h| h.0).collect::<Vec<_>>()
-        );
+        assert_eq!(outcome(&o), *want, "{path} with {:?}", hs.iter().map(|h| h.0).collect::<Vec<_>>());
     }
     let o = decide(&p, "/lax", &[bad_h]);
-    assert!(
-        o.verified.is_empty() && o.set_headers.is_empty(),
-        "a failed token forwards nothing"
-    );
+    assert!(o.verified.is_empty() && o.set_headers.is_empty(), "a failed token forwards nothing");
     let o = decide(&p, "/admin", &[t_h]);
-    assert_eq!(
-        o.response_headers[0].1,
-        "Bearer realm=\"api\", error=\"insufficient_scope\""
-    );
+    assert_eq!(o.response_headers[0].1, "Bearer realm=\"api\", error=\"insufficient_scope\"");
 }
 
 #[test]
 fn cors_preflight_and_public_rules_pass_without_token() {
     let p = policy();
-    let pre = [
-        (":method", "OPTIONS"),
-        ("origin", "https://app"),
-        ("access-control-request-method", "POST"),
-    ];
-    let h: Vec<(String, String)> = [(":path", "/api")]
+    let pre = [(":method", "OPTIONS"), ("origin", "https://app"), ("access-control-request-method", "POST")];
+    let h: Vec<(String, String)> = [(":path", "/api")].iter().chain(pre.iter()).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    assert_eq!(p.decide(&RequestFacts::new(&h, None), NOW, &NoRemoteKeys, None).decision.reason(), None);
+    let h: Vec<(String, String)> = [(":path", "/api"), (":method", "OPTIONS"), ("origin", "https://app")]
         .iter()
-        .chain(pre.iter())
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    assert_eq!(
-        p.decide(&RequestFacts::new(&h, None), NOW, &NoRemoteKeys, None)
-            .decision
-            .reason(),
-        None
-    );
-    let h: Vec<(String, String)> = [
-        (":path", "/api"),
-        (":method", "OPTIONS"),
-        ("origin", "https://app"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    assert_eq!(
-        p.decide(&RequestFacts::new(&h, None), NOW, &NoRemoteKeys, None)
-            .decision
-            .reason(),
-        Some("missing"),
-        "not a preflight"
-    );
+    assert_eq!(p.decide(&RequestFacts::new(&h, None), NOW, &NoRemoteKeys, None).decision.reason(), Some("missing"), "not a preflight");
     let mut doc = policy_json(json!([]));
     doc["default"]["cors_preflight_passes"] = json!(false);
     let strict = policy_from(&doc);
-    let h: Vec<(String, String)> = [(":path", "/api")]
-        .iter()
-        .chain(pre.iter())
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    assert_eq!(
-        strict
-            .decide(&RequestFacts::new(&h, None), NOW, &NoRemoteKeys, None)
-            .decision
-            .reason(),
-        Some("missing")
-    );
+    let h: Vec<(String, String)> = [(":path", "/api")].iter().chain(pre.iter()).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    assert_eq!(strict.decide(&RequestFacts::new(&h, None), NOW, &NoRemoteKeys, None).decision.reason(), Some("missing"));
     assert_eq!(outcome(&decide(&p, "/public/x", &[])), "allow");
 }
 
@@ -770,11 +497,7 @@ fn cors_preflight_and_public_rules_pass_without_token() {
 fn remote_keys_failure_mode_and_refetch_hints() {
     let p = policy();
     let set = JwksSet::from_value(&test_jwks()).unwrap();
-    let t = sign(
-        "EdDSA",
-        json!({}),
-        claims(json!({"iss": "https://remote.example.com"})),
-    );
+    let t = sign("EdDSA", json!({}), claims(json!({"iss": "https://remote.example.com"})));
     let h = [("x-remote-token", t.as_str())];
     // Not loaded: fail closed, and ask for the keys.
     let o = decide(&p, "/remote", &h);
@@ -784,9 +507,7 @@ fn remote_keys_failure_mode_and_refetch_hints() {
     // A missing token needs no keys.
     assert_eq!(outcome(&decide(&p, "/remote", &[])), "missing");
     // failure_mode allow: passes while the keys are unavailable.
-    let mut doc = policy_json(
-        json!([{"match": {"path_prefix": "/remote"}, "requires": {"provider": "remote"}, "scopes": ["read"]}]),
-    );
+    let mut doc = policy_json(json!([{"match": {"path_prefix": "/remote"}, "requires": {"provider": "remote"}, "scopes": ["read"]}]));
     doc["failure_mode"] = json!("allow");
     let open = policy_from(&doc);
     let o = decide(&open, "/remote", &h);
@@ -794,27 +515,10 @@ fn remote_keys_failure_mode_and_refetch_hints() {
     // Loaded: verified; an unknown kid asks for a refetch.
     let mut keys = RemoteKeys::new();
     keys.set("remote", Arc::new(set));
-    assert_eq!(
-        outcome(&decide_with(&p, "/remote", &h, NOW, &keys, None)),
-        "allow"
-    );
-    let rotated = sign(
-        "EdDSA",
-        json!({"kid": "next"}),
-        claims(json!({"iss": "https://remote.example.com"})),
-    );
-    let o = decide_with(
-        &p,
-        "/remote",
-        &[("x-remote-token", &rotated)],
-        NOW,
-        &keys,
-        None,
-    );
-    assert_eq!(
-        (outcome(&o), o.needs_keys.clone()),
-        ("unknown_kid", vec![Arc::<str>::from("remote")])
-    );
+    assert_eq!(outcome(&decide_with(&p, "/remote", &h, NOW, &keys, None)), "allow");
+    let rotated = sign("EdDSA", json!({"kid": "next"}), claims(json!({"iss": "https://remote.example.com"})));
+    let o = decide_with(&p, "/remote", &[("x-remote-token", &rotated)], NOW, &keys, None);
+    assert_eq!((outcome(&o), o.needs_keys.clone()), ("unknown_kid", vec![Arc::<str>::from("remote")]));
 }
 
 #[test]
@@ -822,93 +526,26 @@ fn token_cache_serves_verified_tokens_until_exp_and_clears_on_key_change() {
     let p = policy();
     let mut cache = p.new_token_cache();
     assert_eq!(cache.capacity(), 1024);
-    let t = sign(
-        "EdDSA",
-        json!({}),
-        claims(json!({"iss": "https://remote.example.com", "exp": NOW + 100})),
-    );
+    let t = sign("EdDSA", json!({}), claims(json!({"iss": "https://remote.example.com", "exp": NOW + 100})));
     let h = [("x-remote-token", t.as_str())];
     let mut keys = RemoteKeys::new();
-    keys.set(
-        "remote",
-        Arc::new(JwksSet::from_value(&test_jwks()).unwrap()),
-    );
-    assert_eq!(
-        outcome(&decide_with(
-            &p,
-            "/remote",
-            &h,
-            NOW,
-            &keys,
-            Some(&mut cache)
-        )),
-        "allow"
-    );
+    keys.set("remote", Arc::new(JwksSet::from_value(&test_jwks()).unwrap()));
+    assert_eq!(outcome(&decide_with(&p, "/remote", &h, NOW, &keys, Some(&mut cache))), "allow");
     assert_eq!(cache.len(), 1);
-    assert_eq!(
-        outcome(&decide_with(
-            &p,
-            "/remote",
-            &h,
-            NOW + 1,
-            &keys,
-            Some(&mut cache)
-        )),
-        "allow"
-    );
+    assert_eq!(outcome(&decide_with(&p, "/remote", &h, NOW + 1, &keys, Some(&mut cache))), "allow");
     assert_eq!(cache.stats(), (1, 1), "second request was a hit");
     // Past exp + skew the cached entry is not served (and the token is expired anyway).
-    assert_eq!(
-        outcome(&decide_with(
-            &p,
-            "/remote",
-            &h,
-            NOW + 160,
-            &keys,
-            Some(&mut cache)
-        )),
-        "expired"
-    );
+    assert_eq!(outcome(&decide_with(&p, "/remote", &h, NOW + 160, &keys, Some(&mut cache))), "expired");
     // Key rotation: the cache is cleared, so the old key's tokens stop validating at once.
-    assert_eq!(
-        outcome(&decide_with(
-            &p,
-            "/remote",
-            &h,
-            NOW,
-            &keys,
-            Some(&mut cache)
-        )),
-        "allow"
-    );
+    assert_eq!(outcome(&decide_with(&p, "/remote", &h, NOW, &keys, Some(&mut cache))), "allow");
     let mut other = test_jwks();
-    other["keys"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|k| k["kid"] != "t-ed");
+    other["keys"].as_array_mut().unwrap().retain(|k| k["kid"] != "t-ed");
     keys.set("remote", Arc::new(JwksSet::from_value(&other).unwrap()));
-    assert_eq!(
-        outcome(&decide_with(
-            &p,
-            "/remote",
-            &h,
-            NOW,
-            &keys,
-            Some(&mut cache)
-        )),
-        "unknown_kid"
-    );
+    assert_eq!(outcome(&decide_with(&p, "/remote", &h, NOW, &keys, Some(&mut cache))), "unknown_kid");
     // Failed tokens are never cached.
     let before = cache.len();
     let bad = sign("HS256", json!({}), claims(json!({"aud": "x"})));
-    decide_with(
-        &p,
-        "/api",
-        &[("authorization", &bearer(&bad))],
-        NOW,
-        &keys,
-        Some(&mut cache),
-    );
+    decide_with(&p, "/api", &[("authorization", &bearer(&bad))], NOW, &keys, Some(&mut cache));
     assert_eq!(cache.len(), before);
 }
 
@@ -920,62 +557,29 @@ fn limits_refuse_before_decoding() {
     let huge = format!("Bearer {}", "a".repeat(1 << 20));
     let o = decide(&p, "/api", &[("authorization", &huge)]);
     assert_eq!(outcome(&o), "too_large");
-    let many: Vec<(String, String)> = (0..300)
-        .map(|i| (format!("x-h{i}"), "v".to_string()))
-        .collect();
+    let many: Vec<(String, String)> = (0..300).map(|i| (format!("x-h{i}"), "v".to_string())).collect();
     let refs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let o = decide(&p, "/api", &refs);
-    let Verdict::Deny(d) = o.decision.verdict else {
-        panic!()
-    };
+    let Verdict::Deny(d) = o.decision.verdict else { panic!() };
     assert_eq!((d.status, d.reason), (431, "too_many_headers"));
     // Hostile but small tokens: each is refused without panicking.
-    for junk in [
-        "a.b.c",
-        "....",
-        "e30.e30.",
-        "e30.e30.e30",
-        &format!("{}.e30.AAAA", b64(br#"{"alg":"HS256","kid":"t-hs"}"#)),
-    ] {
+    for junk in ["a.b.c", "....", "e30.e30.", "e30.e30.e30", &format!("{}.e30.AAAA", b64(br#"{"alg":"HS256","kid":"t-hs"}"#))] {
         let o = decide(&p, "/api", &[("authorization", &bearer(junk))]);
-        assert!(
-            matches!(outcome(&o), "malformed" | "issuer" | "bad_signature"),
-            "{junk}: {}",
-            outcome(&o)
-        );
+        assert!(matches!(outcome(&o), "malformed" | "issuer" | "bad_signature"), "{junk}: {}", outcome(&o));
     }
-    let deep = format!(
-        "{}.{}.AAAA",
-        b64(br#"{"alg":"HS256"}"#),
-        b64(format!("{}{}", "[".repeat(5000), "]".repeat(5000)).as_bytes())
-    );
+    let deep = format!("{}.{}.AAAA", b64(br#"{"alg":"HS256"}"#), b64(format!("{}{}", "[".repeat(5000), "]".repeat(5000)).as_bytes()));
     let mut doc = policy_json(json!([]));
     doc["providers"]["t"]["max_token_bytes"] = json!(65536);
-    assert_eq!(
-        outcome(&decide(
-            &policy_from(&doc),
-            "/api",
-            &[("authorization", &bearer(&deep))]
-        )),
-        "malformed"
-    );
+    assert_eq!(outcome(&decide(&policy_from(&doc), "/api", &[("authorization", &bearer(&deep))])), "malformed");
 }
 
 #[test]
 fn claim_headers_refuse_control_characters() {
     let p = policy();
-    let t = sign(
-        "HS256",
-        json!({}),
-        claims(json!({"sub": "a\r\nx-admin: true"})),
-    );
+    let t = sign("HS256", json!({}), claims(json!({"sub": "a\r\nx-admin: true"})));
     let o = decide(&p, "/api", &[("authorization", &bearer(&t))]);
     assert_eq!(outcome(&o), "allow");
-    assert!(
-        !o.set_headers.iter().any(|(k, _)| k == "x-user"),
-        "{:?}",
-        o.set_headers
-    );
+    assert!(!o.set_headers.iter().any(|(k, _)| k == "x-user"), "{:?}", o.set_headers);
 }
 
 #[test]
@@ -992,11 +596,7 @@ fn jwks_keys_with_bad_parameters_are_skipped_with_a_reason() {
     keys.push(json!("not an object"));
     let set = JwksSet::from_value(&jwks).unwrap();
     assert_eq!(set.len(), 3);
-    let reasons: Vec<(Option<&str>, &str)> = set
-        .skipped()
-        .iter()
-        .map(|s| (s.kid.as_deref(), s.reason.as_str()))
-        .collect();
+    let reasons: Vec<(Option<&str>, &str)> = set.skipped().iter().map(|s| (s.kid.as_deref(), s.reason.as_str())).collect();
     assert_eq!(
         reasons,
         vec![
@@ -1010,28 +610,15 @@ fn jwks_keys_with_bad_parameters_are_skipped_with_a_reason() {
             (None, "not a JSON object"),
         ]
     );
-    assert_eq!(
-        JwksSet::parse(b"{\"keys\": []}").unwrap_err().to_string(),
-        "no usable key in the JWKS"
-    );
-    assert_eq!(
-        JwksSet::parse(b"[]").unwrap_err().to_string(),
-        "a JWKS is an object with a \"keys\" array"
-    );
+    assert_eq!(JwksSet::parse(b"{\"keys\": []}").unwrap_err().to_string(), "no usable key in the JWKS");
+    assert_eq!(JwksSet::parse(b"[]").unwrap_err().to_string(), "a JWKS is an object with a \"keys\" array");
 }
 
 #[test]
 fn json_schema_generates() {
     let schema = serde_json::to_value(schemars::schema_for!(JwtDocument)).unwrap();
     let text = schema.to_string();
-    for field in [
-        "providers",
-        "remote_jwks",
-        "requires_any",
-        "claim_to_headers",
-        "equals_header",
-        "allow_missing_or_failed",
-    ] {
+    for field in ["providers", "remote_jwks", "requires_any", "claim_to_headers", "equals_header", "allow_missing_or_failed"] {
         assert!(text.contains(field), "schema lacks {field}");
     }
 }

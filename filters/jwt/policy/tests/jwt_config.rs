@@ -1,32 +1,21 @@
 //! JWT policy documents that must be refused, with the exact message (field path + quoted value).
 
 // Test helpers outside #[test] functions: a failed unwrap is a failed test.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::unreachable
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::unreachable)]
 
-use gatewarden_policy::compile;
 use gatewarden_jwt_policy::JwtPolicy;
+use gatewarden_policy::compile;
 use serde_json::{json, Value};
 
 const JWKS: &str = r#"{"keys":[{"kty":"oct","kid":"k","k":"YS10ZXN0LXNlY3JldC10aGF0LWlzLWF0LWxlYXN0LXRoaXJ0eS10d28tYnl0ZXMtbG9uZw"}]}"#;
 
 /// A valid document with `patch` merged at the top level and into provider "a".
 fn doc(top: Value, provider: Value) -> String {
-    let mut a =
-        json!({"issuer": "https://a", "local_jwks": serde_json::from_str::<Value>(JWKS).unwrap()});
-    a.as_object_mut()
-        .unwrap()
-        .extend(provider.as_object().unwrap().clone());
+    let mut a = json!({"issuer": "https://a", "local_jwks": serde_json::from_str::<Value>(JWKS).unwrap()});
+    a.as_object_mut().unwrap().extend(provider.as_object().unwrap().clone());
     a.as_object_mut().unwrap().retain(|_, v| !v.is_null());
     let mut d = json!({"policy_version": "t", "providers": {"a": a}, "default": {"requires": {"provider": "a"}}});
-    d.as_object_mut()
-        .unwrap()
-        .extend(top.as_object().unwrap().clone());
+    d.as_object_mut().unwrap().extend(top.as_object().unwrap().clone());
     d.to_string()
 }
 
@@ -36,16 +25,8 @@ fn a_valid_document_compiles() {
     compile::<JwtPolicy>(doc(json!({}), json!({"local_jwks": JWKS})).as_bytes()).unwrap();
     let remote = json!({"local_jwks": null, "remote_jwks": {"cluster": "idp", "path": "/jwks"}});
     let p = compile::<JwtPolicy>(doc(json!({}), remote).as_bytes()).unwrap();
-    let sources: Vec<_> = p
-        .remote_jwks()
-        .map(|s| {
-            (
-                s.provider.to_string(),
-                s.spec.schedule.refresh_ms / 1000,
-                s.spec.timeout.as_millis() as u64,
-            )
-        })
-        .collect();
+    let sources: Vec<_> =
+        p.remote_jwks().map(|s| (s.provider.to_string(), s.spec.schedule.refresh_ms / 1000, s.spec.timeout.as_millis() as u64)).collect();
     assert_eq!(sources, vec![("a".to_string(), 600, 5000)]);
 }
 
@@ -108,13 +89,7 @@ fn config_errors_name_field_and_value() {
         (doc(json!({"default": {"name": "d", "requires": "allow_missing"}}), json!({})), "default: the default takes no \"name\" and no \"match\""),
     ];
     for (config, want) in &cases {
-        let err = compile::<JwtPolicy>(config.as_bytes())
-            .err()
-            .unwrap_or_else(|| panic!("accepted: {config}"))
-            .to_string();
-        assert!(
-            err.starts_with(want),
-            "config {config}\n  expected error starting: {want}\n  got: {err}"
-        );
+        let err = compile::<JwtPolicy>(config.as_bytes()).err().unwrap_or_else(|| panic!("accepted: {config}")).to_string();
+        assert!(err.starts_with(want), "config {config}\n  expected error starting: {want}\n  got: {err}");
     }
 }

@@ -5,18 +5,12 @@
 //! Tokens are HS256, signed here; time is injected.
 
 // Test helpers outside #[test] functions: a failed unwrap is a failed test.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::type_complexity
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::type_complexity)]
 
 use std::net::IpAddr;
 
-use gatewarden_policy::client_address::ClientAddressError;
 use gatewarden_jwt_policy::{JwtOutcome, JwtPolicy, NoRemoteKeys};
+use gatewarden_policy::client_address::ClientAddressError;
 use gatewarden_policy::{compile, RequestFacts, Verdict};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
@@ -46,24 +40,13 @@ fn token(iss: &str, extra: Value) -> String {
         HS => ("k-hs", HS_SECRET),
         SMALL => ("k-small", SMALL_SECRET),
         // An issuer nobody configured: signed with a key nobody has.
-        _ => (
-            "k-stranger",
-            b"a-stranger-secret-of-at-least-thirty-two-b".as_slice(),
-        ),
+        _ => ("k-stranger", b"a-stranger-secret-of-at-least-thirty-two-b".as_slice()),
     };
-    let mut claims =
-        json!({"iss": iss, "aud": "api", "sub": "user-1", "iat": NOW - 10, "exp": NOW + 600});
-    claims
-        .as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
+    let mut claims = json!({"iss": iss, "aud": "api", "sub": "user-1", "iat": NOW - 10, "exp": NOW + 600});
+    claims.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     claims.as_object_mut().unwrap().retain(|_, v| !v.is_null());
     let header = json!({"alg": "HS256", "kid": kid, "typ": "JWT"});
-    let input = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
+    let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
     let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).unwrap();
     m.update(input.as_bytes());
     format!("{input}.{}", b64(&m.finalize().into_bytes()))
@@ -111,15 +94,11 @@ fn policy_doc() -> Value {
 }
 
 fn policy_from(doc: &Value) -> JwtPolicy {
-    compile::<JwtPolicy>(doc.to_string().as_bytes())
-        .unwrap_or_else(|e| panic!("policy refused: {e}"))
+    compile::<JwtPolicy>(doc.to_string().as_bytes()).unwrap_or_else(|e| panic!("policy refused: {e}"))
 }
 
 fn request(path: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut h = vec![
-        (":method".to_string(), "GET".to_string()),
-        (":path".to_string(), path.to_string()),
-    ];
+    let mut h = vec![(":method".to_string(), "GET".to_string()), (":path".to_string(), path.to_string())];
     h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     h
 }
@@ -135,11 +114,7 @@ fn decide(p: &JwtPolicy, path: &str, extra: &[(&str, &str)]) -> JwtOutcome {
 
 /// (reason or "allow", status, WWW-Authenticate)
 fn public(o: &JwtOutcome) -> (&'static str, u16, Option<String>) {
-    let www = o
-        .response_headers
-        .iter()
-        .find(|(k, _)| k == "www-authenticate")
-        .map(|(_, v)| v.clone());
+    let www = o.response_headers.iter().find(|(k, _)| k == "www-authenticate").map(|(_, v)| v.clone());
     match &o.decision.verdict {
         Verdict::Allow => ("allow", 200, www),
         Verdict::Deny(d) => (d.reason, d.status, www),
@@ -160,14 +135,8 @@ fn a_failed_requirement_reports_the_reason_of_the_token_s_own_provider() {
     let idp_ok = token(IDP, json!({}));
     let stranger = token("https://stranger.test", json!({}));
     let auth = |t: &str| format!("Bearer {t}");
-    let (a_hs_expired, a_hs_wrong_aud, a_hs_bad_sig, a_idp_expired, a_idp_ok, a_stranger) = (
-        auth(&hs_expired),
-        auth(&hs_wrong_aud),
-        auth(&hs_bad_sig),
-        auth(&idp_expired),
-        auth(&idp_ok),
-        auth(&stranger),
-    );
+    let (a_hs_expired, a_hs_wrong_aud, a_hs_bad_sig, a_idp_expired, a_idp_ok, a_stranger) =
+        (auth(&hs_expired), auth(&hs_wrong_aud), auth(&hs_bad_sig), auth(&idp_expired), auth(&idp_ok), auth(&stranger));
     #[rustfmt::skip]
     let cases: Vec<(&str, Vec<(&str, &str)>, (&str, u16, Option<&str>))> = vec![
         // requires_any [idp, hs]: a token of hs that hs refuses is reported with hs's reason,
@@ -209,16 +178,8 @@ fn a_failed_requirement_reports_the_reason_of_the_token_s_own_provider() {
     ];
     for (path, hs, (reason, status, www)) in cases {
         let o = decide(&p, path, &hs);
-        assert_eq!(
-            public(&o),
-            (reason, status, www.map(str::to_owned)),
-            "{path} with {:?}",
-            hs.iter().map(|h| h.0).collect::<Vec<_>>()
-        );
-        assert_eq!(
-            o.reason.map(|r| r.as_str()),
-            (reason != "allow").then_some(reason)
-        );
+        assert_eq!(public(&o), (reason, status, www.map(str::to_owned)), "{path} with {:?}", hs.iter().map(|h| h.0).collect::<Vec<_>>());
+        assert_eq!(o.reason.map(|r| r.as_str()), (reason != "allow").then_some(reason));
     }
 }
 
@@ -235,12 +196,7 @@ fn the_logged_client_follows_client_address_and_never_affects_authentication() {
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
 
     // Denied: the client is the address the trusted proxy saw, not the proxy.
-    let o = decide_at(
-        &p,
-        "/idp/",
-        &[("x-forwarded-for", "6.6.6.6, 203.0.113.9")],
-        Some("10.0.0.1:4000"),
-    );
+    let o = decide_at(&p, "/idp/", &[("x-forwarded-for", "6.6.6.6, 203.0.113.9")], Some("10.0.0.1:4000"));
     assert_eq!(public(&o).0, "missing");
     assert_eq!(o.client, Some(Ok(ip("203.0.113.9"))));
     // Fewer entries than trusted hops: the peer.
@@ -250,44 +206,22 @@ fn the_logged_client_follows_client_address_and_never_affects_authentication() {
     // A malformed x-forwarded-for changes no decision: a valid token passes, a missing one is
     // "missing" (never an IP filter's client_address_invalid) and the client is unknown.
     let bogus = [("x-forwarded-for", "10.9.9.9, bogus")];
-    let o = decide_at(
-        &p,
-        "/idp/",
-        &[bogus[0], ("authorization", &ok)],
-        Some("10.0.0.1:4000"),
-    );
-    assert_eq!(
-        (public(&o).0, o.client),
-        ("allow", None),
-        "allowed: nothing to log"
-    );
+    let o = decide_at(&p, "/idp/", &[bogus[0], ("authorization", &ok)], Some("10.0.0.1:4000"));
+    assert_eq!((public(&o).0, o.client), ("allow", None), "allowed: nothing to log");
     let o = decide_at(&p, "/idp/", &bogus, Some("10.0.0.1:4000"));
     assert_eq!(public(&o), ("missing", 401, MISSING.map(str::to_owned)));
-    assert_eq!(
-        o.client,
-        Some(Err(ClientAddressError::MalformedForwardedFor))
-    );
+    assert_eq!(o.client, Some(Err(ClientAddressError::MalformedForwardedFor)));
     let o = decide_at(&p, "/idp/", &[], None);
     assert_eq!(o.client, Some(Err(ClientAddressError::NoPeer)));
 
     // Default settings: the peer, x-forwarded-for ignored.
     let p = policy_from(&policy_doc());
-    let o = decide_at(
-        &p,
-        "/idp/",
-        &[("x-forwarded-for", "203.0.113.9")],
-        Some("[::ffff:10.0.0.2]:1"),
-    );
+    let o = decide_at(&p, "/idp/", &[("x-forwarded-for", "203.0.113.9")], Some("[::ffff:10.0.0.2]:1"));
     assert_eq!(o.client, Some(Ok(ip("10.0.0.2"))));
 
     // trusted_proxies: right to left past the trusted ones.
     let p = with_client_address(json!({"trusted_proxies": ["10.0.0.0/8"]}));
-    let o = decide_at(
-        &p,
-        "/idp/",
-        &[("x-forwarded-for", "203.0.113.9, 10.1.1.1")],
-        Some("10.0.0.1:1"),
-    );
+    let o = decide_at(&p, "/idp/", &[("x-forwarded-for", "203.0.113.9, 10.1.1.1")], Some("10.0.0.1:1"));
     assert_eq!(o.client, Some(Ok(ip("203.0.113.9"))));
 }
 
@@ -311,45 +245,26 @@ fn allow_missing_fails_on_a_refused_token_even_beside_a_valid_one() {
     ];
     for (hs, want) in cases {
         let o = decide(&p, "/opt/", &hs);
-        assert_eq!(
-            public(&o).0,
-            want,
-            "{:?}",
-            hs.iter().map(|h| h.0).collect::<Vec<_>>()
-        );
+        assert_eq!(public(&o).0, want, "{:?}", hs.iter().map(|h| h.0).collect::<Vec<_>>());
     }
 }
 
 #[test]
 fn allow_missing_or_failed_forwards_only_verified_tokens() {
     let p = policy_from(&policy_doc());
-    let hs_expired = format!(
-        "Bearer {}",
-        token(HS, json!({"iat": NOW - 7200, "exp": NOW - 3600}))
-    );
+    let hs_expired = format!("Bearer {}", token(HS, json!({"iat": NOW - 7200, "exp": NOW - 3600})));
     let idp_ok = format!("Bearer {}", token(IDP, json!({"sub": "alice"})));
     // A failed token: allowed, nothing set, forged claim headers removed, the token left where
     // it was (it was not verified, so `forward: false` does not apply, as in Envoy).
-    let o = decide(
-        &p,
-        "/lax/",
-        &[("authorization", &hs_expired), ("x-hs-user", "forged")],
-    );
+    let o = decide(&p, "/lax/", &[("authorization", &hs_expired), ("x-hs-user", "forged")]);
     assert_eq!(public(&o).0, "allow");
     assert!(o.set_headers.is_empty() && o.verified.is_empty(), "{o:?}");
     assert!(o.remove_headers.contains(&"x-hs-user".to_string()));
     assert!(!o.remove_headers.contains(&"authorization".to_string()));
     // A valid token: its claims go upstream and the token is removed.
-    let o = decide(
-        &p,
-        "/lax/",
-        &[("authorization", &idp_ok), ("x-idp-user", "forged")],
-    );
+    let o = decide(&p, "/lax/", &[("authorization", &idp_ok), ("x-idp-user", "forged")]);
     assert_eq!(public(&o).0, "allow");
-    assert_eq!(
-        o.set_headers,
-        vec![("x-idp-user".to_string(), "alice".to_string())]
-    );
+    assert_eq!(o.set_headers, vec![("x-idp-user".to_string(), "alice".to_string())]);
     assert!(o.remove_headers.contains(&"authorization".to_string()));
     assert_eq!(o.verified, vec![std::sync::Arc::<str>::from("idp")]);
 }
@@ -363,39 +278,18 @@ fn forward_false_strips_the_token_from_every_place_it_was_found() {
     let cookie = format!("theme=dark; hs_session={t}; lang=en");
     let o = decide(&p, &path, &[("authorization", &auth), ("cookie", &cookie)]);
     assert_eq!(public(&o).0, "allow");
-    assert!(
-        o.remove_headers.contains(&"authorization".to_string()),
-        "{o:?}"
-    );
-    assert!(
-        o.set_headers
-            .contains(&(":path".into(), "/hs/x?a=1&b=2".into())),
-        "{o:?}"
-    );
+    assert!(o.remove_headers.contains(&"authorization".to_string()), "{o:?}");
+    assert!(o.set_headers.contains(&(":path".into(), "/hs/x?a=1&b=2".into())), "{o:?}");
     assert!(o.remove_headers.contains(&"cookie".to_string()), "{o:?}");
-    assert!(
-        o.set_headers
-            .contains(&("cookie".into(), "theme=dark; lang=en".into())),
-        "{o:?}"
-    );
+    assert!(o.set_headers.contains(&("cookie".into(), "theme=dark; lang=en".into())), "{o:?}");
 
     // The token in the second of two cookie headers (HTTP/2 sends one per cookie): every cookie
     // header is removed, the others come back as one.
-    let o = decide(
-        &p,
-        "/hs/",
-        &[
-            ("cookie", "theme=dark"),
-            ("cookie", &format!("hs_session={t}")),
-        ],
-    );
+    let o = decide(&p, "/hs/", &[("cookie", "theme=dark"), ("cookie", &format!("hs_session={t}"))]);
     assert_eq!(public(&o).0, "allow");
     assert!(o.remove_headers.contains(&"cookie".to_string()), "{o:?}");
     assert_eq!(
-        o.set_headers
-            .iter()
-            .filter(|(k, _)| k == "cookie")
-            .collect::<Vec<_>>(),
+        o.set_headers.iter().filter(|(k, _)| k == "cookie").collect::<Vec<_>>(),
         vec![&("cookie".to_string(), "theme=dark".to_string())]
     );
     // Only the token: no cookie header at all.
@@ -406,24 +300,10 @@ fn forward_false_strips_the_token_from_every_place_it_was_found() {
     // forward: true keeps it everywhere.
     let mut doc = policy_doc();
     doc["providers"]["hs"]["forward"] = json!(true);
-    let o = decide(
-        &policy_from(&doc),
-        &path,
-        &[("authorization", &auth), ("cookie", &cookie)],
-    );
+    let o = decide(&policy_from(&doc), &path, &[("authorization", &auth), ("cookie", &cookie)]);
     assert_eq!(public(&o).0, "allow");
-    assert!(
-        !o.remove_headers
-            .iter()
-            .any(|h| h == "authorization" || h == "cookie"),
-        "{o:?}"
-    );
-    assert!(
-        !o.set_headers
-            .iter()
-            .any(|(k, _)| k == ":path" || k == "cookie"),
-        "{o:?}"
-    );
+    assert!(!o.remove_headers.iter().any(|h| h == "authorization" || h == "cookie"), "{o:?}");
+    assert!(!o.set_headers.iter().any(|(k, _)| k == ":path" || k == "cookie"), "{o:?}");
 }
 
 #[test]
@@ -445,18 +325,9 @@ fn payload_header_padded_on_request_and_claims_of_every_type() {
         let t = token(HS, c);
         let segment = t.split('.').nth(1).unwrap().to_string();
         let auth = format!("Bearer {t}");
-        let header = |o: &JwtOutcome, h: &str| {
-            o.set_headers
-                .iter()
-                .find(|(k, _)| k == h)
-                .map(|(_, v)| v.clone())
-        };
+        let header = |o: &JwtOutcome, h: &str| o.set_headers.iter().find(|(k, _)| k == h).map(|(_, v)| v.clone());
         let o = decide(&policy_from(&doc), "/hs/", &[("authorization", &auth)]);
-        assert_eq!(
-            header(&o, "x-jwt-payload"),
-            Some(segment.clone()),
-            "unpadded by default"
-        );
+        assert_eq!(header(&o, "x-jwt-payload"), Some(segment.clone()), "unpadded by default");
         assert_eq!(header(&o, "x-s").as_deref(), Some("text"));
         assert_eq!(header(&o, "x-n").as_deref(), Some("42"));
         assert_eq!(header(&o, "x-neg").as_deref(), Some("-3"));
@@ -478,10 +349,7 @@ fn payload_header_padded_on_request_and_claims_of_every_type() {
     let mut bad = policy_doc();
     bad["providers"]["hs"]["pad_forward_payload_header"] = json!(true);
     let err = compile::<JwtPolicy>(bad.to_string().as_bytes()).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "providers.hs.pad_forward_payload_header: true needs forward_payload_header"
-    );
+    assert_eq!(err.to_string(), "providers.hs.pad_forward_payload_header: true needs forward_payload_header");
 }
 
 /// Inside `requires_any`, `allow_missing` and `allow_missing_or_failed` apply to the listed
@@ -511,10 +379,7 @@ fn allow_missing_inside_requires_any_covers_the_listed_providers_only() {
         let o = decide(&p, path, &hs);
         let names: Vec<&str> = hs.iter().map(|h| h.0).collect();
         assert_eq!(public(&o).0, want, "{path} with {names:?}");
-        let set: Vec<(String, String)> = set
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let set: Vec<(String, String)> = set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert_eq!(o.set_headers, set, "{path} with {names:?}");
     }
 }
@@ -527,11 +392,18 @@ fn provider_and_audiences_replaces_the_provider_s_audiences_for_that_requirement
     let pa = |auds: Value| json!({"provider_and_audiences": {"provider": "hs", "audiences": auds}});
     let rules = doc["rules"].as_array_mut().unwrap();
     rules.insert(0, json!({"name": "billing", "match": {"path_prefix": "/billing/"}, "requires": pa(json!(["billing", "payments"]))}));
-    rules.insert(0, json!({"name": "billing-or-idp", "match": {"path_prefix": "/billing-or-idp/"},
-                          "requires": {"requires_any": [pa(json!(["billing"])), {"provider": "idp"}]}}));
-    rules.insert(0, json!({"name": "both", "match": {"path_prefix": "/both/"},
-                          "requires": {"requires_all": [pa(json!(["billing"])), {"provider": "hs"}]}}));
-    rules.insert(0, json!({"name": "same-again", "match": {"path_prefix": "/same-again/"}, "requires": pa(json!(["billing", "payments"]))}));
+    rules.insert(
+        0,
+        json!({"name": "billing-or-idp", "match": {"path_prefix": "/billing-or-idp/"},
+                          "requires": {"requires_any": [pa(json!(["billing"])), {"provider": "idp"}]}}),
+    );
+    rules.insert(
+        0,
+        json!({"name": "both", "match": {"path_prefix": "/both/"},
+                          "requires": {"requires_all": [pa(json!(["billing"])), {"provider": "hs"}]}}),
+    );
+    rules
+        .insert(0, json!({"name": "same-again", "match": {"path_prefix": "/same-again/"}, "requires": pa(json!(["billing", "payments"]))}));
     let p = policy_from(&doc);
     // The copies are not providers of their own: not listed, not fetched for.
     assert_eq!(p.provider_names().collect::<Vec<_>>(), vec!["hs", "idp", "small"]);

@@ -57,7 +57,15 @@ fn parse_jwks(names: String) -> impl FnOnce(&[u8]) -> Result<(Arc<JwksSet>, Stri
     move |bytes| {
         let set = JwksSet::parse(bytes).map_err(|e| e.to_string())?;
         for s in set.skipped() {
-            host::log(Level::Warn, format_args!("gatewarden {FILTER}: JWKS of {names}: keys[{}] (kid {:?}) skipped: {}", s.index, s.kid.as_deref().unwrap_or(""), s.reason));
+            host::log(
+                Level::Warn,
+                format_args!(
+                    "gatewarden {FILTER}: JWKS of {names}: keys[{}] (kid {:?}) skipped: {}",
+                    s.index,
+                    s.kid.as_deref().unwrap_or(""),
+                    s.reason
+                ),
+            );
         }
         set.prepare();
         let about = format!("for {names} ({} keys)", set.len());
@@ -132,7 +140,8 @@ impl Enforcer for Jwt {
                     f.providers.iter().map(move |p| (p.clone(), has))
                 })
                 .collect();
-            let stale: Vec<String> = vm.keys.providers().filter(|p| !loaded.iter().any(|(q, has)| q == p && *has)).map(str::to_owned).collect();
+            let stale: Vec<String> =
+                vm.keys.providers().filter(|p| !loaded.iter().any(|(q, has)| q == p && *has)).map(str::to_owned).collect();
             for p in stale {
                 vm.keys.remove(&p);
             }
@@ -186,15 +195,8 @@ impl Enforcer for Jwt {
         RefCell::new(policy.new_token_cache())
     }
 
-    fn decide(
-        policy: &JwtPolicy,
-        cache: &RefCell<TokenCache>,
-        facts: &RequestFacts<'_>,
-    ) -> Outcome {
-        let now = host::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+    fn decide(policy: &JwtPolicy, cache: &RefCell<TokenCache>, facts: &RequestFacts<'_>) -> Outcome {
+        let now = host::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let mut cache = cache.try_borrow_mut().ok();
         let out = VM.with(|vm| match vm.try_borrow_mut() {
             Ok(mut vm) => {
@@ -215,11 +217,7 @@ impl Enforcer for Jwt {
         let (client, detail) = match (&out.decision.verdict, out.client) {
             (Verdict::Deny(_), Some(Ok(ip))) => (Some(ip), String::new()),
             (Verdict::Deny(_), Some(Err(e))) => {
-                let peer = facts
-                    .peer_address()
-                    .and_then(parse_address)
-                    .map(|ip| format!("; peer={ip}"))
-                    .unwrap_or_default();
+                let peer = facts.peer_address().and_then(parse_address).map(|ip| format!("; peer={ip}")).unwrap_or_default();
                 (None, format!("client_address={}{peer}", e.as_str()))
             }
             _ => (None, String::new()),

@@ -302,9 +302,8 @@ pub fn path_of_error(text: &[u8], error: &serde_json::Error) -> String {
     // itself (unlike "invalid escape" and the like).
     let category = error.classify();
     let eof = category == serde_json::error::Category::Eof;
-    let after_string = eof
-        || (category == serde_json::error::Category::Syntax
-            && (message.starts_with("expected") || message.starts_with("trailing")));
+    let after_string =
+        eof || (category == serde_json::error::Category::Syntax && (message.starts_with("expected") || message.starts_with("trailing")));
     path_at_index(text, at, message.starts_with("unknown field"), Ends { string: after_string, scalar: eof, container: eof })
 }
 

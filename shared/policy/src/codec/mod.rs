@@ -10,8 +10,5 @@ use crate::error::ConfigError;
 /// Parses a document from JSON bytes. Errors carry the JSON path of the bad field, recovered from
 /// the error's position in the text (see [`json_path`]).
 pub fn parse_json<D: DeserializeOwned>(bytes: &[u8]) -> Result<D, ConfigError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        ConfigError::new(json_path::path_of_error(bytes, &e), e.to_string())
-    })
+    serde_json::from_slice(bytes).map_err(|e| ConfigError::new(json_path::path_of_error(bytes, &e), e.to_string()))
 }
-

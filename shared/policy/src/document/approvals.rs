@@ -95,9 +95,9 @@ impl TrustConfig {
             if signers.iter().any(|(k, _)| *k == s.key_id) {
                 return Err(p.field("key_id").error(format!("duplicate key_id {}", quote(&s.key_id))));
             }
-            let key = decode_b64(s.public_key.trim())
-                .and_then(|b| PublicKey::from_slice(&b).ok())
-                .ok_or_else(|| p.field("public_key").error(format!("not the standard base64 of a 32-byte Ed25519 public key: {}", quote(&s.public_key))))?;
+            let key = decode_b64(s.public_key.trim()).and_then(|b| PublicKey::from_slice(&b).ok()).ok_or_else(|| {
+                p.field("public_key").error(format!("not the standard base64 of a 32-byte Ed25519 public key: {}", quote(&s.public_key)))
+            })?;
             signers.push((s.key_id, key));
         }
         let required = doc.required_signatures as usize;
@@ -173,11 +173,7 @@ impl TrustConfig {
         if v.valid.len() >= self.required {
             return Ok(v);
         }
-        let mut msg = format!(
-            "{} valid signature(s) from distinct trusted keys, {} required",
-            v.valid.len(),
-            self.required
-        );
+        let mut msg = format!("{} valid signature(s) from distinct trusted keys, {} required", v.valid.len(), self.required);
         if !v.valid.is_empty() {
             let names: Vec<String> = v.valid.iter().map(|k| quote(k)).collect();
             msg.push_str(&format!(" (valid: {})", names.join(", ")));
@@ -200,7 +196,13 @@ pub fn signatures_of(doc: &Value) -> Result<Vec<SignatureDoc>, ConfigError> {
             let text = serde_json::to_vec(v).map_err(|e| ConfigError::new("signatures", e.to_string()))?;
             let sigs: Vec<SignatureDoc> = serde_json::from_slice(&text).map_err(|e| {
                 let inner = crate::codec::json_path::path_of_error(&text, &e);
-                let path = if inner.is_empty() { "signatures".to_owned() } else if inner.starts_with('[') { format!("signatures{inner}") } else { format!("signatures.{inner}") };
+                let path = if inner.is_empty() {
+                    "signatures".to_owned()
+                } else if inner.starts_with('[') {
+                    format!("signatures{inner}")
+                } else {
+                    format!("signatures.{inner}")
+                };
                 let msg = e.to_string();
                 let suffix = format!(" at line {} column {}", e.line(), e.column());
                 ConfigError::new(path, msg.strip_suffix(suffix.as_str()).unwrap_or(&msg).to_owned())
@@ -354,14 +356,16 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_and_drops_whitespace() {
-        let v: Value = serde_json::from_str(r#"{ "b": [1, 2.5, "x\"y\n\u0001é"], "a": {"z": null, "B": true, "é": false}, "10": 10.0 }"#).unwrap();
+        let v: Value =
+            serde_json::from_str(r#"{ "b": [1, 2.5, "x\"y\n\u0001é"], "a": {"z": null, "B": true, "é": false}, "10": 10.0 }"#).unwrap();
         assert_eq!(canonical_json(&v), "{\"10\":10.0,\"a\":{\"B\":true,\"z\":null,\"é\":false},\"b\":[1,2.5,\"x\\\"y\\n\\u0001é\"]}");
     }
 
     #[test]
     fn yaml_and_json_of_the_same_content_sign_the_same_bytes() {
         let a: Value = serde_json::from_str(r#"{"policy_version":"v1","rollout":{"percent":0.5}}"#).unwrap();
-        let b: Value = serde_json::from_str("{\n  \"rollout\": {\"percent\": 0.5},\n  \"policy_version\": \"v1\",\n  \"signatures\": []\n}").unwrap();
+        let b: Value =
+            serde_json::from_str("{\n  \"rollout\": {\"percent\": 0.5},\n  \"policy_version\": \"v1\",\n  \"signatures\": []\n}").unwrap();
         assert_eq!(signing_message(&a).unwrap(), signing_message(&b).unwrap());
         assert!(signing_message(&a).unwrap().starts_with(b"gatewarden-policy-v1\n{\"policy_version\""));
     }
@@ -433,9 +437,18 @@ mod tests {
     #[test]
     fn trust_config_errors() {
         let cases: &[(&str, &str)] = &[
-            (r#"{"required_signatures": 1}"#, "required_signatures: 1 signatures required but only 0 trusted signers: no policy could ever be accepted"),
-            (r#"{"trusted_signers": [{"key_id": "a", "public_key": "AAAA"}]}"#, "trusted_signers[0].public_key: not the standard base64 of a 32-byte Ed25519 public key: \"AAAA\""),
-            (r#"{"trusted_signers": [], "required": 1}"#, "required: unknown field `required`, expected `trusted_signers` or `required_signatures` at line 1 column 34"),
+            (
+                r#"{"required_signatures": 1}"#,
+                "required_signatures: 1 signatures required but only 0 trusted signers: no policy could ever be accepted",
+            ),
+            (
+                r#"{"trusted_signers": [{"key_id": "a", "public_key": "AAAA"}]}"#,
+                "trusted_signers[0].public_key: not the standard base64 of a 32-byte Ed25519 public key: \"AAAA\"",
+            ),
+            (
+                r#"{"trusted_signers": [], "required": 1}"#,
+                "required: unknown field `required`, expected `trusted_signers` or `required_signatures` at line 1 column 34",
+            ),
             ("{", ""),
         ];
         for (json, want) in cases {
@@ -447,6 +460,9 @@ mod tests {
         }
         let pk = encode_b64(keypair(1).pk.as_ref());
         let dup = json!({"trusted_signers": [{"key_id": "a", "public_key": pk}, {"key_id": "a", "public_key": pk}]});
-        assert_eq!(TrustConfig::parse(dup.to_string().as_bytes()).unwrap_err().to_string(), "trusted_signers[1].key_id: duplicate key_id \"a\"");
+        assert_eq!(
+            TrustConfig::parse(dup.to_string().as_bytes()).unwrap_err().to_string(),
+            "trusted_signers[1].key_id: duplicate key_id \"a\""
+        );
     }
 }

@@ -26,4 +26,3 @@ pub fn compile_set<P: FilterPolicy>(bytes: &[u8]) -> Result<PolicySet<P>, Config
 pub fn compile<P: FilterPolicy>(bytes: &[u8]) -> Result<P, ConfigError> {
     compile_set::<P>(bytes).map(|set| set.active)
 }
-

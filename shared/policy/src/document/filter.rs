@@ -23,4 +23,3 @@ pub trait FilterPolicy: Sized {
         Ok(())
     }
 }
-

@@ -31,10 +31,7 @@ impl Header {
             policy_version: Arc::from(version),
             mode: doc.mode(),
             failure_mode: doc.failure_mode(),
-            client_address: ClientAddressResolver::compile(
-                doc.client_address(),
-                &FieldPath::root().field("client_address"),
-            )?,
+            client_address: ClientAddressResolver::compile(doc.client_address(), &FieldPath::root().field("client_address"))?,
             decision_header: doc.decision_header(),
         })
     }

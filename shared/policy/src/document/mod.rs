@@ -48,14 +48,19 @@ mod layering {
     ];
 
     fn uses(text: &str, room: &str) -> bool {
-        [format!("super::{room}::"), format!("crate::document::{room}::"), format!("super::{room};")].iter().any(|p| text.contains(p.as_str()))
+        [format!("super::{room}::"), format!("crate::document::{room}::"), format!("super::{room};")]
+            .iter()
+            .any(|p| text.contains(p.as_str()))
     }
 
     #[test]
     fn no_envelope_room_uses_a_later_one() {
         for (i, (name, text)) in ROOMS.iter().enumerate() {
             for (later, _) in &ROOMS[i..] {
-                assert!(!uses(text, later) || later == name, "document::{name} uses document::{later}, which comes after it: a cycle in the making");
+                assert!(
+                    !uses(text, later) || later == name,
+                    "document::{name} uses document::{later}, which comes after it: a cycle in the making"
+                );
             }
         }
     }

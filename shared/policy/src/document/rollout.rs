@@ -103,7 +103,9 @@ impl<P: FilterPolicy> Rollout<P> {
         }
         let threshold = match (doc.shadow, doc.percent) {
             (true, Some(p)) => {
-                return Err(path.field("percent").error(format!("{p} with shadow: true; a shadow candidate is evaluated on all traffic, remove percent")));
+                return Err(path
+                    .field("percent")
+                    .error(format!("{p} with shadow: true; a shadow candidate is evaluated on all traffic, remove percent")));
             }
             (true, None) => 0,
             (false, None) => return Err(path.field("percent").error("required: the share of clients (0 to 100) the candidate decides")),

@@ -34,4 +34,3 @@ pub enum HashOn {
     /// The first value of this request header (e.g. `x-user-id`).
     Header(String),
 }
-

@@ -69,10 +69,7 @@ impl<A> RuleSet<A> {
 
     /// The first rule that matches `facts`, or the default.
     pub fn select(&self, facts: &RequestFacts<'_>) -> &CompiledRule<A> {
-        self.rules
-            .iter()
-            .find(|r| r.matcher.as_ref().is_none_or(|m| m.matches(facts)))
-            .unwrap_or(&self.default)
+        self.rules.iter().find(|r| r.matcher.as_ref().is_none_or(|m| m.matches(facts))).unwrap_or(&self.default)
     }
 
     /// Adds the headers rule selection reads.

@@ -141,4 +141,3 @@ pub trait PolicyDocument: DeserializeOwned + JsonSchema {
     /// The `signatures` field (checked against the VM's trust settings, not by the policy).
     fn signatures(&self) -> &[SignatureDoc];
 }
-

@@ -109,10 +109,14 @@ impl RemoteSource {
     /// Validates `spec` (found at `path` in the document) as a source of `kind`.
     pub fn compile(spec: &RemoteSourceSpec, path: &FieldPath, kind: &ResourceKind) -> Result<Self, ConfigError> {
         if spec.cluster.trim().is_empty() || spec.cluster.bytes().any(|b| !b.is_ascii_graphic()) {
-            return Err(path.field("cluster").error(format!("invalid cluster {}: a cluster name or host:port without spaces is required", quote(&spec.cluster))));
+            return Err(path
+                .field("cluster")
+                .error(format!("invalid cluster {}: a cluster name or host:port without spaces is required", quote(&spec.cluster))));
         }
         if !spec.path.starts_with('/') || spec.path.bytes().any(|b| !b.is_ascii_graphic()) {
-            return Err(path.field("path").error(format!("path must start with \"/\" and hold no spaces or control characters, got {}", quote(&spec.path))));
+            return Err(path
+                .field("path")
+                .error(format!("path must start with \"/\" and hold no spaces or control characters, got {}", quote(&spec.path))));
         }
         if let Some(a) = &spec.authority {
             if a.is_empty() || a.bytes().any(|b| !b.is_ascii_graphic()) {
@@ -121,7 +125,9 @@ impl RemoteSource {
         }
         let refresh = spec.refresh_seconds.unwrap_or(kind.default_refresh_seconds);
         if refresh < MIN_REFRESH_SECONDS {
-            return Err(path.field("refresh_seconds").error(format!("{refresh} is less than the minimum {MIN_REFRESH_SECONDS} (`refresh_seconds`, also spelled `cache_duration_seconds`)")));
+            return Err(path.field("refresh_seconds").error(format!(
+                "{refresh} is less than the minimum {MIN_REFRESH_SECONDS} (`refresh_seconds`, also spelled `cache_duration_seconds`)"
+            )));
         }
         let retry = spec.retry_seconds.unwrap_or(DEFAULT_RETRY_SECONDS);
         if retry < 1 {
@@ -187,7 +193,15 @@ mod tests {
         max_max_bytes: 1 << 30,
         early_refetch: false,
     };
-    const JWKS: ResourceKind = ResourceKind { name: "jwks", label: "JWKS", default_refresh_seconds: 600, default_timeout_ms: 5_000, default_max_bytes: 256 << 10, max_max_bytes: 16 << 20, early_refetch: true };
+    const JWKS: ResourceKind = ResourceKind {
+        name: "jwks",
+        label: "JWKS",
+        default_refresh_seconds: 600,
+        default_timeout_ms: 5_000,
+        default_max_bytes: 256 << 10,
+        max_max_bytes: 16 << 20,
+        early_refetch: true,
+    };
 
     fn spec(v: serde_json::Value) -> RemoteSourceSpec {
         serde_json::from_value(v).unwrap()
@@ -205,7 +219,10 @@ mod tests {
         assert_eq!((geo.schedule.refresh_ms, geo.schedule.retry_ms, geo.schedule.lease_ms), (86_400_000, 10_000, 12_000));
         assert_eq!(geo.failure_mode, None);
         let jwks = RemoteSource::compile(&s, &FieldPath::root(), &JWKS).unwrap();
-        assert_eq!((jwks.timeout, jwks.max_bytes, jwks.schedule.refresh_ms, jwks.early_refetch), (Duration::from_millis(5_000), 256 << 10, 600_000, Duration::from_secs(30)));
+        assert_eq!(
+            (jwks.timeout, jwks.max_bytes, jwks.schedule.refresh_ms, jwks.early_refetch),
+            (Duration::from_millis(5_000), 256 << 10, 600_000, Duration::from_secs(30))
+        );
     }
 
     #[test]
@@ -262,7 +279,8 @@ mod tests {
     #[test]
     fn same_origin_ignores_schedule_and_limits() {
         let a = RemoteSource::compile(&spec(json!({"cluster": "c", "path": "/x"})), &FieldPath::root(), &JWKS).unwrap();
-        let b = RemoteSource::compile(&spec(json!({"cluster": "c", "path": "/x", "refresh_seconds": 60})), &FieldPath::root(), &JWKS).unwrap();
+        let b =
+            RemoteSource::compile(&spec(json!({"cluster": "c", "path": "/x", "refresh_seconds": 60})), &FieldPath::root(), &JWKS).unwrap();
         let c = RemoteSource::compile(&spec(json!({"cluster": "c", "path": "/y"})), &FieldPath::root(), &JWKS).unwrap();
         assert!(a.same_origin(&b) && !a.same_origin(&c));
     }

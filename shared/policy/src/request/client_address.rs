@@ -18,8 +18,8 @@ use std::net::IpAddr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::request::cidr::{parse_address, CidrTable};
 use crate::error::{ConfigError, FieldPath};
+use crate::request::cidr::{parse_address, CidrTable};
 use crate::request::facts::{HeaderNeeds, RequestFacts};
 
 /// Longest XFF chain we walk; a longer header is treated as malformed.
@@ -186,7 +186,11 @@ mod tests {
         assert_eq!(resolve(&one, &["203.0.113.9"], Some("10.0.0.1:1")).unwrap(), "203.0.113.9");
         assert_eq!(resolve(&one, &["6.6.6.6, 203.0.113.9"], Some("10.0.0.1:1")).unwrap(), "203.0.113.9", "spoofed left entry ignored");
         assert_eq!(resolve(&two, &["6.6.6.6, 203.0.113.9, 10.0.0.7"], Some("10.0.0.1:1")).unwrap(), "203.0.113.9");
-        assert_eq!(resolve(&two, &["6.6.6.6", "203.0.113.9, 10.0.0.7"], Some("10.0.0.1:1")).unwrap(), "203.0.113.9", "several headers are one list");
+        assert_eq!(
+            resolve(&two, &["6.6.6.6", "203.0.113.9, 10.0.0.7"], Some("10.0.0.1:1")).unwrap(),
+            "203.0.113.9",
+            "several headers are one list"
+        );
         assert_eq!(resolve(&two, &["10.0.0.7"], Some("198.51.100.1:1")).unwrap(), "198.51.100.1", "fewer entries: the peer");
         assert_eq!(resolve(&one, &[], Some("198.51.100.1:1")).unwrap(), "198.51.100.1");
         assert_eq!(resolve(&one, &[" [2001:db8::5]:443 "], Some("10.0.0.1:1")).unwrap(), "2001:db8::5");
@@ -196,7 +200,11 @@ mod tests {
     fn malformed_entry_where_we_read_is_an_error_not_an_address() {
         let one = resolver(r#"{"xff_num_trusted_hops":1}"#);
         assert_eq!(resolve(&one, &["10.0.0.1, not-an-ip"], Some("10.0.0.1:1")), Err(ClientAddressError::MalformedForwardedFor));
-        assert_eq!(resolve(&one, &["not-an-ip, 203.0.113.9"], Some("10.0.0.1:1")).unwrap(), "203.0.113.9", "garbage left of the client is irrelevant");
+        assert_eq!(
+            resolve(&one, &["not-an-ip, 203.0.113.9"], Some("10.0.0.1:1")).unwrap(),
+            "203.0.113.9",
+            "garbage left of the client is irrelevant"
+        );
         let long = vec!["1.1.1.1"; 65].join(",");
         assert_eq!(resolve(&one, &[&long], Some("10.0.0.1:1")), Err(ClientAddressError::MalformedForwardedFor));
     }

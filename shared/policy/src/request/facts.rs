@@ -133,7 +133,9 @@ mod tests {
 
     #[test]
     fn host_drops_port_for_names_and_v6() {
-        for (authority, host) in [("api.example.com:8443", "api.example.com"), ("[2001:db8::1]:443", "2001:db8::1"), ("example.com", "example.com")] {
+        for (authority, host) in
+            [("api.example.com:8443", "api.example.com"), ("[2001:db8::1]:443", "2001:db8::1"), ("example.com", "example.com")]
+        {
             let headers = h(&[(":authority", authority)]);
             assert_eq!(RequestFacts::new(&headers, None).host(), host, "authority {authority}");
         }

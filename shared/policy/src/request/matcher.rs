@@ -226,10 +226,7 @@ fn host_matches(p: &HostPattern, host: &str) -> bool {
     match p {
         HostPattern::Any => true,
         HostPattern::Exact(e) => host.eq_ignore_ascii_case(e),
-        HostPattern::Suffix(s) => {
-            host.len() > s.len()
-                && host.get(host.len() - s.len()..).is_some_and(|tail| tail.eq_ignore_ascii_case(s))
-        }
+        HostPattern::Suffix(s) => host.len() > s.len() && host.get(host.len() - s.len()..).is_some_and(|tail| tail.eq_ignore_ascii_case(s)),
     }
 }
 
@@ -308,7 +305,11 @@ mod tests {
             (r#"{"headers":[{"name":"x-tenant-id","present":false}]}"#, get("/"), true),
             (r#"{"headers":[{"name":"x-tenant-id","prefix":"ac"}]}"#, [get("/"), vec![("x-tenant-id", "acme")]].concat(), true),
             (r#"{"headers":[{"name":"x-tenant-id","regex":"a.*e"}]}"#, [get("/"), vec![("x-tenant-id", "acme")]].concat(), true),
-            (r#"{"headers":[{"name":"x-tenant-id","regex":"a.*e","invert":true}]}"#, [get("/"), vec![("x-tenant-id", "acme")]].concat(), false),
+            (
+                r#"{"headers":[{"name":"x-tenant-id","regex":"a.*e","invert":true}]}"#,
+                [get("/"), vec![("x-tenant-id", "acme")]].concat(),
+                false,
+            ),
         ];
         for (m, req, want) in cases {
             assert_eq!(matches(m, &req), want, "match {m} on {req:?}");
@@ -323,7 +324,10 @@ mod tests {
             (r#"{"path_prefix":"/a","path_exact":"/b"}"#, "match: give at most one of path_prefix, path_exact, path_regex"),
             (r#"{"methods":["GET","P OST"]}"#, "match.methods[1]: invalid method \"P OST\""),
             (r#"{"hosts":["bad host"]}"#, "match.hosts[0]: invalid host pattern \"bad host\""),
-            (r#"{"headers":[{"name":"x","exact":"a","prefix":"b"}]}"#, "match.headers[0]: give at most one of present, exact, prefix, regex"),
+            (
+                r#"{"headers":[{"name":"x","exact":"a","prefix":"b"}]}"#,
+                "match.headers[0]: give at most one of present, exact, prefix, regex",
+            ),
             (r#"{"headers":[{"name":"x","regex":"[z"}]}"#, "match.headers[0].regex: invalid regex \"[z\""),
         ];
         for (m, want) in cases {

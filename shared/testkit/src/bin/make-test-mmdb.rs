@@ -52,21 +52,13 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
 
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
-        let mut value = |flag: &str| {
-            iter.next()
-                .cloned()
-                .ok_or_else(|| format!("{flag}: missing value"))
-        };
+        let mut value = |flag: &str| iter.next().cloned().ok_or_else(|| format!("{flag}: missing value"));
         match arg.as_str() {
             "--layout" => {
                 layout = match value("--layout")?.as_str() {
                     "country_code" => Layout::CountryCode,
                     "geoip2" => Layout::Geoip2,
-                    other => {
-                        return Err(format!(
-                            "--layout: invalid value \"{other}\", expected country_code or geoip2"
-                        ))
-                    }
+                    other => return Err(format!("--layout: invalid value \"{other}\", expected country_code or geoip2")),
                 }
             }
             "--ip-version" => {
@@ -74,11 +66,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 ip_version = match v.as_str() {
                     "4" => 4,
                     "6" => 6,
-                    _ => {
-                        return Err(format!(
-                            "--ip-version: invalid value \"{v}\", expected 4 or 6"
-                        ))
-                    }
+                    _ => return Err(format!("--ip-version: invalid value \"{v}\", expected 4 or 6")),
                 }
             }
             "--record-size" => {
@@ -87,16 +75,12 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                     .parse::<u16>()
                     .ok()
                     .and_then(|bits| RecordSize::try_from(bits).ok())
-                    .ok_or_else(|| {
-                        format!("--record-size: invalid value \"{v}\", expected 24, 28 or 32")
-                    })?;
+                    .ok_or_else(|| format!("--record-size: invalid value \"{v}\", expected 24, 28 or 32"))?;
             }
             "--database-type" => database_type = Some(value("--database-type")?),
             "--build-epoch" => {
                 let v = value("--build-epoch")?;
-                build_epoch = v.parse().map_err(|_| {
-                    format!("--build-epoch: invalid value \"{v}\", expected seconds since 1970")
-                })?;
+                build_epoch = v.parse().map_err(|_| format!("--build-epoch: invalid value \"{v}\", expected seconds since 1970"))?;
             }
             "--corrupt" => corrupt = true,
             flag if flag.starts_with("--") => return Err(format!("unknown option \"{flag}\"")),
@@ -105,25 +89,12 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         }
     }
     let out = out.ok_or_else(|| "missing output path".to_owned())?;
-    Ok(Options {
-        out,
-        layout,
-        ip_version,
-        record_size,
-        database_type,
-        build_epoch,
-        corrupt,
-        entries,
-    })
+    Ok(Options { out, layout, ip_version, record_size, database_type, build_epoch, corrupt, entries })
 }
 
 fn parse_entry(entry: &str) -> Result<(IpNet, String), String> {
-    let (net, country) = entry
-        .split_once('=')
-        .ok_or_else(|| format!("entry \"{entry}\": expected NET=CC, e.g. 203.0.113.0/24=KP"))?;
-    let net = net
-        .parse::<IpNet>()
-        .map_err(|_| format!("entry \"{entry}\": invalid network \"{net}\""))?;
+    let (net, country) = entry.split_once('=').ok_or_else(|| format!("entry \"{entry}\": expected NET=CC, e.g. 203.0.113.0/24=KP"))?;
+    let net = net.parse::<IpNet>().map_err(|_| format!("entry \"{entry}\": invalid network \"{net}\""))?;
     if country.is_empty() {
         return Err(format!("entry \"{entry}\": empty country code"));
     }
@@ -136,9 +107,8 @@ fn build(options: &Options) -> Result<Vec<u8>, gatewarden_testkit::MmdbError> {
         Layout::Geoip2 => "Gatewarden-Test-GeoIP2-Country",
     };
     let database_type = options.database_type.as_deref().unwrap_or(default_type);
-    let mut writer = MmdbWriter::new(options.ip_version, database_type)?
-        .with_record_size(options.record_size)
-        .with_build_epoch(options.build_epoch);
+    let mut writer =
+        MmdbWriter::new(options.ip_version, database_type)?.with_record_size(options.record_size).with_build_epoch(options.build_epoch);
     if options.layout == Layout::Geoip2 {
         writer = writer.with_languages(["en"]);
     }
@@ -206,10 +176,7 @@ mod tests {
         assert!(options.corrupt);
         assert_eq!(
             options.entries,
-            vec![
-                ("203.0.113.0/24".parse().unwrap(), "KP".to_owned()),
-                ("2001:db8:1::/48".parse().unwrap(), "IR".to_owned()),
-            ]
+            vec![("203.0.113.0/24".parse().unwrap(), "KP".to_owned()), ("2001:db8:1::/48".parse().unwrap(), "IR".to_owned()),]
         );
     }
 
@@ -217,31 +184,15 @@ mod tests {
     fn bad_arguments_say_what_is_accepted() {
         let cases: &[(&[&str], &str)] = &[
             (&[], "missing output path"),
-            (
-                &["o", "--layout", "city"],
-                "--layout: invalid value \"city\", expected country_code or geoip2",
-            ),
-            (
-                &["o", "--record-size", "30"],
-                "--record-size: invalid value \"30\", expected 24, 28 or 32",
-            ),
+            (&["o", "--layout", "city"], "--layout: invalid value \"city\", expected country_code or geoip2"),
+            (&["o", "--record-size", "30"], "--record-size: invalid value \"30\", expected 24, 28 or 32"),
             (&["o", "--ip-version"], "--ip-version: missing value"),
-            (
-                &["o", "10.0.0.0/8"],
-                "entry \"10.0.0.0/8\": expected NET=CC, e.g. 203.0.113.0/24=KP",
-            ),
-            (
-                &["o", "10.0.0.0/33=US"],
-                "entry \"10.0.0.0/33=US\": invalid network \"10.0.0.0/33\"",
-            ),
+            (&["o", "10.0.0.0/8"], "entry \"10.0.0.0/8\": expected NET=CC, e.g. 203.0.113.0/24=KP"),
+            (&["o", "10.0.0.0/33=US"], "entry \"10.0.0.0/33=US\": invalid network \"10.0.0.0/33\""),
             (&["o", "--verbose"], "unknown option \"--verbose\""),
         ];
         for (input, expected) in cases {
-            assert_eq!(
-                parse_args(&args(input)).unwrap_err(),
-                *expected,
-                "args {input:?}"
-            );
+            assert_eq!(parse_args(&args(input)).unwrap_err(), *expected, "args {input:?}");
         }
     }
 }

@@ -56,32 +56,17 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) -> Result<(), MmdbError
 /// Unsigned integers drop leading zero bytes; zero itself has an empty payload.
 fn encode_uint(out: &mut Vec<u8>, type_num: u8, be: &[u8]) -> Result<(), MmdbError> {
     let first = be.iter().position(|&b| b != 0).unwrap_or(be.len());
-    encode_bytes(
-        out,
-        type_num,
-        be.get(first..).unwrap_or_default(),
-        "integer",
-    )
+    encode_bytes(out, type_num, be.get(first..).unwrap_or_default(), "integer")
 }
 
-fn encode_bytes(
-    out: &mut Vec<u8>,
-    type_num: u8,
-    payload: &[u8],
-    what: &'static str,
-) -> Result<(), MmdbError> {
+fn encode_bytes(out: &mut Vec<u8>, type_num: u8, payload: &[u8], what: &'static str) -> Result<(), MmdbError> {
     control(out, type_num, payload.len(), what)?;
     out.extend_from_slice(payload);
     Ok(())
 }
 
 /// Writes the control byte, the extended type byte (types above 7) and the size bytes.
-fn control(
-    out: &mut Vec<u8>,
-    type_num: u8,
-    size: usize,
-    what: &'static str,
-) -> Result<(), MmdbError> {
+fn control(out: &mut Vec<u8>, type_num: u8, size: usize, what: &'static str) -> Result<(), MmdbError> {
     let too_large = || MmdbError::value_too_large(what, size);
     let (size_bits, extra): (u8, Vec<u8>) = if size < 29 {
         (u8::try_from(size).map_err(|_| too_large())?, Vec::new())
@@ -145,24 +130,12 @@ mod tests {
     fn integers_are_minimal_and_zero_is_empty() {
         assert_eq!(bytes(&Record::Uint32(0)), vec![0b1100_0000]);
         assert_eq!(bytes(&Record::Uint32(0x0102)), vec![0b1100_0010, 1, 2]);
-        assert_eq!(
-            bytes(&Record::Int32(-1)),
-            vec![4, 1, 0xFF, 0xFF, 0xFF, 0xFF]
-        );
+        assert_eq!(bytes(&Record::Int32(-1)), vec![4, 1, 0xFF, 0xFF, 0xFF, 0xFF]);
         assert_eq!(bytes(&Record::Int32(5)), vec![1, 1, 5]);
     }
 
     #[test]
     fn map_is_pair_count_then_key_value_pairs() {
-        assert_eq!(
-            bytes(&Record::country_code("AU")),
-            [
-                &[0b1110_0001, 0b0100_1100][..],
-                b"country_code",
-                &[0b0100_0010],
-                b"AU"
-            ]
-            .concat()
-        );
+        assert_eq!(bytes(&Record::country_code("AU")), [&[0b1110_0001, 0b0100_1100][..], b"country_code", &[0b0100_0010], b"AU"].concat());
     }
 }

@@ -33,48 +33,31 @@ enum ErrorKind {
 
 impl MmdbError {
     pub(crate) fn unsupported_ip_version(version: u16) -> Self {
-        Self {
-            kind: ErrorKind::UnsupportedIpVersion(version),
-        }
+        Self { kind: ErrorKind::UnsupportedIpVersion(version) }
     }
 
     pub(crate) fn unsupported_record_size(bits: u16) -> Self {
-        Self {
-            kind: ErrorKind::UnsupportedRecordSize(bits),
-        }
+        Self { kind: ErrorKind::UnsupportedRecordSize(bits) }
     }
 
     pub(crate) fn ipv6_network_in_ipv4_database(net: IpNet) -> Self {
-        Self {
-            kind: ErrorKind::Ipv6NetworkInIpv4Database(net),
-        }
+        Self { kind: ErrorKind::Ipv6NetworkInIpv4Database(net) }
     }
 
     pub(crate) fn unsupported_json(path: String, what: String) -> Self {
-        Self {
-            kind: ErrorKind::UnsupportedJson { path, what },
-        }
+        Self { kind: ErrorKind::UnsupportedJson { path, what } }
     }
 
     pub(crate) fn value_too_large(what: &'static str, len: usize) -> Self {
-        Self {
-            kind: ErrorKind::ValueTooLarge { what, len },
-        }
+        Self { kind: ErrorKind::ValueTooLarge { what, len } }
     }
 
     pub(crate) fn record_size_exceeded(record_size: u16, needed: u64) -> Self {
-        Self {
-            kind: ErrorKind::RecordSizeExceeded {
-                record_size,
-                needed,
-            },
-        }
+        Self { kind: ErrorKind::RecordSizeExceeded { record_size, needed } }
     }
 
     pub(crate) fn not_a_database() -> Self {
-        Self {
-            kind: ErrorKind::NotADatabase,
-        }
+        Self { kind: ErrorKind::NotADatabase }
     }
 
     /// The caller passed something the writer cannot represent: a bad IP version or record size,
@@ -119,10 +102,9 @@ impl fmt::Display for MmdbError {
             ErrorKind::ValueTooLarge { what, len } => {
                 write!(f, "{what} of length {len} exceeds the format limit of 16843036")
             }
-            ErrorKind::RecordSizeExceeded { record_size, needed } => write!(
-                f,
-                "record_size {record_size}: pointer value {needed} does not fit, use a larger record size"
-            ),
+            ErrorKind::RecordSizeExceeded { record_size, needed } => {
+                write!(f, "record_size {record_size}: pointer value {needed} does not fit, use a larger record size")
+            }
             ErrorKind::NotADatabase => {
                 write!(f, "no MaxMind DB metadata marker found in input")
             }

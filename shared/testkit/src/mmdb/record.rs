@@ -112,16 +112,11 @@ fn from_json(value: &Value, path: &mut String) -> Result<Record, MmdbError> {
             if let Some(u) = n.as_u64() {
                 Ok(u32::try_from(u).map_or(Record::Uint64(u), Record::Uint32))
             } else if let Some(i) = n.as_i64() {
-                i32::try_from(i)
-                    .map(Record::Int32)
-                    .map_err(|_| MmdbError::unsupported_json(path.clone(), format!("integer {i}")))
+                i32::try_from(i).map(Record::Int32).map_err(|_| MmdbError::unsupported_json(path.clone(), format!("integer {i}")))
             } else if let Some(f) = n.as_f64() {
                 Ok(Record::Double(f))
             } else {
-                Err(MmdbError::unsupported_json(
-                    path.clone(),
-                    format!("number {n}"),
-                ))
+                Err(MmdbError::unsupported_json(path.clone(), format!("number {n}")))
             }
         }
         Value::Array(items) => {
@@ -156,33 +151,19 @@ mod tests {
     #[test]
     fn json_numbers_pick_the_smallest_fitting_type() {
         let record = Record::try_from(json!([1, 4_294_967_296u64, -5, 1.5])).unwrap();
-        assert_eq!(
-            record,
-            Record::Array(vec![
-                Record::Uint32(1),
-                Record::Uint64(4_294_967_296),
-                Record::Int32(-5),
-                Record::Double(1.5),
-            ])
-        );
+        assert_eq!(record, Record::Array(vec![Record::Uint32(1), Record::Uint64(4_294_967_296), Record::Int32(-5), Record::Double(1.5),]));
     }
 
     #[test]
     fn json_null_is_rejected_with_its_path() {
         let err = Record::try_from(json!({"country": {"names": [null]}})).unwrap_err();
         assert!(err.is_invalid_input());
-        assert_eq!(
-            err.to_string(),
-            "record.country.names[0]: null has no MaxMind DB type"
-        );
+        assert_eq!(err.to_string(), "record.country.names[0]: null has no MaxMind DB type");
     }
 
     #[test]
     fn json_integer_below_i32_is_rejected() {
         let err = Record::try_from(json!({"n": -3_000_000_000i64})).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "record.n: integer -3000000000 has no MaxMind DB type"
-        );
+        assert_eq!(err.to_string(), "record.n: integer -3000000000 has no MaxMind DB type");
     }
 }

@@ -70,13 +70,7 @@ pub(crate) struct NumberedTree {
 
 impl SearchTree {
     pub(crate) fn new(bits: u8) -> Self {
-        Self {
-            nodes: vec![Node {
-                left: Link::Empty,
-                right: Link::Empty,
-            }],
-            bits,
-        }
+        Self { nodes: vec![Node { left: Link::Empty, right: Link::Empty }], bits }
     }
 
     fn bit(&self, addr: u128, depth: u8) -> bool {
@@ -85,20 +79,11 @@ impl SearchTree {
     }
 
     fn node(&self, index: u32) -> Node {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| self.nodes.get(i))
-            .copied()
-            .unwrap_or(Node {
-                left: Link::Empty,
-                right: Link::Empty,
-            })
+        usize::try_from(index).ok().and_then(|i| self.nodes.get(i)).copied().unwrap_or(Node { left: Link::Empty, right: Link::Empty })
     }
 
     fn node_mut(&mut self, index: u32) -> Option<&mut Node> {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| self.nodes.get_mut(i))
+        usize::try_from(index).ok().and_then(|i| self.nodes.get_mut(i))
     }
 
     /// Makes every address in `prefix` resolve to `link`, overriding earlier inserts.
@@ -108,10 +93,7 @@ impl SearchTree {
     pub(crate) fn insert(&mut self, prefix: Prefix, link: Link) {
         if prefix.len == 0 {
             if let Some(root) = self.node_mut(0) {
-                *root = Node {
-                    left: link,
-                    right: link,
-                };
+                *root = Node { left: link, right: link };
             }
             return;
         }
@@ -132,10 +114,7 @@ impl SearchTree {
             Link::Node(child) => child,
             leaf => {
                 let child = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
-                self.nodes.push(Node {
-                    left: leaf,
-                    right: leaf,
-                });
+                self.nodes.push(Node { left: leaf, right: leaf });
                 if let Some(n) = self.node_mut(node) {
                     n.set(bit, Link::Node(child));
                 }
@@ -191,13 +170,7 @@ impl SearchTree {
             }
         }
         let renumber = |link: Link| match link {
-            Link::Node(child) => Link::Node(
-                usize::try_from(child)
-                    .ok()
-                    .and_then(|i| numbers.get(i))
-                    .copied()
-                    .unwrap_or(0),
-            ),
+            Link::Node(child) => Link::Node(usize::try_from(child).ok().and_then(|i| numbers.get(i)).copied().unwrap_or(0)),
             other => other,
         };
         let records = order
@@ -216,10 +189,7 @@ mod tests {
     use super::*;
 
     fn v4(a: [u8; 4], len: u8) -> Prefix {
-        Prefix {
-            addr: u128::from(u32::from_be_bytes(a)),
-            len,
-        }
+        Prefix { addr: u128::from(u32::from_be_bytes(a)), len }
     }
 
     #[test]

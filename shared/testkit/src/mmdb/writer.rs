@@ -18,10 +18,7 @@ pub(crate) const METADATA_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
 const DATA_SECTION_SEPARATOR: usize = 16;
 
 /// `::ffff:0:0/96`, the IPv4-mapped IPv6 addresses.
-const IPV4_MAPPED: Prefix = Prefix {
-    addr: 0xffff_0000_0000,
-    len: 96,
-};
+const IPV4_MAPPED: Prefix = Prefix { addr: 0xffff_0000_0000, len: 96 };
 
 /// `::/96`, where an IPv6 tree keeps its IPv4 subtree.
 const IPV4_SUBTREE: Prefix = Prefix { addr: 0, len: 96 };
@@ -141,8 +138,7 @@ impl MmdbWriter {
     /// Adds (or replaces) the description for language code `language`.
     #[must_use]
     pub fn with_description(mut self, language: &str, text: &str) -> Self {
-        self.description
-            .insert(language.to_owned(), text.to_owned());
+        self.description.insert(language.to_owned(), text.to_owned());
         self
     }
 
@@ -212,8 +208,7 @@ impl MmdbWriter {
         let numbered = tree.number();
         let record_size = self.record_size;
         let too_big = |needed: u64| MmdbError::record_size_exceeded(record_size.bits(), needed);
-        let node_count = u32::try_from(numbered.records.len())
-            .map_err(|_| too_big(numbered.records.len() as u64))?;
+        let node_count = u32::try_from(numbered.records.len()).map_err(|_| too_big(numbered.records.len() as u64))?;
 
         // Data section: each referenced record once, in the order the tree first reaches it.
         let mut data = Vec::new();
@@ -260,12 +255,7 @@ impl MmdbWriter {
     }
 
     fn metadata(&self, node_count: u32) -> Record {
-        let strings = |map: &BTreeMap<String, String>| {
-            Record::map(
-                map.iter()
-                    .map(|(k, v)| (k.clone(), Record::from(v.as_str()))),
-            )
-        };
+        let strings = |map: &BTreeMap<String, String>| Record::map(map.iter().map(|(k, v)| (k.clone(), Record::from(v.as_str()))));
         Record::map([
             ("binary_format_major_version", Record::Uint16(2)),
             ("binary_format_minor_version", Record::Uint16(0)),
@@ -273,15 +263,7 @@ impl MmdbWriter {
             ("database_type", Record::from(self.database_type.as_str())),
             ("description", strings(&self.description)),
             ("ip_version", Record::Uint16(self.ip_version)),
-            (
-                "languages",
-                Record::Array(
-                    self.languages
-                        .iter()
-                        .map(|l| Record::from(l.as_str()))
-                        .collect(),
-                ),
-            ),
+            ("languages", Record::Array(self.languages.iter().map(|l| Record::from(l.as_str())).collect())),
             ("node_count", Record::Uint32(node_count)),
             ("record_size", Record::Uint16(self.record_size.bits())),
         ])
@@ -303,26 +285,13 @@ impl MmdbWriter {
             IpNet::V4(v4) => (u32::from(v4.network()), v4.prefix_len()),
             IpNet::V6(v6) => match ipv4_mapped(v6.network(), v6.prefix_len()) {
                 Some(mapped) if self.ip_version == 4 || self.ipv4_mapped_alias => mapped,
-                _ if self.ip_version == 4 => {
-                    return Err(MmdbError::ipv6_network_in_ipv4_database(net))
-                }
-                _ => {
-                    return Ok(Prefix {
-                        addr: u128::from(v6.network()),
-                        len: v6.prefix_len(),
-                    })
-                }
+                _ if self.ip_version == 4 => return Err(MmdbError::ipv6_network_in_ipv4_database(net)),
+                _ => return Ok(Prefix { addr: u128::from(v6.network()), len: v6.prefix_len() }),
             },
         };
         Ok(match self.ip_version {
-            4 => Prefix {
-                addr: u128::from(v4_addr),
-                len: v4_len,
-            },
-            _ => Prefix {
-                addr: u128::from(v4_addr),
-                len: 96 + v4_len,
-            },
+            4 => Prefix { addr: u128::from(v4_addr), len: v4_len },
+            _ => Prefix { addr: u128::from(v4_addr), len: 96 + v4_len },
         })
     }
 }

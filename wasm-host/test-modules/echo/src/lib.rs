@@ -92,11 +92,7 @@ impl RootContext for EchoRoot {
         }
         self.set_tick_period(Duration::from_millis(1000));
         log::info!("configured tag={tag} generation={generation}");
-        self.settings = Some(Rc::new(Settings {
-            tag,
-            generation,
-            metrics,
-        }));
+        self.settings = Some(Rc::new(Settings { tag, generation, metrics }));
         true
     }
 
@@ -141,23 +137,13 @@ impl EchoHttp {
 }
 
 impl Context for EchoHttp {
-    fn on_http_call_response(
-        &mut self,
-        _token: u32,
-        num_headers: usize,
-        body_size: usize,
-        _t: usize,
-    ) {
+    fn on_http_call_response(&mut self, _token: u32, num_headers: usize, body_size: usize, _t: usize) {
         if num_headers == 0 {
             self.add_http_request_header("x-callout-status", "failed");
         } else {
-            let status = self
-                .get_http_call_response_header(":status")
-                .unwrap_or_default();
+            let status = self.get_http_call_response_header(":status").unwrap_or_default();
             self.add_http_request_header("x-callout-status", &status);
-            let body = self
-                .get_http_call_response_body(0, body_size)
-                .unwrap_or_default();
+            let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
             self.add_http_request_header("x-callout-body", &String::from_utf8_lossy(&body));
         }
         self.resume_http_request();
@@ -184,10 +170,7 @@ impl HttpContext for EchoHttp {
             let value = self.property_or_none(path);
             self.add_http_request_header(header, &value);
         }
-        let now = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = self.get_current_time().duration_since(UNIX_EPOCH).unwrap_or_default();
         self.add_http_request_header("x-now-ms", &now.as_millis().to_string());
 
         if self.get_http_request_header("x-log-level").is_some() {
@@ -199,10 +182,7 @@ impl HttpContext for EchoHttp {
         }
         if let Some(entry) = self.get_http_request_header("x-shared-set") {
             let (key, value) = entry.split_once('=').unwrap_or((entry.as_str(), ""));
-            let cas = self
-                .get_http_request_header("x-cas")
-                .and_then(|c| c.parse::<u32>().ok())
-                .filter(|c| *c != 0);
+            let cas = self.get_http_request_header("x-cas").and_then(|c| c.parse::<u32>().ok()).filter(|c| *c != 0);
             let result = match hostcalls::set_shared_data(key, Some(value.as_bytes()), cas) {
                 Ok(()) => "ok",
                 Err(Status::CasMismatch) => "cas_mismatch",
@@ -213,10 +193,7 @@ impl HttpContext for EchoHttp {
         if let Some(key) = self.get_http_request_header("x-shared-get") {
             match self.get_shared_data(&key) {
                 (Some(value), cas) => {
-                    self.add_http_request_header(
-                        "x-shared-value",
-                        &String::from_utf8_lossy(&value),
-                    );
+                    self.add_http_request_header("x-shared-value", &String::from_utf8_lossy(&value));
                     self.add_http_request_header("x-shared-cas", &cas.unwrap_or(0).to_string());
                 }
                 (None, _) => self.add_http_request_header("x-shared-value", "<none>"),
@@ -224,12 +201,10 @@ impl HttpContext for EchoHttp {
         }
         if let Some(item) = self.get_http_request_header("x-enqueue") {
             let result = match hostcalls::resolve_shared_queue("", "echo_queue") {
-                Ok(Some(queue)) => {
-                    match hostcalls::enqueue_shared_queue(queue, Some(item.as_bytes())) {
-                        Ok(()) => "ok".to_string(),
-                        Err(status) => format!("{status:?}"),
-                    }
-                }
+                Ok(Some(queue)) => match hostcalls::enqueue_shared_queue(queue, Some(item.as_bytes())) {
+                    Ok(()) => "ok".to_string(),
+                    Err(status) => format!("{status:?}"),
+                },
                 Ok(None) => "no_queue".to_string(),
                 Err(status) => format!("{status:?}"),
             };
@@ -242,22 +217,10 @@ impl HttpContext for EchoHttp {
             return Action::Pause;
         }
         if let Some(upstream) = self.get_http_request_header("x-callout") {
-            let headers = vec![
-                (":method", "GET"),
-                (":path", "/lookup"),
-                (":authority", "lookup"),
-            ];
-            match self.dispatch_http_call(
-                &upstream,
-                headers,
-                Some(b"q"),
-                vec![],
-                Duration::from_millis(1500),
-            ) {
+            let headers = vec![(":method", "GET"), (":path", "/lookup"), (":authority", "lookup")];
+            match self.dispatch_http_call(&upstream, headers, Some(b"q"), vec![], Duration::from_millis(1500)) {
                 Ok(_) => return Action::Pause,
-                Err(status) => {
-                    self.add_http_request_header("x-callout-error", &format!("{status:?}"))
-                }
+                Err(status) => self.add_http_request_header("x-callout-error", &format!("{status:?}")),
             }
         }
         Action::Continue
@@ -277,10 +240,7 @@ impl HttpContext for EchoHttp {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let status = self.get_http_response_header(":status").unwrap_or_default();
-        let _ = hostcalls::record_metric(
-            self.settings.metrics.last_status,
-            status.parse().unwrap_or(0),
-        );
+        let _ = hostcalls::record_metric(self.settings.metrics.last_status, status.parse().unwrap_or(0));
         self.add_http_response_header("x-echo-response", "1");
         Action::Continue
     }

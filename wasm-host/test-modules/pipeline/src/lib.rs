@@ -150,7 +150,8 @@ impl FilterPolicy for PipelinePolicy {
 }
 
 /// Denial reasons (counters `gatewarden_test_pipeline_denied_<reason>`).
-const REASONS: &[&str] = &["body_denied", "body_too_large", "body_unavailable", "callout_denied", "callout_failed", "grpc_denied", "grpc_failed"];
+const REASONS: &[&str] =
+    &["body_denied", "body_too_large", "body_unavailable", "callout_denied", "callout_failed", "grpc_denied", "grpc_failed"];
 
 /// What a request carries while it waits.
 struct Progress {
