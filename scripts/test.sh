@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every test, on a fresh machine of this kind: installs what is missing, then runs
-#   1. lints (clippy, native and wasm32), with unwrap/expect/panic denied outside tests
+#   1. lints: rustfmt (rustfmt.toml), clippy (native and wasm32) with unwrap/expect/panic denied outside tests
 #   2. native unit tests + Wasm-host tests (the release .wasm files in our wasmtime host) + CLI tests,
 #      then `gatewarden test examples` (the example policy repo's tests through the release modules)
 #   3. `envoy --mode validate` on every shipped Envoy config
@@ -12,6 +12,10 @@ start=$SECONDS
 
 "$ROOT/scripts/setup.sh"
 "$ROOT/scripts/build.sh"
+
+log "rustfmt --check (workspace and the test-only modules)"
+cargo fmt --all -- --check
+for m in "$ROOT"/wasm-host/test-modules/*/Cargo.toml; do cargo fmt --manifest-path "$m" -- --check; done
 
 log "clippy (native, all targets)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
