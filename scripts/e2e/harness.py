@@ -298,6 +298,18 @@ class _QuietHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _read_body(self) -> bytes:
+        """The request body: by content-length, or every chunk of a chunked one (an upstream that
+        answered before reading a chunked body would race the proxy's filters)."""
+        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+            out = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                        pass
+                    return bytes(out)
+                out += self.rfile.read(size)
+                self.rfile.readline()  # the CRLF after the chunk
         n = int(self.headers.get("content-length") or 0)
         return self.rfile.read(n) if n else b""
 
