@@ -22,6 +22,8 @@
 //! Everything is per [`Host`] value: no global state, hosts can run in parallel threads.
 //! A module's trap never panics the host: it fails the VM and shows in the [`Outcome`].
 
+#![forbid(unsafe_code)]
+
 mod abi;
 mod context;
 mod error;
