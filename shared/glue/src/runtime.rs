@@ -150,6 +150,12 @@ pub struct Compiled<F: Enforcer> {
 }
 
 impl<F: Enforcer> Compiled<F> {
+    /// Every request header, when [`read_headers`] read them all for this policy (spares the
+    /// host call `act` would make on ngx_wasm_module to look for duplicates).
+    fn all_headers_in<'h>(&self, headers: &'h [(String, String)]) -> Option<&'h [(String, String)]> {
+        (self.all_headers || self.needs.names().len() > 1).then_some(headers)
+    }
+
     /// `x-gatewarden-<filter>`, the decision header's name.
     pub(crate) fn header_name(&self) -> &str {
         &self.header_name
@@ -353,30 +359,38 @@ fn read_headers(needs: &HeaderNeeds, all: bool) -> Result<Vec<(String, String)>,
     }
 }
 
+/// The request headers `compiled` reads (see [`read_headers`]), or the request failed closed.
+fn headers_for<F: Enforcer>(filter: &str, compiled: &Compiled<F>) -> Result<Vec<(String, String)>, Flow> {
+    read_headers(&compiled.needs, compiled.all_headers)
+        .map_err(|e| fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), Counter::HOST_ERROR))
+}
+
+/// The peer address, for [`RequestFacts::with_peer_source`]: read when a decision asks for it
+/// (IP/geo: always; JWT: on a denial), once. A host error reads as "no peer", which no policy
+/// lets through as an allowed address.
+fn peer_address(filter: &str) -> Option<String> {
+    match host::property_encoded(host::SOURCE_ADDRESS) {
+        Ok(p) => p.and_then(|b| String::from_utf8(b).ok()),
+        Err(e) => {
+            host::log(Level::Warn, format_args!("gatewarden {filter}: cannot read source.address (status {})", e.0));
+            None
+        }
+    }
+}
+
 /// Handles request headers with the policy the request was created under.
 pub fn on_request_headers<F: Enforcer>(compiled: Option<&Compiled<F>>) -> Flow {
     let filter = name::<F>();
     let Some(compiled) = compiled else {
         return fail_closed(filter, "no valid policy is loaded", Counter::NO_POLICY);
     };
-    let headers = match read_headers(&compiled.needs, compiled.all_headers) {
+    let headers = match headers_for(filter, compiled) {
         Ok(h) => h,
-        Err(e) => return fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), Counter::HOST_ERROR),
+        Err(flow) => return flow,
     };
-    // Every request header, when `read_headers` read them all (see there).
-    let all = (compiled.all_headers || compiled.needs.names().len() > 1).then_some(headers.as_slice());
-    // The peer address is read when a decision asks for it (IP/geo: always; JWT: on a denial),
-    // once. A host error reads as "no peer", which no policy lets through as an allowed address.
+    let all = compiled.all_headers_in(&headers);
     let peer = std::cell::OnceCell::new();
-    let read_peer = || -> Option<String> {
-        match host::property_encoded(host::SOURCE_ADDRESS) {
-            Ok(p) => p.and_then(|b| String::from_utf8(b).ok()),
-            Err(e) => {
-                host::log(Level::Warn, format_args!("gatewarden {filter}: cannot read source.address (status {})", e.0));
-                None
-            }
-        }
-    };
+    let read_peer = || peer_address(filter);
     let facts = RequestFacts::with_peer_source(&headers, &peer, &read_peer);
     let Some(r) = &compiled.rollout else {
         let eval = F::decide(&compiled.policy, &compiled.state, &facts);
@@ -450,21 +464,13 @@ pub fn on_request_headers_waiting<F: Enforcer>(compiled: Option<Rc<Compiled<F>>>
     let Some(compiled) = compiled else {
         return (fail_closed(filter, "no valid policy is loaded", Counter::NO_POLICY), None);
     };
-    let headers = match read_headers(&compiled.needs, compiled.all_headers) {
+    let headers = match headers_for(filter, &compiled) {
         Ok(h) => h,
-        Err(e) => return (fail_closed(filter, &format!("cannot read the request headers (status {})", e.0), Counter::HOST_ERROR), None),
+        Err(flow) => return (flow, None),
     };
-    let all = (compiled.all_headers || compiled.needs.names().len() > 1).then_some(headers.as_slice());
+    let all = compiled.all_headers_in(&headers);
     let peer = std::cell::OnceCell::new();
-    let read_peer = || -> Option<String> {
-        match host::property_encoded(host::SOURCE_ADDRESS) {
-            Ok(p) => p.and_then(|b| String::from_utf8(b).ok()),
-            Err(e) => {
-                host::log(Level::Warn, format_args!("gatewarden {filter}: cannot read source.address (status {})", e.0));
-                None
-            }
-        }
-    };
+    let read_peer = || peer_address(filter);
     let facts = RequestFacts::with_peer_source(&headers, &peer, &read_peer);
     let (role, step) = match &compiled.rollout {
         None => (None, F::start(&compiled.policy, &compiled.state, &facts)),
