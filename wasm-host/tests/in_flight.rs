@@ -8,32 +8,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use gatewarden_wasm_host::{Host, HttpResponse, Module, Phase, Profile, Progress, Request, Settle, Vm, VmOptions};
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
+mod common;
 
-/// The pipeline test module, built once per test binary into `<target>/test-modules`.
-fn pipeline_module() -> &'static Module {
-    static MODULE: OnceLock<Module> = OnceLock::new();
-    MODULE.get_or_init(|| {
-        let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let target_dir =
-            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| manifest_dir.join("../target")).join("test-modules");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip1", "--manifest-path"])
-            .arg(manifest_dir.join("test-modules/pipeline/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the pipeline test module failed");
-        let wasm = target_dir.join("wasm32-wasip1/release/gatewarden_test_pipeline.wasm");
-        Module::from_file(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()))
-    })
-}
+use gatewarden_wasm_host::{Host, HttpResponse, Phase, Profile, Progress, Request, Settle, Vm, VmOptions};
 
 const HEADER: &str = "x-gatewarden-test-pipeline";
 
@@ -48,7 +25,7 @@ fn p2() -> &'static str {
 }
 
 fn configured(host: &Host) -> Vm {
-    let mut vm = host.load_vm(pipeline_module(), VmOptions::new("gatewarden_test_pipeline")).unwrap();
+    let mut vm = host.load_vm(common::pipeline_module(), VmOptions::new("gatewarden_test_pipeline")).unwrap();
     assert!(vm.configure(p1().as_bytes()).unwrap(), "{:#?}", host.logs());
     vm
 }

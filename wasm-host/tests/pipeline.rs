@@ -12,32 +12,7 @@ mod common;
 use gatewarden_wasm_host::{
     Failure, GrpcResponse, Host, HttpResponse, Module, Outcome, Phase, Profile, Progress, Request, Settle, Vm, VmOptions,
 };
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
-
-/// The pipeline test module, built once per test binary into `<target>/test-modules`.
-fn pipeline_module() -> &'static Module {
-    static MODULE: OnceLock<Module> = OnceLock::new();
-    MODULE.get_or_init(|| {
-        let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let target_dir =
-            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| manifest_dir.join("../target")).join("test-modules");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip1", "--manifest-path"])
-            .arg(manifest_dir.join("test-modules/pipeline/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the pipeline test module failed: {status}");
-        let wasm = target_dir.join("wasm32-wasip1/release/gatewarden_test_pipeline.wasm");
-        Module::from_file(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()))
-    })
-}
 
 const HTTP_UPSTREAM_KONG: &str = "127.0.0.1:9001";
 
@@ -76,7 +51,7 @@ fn host(profile: Profile) -> Host {
 }
 
 fn pipeline_vm(host: &Host, config: &str) -> Vm {
-    let mut vm = host.load_vm(pipeline_module(), VmOptions::new("gatewarden_test_pipeline")).expect("module loads");
+    let mut vm = host.load_vm(common::pipeline_module(), VmOptions::new("gatewarden_test_pipeline")).expect("module loads");
     assert!(vm.configure(config.as_bytes()).expect("configure runs"), "policy refused: {config}");
     vm
 }
@@ -422,7 +397,7 @@ fn body_then_http_then_grpc_carry_the_body() {
 #[test]
 fn kong_refuses_a_grpc_policy_at_configure_time() {
     let host = host(Profile::Kong);
-    let mut vm = host.load_vm(pipeline_module(), VmOptions::new("gatewarden_test_pipeline")).unwrap();
+    let mut vm = host.load_vm(common::pipeline_module(), VmOptions::new("gatewarden_test_pipeline")).unwrap();
     // On Kong the root accepts the VM without a policy (a false return would stop nginx).
     assert!(vm.configure(policy(Profile::Kong, "deny", true).as_bytes()).unwrap());
     let refused = host

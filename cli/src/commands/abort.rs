@@ -1,19 +1,10 @@
 //! `gatewarden abort POLICY`: `rollout` and `signatures` are removed; the active policy stays (`rollout::end`).
 
-use crate::cli::FilterArg;
 use crate::error::CmdResult;
 use crate::rollout::{end, Ending};
 
-#[derive(Debug, clap::Args)]
-#[command(after_help = "Signatures are dropped (the content changed; approvers sign again). \
-                        Exit status: 0 done, 1 no rollout or the result would be invalid (file unchanged), 2 could not run.")]
-pub struct Args {
-    /// The policy file with a `rollout`, edited in place (keeps YAML or JSON).
-    #[arg(value_name = "POLICY")]
-    pub policy: String,
-    #[command(flatten)]
-    pub filter: FilterArg,
-}
+/// The same arguments as `promote` (one policy file with a `rollout`).
+pub use super::promote::Args;
 
 /// `gatewarden abort`.
 pub fn run(a: &Args) -> CmdResult {

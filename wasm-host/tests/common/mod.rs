@@ -6,29 +6,42 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The `echo` test module (wasm-host/test-modules/echo), built for wasm32-wasip1 in release
-/// mode under `<target>/test-modules`. Built once per test binary; cargo's lock serialises
+/// Builds test module `name` (wasm-host/test-modules/<name>) for wasm32-wasip1 in release mode
+/// under `<target>/test-modules` and returns the path of `<wasm_file>`. Cargo's lock serialises
 /// concurrent builds from several test binaries.
+pub fn build_test_module(name: &str, wasm_file: &str) -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| manifest_dir.join("../target")).join("test-modules");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "--target", "wasm32-wasip1", "--manifest-path"])
+        .arg(manifest_dir.join(format!("test-modules/{name}/Cargo.toml")))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // Flags meant for the host build (coverage, lints) do not apply to the wasm build.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the {name} test module failed: {status}");
+    target_dir.join("wasm32-wasip1/release").join(wasm_file)
+}
+
+/// The `echo` test module (wasm-host/test-modules/echo), built once per test binary.
 pub fn echo_wasm() -> &'static [u8] {
     static WASM: OnceLock<Vec<u8>> = OnceLock::new();
     WASM.get_or_init(|| {
-        let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let target_dir =
-            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| manifest_dir.join("../target")).join("test-modules");
-        let manifest = manifest_dir.join("test-modules/echo/Cargo.toml");
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip1", "--manifest-path"])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target_dir)
-            // Flags meant for the host build (coverage, lints) do not apply to the wasm build.
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the echo test module failed: {status}");
-        let wasm = target_dir.join("wasm32-wasip1/release/echo_filter.wasm");
+        let wasm = build_test_module("echo", "echo_filter.wasm");
         std::fs::read(&wasm).unwrap_or_else(|e| panic!("reading {}: {e}", wasm.display()))
+    })
+}
+
+/// The `pipeline` test module (a filter that waits), built and compiled once per test binary.
+pub fn pipeline_module() -> &'static Module {
+    static MODULE: OnceLock<Module> = OnceLock::new();
+    MODULE.get_or_init(|| {
+        let wasm = build_test_module("pipeline", "gatewarden_test_pipeline.wasm");
+        Module::from_file(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()))
     })
 }
 
