@@ -405,28 +405,10 @@ pub fn increment(metric_id: u32, by: i64) -> Result<(), HostError> {
     status(unsafe { proxy_increment_metric(metric_id, by) })
 }
 
-/// Starts an HTTP callout; the response arrives in the root context's `on_http_call_response`.
+/// Starts an HTTP callout without a body; the response arrives in the root context's
+/// `on_http_call_response`.
 pub fn dispatch_http_call(upstream: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u32, HostError> {
-    let headers = encode_pairs(headers);
-    let trailers = encode_pairs(&[]);
-    let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-    let mut token = 0u32;
-    // SAFETY: all pointers and lengths describe live buffers; `token` is a valid out-pointer.
-    status(unsafe {
-        proxy_http_call(
-            upstream.as_ptr(),
-            upstream.len(),
-            headers.as_ptr(),
-            headers.len(),
-            std::ptr::null(),
-            0,
-            trailers.as_ptr(),
-            trailers.len(),
-            timeout_ms,
-            &mut token,
-        )
-    })?;
-    Ok(token)
+    dispatch_http_call_with_body(upstream, headers, &[], timeout)
 }
 
 /// Starts an HTTP callout with a body; the answer arrives in `proxy_on_http_call_response`
@@ -443,7 +425,8 @@ pub fn dispatch_http_call_with_body(upstream: &str, headers: &[(&str, &str)], bo
             upstream.len(),
             headers.as_ptr(),
             headers.len(),
-            body.as_ptr(),
+            // No body: a null pointer, as before for a bodiless callout.
+            if body.is_empty() { std::ptr::null() } else { body.as_ptr() },
             body.len(),
             trailers.as_ptr(),
             trailers.len(),
