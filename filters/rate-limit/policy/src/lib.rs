@@ -27,6 +27,7 @@ pub mod gcra;
 pub mod key;
 mod policy;
 pub mod response;
+pub mod rls;
 pub mod table;
 
 pub use config::{CostHeaderSpec, CostSpec, HeaderStyle, KeyPartSpec, LimitSpec, OnMissingKey, Period, RateLimitDocument, RateLimitRule};

@@ -300,14 +300,11 @@ fn format_duration(duration: Duration) -> String {
     let nanos = duration.nanos.unsigned_abs();
     let sign = if negative { "-" } else { "" };
     if nanos == 0 {
-        format!("{sign}{seconds}s")
-    } else if nanos % 1_000_000 == 0 {
-        format!("{sign}{seconds}.{:03}s", nanos / 1_000_000)
-    } else if nanos % 1_000 == 0 {
-        format!("{sign}{seconds}.{:06}s", nanos / 1_000)
-    } else {
-        format!("{sign}{seconds}.{nanos:09}s")
+        return format!("{sign}{seconds}s");
     }
+    // Nine digits, then whole groups of three trailing zeros dropped: 3, 6 or 9 digits remain.
+    let digits = format!("{nanos:09}");
+    format!("{sign}{seconds}.{}s", digits.trim_end_matches("000"))
 }
 
 /// Reads `[-]<digits>[.<1 to 9 digits>]s`; anything else is `None`.
