@@ -1,0 +1,288 @@
+//! Gatewarden rate limiting as a Proxy-Wasm module: glue only, local limits (one gateway, all
+//! workers). The policy lives in `gatewarden_rate_limit_policy`; the host adapter in
+//! `gatewarden_glue`. Headers-only: the filter never waits (fleet mode is a later step).
+//!
+//! **State.** The key table ([`gatewarden_rate_limit_policy::table`]) lives in Proxy-Wasm shared
+//! data, one entry per slot: `gatewarden/rate_limit/k<slots>/<slot index>`, 80 bytes
+//! ([`Slot::encode`]). The table id `k<slots>` is the table's size, so a table of another size
+//! never reads this one's slots. Memory is bounded by the slot count whatever the keys seen
+//! (Envoy never deletes shared data; Kong's `shm_kv` zone must hold `slots × (80 + key)` bytes).
+//!
+//! **Update (per request).** Read the key's 4 candidate slots with their CAS, [`choose`] one,
+//! compute the new words (the policy's closure), write the chosen slot passing the CAS read. On
+//! a CAS mismatch (another worker wrote first) start again from the read, at most
+//! [`MAX_TRIES`] times; after that, or on a host error, the key counts as not tracked and the
+//! policy's `failure_mode` decides (`table_full` on deny, let through on allow), counted
+//! `gatewarden_rate_limit_host_error` and logged.
+//!
+//! **CAS 0.** Envoy's CAS 0 overwrites, Kong's only creates. A slot is therefore never written
+//! with CAS 0 except to *create* it empty: an absent slot is first created as an empty slot
+//! (CAS 0; on Kong a lost race is a mismatch, on Envoy a harmless overwrite of another empty
+//! slot), then re-read and updated with its real CAS like any other. Residual window on Envoy
+//! only: a worker that saw the slot absent can overwrite, with an empty slot, a state another
+//! worker created and charged between that worker's read and its write (two host calls
+//! apart); it happens at most once per slot for the process's life, since a slot once created
+//! is never absent again.
+//!
+//! **Seed.** The key hash's seed ([`gatewarden_rate_limit_policy::key`]) is random per process
+//! (WASI random via `RandomState`), published once at `gatewarden/rate_limit/seed`: the first
+//! worker creates it (CAS 0, then reads back and adopts what is stored); every worker reads it
+//! before its first decision and again on every tick, so after a creation race on Envoy (last
+//! writer wins) all workers agree within one tick.
+//!
+//! **Time.** `now_us` is `proxy_get_current_time_nanoseconds` (the host's wall clock; Envoy's
+//! real-time source, nginx's cached time on ngx_wasm_module): the same clock for all workers of
+//! one host; the GCRA state tolerates it going backwards.
+//!
+//! **Responses.** A 429 carries the [`Denial`]'s fixed problem+json body (the glue's `Outcome`
+//! has no per-request body, so the `violated-policies` names are not in it yet), `retry-after`
+//! and the rule's IETF (and legacy) headers. Its content type is the glue's `application/json`
+//! (the glue sets it for every denial; the policy's `application/problem+json` is dropped
+//! rather than sent as a second `content-type`). Headers on
+//! allowed responses (`headers_on_allowed`) need a response-headers hook in the glue: a later step.
+//!
+//! [`Denial`]: gatewarden_policy::decision::Denial
+
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::time::{Duration, UNIX_EPOCH};
+
+use gatewarden_glue::host::{self, Level};
+use gatewarden_glue::metrics::{self, Counter};
+use gatewarden_glue::{export_filter, Enforcer, Outcome};
+use gatewarden_policy::facts::HeaderNeeds;
+use gatewarden_policy::{FilterPolicy, RequestFacts, Verdict};
+use gatewarden_rate_limit_policy::table::{choose, Choice, WAYS};
+use gatewarden_rate_limit_policy::{Buckets, RateLimitPolicy, RateLimitReason, Slot, SlotWrite, TableFull, TableShape};
+
+const FILTER: &str = RateLimitPolicy::NAME;
+/// Read–choose–write attempts of one request before `failure_mode` decides.
+pub const MAX_TRIES: usize = 8;
+/// The shared-data key of the process's key-hash seed.
+pub const SEED_KEY: &str = "gatewarden/rate_limit/seed";
+/// Tick period: re-reads the seed (see the crate docs) and flushes counters.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The shared-data key of slot `index` of a table of `slots` slots.
+pub fn slot_key(slots: usize, index: usize) -> String {
+    format!("gatewarden/rate_limit/k{slots}/{index}")
+}
+
+thread_local! {
+    /// This VM's copy of the published seed (0: not read yet).
+    static SEED: Cell<u64> = const { Cell::new(0) };
+}
+
+fn decode_seed(bytes: &[u8]) -> Option<u64> {
+    let b: [u8; 8] = bytes.try_into().ok()?;
+    Some(u64::from_le_bytes(b)).filter(|s| *s != 0)
+}
+
+/// Reads the published seed, creating it first if absent; `None` on a host error.
+fn read_or_publish_seed() -> Option<u64> {
+    for _ in 0..2 {
+        match host::get_shared_data(SEED_KEY) {
+            Ok(Some((bytes, _))) => {
+                if let Some(seed) = decode_seed(&bytes) {
+                    return Some(seed);
+                }
+            }
+            Ok(None) => {
+                let mine = RandomState::new().hash_one(host::now_ms()).max(1);
+                // CAS 0: Kong creates only if absent (a lost race is a mismatch), Envoy
+                // overwrites; either way the value read back next is the one to use.
+                let _ = host::set_shared_data(SEED_KEY, &mine.to_le_bytes(), 0);
+            }
+            Err(e) => {
+                host::log(Level::Warn, format_args!("gatewarden {FILTER}: cannot read the key seed (status {})", e.0));
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// The seed for this request: this VM's copy, read or published on first use.
+fn seed() -> Option<u64> {
+    let s = SEED.with(Cell::get);
+    if s != 0 {
+        return Some(s);
+    }
+    let s = read_or_publish_seed()?;
+    SEED.with(|c| c.set(s));
+    Some(s)
+}
+
+/// Why an update of the shared table failed (not a full table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreFailure {
+    Host(u32),
+    Contended,
+}
+
+/// The key table in Proxy-Wasm shared data (see the crate docs).
+struct SharedTable {
+    shape: TableShape,
+    /// Set when an update failed for another reason than a full table.
+    failure: Option<StoreFailure>,
+}
+
+impl SharedTable {
+    fn new(max_keys: u32) -> Self {
+        Self { shape: TableShape::new(max_keys), failure: None }
+    }
+
+    /// Reads one slot and its CAS, creating it empty first when absent (see the crate docs).
+    fn read(&self, key: &str) -> Result<(Slot, u32), StoreFailure> {
+        for _ in 0..2 {
+            match host::get_shared_data(key) {
+                Ok(Some((bytes, cas))) => return Ok((Slot::decode(&bytes), cas)),
+                Ok(None) => match host::set_shared_data(key, &Slot::default().encode(), 0) {
+                    Ok(()) => {}
+                    Err(e) if e.0 == host::STATUS_CAS_MISMATCH => {}
+                    Err(e) => return Err(StoreFailure::Host(e.0)),
+                },
+                Err(e) => return Err(StoreFailure::Host(e.0)),
+            }
+        }
+        Err(StoreFailure::Contended)
+    }
+
+    fn try_update(
+        &self,
+        fingerprint: u64,
+        now: u64,
+        f: &mut dyn FnMut(&[u64]) -> Option<SlotWrite>,
+    ) -> Result<Result<(), TableFull>, StoreFailure> {
+        let slots = self.shape.slots();
+        let idx = self.shape.candidates(fingerprint);
+        let mut set = [Slot::default(); WAYS];
+        let mut cas = [0u32; WAYS];
+        let mut keys: [String; WAYS] = Default::default();
+        for (w, &i) in idx.iter().enumerate() {
+            let key = slot_key(slots, i);
+            let (slot, c) = self.read(&key)?;
+            if let (Some(s), Some(cs), Some(k)) = (set.get_mut(w), cas.get_mut(w), keys.get_mut(w)) {
+                (*s, *cs, *k) = (slot, c, key);
+            }
+        }
+        let (way, current) = match choose(&set, fingerprint, now) {
+            Choice::Hit(w) => (w, set.get(w).map(|s| s.states).unwrap_or_default()),
+            Choice::Take(w) => (w, Default::default()),
+            Choice::Full => return Ok(Err(TableFull)),
+        };
+        let Some((states, limited_until)) = f(&current) else { return Ok(Ok(())) };
+        let (Some(key), Some(&c)) = (keys.get(way), cas.get(way)) else { return Err(StoreFailure::Contended) };
+        let slot = Slot { fingerprint, limited_until, states };
+        // `c` is the slot's real CAS (never 0: `read` created it), so this write is a true
+        // compare-and-swap on both hosts.
+        match host::set_shared_data(key, &slot.encode(), c) {
+            Ok(()) => Ok(Ok(())),
+            Err(e) if e.0 == host::STATUS_CAS_MISMATCH => Err(StoreFailure::Contended),
+            Err(e) => Err(StoreFailure::Host(e.0)),
+        }
+    }
+}
+
+impl Buckets for SharedTable {
+    fn update(&mut self, fingerprint: u64, now: u64, f: &mut dyn FnMut(&[u64]) -> Option<SlotWrite>) -> Result<(), TableFull> {
+        let mut last = StoreFailure::Contended;
+        for _ in 0..MAX_TRIES {
+            match self.try_update(fingerprint, now, f) {
+                Ok(r) => return r,
+                Err(StoreFailure::Contended) => last = StoreFailure::Contended,
+                Err(e) => {
+                    last = e;
+                    break;
+                }
+            }
+        }
+        self.failure = Some(last);
+        Err(TableFull)
+    }
+}
+
+struct RateLimit;
+
+impl Enforcer for RateLimit {
+    type Policy = RateLimitPolicy;
+    type PolicyState = ();
+
+    fn reasons() -> Vec<&'static str> {
+        RateLimitReason::ALL.iter().map(|r| r.as_str()).collect()
+    }
+
+    fn new(_root_context_id: u32) -> Self {
+        Self
+    }
+
+    fn on_policy(&mut self, _policy: &RateLimitPolicy) -> Option<Duration> {
+        Some(TICK)
+    }
+
+    fn on_tick(&mut self, _policy: &RateLimitPolicy) -> Option<Duration> {
+        // Adopt the stored seed if a creation race on Envoy replaced the one this VM read.
+        if let Ok(Some((bytes, _))) = host::get_shared_data(SEED_KEY) {
+            if let Some(s) = decode_seed(&bytes) {
+                SEED.with(|c| c.set(s));
+            }
+        }
+        Some(TICK)
+    }
+
+    fn header_needs(policy: &RateLimitPolicy) -> HeaderNeeds {
+        policy.header_needs()
+    }
+
+    fn policy_state(_policy: &RateLimitPolicy) {}
+
+    fn decide(policy: &RateLimitPolicy, _state: &(), facts: &RequestFacts<'_>) -> Outcome {
+        let now_us = host::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)).unwrap_or(0);
+        let mut table = SharedTable::new(policy.max_keys());
+        // Without a seed (host error) the table cannot be used: the same path as a failed update.
+        let out = match seed() {
+            Some(seed) => policy.decide(facts, now_us, seed, &mut table),
+            None => {
+                table.failure = Some(StoreFailure::Host(0));
+                policy.decide(facts, now_us, 0, &mut FailingTable)
+            }
+        };
+        if let Some(failure) = table.failure {
+            metrics::tally(FILTER, Counter::HOST_ERROR);
+            let why = match failure {
+                StoreFailure::Host(0) => "the key seed is unavailable".to_owned(),
+                StoreFailure::Host(s) => format!("shared data failed (status {s})"),
+                StoreFailure::Contended => format!("the key's slot changed under {MAX_TRIES} tries"),
+            };
+            host::log(Level::Warn, format_args!("gatewarden {FILTER}: key not tracked, failure_mode decides: {why}"));
+        }
+        // The detail is for the denial log line only: no formatting on the allow path.
+        let detail = match (&out.decision.verdict, &out.key) {
+            (Verdict::Deny(_), Some(k)) if !out.violated.is_empty() => {
+                let names: Vec<&str> = out.violated.iter().map(|n| &**n).collect();
+                format!("key={:016x} limits={}", k.fingerprint, names.join(","))
+            }
+            (Verdict::Deny(_), Some(k)) => format!("key={:016x}", k.fingerprint),
+            _ => String::new(),
+        };
+        let mut outcome = Outcome::new(out.decision, None, detail);
+        if matches!(outcome.decision.verdict, Verdict::Deny(_)) {
+            // The glue sends `content-type: application/json` with every denial: a second
+            // content-type would make the response ambiguous (see the crate docs).
+            outcome.response_headers = out.response_headers.into_iter().filter(|(k, _)| k != "content-type").collect();
+        }
+        outcome
+    }
+}
+
+/// A table that cannot be used (no seed): every key is untracked, `failure_mode` decides.
+struct FailingTable;
+
+impl Buckets for FailingTable {
+    fn update(&mut self, _fingerprint: u64, _now: u64, _f: &mut dyn FnMut(&[u64]) -> Option<SlotWrite>) -> Result<(), TableFull> {
+        Err(TableFull)
+    }
+}
+
+export_filter!(RateLimit);
