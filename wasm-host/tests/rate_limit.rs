@@ -1,0 +1,219 @@
+//! The built rate-limit module (target/wasm32-wasip1/release/gatewarden_rate_limit.wasm) driven
+//! through the Wasm test host: exact admission, 429 headers, several workers sharing one
+//! shared-data table (both CAS-0 profiles), refill with injected time, the key-flood bound, and
+//! a refused configuration.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gatewarden_wasm_host::{Host, Module, Outcome, Profile, Request, Vm, VmOptions};
+use serde_json::{json, Value};
+
+const VM_ID: &str = "gatewarden_rate_limit";
+const LIMITED_BODY: &str = r#"{"type":"https://iana.org/assignments/http-problem-types#quota-exceeded","title":"Request cannot be satisfied as assigned quota has been exceeded","status":429}"#;
+const PROFILES: [Profile; 2] = [Profile::Envoy, Profile::Kong];
+
+fn module() -> &'static Module {
+    static MODULE: OnceLock<Module> = OnceLock::new();
+    MODULE.get_or_init(|| common::filter_module("gatewarden-rate-limit"))
+}
+
+/// 10 per 10 s (burst 10) per `x-api-key`, all headers; `max_keys` as given.
+fn policy(max_keys: u32) -> Value {
+    json!({
+        "policy_version": "rl1",
+        "max_keys": max_keys,
+        "default": {
+            "limits": [{"name": "ten", "rate": 10, "per_seconds": 10}],
+            "key": [{"header": "x-api-key"}],
+            "headers": "ietf_and_legacy"
+        }
+    })
+}
+
+fn t0() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_764_000_000)
+}
+
+fn host(profile: Profile) -> Host {
+    let host = Host::new(profile);
+    host.set_time(t0());
+    host
+}
+
+fn vm(host: &Host, policy: &Value) -> Vm {
+    let mut vm = host.load_vm(module(), VmOptions::new(VM_ID).vm_id(VM_ID)).unwrap();
+    assert!(vm.configure(policy.to_string().as_bytes()).unwrap(), "policy refused: {:#?}", host.logs());
+    vm
+}
+
+fn get(vm: &mut Vm, key: &str) -> Outcome {
+    vm.http_request(Request::get("/api").source("192.0.2.1:1").header("x-api-key", key)).unwrap()
+}
+
+/// How many of `n` requests of `key` pass, alternating over `vms`.
+fn admitted(vms: &mut [Vm], key: &str, n: usize) -> Vec<u16> {
+    let count = vms.len();
+    (0..n).map(|i| get(&mut vms[i % count], key).status).collect()
+}
+
+#[test]
+fn ten_per_ten_seconds_admits_ten_then_429_with_headers() {
+    for profile in PROFILES {
+        let host = host(profile);
+        let mut vm = vm(&host, &policy(64));
+        let statuses = admitted(std::slice::from_mut(&mut vm), "alice", 10);
+        assert_eq!(statuses, vec![200; 10], "{profile:?}");
+        let out = get(&mut vm, "alice");
+        assert_eq!(out.status, 429, "{profile:?}");
+        assert_eq!(String::from_utf8_lossy(&out.response_body), LIMITED_BODY);
+        // One unit per second: the next one in 1 s.
+        assert_eq!(out.response_header("retry-after"), Some("1"), "{profile:?}");
+        assert_eq!(out.response_header("ratelimit-policy"), Some(r#""ten";q=10;w=10"#));
+        assert_eq!(out.response_header("ratelimit"), Some(r#""ten";r=0;t=10"#));
+        assert_eq!(out.response_header("x-ratelimit-limit"), Some("10"));
+        assert_eq!(out.response_header("x-ratelimit-remaining"), Some("0"));
+        assert_eq!(out.response_header("x-ratelimit-reset"), Some("10"));
+        let content_types: Vec<_> = out.response_headers.iter().filter(|(k, _)| k == "content-type").collect();
+        assert_eq!(content_types.len(), 1, "one content-type: {:?}", out.response_headers);
+        assert_eq!(out.local_response.as_ref().unwrap().details, "gatewarden_rate_limit_limited");
+        // Another key has its own bucket.
+        assert_eq!(get(&mut vm, "bob").status, 200);
+        vm.tick().unwrap();
+        assert_eq!(host.metric_value("gatewarden_rate_limit_denied_limited"), 1, "{profile:?}");
+        assert_eq!(host.metric_value("gatewarden_rate_limit_allowed"), 11, "{profile:?}");
+        let lines: Vec<Value> = host
+            .logs()
+            .into_iter()
+            .filter_map(|l| serde_json::from_str::<Value>(&l.message).ok())
+            .filter(|v| v["gatewarden"] == "decision")
+            .collect();
+        assert_eq!(lines.len(), 1, "one denial line: {lines:?}");
+        assert_eq!(lines[0]["reason"], "limited");
+        assert_eq!(lines[0]["rule"], "default");
+        assert_eq!(lines[0]["policy_version"], "rl1");
+        assert!(lines[0]["detail"].as_str().unwrap().ends_with(" limits=ten"), "{}", lines[0]);
+    }
+}
+
+#[test]
+fn two_workers_together_admit_exactly_the_limit() {
+    for profile in PROFILES {
+        let host = host(profile);
+        let mut vms = vec![vm(&host, &policy(64)), vm(&host, &policy(64))];
+        let statuses = admitted(&mut vms, "shared-key", 30);
+        let mut expected = vec![200; 10];
+        expected.extend([429; 20]);
+        assert_eq!(statuses, expected, "{profile:?}");
+        // Both workers use the one published seed (else each would hash the key to its own slot).
+        let seed = host.shared_data(VM_ID, "gatewarden/rate_limit/seed").expect("seed published");
+        assert_eq!(seed.value.len(), 8);
+        // After one second each worker sees the one refilled unit: one pass in total.
+        host.advance(Duration::from_secs(1));
+        let statuses = admitted(&mut vms, "shared-key", 4);
+        assert_eq!(statuses, vec![200, 429, 429, 429], "{profile:?}");
+    }
+}
+
+#[test]
+fn a_bucket_refills_after_its_period() {
+    for profile in PROFILES {
+        let host = host(profile);
+        let mut vm = vm(&host, &policy(64));
+        let one = std::slice::from_mut(&mut vm);
+        assert_eq!(admitted(one, "k", 11).iter().filter(|s| **s == 200).count(), 10);
+        host.advance(Duration::from_millis(999));
+        assert_eq!(get(&mut vm, "k").status, 429, "not yet: {profile:?}");
+        host.advance(Duration::from_millis(1));
+        assert_eq!(get(&mut vm, "k").status, 200, "one unit after 1 s: {profile:?}");
+        assert_eq!(get(&mut vm, "k").status, 429);
+        host.advance(Duration::from_secs(10));
+        let statuses = admitted(std::slice::from_mut(&mut vm), "k", 11);
+        let mut expected = vec![200; 10];
+        expected.push(429);
+        assert_eq!(statuses, expected, "full burst after the period: {profile:?}");
+    }
+}
+
+#[test]
+fn a_flood_of_new_keys_neither_grows_memory_nor_resets_an_exhausted_key() {
+    for profile in PROFILES {
+        let host = host(profile);
+        let mut vm = vm(&host, &policy(16));
+        let one = std::slice::from_mut(&mut vm);
+        assert_eq!(admitted(one, "attacker", 11).last(), Some(&429));
+        for i in 0..200 {
+            get(&mut vm, &format!("flood-{i}"));
+        }
+        let len_after_200 = host.shared_data_len(VM_ID);
+        for i in 200..2000 {
+            get(&mut vm, &format!("flood-{i}"));
+        }
+        assert_eq!(host.shared_data_len(VM_ID), len_after_200, "memory flat: {profile:?}");
+        // 16 slots and the seed; no slot outside the table.
+        let slots = (0..16).filter(|i| host.shared_data(VM_ID, &format!("gatewarden/rate_limit/k16/{i}")).is_some()).count();
+        assert_eq!(slots, 16);
+        assert!(host.shared_data(VM_ID, "gatewarden/rate_limit/k16/16").is_none());
+        assert!(host.shared_data(VM_ID, "gatewarden/rate_limit/k16/0").unwrap().value.len() == 80);
+        assert_eq!(get(&mut vm, "attacker").status, 429, "the exhausted key is still limited: {profile:?}");
+        // The key was tracked all along: one unit back after one second, not a fresh burst.
+        host.advance(Duration::from_secs(1));
+        assert_eq!(get(&mut vm, "attacker").status, 200);
+        assert_eq!(get(&mut vm, "attacker").status, 429, "{profile:?}");
+    }
+}
+
+#[test]
+fn a_table_full_of_limited_keys_follows_failure_mode() {
+    for (mode, status) in [("deny", 503), ("allow", 200)] {
+        let host = host(Profile::Envoy);
+        let mut p = policy(4);
+        p["failure_mode"] = json!(mode);
+        let mut vm = vm(&host, &p);
+        // One set of 4 slots: exhaust 4 keys, then a fifth cannot be tracked.
+        for k in ["a", "b", "c", "d"] {
+            assert_eq!(admitted(std::slice::from_mut(&mut vm), k, 11).last(), Some(&429));
+        }
+        assert_eq!(get(&mut vm, "e").status, status, "{mode}");
+        vm.tick().unwrap();
+        let full = host.metric_value("gatewarden_rate_limit_denied_table_full");
+        assert_eq!(full, u64::from(mode == "deny"), "{mode}");
+    }
+}
+
+const BAD_POLICY: &str = r#"{"policy_version": "bad", "default": {"limits": [{"name": "l", "rate": 0, "per": "1s"}]}}"#;
+
+fn refusal(host: &Host) -> String {
+    let err = host.logs().into_iter().find(|l| l.message.contains("policy refused")).expect("refusal logged");
+    assert!(err.message.contains("default.limits[0].rate: must be at least 1, got 0"), "{}", err.message);
+    err.message
+}
+
+/// Envoy: a refused update keeps the previous policy (and its table) serving.
+#[test]
+fn a_policy_with_an_invalid_limit_is_refused_with_its_field_path() {
+    let host = host(Profile::Envoy);
+    let mut vm = vm(&host, &policy(64));
+    assert!(!vm.configure(BAD_POLICY.as_bytes()).unwrap(), "bad policy accepted");
+    refusal(&host);
+    assert_eq!(host.metric_value("gatewarden_rate_limit_config_rejected"), 1);
+    let statuses = admitted(std::slice::from_mut(&mut vm), "k", 11);
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10);
+}
+
+/// Kong: the VM is accepted (a refusal would stop nginx's workers) and requests fail closed.
+#[test]
+fn a_policy_with_an_invalid_limit_fails_closed_on_kong() {
+    let host = host(Profile::Kong);
+    let mut vm = host.load_vm(module(), VmOptions::new(VM_ID).vm_id(VM_ID)).unwrap();
+    assert!(vm.configure(BAD_POLICY.as_bytes()).unwrap(), "the VM must be accepted on Kong");
+    assert!(refusal(&host).contains("denied with 503"));
+    assert_eq!(get(&mut vm, "k").status, 503);
+    host.tick().unwrap();
+    assert_eq!(host.metric_value("gatewarden_rate_limit_config_rejected"), 1);
+    assert_eq!(host.metric_value("gatewarden_rate_limit_allowed"), 0);
+}
