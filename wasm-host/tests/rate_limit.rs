@@ -119,6 +119,20 @@ fn two_workers_together_admit_exactly_the_limit() {
     }
 }
 
+/// Envoy's CAS 0 overwrites, so two workers creating the seed at once may end up with
+/// different seeds (last writer wins in the store). Simulated here by replacing the stored seed
+/// after one worker read it: after one tick every worker uses the stored one again.
+#[test]
+fn workers_adopt_the_stored_seed_on_the_next_tick() {
+    let host = host(Profile::Envoy);
+    let mut vms = vec![vm(&host, &policy(64)), vm(&host, &policy(64))];
+    assert_eq!(get(&mut vms[0], "warm-up").status, 200); // worker 0 reads (publishes) the seed
+    host.set_shared_data(VM_ID, "gatewarden/rate_limit/seed", &0x5eed_u64.to_le_bytes());
+    host.tick().unwrap();
+    let statuses = admitted(&mut vms, "after-race", 30);
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10, "{statuses:?}");
+}
+
 #[test]
 fn a_bucket_refills_after_its_period() {
     for profile in PROFILES {
