@@ -133,6 +133,31 @@ fn workers_adopt_the_stored_seed_on_the_next_tick() {
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10, "{statuses:?}");
 }
 
+/// Garbage in shared data (a seed or slot of the wrong size) and hostile keys never trap: a
+/// bad seed is replaced, a bad slot reads as empty, and the limit stays exact.
+#[test]
+fn hostile_shared_data_and_keys_do_not_trap() {
+    for profile in PROFILES {
+        let host = host(profile);
+        let mut vm = vm(&host, &policy(4));
+        host.set_shared_data(VM_ID, "gatewarden/rate_limit/seed", b"bad");
+        for i in 0..4 {
+            host.set_shared_data(VM_ID, &format!("gatewarden/rate_limit/k4/{i}"), &[0xff; 13]);
+        }
+        let statuses = admitted(std::slice::from_mut(&mut vm), "k", 11);
+        assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10, "{profile:?}: {statuses:?}");
+        assert_eq!(host.shared_data(VM_ID, "gatewarden/rate_limit/seed").unwrap().value.len(), 8, "bad seed replaced");
+        let long = "x".repeat(60_000);
+        for key in ["", " ", long.as_str(), "\u{7f}\t;\"", "k"] {
+            let out = vm.http_request(Request::get("/api").source("192.0.2.1:1").header("x-api-key", key)).unwrap();
+            assert!(!out.trapped(), "{profile:?}: trap on {key:?}");
+            assert!([200, 403, 429].contains(&out.status), "{profile:?}: {}", out.status);
+        }
+        // Missing key part: `on_missing_key` defaults to deny (403).
+        assert_eq!(vm.http_request(Request::get("/api").source("192.0.2.1:1")).unwrap().status, 403);
+    }
+}
+
 #[test]
 fn a_bucket_refills_after_its_period() {
     for profile in PROFILES {

@@ -79,20 +79,26 @@ fn decode_seed(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(b)).filter(|s| *s != 0)
 }
 
+/// A random seed (WASI random through `RandomState`), never 0.
+fn new_seed() -> u64 {
+    RandomState::new().hash_one(host::now_ms()).max(1)
+}
+
 /// Reads the published seed, creating it first if absent; `None` on a host error.
 fn read_or_publish_seed() -> Option<u64> {
     for _ in 0..2 {
         match host::get_shared_data(SEED_KEY) {
-            Ok(Some((bytes, _))) => {
+            Ok(Some((bytes, cas))) => {
                 if let Some(seed) = decode_seed(&bytes) {
                     return Some(seed);
                 }
+                // Not a seed (written by something else): replace it, if unchanged since read.
+                let _ = host::set_shared_data(SEED_KEY, &new_seed().to_le_bytes(), cas);
             }
             Ok(None) => {
-                let mine = RandomState::new().hash_one(host::now_ms()).max(1);
                 // CAS 0: Kong creates only if absent (a lost race is a mismatch), Envoy
                 // overwrites; either way the value read back next is the one to use.
-                let _ = host::set_shared_data(SEED_KEY, &mine.to_le_bytes(), 0);
+                let _ = host::set_shared_data(SEED_KEY, &new_seed().to_le_bytes(), 0);
             }
             Err(e) => {
                 host::log(Level::Warn, format_args!("gatewarden {FILTER}: cannot read the key seed (status {})", e.0));
