@@ -56,24 +56,12 @@ fn token(name: &str) -> String {
     t["token"].as_str().unwrap().to_string()
 }
 
-fn b64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
 /// A token with the fixtures' claims and header `{"alg":"RS256","kid":kid}`; its signature is
 /// junk (an unknown kid is found before any signature check).
 fn token_with_kid(kid: &str) -> String {
     let payload = token("RS256").split('.').nth(1).unwrap().to_string();
-    let header = b64url(json!({"alg": "RS256", "kid": kid}).to_string().as_bytes());
-    format!("{header}.{payload}.{}", b64url(&[7; 256]))
+    let header = common::b64url(json!({"alg": "RS256", "kid": kid}).to_string().as_bytes());
+    format!("{header}.{payload}.{}", common::b64url(&[7; 256]))
 }
 
 fn bearer(t: &str) -> String {
@@ -544,11 +532,11 @@ fn hostile_inputs_never_trap_the_vm() {
         ".".repeat(10_000),
         "a.b.c".into(),
         "\u{0}\u{ff}.\u{1}.x".into(),
-        format!("{}.{payload}.AAAA", b64url(nested.as_bytes())),
-        format!("{}.{payload}.AAAA", b64url(br#"{"alg":"RS256","kid":"rsa1","crit":["x"]}"#)),
-        format!("{}.{}.AAAA", b64url(br#"{"alg":"ES256","kid":"ec256"}"#), b64url(nested.as_bytes())),
-        format!("{}.{}.{}", b64url(br#"{"alg":"ES256","kid":"ec256"}"#), payload, b64url(&[0xff; 64])),
-        format!("{}.{}.{}", b64url(br#"{"alg":"EdDSA","kid":"ed1"}"#), payload, b64url(&[0; 3])),
+        format!("{}.{payload}.AAAA", common::b64url(nested.as_bytes())),
+        format!("{}.{payload}.AAAA", common::b64url(br#"{"alg":"RS256","kid":"rsa1","crit":["x"]}"#)),
+        format!("{}.{}.AAAA", common::b64url(br#"{"alg":"ES256","kid":"ec256"}"#), common::b64url(nested.as_bytes())),
+        format!("{}.{}.{}", common::b64url(br#"{"alg":"ES256","kid":"ec256"}"#), payload, common::b64url(&[0xff; 64])),
+        format!("{}.{}.{}", common::b64url(br#"{"alg":"EdDSA","kid":"ed1"}"#), payload, common::b64url(&[0; 3])),
     ];
     for t in &hostile {
         for path in ["/api", "/admin?access_token=x", "/api?access_token=%ff%00"] {

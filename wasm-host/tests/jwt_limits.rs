@@ -41,18 +41,6 @@ fn module() -> &'static Module {
     MODULE.get_or_init(|| common::filter_module("gatewarden-jwt"))
 }
 
-fn b64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
 /// Ed25519 key number `n` (seed: 32 bytes of n+1).
 fn key(n: usize) -> KeyPair {
     KeyPair::from_seed(Seed::new([u8::try_from(n + 1).unwrap(); 32]))
@@ -60,7 +48,7 @@ fn key(n: usize) -> KeyPair {
 
 /// The public JWK of key `n`, with `kid` when given.
 fn jwk(n: usize, kid: Option<&str>) -> Value {
-    let mut k = json!({"kty": "OKP", "crv": "Ed25519", "x": b64url(key(n).pk.as_ref())});
+    let mut k = json!({"kty": "OKP", "crv": "Ed25519", "x": common::b64url(key(n).pk.as_ref())});
     if let Some(kid) = kid {
         k["kid"] = json!(kid);
     }
@@ -77,9 +65,9 @@ fn token(n: usize, kid: Option<&str>, claims: &Value) -> String {
     if let Some(kid) = kid {
         header["kid"] = json!(kid);
     }
-    let input = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(claims.to_string().as_bytes()));
+    let input = format!("{}.{}", common::b64url(header.to_string().as_bytes()), common::b64url(claims.to_string().as_bytes()));
     let sig = key(n).sk.sign(input.as_bytes(), None);
-    format!("{input}.{}", b64url(sig.as_ref()))
+    format!("{input}.{}", common::b64url(sig.as_ref()))
 }
 
 fn host() -> Host {
@@ -208,7 +196,7 @@ fn rsa_jwk(bits: usize, kid: &str) -> Value {
     if !bits.is_multiple_of(8) {
         n[0] = (1u8 << (bits % 8)) - 1;
     }
-    json!({"kty": "RSA", "kid": kid, "n": b64url(&n), "e": b64url(&[1, 0, 1])})
+    json!({"kty": "RSA", "kid": kid, "n": common::b64url(&n), "e": common::b64url(&[1, 0, 1])})
 }
 
 #[test]
@@ -225,7 +213,8 @@ fn rsa_keys_outside_2048_to_4096_bits_are_skipped() {
     }
     // A token for the skipped key is an unknown kid; the kept keys still serve.
     let rs = json!({"alg": "RS256", "kid": "rsa-4097"}).to_string();
-    let forged = format!("{}.{}.{}", b64url(rs.as_bytes()), b64url(claims().to_string().as_bytes()), b64url(&[7; 513]));
+    let forged =
+        format!("{}.{}.{}", common::b64url(rs.as_bytes()), common::b64url(claims().to_string().as_bytes()), common::b64url(&[7; 513]));
     assert_refused(&host, &send(&mut vm, &forged), "unknown_kid", "4097-bit key skipped");
     assert_eq!(send(&mut vm, &token(0, Some("ed"), &claims())).status, 200);
 

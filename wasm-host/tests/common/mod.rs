@@ -83,3 +83,17 @@ pub fn filter_module(package: &str) -> Module {
     }
     Module::from_file(&wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()))
 }
+
+/// Base64url without padding (JWT segments), written here so the tests do not share code with the
+/// filter they check.
+pub fn b64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
