@@ -14,7 +14,7 @@ use gatewarden_wasm_host::{Host, Module, Outcome, Profile, Request, Vm, VmOption
 use serde_json::{json, Value};
 
 const VM_ID: &str = "gatewarden_rate_limit";
-const LIMITED_BODY: &str = r#"{"type":"https://iana.org/assignments/http-problem-types#quota-exceeded","title":"Request cannot be satisfied as assigned quota has been exceeded","status":429}"#;
+const LIMITED_BODY: &str = r#"{"status":429,"title":"Request cannot be satisfied as assigned quota has been exceeded","type":"https://iana.org/assignments/http-problem-types#quota-exceeded","violated-policies":["ten"]}"#;
 const PROFILES: [Profile; 2] = [Profile::Envoy, Profile::Kong];
 
 fn module() -> &'static Module {
@@ -70,7 +70,9 @@ fn ten_per_ten_seconds_admits_ten_then_429_with_headers() {
         assert_eq!(statuses, vec![200; 10], "{profile:?}");
         let out = get(&mut vm, "alice");
         assert_eq!(out.status, 429, "{profile:?}");
-        assert_eq!(String::from_utf8_lossy(&out.response_body), LIMITED_BODY);
+        let body: Value = serde_json::from_slice(&out.response_body).unwrap();
+        assert_eq!(body, serde_json::from_str::<Value>(LIMITED_BODY).unwrap(), "{profile:?}");
+        assert_eq!(out.response_header("content-type"), Some("application/problem+json"), "{profile:?}");
         // One unit per second: the next one in 1 s.
         assert_eq!(out.response_header("retry-after"), Some("1"), "{profile:?}");
         assert_eq!(out.response_header("ratelimit-policy"), Some(r#""ten";q=10;w=10"#));
@@ -81,8 +83,10 @@ fn ten_per_ten_seconds_admits_ten_then_429_with_headers() {
         let content_types: Vec<_> = out.response_headers.iter().filter(|(k, _)| k == "content-type").collect();
         assert_eq!(content_types.len(), 1, "one content-type: {:?}", out.response_headers);
         assert_eq!(out.local_response.as_ref().unwrap().details, "gatewarden_rate_limit_limited");
-        // Another key has its own bucket.
-        assert_eq!(get(&mut vm, "bob").status, 200);
+        // Another key has its own bucket; without headers_on_allowed its response is the upstream's.
+        let bob = get(&mut vm, "bob");
+        assert_eq!(bob.status, 200);
+        assert_eq!(bob.response_header("ratelimit"), None, "{profile:?}");
         vm.tick().unwrap();
         assert_eq!(host.metric_value("gatewarden_rate_limit_denied_limited"), 1, "{profile:?}");
         assert_eq!(host.metric_value("gatewarden_rate_limit_allowed"), 11, "{profile:?}");
@@ -255,4 +259,25 @@ fn a_policy_with_an_invalid_limit_fails_closed_on_kong() {
     host.tick().unwrap();
     assert_eq!(host.metric_value("gatewarden_rate_limit_config_rejected"), 1);
     assert_eq!(host.metric_value("gatewarden_rate_limit_allowed"), 0);
+}
+
+#[test]
+fn headers_on_allowed_responses_are_added_to_the_upstreams_answer() {
+    for profile in PROFILES {
+        let host = host(profile);
+        let mut p = policy(64);
+        p["default"]["headers_on_allowed"] = json!(true);
+        let mut vm = vm(&host, &p);
+        let first = get(&mut vm, "alice");
+        assert_eq!(first.status, 200, "{profile:?}");
+        assert!(first.upstream_request.is_some());
+        assert_eq!(first.response_header("ratelimit-policy"), Some(r#""ten";q=10;w=10"#), "{profile:?}");
+        assert_eq!(first.response_header("ratelimit"), Some(r#""ten";r=9;t=1"#), "{profile:?}");
+        assert_eq!(first.response_header("x-ratelimit-remaining"), Some("9"), "{profile:?}");
+        // Each request gets its own figures.
+        let b = get(&mut vm, "bob");
+        assert_eq!(b.response_header("ratelimit"), Some(r#""ten";r=9;t=1"#), "{profile:?}");
+        let a = get(&mut vm, "alice");
+        assert_eq!(a.response_header("ratelimit"), Some(r#""ten";r=8;t=2"#), "{profile:?}");
+    }
 }

@@ -35,6 +35,10 @@ pub struct Runtime<F: Enforcer> {
     /// instead of reaching the root's filter. Envoy cancels such calls and ngx_wasm_module
     /// destroys them with the request, so none is expected; bounded so that it cannot grow.
     abandoned: std::collections::VecDeque<u32>,
+    /// Response headers of let-through requests (`Outcome::allowed_response_headers`), by
+    /// request context, until their `on_response_headers` (or `on_delete`). Empty unless a
+    /// policy adds headers to allowed responses.
+    response_headers: FastMap<u32, Vec<(String, String)>>,
 }
 
 /// How many abandoned callout tokens a VM remembers.
@@ -48,6 +52,7 @@ impl<F: Enforcer> Default for Runtime<F> {
             waiting: FastMap::default(),
             callouts: FastMap::default(),
             abandoned: std::collections::VecDeque::new(),
+            response_headers: FastMap::default(),
         }
     }
 }
@@ -118,6 +123,22 @@ impl<F: Enforcer> Runtime<F> {
         (self.waiting.len(), self.callouts.len(), self.abandoned.len())
     }
 
+    /// Files the response headers of request `context_id`, just let through, for its
+    /// `on_response_headers`. A request the host already deleted is skipped.
+    pub fn keep_response_headers(&mut self, context_id: u32, headers: Vec<(String, String)>) {
+        if self.requests.contains_key(&context_id) {
+            self.response_headers.insert(context_id, headers);
+        }
+    }
+
+    /// The response headers filed for request `context_id`, taken.
+    pub fn take_response_headers(&mut self, context_id: u32) -> Option<Vec<(String, String)>> {
+        if self.response_headers.is_empty() {
+            return None;
+        }
+        self.response_headers.remove(&context_id)
+    }
+
     /// The policy of a request, taken: it is needed once, on request headers. The (now empty)
     /// entry stays until `delete`, which then finds it with one lookup (and, for a filter that
     /// waits, it marks the request as live for [`Runtime::park`]).
@@ -129,6 +150,9 @@ impl<F: Enforcer> Runtime<F> {
         if self.requests.remove(&context_id).is_none() {
             self.roots.remove(&context_id);
             return;
+        }
+        if !self.response_headers.is_empty() {
+            self.response_headers.remove(&context_id);
         }
         // A request deleted while it waits (the client went away): its late answer, if the host
         // still delivers one, finds no token and is dropped.
@@ -181,6 +205,20 @@ macro_rules! export_filter {
         /// Runs `f` on the runtime unless it is already borrowed (a re-entrant host callback).
         fn gatewarden_runtime<R>(f: impl FnOnce(&mut $crate::abi::Runtime<$enforcer>) -> R) -> Option<R> {
             GATEWARDEN_RUNTIME.with(|rt| rt.try_borrow_mut().ok().map(|mut rt| f(&mut rt)))
+        }
+
+        /// Files the response headers of the request `context_id` just let through, if any.
+        fn gatewarden_keep_response_headers(context_id: u32) {
+            if let Some(headers) = $crate::runtime::take_allowed_response_headers() {
+                gatewarden_runtime(|rt| rt.keep_response_headers(context_id, headers));
+            }
+        }
+
+        /// Adds the response headers filed for the request `context_id`, if any.
+        fn gatewarden_add_response_headers(context_id: u32) {
+            if let Some(headers) = gatewarden_runtime(|rt| rt.take_response_headers(context_id)).flatten() {
+                $crate::runtime::add_allowed_response_headers::<$enforcer>(&headers);
+            }
         }
 
         #[cfg(target_os = "wasi")]
@@ -275,7 +313,9 @@ macro_rules! export_filter {
         #[no_mangle]
         pub extern "C" fn proxy_on_request_headers(context_id: u32, _num_headers: usize, _end_of_stream: bool) -> u32 {
             let compiled = gatewarden_runtime(|rt| rt.take_request(context_id)).flatten();
-            $crate::runtime::on_request_headers::<$enforcer>(compiled.as_deref()) as u32
+            let action = $crate::runtime::on_request_headers::<$enforcer>(compiled.as_deref());
+            gatewarden_keep_response_headers(context_id);
+            action as u32
         }
 
         /// Exported because ngx_wasm_module calls it unchecked (see the module docs): returns at once.
@@ -285,7 +325,8 @@ macro_rules! export_filter {
         }
 
         #[no_mangle]
-        pub extern "C" fn proxy_on_response_headers(_context_id: u32, _num_headers: usize, _end_of_stream: bool) -> u32 {
+        pub extern "C" fn proxy_on_response_headers(context_id: u32, _num_headers: usize, _end_of_stream: bool) -> u32 {
+            gatewarden_add_response_headers(context_id);
             $crate::runtime::Flow::Continue as u32
         }
     };
@@ -308,8 +349,9 @@ macro_rules! export_filter {
         ) {
             if let Some((request, waiting)) = gatewarden_runtime(|rt| rt.unpark_token(token)).flatten() {
                 let next = $crate::waiting::on_http_response::<$enforcer>(request, waiting, num_headers, body_size);
-                if let Some(next) = next {
-                    gatewarden_runtime(|rt| rt.park(request, next));
+                match next {
+                    Some(next) => gatewarden_runtime(|rt| rt.park(request, next)).unwrap_or(()),
+                    None => gatewarden_keep_response_headers(request),
                 }
                 return;
             }
@@ -324,8 +366,9 @@ macro_rules! export_filter {
         pub extern "C" fn proxy_on_grpc_receive(_context_id: u32, token: u32, response_size: usize) {
             if let Some((request, waiting)) = gatewarden_runtime(|rt| rt.unpark_token(token)).flatten() {
                 let next = $crate::waiting::on_grpc_answer::<$enforcer>(request, waiting, response_size, None);
-                if let Some(next) = next {
-                    gatewarden_runtime(|rt| rt.park(request, next));
+                match next {
+                    Some(next) => gatewarden_runtime(|rt| rt.park(request, next)).unwrap_or(()),
+                    None => gatewarden_keep_response_headers(request),
                 }
             } else {
                 gatewarden_runtime(|rt| rt.late_answer(token));
@@ -336,8 +379,9 @@ macro_rules! export_filter {
         pub extern "C" fn proxy_on_grpc_close(_context_id: u32, token: u32, status_code: u32) {
             if let Some((request, waiting)) = gatewarden_runtime(|rt| rt.unpark_token(token)).flatten() {
                 let next = $crate::waiting::on_grpc_answer::<$enforcer>(request, waiting, 0, Some(status_code));
-                if let Some(next) = next {
-                    gatewarden_runtime(|rt| rt.park(request, next));
+                match next {
+                    Some(next) => gatewarden_runtime(|rt| rt.park(request, next)).unwrap_or(()),
+                    None => gatewarden_keep_response_headers(request),
                 }
             } else {
                 gatewarden_runtime(|rt| rt.late_answer(token));
@@ -348,8 +392,9 @@ macro_rules! export_filter {
         pub extern "C" fn proxy_on_request_headers(context_id: u32, _num_headers: usize, end_of_stream: bool) -> u32 {
             let compiled = gatewarden_runtime(|rt| rt.take_request(context_id)).flatten();
             let (action, waiting) = $crate::runtime::on_request_headers_waiting::<$enforcer>(compiled, end_of_stream);
-            if let Some(waiting) = waiting {
-                gatewarden_runtime(|rt| rt.park(context_id, waiting));
+            match waiting {
+                Some(waiting) => gatewarden_runtime(|rt| rt.park(context_id, waiting)).unwrap_or(()),
+                None => gatewarden_keep_response_headers(context_id),
             }
             action as u32
         }
@@ -370,8 +415,9 @@ macro_rules! export_filter {
                 return $crate::runtime::Flow::Pause as u32;
             };
             let (action, next) = $crate::waiting::on_body::<$enforcer>(waiting, body_size);
-            if let Some(next) = next {
-                gatewarden_runtime(|rt| rt.park(context_id, next));
+            match next {
+                Some(next) => gatewarden_runtime(|rt| rt.park(context_id, next)).unwrap_or(()),
+                None => gatewarden_keep_response_headers(context_id),
             }
             action as u32
         }
@@ -393,8 +439,9 @@ macro_rules! export_filter {
             };
             let seen = waiting.body_seen();
             let (action, next) = $crate::waiting::on_body::<$enforcer>(waiting, seen);
-            if let Some(next) = next {
-                gatewarden_runtime(|rt| rt.park(context_id, next));
+            match next {
+                Some(next) => gatewarden_runtime(|rt| rt.park(context_id, next)).unwrap_or(()),
+                None => gatewarden_keep_response_headers(context_id),
             }
             action as u32
         }
@@ -404,7 +451,10 @@ macro_rules! export_filter {
         #[no_mangle]
         pub extern "C" fn proxy_on_response_headers(context_id: u32, _num_headers: usize, _end_of_stream: bool) -> u32 {
             match gatewarden_runtime(|rt| rt.unpark(context_id)).flatten() {
-                None => $crate::runtime::Flow::Continue as u32,
+                None => {
+                    gatewarden_add_response_headers(context_id);
+                    $crate::runtime::Flow::Continue as u32
+                }
                 Some(waiting) => $crate::waiting::undecided::<$enforcer>(waiting) as u32,
             }
         }

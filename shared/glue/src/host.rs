@@ -41,6 +41,7 @@ const STREAM_HTTP_REQUEST: u32 = 0;
 const BUFFER_VM_CONFIGURATION: u32 = 6;
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 const MAP_HTTP_REQUEST_HEADERS: u32 = 0;
+const MAP_HTTP_RESPONSE_HEADERS: u32 = 2;
 const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
 const METRIC_COUNTER: u32 = 0;
 
@@ -277,6 +278,12 @@ pub fn http_call_response_headers() -> Result<Vec<(String, String)>, HostError> 
 pub fn set_request_header(name: &str, value: &str) -> Result<(), HostError> {
     // SAFETY: pointers and lengths describe live strs.
     status(unsafe { proxy_replace_header_map_value(MAP_HTTP_REQUEST_HEADERS, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
+}
+
+/// Sets (replacing any value the upstream sent) a response header, in `on_response_headers`.
+pub fn set_response_header(name: &str, value: &str) -> Result<(), HostError> {
+    // SAFETY: pointers and lengths describe live strs.
+    status(unsafe { proxy_replace_header_map_value(MAP_HTTP_RESPONSE_HEADERS, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
 /// Removes every value of a request header. An absent header is not an error (Envoy answers

@@ -28,6 +28,7 @@
 //! counters flush on every tick, and a filter that asked for ticks gets every one of them (its
 //! fetch schedules are by the clock, so a tick finer than it asked for only checks more often).
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -66,14 +67,32 @@ pub struct Outcome {
     pub remove_headers: Vec<String>,
     /// Request headers to set (replacing any value) on allow and dry-run.
     pub set_headers: Vec<(String, String)>,
-    /// Extra headers of the local response of a denial (e.g. `www-authenticate`).
+    /// Extra headers of the local response of a denial (e.g. `www-authenticate`). A
+    /// `content-type` here replaces the glue's `application/json`.
     pub response_headers: Vec<(String, String)>,
+    /// The denial's body for this request, instead of the [`Denial`]'s fixed one (e.g. a 429
+    /// naming the violated limits). Built from the policy only, never from client input.
+    ///
+    /// [`Denial`]: gatewarden_policy::decision::Denial
+    pub body: Option<String>,
+    /// Headers added to the upstream's response of an allowed (or dry-run) request, e.g. the
+    /// rate-limit `RateLimit` headers; set in `on_response_headers`, replacing the upstream's.
+    pub allowed_response_headers: Vec<(String, String)>,
 }
 
 impl Outcome {
     /// A decision without header changes.
     pub fn new(decision: Decision, client: Option<IpAddr>, detail: String) -> Self {
-        Self { decision, client, detail, remove_headers: Vec::new(), set_headers: Vec::new(), response_headers: Vec::new() }
+        Self {
+            decision,
+            client,
+            detail,
+            remove_headers: Vec::new(),
+            set_headers: Vec::new(),
+            response_headers: Vec::new(),
+            body: None,
+            allowed_response_headers: Vec::new(),
+        }
     }
 }
 
@@ -536,6 +555,7 @@ pub(crate) fn act(
             if candidate {
                 metrics::tally(filter, Counter::CANDIDATE_ALLOWED);
             }
+            keep_allowed_response_headers(eval);
             if header.decision_header {
                 let _ = host::set_request_header(header_name, &allow_header_value(rule, version));
             }
@@ -579,16 +599,51 @@ pub(crate) fn act(
                     let value = format!("dry_run_deny; reason={}; rule={rule}; version={version}", denial.reason);
                     let _ = host::set_request_header(header_name, &value);
                 }
+                keep_allowed_response_headers(eval);
                 return Flow::Continue;
             }
             let details = format!("gatewarden_{filter}_{}", denial.reason);
             let mut headers: Vec<(&str, &str)> = Vec::with_capacity(1 + eval.response_headers.len());
-            headers.push(("content-type", "application/json"));
+            if !eval.response_headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+                headers.push(("content-type", "application/json"));
+            }
             headers.extend(eval.response_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-            if let Err(e) = host::send_local_response(denial.status, &details, &headers, denial.body) {
+            let body = eval.body.as_deref().unwrap_or(denial.body);
+            if let Err(e) = host::send_local_response(denial.status, &details, &headers, body) {
                 host::log(Level::Error, format_args!("gatewarden {filter}: cannot send the denial (status {})", e.0));
             }
             Flow::Pause
+        }
+    }
+}
+
+thread_local! {
+    /// The response headers of the request just let through ([`Outcome::allowed_response_headers`]),
+    /// until the export that decided it files them under its context id
+    /// ([`take_allowed_response_headers`]).
+    static ALLOWED_RESPONSE_HEADERS: Cell<Option<Vec<(String, String)>>> = const { Cell::new(None) };
+}
+
+fn keep_allowed_response_headers(eval: &Outcome) {
+    if !eval.allowed_response_headers.is_empty() {
+        ALLOWED_RESPONSE_HEADERS.with(|c| c.set(Some(eval.allowed_response_headers.clone())));
+    }
+}
+
+/// The response headers of the request the last callback let through, if it has any: the
+/// export files them under the request's context id for its `on_response_headers`.
+pub fn take_allowed_response_headers() -> Option<Vec<(String, String)>> {
+    ALLOWED_RESPONSE_HEADERS.with(Cell::take)
+}
+
+/// Adds a let-through request's response headers (in `on_response_headers`). A host error is
+/// logged: the response itself is not changed by a failure to add an informative header.
+pub fn add_allowed_response_headers<F: Enforcer>(headers: &[(String, String)]) {
+    for (header, value) in headers {
+        if let Err(e) = host::set_response_header(header, value) {
+            let filter = name::<F>();
+            host::log(Level::Warn, format_args!("gatewarden {filter}: cannot add response header {header} (status {})", e.0));
+            return;
         }
     }
 }

@@ -222,14 +222,11 @@ impl Enforcer for Jwt {
             }
             _ => (None, String::new()),
         };
-        Outcome {
-            decision: out.decision,
-            client,
-            detail,
-            remove_headers: out.remove_headers,
-            set_headers: out.set_headers,
-            response_headers: out.response_headers,
-        }
+        let mut outcome = Outcome::new(out.decision, client, detail);
+        outcome.remove_headers = out.remove_headers;
+        outcome.set_headers = out.set_headers;
+        outcome.response_headers = out.response_headers;
+        outcome
     }
 }
 

@@ -34,14 +34,11 @@
 //! real-time source, nginx's cached time on ngx_wasm_module): the same clock for all workers of
 //! one host; the GCRA state tolerates it going backwards.
 //!
-//! **Responses.** A 429 carries the [`Denial`]'s fixed problem+json body (the glue's `Outcome`
-//! has no per-request body, so the `violated-policies` names are not in it yet), `retry-after`
-//! and the rule's IETF (and legacy) headers. Its content type is the glue's `application/json`
-//! (the glue sets it for every denial; the policy's `application/problem+json` is dropped
-//! rather than sent as a second `content-type`). Headers on
-//! allowed responses (`headers_on_allowed`) need a response-headers hook in the glue: a later step.
+//! **Responses.** A 429 carries the problem+json body naming the violated limits
+//! (`application/problem+json`, the IETF `quota-exceeded` type), `retry-after` and the rule's IETF
+//! (and legacy) headers. With `headers_on_allowed` an allowed request's response gets the same
+//! rate-limit headers, added in `on_response_headers` (the glue files them per request).
 //!
-//! [`Denial`]: gatewarden_policy::decision::Denial
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
@@ -272,11 +269,14 @@ impl Enforcer for RateLimit {
             (Verdict::Deny(_), Some(k)) => format!("key={:016x}", k.fingerprint),
             _ => String::new(),
         };
+        let denied = matches!(out.decision.verdict, Verdict::Deny(_));
         let mut outcome = Outcome::new(out.decision, None, detail);
-        if matches!(outcome.decision.verdict, Verdict::Deny(_)) {
-            // The glue sends `content-type: application/json` with every denial: a second
-            // content-type would make the response ambiguous (see the crate docs).
-            outcome.response_headers = out.response_headers.into_iter().filter(|(k, _)| k != "content-type").collect();
+        if denied {
+            // The 429's problem+json body names the violated limits; its content type is in the headers.
+            outcome.body = out.body;
+            outcome.response_headers = out.response_headers;
+        } else {
+            outcome.allowed_response_headers = out.response_headers;
         }
         outcome
     }
