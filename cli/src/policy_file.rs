@@ -5,21 +5,24 @@ use std::fmt;
 use gatewarden_ip_geo_policy::IpGeoPolicy;
 use gatewarden_jwt_policy::JwtPolicy;
 use gatewarden_policy::{compile, ConfigError, FilterPolicy};
+use gatewarden_rate_limit_policy::RateLimitPolicy;
 
 /// The filters the CLI knows. Adding one is a line here and one in each `match`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filter {
     IpGeo,
     Jwt,
+    RateLimit,
 }
 
 impl Filter {
-    pub const ALL: [Filter; 2] = [Filter::IpGeo, Filter::Jwt];
+    pub const ALL: [Filter; 3] = [Filter::IpGeo, Filter::Jwt, Filter::RateLimit];
 
     pub fn name(self) -> &'static str {
         match self {
             Filter::IpGeo => IpGeoPolicy::NAME,
             Filter::Jwt => JwtPolicy::NAME,
+            Filter::RateLimit => RateLimitPolicy::NAME,
         }
     }
 
@@ -32,6 +35,7 @@ impl Filter {
         match self {
             Filter::IpGeo => compile::<IpGeoPolicy>(json).map(|p| p.header().policy_version.to_string()),
             Filter::Jwt => compile::<JwtPolicy>(json).map(|p| p.header().policy_version.to_string()),
+            Filter::RateLimit => compile::<RateLimitPolicy>(json).map(|p| p.header().policy_version.to_string()),
         }
     }
 
@@ -39,6 +43,7 @@ impl Filter {
         match self {
             Filter::IpGeo => gatewarden_policy::schema::of::<gatewarden_ip_geo_policy::IpGeoDocument>(),
             Filter::Jwt => gatewarden_policy::schema::of::<gatewarden_jwt_policy::JwtDocument>(),
+            Filter::RateLimit => gatewarden_policy::schema::of::<gatewarden_rate_limit_policy::RateLimitDocument>(),
         }
     }
 

@@ -280,9 +280,24 @@ fn decision_line(message: &str) -> Option<serde_json::Value> {
     serde_json::from_str(message.get(start..)?).ok()
 }
 
+/// The most requests one case may send (`repeat`): a test, not a load generator.
+pub const MAX_REPEAT: u32 = 100_000;
+
 /// Runs `spec` through a fresh VM of `setup.module` configured with the policy.
 /// `Err` when the request could not run at all (the module failed to start or refused the policy).
 pub fn run_request(setup: &Setup<'_>, spec: &RequestSpec) -> Result<Actual, String> {
+    let mut all = run_requests(setup, spec, 1, Duration::ZERO)?;
+    all.pop().ok_or_else(|| "no request ran".to_string())
+}
+
+/// Runs `spec` `times` times, one after the other, through **one** fresh VM (the state a filter
+/// keeps between requests, such as rate-limit buckets in shared data, carries over); the host's
+/// clock starts at `setup.time` and advances by `every` before each later request. What each
+/// request met, in order.
+pub fn run_requests(setup: &Setup<'_>, spec: &RequestSpec, times: u32, every: Duration) -> Result<Vec<Actual>, String> {
+    if times == 0 || times > MAX_REPEAT {
+        return Err(format!("repeat: {times} is not between 1 and {MAX_REPEAT}"));
+    }
     let host = Host::new(setup.profile);
     host.set_log_level(LogLevel::Info);
     host.set_time(UNIX_EPOCH + Duration::from_secs(setup.time));
@@ -309,14 +324,20 @@ pub fn run_request(setup: &Setup<'_>, spec: &RequestSpec) -> Result<Actual, Stri
             break;
         }
     }
-    host.clear_logs();
-    let (request, sent) = build_request(spec);
-    let outcome = vm.http_request(request).map_err(|e| format!("request: {e}"))?;
-    let logs = host.logs();
-    let log = logs.iter().rev().find_map(|l| decision_line(&l.message));
-    let warnings =
-        logs.iter().filter(|l| l.level >= LogLevel::Warn && decision_line(&l.message).is_none()).map(|l| l.message.clone()).collect();
-    Ok(actual(setup.filter, &outcome, &sent, log, warnings))
+    let start = UNIX_EPOCH + Duration::from_secs(setup.time);
+    let mut out = Vec::new();
+    for i in 0..times {
+        host.set_time(start + every.saturating_mul(i));
+        host.clear_logs();
+        let (request, sent) = build_request(spec);
+        let outcome = vm.http_request(request).map_err(|e| format!("request {}: {e}", i + 1))?;
+        let logs = host.logs();
+        let log = logs.iter().rev().find_map(|l| decision_line(&l.message));
+        let warnings =
+            logs.iter().filter(|l| l.level >= LogLevel::Warn && decision_line(&l.message).is_none()).map(|l| l.message.clone()).collect();
+        out.push(actual(setup.filter, &outcome, &sent, log, warnings));
+    }
+    Ok(out)
 }
 
 fn actual(filter: Filter, out: &Outcome, sent: &[(String, String)], log: Option<serde_json::Value>, warnings: Vec<String>) -> Actual {

@@ -4,16 +4,16 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::{CliError, CmdResult, Status};
 use crate::modules::{module_dir, Modules};
 use crate::policy_file::{load, Filter};
-use crate::policy_test::compare::compare;
+use crate::policy_test::compare::compare_all;
 use crate::policy_test::file::{discover, parse_test_file};
 use crate::policy_test::junit;
 use crate::policy_test::report::{print_file, CaseReport, FileReport, Verdict};
-use crate::run::{parse_profile, run_request, Fixture, Setup, TimeSpec, DEFAULT_TIME};
+use crate::run::{parse_profile, run_requests, Fixture, Setup, TimeSpec, DEFAULT_TIME};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "A case must assert something: a case without `expect` or with `expect: {}` is refused.\n\
@@ -119,12 +119,12 @@ fn run_file(path: &Path, modules: &mut Modules, progress: &mut Progress) -> File
                 profile,
                 time: t.unwrap_or(file_time),
             };
-            run_request(&setup, &case.request)
+            run_requests(&setup, &case.request, case.repeat.unwrap_or(1), Duration::from_millis(case.every_ms.unwrap_or(0)))
         });
         let (verdict, actual) = match result {
-            Ok(actual) => {
-                let diff = compare(expect, &actual);
-                (if diff.is_empty() { Verdict::Pass } else { Verdict::Fail(diff) }, Some(actual))
+            Ok(mut all) => {
+                let diff = compare_all(expect, &all);
+                (if diff.is_empty() { Verdict::Pass } else { Verdict::Fail(diff) }, all.pop())
             }
             Err(e) => (Verdict::Error(e), None),
         };

@@ -15,7 +15,27 @@ fn shown(v: Option<&str>) -> String {
     v.map_or_else(|| "(none)".to_string(), |s| format!("{s:?}"))
 }
 
-/// Compares `actual` with `expect`: the mismatches, empty when the case passes.
+/// Compares what a case's requests met (`all`, in order; a case without `repeat` sent one) with
+/// `expect`: `allowed` / `denied` count over all of them, every other field is checked against
+/// the last one.
+pub fn compare_all(expect: &Expect, all: &[Actual]) -> Vec<Mismatch> {
+    let mut out = Vec::new();
+    let reached = all.iter().filter(|a| a.upstream_received.is_some()).count();
+    let answered = all.len() - reached;
+    for (field, want, got) in [("allowed", expect.allowed, reached), ("denied", expect.denied, answered)] {
+        if let Some(want) = want.filter(|w| usize::try_from(*w).ok() != Some(got)) {
+            out.push(Mismatch { field: field.into(), expected: want.to_string(), actual: format!("{got} of {}", all.len()) });
+        }
+    }
+    match all.last() {
+        Some(last) => out.extend(compare(expect, last)),
+        None => out.push(Mismatch { field: "requests".into(), expected: "at least 1".into(), actual: "0".into() }),
+    }
+    out
+}
+
+/// Compares `actual` with `expect`: the mismatches, empty when the case passes. `allowed` and
+/// `denied` are [`compare_all`]'s.
 pub fn compare(expect: &Expect, actual: &Actual) -> Vec<Mismatch> {
     let mut out = Vec::new();
     if let Some(s) = expect.status.filter(|s| *s != actual.status) {
@@ -100,6 +120,21 @@ mod tests {
         // A denial without a rule is an ordinary mismatch.
         let denied = Actual { status: 403, decision: "deny".into(), ..Actual::default() };
         assert_eq!(compare(&e, &denied)[0].actual, "(none)");
+    }
+
+    #[test]
+    fn repeated_requests_are_counted_and_the_last_one_checked() {
+        let passed = Actual { status: 200, decision: "allow".into(), upstream_received: Some(BTreeMap::new()), ..Actual::default() };
+        let limited = Actual { status: 429, decision: "deny".into(), ..Actual::default() };
+        let all = vec![passed.clone(), passed, limited];
+        let e = Expect { allowed: Some(2), denied: Some(1), status: Some(429), ..Expect::default() };
+        assert!(compare_all(&e, &all).is_empty());
+        let e = Expect { allowed: Some(3), denied: Some(0), status: Some(200), ..Expect::default() };
+        let d = compare_all(&e, &all);
+        assert_eq!(d[0], Mismatch { field: "allowed".into(), expected: "3".into(), actual: "2 of 3".into() });
+        assert_eq!(d[1], Mismatch { field: "denied".into(), expected: "0".into(), actual: "1 of 3".into() });
+        assert_eq!(d[2].field, "status");
+        assert_eq!(d.len(), 3);
     }
 
     #[test]

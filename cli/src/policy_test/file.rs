@@ -29,6 +29,14 @@ pub struct Case {
     pub name: String,
     #[serde(default)]
     pub request: RequestSpec,
+    /// Send the request this many times through one VM (default 1), e.g. to reach a rate limit:
+    /// `expect.allowed` / `expect.denied` count them, the other fields check the last one.
+    #[serde(default)]
+    pub repeat: Option<u32>,
+    /// With `repeat`: the host's clock advances this many milliseconds before each request after
+    /// the first (default 0: all at the same instant).
+    #[serde(default)]
+    pub every_ms: Option<u64>,
     /// Missing is refused like `expect: {}`: a case must assert something.
     #[serde(default)]
     pub expect: Option<Expect>,
@@ -49,13 +57,19 @@ pub struct Expect {
     #[serde(default)]
     pub response_headers: BTreeMap<String, Option<String>>,
     pub body: Option<String>,
+    /// How many of the case's requests reached the upstream (with `repeat`: of all of them).
+    pub allowed: Option<u32>,
+    /// How many were answered by the filter (a denial: local response).
+    pub denied: Option<u32>,
 }
 
 impl Expect {
     /// True when no field is set: a case with this expectation passes whatever happens.
     pub fn asserts_nothing(&self) -> bool {
-        let Expect { status, decision, reason, rule, upstream_headers, response_headers, body } = self;
-        status.is_none()
+        let Expect { status, decision, reason, rule, upstream_headers, response_headers, body, allowed, denied } = self;
+        allowed.is_none()
+            && denied.is_none()
+            && status.is_none()
             && decision.is_none()
             && reason.is_none()
             && rule.is_none()
@@ -74,7 +88,9 @@ impl Case {
             None => Err("no `expect`: a test that cannot fail".into()),
         }
         .map_err(|why: String| {
-            format!("{why}; expect at least one of status, decision, rule, reason, upstream_headers, response_headers, body")
+            format!(
+                "{why}; expect at least one of status, decision, rule, reason, upstream_headers, response_headers, body, allowed, denied"
+            )
         })
     }
 }
@@ -146,6 +162,15 @@ mod tests {
     }
 
     #[test]
+    fn a_case_may_repeat_its_request_on_a_moving_clock() {
+        let c: Result<Case, _> = serde_norway::from_str("name: x\nrepeat: 12\nevery_ms: 500\nexpect: { allowed: 10, denied: 2 }\n");
+        let c = c.map_err(|e| e.to_string());
+        assert!(matches!(&c, Ok(c) if c.repeat == Some(12) && c.every_ms == Some(500)), "{c:?}");
+        let e = c.ok().and_then(|c| c.expect);
+        assert!(matches!(e, Some(Expect { allowed: Some(10), denied: Some(2), .. })));
+    }
+
+    #[test]
     fn unknown_fields_in_a_case_are_errors() {
         let r: Result<Case, _> = serde_norway::from_str("name: x\nexpect: { status: 200, stauts: 1 }\n");
         assert!(r.is_err());
@@ -168,6 +193,8 @@ mod tests {
             "upstream_headers: { x-a: null }",
             "response_headers: { x-a: b }",
             "body: ''",
+            "allowed: 0",
+            "denied: 3",
         ] {
             let c = case(&format!("name: x\nexpect: {{ {one} }}\n"));
             assert!(c.and_then(|c| c.expectation().map(|_| ())).is_ok(), "{one}");

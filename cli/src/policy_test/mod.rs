@@ -24,6 +24,14 @@
 //!       upstream_headers: { x-user: user-1, authorization: null }   # null: not received
 //!       response_headers: { www-authenticate: 'Bearer realm="api"' }
 //!       body: '{"error":"forbidden","message":"access denied by policy"}'
+//!   - name: the eleventh request in one second is limited      # a rate limit: several requests
+//!     request: { path: /api, peer: 192.0.2.7 }
+//!     repeat: 11                        # sent 11 times through one VM (state carries over)
+//!     every_ms: 0                       # the clock advances this much before each later request
+//!     expect:
+//!       allowed: 10                     # how many reached the upstream ...
+//!       denied: 1                       # ... and how many the filter answered
+//!       status: 429                     # every other field: the last request
 //! ```
 
 pub mod compare;
