@@ -33,5 +33,5 @@ pub mod table;
 pub use config::{CostHeaderSpec, CostSpec, HeaderStyle, KeyPartSpec, LimitSpec, OnMissingKey, Period, RateLimitDocument, RateLimitRule};
 pub use gcra::{Admit, Limit};
 pub use key::{BucketKey, KeyOutcome};
-pub use policy::{Buckets, RateLimitOutcome, RateLimitPolicy, RateLimitReason, SlotWrite, DEFAULT_MAX_KEYS, MAX_LIMITS_PER_RULE};
-pub use table::{MemoryTable, Slot, TableFull, TableShape};
+pub use policy::{Buckets, RateLimitOutcome, RateLimitPolicy, RateLimitReason, DEFAULT_MAX_KEYS, MAX_LIMITS_PER_RULE};
+pub use table::{charge, KeyState, MemoryTable, Slot, TableFull, TableShape};

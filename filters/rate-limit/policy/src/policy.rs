@@ -12,7 +12,7 @@ use crate::config::{CostSpec, HeaderStyle, KeyPartSpec, LimitSpec, OnMissingKey,
 use crate::gcra::{self, Limit};
 use crate::key::{build_key, BucketKey, KeyOutcome, KeyPart};
 use crate::response::{self, LimitStatus, LIMITED_BODY, PROBLEM_JSON};
-use crate::table::TableFull;
+use crate::table::{charge, KeyState, TableFull};
 
 /// Limits per rule: the state words of one key fit one table slot.
 pub const MAX_LIMITS_PER_RULE: usize = 8;
@@ -121,17 +121,15 @@ impl RateLimitOutcome {
     }
 }
 
-/// What a state update writes: the state words of one slot and their `limited_until`.
-pub type SlotWrite = ([u64; MAX_LIMITS_PER_RULE], u64);
-
 /// Where the state words live: the glue's shared-data table, or [`crate::MemoryTable`].
 pub trait Buckets {
-    /// Reads, changes and writes the state words of the key `fingerprint` atomically. `f` gets
-    /// the current words (zeros for a key not yet in the table) and returns the words to store
-    /// with their `limited_until` (see [`crate::table`]), or `None` to store nothing. `f` may be
-    /// called more than once (a compare-and-swap retry); the last call's answer is the one
-    /// stored. `Err(TableFull)` when the key is new and no slot may be taken.
-    fn update(&mut self, fingerprint: u64, now: u64, f: &mut dyn FnMut(&[u64]) -> Option<SlotWrite>) -> Result<(), TableFull>;
+    /// Reads, changes and writes the state of the key `fingerprint` atomically. `f` gets the
+    /// current state (all zeros for a key not yet in the table) and returns the state to store
+    /// (see [`crate::table`]), or `None` to store nothing. `f` may be called more than once (a
+    /// compare-and-swap retry); the last call's answer is the one stored. `Err(TableFull)` when
+    /// the key is new and no slot may be taken. Use [`crate::table::charge`] rather than calling
+    /// this directly.
+    fn update(&mut self, fingerprint: u64, now: u64, f: &mut dyn FnMut(&KeyState) -> Option<KeyState>) -> Result<(), TableFull>;
 }
 
 /// A compiled rate-limit policy.
@@ -221,24 +219,9 @@ impl RateLimitPolicy {
                 return RateLimitOutcome { cost: Some(cost), ..RateLimitOutcome::deny(&rule.name, RateLimitReason::KeyMissing) }
             }
         };
-        let limits: Vec<Limit> = a.limits.iter().map(|(_, l)| *l).collect();
-        let mut result = None;
-        let stored = buckets.update(key.fingerprint, now_us, &mut |current| {
-            let r = gcra::admit_all(current, now_us, &limits, cost);
-            let write = r.admitted().then(|| {
-                let mut words = [0u64; MAX_LIMITS_PER_RULE];
-                for (w, s) in words.iter_mut().zip(&r.states) {
-                    *w = *s;
-                }
-                let until = r.states.iter().zip(&limits).map(|(s, l)| gcra::limited_from(*s, l)).max().unwrap_or(0);
-                (words, until)
-            });
-            result = Some(r);
-            write
-        });
-        let result = match (stored, result) {
-            (Ok(()), Some(r)) => r,
-            _ => {
+        let result = match charge(buckets, key.fingerprint, now_us, &a.limits, cost) {
+            Ok(r) => r,
+            Err(TableFull) => {
                 return if self.header.failure_mode == FailureMode::Deny {
                     RateLimitOutcome { key: Some(key), cost: Some(cost), ..RateLimitOutcome::deny(&rule.name, RateLimitReason::TableFull) }
                 } else {

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::config::RateLimitDocument;
-use crate::table::{MemoryTable, Slot, TableShape};
+use crate::table::{limit_tag, KeyState, MemoryTable, Slot, TableShape};
 use gatewarden_policy::document::{compile, Mode};
 
 const S: u64 = crate::gcra::US_PER_SECOND;
@@ -264,7 +264,7 @@ fn a_set_of_limited_buckets_is_full_and_failure_mode_decides() {
 #[test]
 fn eviction_takes_the_fullest_bucket_first() {
     use crate::table::{choose, Choice};
-    let slot = |fp, until| Slot { fingerprint: fp, limited_until: until, ..Slot::default() };
+    let slot = |fp, until| Slot { fingerprint: fp, state: KeyState { limited_until: until, ..KeyState::default() } };
     let now = 1_000;
     assert_eq!(choose(&[slot(1, 0), slot(2, 0), slot(3, 0), slot(4, 0)], 3, now), Choice::Hit(2));
     assert_eq!(choose(&[slot(1, 0), Slot::default(), slot(3, 0), Slot::default()], 9, now), Choice::Take(1));
@@ -272,10 +272,13 @@ fn eviction_takes_the_fullest_bucket_first() {
     assert_eq!(choose(&[slot(1, 1_001), slot(2, 2_000), slot(3, 5_000), slot(4, u64::MAX)], 9, now), Choice::Full);
     assert_eq!(choose(&[slot(1, 0)], 9, now), Choice::Take(0), "a short set still works");
     // Encoding round-trips; anything else is an empty slot.
-    let s = Slot { fingerprint: 5, limited_until: 6, states: [1, 2, 3, 4, 5, 6, 7, u64::MAX] };
+    let s = Slot {
+        fingerprint: 5,
+        state: KeyState { limited_until: 6, tags: [9, 8, 7, 6, 5, 4, 3, u16::MAX], states: [1, 2, 3, 4, 5, 6, 7, u64::MAX] },
+    };
     assert_eq!(Slot::decode(&s.encode()), s);
-    assert_eq!(Slot::BYTES, 80);
-    assert!(Slot::decode(&s.encode()[..79]).is_empty());
+    assert_eq!(Slot::BYTES, 96);
+    assert!(Slot::decode(&s.encode()[..95]).is_empty());
     assert!(Slot::decode(b"").is_empty());
     // Candidates are 4 adjacent slots inside the table.
     let shape = TableShape::new(1026);
@@ -430,4 +433,37 @@ fn the_schema_carries_the_field_docs() {
     for text in ["Units admitted per period", "one bucket for every request of the rule", "ietf_and_legacy", "claim_header", "max_keys"] {
         assert!(schema.contains(text), "{text} missing from the schema");
     }
+}
+
+#[test]
+fn a_live_update_keeps_the_state_of_every_unchanged_limit() {
+    let v1 = policy(
+        r#"{"policy_version": "1", "default": {"key": [{"header": "k"}], "headers": "none",
+            "limits": [{"name": "a", "rate": 2, "per": "1m"}, {"name": "b", "rate": 3, "per": "1m"}]}}"#,
+    );
+    let mut t = MemoryTable::new(64);
+    let k = [("k", "alice")];
+    assert_eq!(verdict(&decide(&v1, &mut t, T0, "/", "192.0.2.1:1", &k)), "allow");
+    assert_eq!(verdict(&decide(&v1, &mut t, T0, "/", "192.0.2.1:1", &k)), "allow");
+    assert_eq!(verdict(&decide(&v1, &mut t, T0, "/", "192.0.2.1:1", &k)), "limited", "a (2/min) is spent");
+    // v2: a limit added in front, b unchanged, a's rate changed. b keeps its state (1 of 3 left),
+    // a starts full under its new definition.
+    let v2 = policy(
+        r#"{"policy_version": "2", "default": {"key": [{"header": "k"}], "headers": "none",
+            "limits": [{"name": "new", "rate": 100, "per": "1m"}, {"name": "b", "rate": 3, "per": "1m"},
+                       {"name": "a", "rate": 5, "per": "1m"}]}}"#,
+    );
+    assert_eq!(verdict(&decide(&v2, &mut t, T0, "/", "192.0.2.1:1", &k)), "allow");
+    let o = decide(&v2, &mut t, T0, "/", "192.0.2.1:1", &k);
+    assert_eq!(verdict(&o), "limited");
+    assert_eq!(o.violated.iter().map(|v| v.as_ref()).collect::<Vec<_>>(), ["b"], "b remembered its two units");
+    // Back to v1: v2 stored `a` under its new tag, so v1's `a` starts full again; b is still spent.
+    let o = decide(&v1, &mut t, T0, "/", "192.0.2.1:1", &k);
+    assert_eq!(o.violated.iter().map(|v| v.as_ref()).collect::<Vec<_>>(), ["b"]);
+    // Tags: the definition, never 0.
+    let l = |r| crate::gcra::Limit::new(r, 60, r).unwrap();
+    assert_ne!(limit_tag("a", &l(2)), limit_tag("a", &l(5)));
+    assert_ne!(limit_tag("a", &l(2)), limit_tag("b", &l(2)));
+    assert_eq!(limit_tag("a", &l(2)), limit_tag("a", &l(2)));
+    assert!((0..10_000u64).all(|r| limit_tag(&r.to_string(), &l(r + 1)) != 0));
 }

@@ -3,7 +3,7 @@
 //! **Shape.** `max_keys` slots (rounded down to a multiple of [`WAYS`]), grouped in sets of 4:
 //! a key's fingerprint picks one set (`fingerprint mod sets`) and the key may live in any of
 //! its 4 slots. Memory is fixed by construction: `max_keys` slots of [`Slot::BYTES`] each
-//! (65,536 × 80 bytes = 5 MiB by default), whatever the number of distinct keys seen.
+//! (65,536 × 96 bytes = 6 MiB by default), whatever the number of distinct keys seen.
 //!
 //! **Replacement.** A key already in its set uses its slot. A new key takes, in order:
 //! 1. an empty slot;
@@ -19,27 +19,47 @@
 //! slots of its set with buckets drained further than its own, which costs more than the
 //! refill it could gain.
 //!
-//! The glue stores each slot as one shared-data entry (`Slot::encode`, 80 bytes) and updates
-//! it with compare-and-swap: read the set, [`choose`], write the slot if its CAS token is
+//! **Live updates.** Each state word is stored with its limit's *tag*, a 16-bit hash of the
+//! limit's definition (name, rate, period, burst; never 0). [`charge`] finds each limit's word by
+//! tag, wherever it sits in the slot: a policy update that keeps a limit's definition keeps its
+//! state (even when other limits of the rule are added, removed, reordered or changed); a limit
+//! whose definition changed starts full. (A changed definition has a 1 in 65,535 chance of a tag
+//! collision and then keeps its old word: never more than its new `burst` at once, since the
+//! GCRA check bounds any state by the new tolerance.) The key itself (the fingerprint: rule
+//! name and key parts) is unchanged by an update that keeps the rule's name and key.
+//!
+//! The glue stores each slot as one shared-data entry (`Slot::encode`, [`Slot::BYTES`] bytes) and
+//! updates it with compare-and-swap: read the set, [`choose`], write the slot if its CAS token is
 //! unchanged, retry from the read otherwise.
 
-use crate::policy::MAX_LIMITS_PER_RULE;
+use std::sync::Arc;
+
+use crate::gcra::{self, AdmitAll, Limit};
+use crate::policy::{Buckets, MAX_LIMITS_PER_RULE};
 
 /// Slots per set.
 pub const WAYS: usize = 4;
 
-/// One slot: the key's fingerprint (0 = empty), when its bucket stops being limited, and one
-/// GCRA state word per limit of the key's rule.
+/// The state of one key: when its bucket stops being limited, and per limit of its rule a tag
+/// (0: unused) and a GCRA state word.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Slot {
-    pub fingerprint: u64,
+pub struct KeyState {
     pub limited_until: u64,
+    pub tags: [u16; MAX_LIMITS_PER_RULE],
     pub states: [u64; MAX_LIMITS_PER_RULE],
 }
 
+/// One slot: the key's fingerprint (0 = empty) and its state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Slot {
+    pub fingerprint: u64,
+    pub state: KeyState,
+}
+
 impl Slot {
-    /// Encoded size: three fields of little-endian u64s.
-    pub const BYTES: usize = 8 * (2 + MAX_LIMITS_PER_RULE);
+    /// Encoded size, little-endian: fingerprint and `limited_until` (u64), the tags (u16), the
+    /// state words (u64).
+    pub const BYTES: usize = 8 * 2 + 2 * MAX_LIMITS_PER_RULE + 8 * MAX_LIMITS_PER_RULE;
 
     pub fn is_empty(&self) -> bool {
         self.fingerprint == 0
@@ -47,8 +67,15 @@ impl Slot {
 
     pub fn encode(&self) -> [u8; Self::BYTES] {
         let mut out = [0u8; Self::BYTES];
-        let words = [self.fingerprint, self.limited_until].into_iter().chain(self.states);
-        for (chunk, w) in out.chunks_exact_mut(8).zip(words) {
+        let (head, rest) = out.split_at_mut(16);
+        let (tags, words) = rest.split_at_mut(2 * MAX_LIMITS_PER_RULE);
+        for (chunk, w) in head.chunks_exact_mut(8).zip([self.fingerprint, self.state.limited_until]) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+        for (chunk, t) in tags.chunks_exact_mut(2).zip(self.state.tags) {
+            chunk.copy_from_slice(&t.to_le_bytes());
+        }
+        for (chunk, w) in words.chunks_exact_mut(8).zip(self.state.states) {
             chunk.copy_from_slice(&w.to_le_bytes());
         }
         out
@@ -59,17 +86,67 @@ impl Slot {
         if bytes.len() != Self::BYTES {
             return Slot::default();
         }
-        let mut words = bytes.chunks_exact(8).map(|c| {
+        let (head, rest) = bytes.split_at(16);
+        let (tags, words) = rest.split_at(2 * MAX_LIMITS_PER_RULE);
+        let word = |c: &[u8]| {
             let mut b = [0u8; 8];
             b.copy_from_slice(c);
             u64::from_le_bytes(b)
-        });
-        let mut slot = Slot { fingerprint: words.next().unwrap_or(0), limited_until: words.next().unwrap_or(0), ..Slot::default() };
-        for (s, w) in slot.states.iter_mut().zip(words) {
-            *s = w;
+        };
+        let mut head = head.chunks_exact(8).map(word);
+        let mut slot = Slot { fingerprint: head.next().unwrap_or(0), ..Slot::default() };
+        slot.state.limited_until = head.next().unwrap_or(0);
+        for (t, c) in slot.state.tags.iter_mut().zip(tags.chunks_exact(2)) {
+            *t = u16::from_le_bytes([c.first().copied().unwrap_or(0), c.get(1).copied().unwrap_or(0)]);
+        }
+        for (s, c) in slot.state.states.iter_mut().zip(words.chunks_exact(8)) {
+            *s = word(c);
         }
         slot
     }
+}
+
+/// A limit's tag: a 16-bit hash (FNV-1a) of its definition, never 0.
+pub fn limit_tag(name: &str, limit: &Limit) -> u16 {
+    let mut h: u32 = 0x811c_9dc5;
+    let bytes = name.bytes().chain([0xff]).chain([limit.rate, limit.period_seconds, limit.burst].into_iter().flat_map(u64::to_le_bytes));
+    for b in bytes {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    ((h ^ (h >> 16)) % 0xffff) as u16 + 1
+}
+
+/// Checks and charges the request's `cost` on `limits` for the key `fingerprint` in `buckets`
+/// (deny-if-any, [`gcra::admit_all`]), each limit's state found by its tag (see the module
+/// docs). The answer's `states` are in `limits` order.
+pub fn charge(
+    buckets: &mut dyn Buckets,
+    fingerprint: u64,
+    now: u64,
+    limits: &[(Arc<str>, Limit)],
+    cost: u64,
+) -> Result<AdmitAll, TableFull> {
+    let tags: Vec<u16> = limits.iter().map(|(name, l)| limit_tag(name, l)).collect();
+    let plain: Vec<Limit> = limits.iter().map(|(_, l)| *l).collect();
+    let mut result = None;
+    buckets.update(fingerprint, now, &mut |current| {
+        let states: Vec<u64> = tags
+            .iter()
+            .map(|t| current.tags.iter().position(|c| c == t).and_then(|j| current.states.get(j).copied()).unwrap_or(0))
+            .collect();
+        let r = gcra::admit_all(&states, now, &plain, cost);
+        let write = r.admitted().then(|| {
+            let mut next = KeyState::default();
+            for ((slot_tag, slot_state), (tag, state)) in next.tags.iter_mut().zip(next.states.iter_mut()).zip(tags.iter().zip(&r.states)) {
+                (*slot_tag, *slot_state) = (*tag, *state);
+            }
+            next.limited_until = r.states.iter().zip(&plain).map(|(s, l)| gcra::limited_from(*s, l)).max().unwrap_or(0);
+            next
+        });
+        result = Some(r);
+        write
+    })?;
+    result.ok_or(TableFull)
 }
 
 /// The table's shape.
@@ -119,8 +196,8 @@ pub fn choose(candidates: &[Slot], fingerprint: u64, now: u64) -> Choice {
     candidates
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.limited_until <= now)
-        .min_by_key(|(_, s)| s.limited_until)
+        .filter(|(_, s)| s.state.limited_until <= now)
+        .min_by_key(|(_, s)| s.state.limited_until)
         .map_or(Choice::Full, |(i, _)| Choice::Take(i))
 }
 
@@ -151,23 +228,18 @@ impl MemoryTable {
     }
 }
 
-impl crate::policy::Buckets for MemoryTable {
-    fn update(
-        &mut self,
-        fingerprint: u64,
-        now: u64,
-        f: &mut dyn FnMut(&[u64]) -> Option<crate::policy::SlotWrite>,
-    ) -> Result<(), TableFull> {
+impl Buckets for MemoryTable {
+    fn update(&mut self, fingerprint: u64, now: u64, f: &mut dyn FnMut(&KeyState) -> Option<KeyState>) -> Result<(), TableFull> {
         let idx = self.shape.candidates(fingerprint);
         let set: Vec<Slot> = idx.iter().map(|&i| self.slots.get(i).copied().unwrap_or_default()).collect();
         let (way, current) = match choose(&set, fingerprint, now) {
-            Choice::Hit(w) => (w, set.get(w).map(|s| s.states).unwrap_or_default()),
-            Choice::Take(w) => (w, [0; MAX_LIMITS_PER_RULE]),
+            Choice::Hit(w) => (w, set.get(w).map(|s| s.state).unwrap_or_default()),
+            Choice::Take(w) => (w, KeyState::default()),
             Choice::Full => return Err(TableFull),
         };
-        if let Some((states, limited_until)) = f(&current) {
+        if let Some(state) = f(&current) {
             if let Some(slot) = idx.get(way).and_then(|&i| self.slots.get_mut(i)) {
-                *slot = Slot { fingerprint, limited_until, states };
+                *slot = Slot { fingerprint, state };
             }
         }
         Ok(())

@@ -3,10 +3,11 @@
 //! `gatewarden_glue`. Headers-only: the filter never waits (fleet mode is a later step).
 //!
 //! **State.** The key table ([`gatewarden_rate_limit_policy::table`]) lives in Proxy-Wasm shared
-//! data, one entry per slot: `gatewarden/rate_limit/k<slots>/<slot index>`, 80 bytes
-//! ([`Slot::encode`]). The table id `k<slots>` is the table's size, so a table of another size
+//! data, one entry per slot: `gatewarden/rate_limit/k<slots>/<slot index>`, 96 bytes
+//! ([`Slot::encode`]; a stored value of another size, e.g. from an older module, reads as an
+//! empty slot). The table id `k<slots>` is the table's size, so a table of another size
 //! never reads this one's slots. Memory is bounded by the slot count whatever the keys seen
-//! (Envoy never deletes shared data; Kong's `shm_kv` zone must hold `slots × (80 + key)` bytes).
+//! (Envoy never deletes shared data; Kong's `shm_kv` zone must hold `slots × (96 + key)` bytes).
 //!
 //! **Update (per request).** Read the key's 4 candidate slots with their CAS, [`choose`] one,
 //! compute the new words (the policy's closure), write the chosen slot passing the CAS read. On
@@ -51,7 +52,7 @@ use gatewarden_glue::{export_filter, Enforcer, Outcome};
 use gatewarden_policy::facts::HeaderNeeds;
 use gatewarden_policy::{FilterPolicy, RequestFacts, Verdict};
 use gatewarden_rate_limit_policy::table::{choose, Choice, WAYS};
-use gatewarden_rate_limit_policy::{Buckets, RateLimitPolicy, RateLimitReason, Slot, SlotWrite, TableFull, TableShape};
+use gatewarden_rate_limit_policy::{Buckets, KeyState, RateLimitPolicy, RateLimitReason, Slot, TableFull, TableShape};
 
 const FILTER: &str = RateLimitPolicy::NAME;
 /// Read–choose–write attempts of one request before `failure_mode` decides.
@@ -156,7 +157,7 @@ impl SharedTable {
         &self,
         fingerprint: u64,
         now: u64,
-        f: &mut dyn FnMut(&[u64]) -> Option<SlotWrite>,
+        f: &mut dyn FnMut(&KeyState) -> Option<KeyState>,
     ) -> Result<Result<(), TableFull>, StoreFailure> {
         let slots = self.shape.slots();
         let idx = self.shape.candidates(fingerprint);
@@ -171,13 +172,13 @@ impl SharedTable {
             }
         }
         let (way, current) = match choose(&set, fingerprint, now) {
-            Choice::Hit(w) => (w, set.get(w).map(|s| s.states).unwrap_or_default()),
+            Choice::Hit(w) => (w, set.get(w).map(|s| s.state).unwrap_or_default()),
             Choice::Take(w) => (w, Default::default()),
             Choice::Full => return Ok(Err(TableFull)),
         };
-        let Some((states, limited_until)) = f(&current) else { return Ok(Ok(())) };
+        let Some(state) = f(&current) else { return Ok(Ok(())) };
         let (Some(key), Some(&c)) = (keys.get(way), cas.get(way)) else { return Err(StoreFailure::Contended) };
-        let slot = Slot { fingerprint, limited_until, states };
+        let slot = Slot { fingerprint, state };
         // `c` is the slot's real CAS (never 0: `read` created it), so this write is a true
         // compare-and-swap on both hosts.
         match host::set_shared_data(key, &slot.encode(), c) {
@@ -189,7 +190,7 @@ impl SharedTable {
 }
 
 impl Buckets for SharedTable {
-    fn update(&mut self, fingerprint: u64, now: u64, f: &mut dyn FnMut(&[u64]) -> Option<SlotWrite>) -> Result<(), TableFull> {
+    fn update(&mut self, fingerprint: u64, now: u64, f: &mut dyn FnMut(&KeyState) -> Option<KeyState>) -> Result<(), TableFull> {
         let mut last = StoreFailure::Contended;
         for _ in 0..MAX_TRIES {
             match self.try_update(fingerprint, now, f) {
@@ -286,7 +287,7 @@ impl Enforcer for RateLimit {
 struct FailingTable;
 
 impl Buckets for FailingTable {
-    fn update(&mut self, _fingerprint: u64, _now: u64, _f: &mut dyn FnMut(&[u64]) -> Option<SlotWrite>) -> Result<(), TableFull> {
+    fn update(&mut self, _fingerprint: u64, _now: u64, _f: &mut dyn FnMut(&KeyState) -> Option<KeyState>) -> Result<(), TableFull> {
         Err(TableFull)
     }
 }
