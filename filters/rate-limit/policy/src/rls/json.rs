@@ -63,6 +63,16 @@ pub fn response_to_json(response: &RateLimitResponse) -> String {
     serde_json::to_string(&json).unwrap_or_else(|_| String::from("{}"))
 }
 
+/// The HTTP status `POST /json` answers `response` with, as envoyproxy/ratelimit's `NewJsonHandler` does: 200 for
+/// OK, 429 for OVER_LIMIT, 500 for anything else (UNKNOWN). The body is [`response_to_json`] in each case.
+pub fn http_status(response: &RateLimitResponse) -> u16 {
+    match Code::try_from(response.overall_code) {
+        Ok(Code::Ok) => 200,
+        Ok(Code::OverLimit) => 429,
+        _ => 500,
+    }
+}
+
 /// Reads a JSON response body.
 pub fn response_from_json(body: &[u8]) -> Result<RateLimitResponse, RlsError> {
     let ObjectOnly(json) = serde_json::from_slice::<ObjectOnly<JsonResponse>>(body).map_err(RlsError::json)?;
@@ -420,6 +430,17 @@ impl From<JsonHeader> for HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_status_follows_the_overall_code_and_round_trips_through_response_from_http() {
+        for (code, status) in [(Code::Ok, 200), (Code::OverLimit, 429), (Code::Unknown, 500)] {
+            let response = RateLimitResponse { overall_code: code as i32, ..Default::default() };
+            assert_eq!(http_status(&response), status, "{code:?}");
+            let read = response_from_http(status, response_to_json(&response).as_bytes()).unwrap();
+            assert_eq!(read.overall_code, code as i32, "{code:?} read back");
+        }
+        assert_eq!(http_status(&RateLimitResponse { overall_code: 7, ..Default::default() }), 500, "an unknown code");
+    }
 
     #[test]
     fn durations_use_protojson_fraction_widths() {
