@@ -201,7 +201,11 @@ fn a_flood_of_new_keys_neither_grows_memory_nor_resets_an_exhausted_key() {
         let slots = (0..16).filter(|i| host.shared_data(VM_ID, &format!("gatewarden/rate_limit/k16/{i}")).is_some()).count();
         assert_eq!(slots, 16);
         assert!(host.shared_data(VM_ID, "gatewarden/rate_limit/k16/16").is_none());
-        assert!(host.shared_data(VM_ID, "gatewarden/rate_limit/k16/0").unwrap().value.len() == 80);
+        assert_eq!(
+            host.shared_data(VM_ID, "gatewarden/rate_limit/k16/0").unwrap().value.len(),
+            96,
+            "a slot: fingerprint, limited_until, 8 tags, 8 words"
+        );
         assert_eq!(get(&mut vm, "attacker").status, 429, "the exhausted key is still limited: {profile:?}");
         // The key was tracked all along: one unit back after one second, not a fresh burst.
         host.advance(Duration::from_secs(1));
@@ -279,5 +283,28 @@ fn headers_on_allowed_responses_are_added_to_the_upstreams_answer() {
         assert_eq!(b.response_header("ratelimit"), Some(r#""ten";r=9;t=1"#), "{profile:?}");
         let a = get(&mut vm, "alice");
         assert_eq!(a.response_header("ratelimit"), Some(r#""ten";r=8;t=2"#), "{profile:?}");
+    }
+}
+
+#[test]
+fn a_live_update_keeps_unchanged_limits_and_resets_changed_ones() {
+    for profile in PROFILES {
+        let host = host(profile);
+        let mut vm = vm(&host, &policy(64));
+        assert_eq!(admitted(std::slice::from_mut(&mut vm), "alice", 11).last(), Some(&429), "{profile:?}");
+        // v2: a new limit beside the unchanged "ten": alice is still spent.
+        let mut v2 = policy(64);
+        v2["policy_version"] = json!("rl2");
+        v2["default"]["limits"] = json!([{"name": "hourly", "rate": 1000, "per": "1h"}, {"name": "ten", "rate": 10, "per_seconds": 10}]);
+        assert!(vm.configure(v2.to_string().as_bytes()).unwrap(), "{profile:?}");
+        let out = get(&mut vm, "alice");
+        assert_eq!(out.status, 429, "{profile:?}: the unchanged limit kept its state");
+        assert!(String::from_utf8_lossy(&out.response_body).contains(r#"["ten"]"#));
+        // v3: "ten" redefined (20 per 10 s): a new bucket, full.
+        let mut v3 = v2.clone();
+        v3["policy_version"] = json!("rl3");
+        v3["default"]["limits"][1] = json!({"name": "ten", "rate": 20, "per_seconds": 10});
+        assert!(vm.configure(v3.to_string().as_bytes()).unwrap(), "{profile:?}");
+        assert_eq!(admitted(std::slice::from_mut(&mut vm), "alice", 21), [vec![200; 20], vec![429]].concat(), "{profile:?}");
     }
 }
