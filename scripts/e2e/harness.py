@@ -1046,6 +1046,8 @@ class Gateway(BaseGateway):
     and its fixture servers. See BaseGateway for the arguments; Envoy's own:
 
     component_log_levels: Envoy --component-log-level (default wasm:debug); extra_args: more flags.
+    native_filters: Envoy's own HTTP filters after the Gatewarden ones, before the router, as dicts
+      ({"name": ..., "typed_config": {...}}), e.g. envoy.filters.http.local_ratelimit to compare with.
     Listeners and the admin API bind port 0; `port`, `port6`, `admin_port` are read back from Envoy.
     """
 
@@ -1054,8 +1056,9 @@ class Gateway(BaseGateway):
 
     def __init__(self, workdir: str | os.PathLike[str], filters: Mapping[str, Any] | None = None, *,
                  component_log_levels: str | None = "wasm:debug", extra_args: Iterable[str] = (),
-                 **kwargs: Any) -> None:
+                 native_filters: Sequence[Mapping[str, Any]] = (), **kwargs: Any) -> None:
         super().__init__(workdir, filters, **kwargs)
+        self.native_filters = list(native_filters)
         self.component_log_levels = component_log_levels
         self.extra_args = list(extra_args)
         self.ecds_dir = self.workdir / "ecds"
@@ -1091,6 +1094,11 @@ class Gateway(BaseGateway):
         if self.clusters:
             extra = "".join(_cluster_yaml(n, h, p, h2) for n, (h, p, h2) in self.clusters.items())
             config = config.replace("\n  clusters:\n", "\n  clusters:\n" + extra, 1)
+        if self.native_filters:  # JSON is YAML: one flow-style list item per filter
+            router = "          - name: envoy.filters.http.router\n"
+            assert config.count(router) == 1, "the template's router filter moved"
+            items = "".join(f"          - {json.dumps(f)}\n" for f in self.native_filters)
+            config = config.replace(router, items + router, 1)
         self.config_path.write_text(config)
         for name, policy in self.filters.items():
             self._push(name, policy, self.modules[name])
