@@ -16,6 +16,10 @@ policy_document! {
         /// its 4 candidate slots, never a bucket that is currently limited.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub max_keys: Option<u32>,
+        /// Where the fleet limits (`"scope": "fleet"`) are checked: a rate limit service shared
+        /// by every gateway. Required when any limit has `"scope": "fleet"`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub fleet: Option<FleetSpec>,
     }
 }
 
@@ -78,6 +82,113 @@ pub struct LimitSpec {
     /// Units a client may spend at once from a full bucket (default `rate`; 1 to 1,000,000,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
+    /// Where the limit is counted (default `local`): on this gateway, or across the fleet by
+    /// the policy's `fleet` service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+}
+
+/// Where a limit is counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// On this gateway: all its workers share one bucket per key (Proxy-Wasm shared data).
+    #[default]
+    Local,
+    /// Across every gateway using the same `fleet.service`: checked by one call per request
+    /// (or per lease) to a rate limit service speaking `envoy.service.ratelimit.v3`.
+    Fleet,
+}
+
+/// The rate limit service that counts the fleet limits, and what happens when it cannot answer.
+///
+/// A request whose rule has fleet limits is checked locally first (its local limits; a request
+/// denied there never calls out), then by one `ShouldRateLimit` call carrying one descriptor per
+/// fleet limit of the rule (`gatewarden_limit` = `<rule>/<limit>`, then the key parts) and the
+/// request's cost as `hits_addend`. The local limits it was charged stay charged when the
+/// service denies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSpec {
+    /// Where the service listens.
+    pub service: FleetServiceSpec,
+    /// The `domain` of every request (default `gatewarden`): selects the service's limits.
+    /// 1 to 128 characters from `A-Z a-z 0-9 - _ . : /`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// What happens when the service does not answer in time, fails, or answers something
+    /// unreadable (default: the policy's `failure_mode`): `allow`, `deny` (503), or `local`
+    /// (the fleet limits are enforced by this gateway alone, in its local key table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_mode: Option<FleetFailureMode>,
+    /// Lease mode (optional): each worker asks for `units` at once and admits locally until
+    /// they are spent or `lease_ms` has passed, so a fleet limit costs about one call per
+    /// `units` requests per worker and key. Units are charged by the service before they are
+    /// spent, so a fleet limit is never exceeded; units left unspent expire (the fleet admits
+    /// less, never more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseSpec>,
+}
+
+/// The rate limit service's address. Give `cluster` for Envoy, `address` for Kong's engine, or
+/// both so that one policy file serves both proxies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetServiceSpec {
+    /// Envoy: the name of the cluster of the service (HTTP/2 for gRPC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Kong's engine (ngx_wasm_module): the service as `host:port` (an IP, or a name nginx
+    /// resolves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// `:authority` of HTTP calls (default: the cluster name or the address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// How long a request waits for the answer, in milliseconds (default 200; 1 to 10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// `grpc` (`RateLimitService/ShouldRateLimit`) or `http` (`POST /json`, envoyproxy/ratelimit's
+    /// JSON endpoint). Default: `grpc` on Envoy, `http` on Kong's engine, which has no gRPC (a
+    /// policy asking for `grpc` there is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<FleetProtocol>,
+}
+
+/// The protocol of the rate limit service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetProtocol {
+    /// `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit` over gRPC (Envoy only).
+    Grpc,
+    /// The same message as protojson in `POST /json` over HTTP/1.1.
+    Http,
+}
+
+/// What happens to a request whose fleet check got no usable answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetFailureMode {
+    /// Let it through (its local limits still applied).
+    Allow,
+    /// Deny it (`fleet_unavailable`, 503).
+    Deny,
+    /// Check the fleet limits on this gateway's local key table instead, as if they were local
+    /// limits: each gateway then admits up to the whole fleet limit on its own.
+    Local,
+}
+
+/// Lease mode: units asked for at once, and how long unspent units stay usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseSpec {
+    /// Units asked for per call (`hits_addend`): 2 to 100,000, and at most the `burst` of
+    /// every fleet limit (a larger ask could never be granted).
+    pub units: u32,
+    /// How long leased units stay usable, in milliseconds (1 to 60,000). A fleet limit's
+    /// admissions in any window are at most what the service granted over that window widened
+    /// by `lease_ms`: keep it short against the limit's period.
+    pub lease_ms: u64,
 }
 
 /// A named period.

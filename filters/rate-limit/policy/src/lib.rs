@@ -23,6 +23,7 @@
 #![cfg_attr(test, allow(clippy::type_complexity))]
 
 mod config;
+pub mod fleet;
 pub mod gcra;
 pub mod key;
 mod policy;
@@ -30,8 +31,11 @@ pub mod response;
 pub mod rls;
 pub mod table;
 
-pub use config::{CostHeaderSpec, CostSpec, HeaderStyle, KeyPartSpec, LimitSpec, OnMissingKey, Period, RateLimitDocument, RateLimitRule};
+pub use config::{
+    CostHeaderSpec, CostSpec, FleetFailureMode, FleetProtocol, FleetServiceSpec, FleetSpec, HeaderStyle, KeyPartSpec, LeaseSpec, LimitSpec,
+    OnMissingKey, Period, RateLimitDocument, RateLimitRule, Scope,
+};
 pub use gcra::{Admit, Limit};
 pub use key::{BucketKey, KeyOutcome};
-pub use policy::{Buckets, RateLimitOutcome, RateLimitPolicy, RateLimitReason, DEFAULT_MAX_KEYS, MAX_LIMITS_PER_RULE};
+pub use policy::{Buckets, FleetLimit, RateLimitOutcome, RateLimitPolicy, RateLimitReason, DEFAULT_MAX_KEYS, MAX_LIMITS_PER_RULE};
 pub use table::{charge, KeyState, MemoryTable, Slot, TableFull, TableShape};

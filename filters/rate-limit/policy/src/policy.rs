@@ -8,7 +8,8 @@ use gatewarden_policy::error::{quote, ConfigError, FieldPath};
 use gatewarden_policy::facts::{HeaderNeeds, RequestFacts};
 use gatewarden_policy::rules::RuleSet;
 
-use crate::config::{CostSpec, HeaderStyle, KeyPartSpec, LimitSpec, OnMissingKey, RateLimitDocument, RateLimitRule};
+use crate::config::{CostSpec, HeaderStyle, KeyPartSpec, LimitSpec, OnMissingKey, RateLimitDocument, RateLimitRule, Scope};
+use crate::fleet::{self, Fleet, FleetCheck, FleetLimits, OwnedStatus};
 use crate::gcra::{self, Limit};
 use crate::key::{build_key, BucketKey, KeyOutcome, KeyPart};
 use crate::response::{self, LimitStatus, LIMITED_BODY, PROBLEM_JSON};
@@ -39,10 +40,24 @@ pub enum RateLimitReason {
     KeyMissing,
     /// Every candidate slot of a new key holds a limited bucket and `failure_mode` is `deny` (503).
     TableFull,
+    /// A fleet limit is exhausted: the rate limit service answered `OVER_LIMIT`, or, with
+    /// `fleet.failure_mode: local`, this gateway's own check of it (429, as `limited`; a
+    /// reason of its own so that fleet denials are counted apart from local ones).
+    FleetLimited,
+    /// The rate limit service gave no usable answer and `fleet.failure_mode` is `deny` (503).
+    FleetUnavailable,
 }
 
 impl RateLimitReason {
-    pub const ALL: [RateLimitReason; 5] = [Self::Limited, Self::CostOverBurst, Self::CostInvalid, Self::KeyMissing, Self::TableFull];
+    pub const ALL: [RateLimitReason; 7] = [
+        Self::Limited,
+        Self::CostOverBurst,
+        Self::CostInvalid,
+        Self::KeyMissing,
+        Self::TableFull,
+        Self::FleetLimited,
+        Self::FleetUnavailable,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -51,6 +66,8 @@ impl RateLimitReason {
             Self::CostInvalid => "cost_invalid",
             Self::KeyMissing => "key_missing",
             Self::TableFull => "table_full",
+            Self::FleetLimited => "fleet_limited",
+            Self::FleetUnavailable => "fleet_unavailable",
         }
     }
 
@@ -58,10 +75,10 @@ impl RateLimitReason {
     /// [`RateLimitOutcome::body`]; `LIMITED_BODY` is the same problem without them.
     pub const fn denial(self) -> Denial {
         let (status, body) = match self {
-            Self::Limited | Self::CostOverBurst => (429, LIMITED_BODY),
+            Self::Limited | Self::CostOverBurst | Self::FleetLimited => (429, LIMITED_BODY),
             Self::CostInvalid => (400, BAD_REQUEST_BODY),
             Self::KeyMissing => (403, FORBIDDEN_BODY),
-            Self::TableFull => (503, UNAVAILABLE_BODY),
+            Self::TableFull | Self::FleetUnavailable => (503, UNAVAILABLE_BODY),
         };
         Denial { status, body, reason: self.as_str() }
     }
@@ -76,7 +93,10 @@ enum Cost {
 
 #[derive(Debug, Clone)]
 struct RateLimitAction {
+    /// The local limits (`scope: local`).
     limits: Vec<(Arc<str>, Limit)>,
+    /// The fleet limits (`scope: fleet`), checked by the rate limit service after the local ones.
+    fleet: Option<FleetLimits>,
     cost: Cost,
     key: Vec<KeyPart>,
     on_missing_key: OnMissingKey,
@@ -101,6 +121,9 @@ pub struct RateLimitOutcome {
     pub cost: Option<u64>,
     /// The names of the limits that denied.
     pub violated: Vec<Arc<str>>,
+    /// Set when the local limits admitted (and were charged) and the rule has fleet limits: the
+    /// decision is not made yet, the rate limit service makes it ([`crate::fleet`]).
+    pub fleet: Option<Box<FleetCheck>>,
 }
 
 impl RateLimitOutcome {
@@ -113,6 +136,7 @@ impl RateLimitOutcome {
             key: None,
             cost: None,
             violated: Vec::new(),
+            fleet: None,
         }
     }
 
@@ -138,6 +162,15 @@ pub struct RateLimitPolicy {
     header: Header,
     rules: RuleSet<RateLimitAction>,
     max_keys: u32,
+    fleet: Option<Fleet>,
+}
+
+/// A fleet limit as the rate limit service knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetLimit {
+    /// `<rule>/<limit>`: the `gatewarden_limit` descriptor entry's value.
+    pub name: String,
+    pub limit: Limit,
 }
 
 impl FilterPolicy for RateLimitPolicy {
@@ -150,8 +183,9 @@ impl FilterPolicy for RateLimitPolicy {
         if !(MIN_MAX_KEYS..=MAX_MAX_KEYS).contains(&max_keys) {
             return Err(FieldPath::root().field("max_keys").error(format!("{max_keys} is not between {MIN_MAX_KEYS} and {MAX_MAX_KEYS}")));
         }
-        let rules = RuleSet::compile(&doc.rules, &doc.default, compile_action)?;
-        Ok(Self { header, rules, max_keys })
+        let fleet = doc.fleet.as_ref().map(|f| Fleet::compile(f, doc.failure_mode, &FieldPath::root().field("fleet"))).transpose()?;
+        let rules = RuleSet::compile(&doc.rules, &doc.default, |rule, path| compile_action(rule, path, fleet.as_ref()))?;
+        Ok(Self { header, rules, max_keys, fleet })
     }
 
     fn header(&self) -> &Header {
@@ -175,13 +209,32 @@ impl RateLimitPolicy {
         crate::table::TableShape::new(self.max_keys).slots() as u32
     }
 
+    /// The `fleet` section; `None` when no limit is a fleet limit.
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.fleet.as_ref()
+    }
+
+    /// Every fleet limit of every rule (then the default), for the rate limit service.
+    pub fn fleet_limits(&self) -> Vec<FleetLimit> {
+        self.rules
+            .iter()
+            .flat_map(|rule| {
+                rule.action
+                    .fleet
+                    .iter()
+                    .flat_map(|limits| limits.iter())
+                    .map(|(name, limit)| FleetLimit { name: format!("{}/{name}", rule.name), limit: *limit })
+            })
+            .collect()
+    }
+
     /// The request headers `decide` reads.
     pub fn header_needs(&self) -> HeaderNeeds {
         let mut needs = HeaderNeeds::default();
         self.rules.add_needs(&mut needs);
         for rule in self.rules.iter() {
             let a = &rule.action;
-            if a.limits.is_empty() {
+            if a.limits.is_empty() && a.fleet.is_none() {
                 continue;
             }
             if let Cost::Header { name, .. } = &a.cost {
@@ -206,7 +259,7 @@ impl RateLimitPolicy {
     pub fn decide(&self, facts: &RequestFacts<'_>, now_us: u64, seed: u64, buckets: &mut dyn Buckets) -> RateLimitOutcome {
         let rule = self.rules.select(facts);
         let a = &rule.action;
-        if a.limits.is_empty() {
+        if a.limits.is_empty() && a.fleet.is_none() {
             return RateLimitOutcome::allow(&rule.name);
         }
         let Some(cost) = request_cost(&a.cost, facts) else {
@@ -219,6 +272,13 @@ impl RateLimitPolicy {
                 return RateLimitOutcome { cost: Some(cost), ..RateLimitOutcome::deny(&rule.name, RateLimitReason::KeyMissing) }
             }
         };
+        if a.limits.is_empty() {
+            // Fleet limits only: nothing to charge here.
+            let mut out = RateLimitOutcome { cost: Some(cost), ..RateLimitOutcome::allow(&rule.name) };
+            out.fleet = a.fleet.as_ref().map(|f| fleet_check(&rule.name, a, f, &key, cost, Vec::new()));
+            out.key = Some(key);
+            return out;
+        }
         let result = match charge(buckets, key.fingerprint, now_us, &a.limits, cost) {
             Ok(r) => r,
             Err(TableFull) => {
@@ -241,6 +301,17 @@ impl RateLimitPolicy {
             })
             .collect();
         if result.admitted() {
+            if let Some(f) = &a.fleet {
+                // The fleet decides; the headers are built once its answer is known.
+                let local = statuses.iter().map(|s| OwnedStatus {
+                    name: Arc::from(s.name),
+                    limit: *s.limit,
+                    remaining: s.remaining,
+                    reset_us: s.reset_us,
+                });
+                let check = fleet_check(&rule.name, a, f, &key, cost, local.collect());
+                return RateLimitOutcome { key: Some(key), cost: Some(cost), fleet: Some(check), ..RateLimitOutcome::allow(&rule.name) };
+            }
             let mut out = RateLimitOutcome { key: Some(key), cost: Some(cost), ..RateLimitOutcome::allow(&rule.name) };
             if a.headers_on_allowed {
                 out.response_headers = response::rate_limit_headers(a.headers, &statuses);
@@ -266,6 +337,26 @@ impl RateLimitPolicy {
     }
 }
 
+fn fleet_check(
+    rule: &Arc<str>,
+    a: &RateLimitAction,
+    limits: &FleetLimits,
+    key: &BucketKey,
+    cost: u64,
+    local: Vec<OwnedStatus>,
+) -> Box<FleetCheck> {
+    Box::new(FleetCheck {
+        rule: Arc::clone(rule),
+        limits: Arc::clone(limits),
+        key: key.clone(),
+        key_entries: fleet::key_entries(&a.key, key),
+        cost,
+        local,
+        headers: a.headers,
+        headers_on_allowed: a.headers_on_allowed,
+    })
+}
+
 /// The request's cost; `None` when the cost header is malformed or above its max.
 fn request_cost(cost: &Cost, facts: &RequestFacts<'_>) -> Option<u64> {
     match cost {
@@ -283,19 +374,30 @@ fn request_cost(cost: &Cost, facts: &RequestFacts<'_>) -> Option<u64> {
     }
 }
 
-fn compile_action(rule: &RateLimitRule, path: &FieldPath) -> Result<RateLimitAction, ConfigError> {
+fn compile_action(rule: &RateLimitRule, path: &FieldPath, fleet: Option<&Fleet>) -> Result<RateLimitAction, ConfigError> {
     let limits_path = path.field("limits");
     if rule.limits.len() > MAX_LIMITS_PER_RULE {
         return Err(limits_path.error(format!("at most {MAX_LIMITS_PER_RULE} limits per rule, got {}", rule.limits.len())));
     }
     let mut limits: Vec<(Arc<str>, Limit)> = Vec::with_capacity(rule.limits.len());
+    let mut fleet_limits: Vec<(Arc<str>, Limit)> = Vec::new();
     for (i, spec) in rule.limits.iter().enumerate() {
         let p = limits_path.index(i);
         let limit = compile_limit(spec, &p)?;
-        if limits.iter().any(|(n, _)| **n == *spec.name) {
+        if limits.iter().chain(&fleet_limits).any(|(n, _)| **n == *spec.name) {
             return Err(p.field("name").error(format!("duplicate limit name {}", quote(&spec.name))));
         }
-        limits.push((Arc::from(spec.name.as_str()), limit));
+        match spec.scope.unwrap_or_default() {
+            Scope::Local => limits.push((Arc::from(spec.name.as_str()), limit)),
+            Scope::Fleet => {
+                let Some(f) = fleet else {
+                    return Err(p.field("scope").error("\"fleet\" needs the policy's \"fleet\" section (the rate limit service)"));
+                };
+                let rule_name = rule.name.as_deref().unwrap_or(path.as_str());
+                f.check_limit(rule_name, &spec.name, &limit, &p)?;
+                fleet_limits.push((Arc::from(spec.name.as_str()), limit));
+            }
+        }
     }
 
     let cost_path = path.field("cost");
@@ -305,7 +407,7 @@ fn compile_action(rule: &RateLimitRule, path: &FieldPath) -> Result<RateLimitAct
             if *n == 0 {
                 return Err(cost_path.error("must be at least 1, got 0"));
             }
-            if let Some((name, l)) = limits.iter().find(|(_, l)| *n > l.burst) {
+            if let Some((name, l)) = limits.iter().chain(&fleet_limits).find(|(_, l)| *n > l.burst) {
                 return Err(cost_path.error(format!(
                     "{n} is more than the burst {} of limit {}: every request would be denied",
                     l.burst,
@@ -348,6 +450,7 @@ fn compile_action(rule: &RateLimitRule, path: &FieldPath) -> Result<RateLimitAct
 
     Ok(RateLimitAction {
         limits,
+        fleet: (!fleet_limits.is_empty()).then(|| FleetLimits::from(fleet_limits)),
         cost,
         key,
         on_missing_key: rule.on_missing_key.unwrap_or_default(),

@@ -384,7 +384,7 @@ fn a_rollout_candidate_keeps_the_table_size() {
 #[test]
 fn reasons_are_distinct_snake_case() {
     let names: Vec<_> = RateLimitReason::ALL.iter().map(|r| r.as_str()).collect();
-    assert_eq!(names, ["limited", "cost_over_burst", "cost_invalid", "key_missing", "table_full"]);
+    assert_eq!(names, ["limited", "cost_over_burst", "cost_invalid", "key_missing", "table_full", "fleet_limited", "fleet_unavailable"]);
     assert_eq!(RateLimitReason::Limited.denial().status, 429);
     assert_eq!(RateLimitReason::CostInvalid.denial().status, 400);
 }

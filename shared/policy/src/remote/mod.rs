@@ -108,20 +108,14 @@ pub struct RemoteSource {
 impl RemoteSource {
     /// Validates `spec` (found at `path` in the document) as a source of `kind`.
     pub fn compile(spec: &RemoteSourceSpec, path: &FieldPath, kind: &ResourceKind) -> Result<Self, ConfigError> {
-        if spec.cluster.trim().is_empty() || spec.cluster.bytes().any(|b| !b.is_ascii_graphic()) {
-            return Err(path
-                .field("cluster")
-                .error(format!("invalid cluster {}: a cluster name or host:port without spaces is required", quote(&spec.cluster))));
-        }
+        check_upstream(&spec.cluster, &path.field("cluster"))?;
         if !spec.path.starts_with('/') || spec.path.bytes().any(|b| !b.is_ascii_graphic()) {
             return Err(path
                 .field("path")
                 .error(format!("path must start with \"/\" and hold no spaces or control characters, got {}", quote(&spec.path))));
         }
         if let Some(a) = &spec.authority {
-            if a.is_empty() || a.bytes().any(|b| !b.is_ascii_graphic()) {
-                return Err(path.field("authority").error(format!("invalid authority {}", quote(a))));
-            }
+            check_authority(a, &path.field("authority"))?;
         }
         let refresh = spec.refresh_seconds.unwrap_or(kind.default_refresh_seconds);
         if refresh < MIN_REFRESH_SECONDS {
@@ -177,6 +171,23 @@ impl RemoteSource {
     pub fn failure_mode_or(&self, policy: FailureMode) -> FailureMode {
         self.failure_mode.unwrap_or(policy)
     }
+}
+
+/// Checks an upstream target at `path`: an Envoy cluster name, or `host:port` on Kong's engine
+/// (not empty, no spaces or control characters). Shared by every filter that calls a service.
+pub fn check_upstream(value: &str, path: &FieldPath) -> Result<(), ConfigError> {
+    if value.trim().is_empty() || value.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(path.error(format!("invalid cluster {}: a cluster name or host:port without spaces is required", quote(value))));
+    }
+    Ok(())
+}
+
+/// Checks an `:authority` at `path` (not empty, no spaces or control characters).
+pub fn check_authority(value: &str, path: &FieldPath) -> Result<(), ConfigError> {
+    if value.is_empty() || value.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(path.error(format!("invalid authority {}", quote(value))));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
