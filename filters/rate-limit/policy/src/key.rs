@@ -85,6 +85,8 @@ pub fn build_key(
                 OnMissingKey::Shared => {}
             }
         }
+        // The label too: a rule whose key parts change gets new buckets (see `table`'s live updates).
+        h.part(Some(part.label().as_bytes()));
         h.part(value.as_deref().map(str::as_bytes));
         out.push((part.label().to_owned(), value));
     }

@@ -460,6 +460,12 @@ fn a_live_update_keeps_the_state_of_every_unchanged_limit() {
     // Back to v1: v2 stored `a` under its new tag, so v1's `a` starts full again; b is still spent.
     let o = decide(&v1, &mut t, T0, "/", "192.0.2.1:1", &k);
     assert_eq!(o.violated.iter().map(|v| v.as_ref()).collect::<Vec<_>>(), ["b"]);
+    // A changed key (another header, same value) is another bucket.
+    let v3 = policy(
+        r#"{"policy_version": "3", "default": {"key": [{"header": "k2"}], "headers": "none",
+            "limits": [{"name": "a", "rate": 2, "per": "1m"}, {"name": "b", "rate": 3, "per": "1m"}]}}"#,
+    );
+    assert_eq!(verdict(&decide(&v3, &mut t, T0, "/", "192.0.2.1:1", &[("k2", "alice")])), "allow");
     // Tags: the definition, never 0.
     let l = |r| crate::gcra::Limit::new(r, 60, r).unwrap();
     assert_ne!(limit_tag("a", &l(2)), limit_tag("a", &l(5)));
