@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q -p gatewarden
-for f in ip_geo jwt; do
+for f in ip_geo jwt rate_limit; do
   ./target/debug/gatewarden schema "$f" --kong > "deploy/kong/gatewarden_${f}.meta.json"
   echo "wrote deploy/kong/gatewarden_${f}.meta.json"
 done

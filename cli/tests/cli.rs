@@ -83,7 +83,7 @@ fn render_json_gives_what_the_filter_receives() {
 
 #[test]
 fn shipped_kong_meta_json_matches_the_generated_schema() {
-    for filter in ["ip_geo", "jwt"] {
+    for filter in ["ip_geo", "jwt", "rate_limit"] {
         let (code, out, _) = run(&["schema", filter, "--kong"]);
         assert_eq!(code, 0, "{filter}");
         let generated: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -133,7 +133,8 @@ fn shipped_policies_are_valid_and_kong_and_istio_embed_the_same() {
     let kong = yaml_docs("deploy/kong/kong.yaml");
     let istio_ip_geo = yaml_docs("deploy/istio/wasmplugin-ip-geo.yaml");
     let istio_jwt = yaml_docs("deploy/istio/wasmplugin-jwt.yaml");
-    for (filter, istio) in [("ip_geo", &istio_ip_geo), ("jwt", &istio_jwt)] {
+    let istio_rate_limit = yaml_docs("deploy/istio/wasmplugin-rate-limit.yaml");
+    for (filter, istio) in [("ip_geo", &istio_ip_geo), ("jwt", &istio_jwt), ("rate_limit", &istio_rate_limit)] {
         let shipped_path = format!("deploy/policies/{filter}.json");
         let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(&shipped_path);
         let (code, out, err) = run(&["validate", "--filter", filter, file.to_str().unwrap()]);
