@@ -49,9 +49,18 @@ impl Drop for Scratch {
     }
 }
 
-/// A loopback port nobody listens on right now (Redis refuses `--port 0`).
+/// A loopback port nobody listens on right now (Redis refuses `--port 0`), never the same twice in this
+/// process (the kernel may hand a just-closed port out again to a parallel test).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static ISSUED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut issued = ISSUED.lock().unwrap();
+        if !issued.contains(&port) {
+            issued.push(port);
+            return port;
+        }
+    }
 }
 
 /// A `redis-server` without persistence on a free loopback port.
@@ -63,18 +72,29 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// Starts on a free port; another free port if someone else took that one first.
     pub fn start(binary: &Path, dir: &Path) -> Redis {
-        let mut redis = Redis { binary: binary.to_owned(), dir: dir.to_owned(), port: free_port(), child: None };
-        redis.restart();
-        redis
+        for _ in 0..5 {
+            let mut redis = Redis { binary: binary.to_owned(), dir: dir.to_owned(), port: free_port(), child: None };
+            if redis.try_start() {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Starts (again, on the same port) and waits until it answers PING.
+    /// Starts again on the same port and waits until it answers PING.
     pub fn restart(&mut self) {
+        assert!(self.try_start(), "redis-server did not start again on port {}", self.port);
+    }
+
+    /// Starts and waits until it answers PING; false when our process exited (the port was taken: the
+    /// PING answered is then someone else's).
+    fn try_start(&mut self) -> bool {
         self.stop();
         let child = Command::new(&self.binary)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -86,7 +106,18 @@ impl Redis {
             .unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + PATIENCE;
-        while !self.pings() {
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if child.try_wait().unwrap().is_some() {
+                    self.child = None;
+                    return false;
+                }
+            }
+            if self.pings() {
+                // Answered: ours, unless ours is exiting right now because the port was taken.
+                std::thread::sleep(Duration::from_millis(50));
+                return self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none());
+            }
             assert!(Instant::now() < deadline, "redis-server on port {} did not answer PING", self.port);
             std::thread::sleep(Duration::from_millis(20));
         }
