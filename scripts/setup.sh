@@ -5,7 +5,7 @@
 
 ensure_wasm_target
 ensure_venv
-ensure_apt wrk
+ensure_apt wrk redis-server
 ensure_node_modules
 log "setup done: $("$ENVOY" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1)"
 # Kong's engine is not installed from a registry: the prebuilt ../shared/wasmx, or GATEWARDEN_WASMX.

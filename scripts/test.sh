@@ -18,7 +18,8 @@ cargo fmt --all -- --check
 for m in "$ROOT"/wasm-host/test-modules/*/Cargo.toml; do cargo fmt --manifest-path "$m" -- --check; done
 
 # Every crate without FFI forbids unsafe code (the glue and the cdylibs export the ABI, so they cannot).
-for root in shared/policy/src/lib.rs shared/testkit/src/lib.rs filters/*/policy/src/lib.rs wasm-host/src/lib.rs cli/src/main.rs; do
+for root in shared/policy/src/lib.rs shared/testkit/src/lib.rs filters/*/policy/src/lib.rs wasm-host/src/lib.rs cli/src/main.rs \
+    services/ratelimit/src/lib.rs services/ratelimit/src/main.rs; do
     grep -q '^#!\[forbid(unsafe_code)\]' "$ROOT/$root" || die "$root: #![forbid(unsafe_code)] is missing"
 done
 
