@@ -50,6 +50,12 @@ impl Counter {
     pub const WAITING_ABANDONED: Counter = Counter("waiting_abandoned");
     pub const WAITING_FAILED: Counter = Counter("waiting_failed");
 
+    /// A filter's own counter: declare it once as a `const` in the filter and list its name in
+    /// `Enforcer::extra_counters` (an undefined counter is never incremented).
+    pub const fn filter(name: &'static str) -> Counter {
+        Counter(name)
+    }
+
     /// The name after `gatewarden_<filter>_`.
     pub const fn name(self) -> &'static str {
         self.0

@@ -1,6 +1,8 @@
 //! Gatewarden rate limiting as a Proxy-Wasm module: glue only, local limits (one gateway, all
-//! workers). The policy lives in `gatewarden_rate_limit_policy`; the host adapter in
-//! `gatewarden_glue`. Headers-only: the filter never waits (fleet mode is a later step).
+//! workers) and fleet limits (a rate limit service, see [`fleet`]). The policy lives in
+//! `gatewarden_rate_limit_policy`; the host adapter in `gatewarden_glue`. A request whose rule
+//! has no fleet limit, or that its local limits deny, is decided on its headers; one with fleet
+//! limits waits for the service (the glue's pipeline: `export_filter!(RateLimit, waits)`).
 //!
 //! **State.** The key table ([`gatewarden_rate_limit_policy::table`]) lives in Proxy-Wasm shared
 //! data, one entry per slot: `gatewarden/rate_limit/k<slots>/<slot index>`, 96 bytes
@@ -41,20 +43,24 @@
 //! rate-limit headers, added in `on_response_headers` (the glue files them per request).
 //!
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use gatewarden_glue::host::{self, Level};
 use gatewarden_glue::metrics::{self, Counter};
+use gatewarden_glue::pipeline::{HostCaps, Pending, Resumed, Step};
 use gatewarden_glue::{export_filter, Enforcer, Outcome};
 use gatewarden_policy::facts::HeaderNeeds;
 use gatewarden_policy::{FilterPolicy, RequestFacts, Verdict};
+use gatewarden_rate_limit_policy::fleet::{FleetNote, Leases};
 use gatewarden_rate_limit_policy::table::{choose, Choice, WAYS};
-use gatewarden_rate_limit_policy::{Buckets, KeyState, RateLimitPolicy, RateLimitReason, Slot, TableFull, TableShape};
+use gatewarden_rate_limit_policy::{Buckets, KeyState, RateLimitOutcome, RateLimitPolicy, RateLimitReason, Slot, TableFull, TableShape};
 
-const FILTER: &str = RateLimitPolicy::NAME;
+mod fleet;
+
+pub(crate) const FILTER: &str = RateLimitPolicy::NAME;
 /// Read–choose–write attempts of one request before `failure_mode` decides.
 pub const MAX_TRIES: usize = 8;
 /// The shared-data key of the process's key-hash seed.
@@ -126,15 +132,28 @@ enum StoreFailure {
 }
 
 /// The key table in Proxy-Wasm shared data (see the crate docs).
-struct SharedTable {
+pub(crate) struct SharedTable {
     shape: TableShape,
     /// Set when an update failed for another reason than a full table.
     failure: Option<StoreFailure>,
 }
 
 impl SharedTable {
-    fn new(max_keys: u32) -> Self {
+    pub(crate) fn new(max_keys: u32) -> Self {
         Self { shape: TableShape::new(max_keys), failure: None }
+    }
+
+    /// Counts and logs an update that failed for another reason than a full table.
+    pub(crate) fn report(&self) {
+        if let Some(failure) = self.failure {
+            metrics::tally(FILTER, Counter::HOST_ERROR);
+            let why = match failure {
+                StoreFailure::Host(0) => "the key seed is unavailable".to_owned(),
+                StoreFailure::Host(s) => format!("shared data failed (status {s})"),
+                StoreFailure::Contended => format!("the key's slot changed under {MAX_TRIES} tries"),
+            };
+            host::log(Level::Warn, format_args!("gatewarden {FILTER}: key not tracked, failure_mode decides: {why}"));
+        }
     }
 
     /// Reads one slot and its CAS, creating it empty first when absent (see the crate docs).
@@ -211,10 +230,16 @@ struct RateLimit;
 
 impl Enforcer for RateLimit {
     type Policy = RateLimitPolicy;
-    type PolicyState = ();
+    /// This VM's fleet leases under this policy (see [`fleet`]).
+    type PolicyState = RefCell<Leases>;
+    const WAITS: bool = true;
 
     fn reasons() -> Vec<&'static str> {
         RateLimitReason::ALL.iter().map(|r| r.as_str()).collect()
+    }
+
+    fn extra_counters() -> Vec<String> {
+        fleet::counters()
     }
 
     fn new(_root_context_id: u32) -> Self {
@@ -239,48 +264,81 @@ impl Enforcer for RateLimit {
         policy.header_needs()
     }
 
-    fn policy_state(_policy: &RateLimitPolicy) {}
-
-    fn decide(policy: &RateLimitPolicy, _state: &(), facts: &RequestFacts<'_>) -> Outcome {
-        let now_us = host::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)).unwrap_or(0);
-        let mut table = SharedTable::new(policy.max_keys());
-        // Without a seed (host error) the table cannot be used: the same path as a failed update.
-        let out = match seed() {
-            Some(seed) => policy.decide(facts, now_us, seed, &mut table),
-            None => {
-                table.failure = Some(StoreFailure::Host(0));
-                policy.decide(facts, now_us, 0, &mut FailingTable)
-            }
-        };
-        if let Some(failure) = table.failure {
-            metrics::tally(FILTER, Counter::HOST_ERROR);
-            let why = match failure {
-                StoreFailure::Host(0) => "the key seed is unavailable".to_owned(),
-                StoreFailure::Host(s) => format!("shared data failed (status {s})"),
-                StoreFailure::Contended => format!("the key's slot changed under {MAX_TRIES} tries"),
-            };
-            host::log(Level::Warn, format_args!("gatewarden {FILTER}: key not tracked, failure_mode decides: {why}"));
-        }
-        // The detail is for the denial log line only: no formatting on the allow path.
-        let detail = match (&out.decision.verdict, &out.key) {
-            (Verdict::Deny(_), Some(k)) if !out.violated.is_empty() => {
-                let names: Vec<&str> = out.violated.iter().map(|n| &**n).collect();
-                format!("key={:016x} limits={}", k.fingerprint, names.join(","))
-            }
-            (Verdict::Deny(_), Some(k)) => format!("key={:016x}", k.fingerprint),
-            _ => String::new(),
-        };
-        let denied = matches!(out.decision.verdict, Verdict::Deny(_));
-        let mut outcome = Outcome::new(out.decision, None, detail);
-        if denied {
-            // The 429's problem+json body names the violated limits; its content type is in the headers.
-            outcome.body = out.body;
-            outcome.response_headers = out.response_headers;
-        } else {
-            outcome.allowed_response_headers = out.response_headers;
-        }
-        outcome
+    fn policy_state(_policy: &RateLimitPolicy) -> RefCell<Leases> {
+        RefCell::new(Leases::default())
     }
+
+    fn check_host(policy: &RateLimitPolicy, host: &HostCaps) -> Result<(), String> {
+        fleet::check_host(policy, host)
+    }
+
+    fn decide(policy: &RateLimitPolicy, _state: &RefCell<Leases>, facts: &RequestFacts<'_>) -> Outcome {
+        // Only for a caller that cannot wait: a fleet check is left undone (the local limits
+        // decided). The glue calls `start` for this filter.
+        to_outcome(evaluate(policy, facts), None)
+    }
+
+    fn start(policy: &RateLimitPolicy, leases: &RefCell<Leases>, facts: &RequestFacts<'_>) -> Step {
+        let mut out = evaluate(policy, facts);
+        match out.fleet.take() {
+            Some(check) => fleet::start(policy, leases, *check),
+            None => Step::Done(to_outcome(out, None)),
+        }
+    }
+
+    fn resume(policy: &RateLimitPolicy, leases: &RefCell<Leases>, pending: Pending, input: Resumed<'_>) -> Step {
+        fleet::resume(policy, leases, pending, input)
+    }
+}
+
+/// The policy's decision on the local limits at the host's time, with the shared table.
+fn evaluate(policy: &RateLimitPolicy, facts: &RequestFacts<'_>) -> RateLimitOutcome {
+    let now_us = fleet::now_us();
+    let mut table = SharedTable::new(policy.max_keys());
+    // Without a seed (host error) the table cannot be used: the same path as a failed update.
+    let out = match seed() {
+        Some(seed) => policy.decide(facts, now_us, seed, &mut table),
+        None => {
+            table.failure = Some(StoreFailure::Host(0));
+            policy.decide(facts, now_us, 0, &mut FailingTable)
+        }
+    };
+    table.report();
+    out
+}
+
+/// The glue's outcome of a decision; `note` says what the fleet check did, if any.
+pub(crate) fn to_outcome(out: RateLimitOutcome, note: Option<&FleetNote>) -> Outcome {
+    // The detail is for the denial log line only: no formatting on the allow path.
+    let scope = match (out.reason, note) {
+        (Some(RateLimitReason::FleetLimited), Some(FleetNote::Failed { .. })) => " scope=fleet(local fallback)",
+        (Some(RateLimitReason::FleetLimited), _) => " scope=fleet",
+        (Some(RateLimitReason::FleetUnavailable), _) => " scope=fleet",
+        // A local limit's denial keeps its detail as before (`key=… limits=…`).
+        _ => "",
+    };
+    let failure = match note {
+        Some(FleetNote::Failed { failure, .. }) => format!(" fleet_failure={}", failure.kind()),
+        _ => String::new(),
+    };
+    let detail = match (&out.decision.verdict, &out.key) {
+        (Verdict::Deny(_), Some(k)) if !out.violated.is_empty() => {
+            let names: Vec<&str> = out.violated.iter().map(|n| &**n).collect();
+            format!("key={:016x} limits={}{scope}{failure}", k.fingerprint, names.join(","))
+        }
+        (Verdict::Deny(_), Some(k)) => format!("key={:016x}{scope}{failure}", k.fingerprint),
+        _ => String::new(),
+    };
+    let denied = matches!(out.decision.verdict, Verdict::Deny(_));
+    let mut outcome = Outcome::new(out.decision, None, detail);
+    if denied {
+        // The 429's problem+json body names the violated limits; its content type is in the headers.
+        outcome.body = out.body;
+        outcome.response_headers = out.response_headers;
+    } else {
+        outcome.allowed_response_headers = out.response_headers;
+    }
+    outcome
 }
 
 /// A table that cannot be used (no seed): every key is untracked, `failure_mode` decides.
@@ -292,4 +350,4 @@ impl Buckets for FailingTable {
     }
 }
 
-export_filter!(RateLimit);
+export_filter!(RateLimit, waits);
