@@ -74,8 +74,12 @@ def assert_allowed(r: Response, rule: str, version: str) -> None:
 
 RATE, PERIOD = 100, 10.0
 HUNDRED = {"name": "hundred", "rate": RATE, "per_seconds": int(PERIOD)}
-# key []: one bucket for every request, like Envoy's local_ratelimit without descriptors.
-LOAD_POLICY = {"policy_version": "load-1", "default": {"limits": [HUNDRED], "key": []}}
+# One bucket per path: each burst uses a path of its own (a fresh bucket, like Envoy's
+# local_ratelimit without descriptors: one bucket for every request).
+LOAD_POLICY = {"policy_version": "load-1", "default": {"limits": [HUNDRED], "key": ["path"]}}
+# Bursts tried until one reached both workers (nginx hands connections to whichever worker the
+# kernel wakes; one worker taking a whole burst proves nothing about sharing).
+BURST_TRIES = 3
 # Envoy's own local rate limit with the same token bucket, one bucket for the whole listener
 # (not per connection); always enabled and enforced.
 NATIVE_LIMIT = {
@@ -145,10 +149,20 @@ def burst(gw: BaseGateway, path: str, total: int, threads: int, **kwargs: Any) -
 def test_limit_of_100_per_10s_holds_across_workers_under_concurrent_load(start_gateway, host, report,
                                                                           record_property):
     gw = start_gateway({FILTER: LOAD_POLICY}, concurrency=2, ipv6=False)
-    before, mark = snapshot(gw), gw.log_mark()
-    ours = burst(gw, "/load", LOAD_REQUESTS, LOAD_THREADS)
+    before = snapshot(gw)
+    admitted = limited = 0
+    for attempt in range(BURST_TRIES):
+        mark = gw.log_mark()
+        ours = burst(gw, f"/load/{attempt}", LOAD_REQUESTS, LOAD_THREADS)
+        admitted, limited = admitted + ours.admitted, limited + ours.limited
+        # Which workers decided: each denial's log line names the thread / process that wrote it.
+        deniers = {gw._log_vm(x) for x in gw.log(mark).splitlines() if '"reason":"limited"' in x} - {None}
+        if len(deniers) == 2:
+            break
+    else:
+        pytest.fail(f"{BURST_TRIES} bursts, each decided by one worker only: nothing shown about sharing")
     low, high = ours.allowed_range(RATE, RATE / PERIOD)
-    line = (f"rate_limit 100 per 10 s on {host} ({gw.vms} VMs, {LOAD_THREADS} threads): admitted "
+    line = (f"rate_limit 100 per 10 s on {host} ({gw.vms} VMs, {LOAD_THREADS} threads, burst {attempt + 1}): admitted "
             f"{ours.admitted} of {len(ours.timings)} in {ours.seconds:.2f} s; the limit allows {low}..{high} "
             f"over that run")
     report(line)
@@ -157,13 +171,10 @@ def test_limit_of_100_per_10s_holds_across_workers_under_concurrent_load(start_g
     # 1 % of the limit's 100 as slack on both sides.
     assert low - 1 <= ours.admitted <= high + 1, line
     assert ours.admitted < 2 * RATE, f"per-worker buckets? {line}"
-    # Both workers decided (each denial's log line names the thread / process that wrote it).
-    deniers = {gw._log_vm(x) for x in gw.log(mark).splitlines() if '"reason":"limited"' in x}
-    assert len(deniers - {None}) == 2, f"denials logged by {deniers}: the load did not reach both workers"
     got = changes(before, snapshot(gw))
     assert {k: got.get(k, 0) for k in ("allowed", "denied", "denied_limited", "host_error", "upstream_requests")} == {
-        "allowed": ours.admitted, "denied": ours.limited, "denied_limited": ours.limited, "host_error": 0,
-        "upstream_requests": ours.admitted}, got
+        "allowed": admitted, "denied": limited, "denied_limited": limited, "host_error": 0,
+        "upstream_requests": admitted}, got
 
     if host != "envoy":
         return
@@ -172,14 +183,19 @@ def test_limit_of_100_per_10s_holds_across_workers_under_concurrent_load(start_g
     native = burst(native_gw, "/load", LOAD_REQUESTS, LOAD_THREADS)
     n_low, n_high = native.allowed_range(RATE, RATE / PERIOD)
     stats = native_gw.stats(r"http_local_rate_limit")
-    native_line = (f"envoy local_ratelimit 100 per 10 s (token bucket, shared by the listener, --concurrency 2, "
-                   f"{LOAD_THREADS} threads): admitted {native.admitted} of {len(native.timings)} in "
-                   f"{native.seconds:.2f} s (a continuous refill would allow {n_low}..{n_high}); stats "
+    # Connections per worker (Envoy's per-worker listener stats): did both workers take part?
+    per_worker = sorted(v for k, v in native_gw.stats(r"^listener\..*\.worker_\d+\.downstream_cx_total$").items()
+                        if isinstance(v, int))
+    native_line = (f"envoy local_ratelimit 100 per 10 s (token bucket, not per connection, --concurrency 2, "
+                   f"{LOAD_THREADS} threads, connections per worker {per_worker}): admitted {native.admitted} of "
+                   f"{len(native.timings)} in {native.seconds:.2f} s (a shared, continuously refilled bucket "
+                   f"allows {n_low}..{n_high}; one per worker about twice that); stats "
                    f"{ {k.rsplit('.', 1)[1]: v for k, v in stats.items()} }")
     report(native_line)
     record_property("native", native_line)
     assert native.admitted + native.limited == LOAD_REQUESTS, native.timings
     assert native.admitted >= 1
+    assert len(per_worker) == 2 and min(per_worker) > 0, f"the load did not reach both workers: {per_worker}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,7 +204,9 @@ def test_limit_of_100_per_10s_holds_across_workers_under_concurrent_load(start_g
 THREE = {"policy_version": "three-1", "client_address": ONE_HOP,
          "rules": [{"name": "api", "match": {"path_prefix": "/api"},
                     "limits": [{"name": "three", "rate": 3, "per": "1m"}],
-                    "headers": "ietf_and_legacy"}],
+                    "headers": "ietf_and_legacy"},
+                   {"name": "quota", "match": {"path_prefix": "/quota"},
+                    "limits": [{"name": "ten", "rate": 10, "per": "1m"}], "headers_on_allowed": True}],
          "default": {}}
 
 
@@ -210,10 +228,18 @@ def test_limited_request_gets_429_problem_json_with_the_ratelimit_headers(three_
     assert re.fullmatch(r'"three";r=0;t=(59|60)', r.headers["ratelimit"]), r.headers
     assert (r.headers["x-ratelimit-limit"], r.headers["x-ratelimit-remaining"]) == ("3", "0"), r.headers
     assert r.headers["x-ratelimit-reset"] in ("59", "60"), r.headers
-    # A route without limits (the default rule here) is not limited.
-    assert_allowed(gw.get("/other", headers=xff(client), source="127.0.0.2"), "default", "three-1")
+    # A route without limits (the default rule here) is not limited, and says nothing of limits.
+    r = gw.get("/other", headers=xff(client), source="127.0.0.2")
+    assert_allowed(r, "default", "three-1")
+    assert "ratelimit" not in r.headers and "retry-after" not in r.headers, r.headers
+    # headers_on_allowed: an allowed response tells the client where it stands (IETF headers only).
+    r = gw.get("/quota", headers=xff(client), source="127.0.0.2")
+    assert_allowed(r, "quota", "three-1")
+    assert r.headers.get("ratelimit-policy") == '"ten";q=10;w=60', r.headers
+    assert re.fullmatch(r'"ten";r=9;t=[56]', r.headers.get("ratelimit", "")), r.headers
+    assert "x-ratelimit-limit" not in r.headers and "retry-after" not in r.headers, r.headers
     assert changes(before, snapshot(gw)) == {
-        "allowed": 4, "denied": 1, "denied_limited": 1, "rq_2xx": 4, "rq_4xx": 1, "upstream_requests": 4}
+        "allowed": 5, "denied": 1, "denied_limited": 1, "rq_2xx": 5, "rq_4xx": 1, "upstream_requests": 5}
     line = gw.wait_decision(mark, reason="limited")
     assert {k: line[k] for k in ("filter", "decision", "reason", "rule", "policy_version")} == {
         "filter": "rate_limit", "decision": "deny", "reason": "limited", "rule": "api", "policy_version": "three-1"}
