@@ -6,10 +6,10 @@
 //! ```
 //!
 //! A limit is known as `"<rule name>/<limit name>"` (an unnamed rule is `rules[i]`, the default rule
-//! `default`, as everywhere else): the value of the `gatewarden_limit` descriptor entry
-//! (`/tmp/lead/contract13.md`, in the README). Which limits are served: those with `"scope": "fleet"`;
-//! a document in which no limit has a `scope` at all (written before fleet scopes existed, or only for
-//! this service) has every limit served. The rollout candidate is validated, not served.
+//! `default`, as everywhere else): the value of the `gatewarden_limit` descriptor entry (the fleet
+//! contract, in the README). Which limits are served: those with `"scope": "fleet"`; a document without
+//! any fleet limit (written for this service alone, e.g. for Envoy's native ratelimit filter, which needs
+//! no `fleet` section) has every limit served. The rollout candidate is validated, not served.
 //!
 //! One restriction beyond the filter's: Redis runs the check in Lua, whose numbers are doubles, exact
 //! for integers up to 2^53. A bucket's tolerance (`burst × period / rate`) above 2^51 µs (71 years)
@@ -20,8 +20,7 @@ use std::sync::Arc;
 
 use gatewarden_policy::error::{quote, ConfigError, FieldPath};
 use gatewarden_policy::{codec::parse_json, compile, PolicyDocument};
-use gatewarden_rate_limit_policy::{Limit, LimitSpec, RateLimitDocument, RateLimitPolicy, RateLimitRule};
-use serde_json::Value;
+use gatewarden_rate_limit_policy::{Limit, LimitSpec, RateLimitDocument, RateLimitPolicy, RateLimitRule, Scope};
 
 /// The largest tolerance (µs) the Lua script computes exactly: `now + 2τ` stays below 2^53.
 pub const MAX_TOLERANCE_US: u64 = 1 << 51;
@@ -51,40 +50,30 @@ impl LimitBook {
     /// check above.
     pub fn from_policy(bytes: &[u8]) -> Result<LimitBook, ConfigError> {
         // The filter's own compiler checks every field; the typed document then lists the limits.
-        compile::<RateLimitPolicy>(bytes)?;
+        let policy = compile::<RateLimitPolicy>(bytes)?;
         let doc: RateLimitDocument = parse_json(bytes)?;
-        let raw: Value = parse_json(bytes)?;
-        let any_scope = all_limits(&raw).any(|limit| limit.get("scope").is_some());
+        let only_fleet = !policy.fleet_limits().is_empty();
         let mut book = LimitBook {
             policy_version: doc.policy_version().to_owned(),
-            domain: raw.get("fleet").and_then(|f| f.get("domain")).and_then(Value::as_str).map(str::to_owned),
+            domain: policy.fleet().map(|fleet| fleet.domain.clone()),
             limits: HashMap::new(),
         };
         let rules_path = FieldPath::root().field("rules");
         let named = doc.rules().iter().enumerate().map(|(i, rule)| {
             let path = rules_path.index(i);
             let name = rule.name.clone().unwrap_or_else(|| path.as_str().to_owned());
-            (name, path, rule, raw.get("rules").and_then(|r| r.get(i)))
+            (name, path, rule)
         });
-        let default = ("default".to_owned(), FieldPath::root().field("default"), doc.default_rule(), raw.get("default"));
-        for (rule_name, path, rule, raw_rule) in named.chain(std::iter::once(default)) {
-            book.add_rule(&rule_name, &path, rule, raw_rule, any_scope)?;
+        let default = ("default".to_owned(), FieldPath::root().field("default"), doc.default_rule());
+        for (rule_name, path, rule) in named.chain(std::iter::once(default)) {
+            book.add_rule(&rule_name, &path, rule, only_fleet)?;
         }
         Ok(book)
     }
 
-    fn add_rule(
-        &mut self,
-        rule_name: &str,
-        path: &FieldPath,
-        rule: &RateLimitRule,
-        raw_rule: Option<&Value>,
-        any_scope: bool,
-    ) -> Result<(), ConfigError> {
+    fn add_rule(&mut self, rule_name: &str, path: &FieldPath, rule: &RateLimitRule, only_fleet: bool) -> Result<(), ConfigError> {
         for (j, spec) in rule.limits.iter().enumerate() {
-            let scope = raw_rule.and_then(|r| r.get("limits")).and_then(|l| l.get(j)).and_then(|l| l.get("scope")).and_then(Value::as_str);
-            let served = if any_scope { scope == Some("fleet") } else { true };
-            if !served {
+            if only_fleet && spec.scope != Some(Scope::Fleet) {
                 continue;
             }
             let limit_path = path.field("limits").index(j);
@@ -136,8 +125,53 @@ fn compile_limit(spec: &LimitSpec) -> Option<Limit> {
     Limit::new(spec.rate, period, spec.burst.unwrap_or(spec.rate))
 }
 
-/// Every limit object of the raw document (rules and default).
-fn all_limits(raw: &Value) -> impl Iterator<Item = &Value> {
-    let rules = raw.get("rules").and_then(Value::as_array).into_iter().flatten();
-    rules.chain(raw.get("default")).filter_map(|rule| rule.get("limits").and_then(Value::as_array)).flatten()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book(json: &str) -> Result<LimitBook, String> {
+        LimitBook::from_policy(json.as_bytes()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn with_fleet_limits_only_those_are_served_and_the_domain_is_the_policys() {
+        let b = book(
+            r#"{"policy_version": "v7", "fleet": {"service": {"cluster": "rls"}, "domain": "shop"},
+                "rules": [{"name": "api", "limits": [{"name": "local", "rate": 5, "per": "1s"},
+                                                     {"name": "global", "rate": 100, "per": "1m", "scope": "fleet"}]}],
+                "default": {"limits": [{"name": "d", "rate": 1, "per": "1s", "scope": "fleet"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(b.names(), ["api/global", "default/d"]);
+        assert_eq!((b.policy_version.as_str(), b.domain.as_deref()), ("v7", Some("shop")));
+        assert_eq!(b.get("api/global").unwrap().limit, Limit::new(100, 60, 100).unwrap());
+        assert!(b.get("api/local").is_none());
+    }
+
+    #[test]
+    fn without_fleet_limits_every_limit_is_served_under_its_rule_name() {
+        let b = book(
+            r#"{"policy_version": "v1",
+                "rules": [{"name": "a", "limits": [{"name": "x", "rate": 2, "per_seconds": 10, "burst": 4}]},
+                          {"match": {"path_prefix": "/b"}, "limits": [{"name": "y", "rate": 1, "per": "1h"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(b.names(), ["a/x", "rules[1]/y"]);
+        assert_eq!(b.domain, None);
+        let x = b.get("a/x").unwrap().limit;
+        assert_eq!((x.rate, x.period_seconds, x.burst), (2, 10, 4));
+    }
+
+    #[test]
+    fn refusals_name_the_field_and_quote_the_value() {
+        assert_eq!(
+            book(r#"{"policy_version": "v", "rules": [{"limits": [{"name": "x", "rate": 0, "per": "1s"}]}]}"#).unwrap_err(),
+            "rules[0].limits[0].rate: must be at least 1, got 0"
+        );
+        assert_eq!(
+            book(r#"{"policy_version": "v", "rules": [{"limits": [{"name": "x", "rate": 1, "per": "1d", "burst": 30000}]}]}"#).unwrap_err(),
+            "rules[0].limits[0].burst: 30000 × 86400 s / 1 is more than the service's 71 years of tolerance (Redis computes in doubles)"
+        );
+        assert!(book("{").unwrap_err().contains("EOF"), "not JSON");
+    }
 }
