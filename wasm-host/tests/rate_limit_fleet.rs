@@ -407,3 +407,18 @@ fn lease_mode_two_workers_never_admit_more_than_the_limit_and_call_once_per_k() 
         assert_eq!(n, 1, "{profile:?}: expired lease");
     }
 }
+
+#[test]
+fn headers_on_allowed_carry_the_fleet_limit_s_state_after_the_call() {
+    for profile in PROFILES {
+        let host = host(profile);
+        let mut p = policy(json!({}));
+        p["rules"][0]["headers_on_allowed"] = json!(true);
+        let mut vm = vm(&host, &p);
+        script(&host, profile, &answer(Code::Ok, vec![status(Code::Ok, 7, 18)]));
+        let out = vm.http_request(api("h")).unwrap();
+        assert_eq!(out.status, 200, "{profile:?}: {out:?}");
+        assert_eq!(out.response_header("ratelimit-policy"), Some(r#""local";q=3;w=1, "global";q=10;w=60"#), "{profile:?}");
+        assert_eq!(out.response_header("ratelimit"), Some(r#""local";r=2;t=1, "global";r=7;t=18"#), "{profile:?}");
+    }
+}
