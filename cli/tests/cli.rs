@@ -95,6 +95,18 @@ fn shipped_kong_meta_json_matches_the_generated_schema() {
     }
 }
 
+/// The example policy repo's rate-limit policy (YAML, commented) is the shipped JSON one.
+#[test]
+fn example_rate_limit_policy_is_the_shipped_one() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let yaml: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(root.join("examples/policies/rate_limit.yaml")).unwrap()).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("deploy/policies/rate_limit.json")).unwrap()).unwrap();
+    json["filter"] = "rate_limit".into();
+    assert_eq!(yaml, json, "examples/policies/rate_limit.yaml and deploy/policies/rate_limit.json differ");
+}
+
 #[test]
 fn usage_errors_exit_two() {
     assert_eq!(run(&[]).0, 2);
