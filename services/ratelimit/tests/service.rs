@@ -174,6 +174,10 @@ async fn malformed_requests_are_invalid_argument_or_400() {
     }
     let (status, _) = common::http(s.service.http, "GET", "/json", "");
     assert_eq!(status, 405);
+    let huge = format!(r#"{{"domain":"gatewarden","descriptors":[{{"entries":[{{"key":"k","value":"{}"}}]}}]}}"#, "v".repeat(300_000));
+    assert_eq!(s.service.json(&huge).0, 413, "a body above 256 KiB is refused before it is read whole");
+    let metrics = common::http(s.service.http, "GET", "/metrics", "").1;
+    assert!(metrics.contains(r#"gatewarden_ratelimit_checks_total{result="invalid"} 7"#), "{metrics}");
 }
 
 #[tokio::test]
