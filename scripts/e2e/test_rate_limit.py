@@ -223,7 +223,7 @@ def test_limited_request_gets_429_problem_json_with_the_ratelimit_headers(three_
         assert_allowed(gw.get("/api/x", headers=xff(client), source="127.0.0.2"), "api", "three-1")
     r = gw.get("/api/x", headers=xff(client), source="127.0.0.2")
     assert_limited(r, ["three"])
-    assert r.headers["retry-after"] == "20", r.headers  # one unit comes back every 60 s / 3
+    assert r.headers["retry-after"] in ("19", "20"), r.headers  # one unit comes back every 60 s / 3
     assert r.headers["ratelimit-policy"] == '"three";q=3;w=60', r.headers
     assert re.fullmatch(r'"three";r=0;t=(59|60)', r.headers["ratelimit"]), r.headers
     assert (r.headers["x-ratelimit-limit"], r.headers["x-ratelimit-remaining"]) == ("3", "0"), r.headers
