@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Benchmark Gatewarden filters against Envoy without filters, the floor filter and native RBAC,
-on Envoy and on Kong's engine (nginx + ngx_wasm_module).
+jwt_authn and local_ratelimit, on Envoy and on Kong's engine (nginx + ngx_wasm_module).
 
 One Envoy (--concurrency 1, pinned to one core) with one listener per configuration; wrk (pinned to
 the other core) loads one listener at a time, in interleaved rounds with the order rotated, so slow
@@ -29,11 +29,21 @@ JWT (issue 4), ALG = es256 | rs256, TEMP = cold | warm:
   key) and require a valid token on every request. cold: every request carries a token not seen
   before (COLD_TOKENS distinct tokens, signed ahead with Python `cryptography`, cycled by a wrk
   Lua script; more than any run sends); warm: WARM_TOKENS tokens reused.
-ip_geo_* and jwt_* are skipped when their module is not built.
+Rate limiting (issue 13; scripts/bench_ratelimit.py has the details):
+  rl_LIMIT_CLIENTS        our rate-limit filter, one limit per client address (last XFF hop)
+  lrl_LIMIT_CLIENTS       Envoy's native local_ratelimit, the same limit per address
+                          (max_dynamic_descriptors 65,536 as our max_keys); lrl20_tight_10k: its
+                          default 20
+  LIMIT: open (1,000,000/s: nothing denied) | tight (5 per day: most denied);
+  CLIENTS: 1 | 10k (x-forwarded-for rotated over 10,000 addresses by a wrk Lua script).
+  Reported side by side with ratios ours ÷ native and accuracy (admitted / configured).
+  Fleet mode (native `ratelimit` filter + our service, per call and lease) is not here yet: it
+  belongs beside these, as `fleet_*` configurations with the service started by this script.
+ip_geo_*, jwt_* and rl_* are skipped when their module is not built.
 
 Environment: ROUNDS (5), DURATION (10, seconds per run), WARMUP (2), CONNECTIONS (32),
-CONFIGS or BENCH_CONFIGS (comma list, default: the non-JWT set; `all`; `jwt`: none, floor and
-every JWT configuration), HOSTS (envoy,kong), GATEWARDEN_WASMX (the Kong engine's nginx),
+CONFIGS or BENCH_CONFIGS (comma list, default: the non-JWT set and the rate-limit set; `all`;
+`jwt`: none, floor and every JWT configuration; `ratelimit`: none, floor and every rate-limit one), HOSTS (envoy,kong), GATEWARDEN_WASMX (the Kong engine's nginx),
 BENCH_MODULE_DIR (modules other than target/wasm32-wasip1/release), BENCH_OUT (target/bench),
 COLD_TOKENS (20000), WARM_TOKENS (4).
 """
@@ -58,6 +68,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "scripts" / "e2e"))
+import bench_ratelimit as rl  # noqa: E402
 import ecds  # noqa: E402
 from harness import ENVOY_BIN, free_port  # noqa: E402
 from harness import module_path as release_module  # noqa: E402
@@ -79,21 +90,24 @@ OUT = Path(os.environ.get("BENCH_OUT", ROOT / "target" / "bench"))
 BASE_CONFIGS = ["none", "floor", "ip_geo_10", "ip_geo_10_quiet", "ip_geo_100k", "rbac_10"]
 JWT_CONFIGS = [f"{flt}_{alg}_{temp}" for alg in ("es256", "rs256") for temp in ("cold", "warm")
                for flt in ("jwt", "authn", "authn_cache")]
-ALL_CONFIGS = BASE_CONFIGS + JWT_CONFIGS
+ALL_CONFIGS = BASE_CONFIGS + JWT_CONFIGS + rl.CONFIGS
 COLD_TOKENS = int(os.environ.get("COLD_TOKENS", "20000"))
 WARM_TOKENS = int(os.environ.get("WARM_TOKENS", "4"))
 
 
 def selected_configs(spec: str) -> list[str]:
-    """`all`, `jwt` (none, floor + the JWT set) or a comma list of names."""
+    """`all`, `jwt` (none, floor + the JWT set), `ratelimit` (none, floor + the rate-limit set) or
+    a comma list of names."""
+    groups = {"all": ALL_CONFIGS, "jwt": ["none", "floor"] + JWT_CONFIGS, "ratelimit": ["none", "floor"] + rl.CONFIGS}
     out: list[str] = []
     for c in (x.strip() for x in spec.split(",")):
-        add = ALL_CONFIGS if c == "all" else ["none", "floor"] + JWT_CONFIGS if c == "jwt" else [c] if c else []
+        add = groups.get(c) or ([c] if c else [])
         out += [a for a in add if a not in out]
     return out
 
 
-CONFIGS = selected_configs(os.environ.get("BENCH_CONFIGS") or os.environ.get("CONFIGS") or ",".join(BASE_CONFIGS))
+CONFIGS = selected_configs(os.environ.get("BENCH_CONFIGS") or os.environ.get("CONFIGS")
+                           or ",".join(BASE_CONFIGS + rl.CONFIGS))
 
 WASM_TYPE = ecds.WASM_TYPE
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -290,8 +304,9 @@ def ecds_filter(name: str, ecds_dir: Path) -> dict[str, Any]:
     }
 
 
-def listener(name: str, port: int, http_filters: list[dict[str, Any]]) -> dict[str, Any]:
-    """Same HCM settings as deploy/envoy/envoy.yaml, but a direct_response route (no upstream)."""
+def listener(name: str, port: int, http_filters: list[dict[str, Any]], xff_hops: int = 0) -> dict[str, Any]:
+    """Same HCM settings as deploy/envoy/envoy.yaml, but a direct_response route (no upstream);
+    `xff_hops`: the HCM's xff_num_trusted_hops (1 for the rate-limit listeners, ours and native)."""
     return {
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
@@ -302,7 +317,7 @@ def listener(name: str, port: int, http_filters: list[dict[str, Any]]) -> dict[s
                 "stat_prefix": name,
                 "use_remote_address": True,
                 "skip_xff_append": True,
-                "xff_num_trusted_hops": 0,
+                "xff_num_trusted_hops": xff_hops,
                 "route_config": {"name": name, "virtual_hosts": [{
                     "name": "all", "domains": ["*"],
                     "routes": [{"match": {"prefix": "/"},
@@ -320,7 +335,7 @@ def listener(name: str, port: int, http_filters: list[dict[str, Any]]) -> dict[s
 @dataclass
 class WasmFilter:
     """The Gatewarden filter a configuration runs, on either host."""
-    kind: str          # floor | ip_geo | jwt (nginx module gatewarden_<kind>)
+    kind: str          # floor | ip_geo | jwt | rate_limit (nginx module gatewarden_<kind>)
     name: str          # instance name: the configuration, "@" -> "_" (ECDS resource gatewarden.<name>)
     module: Path
     policy: dict[str, Any]
@@ -346,6 +361,10 @@ def wasm_filter(cfg: str, cidrs10: list[str] | None = None) -> WasmFilter | None
         policy = ip_geo_policy(cidrs, f"bench-{base}", decision_header=not base.endswith("_quiet"))
         return WasmFilter("ip_geo", name, variant_module(cfg, "ip_geo"), policy,
                           f"gatewarden_ip_geo{'_' + variant if variant else ''}")
+    rlp = rl.parts(cfg)
+    if rlp and rlp[0] == rl.OURS:
+        # Own VM (and so own shared data on Envoy) per configuration: no bucket shared between them.
+        return WasmFilter("rate_limit", name, variant_module(cfg, "rate_limit"), rl.policy(cfg), f"gatewarden_{name}")
     parts = jwt_parts(cfg)
     if parts and parts[0] == "jwt":
         # Own VM per configuration.
@@ -371,9 +390,11 @@ def build(workdir: Path, configs: list[str]) -> tuple[dict[str, Any], dict[str, 
             filters = [rbac_filter(cidrs10)]
         elif jwt_parts(cfg):
             filters = [authn_filter(cache=jwt_parts(cfg)[0] == "authn_cache")]  # type: ignore[index]
+        elif rl.parts(cfg):
+            filters = [rl.native_filter(cfg)]
         else:
             raise SystemExit(f"unknown configuration {cfg!r}; known: {', '.join(ALL_CONFIGS)}")
-        listeners.append(listener(cfg, ports[cfg], filters))
+        listeners.append(listener(cfg, ports[cfg], filters, xff_hops=1 if rl.parts(cfg) else 0))
     admin_port = free_port()
     ports["admin"] = admin_port
     bootstrap = {
@@ -384,9 +405,11 @@ def build(workdir: Path, configs: list[str]) -> tuple[dict[str, Any], dict[str, 
     return bootstrap, ports
 
 
-def http_status(port: int, path: str = "/", token: str | None = None) -> int:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
-                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+def http_status(port: int, path: str = "/", token: str | None = None, headers: dict[str, str] | None = None) -> int:
+    hdrs = dict(headers or {})
+    if token:
+        hdrs["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=hdrs)
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status
@@ -424,6 +447,9 @@ def run_wrk(port: int, seconds: int, cpu: str | None, cfg: str = "") -> dict[str
         jwt_material()
         cmd[-1:-1] = ["-s", str(JWT_DIR / "tokens.lua")]
         cmd += ["--", str(JWT_DIR / f"{parts[1]}-{parts[2]}.txt")]
+    if (script := rl.wrk_args(cfg, OUT)):  # rate limiting: x-forwarded-for rotated over the clients
+        cmd[-1:-1] = script[0]
+        cmd += script[1]
     if cpu is not None:
         cmd = ["taskset", "-c", cpu] + cmd
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
@@ -479,6 +505,9 @@ def table(results: dict[str, list[dict[str, float]]], meta: dict[str, Any]) -> s
 def check_config(cfg: str, port: int, log: Path) -> None:
     """GET / must answer 200 (with the configuration's first token); a JWT configuration must also
     refuse a request without a token (401), so the benchmark measures an enforcing filter."""
+    if rl.parts(cfg):
+        rl.check(cfg, port, log, lambda p, h: http_status(p, headers=h))
+        return
     tokens = jwt_tokens(cfg)
     status = http_status(port, token=tokens[0] if tokens else None)
     if status != 200:
@@ -507,7 +536,8 @@ def main() -> int:
     configs = []
     for c in CONFIGS:
         need = ("ip_geo" if c.startswith("ip_geo_") else "floor" if c == "floor"
-                else "jwt" if c.startswith("jwt_") and "@" not in c else None)
+                else "jwt" if c.startswith("jwt_") and "@" not in c
+                else "rate_limit" if c.startswith("rl_") and "@" not in c else None)
         if c not in ALL_CONFIGS and "@" not in c:
             raise SystemExit(f"unknown configuration {c!r}; known: {', '.join(ALL_CONFIGS)}")
         if need and not module_path(need).exists():
@@ -554,6 +584,7 @@ def main() -> int:
     results: dict[str, list[dict[str, float]]] = {c: [] for c in envoy_configs}
     kong_results: dict[str, list[dict[str, float]]] = {}
     kong: dict[str, Any] = {}  # configuration -> bench_kong.Instance
+    tally = rl.Tally()  # rate limiting: requests sent and admitted over every run
     with open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
@@ -576,8 +607,8 @@ def main() -> int:
         items = [("envoy", c, ports[c], proc.pid) for c in envoy_configs]
         items += [("kong", c, kong[c].port, kong[c].worker) for c in kong]
         if WARMUP:
-            for _, c, port, _ in items:
-                run_wrk(port, WARMUP, wrk_cpu, c)
+            for host, c, port, _ in items:
+                tally.add(host, c, run_wrk(port, WARMUP, wrk_cpu, c))
         for rnd in range(ROUNDS if items else 0):
             order = items[rnd % len(items):] + items[:rnd % len(items)]
             for host, c, port, pid in order:
@@ -586,6 +617,7 @@ def main() -> int:
                 used = cpu_seconds(pid) - cpu_before
                 r["cpu_us_per_req"] = used * 1e6 / r["requests"] if r["requests"] else 0.0
                 (results if host == "envoy" else kong_results)[c].append(r)
+                tally.add(host, c, r)
                 print(f"round {rnd + 1}/{ROUNDS} {host:5s} {c:16s} {r['rps']:9.0f} rps  p99 {r['p99_ms']:7.2f} ms  "
                       f"{'envoy' if host == 'envoy' else 'nginx worker'} {r['cpu_us_per_req']:6.1f} CPU-us/req"
                       + (f"  non-2xx {r['non_2xx']:.0f}" if r["non_2xx"] else ""), file=sys.stderr, flush=True)
@@ -608,6 +640,9 @@ def main() -> int:
         out["kong"] = {"meta": kong_meta, "runs": kong_results, "workers": bench_kong.worker_json(kong)}
         md += ("\n" if md else "") + (bench_kong.table(kong_results, kong, kong_meta) if not kong_missing
                                        else f"Kong engine: skipped: {kong_missing}\n")
+    if any(rl.parts(c) for c in CONFIGS):
+        md += "\n" + rl.table({"envoy": results, "kong": kong_results}, tally)
+        out["rate_limit_accuracy"] = tally.json()
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.md").write_text(md)
     (OUT / "results.json").write_text(json.dumps(out, indent=2))

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Benchmark: no filter vs floor Wasm filter vs ip-geo (10 / 100k CIDRs) vs Envoy's native RBAC;
 # our JWT filter vs Envoy's native jwt_authn (with and without its cache), ES256/RS256, cold/warm;
-# on Envoy and on Kong's engine (nginx + ngx_wasm_module).
+# our rate limiter vs Envoy's native local_ratelimit (per client address, 1 and 10,000 clients,
+# nothing / most denied, with accuracy); on Envoy and on Kong's engine (nginx + ngx_wasm_module).
 #   scripts/bench.sh                        # 5 rounds x 10 s per configuration (~5 min with all five)
 #   ROUNDS=2 DURATION=3 scripts/bench.sh    # quick look
 #   CONFIGS=none,floor,rbac_10 scripts/bench.sh
 #   BENCH_CONFIGS=jwt scripts/bench.sh      # none, floor + our JWT filter vs native jwt_authn (issue 4)
+#   CONFIGS=ratelimit scripts/bench.sh      # none, floor + rate limiting vs local_ratelimit (issue 13)
+#   RATELIMIT_MEMORY=1 scripts/bench.sh     # also the rate limiter's bounded memory: 1,000,000 keys
+#                                           # in the Wasm host and on a real Envoy (~3 min)
 #   BENCH_CONFIGS=none,jwt_es256_cold,authn_es256_cold,authn_cache_es256_cold scripts/bench.sh
 #   INSTRUCTIONS=1 scripts/bench.sh         # also instructions/request under callgrind (noise-free)
 #   HOSTS=envoy scripts/bench.sh            # Envoy only; HOSTS=kong: Kong's engine only (default both)
@@ -29,4 +33,20 @@ fi
 if [[ "${INSTRUCTIONS:-}" == 1 ]]; then
     command -v valgrind >/dev/null || ensure_apt valgrind
     "$PY" "$ROOT/scripts/bench_instructions.py"
+fi
+# Bounded memory of the rate limiter (issue 13): 1,000,000 distinct client addresses through the
+# module in our Wasm host (shared-data entries and bytes, admission accuracy; both profiles; fails
+# when the store grows or a limit over-admits), then on a real Envoy against local_ratelimit
+# (admin /memory while wrk floods; an exhausted client must stay limited).
+if [[ "${RATELIMIT_MEMORY:-}" == 1 ]]; then
+    rl_module="${BENCH_MODULE_DIR:-$ROOT/target/$WASM_TARGET/release}/gatewarden_rate_limit.wasm"
+    out="${BENCH_OUT:-$ROOT/target/bench}"
+    mkdir -p "$out"
+    (cd "$ROOT" && cargo build --release -p gatewarden-wasm-host --example rate_limit_flood)
+    for profile in envoy kong; do
+        "$ROOT/target/release/examples/rate_limit_flood" "$rl_module" 1000000 65536 "$profile" \
+            | tee "$out/ratelimit_flood_$profile.md"
+        ((PIPESTATUS[0] == 0)) || die "rate_limit_flood ($profile) failed"
+    done
+    "$PY" "$ROOT/scripts/bench_ratelimit_memory.py"
 fi

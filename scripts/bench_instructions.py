@@ -45,17 +45,33 @@ WARM = int(os.environ.get("WARM", "200"))
 N = int(os.environ.get("N", "2000"))
 
 
-def requests(port: int, n: int, tokens: list[str], start: int) -> None:
-    """`n` sequential keep-alive requests; with `tokens`, request i carries tokens[start + i] (cyclic)."""
+def requests(port: int, n: int, tokens: list[str], start: int, cfg: str = "") -> None:
+    """`n` sequential keep-alive requests; with `tokens`, request i carries tokens[start + i] (cyclic).
+    Rate-limit configurations: x-forwarded-for rotates over their clients as in bench.py; a
+    `tight` one answers 429 once an address has had its 5 (any other status stops the run)."""
+    rlp = bench.rl.parts(cfg)
+    ok = (200, 429) if rlp and rlp[1] == "tight" else (200,)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     for i in range(n):
         headers = {"Authorization": f"Bearer {tokens[(start + i) % len(tokens)]}"} if tokens else {}
+        if rlp:
+            headers["X-Forwarded-For"] = bench.rl.address((start + i) % rlp[2])
         conn.request("GET", "/", headers=headers)
         r = conn.getresponse()
         r.read()
-        if r.status != 200:
+        if r.status not in ok:
             raise SystemExit(f"port {port}: status {r.status}")
     conn.close()
+
+
+def warm_count(cfg: str) -> int:
+    """Warm-up requests: WARM, and for a rate-limit configuration enough to reach its steady
+    state (every client seen once; for `tight`, every client past its 5), so the window
+    measures that state: an allowed request of a known key (open), a denial (tight)."""
+    rlp = bench.rl.parts(cfg)
+    if not rlp:
+        return WARM
+    return max(WARM, rlp[2] * (bench.rl.TIGHT[0] + 1 if rlp[1] == "tight" else 1))
 
 
 def envoy_binary() -> str:
@@ -89,15 +105,16 @@ def run(cfg: str, n: int, out: Path, window: bool = False) -> int:
         if window:
             if len(tokens) > bench.WARM_TOKENS and len(tokens) < WARM + n:
                 raise SystemExit(f"{cfg}: {len(tokens)} cold tokens, need {WARM + n} (COLD_TOKENS)")
-            requests(ports[cfg], WARM, tokens, 0)
+            warm = warm_count(cfg)
+            requests(ports[cfg], warm, tokens, 0, cfg)
             # Zero the counts, serve the window, dump: the dump (<out>.1) holds the window only.
             subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
-            requests(ports[cfg], n, tokens, WARM)
+            requests(ports[cfg], n, tokens, warm, cfg)
             subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
             result = result.with_name(result.name + ".1")
         else:
-            requests(ports[cfg], 10, tokens, 0)  # the first request of a Wasm filter compiles and warms up
-            requests(ports[cfg], n, tokens, 10)
+            requests(ports[cfg], 10, tokens, 0, cfg)  # the first request of a Wasm filter compiles and warms up
+            requests(ports[cfg], n, tokens, 10, cfg)
     finally:
         proc.terminate()
         proc.wait(timeout=300)
@@ -124,9 +141,10 @@ def run_kong(cfg: str, n: int, out: Path, upstream: str) -> int:
         tokens = bench.jwt_tokens(cfg)
         if len(tokens) > bench.WARM_TOKENS and len(tokens) < WARM + n:
             raise SystemExit(f"{cfg}: {len(tokens)} cold tokens, need {WARM + n} (COLD_TOKENS)")
-        requests(inst.port, WARM, tokens, 0)
+        warm = warm_count(cfg)
+        requests(inst.port, warm, tokens, 0, cfg)
         subprocess.run(["callgrind_control", "-z", str(inst.worker)], check=True, capture_output=True)
-        requests(inst.port, n, tokens, WARM)
+        requests(inst.port, n, tokens, warm, cfg)
         subprocess.run(["callgrind_control", "-d", str(inst.worker)], check=True, capture_output=True)
         result = inst.workdir / f"callgrind.out.{inst.worker}.1"
     finally:
@@ -195,7 +213,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     configs = [c for c in bench.CONFIGS
                if not (c.startswith("ip_geo_") and not bench.module_path("ip_geo").exists())
-               and not (c.startswith("jwt_") and "@" not in c and not bench.module_path("jwt").exists())]
+               and not (c.startswith("jwt_") and "@" not in c and not bench.module_path("jwt").exists())
+               and not (c.startswith("rl_") and "@" not in c and not bench.module_path("rate_limit").exists())]
     per_req: dict[str, float] = {}
     for c in configs if "envoy" in hosts else []:
         if METHOD == "window":

@@ -51,6 +51,8 @@ def unsupported(cfg: str) -> str | None:
     base = cfg.partition("@")[0]
     if base == "rbac_10" or (bench.jwt_parts(cfg) or ("",))[0] in ("authn", "authn_cache"):
         return "Envoy's native filter"
+    if (bench.rl.parts(cfg) or ("",))[0] in ("lrl", "lrl20"):
+        return "Envoy's native filter"
     return None
 
 

@@ -103,7 +103,7 @@ fn main() -> Result<(), Error> {
             }
             n += 1;
             host.advance(STEP);
-            if n % ATTACKER_EVERY == 0 && status(&mut vms, n, attacker)? == 200 {
+            if n.is_multiple_of(ATTACKER_EVERY) && status(&mut vms, n, attacker)? == 200 {
                 attacker_ok += 1;
             }
             if host.now() >= next_steady {
@@ -118,7 +118,7 @@ fn main() -> Result<(), Error> {
                 steady_span = Some((steady_span.map_or(now, |(first, _)| first), now));
                 next_steady += STEADY_PERIOD;
             }
-            if n % 1000 == 0 {
+            if n.is_multiple_of(1000) {
                 host.tick()?;
             }
         }
