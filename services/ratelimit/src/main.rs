@@ -24,6 +24,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 /// The domain when neither `--domain` nor the policy's `fleet.domain` gives one.
 const DEFAULT_DOMAIN: &str = "gatewarden";
+/// How long a stop waits for open connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -98,12 +100,13 @@ async fn run(args: Args) -> Result<(), String> {
     let grpc = tokio::spawn(grpc);
     let http = tokio::spawn(async move { http.await });
 
+    // Handlers first: a supervisor may signal as soon as it has read the line below.
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     println!("listening grpc={grpc_addr} http={http_addr}");
     let _ = std::io::stdout().flush();
     log::info!("serving gRPC on {grpc_addr}, HTTP on {http_addr}");
 
-    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     loop {
         tokio::select! {
             _ = hangup.recv() => match load(&args.policy) {
@@ -122,8 +125,15 @@ async fn run(args: Args) -> Result<(), String> {
     }
     log::info!("stopping");
     let _ = stop_tx.send(true);
-    let _ = grpc.await;
-    let _ = http.await;
+    // In-flight checks finish; connections a client keeps open do not hold the exit past the grace period.
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let _ = grpc.await;
+        let _ = http.await;
+    })
+    .await;
+    if drained.is_err() {
+        log::warn!("connections still open after {} s: exiting", SHUTDOWN_GRACE.as_secs());
+    }
     Ok(())
 }
 
