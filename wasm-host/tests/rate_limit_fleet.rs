@@ -287,6 +287,13 @@ fn kong_refuses_grpc_and_envoy_refuses_a_policy_without_a_cluster() {
     let mut vm = host.load_vm(module(), VmOptions::new(VM_ID).vm_id(VM_ID)).unwrap();
     assert!(!vm.configure(policy(json!({"service": {"address": ADDRESS}})).to_string().as_bytes()).unwrap());
     assert!(host.logs().iter().any(|l| l.message.contains("policy refused: fleet.service.cluster:")), "{:#?}", host.logs());
+    // Without any fleet limit the section is not used: accepted.
+    let mut local_only = policy(json!({"service": {"address": ADDRESS}}));
+    local_only["rules"][0]["limits"] = json!([{"name": "local", "rate": 3, "per": "1s"}]);
+    local_only["default"] = json!({});
+    let mut vm = host.load_vm(module(), VmOptions::new(VM_ID).vm_id(VM_ID)).unwrap();
+    assert!(vm.configure(local_only.to_string().as_bytes()).unwrap(), "{:#?}", host.logs());
+    assert_eq!(vm.http_request(api("a")).unwrap().status, 200);
 }
 
 // ---- lease mode, against a service that follows the contract ----

@@ -54,11 +54,12 @@ fn proxy() -> Proxy {
     }
 }
 
-/// Refuses, at configure time, a fleet section this host cannot call (see `Fleet::target`).
+/// Refuses, at configure time, a fleet section this host cannot call (see `Fleet::target`) when
+/// some limit needs it (a section for the other proxy only, with no fleet limit, is accepted).
 pub fn check_host(policy: &RateLimitPolicy, caps: &HostCaps) -> Result<(), String> {
     match policy.fleet() {
-        Some(f) => f.target(proxy_of(caps)).map(|_| ()),
-        None => Ok(()),
+        Some(f) if !policy.fleet_limits().is_empty() => f.target(proxy_of(caps)).map(|_| ()),
+        _ => Ok(()),
     }
 }
 
