@@ -52,7 +52,12 @@ impl RedisStore {
             .set_max_delay(200);
         let manager = self
             .manager
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .get_or_try_init(|| async {
+                let mut manager = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+                // Loaded up front so the first check is one EVALSHA; a failure here is retried by that check.
+                let _ = self.script.prepare_invoke().load_async(&mut manager).await;
+                Ok::<_, redis::RedisError>(manager)
+            })
             .await
             .map_err(|e| StoreError(e.to_string()))?;
         Ok(manager.clone())

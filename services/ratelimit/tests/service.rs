@@ -233,7 +233,8 @@ async fn a_paused_redis_times_out_as_unavailable_then_recovers() {
     let check = || request(1, &[("api/per_ip", &[("remote_address", "10.3.3.3")])]);
     assert_eq!(code(&c.check(check()).await.unwrap()), Code::Ok);
     s.redis.pause(true);
-    // The service's own bound (--redis-timeout-ms 300) answers; the client's hang guard is far longer.
+    // The service's own bound (--redis-timeout-ms 2000: a loaded CI machine must not time out a healthy Redis)
+    // answers; the client's hang guard (20 s) is far longer.
     let error = c.check(check()).await.unwrap_err();
     assert_eq!(error.code(), GrpcCode::Unavailable);
     assert_eq!(s.service.health().0, 500);
@@ -277,6 +278,13 @@ async fn sighup_reloads_the_policy_and_keeps_unchanged_limits_state() {
     })
     .await;
     assert!(c.check(request(1, &[("quick/l", &[])])).await.unwrap().statuses[0].current_limit.is_some());
+}
+
+#[tokio::test]
+async fn sigterm_right_after_start_stops_the_service_cleanly() {
+    let Some(mut s) = setup("sigterm") else { return };
+    let status = s.service.terminate();
+    assert!(status.success(), "exit status {status:?}: the signal must be handled, not kill the process");
 }
 
 /// The Lua script against `gcra::admit_all` on the very states and time Redis reports, over a sequence

@@ -173,7 +173,7 @@ impl Service {
             .arg("--policy")
             .arg(policy)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--redis", redis_url])
-            .args(if extra.contains(&"--redis-timeout-ms") { &[][..] } else { &["--redis-timeout-ms", "300"][..] })
+            .args(if extra.contains(&"--redis-timeout-ms") { &[][..] } else { &["--redis-timeout-ms", "2000"][..] })
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -202,6 +202,19 @@ impl Service {
 
     pub fn health(&self) -> (u16, String) {
         http(self.http, "GET", "/healthcheck", "")
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the service did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Sends a signal (e.g. `-HUP`) to the service.
