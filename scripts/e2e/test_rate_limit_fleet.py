@@ -8,8 +8,9 @@
    `fleet_unavailable`; Envoy B allow; Kong local: its own local limit), promptly (each request bounded by the
    client's 5 s); Redis back: the fleet limit is enforced again. Then the service itself stopped: the same
    failure modes, no hang.
-3. Lease mode (K = 10 units per call, 10 s leases): calls per request under the limit, and accuracy under
-   overload (never more than the limit; figures reported).
+3. Lease mode (K = 10 units per call, 10 s leases): calls per request under the limit, and accuracy and calls
+   under overload (never more than the limit; a refused key is denied without a call for a while; figures
+   reported).
 The test starts both hosts itself: it runs once (marked envoy) and needs the Kong engine too.
 """
 
@@ -195,6 +196,11 @@ def test_lease_mode_calls_per_request_and_accuracy(host, tmp_path, rls, kong_eng
         assert admitted <= LEASED, f"admitted {admitted} > {LEASED}"
         assert set(more) <= {200, 429}, sorted(set(more))
         calls_after = sum(gw.settled_counters(FILTER).get("fleet_calls", 0) for gw in gateways)
+        refused = sum(gw.settled_counters(FILTER).get("fleet_lease_refused", 0) for gw in gateways)
+        # A worker the service refused denies that key without a call for a while (here 10 s, the
+        # lease; the limit's 36 s per unit is longer): an over-limit request mostly costs no call.
+        assert refused > 0 and calls_after - calls <= len(more) // 4, (calls_after - calls, refused)
         report(f"fleet lease mode (K={K}): {calls} calls for {n} requests under the limit "
                f"({calls / n:.2f} per request, per-call mode 1.00); under overload {admitted} of {LEASED} admitted "
-               f"(units left in leases are lost, never over), {calls_after - calls} calls for {len(more)} requests")
+               f"(units left in leases are lost, never over), {calls_after - calls} calls for {len(more)} requests "
+               f"({refused} refused without a call)")

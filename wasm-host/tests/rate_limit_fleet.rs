@@ -401,13 +401,20 @@ fn lease_mode_two_workers_never_admit_more_than_the_limit_and_call_once_per_k() 
         assert_eq!(counter(&host, &vms[0], "fleet_lease_spent"), 72, "{profile:?}");
         // Then 100 more at once: the fleet limit holds across both workers.
         let mut admitted = 80;
+        let mut calls_over = 0;
         for i in 0..100 {
-            if through_service(&host, profile, &mut vms[i % 2], &mut svc, other("k")).0 == 200 {
+            let (status, n) = through_service(&host, profile, &mut vms[i % 2], &mut svc, other("k"));
+            calls_over += n;
+            if status == 200 {
                 admitted += 1;
             }
         }
         assert!(admitted <= svc.granted && svc.granted <= 100, "{profile:?}: admitted {admitted}, granted {}", svc.granted);
         assert!(admitted >= 100 - 2 * 10, "{profile:?}: at most the two workers' leases unspent: {admitted}");
+        // Each worker: one lease of the last 20 units, then one refusal repeated without a call
+        // (the clock does not move: T = 100 ms never passes).
+        assert_eq!(calls_over, 4, "{profile:?}");
+        assert_eq!(counter(&host, &vms[0], "fleet_lease_refused"), 100 - 20 - 2, "{profile:?}");
         // Leases expire: 5 s later a worker calls again even with units left.
         host.advance(Duration::from_secs(5));
         let (_, n) = through_service(&host, profile, &mut vms[0], &mut svc, other("k"));

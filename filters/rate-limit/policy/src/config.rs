@@ -125,7 +125,8 @@ pub struct FleetSpec {
     /// they are spent or `lease_ms` has passed, so a fleet limit costs about one call per
     /// `units` requests per worker and key. Units are charged by the service before they are
     /// spent, so a fleet limit is never exceeded; units left unspent expire (the fleet admits
-    /// less, never more).
+    /// less, never more). A key the service refused is denied without a call for the shortest
+    /// emission interval (period / rate) of the refusing limits, at most `lease_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseSpec>,
 }

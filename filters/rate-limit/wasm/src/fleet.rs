@@ -8,7 +8,8 @@
 //! which forfeits the units still held (the fleet admits less, never more).
 //!
 //! **Counters** (`gatewarden_rate_limit_<name>`): `fleet_calls` (calls made), `fleet_lease_spent`
-//! (requests admitted from a lease, no call), `fleet_failure_allow` / `_deny` / `_local`
+//! (requests admitted from a lease, no call), `fleet_lease_refused` (denied without a call: the
+//! service refused the key a moment ago), `fleet_failure_allow` / `_deny` / `_local`
 //! (no usable answer, and what `fleet.failure_mode` did); the glue's `callout_*` counters say why
 //! a call failed, `denied_fleet_limited` counts the service's denials. A failure is also logged
 //! (warn) with its reason.
@@ -30,13 +31,14 @@ use crate::FILTER;
 
 pub const CALLS: Counter = Counter::filter("fleet_calls");
 pub const LEASE_SPENT: Counter = Counter::filter("fleet_lease_spent");
+pub const LEASE_REFUSED: Counter = Counter::filter("fleet_lease_refused");
 pub const FAILURE_ALLOW: Counter = Counter::filter("fleet_failure_allow");
 pub const FAILURE_DENY: Counter = Counter::filter("fleet_failure_deny");
 pub const FAILURE_LOCAL: Counter = Counter::filter("fleet_failure_local");
 
 /// The counters this module increments, for `Enforcer::extra_counters`.
 pub fn counters() -> Vec<String> {
-    [CALLS, LEASE_SPENT, FAILURE_ALLOW, FAILURE_DENY, FAILURE_LOCAL].iter().map(|c| c.name().to_owned()).collect()
+    [CALLS, LEASE_SPENT, LEASE_REFUSED, FAILURE_ALLOW, FAILURE_DENY, FAILURE_LOCAL].iter().map(|c| c.name().to_owned()).collect()
 }
 
 fn proxy_of(caps: &HostCaps) -> Proxy {
@@ -98,6 +100,7 @@ fn to_step(policy: &RateLimitPolicy, step: FleetStep) -> Step {
         FleetStep::Done { outcome, note } => {
             match &note {
                 FleetNote::Lease => metrics::tally(FILTER, LEASE_SPENT),
+                FleetNote::Refused => metrics::tally(FILTER, LEASE_REFUSED),
                 FleetNote::Failed { failure, mode } => {
                     let (counter, word) = match mode {
                         FleetFailureMode::Allow => (FAILURE_ALLOW, "allow"),

@@ -43,7 +43,7 @@ use crate::gcra::Limit;
 use crate::key::{BucketKey, KeyPart};
 use crate::rls::{Entry, RateLimitDescriptor};
 
-pub use lease::{Leases, MAX_LEASES};
+pub use lease::{Leases, Refusal, MAX_LEASES};
 pub use step::{resume, start, FleetAnswer, FleetCall, FleetCheck, FleetFailure, FleetNote, FleetPending, FleetStep, OwnedStatus};
 
 /// The descriptor entry naming the limit definition.

@@ -69,6 +69,8 @@ pub enum FleetNote {
     NotChecked,
     /// Admitted from this worker's lease, no call.
     Lease,
+    /// Denied without a call: the service refused this key a moment ago (lease mode).
+    Refused,
     /// The service answered.
     Answered,
     /// No usable answer: `mode` decided.
@@ -155,6 +157,12 @@ pub fn start(fleet: &Fleet, check: FleetCheck, leases: &mut super::Leases, now_u
         if leases.spend(check.key.fingerprint, check.cost, now_us) {
             return FleetStep::Done { outcome: allowed(&check, None), note: FleetNote::Lease };
         }
+        if let Some(r) = leases.refused(check.key.fingerprint, now_us) {
+            let violated =
+                check.limits.iter().enumerate().filter(|(i, _)| r.violated & (1 << i) != 0).map(|(_, (n, _))| Arc::clone(n)).collect();
+            let outcome = limited(&check, violated, Some(r.until_us - now_us), &check.local);
+            return FleetStep::Done { outcome, note: FleetNote::Refused };
+        }
         let units = u64::from(lease.units);
         if check.cost < units {
             return ask(fleet, check, units, true);
@@ -206,10 +214,40 @@ pub fn resume(
                 let cost = check.cost;
                 return ask(fleet, check, cost, false);
             }
+            if let Some(l) = fleet.lease {
+                remember_refusal(&check, &response, l.lease_us, leases, now_us);
+            }
             FleetStep::Done { outcome: denied(&check, &response), note: FleetNote::Answered }
         }
         _ => failed(fleet, &check, FleetFailure::UnknownCode, now_us, buckets, table_failure),
     }
+}
+
+/// Lease mode: the key's requests are refused without a call for the shortest emission interval
+/// `T` of the limits that refused (at most `lease_us`). The binding limit gives a unit back within
+/// its own `T` and its bucket cannot fill up meanwhile (it holds fewer units than the cost refused),
+/// so no unit is lost: a request after the refusal finds it. The bit mask (a rule has at most 8
+/// limits) names the limits in the 429s given meanwhile; all of them when no status said.
+fn remember_refusal(check: &FleetCheck, response: &RateLimitResponse, lease_us: u64, leases: &mut super::Leases, now_us: u64) {
+    let mut violated = 0u8;
+    for (i, (_, s)) in check.limits.iter().zip(&response.statuses).enumerate() {
+        if s.code() == Code::OverLimit && i < 8 {
+            violated |= 1 << i;
+        }
+    }
+    if violated == 0 {
+        violated = u8::MAX;
+    }
+    let hold = check
+        .limits
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i < 8 && violated & (1 << i) != 0)
+        .map(|(_, (_, l))| l.emission_us)
+        .min()
+        .unwrap_or(0)
+        .min(lease_us);
+    leases.refuse(check.key.fingerprint, now_us, now_us.saturating_add(hold), violated);
 }
 
 /// Whether a status of a limit known to the service says fewer than `cost` units are left.
