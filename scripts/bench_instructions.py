@@ -223,7 +223,8 @@ def main() -> int:
             low, high = run(c, N1, out), run(c, N2, out)
             per_req[c] = (high - low) / (N2 - N1)
         print(f"{c:<18} {per_req[c]:>10.0f} instructions/request", flush=True)
-    how = (f"Ir of {N} sequential keep-alive requests after {WARM} warm-up requests, / {N}" if METHOD == "window"
+    how = (f"Ir of {N} sequential keep-alive requests after {WARM} warm-up requests (rate limiting: enough to "
+           f"reach the steady state, see warm_count), / {N}" if METHOD == "window"
            else f"(Ir({N2}) − Ir({N1})) / {N2 - N1} sequential keep-alive requests")
     lines: list[str] = []
     if "envoy" in hosts:

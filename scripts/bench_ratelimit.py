@@ -40,6 +40,7 @@ MAX_KEYS = 65_536
 TIGHT = (5, 86_400)          # units, per seconds (burst = units)
 OPEN = (1_000_000, 1)
 CHECK_ADDRESS = "192.0.2.200"  # the configuration check's client: never one of the benchmark's
+PROBE_ADDRESS = "192.0.2.201"  # Kong: the start-up probe's client
 
 LUA = """-- Rotates x-forwarded-for over N addresses 10.100.0.0, 10.100.0.1, ... (argument: N);
 -- the requests are formatted once, in init.
