@@ -32,6 +32,8 @@ DEFAULTS = {
     "GEO_DB_PORT": "8081",
     "JWKS_HOST": "127.0.0.1",
     "JWKS_PORT": "8082",
+    "RLS_HOST": "127.0.0.1",
+    "RLS_PORT": "8083",
     "ECDS_DIR": str(ROOT / "deploy" / "envoy" / "ecds"),
 }
 

@@ -28,6 +28,8 @@ awk -v filters="$FILTERS" '
     -e "s|\${GEO_DB_PORT}|${GEO_DB_PORT:-80}|g" \
     -e "s|\${JWKS_HOST}|${JWKS_HOST:-jwks}|g" \
     -e "s|\${JWKS_PORT}|${JWKS_PORT:-80}|g" \
+    -e "s|\${RLS_HOST}|${RLS_HOST:-ratelimit}|g" \
+    -e "s|\${RLS_PORT}|${RLS_PORT:-8081}|g" \
     -e "s|\${ECDS_DIR}|${ECDS_DIR:-/gatewarden/deploy/envoy/ecds}|g" \
     > "$OUT"
 if grep -v '^[[:space:]]*#' "$OUT" | grep -q '\${'; then
