@@ -1,6 +1,6 @@
-"""Gatewarden demo: the IP/geo and JWT filters with their example policies, first in Envoy, then in
+"""Gatewarden demo: the IP/geo, JWT and rate-limit filters with their example policies, first in Envoy, then in
 Kong's engine (nginx + ngx_wasm_module), both on 127.0.0.1: allowed and denied requests, a
-JWT-protected route, a live policy update, a refused bad update, then stop. Run via scripts/demo.sh
+JWT-protected route, a rate limit, a live policy update, a refused bad update, then stop. Run via scripts/demo.sh
 (`scripts/demo.sh envoy` or `scripts/demo.sh kong` runs one host only)."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from jwtkit import demo_claims, demo_key  # noqa: E402
 
 POLICY = json.loads((ROOT / "deploy/policies/ip_geo.json").read_text())
 JWT_POLICY = json.loads((ROOT / "deploy/policies/jwt.json").read_text())
+RATE_POLICY = json.loads((ROOT / "deploy/policies/rate_limit.json").read_text())
 JWKS = ROOT / "deploy/jwks/jwks.json"
 LB = "127.0.0.2"  # plays the load balancer in front of the gateway (policy: xff_num_trusted_hops 1)
 
@@ -62,7 +63,7 @@ def example_policies() -> dict[str, Any]:
     for provider in jwt["providers"].values():
         if "remote_jwks" in provider:
             provider["remote_jwks"]["cluster"] = harness.upstream("jwks")
-    return {"ip_geo": ip_geo, "jwt": jwt}
+    return {"ip_geo": ip_geo, "jwt": jwt, "rate_limit": copy.deepcopy(RATE_POLICY)}
 
 
 def start(host: str, workdir: str) -> BaseGateway:
@@ -71,13 +72,14 @@ def start(host: str, workdir: str) -> BaseGateway:
     if host == "envoy":
         return Gateway(workdir, filters, **common)
     # /health has no filter: it shows that a refused policy takes no route down but the filter's own.
-    return KongGateway(workdir, filters, routes={"/": ["ip_geo", "jwt"], "/health": []},
+    return KongGateway(workdir, filters, routes={"/": ["ip_geo", "jwt", "rate_limit"], "/health": []},
                        request_headers_in_access=True, **common)
 
 
 def run(gw: BaseGateway, name: str) -> list[bool]:
     say(f"{name} on port {gw.port} with gatewarden_ip_geo.wasm (policy {POLICY['policy_version']}) "
-        f"and gatewarden_jwt.wasm (policy {JWT_POLICY['policy_version']})")
+        f"gatewarden_jwt.wasm (policy {JWT_POLICY['policy_version']}) and gatewarden_rate_limit.wasm "
+        f"(policy {RATE_POLICY['policy_version']})")
     # Every VM (one per worker) loads the database and key set from shared data on its next tick.
     gw.wait_for_counter("ip_geo", "geo_db_loaded", gw.vms, timeout=30)
     print(f"  geo database fetched {gw.geo_db.fetches('/country.mmdb')} time(s) over HTTP from "
@@ -105,6 +107,21 @@ def run(gw: BaseGateway, name: str) -> list[bool]:
         show_jwt(gw, "GET", "/api/orders", token, "valid token") == 200,
         show_jwt(gw, "POST", "/api/orders", token, "lacks scope orders:write") == 403,
     ]
+
+    say("rate limit: POST /login admits 5 per minute per client (login-minute), IETF RateLimit headers")
+    statuses = []
+    for i in range(6):
+        r = gw.get("/login", headers={"x-forwarded-for": "8.8.4.4"}, source=LB, method="POST")
+        statuses.append(r.status)
+        if r.status == 429:
+            print(f"  POST /login #{i + 1} from 8.8.4.4 -> 429  retry-after: {r.headers.get('retry-after')}  "
+                  f"ratelimit: {r.headers.get('ratelimit')}\n    {r.headers.get('content-type')} {r.text.strip()}")
+        else:
+            print(f"  POST /login #{i + 1} from 8.8.4.4 -> {r.status}")
+    expect.append(statuses == [200] * 5 + [429])
+    r = gw.get("/login", headers={"x-forwarded-for": "9.9.9.9"}, source=LB, method="POST")
+    print(f"  POST /login    from 9.9.9.9 -> {r.status}  (another client, its own bucket)")
+    expect.append(r.status == 200)
 
     how = "ECDS file rewritten atomically" if name == "Envoy" else "nginx -s reload: new workers, no restart"
     say(f"live update: add AU to the embargo ({how})")
@@ -154,10 +171,10 @@ def run(gw: BaseGateway, name: str) -> list[bool]:
         expect.append(show(gw, "/shop", "1.1.1.1", "policy .4 enforced") == 403)
 
     say("what operators see")
-    for f in ("ip_geo", "jwt"):
+    for f in ("ip_geo", "jwt", "rate_limit"):
         record = [r for r in harness.json_records(gw.log()) if r.get("filter") == f][-1]
         print(f"  {f} decision log line:", json.dumps(record, separators=(",", ":")))
-    for f in ("ip_geo", "jwt"):
+    for f in ("ip_geo", "jwt", "rate_limit"):
         for counter, value in sorted(harness.counter_snapshot(gw, f).items()):
             if value and counter not in ("upstream_requests",) and not counter.startswith("rq_"):
                 print(f"  gatewarden_{f}_{counter} = {value}")

@@ -110,7 +110,7 @@ enum WaitingOn {
     /// (see [`settle`]).
     Settle {
         token: u32,
-        step: Step,
+        step: Box<Step>,
     },
 }
 
@@ -429,7 +429,7 @@ pub fn on_http_response<F: Enforcer>(context_id: u32, waiting: Waiting<F>, num_h
     let (deadline_ms, max_response, sent_body) = match on {
         WaitingOn::Http { deadline_ms, max_response, sent_body, .. } => (deadline_ms, max_response, sent_body),
         // The settling callout ended, however: act on the step taken on the real answer.
-        WaitingOn::Settle { step, .. } => return finish_callout(drive(compiled, role, step, steps, at, None)),
+        WaitingOn::Settle { step, .. } => return finish_callout(drive(compiled, role, *step, steps, at, None)),
         WaitingOn::Body { .. } | WaitingOn::Grpc { .. } => {
             mismatch(filter);
             return None;
@@ -471,7 +471,7 @@ pub fn on_http_response<F: Enforcer>(context_id: u32, waiting: Waiting<F>, num_h
             Guard::Preempt => preempt(filter),
             Guard::Settle => match settle() {
                 Ok(token) => {
-                    let on = WaitingOn::Settle { token, step };
+                    let on = WaitingOn::Settle { token, step: Box::new(step) };
                     return Some(Waiting { compiled, role, steps, pending: Pending::new(()), on, body_passed, headers_sent });
                 }
                 Err(e) => {
