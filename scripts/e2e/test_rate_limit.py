@@ -247,8 +247,6 @@ def test_limited_request_gets_429_problem_json_with_the_ratelimit_headers(three_
     assert len(gw.decisions(mark)) == 1, "one line per denial, none for allowed requests"
 
 
-@pytest.mark.xfail(strict=True, reason="the rate-limit glue logs no client address in its decision line "
-                   "(filters/rate-limit/wasm: Outcome::new(.., None, ..)); DESIGN.md's log line has one")
 def test_decision_line_names_the_client(three_gw: BaseGateway):
     gw = three_gw
     client = "198.51.100.31"

@@ -1,5 +1,6 @@
 //! The compiled rate-limit policy and its decision (semantics in the crate docs).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use gatewarden_policy::decision::{Decision, Denial, FORBIDDEN_BODY, UNAVAILABLE_BODY};
@@ -7,6 +8,7 @@ use gatewarden_policy::document::{FailureMode, FilterPolicy, Header};
 use gatewarden_policy::error::{quote, ConfigError, FieldPath};
 use gatewarden_policy::facts::{HeaderNeeds, RequestFacts};
 use gatewarden_policy::rules::RuleSet;
+use gatewarden_policy::Verdict;
 
 use crate::config::{CostSpec, HeaderStyle, KeyPartSpec, LimitSpec, OnMissingKey, RateLimitDocument, RateLimitRule, Scope};
 use crate::fleet::{self, Fleet, FleetCheck, FleetLimits, OwnedStatus};
@@ -124,6 +126,9 @@ pub struct RateLimitOutcome {
     /// Set when the local limits admitted (and were charged) and the rule has fleet limits: the
     /// decision is not made yet, the rate limit service makes it ([`crate::fleet`]).
     pub fleet: Option<Box<FleetCheck>>,
+    /// The client address (trusted hops applied), for the log line: set on a denial and on a
+    /// fleet check; `None` when allowed or when it cannot be resolved.
+    pub client: Option<IpAddr>,
 }
 
 impl RateLimitOutcome {
@@ -137,6 +142,7 @@ impl RateLimitOutcome {
             cost: None,
             violated: Vec::new(),
             fleet: None,
+            client: None,
         }
     }
 
@@ -257,6 +263,18 @@ impl RateLimitPolicy {
     /// [`crate::key::build_key`]); `buckets` holds the state. Deny-if-any: a denied request
     /// charges no limit. In `dry_run` the glue lets a denied request through; it is not charged.
     pub fn decide(&self, facts: &RequestFacts<'_>, now_us: u64, seed: u64, buckets: &mut dyn Buckets) -> RateLimitOutcome {
+        let mut out = self.decide_without_client(facts, now_us, seed, buckets);
+        // Resolved only for the log line of a denial, or a fleet check that may become one.
+        if matches!(out.decision.verdict, Verdict::Deny(_)) || out.fleet.is_some() {
+            out.client = self.header.client_address.resolve(facts).ok();
+            if let Some(check) = out.fleet.as_mut() {
+                check.client = out.client;
+            }
+        }
+        out
+    }
+
+    fn decide_without_client(&self, facts: &RequestFacts<'_>, now_us: u64, seed: u64, buckets: &mut dyn Buckets) -> RateLimitOutcome {
         let rule = self.rules.select(facts);
         let a = &rule.action;
         if a.limits.is_empty() && a.fleet.is_none() {
@@ -354,6 +372,7 @@ fn fleet_check(
         local,
         headers: a.headers,
         headers_on_allowed: a.headers_on_allowed,
+        client: None,
     })
 }
 

@@ -61,6 +61,7 @@ fn several_limits_and_the_429_response() {
     assert_eq!(o.decision.rule.as_ref(), "api");
     assert_eq!(o.decision.verdict, gatewarden_policy::Verdict::Deny(RateLimitReason::Limited.denial()));
     assert_eq!(o.violated.iter().map(|v| v.as_ref()).collect::<Vec<_>>(), ["per-second"]);
+    assert_eq!(o.client, Some("192.0.2.1".parse().unwrap()), "the denial's log line names the client");
     let body: serde_json::Value = serde_json::from_str(o.body.as_deref().unwrap()).unwrap();
     assert_eq!(
         body,
@@ -78,7 +79,7 @@ fn several_limits_and_the_429_response() {
 
     // Another key has its own buckets; an allowed response carries no headers here.
     let bob = decide(&p, &mut t, T0, "/api/x", "192.0.2.1:1", &[("x-api-key", "bob")]);
-    assert_eq!((verdict(&bob), bob.response_headers.len()), ("allow", 0));
+    assert_eq!((verdict(&bob), bob.response_headers.len(), bob.client), ("allow", 0, None));
 
     // 0.5 s later one unit came back; 2 s later the per-second bucket is full but the hourly
     // limit (5, of which 3 spent) admits only 2 more, and denies alone.

@@ -330,7 +330,7 @@ pub(crate) fn to_outcome(out: RateLimitOutcome, note: Option<&FleetNote>) -> Out
         _ => String::new(),
     };
     let denied = matches!(out.decision.verdict, Verdict::Deny(_));
-    let mut outcome = Outcome::new(out.decision, None, detail);
+    let mut outcome = Outcome::new(out.decision, out.client, detail);
     if denied {
         // The 429's problem+json body names the violated limits; its content type is in the headers.
         outcome.body = out.body;

@@ -2,6 +2,7 @@
 //! mode), to the outcome (see the module docs of [`crate::fleet`]).
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use gatewarden_policy::decision::Decision;
@@ -43,6 +44,8 @@ pub struct FleetCheck {
     pub local: Vec<OwnedStatus>,
     pub headers: HeaderStyle,
     pub headers_on_allowed: bool,
+    /// The client address, for the log line of a denial (set by `decide`).
+    pub client: Option<IpAddr>,
 }
 
 /// A call to make, and what to resume with.
@@ -265,6 +268,7 @@ fn base(check: &FleetCheck, decision: Decision, reason: Option<RateLimitReason>)
         cost: Some(check.cost),
         violated: Vec::new(),
         fleet: None,
+        client: check.client,
     }
 }
 
