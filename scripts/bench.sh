@@ -9,7 +9,8 @@
 #   BENCH_CONFIGS=jwt scripts/bench.sh      # none, floor + our JWT filter vs native jwt_authn (issue 4)
 #   CONFIGS=ratelimit scripts/bench.sh      # none, floor + rate limiting vs local_ratelimit (issue 13)
 #   RATELIMIT_MEMORY=1 scripts/bench.sh     # also the rate limiter's bounded memory: 1,000,000 keys
-#                                           # in the Wasm host and on a real Envoy (~3 min)
+#                                           # in the Wasm host and on a real Envoy, and 10,000
+#                                           # cycling clients in the Wasm host (~6 min)
 #   BENCH_CONFIGS=none,jwt_es256_cold,authn_es256_cold,authn_cache_es256_cold scripts/bench.sh
 #   INSTRUCTIONS=1 scripts/bench.sh         # also instructions/request under callgrind (noise-free)
 #   HOSTS=envoy scripts/bench.sh            # Envoy only; HOSTS=kong: Kong's engine only (default both)
@@ -48,5 +49,8 @@ if [[ "${RATELIMIT_MEMORY:-}" == 1 ]]; then
             | tee "$out/ratelimit_flood_$profile.md"
         ((PIPESTATUS[0] == 0)) || die "rate_limit_flood ($profile) failed"
     done
+    # 10,000 clients cycling against 5 per day: admitted / configured pass after pass.
+    (cd "$ROOT" && cargo build --release -p gatewarden-wasm-host --example rate_limit_cycle)
+    "$ROOT/target/release/examples/rate_limit_cycle" "$rl_module" 10000 40 | tee "$out/ratelimit_cycle.md"
     "$PY" "$ROOT/scripts/bench_ratelimit_memory.py"
 fi
