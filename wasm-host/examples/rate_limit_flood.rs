@@ -15,11 +15,12 @@
 //! - **steady** (100 addresses): each sends one request every 250 ms (4/s, four times its rate);
 //! - **flood**: KEYS requests, each from an address not seen before.
 //!
-//! Printed: at checkpoints, the store's entry count and bytes (keys + values, as Envoy holds
-//! them before its own per-entry overhead); at the end, admitted / configured for the attacker
+//! Printed: at checkpoints, the store's entry count (the table's sets and the seed) and bytes
+//! (keys + values, as Envoy holds them before its own per-entry overhead); at the end, admitted / configured for the attacker
 //! (configured: 1 per second of flood, its burst being spent), for the steady clients (burst +
 //! rate × elapsed each, at most what they sent) and admitted / sent for the flood. Exits non-zero when the store grew
-//! after every slot existed, when it holds anything but the slots and the seed, when the
+//! after every set existed, when it holds anything but the sets and the seed, when a set is not
+//! 8 × 96 bytes, when the
 //! attacker got more than configured, or a steady client more than configured plus one burst
 //! (a bucket that is not limited may be replaced, fullest first, and its client start again
 //! with a full bucket: see the table's replacement policy).
@@ -29,6 +30,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use gatewarden_wasm_host::{Host, LogLevel, Module, Profile, Request, Vm, VmOptions};
 
 const VM_ID: &str = "gatewarden_rate_limit";
+/// The module's table shape: slots per set (one shared-data entry) and bytes per slot.
+const WAYS: usize = 8;
+const SLOT_BYTES: usize = 96;
 const RATE_PER_SECOND: f64 = 1.0; // 10 per 10 s
 const BURST: u64 = 10;
 const STEP: Duration = Duration::from_micros(10);
@@ -69,8 +73,11 @@ fn main() -> Result<(), Error> {
         }
         vms.push(vm);
     }
-    let slots = (max_keys as usize / 4).max(1) * 4;
-    println!("profile {profile:?}, max_keys {max_keys} ({slots} slots), {keys} distinct flood keys, 2 VMs on one store");
+    let sets = (max_keys as usize / WAYS).max(1);
+    let slots = sets * WAYS;
+    println!(
+        "profile {profile:?}, max_keys {max_keys} ({slots} slots in {sets} sets of {WAYS}), {keys} distinct flood keys, 2 VMs on one store"
+    );
 
     // The attacker drains its burst before the flood.
     let attacker = "203.0.113.7";
@@ -91,7 +98,7 @@ fn main() -> Result<(), Error> {
     let mut full_at: Option<(usize, usize)> = None;
     let mut checkpoints: Vec<u64> = [0, 10_000, 65_536, 100_000, 250_000, 500_000, 750_000].into_iter().filter(|c| *c < keys).collect();
     checkpoints.push(keys);
-    println!("| flood keys sent | store entries | store bytes (keys + values) | slot bytes | attacker admitted so far |");
+    println!("| flood keys sent | store entries | store bytes (keys + values) | set bytes | attacker admitted so far |");
     println!("|---:|---:|---:|---:|---:|");
     let mut n = 0u64;
     for &checkpoint in &checkpoints {
@@ -122,13 +129,13 @@ fn main() -> Result<(), Error> {
                 host.tick()?;
             }
         }
-        let (entries, bytes, slot_bytes) = store_size(&host, slots);
+        let (entries, bytes, set_bytes) = store_size(&host, sets);
         match full_at {
             Some((e, b)) if (e, b) != (entries, bytes) => grown_after_full = Some((n, entries, bytes)),
-            None if entries == slots + 1 => full_at = Some((entries, bytes)),
+            None if entries == sets + 1 => full_at = Some((entries, bytes)),
             _ => {}
         }
-        println!("| {n} | {entries} | {bytes} | {slot_bytes} | {attacker_ok} |");
+        println!("| {n} | {entries} | {bytes} | {set_bytes} | {attacker_ok} |");
     }
     let elapsed = host.now().duration_since(flood_start)?.as_secs_f64();
     // GCRA: one unit per second once the burst is spent; the attacker asks 1,000 times a second.
@@ -142,11 +149,11 @@ fn main() -> Result<(), Error> {
     let steady_total: u64 = steady_ok.iter().sum();
     let steady_max = steady_ok.iter().copied().max().unwrap_or(0);
     let steady_min = steady_ok.iter().copied().min().unwrap_or(0);
-    let (entries, bytes, slot_bytes) = store_size(&host, slots);
+    let (entries, bytes, set_bytes) = store_size(&host, sets);
     println!();
     println!("simulated flood {elapsed:.2} s at {:.0} requests/s", keys as f64 / elapsed);
     println!(
-        "store after the flood: {entries} entries = {slots} slots + the seed, {bytes} bytes ({:.2} MiB; slot value {slot_bytes} B)",
+        "store after the flood: {entries} entries = {sets} sets + the seed, {bytes} bytes ({:.2} MiB; set value {set_bytes} B = {WAYS} slots)",
         bytes as f64 / 1_048_576.0
     );
     println!(
@@ -162,10 +169,13 @@ fn main() -> Result<(), Error> {
     println!("flood: {flood_ok} admitted of {n} sent ({:.4}); other statuses {flood_other:?}", ratio(flood_ok as f64, n as f64));
     let mut failures = Vec::new();
     if let Some((at, e, b)) = grown_after_full {
-        failures.push(format!("the store grew after every slot existed: {e} entries, {b} bytes at {at} keys"));
+        failures.push(format!("the store grew after every set existed: {e} entries, {b} bytes at {at} keys"));
     }
-    if entries > slots + 1 {
-        failures.push(format!("{entries} entries: more than {slots} slots and the seed"));
+    if entries > sets + 1 {
+        failures.push(format!("{entries} entries: more than {sets} sets and the seed"));
+    }
+    if set_bytes != 0 && set_bytes != WAYS * SLOT_BYTES {
+        failures.push(format!("a set of {set_bytes} bytes, not {WAYS} × {SLOT_BYTES}"));
     }
     if attacker_ok as f64 > attacker_configured + 1.0 {
         failures.push(format!("attacker admitted {attacker_ok}, configured {attacker_configured}"));
@@ -199,25 +209,25 @@ fn status(vms: &mut [Vm], i: u64, addr: &str) -> Result<u16, Error> {
     Ok(out.status)
 }
 
-/// Entries of the store, their bytes (key + value) and one slot's value size. The keys are
-/// the module's (`gatewarden/rate_limit/seed`, `gatewarden/rate_limit/k<slots>/<i>`): the sum
-/// counts every entry only when `entries` equals the slots present plus the seed.
-fn store_size(host: &Host, slots: usize) -> (usize, usize, usize) {
+/// Entries of the store, their bytes (key + value) and one set's value size. The keys are
+/// the module's (`gatewarden/rate_limit/seed`, `gatewarden/rate_limit/s<sets>w8/<i>`): the sum
+/// counts every entry only when `entries` equals the sets present plus the seed.
+fn store_size(host: &Host, sets: usize) -> (usize, usize, usize) {
     let entries = host.shared_data_len(VM_ID);
     let mut bytes = 0;
-    let mut slot_bytes = 0;
+    let mut set_bytes = 0;
     let seed = "gatewarden/rate_limit/seed";
     if let Some(v) = host.shared_data(VM_ID, seed) {
         bytes += seed.len() + v.value.len();
     }
-    for i in 0..slots {
-        let key = format!("gatewarden/rate_limit/k{slots}/{i}");
+    for i in 0..sets {
+        let key = format!("gatewarden/rate_limit/s{sets}w{WAYS}/{i}");
         if let Some(v) = host.shared_data(VM_ID, &key) {
             bytes += key.len() + v.value.len();
-            slot_bytes = v.value.len();
+            set_bytes = v.value.len();
         }
     }
-    (entries, bytes, slot_bytes)
+    (entries, bytes, set_bytes)
 }
 
 fn ratio(a: f64, b: f64) -> f64 {

@@ -123,6 +123,34 @@ fn two_workers_together_admit_exactly_the_limit() {
     }
 }
 
+/// Many keys of one set (a table of one set of 8) from two workers in turn: each key's own
+/// limit is exact, although every update rewrites the whole set (the CAS covers the set), and
+/// the table stays one entry.
+#[test]
+fn two_workers_with_all_keys_in_one_set_admit_each_key_exactly() {
+    for profile in PROFILES {
+        let host = host(profile);
+        let mut vms = [vm(&host, &policy(8)), vm(&host, &policy(8))];
+        let keys: Vec<String> = (0..8).map(|k| format!("key-{k}")).collect();
+        let mut passed = vec![0; keys.len()];
+        for round in 0..12 {
+            for (k, key) in keys.iter().enumerate() {
+                let status = get(&mut vms[(round + k) % 2], key).status;
+                assert!(status == 200 || status == 429, "{profile:?}: {status}");
+                passed[k] += usize::from(status == 200);
+            }
+        }
+        assert_eq!(passed, vec![10; 8], "{profile:?}");
+        assert_eq!(host.shared_data_len(VM_ID), 2, "one set and the seed: {profile:?}");
+        assert_eq!(host.shared_data(VM_ID, "gatewarden/rate_limit/s1w8/0").unwrap().value.len(), 768);
+        // One second later each key has one unit back, whichever worker asks.
+        host.advance(Duration::from_secs(1));
+        for (k, key) in keys.iter().enumerate() {
+            assert_eq!(admitted(&mut vms[k % 2..], key, 2), vec![200, 429], "{profile:?} {key}");
+        }
+    }
+}
+
 /// Envoy's CAS 0 overwrites, so two workers creating the seed at once may end up with
 /// different seeds (last writer wins in the store). Simulated here by replacing the stored seed
 /// after one worker read it: after one tick every worker uses the stored one again.
@@ -143,14 +171,17 @@ fn workers_adopt_the_stored_seed_on_the_next_tick() {
 fn hostile_shared_data_and_keys_do_not_trap() {
     for profile in PROFILES {
         let host = host(profile);
-        let mut vm = vm(&host, &policy(4));
+        let mut vm = vm(&host, &policy(8));
         host.set_shared_data(VM_ID, "gatewarden/rate_limit/seed", b"bad");
-        for i in 0..4 {
-            host.set_shared_data(VM_ID, &format!("gatewarden/rate_limit/k4/{i}"), &[0xff; 13]);
-        }
+        // The table's one set, as 13 bytes and as an old single slot (96 bytes).
+        host.set_shared_data(VM_ID, "gatewarden/rate_limit/s1w8/0", &[0xff; 13]);
         let statuses = admitted(std::slice::from_mut(&mut vm), "k", 11);
         assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10, "{profile:?}: {statuses:?}");
         assert_eq!(host.shared_data(VM_ID, "gatewarden/rate_limit/seed").unwrap().value.len(), 8, "bad seed replaced");
+        assert_eq!(host.shared_data(VM_ID, "gatewarden/rate_limit/s1w8/0").unwrap().value.len(), 768, "bad set replaced");
+        host.set_shared_data(VM_ID, "gatewarden/rate_limit/s1w8/0", &[0xff; 96]);
+        let statuses = admitted(std::slice::from_mut(&mut vm), "k2", 11);
+        assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10, "{profile:?}: {statuses:?}");
         let long = "x".repeat(60_000);
         for key in ["", " ", long.as_str(), "\u{7f}\t;\"", "k"] {
             let out = vm.http_request(Request::get("/api").source("192.0.2.1:1").header("x-api-key", key)).unwrap();
@@ -197,15 +228,16 @@ fn a_flood_of_new_keys_neither_grows_memory_nor_resets_an_exhausted_key() {
             get(&mut vm, &format!("flood-{i}"));
         }
         assert_eq!(host.shared_data_len(VM_ID), len_after_200, "memory flat: {profile:?}");
-        // 16 slots and the seed; no slot outside the table.
-        let slots = (0..16).filter(|i| host.shared_data(VM_ID, &format!("gatewarden/rate_limit/k16/{i}")).is_some()).count();
-        assert_eq!(slots, 16);
-        assert!(host.shared_data(VM_ID, "gatewarden/rate_limit/k16/16").is_none());
-        assert_eq!(
-            host.shared_data(VM_ID, "gatewarden/rate_limit/k16/0").unwrap().value.len(),
-            96,
-            "a slot: fingerprint, limited_until, 8 tags, 8 words"
-        );
+        // 16 slots: 2 sets of 8, one entry each, and the seed; no set outside the table.
+        assert_eq!(host.shared_data_len(VM_ID), 3, "{profile:?}");
+        for i in 0..2 {
+            assert_eq!(
+                host.shared_data(VM_ID, &format!("gatewarden/rate_limit/s2w8/{i}")).unwrap().value.len(),
+                8 * 96,
+                "a set: 8 slots of fingerprint, limited_until, 8 tags, 8 words"
+            );
+        }
+        assert!(host.shared_data(VM_ID, "gatewarden/rate_limit/s2w8/2").is_none());
         assert_eq!(get(&mut vm, "attacker").status, 429, "the exhausted key is still limited: {profile:?}");
         // The key was tracked all along: one unit back after one second, not a fresh burst.
         host.advance(Duration::from_secs(1));
@@ -218,14 +250,14 @@ fn a_flood_of_new_keys_neither_grows_memory_nor_resets_an_exhausted_key() {
 fn a_table_full_of_limited_keys_follows_failure_mode() {
     for (mode, status) in [("deny", 503), ("allow", 200)] {
         let host = host(Profile::Envoy);
-        let mut p = policy(4);
+        let mut p = policy(8);
         p["failure_mode"] = json!(mode);
         let mut vm = vm(&host, &p);
-        // One set of 4 slots: exhaust 4 keys, then a fifth cannot be tracked.
-        for k in ["a", "b", "c", "d"] {
+        // One set of 8 slots: exhaust 8 keys, then a ninth cannot be tracked.
+        for k in ["a", "b", "c", "d", "e", "f", "g", "h"] {
             assert_eq!(admitted(std::slice::from_mut(&mut vm), k, 11).last(), Some(&429));
         }
-        assert_eq!(get(&mut vm, "e").status, status, "{mode}");
+        assert_eq!(get(&mut vm, "i").status, status, "{mode}");
         vm.tick().unwrap();
         let full = host.metric_value("gatewarden_rate_limit_denied_table_full");
         assert_eq!(full, u64::from(mode == "deny"), "{mode}");

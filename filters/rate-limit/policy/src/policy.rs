@@ -21,7 +21,7 @@ use crate::table::{charge, KeyState, TableFull};
 pub const MAX_LIMITS_PER_RULE: usize = 8;
 /// Keys tracked when `max_keys` is not given.
 pub const DEFAULT_MAX_KEYS: u32 = 65_536;
-const MIN_MAX_KEYS: u32 = 4;
+const MIN_MAX_KEYS: u32 = crate::table::WAYS as u32;
 const MAX_MAX_KEYS: u32 = 1 << 24;
 const MAX_PERIOD_SECONDS: u64 = 31_536_000;
 const MAX_BURST: u64 = 1_000_000_000;
@@ -210,7 +210,7 @@ impl FilterPolicy for RateLimitPolicy {
 }
 
 impl RateLimitPolicy {
-    /// The number of key-table slots (a multiple of 4).
+    /// The number of key-table slots (a multiple of [`crate::table::WAYS`]).
     pub fn max_keys(&self) -> u32 {
         crate::table::TableShape::new(self.max_keys).slots() as u32
     }

@@ -242,20 +242,21 @@ fn a_flood_of_random_keys_never_evicts_a_limited_bucket() {
 fn a_set_of_limited_buckets_is_full_and_failure_mode_decides() {
     let doc = |fm: &str| {
         format!(
-            r#"{{"policy_version":"t","failure_mode":"{fm}","max_keys":4,"default":{{"limits":[{{"name":"d","rate":1,"per":"1d"}}],"key":[{{"header":"k"}}]}}}}"#
+            r#"{{"policy_version":"t","failure_mode":"{fm}","max_keys":8,"default":{{"limits":[{{"name":"d","rate":1,"per":"1d"}}],"key":[{{"header":"k"}}]}}}}"#
         )
     };
     for (fm, want) in [("deny", "table_full"), ("allow", "allow")] {
         let p = policy(&doc(fm));
         let mut t = MemoryTable::new(p.max_keys());
-        assert_eq!(t.shape(), TableShape::new(4));
-        for i in 0..4 {
+        assert_eq!(t.shape(), TableShape::new(8));
+        assert_eq!(t.shape().sets(), 1);
+        for i in 0..8 {
             assert_eq!(verdict(&decide(&p, &mut t, T0, "/", "192.0.2.1:1", &[("k", &i.to_string())])), "allow");
         }
-        // All 4 slots hold exhausted buckets: a new key cannot take one.
+        // All 8 slots hold exhausted buckets: a new key cannot take one.
         let o = decide(&p, &mut t, T0, "/", "192.0.2.1:1", &[("k", "new")]);
         assert_eq!(verdict(&o), want, "failure_mode {fm}");
-        for i in 0..4 {
+        for i in 0..8 {
             assert_eq!(verdict(&decide(&p, &mut t, T0, "/", "192.0.2.1:1", &[("k", &i.to_string())])), "limited");
         }
     }
@@ -263,14 +264,27 @@ fn a_set_of_limited_buckets_is_full_and_failure_mode_decides() {
 }
 
 #[test]
-fn eviction_takes_the_fullest_bucket_first() {
-    use crate::table::{choose, Choice};
+fn eviction_takes_a_full_bucket_then_the_fullest_never_a_limited_one() {
+    use crate::table::{choose, decode_set, encode_set, update_set, Choice, SET_BYTES, WAYS};
     let slot = |fp, until| Slot { fingerprint: fp, state: KeyState { limited_until: until, ..KeyState::default() } };
+    // A bucket with state word `tat` (one limit) and `limited_until`.
+    let drained = |fp, until, tat| Slot {
+        fingerprint: fp,
+        state: KeyState { limited_until: until, tags: [1, 0, 0, 0, 0, 0, 0, 0], states: [tat, 0, 0, 0, 0, 0, 0, 0] },
+    };
     let now = 1_000;
     assert_eq!(choose(&[slot(1, 0), slot(2, 0), slot(3, 0), slot(4, 0)], 3, now), Choice::Hit(2));
     assert_eq!(choose(&[slot(1, 0), Slot::default(), slot(3, 0), Slot::default()], 9, now), Choice::Take(1));
-    assert_eq!(choose(&[slot(1, 900), slot(2, 100), slot(3, 5_000), slot(4, 1_000)], 9, now), Choice::Take(1));
+    // No full bucket: the smallest limited_until that is not after now.
+    assert_eq!(
+        choose(&[drained(1, 900, 2_000), drained(2, 100, 1_500), drained(3, 5_000, 9_000), drained(4, 1_000, 1_001)], 9, now),
+        Choice::Take(1)
+    );
     assert_eq!(choose(&[slot(1, 1_001), slot(2, 2_000), slot(3, 5_000), slot(4, u64::MAX)], 9, now), Choice::Full);
+    // A fully refilled bucket (every state at or before now) goes first, even when a partly
+    // drained one of another limit has an earlier limited_until (a larger burst).
+    assert_eq!(choose(&[drained(1, 10, 5_000), drained(2, 1_000, 1_000), drained(3, 20, 3_000)], 9, now), Choice::Take(1));
+    assert_eq!(choose(&[drained(1, 10, 5_000), drained(2, 1_001, 1_000)], 9, now), Choice::Take(0), "still limited: not full");
     assert_eq!(choose(&[slot(1, 0)], 9, now), Choice::Take(0), "a short set still works");
     // Encoding round-trips; anything else is an empty slot.
     let s = Slot {
@@ -281,15 +295,39 @@ fn eviction_takes_the_fullest_bucket_first() {
     assert_eq!(Slot::BYTES, 96);
     assert!(Slot::decode(&s.encode()[..95]).is_empty());
     assert!(Slot::decode(b"").is_empty());
-    // Candidates are 4 adjacent slots inside the table.
-    let shape = TableShape::new(1026);
-    assert_eq!(shape.slots(), 1024);
+    // A set: 8 slots concatenated, empty ones included; another size is an empty set.
+    let mut set = [Slot::default(); WAYS];
+    set[3] = s;
+    let bytes = encode_set(&set);
+    assert_eq!((bytes.len(), SET_BYTES, WAYS), (768, 768, 8));
+    assert_eq!(decode_set(&bytes), set);
+    assert_eq!(&bytes[3 * 96..4 * 96], &s.encode()[..]);
+    for bad in [&bytes[..767], &[bytes.as_slice(), &[0]].concat()[..], b"", &[0xff; 96][..]] {
+        assert!(decode_set(bad).iter().all(Slot::is_empty), "{} bytes", bad.len());
+    }
+    // update_set: a new key takes the first empty way; `None` leaves the set unchanged.
+    let mut set = [Slot::default(); WAYS];
+    let st = KeyState { limited_until: 7, ..KeyState::default() };
+    assert_eq!(update_set(&mut set, 42, now, &mut |_| Some(st)), Ok(true));
+    assert_eq!(set[0], Slot { fingerprint: 42, state: st });
+    assert_eq!(
+        update_set(&mut set, 43, now, &mut |cur| {
+            assert_eq!(*cur, KeyState::default());
+            None
+        }),
+        Ok(false)
+    );
+    assert!(set[1].is_empty());
+    // Sets: `fingerprint mod sets`, 1024 slots in 128 sets; at least one set.
+    let shape = TableShape::new(1030);
+    assert_eq!((shape.slots(), shape.sets()), (1024, 128));
     let mut rnd = stream(1);
     for _ in 0..10_000 {
-        let c = shape.candidates(rnd());
-        assert!(c.iter().all(|&i| i < 1024) && c[0].is_multiple_of(4) && c[3] == c[0] + 3);
+        let fp = rnd();
+        assert!(shape.set_of(fp) < 128 && shape.set_of(fp) as u64 == fp % 128);
     }
-    assert_eq!(TableShape::new(0).slots(), 4);
+    assert_eq!(TableShape::new(0).slots(), 8);
+    assert_eq!(TableShape::new(15).slots(), 8);
 }
 
 #[test]
@@ -356,10 +394,10 @@ fn config_errors_name_field_and_value() {
          "default.on_missing_key: unknown variant `skip`, expected one of `deny`, `allow`, `shared`"),
         (format!(r#"{{"policy_version":"t","default":{{{lim},"headers":"legacy"}}}}"#),
          "default.headers: unknown variant `legacy`, expected one of `ietf`, `ietf_and_legacy`, `none`"),
-        (r#"{"policy_version":"t","max_keys":3}"#.into(),
-         "max_keys: 3 is not between 4 and 16777216"),
+        (r#"{"policy_version":"t","max_keys":7}"#.into(),
+         "max_keys: 7 is not between 8 and 16777216"),
         (r#"{"policy_version":"t","max_keys":16777217}"#.into(),
-         "max_keys: 16777217 is not between 4 and 16777216"),
+         "max_keys: 16777217 is not between 8 and 16777216"),
         (r#"{"policy_version":"t","filter":"ip_geo"}"#.into(),
          r#"filter: this policy is for filter "ip_geo", not "rate_limit""#),
         (r#"{"policy_version":"t","mode":"enforcing"}"#.into(),

@@ -38,7 +38,7 @@ use crate::gcra::{self, AdmitAll, Limit};
 use crate::policy::{Buckets, MAX_LIMITS_PER_RULE};
 
 /// Slots per set.
-pub const WAYS: usize = 4;
+pub const WAYS: usize = 8;
 
 /// The state of one key: when its bucket stops being limited, and per limit of its rule a tag
 /// (0: unused) and a GCRA state word.
@@ -149,7 +149,7 @@ pub fn charge(
     result.ok_or(TableFull)
 }
 
-/// The table's shape.
+/// The table's shape: `sets` sets of [`WAYS`] slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableShape {
     sets: usize,
@@ -161,44 +161,101 @@ impl TableShape {
         Self { sets: (max_keys as usize / WAYS).max(1) }
     }
 
+    /// The number of sets.
+    pub fn sets(&self) -> usize {
+        self.sets
+    }
+
     /// The number of slots.
     pub fn slots(&self) -> usize {
         self.sets * WAYS
     }
 
-    /// The indices of the 4 slots a key may live in.
-    pub fn candidates(&self, fingerprint: u64) -> [usize; WAYS] {
-        let set = (fingerprint % self.sets as u64) as usize;
-        let first = set * WAYS;
-        [first, first + 1, first + 2, first + 3]
+    /// The set a key lives in (`fingerprint mod sets`).
+    pub fn set_of(&self, fingerprint: u64) -> usize {
+        (fingerprint % self.sets as u64) as usize
     }
 }
 
-/// Where a key goes among its candidate slots.
+/// One set's slots, as stored.
+pub type Set = [Slot; WAYS];
+
+/// Encoded size of a set: its [`WAYS`] slots concatenated, empty ones included.
+pub const SET_BYTES: usize = WAYS * Slot::BYTES;
+
+/// Encodes a set: its slots' [`Slot::encode`] in way order.
+pub fn encode_set(set: &Set) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SET_BYTES);
+    for slot in set {
+        out.extend_from_slice(&slot.encode());
+    }
+    out
+}
+
+/// Decodes a stored set; anything not exactly [`SET_BYTES`] long (another module's format, a
+/// stray value) is an empty set.
+pub fn decode_set(bytes: &[u8]) -> Set {
+    let mut set = [Slot::default(); WAYS];
+    if bytes.len() == SET_BYTES {
+        for (slot, chunk) in set.iter_mut().zip(bytes.chunks_exact(Slot::BYTES)) {
+            *slot = Slot::decode(chunk);
+        }
+    }
+    set
+}
+
+/// Where a key goes among its set's slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Choice {
-    /// The key is in candidate `i`.
+    /// The key is in way `i`.
     Hit(usize),
-    /// The key is new and takes candidate `i` (empty, or its bucket is evicted).
+    /// The key is new and takes way `i` (empty, or its bucket is evicted).
     Take(usize),
-    /// The key is new and every candidate holds a currently limited bucket.
+    /// The key is new and every slot holds a currently limited bucket.
     Full,
 }
 
-/// Chooses the slot of `fingerprint` among `candidates` (the slots at [`TableShape::candidates`]).
-pub fn choose(candidates: &[Slot], fingerprint: u64, now: u64) -> Choice {
-    if let Some(i) = candidates.iter().position(|s| s.fingerprint == fingerprint && !s.is_empty()) {
+/// Whether a slot's bucket is fully refilled at `now`: every state word (TAT) is at or before
+/// `now`, so replacing it loses nothing (its key would start again with a full bucket anyway).
+fn is_full_bucket(slot: &Slot, now: u64) -> bool {
+    slot.state.limited_until <= now && slot.state.states.iter().all(|&s| s <= now)
+}
+
+/// Chooses the way of `fingerprint` in `set` (see the module docs for the order).
+pub fn choose(set: &[Slot], fingerprint: u64, now: u64) -> Choice {
+    if let Some(i) = set.iter().position(|s| s.fingerprint == fingerprint && !s.is_empty()) {
         return Choice::Hit(i);
     }
-    if let Some(i) = candidates.iter().position(Slot::is_empty) {
+    if let Some(i) = set.iter().position(Slot::is_empty) {
         return Choice::Take(i);
     }
-    candidates
-        .iter()
+    if let Some(i) = set.iter().position(|s| is_full_bucket(s, now)) {
+        return Choice::Take(i);
+    }
+    set.iter()
         .enumerate()
         .filter(|(_, s)| s.state.limited_until <= now)
         .min_by_key(|(_, s)| s.state.limited_until)
         .map_or(Choice::Full, |(i, _)| Choice::Take(i))
+}
+
+/// Runs one update of the key `fingerprint` on its `set` in place: [`choose`] a way, give `f`
+/// the key's current state (all zeros for a new key), store what `f` returns. `Ok(true)` when
+/// the set changed (the caller writes it back), `Ok(false)` when `f` stored nothing.
+pub fn update_set(set: &mut Set, fingerprint: u64, now: u64, f: &mut dyn FnMut(&KeyState) -> Option<KeyState>) -> Result<bool, TableFull> {
+    let (way, current) = match choose(set, fingerprint, now) {
+        Choice::Hit(w) => (w, set.get(w).map(|s| s.state).unwrap_or_default()),
+        Choice::Take(w) => (w, KeyState::default()),
+        Choice::Full => return Err(TableFull),
+    };
+    let Some(state) = f(&current) else { return Ok(false) };
+    match set.get_mut(way) {
+        Some(slot) => {
+            *slot = Slot { fingerprint, state };
+            Ok(true)
+        }
+        None => Err(TableFull),
+    }
 }
 
 /// The key could not be tracked: every candidate slot holds a limited bucket.
@@ -230,17 +287,12 @@ impl MemoryTable {
 
 impl Buckets for MemoryTable {
     fn update(&mut self, fingerprint: u64, now: u64, f: &mut dyn FnMut(&KeyState) -> Option<KeyState>) -> Result<(), TableFull> {
-        let idx = self.shape.candidates(fingerprint);
-        let set: Vec<Slot> = idx.iter().map(|&i| self.slots.get(i).copied().unwrap_or_default()).collect();
-        let (way, current) = match choose(&set, fingerprint, now) {
-            Choice::Hit(w) => (w, set.get(w).map(|s| s.state).unwrap_or_default()),
-            Choice::Take(w) => (w, KeyState::default()),
-            Choice::Full => return Err(TableFull),
-        };
-        if let Some(state) = f(&current) {
-            if let Some(slot) = idx.get(way).and_then(|&i| self.slots.get_mut(i)) {
-                *slot = Slot { fingerprint, state };
-            }
+        let first = self.shape.set_of(fingerprint) * WAYS;
+        let Some(stored) = self.slots.get_mut(first..first + WAYS) else { return Err(TableFull) };
+        let mut set = [Slot::default(); WAYS];
+        set.copy_from_slice(stored);
+        if update_set(&mut set, fingerprint, now, f)? {
+            stored.copy_from_slice(&set);
         }
         Ok(())
     }

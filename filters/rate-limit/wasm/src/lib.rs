@@ -55,8 +55,8 @@ use gatewarden_glue::{export_filter, Enforcer, Outcome};
 use gatewarden_policy::facts::HeaderNeeds;
 use gatewarden_policy::{FilterPolicy, RequestFacts, Verdict};
 use gatewarden_rate_limit_policy::fleet::{FleetNote, Leases};
-use gatewarden_rate_limit_policy::table::{choose, Choice, WAYS};
-use gatewarden_rate_limit_policy::{Buckets, KeyState, RateLimitOutcome, RateLimitPolicy, RateLimitReason, Slot, TableFull, TableShape};
+use gatewarden_rate_limit_policy::table::{decode_set, encode_set, update_set, Set, WAYS};
+use gatewarden_rate_limit_policy::{Buckets, KeyState, RateLimitOutcome, RateLimitPolicy, RateLimitReason, TableFull, TableShape};
 
 mod fleet;
 
@@ -68,9 +68,9 @@ pub const SEED_KEY: &str = "gatewarden/rate_limit/seed";
 /// Tick period: re-reads the seed (see the crate docs) and flushes counters.
 const TICK: Duration = Duration::from_secs(1);
 
-/// The shared-data key of slot `index` of a table of `slots` slots.
-pub fn slot_key(slots: usize, index: usize) -> String {
-    format!("gatewarden/rate_limit/k{slots}/{index}")
+/// The shared-data key of set `index` of a table of `sets` sets of [`WAYS`] slots.
+pub fn set_key(sets: usize, index: usize) -> String {
+    format!("gatewarden/rate_limit/s{sets}w{WAYS}/{index}")
 }
 
 thread_local! {
@@ -150,18 +150,18 @@ impl SharedTable {
             let why = match failure {
                 StoreFailure::Host(0) => "the key seed is unavailable".to_owned(),
                 StoreFailure::Host(s) => format!("shared data failed (status {s})"),
-                StoreFailure::Contended => format!("the key's slot changed under {MAX_TRIES} tries"),
+                StoreFailure::Contended => format!("the key's set changed under {MAX_TRIES} tries"),
             };
             host::log(Level::Warn, format_args!("gatewarden {FILTER}: key not tracked, failure_mode decides: {why}"));
         }
     }
 
-    /// Reads one slot and its CAS, creating it empty first when absent (see the crate docs).
-    fn read(&self, key: &str) -> Result<(Slot, u32), StoreFailure> {
+    /// Reads one set and its CAS, creating it empty first when absent (see the crate docs).
+    fn read(&self, key: &str) -> Result<(Set, u32), StoreFailure> {
         for _ in 0..2 {
             match host::get_shared_data(key) {
-                Ok(Some((bytes, cas))) => return Ok((Slot::decode(&bytes), cas)),
-                Ok(None) => match host::set_shared_data(key, &Slot::default().encode(), 0) {
+                Ok(Some((bytes, cas))) => return Ok((decode_set(&bytes), cas)),
+                Ok(None) => match host::set_shared_data(key, &encode_set(&Set::default()), 0) {
                     Ok(()) => {}
                     Err(e) if e.0 == host::STATUS_CAS_MISMATCH => {}
                     Err(e) => return Err(StoreFailure::Host(e.0)),
@@ -178,29 +178,15 @@ impl SharedTable {
         now: u64,
         f: &mut dyn FnMut(&KeyState) -> Option<KeyState>,
     ) -> Result<Result<(), TableFull>, StoreFailure> {
-        let slots = self.shape.slots();
-        let idx = self.shape.candidates(fingerprint);
-        let mut set = [Slot::default(); WAYS];
-        let mut cas = [0u32; WAYS];
-        let mut keys: [String; WAYS] = Default::default();
-        for (w, &i) in idx.iter().enumerate() {
-            let key = slot_key(slots, i);
-            let (slot, c) = self.read(&key)?;
-            if let (Some(s), Some(cs), Some(k)) = (set.get_mut(w), cas.get_mut(w), keys.get_mut(w)) {
-                (*s, *cs, *k) = (slot, c, key);
-            }
+        let key = set_key(self.shape.sets(), self.shape.set_of(fingerprint));
+        let (mut set, cas) = self.read(&key)?;
+        match update_set(&mut set, fingerprint, now, f) {
+            Ok(true) => {}
+            other => return Ok(other.map(|_| ())),
         }
-        let (way, current) = match choose(&set, fingerprint, now) {
-            Choice::Hit(w) => (w, set.get(w).map(|s| s.state).unwrap_or_default()),
-            Choice::Take(w) => (w, Default::default()),
-            Choice::Full => return Ok(Err(TableFull)),
-        };
-        let Some(state) = f(&current) else { return Ok(Ok(())) };
-        let (Some(key), Some(&c)) = (keys.get(way), cas.get(way)) else { return Err(StoreFailure::Contended) };
-        let slot = Slot { fingerprint, state };
-        // `c` is the slot's real CAS (never 0: `read` created it), so this write is a true
+        // `cas` is the set's real CAS (never 0: `read` created it), so this write is a true
         // compare-and-swap on both hosts.
-        match host::set_shared_data(key, &slot.encode(), c) {
+        match host::set_shared_data(&key, &encode_set(&set), cas) {
             Ok(()) => Ok(Ok(())),
             Err(e) if e.0 == host::STATUS_CAS_MISMATCH => Err(StoreFailure::Contended),
             Err(e) => Err(StoreFailure::Host(e.0)),
