@@ -37,8 +37,9 @@ Rate limiting (issue 13; scripts/bench_ratelimit.py has the details):
   LIMIT: open (1,000,000/s: nothing denied) | tight (5 per day: most denied);
   CLIENTS: 1 | 10k (x-forwarded-for rotated over 10,000 addresses by a wrk Lua script).
   Reported side by side with ratios ours ÷ native and accuracy (admitted / configured).
-  Fleet mode (native `ratelimit` filter + our service, per call and lease) is not here yet: it
-  belongs beside these, as `fleet_*` configurations with the service started by this script.
+  Fleet mode (ours per call and in lease mode vs the native `ratelimit` filter, all on
+  gatewarden-ratelimit + Redis) is scripts/bench_fleet.py, which bench.sh runs after this one
+  (`fleet`, fleet_* and rls_* names in CONFIGS select it; this script skips them).
 ip_geo_*, jwt_* and rl_* are skipped when their module is not built.
 
 Environment: ROUNDS (5), DURATION (10, seconds per run), WARMUP (2), CONNECTIONS (32),
@@ -101,6 +102,8 @@ def selected_configs(spec: str) -> list[str]:
     groups = {"all": ALL_CONFIGS, "jwt": ["none", "floor"] + JWT_CONFIGS, "ratelimit": ["none", "floor"] + rl.CONFIGS}
     out: list[str] = []
     for c in (x.strip() for x in spec.split(",")):
+        if c == "fleet" or re.fullmatch(r"(fleet_call|fleet_lease|rls)_\w+", c):
+            continue  # fleet rate limiting: scripts/bench_fleet.py (bench.sh runs it)
         add = groups.get(c) or ([c] if c else [])
         out += [a for a in add if a not in out]
     return out
@@ -532,6 +535,9 @@ def main() -> int:
     if not ENVOY_BIN.exists():
         raise SystemExit(f"{ENVOY_BIN} missing (scripts/setup.sh)")
     hosts = selected_hosts(os.environ.get("HOSTS", "envoy,kong"))
+    if not CONFIGS:
+        print("bench.py: no configuration of its own selected (fleet ones: scripts/bench_fleet.py)", file=sys.stderr)
+        return 0
     skipped: dict[str, str] = {}
     configs = []
     for c in CONFIGS:

@@ -8,6 +8,11 @@
 #   CONFIGS=none,floor,rbac_10 scripts/bench.sh
 #   BENCH_CONFIGS=jwt scripts/bench.sh      # none, floor + our JWT filter vs native jwt_authn (issue 4)
 #   CONFIGS=ratelimit scripts/bench.sh      # none, floor + rate limiting vs local_ratelimit (issue 13)
+#   CONFIGS=fleet scripts/bench.sh          # fleet rate limiting only (scripts/bench_fleet.py: ours per
+#                                           # call and lease vs Envoy's ratelimit filter, on
+#                                           # gatewarden-ratelimit + Redis; ~9 min) and the service's
+#                                           # checks/s against Redis (LOAD_SECONDS, LOAD_CONCURRENCY,
+#                                           # LOAD_KEYS); in the default selection too, FLEET=0 skips it
 #   RATELIMIT_MEMORY=1 scripts/bench.sh     # also the rate limiter's bounded memory: 1,000,000 keys
 #                                           # in the Wasm host and on a real Envoy, and 10,000
 #                                           # cycling clients in the Wasm host (~6 min)
@@ -29,6 +34,22 @@ if [[ "${SKIP_BUILD:-}" != 1 ]]; then
                                   "$ROOT/scripts/build.sh" gatewarden-floor; }
 fi
 "$PY" "$ROOT/scripts/bench.py"
+# Fleet rate limiting (issue 13): when CONFIGS is unset or names `all`, `fleet`, fleet_* or rls_*.
+spec="${BENCH_CONFIGS:-${CONFIGS:-}}"
+if [[ "${FLEET:-1}" != 0 ]] && { [[ -z "$spec" ]] || [[ ",${spec// /}," =~ ,(all|fleet|fleet_call_[a-z0-9_]+|fleet_lease_[a-z0-9_]+|rls_[a-z0-9_]+), ]]; }; then
+    command -v redis-server >/dev/null || ensure_apt redis-server
+    out="${BENCH_OUT:-$ROOT/target/bench}"
+    mkdir -p "$out"
+    (cd "$ROOT" && cargo build --release -p gatewarden-ratelimit) || die "building gatewarden-ratelimit failed"
+    GATEWARDEN_RATELIMIT="${GATEWARDEN_RATELIMIT:-$ROOT/target/release/gatewarden-ratelimit}" \
+        "$PY" "$ROOT/scripts/bench_fleet.py" || die "bench_fleet.py failed"
+    # The service's checks per second against this machine's Redis (a gRPC client loop in
+    # services/ratelimit/tests/load.rs; one line).
+    (cd "$ROOT" && cargo test --release -p gatewarden-ratelimit --test load -- --ignored --nocapture) \
+        > "$out/ratelimit_load.txt" 2>&1 || { cat "$out/ratelimit_load.txt"; die "the service's load test failed"; }
+    grep '^gatewarden-ratelimit: ' "$out/ratelimit_load.txt" | tee -a "$out/fleet.md" \
+        || die "no checks/s line in $out/ratelimit_load.txt"
+fi
 # The noise-free half: instructions per request under callgrind (needs valgrind; ~3 min per
 # configuration). INSTRUCTIONS=1 scripts/bench.sh
 if [[ "${INSTRUCTIONS:-}" == 1 ]]; then

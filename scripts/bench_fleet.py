@@ -1,0 +1,427 @@
+#!/usr/bin/env python3
+"""Fleet-mode rate limiting in scripts/bench.sh (issue 13): our filter calling a rate limit service per
+request and in lease mode, against Envoy's native `envoy.filters.http.ratelimit` filter calling the same
+service (`gatewarden-ratelimit`, counters in a throwaway Redis), on the same limit per client address.
+
+Configurations, IMPL_LIMIT_CLIENTS:
+  fleet_call_*   our gatewarden_rate_limit.wasm, one fleet limit (`"scope": "fleet"`) per client address,
+                 one check per request (Envoy: gRPC ShouldRateLimit to the cluster; Kong's engine:
+                 POST /json to the service's HTTP address)
+  fleet_lease_*  the same with `fleet.lease` {units: LEASE_UNITS (50, at most the limit's burst, so 5 for
+                 `tight`), lease_ms: LEASE_MS (1000)}
+  rls_*          Envoy only: Envoy's native ratelimit filter, descriptors (generic_key gatewarden_limit
+                 = "<rule>/per_ip", remote_address) from its `rate_limits` actions, the same service,
+                 failure_mode_deny, timeout 1 s
+  LIMIT open     1,000,000 per second (burst 1,000,000): nothing is denied
+        tight    5 per day (burst 5): each address gets 5, then 429s
+  CLIENTS 1|10k  as scripts/bench_ratelimit.py: x-forwarded-for 10.100.0.0, or rotated over 10,000
+                 addresses (every listener has the HCM's xff_num_trusted_hops 1; ours
+                 client_address.xff_num_trusted_hops 1: both take the last hop)
+Every configuration has its own rule (`<host>_<configuration>`) in the one service policy: no two share a bucket;
+each gateway's policy holds only its own rule. The filter's fleet timeout is 1,000 ms, the service's Redis
+timeout 500 ms, failure modes deny (a failure would show as non-2xx and lower the accuracy).
+
+One Envoy (--concurrency 1, CPU 0; a `none` listener is the Kong nginx's upstream), one nginx per Kong
+configuration (1 worker, CPU 0), the service (release build, $GATEWARDEN_RATELIMIT or
+target/release/gatewarden-ratelimit, RUST_LOG=warn) and Redis unpinned; wrk -t1 -cCONNECTIONS on CPU 1, in
+interleaved rounds like scripts/bench.py. Per run: requests/s, p99, CPU µs per request of the gateway
+process, of the service and of Redis (/proc/<pid>/stat deltas over the run; they run on both cores, so
+they compete with wrk and the gateway), calls per request (the service's
+gatewarden_ratelimit_checks_total over the run ÷ wrk's requests: the same measure for ours and native;
+wrk leaves up to CONNECTIONS requests uncounted at the end of a run), `uptime` load before the run.
+Accuracy = admitted (2xx) / configured over the configuration's life (warm-up and every round), as in
+scripts/bench_ratelimit.py.
+
+Environment: ROUNDS (3), DURATION (8), WARMUP (2), CONNECTIONS (32), CONFIGS / BENCH_CONFIGS (`fleet` or
+unset: every configuration here; otherwise the fleet_* / rls_* names of the comma list), HOSTS
+(envoy,kong), BENCH_MODULE_DIR, BENCH_OUT (target/bench), LEASE_UNITS (50), LEASE_MS (1000).
+Writes BENCH_OUT/fleet.md and fleet.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts" / "e2e"))
+import bench  # noqa: E402
+import bench_kong  # noqa: E402
+import bench_ratelimit as rl  # noqa: E402
+import ecds  # noqa: E402
+import nginxconf  # noqa: E402
+from harness import ENVOY_BIN, _die_with_parent, free_port, wasmx_bin  # noqa: E402
+from services import RateLimitService, RedisServer, native_ratelimit_filter, redis_missing, rls_actions  # noqa: E402
+
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+DURATION = int(os.environ.get("DURATION", "8"))
+WARMUP = int(os.environ.get("WARMUP", "2"))
+OUT = Path(os.environ.get("BENCH_OUT", ROOT / "target" / "bench"))
+LEASE_UNITS = int(os.environ.get("LEASE_UNITS", "50"))
+LEASE_MS = int(os.environ.get("LEASE_MS", "1000"))
+CLUSTER = "gatewarden_rls"
+IMPLS = ("fleet_call", "fleet_lease", "rls")
+CONFIGS = [f"{i}_{lim}_{c}" for lim in rl.LIMITS for c in rl.CLIENTS for i in IMPLS]
+
+
+def parts(cfg: str) -> tuple[str, str, int] | None:
+    """(impl, limit, clients) of a fleet configuration, else None."""
+    m = re.fullmatch(r"(fleet_call|fleet_lease|rls)_(open|tight)_(1|10k)", cfg)
+    return (m.group(1), m.group(2), rl.CLIENTS[m.group(3)]) if m else None
+
+
+def selected(spec: str | None) -> list[str]:
+    """The fleet configurations a CONFIGS value selects (unset, `all` or `fleet`: all of them)."""
+    if not spec:
+        return list(CONFIGS)
+    names = [x.strip() for x in spec.split(",") if x.strip()]
+    if "fleet" in names or "all" in names:
+        return list(CONFIGS)
+    return [n for n in names if parts(n)]
+
+
+def limit(cfg: str) -> tuple[int, int]:
+    p = parts(cfg)
+    assert p is not None
+    return rl.TIGHT if p[1] == "tight" else rl.OPEN
+
+
+def lease_units(cfg: str) -> int:
+    """LEASE_UNITS, at most the limit's burst (a larger ask is refused at configure time)."""
+    return min(LEASE_UNITS, limit(cfg)[0])
+
+
+def rule_name(host: str, cfg: str) -> str:
+    """Each host's configuration has a rule of its own: no bucket is shared between them."""
+    return f"{host}_{cfg}"
+
+
+def rule(host: str, cfg: str) -> dict[str, Any]:
+    units, per = limit(cfg)
+    return {"name": rule_name(host, cfg), "match": {"path_prefix": "/"}, "key": ["client_address"],
+            "limits": [{"name": "per_ip", "rate": units, "per_seconds": per, "burst": units, "scope": "fleet"}]}
+
+
+def policy(rules: list[tuple[str, str]], http_address: str, lease: int | None = None) -> dict[str, Any]:
+    """A policy with one rule per (host, configuration) (the service's: all; a gateway's: its own)."""
+    fleet: dict[str, Any] = {"service": {"cluster": CLUSTER, "address": http_address, "timeout_ms": 1000},
+                             "failure_mode": "deny"}
+    if lease:
+        fleet["lease"] = {"units": lease, "lease_ms": LEASE_MS}
+    return {"policy_version": "bench-fleet-" + (rule_name(*rules[0]) if len(rules) == 1 else "service"), "mode": "enforce",
+            "failure_mode": "deny", "client_address": {"xff_num_trusted_hops": 1}, "fleet": fleet,
+            "rules": [rule(h, c) for h, c in rules]}
+
+
+def gateway_policy(host: str, cfg: str, http_address: str) -> dict[str, Any]:
+    p = parts(cfg)
+    assert p is not None and p[0] != "rls"
+    return policy([(host, cfg)], http_address, lease_units(cfg) if p[0] == "fleet_lease" else None)
+
+
+def cluster(name: str, port: int, http2: bool) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+    if http2:
+        c["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}
+    return c
+
+
+def rls_cluster(port: int) -> dict[str, Any]:
+    return cluster(CLUSTER, port, http2=True)
+
+
+def module() -> Path:
+    return bench.module_path("rate_limit")
+
+
+def envoy_bootstrap(workdir: Path, cfgs: list[str], rls: RateLimitService,
+                    upstream_port: int) -> tuple[dict[str, Any], dict[str, int]]:
+    ecds_dir = workdir / "ecds"
+    ecds_dir.mkdir(parents=True, exist_ok=True)
+    ports = {"admin": free_port()}
+    listeners = []
+    for cfg in cfgs:
+        ports[cfg] = free_port()
+        if parts(cfg)[0] == "rls":  # type: ignore[index]
+            filters = [native_ratelimit_filter(CLUSTER, [rls_actions(f"{rule_name('envoy', cfg)}/per_ip", "remote_address")], timeout="1s")]
+        else:
+            ecds.push(ecds_dir, cfg, gateway_policy("envoy", cfg, rls.http_address), module(), vm_id=f"gatewarden_{cfg}")
+            filters = [bench.ecds_filter(cfg, ecds_dir)]
+        lst = bench.listener(cfg, ports[cfg], filters, xff_hops=1)
+        # Envoy's ratelimit filter does nothing on a direct_response route (no route entry): every
+        # configuration proxies to the upstream Envoy instead.
+        hcm = lst["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["route_config"]["virtual_hosts"][0]["routes"] = [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+        listeners.append(lst)
+    return {
+        "node": {"id": "gatewarden-bench-fleet", "cluster": "gatewarden"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ports["admin"]}}},
+        "static_resources": {"listeners": listeners,
+                             "clusters": [rls_cluster(rls.grpc_port), cluster("upstream", upstream_port, http2=False)]},
+    }, ports
+
+
+def upstream_bootstrap(port: int, admin: int) -> dict[str, Any]:
+    """The upstream: an Envoy of its own with one direct_response listener (its CPU is not the gateway's)."""
+    return {"node": {"id": "gatewarden-bench-upstream", "cluster": "gatewarden"},
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "static_resources": {"listeners": [bench.listener("none", port, [])]}}
+
+
+def start_envoy(workdir: Path, name: str, bootstrap: dict[str, Any], admin: int, cpu: str | None,
+                base_id: int) -> subprocess.Popen[bytes]:
+    cfg_path = workdir / f"{name}.json"
+    cfg_path.write_text(json.dumps(bootstrap))
+    log = workdir / f"{name}.log"
+    cmd = [str(ENVOY_BIN), "-c", str(cfg_path), "--concurrency", "1", "--disable-hot-restart",
+           "--base-id", str(base_id), "-l", "warning"]
+    if cpu is not None:
+        cmd = ["taskset", "-c", cpu] + cmd
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent)
+    try:
+        bench.wait_ready(proc, admin, log)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
+def kong_start(cfg: str, workdir: Path, upstream: str, cpu: str | None, rls: RateLimitService) -> bench_kong.Instance:
+    """One nginx (1 worker) with our filter in fleet mode over POST /json; waits for its first answer."""
+    wdir = workdir / f"kong-{cfg}"
+    port = free_port()
+    text = nginxconf.render(nginxconf.Config(
+        prefix=wdir, port=port, upstream=upstream, modules={"rate_limit": module()},
+        routes=[nginxconf.Route("/", [("rate_limit", gateway_policy("kong", cfg, rls.http_address))])], workers=1,
+        log_level="warn", request_headers_in_access=True, access_log=False, run_as_root=os.geteuid() == 0))
+    (wdir / "tmp").mkdir(parents=True, exist_ok=True)
+    conf = wdir / "nginx.conf"
+    conf.write_text(text)
+    cmd = [str(wasmx_bin()), "-p", str(wdir), "-c", str(conf), "-e", str(wdir / "error.log")]
+    if cpu is not None:
+        cmd = ["taskset", "-c", cpu] + cmd
+    t0 = time.monotonic()
+    with open(wdir / "nginx.out", "wb") as out_f:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out_f, stderr=subprocess.STDOUT, cwd=wdir,
+                                preexec_fn=_die_with_parent)
+    inst = bench_kong.Instance(cfg, wdir, port, proc)
+    try:
+        while True:  # first answer from an address of its own (a 429 is an answer too)
+            if proc.poll() is not None:
+                raise SystemExit(f"kong {cfg}: nginx exited ({proc.returncode}); see {inst.log}")
+            if time.monotonic() - t0 > bench_kong.START_TIMEOUT:
+                raise SystemExit(f"kong {cfg}: no answer in {bench_kong.START_TIMEOUT}s; see {inst.log}")
+            try:
+                status = bench.http_status(port, headers={"X-Forwarded-For": rl.PROBE_ADDRESS})
+            except OSError:
+                time.sleep(0.01)
+                continue
+            if status not in (200, 429):
+                raise SystemExit(f"kong {cfg}: GET / answered {status}; see {inst.log}")
+            break
+        inst.start_ms = (time.monotonic() - t0) * 1e3
+        inst.worker = bench_kong.worker_of(proc.pid)
+        check(cfg, port, inst.log)
+    except BaseException:
+        bench_kong.stop(inst)
+        raise
+    return inst
+
+
+def check(cfg: str, port: int, log: Path) -> None:
+    """open: 200s; tight: 5 × 200 then 429, from an address the benchmark never uses."""
+    hdr = {"X-Forwarded-For": rl.CHECK_ADDRESS}
+    tight = parts(cfg)[1] == "tight"  # type: ignore[index]
+    want = [200] * (rl.TIGHT[0] if tight else 6) + ([429] if tight else [])
+    got = [bench.http_status(port, headers=hdr) for _ in want]
+    if got != want:
+        raise SystemExit(f"{cfg}: statuses {got}, expected {want}: the benchmark would not measure the configured "
+                         f"limit; see {log}")
+
+
+def checks_total(rls: RateLimitService) -> int:
+    return sum(v for k, v in rls.metrics().items() if k.startswith("gatewarden_ratelimit_checks_total"))
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def configured(cfg: str, runs: list[int]) -> float:
+    p = parts(cfg)
+    assert p is not None
+    if p[1] == "open":
+        return float(sum(runs))
+    return float(sum(min(n, rl.TIGHT[0]) for n in rl.per_client(p[2], runs)))
+
+
+def table(results: dict[str, dict[str, list[dict[str, float]]]], life: dict[str, dict[str, list[dict[str, float]]]],
+          meta: dict[str, Any]) -> str:
+    def med(host: str, cfg: str, key: str) -> float | None:
+        runs = results.get(host, {}).get(cfg) or []
+        return statistics.median(r[key] for r in runs) if runs else None
+
+    def fmt(v: float | None, spec: str) -> str:
+        return format(v, spec) if v is not None else "–"
+
+    def rat(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}" if a is not None and b else "–"
+
+    lines = [
+        f"Fleet rate limiting: ours per call (`fleet_call_*`) and in lease mode (`fleet_lease_*`, {LEASE_UNITS} units "
+        f"(5 for tight), lease_ms {LEASE_MS}) against Envoy's native ratelimit filter (`rls_*`), all on "
+        f"gatewarden-ratelimit + Redis, one fleet limit per client address. Envoy {meta['envoy']} --concurrency 1 "
+        f"and each Kong nginx (1 worker) on CPU {meta['cpu']}, wrk -t1 -c{bench.CONNECTIONS} -d{DURATION}s on CPU "
+        f"{meta['wrk_cpu']}, service and Redis unpinned; {ROUNDS} interleaved rounds, medians. CPU µs/req: gateway "
+        "process, service, Redis. calls/req: the service's checks ÷ requests. Accuracy = admitted / configured over "
+        "the configuration's life. Ratios: ÷ the baseline (Envoy: rls_* on the same limit and clients; Kong: "
+        "fleet_call_* on the same). load: /proc/loadavg (1 min) before the runs, min–max.",
+        "",
+        "| host | configuration | requests/s | p99 ms | gateway CPU µs/req | service CPU µs/req | Redis CPU µs/req "
+        "| calls/req | accuracy | load | baseline | rps ÷ base | p99 ÷ base | gateway CPU ÷ base | total CPU ÷ base |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for host, per_cfg in results.items():
+        for cfg, runs in per_cfg.items():
+            if not runs:
+                continue
+            p = parts(cfg)
+            assert p is not None
+            lim_c = f"{p[1]}_{'1' if p[2] == 1 else '10k'}"
+            base = (f"rls_{lim_c}" if p[0] != "rls" else None) if host == "envoy" else \
+                (f"fleet_call_{lim_c}" if p[0] == "fleet_lease" else None)
+            every = life[host][cfg]
+            sent = [int(r["requests"]) for r in every]
+            admitted = sum(int(r["requests"] - r["non_2xx"]) for r in every)
+            conf = configured(cfg, sent)
+            loads = [float(r["load1"]) for r in runs]
+            total = {c: (med(host, c, "cpu_us_per_req") or 0) + (med(host, c, "svc_us_per_req") or 0)
+                     + (med(host, c, "redis_us_per_req") or 0) for c in (cfg, base) if c}
+            row = [host, cfg, fmt(med(host, cfg, "rps"), ".0f"), fmt(med(host, cfg, "p99_ms"), ".2f"),
+                   fmt(med(host, cfg, "cpu_us_per_req"), ".1f"), fmt(med(host, cfg, "svc_us_per_req"), ".1f"),
+                   fmt(med(host, cfg, "redis_us_per_req"), ".1f"), fmt(med(host, cfg, "calls_per_req"), ".3f"),
+                   f"{admitted / conf:.4f}" if conf else "–", f"{min(loads):.2f}–{max(loads):.2f}"]
+            if base and results[host].get(base):
+                row += [base] + [rat(med(host, cfg, m), med(host, base, m)) for m in ("rps", "p99_ms", "cpu_us_per_req")]
+                row += [rat(total[cfg], total[base])]
+            else:
+                row += ["", "", "", "", ""]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    cfgs = selected(os.environ.get("BENCH_CONFIGS") or os.environ.get("CONFIGS"))
+    if not cfgs:
+        print("no fleet configuration selected", file=sys.stderr)
+        return 0
+    for tool in ("wrk", "redis-server"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} not found (scripts/setup.sh)")
+    if not module().exists():
+        raise SystemExit(f"{module()} not built (scripts/build.sh gatewarden-rate-limit)")
+    os.environ.setdefault("GATEWARDEN_RATELIMIT", str(ROOT / "target" / "release" / "gatewarden-ratelimit"))
+    os.environ["RUST_LOG"] = os.environ.get("FLEET_RUST_LOG", "warn")  # a flood of denials logs one line each
+    hosts = bench.selected_hosts(os.environ.get("HOSTS", "envoy,kong"))
+    kong_cfgs: list[str] = []
+    if "kong" in hosts:
+        why = bench_kong.missing()
+        if why:
+            print(f"Kong half of the fleet benchmark skipped: {why}", file=sys.stderr, flush=True)
+        else:
+            kong_cfgs = [c for c in cfgs if parts(c)[0] != "rls"]  # type: ignore[index]
+    envoy_cfgs = cfgs if "envoy" in hosts else []
+    cpu, wrk_cpu = ("0", "1") if (os.cpu_count() or 1) >= 2 and shutil.which("taskset") else (None, None)
+    workdir = OUT / "fleet-run"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    if (why := redis_missing()):
+        raise SystemExit(why)
+    version = subprocess.run([str(ENVOY_BIN), "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"/(\d+\.\d+\.\d+)/", version)
+    meta: dict[str, Any] = {"envoy": m.group(1) if m else "?", "cpu": cpu or "any", "wrk_cpu": wrk_cpu or "any",
+                            "lease_units": LEASE_UNITS, "lease_ms": LEASE_MS, "module": str(module())}
+    results: dict[str, dict[str, list[dict[str, float]]]] = {"envoy": {c: [] for c in envoy_cfgs},
+                                                               "kong": {c: [] for c in kong_cfgs}}
+    life: dict[str, dict[str, list[dict[str, float]]]] = {"envoy": {c: [] for c in envoy_cfgs},
+                                                            "kong": {c: [] for c in kong_cfgs}}
+    kong: dict[str, bench_kong.Instance] = {}
+    with RedisServer(workdir / "redis") as redis, \
+            RateLimitService(workdir / "rls", policy([("envoy", c) for c in envoy_cfgs] + [("kong", c) for c in kong_cfgs], "127.0.0.1:1"), redis.url, redis_timeout_ms=500) as rls:
+        up_port, up_admin = free_port(), free_port()
+        upstream = start_envoy(workdir, "upstream", upstream_bootstrap(up_port, up_admin), up_admin, wrk_cpu,
+                               os.getpid() % 100_000 + 310_000)
+        bootstrap, ports = envoy_bootstrap(workdir, envoy_cfgs, rls, up_port)
+        log = workdir / "envoy.log"
+        proc = start_envoy(workdir, "envoy", bootstrap, ports["admin"], cpu, os.getpid() % 100_000 + 300_000)
+        try:
+            for c in envoy_cfgs:
+                check(c, ports[c], log)
+            for c in kong_cfgs:
+                kong[c] = kong_start(c, workdir, f"127.0.0.1:{up_port}", cpu, rls)
+                print(f"kong {c}: worker up in {kong[c].start_ms:.0f} ms", file=sys.stderr, flush=True)
+            items = [("envoy", c, ports[c], proc.pid) for c in envoy_cfgs]
+            items += [("kong", c, kong[c].port, kong[c].worker) for c in kong]
+            svc_pid, redis_pid = rls.proc.pid, redis.proc.pid  # type: ignore[union-attr]
+
+            def run(host: str, c: str, port: int, pid: int, seconds: int) -> dict[str, float]:
+                load1 = float(loadavg().split()[0])
+                before = (bench.cpu_seconds(pid), bench.cpu_seconds(svc_pid), bench.cpu_seconds(redis_pid), checks_total(rls))
+                r = bench.run_wrk(port, seconds, wrk_cpu, {"1": "rl_open_1", "10000": "rl_open_10k"}[str(parts(c)[2])])  # type: ignore[index]
+                after = (bench.cpu_seconds(pid), bench.cpu_seconds(svc_pid), bench.cpu_seconds(redis_pid), checks_total(rls))
+                n = r["requests"] or 1
+                r.update(load1=load1, cpu_us_per_req=(after[0] - before[0]) * 1e6 / n,
+                         svc_us_per_req=(after[1] - before[1]) * 1e6 / n, redis_us_per_req=(after[2] - before[2]) * 1e6 / n,
+                         calls_per_req=(after[3] - before[3]) / n)
+                life[host][c].append(r)
+                return r
+
+            if WARMUP:
+                for host, c, port, pid in items:
+                    run(host, c, port, pid, WARMUP)
+            for rnd in range(ROUNDS if items else 0):
+                order = items[rnd % len(items):] + items[:rnd % len(items)]
+                for host, c, port, pid in order:
+                    r = run(host, c, port, pid, DURATION)
+                    results[host][c].append(r)
+                    print(f"round {rnd + 1}/{ROUNDS} {host:5s} {c:20s} {r['rps']:8.0f} rps  p99 {r['p99_ms']:7.2f} ms  "
+                          f"gw {r['cpu_us_per_req']:6.1f} svc {r['svc_us_per_req']:6.1f} redis {r['redis_us_per_req']:5.1f} "
+                          f"CPU-us/req  calls/req {r['calls_per_req']:.3f}  non-2xx {r['non_2xx']:.0f}  load {r['load1']:.2f}",
+                          file=sys.stderr, flush=True)
+        finally:
+            for i in kong.values():
+                bench_kong.stop(i)
+            for p in (proc, upstream):
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        meta["service_metrics"] = rls.metrics()
+    md = table(results, life, meta)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "fleet.md").write_text(md)
+    (OUT / "fleet.json").write_text(json.dumps({"meta": meta, "runs": results, "life": life}, indent=2))
+    print(md)
+    print(f"written {OUT / 'fleet.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
