@@ -69,6 +69,9 @@ OUT = Path(os.environ.get("BENCH_OUT", ROOT / "target" / "bench"))
 LEASE_UNITS = int(os.environ.get("LEASE_UNITS", "50"))
 LEASE_MS = int(os.environ.get("LEASE_MS", "1000"))
 CLUSTER = "gatewarden_rls"
+# The gateways' timeout for a check (ours: fleet.service.timeout_ms; native: the filter's timeout);
+# 10 s under callgrind, where everything is 50 times slower.
+TIMEOUT_MS = 1000
 IMPLS = ("fleet_call", "fleet_lease", "rls")
 CONFIGS = [f"{i}_{lim}_{c}" for lim in rl.LIMITS for c in rl.CLIENTS for i in IMPLS]
 
@@ -113,7 +116,7 @@ def rule(host: str, cfg: str) -> dict[str, Any]:
 
 def policy(rules: list[tuple[str, str]], http_address: str, lease: int | None = None) -> dict[str, Any]:
     """A policy with one rule per (host, configuration) (the service's: all; a gateway's: its own)."""
-    fleet: dict[str, Any] = {"service": {"cluster": CLUSTER, "address": http_address, "timeout_ms": 1000},
+    fleet: dict[str, Any] = {"service": {"cluster": CLUSTER, "address": http_address, "timeout_ms": TIMEOUT_MS},
                              "failure_mode": "deny"}
     if lease:
         fleet["lease"] = {"units": lease, "lease_ms": LEASE_MS}
@@ -157,7 +160,8 @@ def envoy_bootstrap(workdir: Path, cfgs: list[str], rls: RateLimitService,
     for cfg in cfgs:
         ports[cfg] = free_port()
         if parts(cfg)[0] == "rls":  # type: ignore[index]
-            filters = [native_ratelimit_filter(CLUSTER, [rls_actions(f"{rule_name('envoy', cfg)}/per_ip", "remote_address")], timeout="1s")]
+            filters = [native_ratelimit_filter(CLUSTER, [rls_actions(f"{rule_name('envoy', cfg)}/per_ip", "remote_address")],
+                                               timeout=f"{TIMEOUT_MS / 1000:g}s")]
         else:
             ecds.push(ecds_dir, cfg, gateway_policy("envoy", cfg, rls.http_address), module(), vm_id=f"gatewarden_{cfg}")
             filters = [bench.ecds_filter(cfg, ecds_dir)]
@@ -326,7 +330,126 @@ def table(results: dict[str, dict[str, list[dict[str, float]]]], life: dict[str,
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------
+# Instructions per request (INSTRUCTIONS=1): the gateway Envoy, the service and Redis each under callgrind
+
+def wrapper(path: Path, real: str, outfile: Path) -> Path:
+    """An executable that execs `real` under callgrind (the pid stays the same, so a `-z`/`-d` by pid works)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\nexec valgrind --tool=callgrind --smc-check=all --callgrind-out-file={outfile} '
+                    f'{real} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def callgrind(pid: int, op: str) -> None:
+    subprocess.run(["callgrind_control", op, str(pid)], check=True, capture_output=True)
+
+
+def last_dump(outfile: Path) -> int:
+    """Ir of the newest dump (`<outfile>.<n>`) of a process."""
+    dumps = sorted(outfile.parent.glob(outfile.name + ".*"), key=lambda f: int(f.suffix[1:]))
+    m = re.search(r"^summary: (\d+)", dumps[-1].read_text(errors="replace"), re.M) if dumps else None
+    if not m:
+        raise SystemExit(f"no callgrind dump of {outfile}")
+    return int(m.group(1))
+
+
+def sequential(port: int, n: int, ok: tuple[int, ...]) -> None:
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    for _ in range(n):
+        conn.request("GET", "/", headers={"X-Forwarded-For": rl.address(0)})
+        r = conn.getresponse()
+        r.read()
+        if r.status not in ok:
+            raise SystemExit(f"port {port}: status {r.status}")
+    conn.close()
+
+
+def instructions(cfgs: list[str]) -> str:
+    """Instructions per request, window method (WARM requests, zero, N sequential keep-alive requests from one
+    client, dump), of the gateway Envoy (--concurrency 1: its gRPC calls included) and, separately, of the
+    service and Redis over the same window; one Envoy lifetime per configuration, the service and Redis
+    shared (each configuration has its own rule). 1-client configurations only."""
+    import bench_instructions as bi
+    global TIMEOUT_MS
+    TIMEOUT_MS = 10_000
+    n, warm = int(os.environ.get("N", "2000")), int(os.environ.get("WARM", "200"))
+    cfgs = [c for c in cfgs if parts(c)[2] == 1]  # type: ignore[index]
+    work = OUT / "fleet-instructions"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    svc_out, redis_out = work / "callgrind.service", work / "callgrind.redis"
+    real_svc = os.environ.get("GATEWARDEN_RATELIMIT", str(ROOT / "target" / "release" / "gatewarden-ratelimit"))
+    os.environ["GATEWARDEN_RATELIMIT"] = str(wrapper(work / "bin" / "gatewarden-ratelimit", real_svc, svc_out))
+    wrapper(work / "bin" / "redis-server", str(shutil.which("redis-server")), redis_out)
+    os.environ["PATH"] = f"{work / 'bin'}:{os.environ['PATH']}"
+    rows: dict[str, dict[str, float]] = {}
+    with RedisServer(work / "redis", ready_timeout=120) as redis, \
+            RateLimitService(work / "rls", policy([("envoy", c) for c in cfgs], "127.0.0.1:1"), redis.url,
+                             redis_timeout_ms=10_000, ready_timeout=300) as rls:
+        up_port, up_admin = free_port(), free_port()
+        upstream = start_envoy(work, "upstream", upstream_bootstrap(up_port, up_admin), up_admin, None,
+                               os.getpid() % 100_000 + 320_000)
+        try:
+            for cfg in cfgs:
+                cw = work / cfg
+                cw.mkdir()
+                bootstrap, ports = envoy_bootstrap(cw, [cfg], rls, up_port)
+                (cw / "envoy.json").write_text(json.dumps(bootstrap))
+                env_out = cw / "callgrind.envoy"
+                log = cw / "envoy.log"
+                cmd = ["valgrind", "--tool=callgrind", "--smc-check=all", f"--callgrind-out-file={env_out}",
+                       bi.envoy_binary(), "-c", str(cw / "envoy.json"), "--concurrency", "1", "--disable-hot-restart",
+                       "-l", "warning"]
+                with log.open("wb") as lf:
+                    proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            preexec_fn=_die_with_parent)
+                try:
+                    bench.wait_ready(proc, ports["admin"], log, timeout=1800)
+                    ok = (200, 429) if parts(cfg)[1] == "tight" else (200,)  # type: ignore[index]
+                    sequential(ports[cfg], warm, ok)
+                    checks = checks_total(rls)
+                    for pid in (proc.pid, rls.proc.pid, redis.proc.pid):  # type: ignore[union-attr]
+                        callgrind(pid, "-z")
+                    sequential(ports[cfg], n, ok)
+                    for pid in (proc.pid, rls.proc.pid, redis.proc.pid):  # type: ignore[union-attr]
+                        callgrind(pid, "-d")
+                    rows[cfg] = {"envoy": last_dump(env_out) / n, "service": last_dump(svc_out) / n,
+                                 "redis": last_dump(redis_out) / n, "calls_per_req": (checks_total(rls) - checks) / n}
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=300)
+                r = rows[cfg]
+                print(f"{cfg:20s} envoy {r['envoy']:10.0f}  service {r['service']:10.0f}  redis {r['redis']:9.0f} "
+                      f"instructions/request  calls/req {r['calls_per_req']:.3f}", file=sys.stderr, flush=True)
+        finally:
+            upstream.terminate()
+            upstream.wait(timeout=60)
+    lines = [f"Instructions per request under callgrind (window: {warm} warm-up requests, then {n} sequential "
+             "keep-alive requests from one client address), Envoy --concurrency 1 proxying to an upstream Envoy "
+             "outside valgrind; the service (release build) and Redis under callgrind too, their counts over the same "
+             "window, separately. The gateway column includes Envoy's side of every call (gRPC client, HTTP/2 codec); "
+             "the kernel's work (loopback TCP, syscalls) is in none. Ratios: ÷ rls_* on the same limit.", "",
+             "| configuration | Envoy instr./req | service instr./req | Redis instr./req | total | calls/req "
+             "| Envoy ÷ native | total ÷ native |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for cfg, r in rows.items():
+        base = rows.get("rls_" + cfg.split("_", 2)[2]) if not cfg.startswith("rls_") else None
+        tot = r["envoy"] + r["service"] + r["redis"]
+        btot = base["envoy"] + base["service"] + base["redis"] if base else None
+        lines.append(f"| {cfg} | {r['envoy']:.0f} | {r['service']:.0f} | {r['redis']:.0f} | {tot:.0f} | "
+                     f"{r['calls_per_req']:.3f} | " + (f"{r['envoy'] / base['envoy']:.2f} | {tot / btot:.2f} |" if base and btot
+                                                      else " | |"))
+    text = "\n".join(lines) + "\n"
+    (OUT / "fleet_instructions.md").write_text(text)
+    return text
+
+
 def main() -> int:
+    if os.environ.get("FLEET_INSTRUCTIONS_ONLY") == "1":
+        print(instructions(selected(os.environ.get("BENCH_CONFIGS") or os.environ.get("CONFIGS"))))
+        return 0
     cfgs = selected(os.environ.get("BENCH_CONFIGS") or os.environ.get("CONFIGS"))
     if not cfgs:
         print("no fleet configuration selected", file=sys.stderr)
@@ -418,6 +541,9 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "fleet.md").write_text(md)
     (OUT / "fleet.json").write_text(json.dumps({"meta": meta, "runs": results, "life": life}, indent=2))
+    if os.environ.get("INSTRUCTIONS") == "1" and envoy_cfgs:
+        md += "\n" + instructions(envoy_cfgs)
+        (OUT / "fleet.md").write_text(md)
     print(md)
     print(f"written {OUT / 'fleet.md'}", file=sys.stderr)
     return 0
