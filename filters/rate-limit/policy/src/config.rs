@@ -11,9 +11,9 @@ policy_document! {
     /// The rate-limit filter's policy document. `mode: dry_run` counts and logs what would be
     /// limited and lets it through.
     pub struct RateLimitDocument for RateLimitRule {
-        /// Number of keys tracked at once (default 65,536; 4 to 16,777,216, rounded down to a
-        /// multiple of 4). The table never grows: a new key replaces the fullest bucket among
-        /// its 4 candidate slots, never a bucket that is currently limited.
+        /// Number of keys tracked at once (default 65,536; 8 to 16,777,216, rounded down to a
+        /// multiple of 8). The table never grows: a key may sit in the 8 slots of one set; a new
+        /// key replaces a full bucket, else the fullest, never a bucket that is currently limited.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub max_keys: Option<u32>,
         /// Where the fleet limits (`"scope": "fleet"`) are checked: a rate limit service shared

@@ -5,26 +5,30 @@
 //! limits waits for the service (the glue's pipeline: `export_filter!(RateLimit, waits)`).
 //!
 //! **State.** The key table ([`gatewarden_rate_limit_policy::table`]) lives in Proxy-Wasm shared
-//! data, one entry per slot: `gatewarden/rate_limit/k<slots>/<slot index>`, 96 bytes
-//! ([`Slot::encode`]; a stored value of another size, e.g. from an older module, reads as an
-//! empty slot). The table id `k<slots>` is the table's size, so a table of another size
-//! never reads this one's slots. Memory is bounded by the slot count whatever the keys seen
-//! (Envoy never deletes shared data; Kong's `shm_kv` zone must hold `slots × (96 + key)` bytes).
+//! data, one entry per set of [`WAYS`] (8) slots: `gatewarden/rate_limit/s<sets>w8/<set index>`,
+//! 768 bytes ([`encode_set`]: the set's slots concatenated, empty ones included; a stored value
+//! of another size, e.g. from an older module, reads as an empty set). The table id
+//! `s<sets>w<ways>` is the table's shape, so a table of another shape never reads this one's
+//! sets (nor an older module's `k<slots>/<i>` slot entries, which are left unused). Memory is
+//! bounded by the set count whatever the keys seen: `max_keys / 8` entries of 768 bytes and
+//! the seed (Envoy never deletes shared data; Kong's `shm_kv` zone must hold
+//! `max_keys / 8 × (768 + key)` bytes).
 //!
-//! **Update (per request).** Read the key's 4 candidate slots with their CAS, [`choose`] one,
-//! compute the new words (the policy's closure), write the chosen slot passing the CAS read. On
-//! a CAS mismatch (another worker wrote first) start again from the read, at most
-//! [`MAX_TRIES`] times; after that, or on a host error, the key counts as not tracked and the
-//! policy's `failure_mode` decides (`table_full` on deny, let through on allow), counted
+//! **Update (per request).** Read the key's set with its CAS (one host call), [`update_set`]
+//! (choose a way, compute the new words with the policy's closure), write the whole set passing
+//! the CAS read (one host call). On a CAS mismatch (another worker wrote the set first, for this
+//! key or another of its set) start again from the read, at most [`MAX_TRIES`] times; after
+//! that, or on a host error, the key counts as not tracked and the policy's `failure_mode`
+//! decides (`table_full` on deny, let through on allow), counted
 //! `gatewarden_rate_limit_host_error` and logged.
 //!
-//! **CAS 0.** Envoy's CAS 0 overwrites, Kong's only creates. A slot is therefore never written
-//! with CAS 0 except to *create* it empty: an absent slot is first created as an empty slot
+//! **CAS 0.** Envoy's CAS 0 overwrites, Kong's only creates. A set is therefore never written
+//! with CAS 0 except to *create* it empty: an absent set is first created as an empty set
 //! (CAS 0; on Kong a lost race is a mismatch, on Envoy a harmless overwrite of another empty
-//! slot), then re-read and updated with its real CAS like any other. Residual window on Envoy
-//! only: a worker that saw the slot absent can overwrite, with an empty slot, a state another
+//! set), then re-read and updated with its real CAS like any other. Residual window on Envoy
+//! only: a worker that saw the set absent can overwrite, with an empty set, a state another
 //! worker created and charged between that worker's read and its write (two host calls
-//! apart); it happens at most once per slot for the process's life, since a slot once created
+//! apart); it happens at most once per set for the process's life, since a set once created
 //! is never absent again.
 //!
 //! **Seed.** The key hash's seed ([`gatewarden_rate_limit_policy::key`]) is random per process
