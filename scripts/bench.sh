@@ -34,13 +34,17 @@ if [[ "${SKIP_BUILD:-}" != 1 ]]; then
                                   "$ROOT/scripts/build.sh" gatewarden-floor; }
 fi
 "$PY" "$ROOT/scripts/bench.py"
-# Fleet rate limiting (issue 13): when CONFIGS is unset or names `all`, `fleet`, fleet_* or rls_*.
+# Fleet rate limiting (issue 13): when CONFIGS is unset or names `all`, `fleet`, fleet_* or rls_*;
+# with INSTRUCTIONS=1 also its callgrind counts (gateway Envoy, service and Redis, 1 client).
 spec="${BENCH_CONFIGS:-${CONFIGS:-}}"
+fleet_only=0
+[[ -n "$spec" && ",${spec// /}," =~ ^(,(fleet|fleet_call_[a-z0-9_]+|fleet_lease_[a-z0-9_]+|rls_[a-z0-9_]+))+,$ ]] && fleet_only=1
 if [[ "${FLEET:-1}" != 0 ]] && { [[ -z "$spec" ]] || [[ ",${spec// /}," =~ ,(all|fleet|fleet_call_[a-z0-9_]+|fleet_lease_[a-z0-9_]+|rls_[a-z0-9_]+), ]]; }; then
     command -v redis-server >/dev/null || ensure_apt redis-server
     out="${BENCH_OUT:-$ROOT/target/bench}"
     mkdir -p "$out"
     (cd "$ROOT" && cargo build --release -p gatewarden-ratelimit) || die "building gatewarden-ratelimit failed"
+    [[ "${INSTRUCTIONS:-}" == 1 ]] && { command -v valgrind >/dev/null || ensure_apt valgrind; }
     GATEWARDEN_RATELIMIT="${GATEWARDEN_RATELIMIT:-$ROOT/target/release/gatewarden-ratelimit}" \
         "$PY" "$ROOT/scripts/bench_fleet.py" || die "bench_fleet.py failed"
     # The service's checks per second against this machine's Redis (a gRPC client loop in
@@ -52,7 +56,7 @@ if [[ "${FLEET:-1}" != 0 ]] && { [[ -z "$spec" ]] || [[ ",${spec// /}," =~ ,(all
 fi
 # The noise-free half: instructions per request under callgrind (needs valgrind; ~3 min per
 # configuration). INSTRUCTIONS=1 scripts/bench.sh
-if [[ "${INSTRUCTIONS:-}" == 1 ]]; then
+if [[ "${INSTRUCTIONS:-}" == 1 && "$fleet_only" != 1 ]]; then
     command -v valgrind >/dev/null || ensure_apt valgrind
     "$PY" "$ROOT/scripts/bench_instructions.py"
 fi
