@@ -263,6 +263,43 @@ fn a_set_of_limited_buckets_is_full_and_failure_mode_decides() {
     assert_eq!(RateLimitReason::TableFull.denial().status, 503);
 }
 
+/// The documented accuracy of one set (`max_keys` 8: one set of 8 ways), keys taking turns at
+/// 5 per day, 1 ms apart: 8 keys are each held to exactly 5; with a 9th key in the set every
+/// newcomer replaces a partly drained bucket and no key is ever limited; a key that exhausts its
+/// bucket between the others' turns is held all the same (a limited bucket is never replaced).
+#[test]
+fn one_set_is_exact_up_to_8_active_keys_and_an_overflowing_set_admits_its_cycling_keys() {
+    let p = policy(r#"{"policy_version":"t","max_keys":8,"default":{"limits":[{"name":"d","rate":5,"per":"1d"}],"key":[{"header":"k"}]}}"#);
+    let run = |keys: usize, passes: usize| {
+        let mut t = MemoryTable::new(p.max_keys());
+        let mut now = T0;
+        let mut admitted = vec![0; keys];
+        for _ in 0..passes {
+            for (k, n) in admitted.iter_mut().enumerate() {
+                now += 1_000;
+                *n += usize::from(verdict(&decide(&p, &mut t, now, "/", "192.0.2.1:1", &[("k", &k.to_string())])) == "allow");
+            }
+        }
+        (admitted, t, now)
+    };
+    assert_eq!(run(8, 20).0, vec![5; 8]);
+    assert_eq!(run(9, 20).0, vec![20; 9], "an overflowing set: every cycling key is admitted every time");
+    // Nine keys, one of which drains its bucket at once: it is limited and stays held.
+    let (_, mut t, mut now) = run(9, 1);
+    for _ in 0..5 {
+        decide(&p, &mut t, now, "/", "192.0.2.1:1", &[("k", "0")]);
+    }
+    for _ in 0..10 {
+        for k in 0..9 {
+            now += 1_000;
+            let v = verdict(&decide(&p, &mut t, now, "/", "192.0.2.1:1", &[("k", &k.to_string())]));
+            if k == 0 {
+                assert_eq!(v, "limited");
+            }
+        }
+    }
+}
+
 #[test]
 fn eviction_takes_a_full_bucket_then_the_fullest_never_a_limited_one() {
     use crate::table::{choose, decode_set, encode_set, update_set, Choice, SET_BYTES, WAYS};
