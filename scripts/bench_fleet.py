@@ -21,8 +21,9 @@ Every configuration has its own rule (`<host>_<configuration>`) in the one servi
 each gateway's policy holds only its own rule. The filter's fleet timeout is 1,000 ms, the service's Redis
 timeout 500 ms, failure modes deny (a failure would show as non-2xx and lower the accuracy).
 
-One Envoy (--concurrency 1, CPU 0; a `none` listener is the Kong nginx's upstream), one nginx per Kong
-configuration (1 worker, CPU 0), the service (release build, $GATEWARDEN_RATELIMIT or
+One Envoy (--concurrency 1, CPU 0), one nginx per Kong configuration (1 worker, CPU 0), every one
+proxying to a second Envoy with a direct_response listener (on CPU 1, not counted: Envoy's ratelimit
+filter does nothing on a direct_response route), the service (release build, $GATEWARDEN_RATELIMIT or
 target/release/gatewarden-ratelimit, RUST_LOG=warn) and Redis unpinned; wrk -t1 -cCONNECTIONS on CPU 1, in
 interleaved rounds like scripts/bench.py. Per run: requests/s, p99, CPU µs per request of the gateway
 process, of the service and of Redis (/proc/<pid>/stat deltas over the run; they run on both cores, so
@@ -35,7 +36,9 @@ scripts/bench_ratelimit.py.
 Environment: ROUNDS (3), DURATION (8), WARMUP (2), CONNECTIONS (32), CONFIGS / BENCH_CONFIGS (`fleet` or
 unset: every configuration here; otherwise the fleet_* / rls_* names of the comma list), HOSTS
 (envoy,kong), BENCH_MODULE_DIR, BENCH_OUT (target/bench), LEASE_UNITS (50), LEASE_MS (1000).
-Writes BENCH_OUT/fleet.md and fleet.json.
+INSTRUCTIONS=1: afterwards, instructions per request under callgrind of the 1-client Envoy configurations
+(window method, WARM 200 then N 2,000 sequential requests; see instructions()); FLEET_INSTRUCTIONS_ONLY=1:
+only those. Writes BENCH_OUT/fleet.md, fleet.json (and fleet_instructions.md).
 """
 
 from __future__ import annotations
@@ -120,7 +123,8 @@ def policy(rules: list[tuple[str, str]], http_address: str, lease: int | None = 
                              "failure_mode": "deny"}
     if lease:
         fleet["lease"] = {"units": lease, "lease_ms": LEASE_MS}
-    return {"policy_version": "bench-fleet-" + (rule_name(*rules[0]) if len(rules) == 1 else "service"), "mode": "enforce",
+    version = "bench-fleet-" + (rule_name(*rules[0]) if len(rules) == 1 else "service")
+    return {"policy_version": version, "mode": "enforce",
             "failure_mode": "deny", "client_address": {"xff_num_trusted_hops": 1}, "fleet": fleet,
             "rules": [rule(h, c) for h, c in rules]}
 
@@ -160,16 +164,19 @@ def envoy_bootstrap(workdir: Path, cfgs: list[str], rls: RateLimitService,
     for cfg in cfgs:
         ports[cfg] = free_port()
         if parts(cfg)[0] == "rls":  # type: ignore[index]
-            filters = [native_ratelimit_filter(CLUSTER, [rls_actions(f"{rule_name('envoy', cfg)}/per_ip", "remote_address")],
+            actions = rls_actions(f"{rule_name('envoy', cfg)}/per_ip", "remote_address")
+            filters = [native_ratelimit_filter(CLUSTER, [actions],
                                                timeout=f"{TIMEOUT_MS / 1000:g}s")]
         else:
-            ecds.push(ecds_dir, cfg, gateway_policy("envoy", cfg, rls.http_address), module(), vm_id=f"gatewarden_{cfg}")
+            ecds.push(ecds_dir, cfg, gateway_policy("envoy", cfg, rls.http_address), module(),
+                      vm_id=f"gatewarden_{cfg}")
             filters = [bench.ecds_filter(cfg, ecds_dir)]
         lst = bench.listener(cfg, ports[cfg], filters, xff_hops=1)
         # Envoy's ratelimit filter does nothing on a direct_response route (no route entry): every
         # configuration proxies to the upstream Envoy instead.
         hcm = lst["filter_chains"][0]["filters"][0]["typed_config"]
-        hcm["route_config"]["virtual_hosts"][0]["routes"] = [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+        route = {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}
+        hcm["route_config"]["virtual_hosts"][0]["routes"] = [route]
         listeners.append(lst)
     return {
         "node": {"id": "gatewarden-bench-fleet", "cluster": "gatewarden"},
@@ -298,7 +305,8 @@ def table(results: dict[str, dict[str, list[dict[str, float]]]], life: dict[str,
         "fleet_call_* on the same). load: /proc/loadavg (1 min) before the runs, min–max.",
         "",
         "| host | configuration | requests/s | p99 ms | gateway CPU µs/req | service CPU µs/req | Redis CPU µs/req "
-        "| calls/req | accuracy | load | baseline | rps ÷ base | p99 ÷ base | gateway CPU ÷ base | total CPU ÷ base |",
+        "| calls/req | accuracy | load | baseline | rps ÷ base | p99 ÷ base | gateway CPU ÷ base "
+        "| total CPU ÷ base |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|",
     ]
     for host, per_cfg in results.items():
@@ -322,7 +330,8 @@ def table(results: dict[str, dict[str, list[dict[str, float]]]], life: dict[str,
                    fmt(med(host, cfg, "redis_us_per_req"), ".1f"), fmt(med(host, cfg, "calls_per_req"), ".3f"),
                    f"{admitted / conf:.4f}" if conf else "–", f"{min(loads):.2f}–{max(loads):.2f}"]
             if base and results[host].get(base):
-                row += [base] + [rat(med(host, cfg, m), med(host, base, m)) for m in ("rps", "p99_ms", "cpu_us_per_req")]
+                row += [base] + [rat(med(host, cfg, m), med(host, base, m))
+                                 for m in ("rps", "p99_ms", "cpu_us_per_req")]
                 row += [rat(total[cfg], total[base])]
             else:
                 row += ["", "", "", "", ""]
@@ -439,7 +448,8 @@ def instructions(cfgs: list[str]) -> str:
         tot = r["envoy"] + r["service"] + r["redis"]
         btot = base["envoy"] + base["service"] + base["redis"] if base else None
         lines.append(f"| {cfg} | {r['envoy']:.0f} | {r['service']:.0f} | {r['redis']:.0f} | {tot:.0f} | "
-                     f"{r['calls_per_req']:.3f} | " + (f"{r['envoy'] / base['envoy']:.2f} | {tot / btot:.2f} |" if base and btot
+                     f"{r['calls_per_req']:.3f} | "
+                     + (f"{r['envoy'] / base['envoy']:.2f} | {tot / btot:.2f} |" if base and btot
                                                       else " | |"))
     text = "\n".join(lines) + "\n"
     (OUT / "fleet_instructions.md").write_text(text)
@@ -485,8 +495,10 @@ def main() -> int:
     life: dict[str, dict[str, list[dict[str, float]]]] = {"envoy": {c: [] for c in envoy_cfgs},
                                                             "kong": {c: [] for c in kong_cfgs}}
     kong: dict[str, bench_kong.Instance] = {}
+    service_rules = [("envoy", c) for c in envoy_cfgs] + [("kong", c) for c in kong_cfgs]
     with RedisServer(workdir / "redis") as redis, \
-            RateLimitService(workdir / "rls", policy([("envoy", c) for c in envoy_cfgs] + [("kong", c) for c in kong_cfgs], "127.0.0.1:1"), redis.url, redis_timeout_ms=500) as rls:
+            RateLimitService(workdir / "rls", policy(service_rules, "127.0.0.1:1"), redis.url,
+                             redis_timeout_ms=500) as rls:
         up_port, up_admin = free_port(), free_port()
         upstream = start_envoy(workdir, "upstream", upstream_bootstrap(up_port, up_admin), up_admin, wrk_cpu,
                                os.getpid() % 100_000 + 310_000)
@@ -505,13 +517,19 @@ def main() -> int:
 
             def run(host: str, c: str, port: int, pid: int, seconds: int) -> dict[str, float]:
                 load1 = float(loadavg().split()[0])
-                before = (bench.cpu_seconds(pid), bench.cpu_seconds(svc_pid), bench.cpu_seconds(redis_pid), checks_total(rls))
-                r = bench.run_wrk(port, seconds, wrk_cpu, {"1": "rl_open_1", "10000": "rl_open_10k"}[str(parts(c)[2])])  # type: ignore[index]
-                after = (bench.cpu_seconds(pid), bench.cpu_seconds(svc_pid), bench.cpu_seconds(redis_pid), checks_total(rls))
+                def sample() -> tuple[float, float, float, int]:
+                    return (bench.cpu_seconds(pid), bench.cpu_seconds(svc_pid), bench.cpu_seconds(redis_pid),
+                            checks_total(rls))
+
+                before = sample()
+                # The wrk Lua script of the local-limit configuration with as many clients.
+                like = "rl_open_1" if parts(c)[2] == 1 else "rl_open_10k"  # type: ignore[index]
+                r = bench.run_wrk(port, seconds, wrk_cpu, like)
+                after = sample()
                 n = r["requests"] or 1
                 r.update(load1=load1, cpu_us_per_req=(after[0] - before[0]) * 1e6 / n,
-                         svc_us_per_req=(after[1] - before[1]) * 1e6 / n, redis_us_per_req=(after[2] - before[2]) * 1e6 / n,
-                         calls_per_req=(after[3] - before[3]) / n)
+                         svc_us_per_req=(after[1] - before[1]) * 1e6 / n,
+                         redis_us_per_req=(after[2] - before[2]) * 1e6 / n, calls_per_req=(after[3] - before[3]) / n)
                 life[host][c].append(r)
                 return r
 
@@ -523,9 +541,10 @@ def main() -> int:
                 for host, c, port, pid in order:
                     r = run(host, c, port, pid, DURATION)
                     results[host][c].append(r)
-                    print(f"round {rnd + 1}/{ROUNDS} {host:5s} {c:20s} {r['rps']:8.0f} rps  p99 {r['p99_ms']:7.2f} ms  "
-                          f"gw {r['cpu_us_per_req']:6.1f} svc {r['svc_us_per_req']:6.1f} redis {r['redis_us_per_req']:5.1f} "
-                          f"CPU-us/req  calls/req {r['calls_per_req']:.3f}  non-2xx {r['non_2xx']:.0f}  load {r['load1']:.2f}",
+                    print(f"round {rnd + 1}/{ROUNDS} {host:5s} {c:20s} {r['rps']:8.0f} rps  p99 {r['p99_ms']:7.2f} ms"
+                          f"  gw {r['cpu_us_per_req']:6.1f} svc {r['svc_us_per_req']:6.1f}"
+                          f" redis {r['redis_us_per_req']:5.1f} CPU-us/req  calls/req {r['calls_per_req']:.3f}"
+                          f"  non-2xx {r['non_2xx']:.0f}  load {r['load1']:.2f}",
                           file=sys.stderr, flush=True)
         finally:
             for i in kong.values():
