@@ -51,6 +51,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,18 @@ def check(cfg: str, port: int, log: Path) -> None:
 
 def checks_total(rls: RateLimitService) -> int:
     return sum(v for k, v in rls.metrics().items() if k.startswith("gatewarden_ratelimit_checks_total"))
+
+
+def envoy_counters(admin: int) -> dict[str, int]:
+    """Our filter's counters (all its VMs: Envoy keeps one counter per name) from admin /stats."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats?filter=%5Ewasmcustom%5C.", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.strip().isdigit():
+            out[name.removeprefix("wasmcustom.")] = int(value)
+    return out
 
 
 def loadavg() -> str:
@@ -546,6 +559,12 @@ def main() -> int:
                           f" redis {r['redis_us_per_req']:5.1f} CPU-us/req  calls/req {r['calls_per_req']:.3f}"
                           f"  non-2xx {r['non_2xx']:.0f}  load {r['load1']:.2f}",
                           file=sys.stderr, flush=True)
+            if items:  # our counter against the service's count (flushed once a second by the filter)
+                time.sleep(2.5)
+                meta["envoy_counters"] = envoy_counters(ports["admin"])
+                ours = [c for c in envoy_cfgs if parts(c)[0] != "rls"]  # type: ignore[index]
+                meta["service_checks_during_runs_of_ours_on_envoy"] = round(sum(
+                    r["calls_per_req"] * r["requests"] for c in ours for r in life["envoy"][c]))
         finally:
             for i in kong.values():
                 bench_kong.stop(i)
@@ -557,6 +576,11 @@ def main() -> int:
                     p.kill()
         meta["service_metrics"] = rls.metrics()
     md = table(results, life, meta)
+    if "envoy_counters" in meta:
+        md += (f"\nEnvoy, our filter's `fleet_calls` over the whole run (every configuration of ours, warm-up and the "
+               f"checks before it included): {meta['envoy_counters'].get('gatewarden_rate_limit_fleet_calls', '–')}; "
+               f"the service's checks during the runs of those configurations: "
+               f"{meta['service_checks_during_runs_of_ours_on_envoy']}.\n")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "fleet.md").write_text(md)
     (OUT / "fleet.json").write_text(json.dumps({"meta": meta, "runs": results, "life": life}, indent=2))
