@@ -247,7 +247,7 @@ pub fn render(policy: &LoadedPolicy, o: &NginxOptions<'_>) -> Result<NginxConfig
     wasm_block.push_str("\n    # shared data of keys without a zone prefix (gatewarden's keys all have one)\n    shm_kv * 1m;\n");
     wasm_block.push_str(
         "    # gatewarden/... keys, shared by all workers: the fetched geo database or JWKS and the\n    \
-         # fetch leases, the rate limiter's key table (max_keys x ~136 bytes); at least the size of\n    \
+         # fetch leases, the rate limiter's key table (max_keys x ~101 bytes); at least the size of\n    \
          # the largest database the policy may fetch\n",
     );
     wasm_block.push_str(&format!("    shm_kv gatewarden {};\n}}\n", o.shm_size));
