@@ -10,7 +10,7 @@
 #   CONFIGS=ratelimit scripts/bench.sh      # none, floor + rate limiting vs local_ratelimit (issue 13)
 #   CONFIGS=fleet scripts/bench.sh          # fleet rate limiting only (scripts/bench_fleet.py: ours per
 #                                           # call and lease vs Envoy's ratelimit filter, on
-#                                           # gatewarden-ratelimit + Redis; ~9 min) and the service's
+#                                           # gatewarden-ratelimit + Redis; ~10 min, plus ~4 min of builds) and the service's
 #                                           # checks/s against Redis (LOAD_SECONDS, LOAD_CONCURRENCY,
 #                                           # LOAD_KEYS); in the default selection too, FLEET=0 skips it
 #   RATELIMIT_MEMORY=1 scripts/bench.sh     # also the rate limiter's bounded memory: 1,000,000 keys
