@@ -13,6 +13,9 @@
 #                                           # gatewarden-ratelimit + Redis; ~10 min, plus ~4 min of builds) and the service's
 #                                           # checks/s against Redis (LOAD_SECONDS, LOAD_CONCURRENCY,
 #                                           # LOAD_KEYS); in the default selection too, FLEET=0 skips it
+#   CONFIGS=fleet INSTRUCTIONS=1 scripts/bench.sh   # also the fleet callgrind counts: gateway Envoy,
+#                                           # service and Redis per request, 1-client configurations
+#                                           # (N=1000 WARM=100: ~4 min each on a loaded machine)
 #   RATELIMIT_MEMORY=1 scripts/bench.sh     # also the rate limiter's bounded memory: 1,000,000 keys
 #                                           # in the Wasm host and on a real Envoy, and 10,000
 #                                           # cycling clients in the Wasm host (~6 min)
