@@ -34,6 +34,42 @@ impl Candidate for Js {
     }
 }
 
+/// jsonschema as the policy configures it: `pattern` on the linear-time `regex` crate.
+struct JsLinear(jsonschema::Validator);
+
+impl Candidate for JsLinear {
+    const NAME: &'static str = "jsonschema, regex only";
+    fn compile(schema: &Value, formats: bool) -> Result<Self, String> {
+        jsonschema::options()
+            .should_validate_formats(formats)
+            .with_pattern_options(jsonschema::PatternOptions::regex())
+            .build(schema)
+            .map(JsLinear)
+            .map_err(|e| format!("{} at {}", e, e.schema_path()))
+    }
+    fn is_valid(&self, v: &Value) -> bool {
+        self.0.is_valid(v)
+    }
+    fn errors(&self, v: &Value) -> Vec<Leaf> {
+        self.0.iter_errors(v).map(|e| (e.instance_path().to_string(), e.schema_path().to_string(), e.kind().keyword().to_owned())).collect()
+    }
+}
+
+/// fancy-regex's backtrack limit, reached by every string of an array: what one body costs.
+fn backtracking() {
+    let strings: Vec<String> = (0..1000).map(|i| format!("{}{i}!", "a".repeat(30))).collect();
+    let body = json!(strings);
+    for limit in [10_000, 1_000_000] {
+        let opts = jsonschema::PatternOptions::fancy_regex().backtrack_limit(limit);
+        let Ok(v) = jsonschema::options().with_pattern_options(opts).build(&json!({"items": {"pattern": "^(a|a)*\\1$"}})) else {
+            continue;
+        };
+        let (ok, d) = timed(|| v.is_valid(&body));
+        let (errs, d2) = timed(|| v.iter_errors(&body).count());
+        println!("jsonschema fancy-regex, backtrack_limit {limit}: 1,000 strings of 32 B hitting it: is_valid={ok} in {d:?}, iter_errors {errs} in {d2:?}");
+    }
+}
+
 struct Boon(boon::Schemas, boon::SchemaIndex);
 
 impl Candidate for Boon {
@@ -350,6 +386,7 @@ fn main() {
     println!("serde_json on 1e400: {:?}", serde_json::from_str::<Value>("1e400").map_err(|e| e.to_string()));
     parse_speed(&bodies);
     speed::<Js>(&bodies);
+    speed::<JsLinear>(&bodies);
     speed::<Boon>(&bodies);
     error_output::<Js>();
     error_output::<Boon>();
@@ -357,5 +394,7 @@ fn main() {
     drafts::<Js>();
     drafts::<Boon>();
     hostile::<Js>();
+    hostile::<JsLinear>();
     hostile::<Boon>();
+    backtracking();
 }
