@@ -47,7 +47,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -297,15 +296,10 @@ def configured(cfg: str, runs: list[int]) -> float:
 
 def table(results: dict[str, dict[str, list[dict[str, float]]]], life: dict[str, dict[str, list[dict[str, float]]]],
           meta: dict[str, Any]) -> str:
+    fmt, rat = rl.fmt, rl.rat
+
     def med(host: str, cfg: str, key: str) -> float | None:
-        runs = results.get(host, {}).get(cfg) or []
-        return statistics.median(r[key] for r in runs) if runs else None
-
-    def fmt(v: float | None, spec: str) -> str:
-        return format(v, spec) if v is not None else "–"
-
-    def rat(a: float | None, b: float | None) -> str:
-        return f"{a / b:.2f}" if a is not None and b else "–"
+        return rl.median_of(results, host, cfg, key)
 
     lines = [
         f"Fleet rate limiting: ours per call (`fleet_call_*`) and in lease mode (`fleet_lease_*`, {LEASE_UNITS} units "

@@ -186,20 +186,28 @@ class Tally:
                 for (h, c), s in self.sent.items()}
 
 
+def median_of(results: dict[str, dict[str, list[dict[str, float]]]], host: str, cfg: str, key: str) -> float | None:
+    """The median of `key` over the runs of `cfg` on `host`, None without runs."""
+    import statistics
+    runs = results.get(host, {}).get(cfg) or []
+    return statistics.median(r[key] for r in runs) if runs else None
+
+
+def fmt(v: float | None, spec: str) -> str:
+    """`v` formatted, or a dash when there is no figure."""
+    return format(v, spec) if v is not None else "–"
+
+
+def rat(a: float | None, b: float | None) -> str:
+    """a ÷ b to two decimals, or a dash."""
+    return f"{a / b:.2f}" if a is not None and b else "–"
+
+
 def table(results: dict[str, dict[str, list[dict[str, float]]]], tally: Tally) -> str:
     """Ours against native, side by side (Markdown); `results`: host -> configuration -> runs.
     On Kong's engine, which has no native counterpart, the ratios are to that host's floor."""
-    import statistics
-
     def med(host: str, cfg: str, key: str) -> float | None:
-        runs = results.get(host, {}).get(cfg) or []
-        return statistics.median(r[key] for r in runs) if runs else None
-
-    def fmt(v: float | None, spec: str) -> str:
-        return format(v, spec) if v is not None else "–"
-
-    def rat(a: float | None, b: float | None) -> str:
-        return f"{a / b:.2f}" if a is not None and b else "–"
+        return median_of(results, host, cfg, key)
 
     lines = [
         "Rate limiting: ours (`rl_*`) against Envoy's local_ratelimit (`lrl_*`, max_dynamic_descriptors 65,536;",
