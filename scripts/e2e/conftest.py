@@ -33,6 +33,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 from harness import BaseGateway  # noqa: E402
+from services import RedisServer, redis_missing  # noqa: E402
 
 GATEWAYS = pytest.StashKey[list]()
 REPORT = pytest.StashKey[list]()
@@ -177,6 +178,16 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.section("gatewarden e2e measurements")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def redis(tmp_path: Path):
+    """A throwaway Debian redis-server on a free loopback port (the fleet rate-limit tests' counters)."""
+    why = redis_missing()
+    if why:
+        pytest.skip(why)  # under CI=true a skip is reported as a failure
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import pytest
 
 import harness
-from services import RateLimitService, RedisServer, redis_missing
+from services import RateLimitService, RedisServer
 
 pytestmark = pytest.mark.hosts("envoy")
 
@@ -55,15 +55,6 @@ def policy(address: str, version: str, *, failure_mode: str = "deny", lease: boo
         # A lease larger than a limit's burst could never be granted (refused at configure time).
         chosen = [r for r in chosen if r["limits"][0]["rate"] >= K]
     return {"policy_version": version, "fleet": fleet, "rules": chosen}
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    why = redis_missing()
-    if why:
-        pytest.skip(why)  # a failure under CI=true (conftest)
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
 
 
 @pytest.fixture

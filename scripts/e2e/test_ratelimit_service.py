@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import harness
-from services import RateLimitService, RedisServer, native_ratelimit_filter, redis_missing, rls_actions
+from services import RateLimitService, RedisServer, native_ratelimit_filter, rls_actions
 
 pytestmark = pytest.mark.hosts("envoy")
 
@@ -37,15 +37,6 @@ POLICY = {
     "default": {"key": [], "limits": [{"name": "all", "rate": SHARED, "per": "1m"}]},
 }
 CLUSTER = "gatewarden_rls"
-
-
-@pytest.fixture
-def redis(tmp_path: Path):
-    why = redis_missing()
-    if why:
-        pytest.skip(why)  # a failure under CI=true (conftest)
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
 
 
 @pytest.fixture
