@@ -22,7 +22,7 @@ pub mod schema;
 
 pub use config::{ValidateDocument, ValidateRule};
 pub use policy::{
-    problem_body, ValidateOutcome, ValidatePolicy, ValidateReason, DEFAULT_MAX_ERRORS, INVALID_JSON_BODY, MAX_MAX_ERRORS, PROBLEM_JSON,
-    SCHEMA_VIOLATION_BODY,
+    problem_body, BodyInput, BodyPlan, Start, ValidateOutcome, ValidatePolicy, ValidateReason, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ERRORS,
+    INVALID_JSON_BODY, MAX_MAX_BODY_BYTES, MAX_MAX_ERRORS, PROBLEM_JSON, SCHEMA_VIOLATION_BODY,
 };
 pub use schema::{BodyError, BodySchema};

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use gatewarden_policy::decision::{Decision, Denial};
 use gatewarden_policy::document::{FilterPolicy, Header};
 use gatewarden_policy::error::{ConfigError, FieldPath};
-use gatewarden_policy::facts::RequestFacts;
+use gatewarden_policy::facts::{HeaderNeeds, RequestFacts};
 use gatewarden_policy::rules::RuleSet;
 
 use crate::config::{ValidateDocument, ValidateRule};
@@ -17,6 +17,10 @@ use crate::schema::{BodyError, BodySchema};
 pub const DEFAULT_MAX_ERRORS: u32 = 10;
 /// The most `max_errors` may be.
 pub const MAX_MAX_ERRORS: u32 = 100;
+/// `max_body_bytes` when not given: 512 KiB, below Envoy's default 1 MiB connection buffer.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 512 * 1024;
+/// The most `max_body_bytes` may be.
+pub const MAX_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 /// The media type of every denial body (RFC 9457).
 pub const PROBLEM_JSON: &str = "application/problem+json";
 /// The 400 body when the body is not JSON.
@@ -32,28 +36,129 @@ pub const SCHEMA_VIOLATION_BODY: &str =
 pub enum ValidateReason {
     /// The body is not JSON (or nests deeper than 128 levels, or holds a number beyond f64) (400).
     InvalidJson,
-    /// The body is JSON that does not satisfy the rule's `body_schema` (400).
+    /// The body is JSON that does not satisfy the schema (400).
     SchemaViolation,
+    /// A path, query, header or cookie parameter is missing or does not satisfy its schema (400).
+    InvalidParameter,
+    /// The rule (or operation) requires a body and the request has none (400).
+    BodyMissing,
+    /// `content-length`, or the bytes received, exceed `max_body_bytes` (413).
+    BodyTooLarge,
+    /// The content type is missing or not allowed (415).
+    UnsupportedMediaType,
+    /// No path of the OpenAPI document (or the rule's `path_template`) matches (404).
+    UnknownPath,
+    /// The path is known but not with this method (405).
+    MethodNotAllowed,
+    /// The host cannot hand the body over (Kong: nginx spilled it to a file, or its length is
+    /// unknown) and `failure_mode` is `deny` (503).
+    BodyUnavailable,
+    /// The rule's OpenAPI document is fetched and no copy is loaded yet, `failure_mode` `deny` (503).
+    DocumentUnavailable,
 }
 
 impl ValidateReason {
-    pub const ALL: [ValidateReason; 2] = [Self::InvalidJson, Self::SchemaViolation];
+    pub const ALL: [ValidateReason; 10] = [
+        Self::InvalidJson,
+        Self::SchemaViolation,
+        Self::InvalidParameter,
+        Self::BodyMissing,
+        Self::BodyTooLarge,
+        Self::UnsupportedMediaType,
+        Self::UnknownPath,
+        Self::MethodNotAllowed,
+        Self::BodyUnavailable,
+        Self::DocumentUnavailable,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::InvalidJson => "invalid_json",
             Self::SchemaViolation => "schema_violation",
+            Self::InvalidParameter => "invalid_parameter",
+            Self::BodyMissing => "body_missing",
+            Self::BodyTooLarge => "body_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UnknownPath => "unknown_path",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::BodyUnavailable => "body_unavailable",
+            Self::DocumentUnavailable => "document_unavailable",
         }
     }
 
     /// The status and fixed body.
     pub const fn denial(self) -> Denial {
-        let body = match self {
-            Self::InvalidJson => INVALID_JSON_BODY,
-            Self::SchemaViolation => SCHEMA_VIOLATION_BODY,
+        let (status, body) = match self {
+            Self::InvalidJson => (400, INVALID_JSON_BODY),
+            Self::SchemaViolation => (400, SCHEMA_VIOLATION_BODY),
+            Self::InvalidParameter => (400, INVALID_PARAMETER_BODY),
+            Self::BodyMissing => (400, BODY_MISSING_BODY),
+            Self::BodyTooLarge => (413, BODY_TOO_LARGE_BODY),
+            Self::UnsupportedMediaType => (415, UNSUPPORTED_MEDIA_TYPE_BODY),
+            Self::UnknownPath => (404, UNKNOWN_PATH_BODY),
+            Self::MethodNotAllowed => (405, METHOD_NOT_ALLOWED_BODY),
+            Self::BodyUnavailable => (503, BODY_UNAVAILABLE_BODY),
+            Self::DocumentUnavailable => (503, DOCUMENT_UNAVAILABLE_BODY),
         };
-        Denial { status: 400, body, reason: self.as_str() }
+        Denial { status, body, reason: self.as_str() }
     }
+}
+
+/// The 400 body when a parameter is invalid and the rule is not `verbose`.
+pub const INVALID_PARAMETER_BODY: &str =
+    r#"{"type":"about:blank","title":"Bad Request","status":400,"detail":"a request parameter is missing or invalid"}"#;
+/// The 400 body when a required body is missing.
+pub const BODY_MISSING_BODY: &str = r#"{"type":"about:blank","title":"Bad Request","status":400,"detail":"the request body is required"}"#;
+/// The 413 body.
+pub const BODY_TOO_LARGE_BODY: &str =
+    r#"{"type":"about:blank","title":"Content Too Large","status":413,"detail":"the request body is larger than allowed"}"#;
+/// The 415 body.
+pub const UNSUPPORTED_MEDIA_TYPE_BODY: &str =
+    r#"{"type":"about:blank","title":"Unsupported Media Type","status":415,"detail":"the request content type is not allowed"}"#;
+/// The 404 body.
+pub const UNKNOWN_PATH_BODY: &str = r#"{"type":"about:blank","title":"Not Found","status":404,"detail":"no operation has this path"}"#;
+/// The 405 body.
+pub const METHOD_NOT_ALLOWED_BODY: &str =
+    r#"{"type":"about:blank","title":"Method Not Allowed","status":405,"detail":"the path has no operation for this method"}"#;
+/// The 503 body when the host cannot hand the body over.
+pub const BODY_UNAVAILABLE_BODY: &str =
+    r#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the request body cannot be validated"}"#;
+/// The 503 body when the OpenAPI document is not loaded.
+pub const DOCUMENT_UNAVAILABLE_BODY: &str =
+    r#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the API description is not loaded"}"#;
+
+/// What the filter does after the request headers.
+#[derive(Debug)]
+pub enum Start {
+    /// Decided on the headers (allowed, or denied: 404, 405, 413 by `content-length`, 415, 400
+    /// for a parameter or a missing body).
+    Done(ValidateOutcome),
+    /// Read the body, at most `max_bytes`, then call [`ValidatePolicy::finish`] with the plan.
+    NeedBody(BodyPlan),
+}
+
+/// What to check once the body is in (owned: it waits with the request).
+#[derive(Debug, Clone)]
+pub struct BodyPlan {
+    /// Read at most this many bytes: more is `body_too_large`.
+    pub max_bytes: usize,
+    rule: Arc<str>,
+    schema: Arc<BodySchema>,
+    max_errors: usize,
+    verbose: bool,
+}
+
+/// What the host gave for the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyInput<'a> {
+    /// The whole body.
+    Whole(&'a [u8]),
+    /// The request has no body.
+    Absent,
+    /// It grew past `max_bytes`: `seen` bytes had arrived.
+    TooLarge { seen: usize },
+    /// The host cannot hand it over.
+    Unavailable,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +227,44 @@ fn compile_action(rule: &ValidateRule, path: &FieldPath) -> Result<ValidateActio
 }
 
 impl ValidatePolicy {
+    /// The request headers the policy reads (rule matchers, content type and length, header
+    /// and cookie parameters).
+    pub fn header_needs(&self) -> HeaderNeeds {
+        let mut needs = HeaderNeeds::default();
+        self.rules.add_needs(&mut needs);
+        self.header.client_address.add_needs(&mut needs);
+        needs.add("content-type");
+        needs.add("content-length");
+        needs
+    }
+
+    /// Decides what the request headers allow: done, or read the body.
+    pub fn start(&self, facts: &RequestFacts<'_>) -> Start {
+        let rule = self.rules.select(facts);
+        let a = &rule.action;
+        match &a.body_schema {
+            None => Start::Done(ValidateOutcome::allow(&rule.name)),
+            Some(schema) => Start::NeedBody(BodyPlan {
+                max_bytes: DEFAULT_MAX_BODY_BYTES as usize,
+                rule: rule.name.clone(),
+                schema: schema.clone(),
+                max_errors: a.max_errors,
+                verbose: a.verbose,
+            }),
+        }
+    }
+
+    /// Decides on the body of a request [`Self::start`] asked it for.
+    pub fn finish(&self, plan: BodyPlan, body: BodyInput<'_>) -> ValidateOutcome {
+        let deny = |reason| ValidateOutcome::deny(&plan.rule, reason);
+        match body {
+            BodyInput::Whole(bytes) => check_json(&plan.rule, &plan.schema, plan.max_errors, plan.verbose, bytes),
+            BodyInput::Absent => deny(ValidateReason::BodyMissing),
+            BodyInput::TooLarge { .. } => deny(ValidateReason::BodyTooLarge),
+            BodyInput::Unavailable => deny(ValidateReason::BodyUnavailable),
+        }
+    }
+
     /// Whether the rule selected for `facts` reads the body: bodies of other requests pass
     /// untouched, unread.
     pub fn needs_body(&self, facts: &RequestFacts<'_>) -> bool {
@@ -135,18 +278,22 @@ impl ValidatePolicy {
         let Some(schema) = &a.body_schema else {
             return ValidateOutcome::allow(&rule.name);
         };
-        // serde_json refuses nesting deeper than 128 and numbers beyond f64 before any
-        // validation: a hostile document never reaches the validator.
-        let Ok(value) = serde_json::from_slice::<Value>(body) else {
-            return ValidateOutcome::deny(&rule.name, ValidateReason::InvalidJson);
-        };
-        if schema.is_valid(&value) {
-            return ValidateOutcome::allow(&rule.name);
-        }
-        let errors = schema.errors(&value, a.max_errors);
-        let body = a.verbose.then(|| problem_body(&errors));
-        ValidateOutcome { errors, body, ..ValidateOutcome::deny(&rule.name, ValidateReason::SchemaViolation) }
+        check_json(&rule.name, schema, a.max_errors, a.verbose, body)
     }
+}
+
+fn check_json(rule: &Arc<str>, schema: &BodySchema, max_errors: usize, verbose: bool, body: &[u8]) -> ValidateOutcome {
+    // serde_json refuses nesting deeper than 128 and numbers beyond f64 before any
+    // validation: a hostile document never reaches the validator.
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return ValidateOutcome::deny(rule, ValidateReason::InvalidJson);
+    };
+    if schema.is_valid(&value) {
+        return ValidateOutcome::allow(rule);
+    }
+    let errors = schema.errors(&value, max_errors);
+    let body = verbose.then(|| problem_body(&errors));
+    ValidateOutcome { errors, body, ..ValidateOutcome::deny(rule, ValidateReason::SchemaViolation) }
 }
 
 /// The RFC 9457 problem body of a schema violation, listing `errors`.
