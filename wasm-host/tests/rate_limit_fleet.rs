@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gatewarden_policy::document::compile;
-use gatewarden_rate_limit_policy::gcra::{self, Admit, Limit};
+use gatewarden_rate_limit_policy::fleet::contract::ContractService;
 use gatewarden_rate_limit_policy::rls::{
     self, json as rls_json, Code, DescriptorStatus, Duration as PbDuration, RateLimit, RateLimitRequest, RateLimitResponse, Unit,
 };
@@ -26,7 +25,6 @@ const CLUSTER: &str = "rls";
 const ADDRESS: &str = "127.0.0.1:8081";
 const SERVICE_METHOD: &str = "envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
 const PROFILES: [Profile; 2] = [Profile::Envoy, Profile::Kong];
-const US: u64 = 1_000_000;
 
 fn module() -> &'static Module {
     static MODULE: OnceLock<Module> = OnceLock::new();
@@ -298,60 +296,6 @@ fn kong_refuses_grpc_and_envoy_refuses_a_policy_without_a_cluster() {
 
 // ---- lease mode, against a service that follows the contract ----
 
-/// A descriptor's entries, the service's key for its state.
-type DescriptorKey = Vec<(String, String)>;
-
-/// GCRA per descriptor (limits by `gatewarden_limit`), deny-if-any, none charged on a denial.
-struct ContractService {
-    limits: HashMap<String, Limit>,
-    state: HashMap<DescriptorKey, u64>,
-    granted: u64,
-}
-
-impl ContractService {
-    fn new(policy: &Value) -> Self {
-        let p = compile::<RateLimitPolicy>(policy.to_string().as_bytes()).unwrap();
-        Self { limits: p.fleet_limits().into_iter().map(|l| (l.name, l.limit)).collect(), state: HashMap::new(), granted: 0 }
-    }
-
-    fn answer(&mut self, r: &RateLimitRequest, now: u64) -> RateLimitResponse {
-        let hits = u64::from(r.hits_addend.max(1));
-        let plan: Vec<(DescriptorKey, Option<Limit>)> = r
-            .descriptors
-            .iter()
-            .map(|d| {
-                let key = d.entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
-                (key, d.entries.first().filter(|e| e.key == "gatewarden_limit").and_then(|e| self.limits.get(&e.value)).copied())
-            })
-            .collect();
-        let results: Vec<Option<(Admit, u64)>> =
-            plan.iter().map(|(k, l)| l.map(|l| gcra::admit(self.state.get(k).copied().unwrap_or(0), now, &l, hits))).collect();
-        let ok = results.iter().all(|r| !matches!(r, Some((Admit::Deny { .. }, _))));
-        let mut statuses = Vec::new();
-        for ((k, l), res) in plan.iter().zip(&results) {
-            let (Some(l), Some((admit, new))) = (l, res) else {
-                statuses.push(DescriptorStatus { code: Code::Ok as i32, ..DescriptorStatus::default() });
-                continue;
-            };
-            let st = if ok { *new } else { self.state.get(k).copied().unwrap_or(0) };
-            if ok {
-                self.state.insert(k.clone(), st);
-            }
-            statuses.push(DescriptorStatus {
-                code: if matches!(admit, Admit::Admit) { Code::Ok } else { Code::OverLimit } as i32,
-                current_limit: Some(RateLimit { name: String::new(), requests_per_unit: l.rate as u32, unit: Unit::Second as i32 }),
-                limit_remaining: gcra::remaining(st, now, l) as u32,
-                duration_until_reset: Some(PbDuration { seconds: (gcra::reset_us(st, now) / US) as i64, nanos: 0 }),
-                quota: None,
-            });
-        }
-        if ok {
-            self.granted += hits;
-        }
-        answer(if ok { Code::Ok } else { Code::OverLimit }, statuses)
-    }
-}
-
 fn host_now_us(host: &Host) -> u64 {
     host.now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
 }
@@ -388,7 +332,7 @@ fn lease_mode_two_workers_never_admit_more_than_the_limit_and_call_once_per_k() 
         let p = policy(json!({"lease": {"units": 10, "lease_ms": 5_000}}));
         let host = host(profile);
         let mut vms = [vm(&host, &p), vm(&host, &p)];
-        let mut svc = ContractService::new(&p);
+        let mut svc = ContractService::new(&compile::<RateLimitPolicy>(p.to_string().as_bytes()).unwrap());
         let other = |key: &str| Request::get("/other").source("192.0.2.1:1").header("x-api-key", key);
         // 80 requests, all within the limit: one call per 10 requests per worker.
         let mut total_calls = 0;

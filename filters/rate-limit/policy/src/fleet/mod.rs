@@ -28,6 +28,8 @@
 //!
 //! **Lease mode** ([`lease`]): see [`crate::config::LeaseSpec`].
 
+#[cfg(any(test, feature = "testing"))]
+pub mod contract;
 pub mod lease;
 mod step;
 

@@ -2,16 +2,15 @@
 //! decisions, failure modes, and lease accounting with injected time against an in-test service
 //! that follows the contract (GCRA, deny-if-any).
 
-use std::collections::HashMap;
-
 use gatewarden_policy::document::{compile, FilterPolicy};
 use gatewarden_policy::facts::RequestFacts;
 use serde_json::{json, Value};
 
+use super::contract::ContractService;
 use super::*;
 use crate::gcra;
 use crate::policy::{RateLimitOutcome, RateLimitPolicy, RateLimitReason};
-use crate::rls::{Code, DescriptorStatus, Duration as PbDuration, RateLimit, RateLimitRequest, RateLimitResponse, Unit};
+use crate::rls::{Code, DescriptorStatus, Duration as PbDuration, RateLimit, RateLimitResponse, Unit};
 use crate::table::MemoryTable;
 
 const S: u64 = gcra::US_PER_SECOND;
@@ -422,60 +421,6 @@ fn local_limits_stay_charged_when_the_fleet_denies() {
 }
 
 // ---- lease mode ----
-
-/// A rate limit service following the contract: GCRA per descriptor (limits by
-/// `gatewarden_limit`), deny-if-any, none charged on a denial.
-struct ContractService {
-    limits: HashMap<String, Limit>,
-    state: HashMap<Vec<(String, String)>, u64>,
-    calls: usize,
-    granted: u64,
-}
-
-impl ContractService {
-    fn new(p: &RateLimitPolicy) -> Self {
-        let limits = p.fleet_limits().into_iter().map(|l| (l.name, l.limit)).collect();
-        Self { limits, state: HashMap::new(), calls: 0, granted: 0 }
-    }
-
-    fn answer(&mut self, r: &RateLimitRequest, now: u64) -> RateLimitResponse {
-        self.calls += 1;
-        let hits = u64::from(r.hits_addend.max(1));
-        let mut plan = Vec::new();
-        for d in &r.descriptors {
-            let key: Vec<(String, String)> = d.entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
-            let limit = d.entries.first().filter(|e| e.key == LIMIT_ENTRY).and_then(|e| self.limits.get(&e.value)).copied();
-            plan.push((key, limit));
-        }
-        let results: Vec<Option<(gcra::Admit, u64)>> =
-            plan.iter().map(|(k, l)| l.map(|l| gcra::admit(self.state.get(k).copied().unwrap_or(0), now, &l, hits))).collect();
-        let all_ok = results.iter().all(|r| !matches!(r, Some((gcra::Admit::Deny { .. }, _))));
-        let mut statuses = Vec::new();
-        for ((k, l), res) in plan.iter().zip(&results) {
-            let (Some(l), Some((admit, new))) = (l, res) else {
-                statuses.push(DescriptorStatus { code: Code::Ok as i32, ..DescriptorStatus::default() });
-                continue;
-            };
-            let old = self.state.get(k).copied().unwrap_or(0);
-            let st = if all_ok { *new } else { old };
-            if all_ok {
-                self.state.insert(k.clone(), st);
-            }
-            let code = if matches!(admit, gcra::Admit::Admit) { Code::Ok } else { Code::OverLimit };
-            statuses.push(DescriptorStatus {
-                code: code as i32,
-                current_limit: Some(RateLimit { name: String::new(), requests_per_unit: l.rate as u32, unit: Unit::Second as i32 }),
-                limit_remaining: gcra::remaining(st, now, l) as u32,
-                duration_until_reset: Some(PbDuration { seconds: (gcra::reset_us(st, now) / S) as i64, nanos: 0 }),
-                quota: None,
-            });
-        }
-        if all_ok {
-            self.granted += hits;
-        }
-        response(if all_ok { Code::Ok } else { Code::OverLimit }, statuses)
-    }
-}
 
 /// Runs one request of `key` on a worker with `leases` through the service; returns whether it
 /// was admitted.
