@@ -19,7 +19,7 @@ GEO_DB_PACKAGE="@ip-location-db/geo-whois-asn-country-mmdb"
 GEO_DB="$ROOT/node_modules/$GEO_DB_PACKAGE/geo-whois-asn-country.mmdb"
 
 # Filter packages built into .wasm modules; module name = package name with '-' -> '_'.
-WASM_PACKAGES=(gatewarden-ip-geo gatewarden-floor gatewarden-jwt gatewarden-rate-limit)
+WASM_PACKAGES=(gatewarden-ip-geo gatewarden-floor gatewarden-jwt gatewarden-rate-limit gatewarden-validate)
 WASM_DIR="$ROOT/target/$WASM_TARGET/release"
 
 log() { printf '==> %s\n' "$*" >&2; }
