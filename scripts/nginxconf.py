@@ -110,6 +110,11 @@ class Config:
     run_as_root: bool = False                      # `user root;` (workers must write the prefix)
     shm_kv_size: str = "64m"
     master_process: bool = True                    # off: one process serves (e.g. to run under valgrind)
+    # Request bodies (nginx defaults when None: 16k and 1m). A filter that reads the body gets it only
+    # when it fits client_body_buffer_size (else nginx spills it to a temp file the filter cannot
+    # read); a content-length over client_max_body_size gets nginx's own 413 before any filter runs.
+    client_body_buffer_size: str | None = None
+    client_max_body_size: str | None = None
 
 
 def render(cfg: Config) -> str:
@@ -148,6 +153,10 @@ def render(cfg: Config) -> str:
                            ("fastcgi_temp_path", "fastcgi"), ("uwsgi_temp_path", "uwsgi"),
                            ("scgi_temp_path", "scgi")):
         w(f"    {directive} {prefix / 'tmp' / sub};")
+    if cfg.client_body_buffer_size:
+        w(f"    client_body_buffer_size {cfg.client_body_buffer_size};")
+    if cfg.client_max_body_size:
+        w(f"    client_max_body_size {cfg.client_max_body_size};")
     if cfg.resolver_names:
         w(f"    resolver_add 127.0.0.1 {' '.join(cfg.resolver_names)};")
     if cfg.request_headers_in_access:

@@ -1280,6 +1280,8 @@ class KongGateway(BaseGateway):
       `filters`, in order; [] = no filter). Default {"/": every filter}.
     request_headers_in_access: `proxy_wasm_request_headers_in_access on` (as Kong runs filters).
     resolver_names: names for `resolver_add 127.0.0.1 ...` (dispatch targets by name).
+    client_body_buffer_size / client_max_body_size: nginx's (e.g. "1m"; None: nginx's defaults, 16k
+      and 1m): a body over the buffer is spilled to a temp file a filter cannot read.
 
     The main server listens on 127.0.0.1:port (and [::1]:port6); a loopback admin server on
     admin_port answers METRICS_PATH with the test-only kong-metrics module. nginx cannot listen on
@@ -1292,8 +1294,10 @@ class KongGateway(BaseGateway):
 
     def __init__(self, workdir: str | os.PathLike[str], filters: Mapping[str, Any] | None = None, *,
                  routes: Mapping[str, Sequence[str]] | None = None, request_headers_in_access: bool = False,
-                 resolver_names: Sequence[str] = (), **kwargs: Any) -> None:
+                 resolver_names: Sequence[str] = (), client_body_buffer_size: str | None = None,
+                 client_max_body_size: str | None = None, **kwargs: Any) -> None:
         super().__init__(workdir, filters, **kwargs)
+        self.client_body_buffer_size, self.client_max_body_size = client_body_buffer_size, client_max_body_size
         self.routes = {prefix: list(chain) for prefix, chain in (routes or {"/": list(self.filters)}).items()}
         for prefix, chain in self.routes.items():
             unknown = [f for f in chain if f not in self.filters]
@@ -1336,7 +1340,8 @@ class KongGateway(BaseGateway):
             workers=self.concurrency, log_level=self.log_level,
             request_headers_in_access=self.request_headers_in_access, resolver_names=self.resolver_names,
             admin_port=self.admin_port, admin_module=(METRICS_MODULE, kong_metrics_module()),
-            admin_locations=[METRICS_PATH], run_as_root=os.geteuid() == 0)
+            admin_locations=[METRICS_PATH], run_as_root=os.geteuid() == 0,
+            client_body_buffer_size=self.client_body_buffer_size, client_max_body_size=self.client_max_body_size)
         return nginxconf.render(cfg)
 
     def _launch(self) -> None:
