@@ -17,10 +17,12 @@
 #![forbid(unsafe_code)]
 
 mod config;
+pub mod params;
 mod policy;
 pub mod schema;
 
 pub use config::{ValidateDocument, ValidateRule};
+pub use params::{ParamInput, ParamSet, PathTemplate};
 pub use policy::{
     problem_body, BodyInput, BodyPlan, Start, ValidateOutcome, ValidatePolicy, ValidateReason, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ERRORS,
     INVALID_JSON_BODY, MAX_MAX_BODY_BYTES, MAX_MAX_ERRORS, PROBLEM_JSON, SCHEMA_VIOLATION_BODY,
