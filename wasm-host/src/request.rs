@@ -63,6 +63,10 @@ pub struct Request {
     /// Kong profile: nginx spilled the body to a temp file (larger than `client_body_buffer_size`):
     /// `proxy_on_request_body` still gets its size, but the module cannot read it.
     pub body_spilled: bool,
+    /// The client holds the rest of the body after this many bytes (Envoy: whole chunks are
+    /// delivered until at least this many went; Kong: none of it, nginx reads it whole) until
+    /// [`RequestHandle::release_body`]: the request stays paused in `RequestBody` meanwhile.
+    pub body_held_after: Option<usize>,
 }
 
 impl Request {
@@ -82,6 +86,7 @@ impl Request {
             upstream_response: HttpResponse::new(200),
             body_chunk_size: None,
             body_spilled: false,
+            body_held_after: None,
         }
     }
 
@@ -111,6 +116,13 @@ impl Request {
     /// Kong profile: the body was spilled to a temp file and cannot be read by the module.
     pub fn spilled(mut self) -> Request {
         self.body_spilled = true;
+        self
+    }
+
+    /// A slow client: the body stops after `bytes` (see [`Request::body_held_after`]) until
+    /// [`RequestHandle::release_body`].
+    pub fn hold_body_after(mut self, bytes: usize) -> Request {
+        self.body_held_after = Some(bytes);
         self
     }
 
@@ -316,6 +328,8 @@ pub struct RequestHandle {
     upstream_request: Option<UpstreamRequest>,
     upstream_response: HttpResponse,
     done: Option<Outcome>,
+    /// See [`Request::body_held_after`].
+    body_held_after: Option<usize>,
 }
 
 impl Vm {
@@ -343,6 +357,7 @@ impl Vm {
             upstream_request: None,
             upstream_response: request.upstream_response.clone(),
             done: None,
+            body_held_after: request.body_held_after,
         };
         {
             let mut inner = self.lock();
@@ -467,6 +482,9 @@ impl RequestHandle {
                 self.done = Some(outcome.clone());
                 return Ok(Progress::Done(Box::new(outcome)));
             }
+            if self.waiting.is_none() && self.body_held() {
+                return Ok(Progress::Paused(Phase::RequestBody));
+            }
             if let Some(phase) = self.waiting {
                 let Some(stream) = inner.store.data_mut().streams.get_mut(&self.context_id) else {
                     return Ok(Progress::Paused(phase));
@@ -515,6 +533,19 @@ impl RequestHandle {
                 }
             }
         }
+    }
+
+    /// Whether the next body chunk is held by the client ([`Request::body_held_after`]).
+    fn body_held(&self) -> bool {
+        let held = |after: usize| self.vm.profile() == Profile::Kong || self.body_sent >= after;
+        self.stage == Stage::RequestBody && self.has_body && self.body_held_after.is_some_and(held)
+    }
+
+    /// The client sends the rest of a held body ([`Request::hold_body_after`]); runs phases
+    /// until the request pauses or ends.
+    pub fn release_body(&mut self) -> Result<Progress> {
+        self.body_held_after = None;
+        self.poll()
     }
 
     /// Runs the current stage's callback; sets `waiting` on Pause, advances otherwise.
