@@ -311,7 +311,16 @@ class _QuietHandler(BaseHTTPRequestHandler):
                 out += self.rfile.read(size)
                 self.rfile.readline()  # the CRLF after the chunk
         n = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(n) if n else b""
+        out = bytearray()
+        while len(out) < n:  # what arrived, also when the proxy resets the request midway
+            try:
+                piece = self.rfile.read1(min(65536, n - len(out)))
+            except OSError:
+                break
+            if not piece:
+                break
+            out += piece
+        return bytes(out)
 
 
 class _Server(_Stoppable):
@@ -347,6 +356,7 @@ class _EchoHandler(_QuietHandler):
                   "body_sha256": hashlib.sha256(body).hexdigest()}
         with owner.lock:
             owner.count += 1
+            owner.body_bytes += len(body)
             owner.last = record
         self._send(200, json.dumps(record).encode(), "application/json")
 
@@ -354,11 +364,15 @@ class _EchoHandler(_QuietHandler):
 
 
 class EchoUpstream(_Server):
-    """Upstream that answers 200 with the request it received as JSON; `count` and `last` record them."""
+    """Upstream that answers 200 with the request it received as JSON; `count` and `last` record them.
+    `body_bytes` adds up the request body bytes it received: a request whose headers a proxy sent
+    on and then reset (Envoy, when a filter that read the body denies it) counts in `count`, and
+    its body in `body_bytes` only as far as any of it arrived."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.lock = threading.Lock()
         self.count = 0
+        self.body_bytes = 0
         self.last: dict[str, Any] | None = None
         super().__init__(_EchoHandler, host)
 
