@@ -40,11 +40,16 @@ Rate limiting (issue 13; scripts/bench_ratelimit.py has the details):
   Fleet mode (ours per call and in lease mode vs the native `ratelimit` filter, all on
   gatewarden-ratelimit + Redis) is scripts/bench_fleet.py, which bench.sh runs after this one
   (`fleet`, fleet_* and rls_* names in CONFIGS select it; this script skips them).
+Request validation (issue 14; scripts/bench_validate.py has the details), SIZE = 200b | 10kb | 100kb:
+  val_SIZE                our validate filter, POST /api/orders with a valid JSON order of SIZE bytes
+                          against the example API's createOrder operation
+  post_SIZE               no filter, the same POST: val_SIZE's baseline (ratios val ÷ post)
 ip_geo_*, jwt_* and rl_* are skipped when their module is not built.
 
 Environment: ROUNDS (5), DURATION (10, seconds per run), WARMUP (2), CONNECTIONS (32),
 CONFIGS or BENCH_CONFIGS (comma list, default: the non-JWT set and the rate-limit set; `all`;
-`jwt`: none, floor and every JWT configuration; `ratelimit`: none, floor and every rate-limit one), HOSTS (envoy,kong), GATEWARDEN_WASMX (the Kong engine's nginx),
+`jwt`: none, floor and every JWT configuration; `ratelimit`: none, floor and every rate-limit one;
+`validate`: the six validation ones), HOSTS (envoy,kong), GATEWARDEN_WASMX (the Kong engine's nginx),
 BENCH_MODULE_DIR (modules other than target/wasm32-wasip1/release), BENCH_OUT (target/bench),
 COLD_TOKENS (20000), WARM_TOKENS (4).
 """
@@ -70,6 +75,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "scripts" / "e2e"))
 import bench_ratelimit as rl  # noqa: E402
+import bench_validate as val  # noqa: E402
 import ecds  # noqa: E402
 from harness import ENVOY_BIN, free_port  # noqa: E402
 from harness import module_path as release_module  # noqa: E402
@@ -91,7 +97,7 @@ OUT = Path(os.environ.get("BENCH_OUT", ROOT / "target" / "bench"))
 BASE_CONFIGS = ["none", "floor", "ip_geo_10", "ip_geo_10_quiet", "ip_geo_100k", "rbac_10"]
 JWT_CONFIGS = [f"{flt}_{alg}_{temp}" for alg in ("es256", "rs256") for temp in ("cold", "warm")
                for flt in ("jwt", "authn", "authn_cache")]
-ALL_CONFIGS = BASE_CONFIGS + JWT_CONFIGS + rl.CONFIGS
+ALL_CONFIGS = BASE_CONFIGS + JWT_CONFIGS + rl.CONFIGS + val.CONFIGS
 COLD_TOKENS = int(os.environ.get("COLD_TOKENS", "20000"))
 WARM_TOKENS = int(os.environ.get("WARM_TOKENS", "4"))
 
@@ -99,7 +105,8 @@ WARM_TOKENS = int(os.environ.get("WARM_TOKENS", "4"))
 def selected_configs(spec: str) -> list[str]:
     """`all`, `jwt` (none, floor + the JWT set), `ratelimit` (none, floor + the rate-limit set) or
     a comma list of names."""
-    groups = {"all": ALL_CONFIGS, "jwt": ["none", "floor"] + JWT_CONFIGS, "ratelimit": ["none", "floor"] + rl.CONFIGS}
+    groups = {"all": ALL_CONFIGS, "jwt": ["none", "floor"] + JWT_CONFIGS, "ratelimit": ["none", "floor"] + rl.CONFIGS,
+              "validate": val.CONFIGS}
     out: list[str] = []
     for c in (x.strip() for x in spec.split(",")):
         if c == "fleet" or re.fullmatch(r"(fleet_call|fleet_lease|rls)_\w+", c):
@@ -368,6 +375,9 @@ def wasm_filter(cfg: str, cidrs10: list[str] | None = None) -> WasmFilter | None
     if rlp and rlp[0] == rl.OURS:
         # Own VM (and so own shared data on Envoy) per configuration: no bucket shared between them.
         return WasmFilter("rate_limit", name, variant_module(cfg, "rate_limit"), rl.policy(cfg), f"gatewarden_{name}")
+    vp = val.parts(cfg)
+    if vp and vp[0] == val.OURS:
+        return WasmFilter("validate", name, variant_module(cfg, "validate"), val.policy(cfg), f"gatewarden_{name}")
     parts = jwt_parts(cfg)
     if parts and parts[0] == "jwt":
         # Own VM per configuration.
@@ -395,6 +405,8 @@ def build(workdir: Path, configs: list[str]) -> tuple[dict[str, Any], dict[str, 
             filters = [authn_filter(cache=jwt_parts(cfg)[0] == "authn_cache")]  # type: ignore[index]
         elif rl.parts(cfg):
             filters = [rl.native_filter(cfg)]
+        elif val.parts(cfg):  # post_*: the validation configurations' baseline, no filter
+            filters = []
         else:
             raise SystemExit(f"unknown configuration {cfg!r}; known: {', '.join(ALL_CONFIGS)}")
         listeners.append(listener(cfg, ports[cfg], filters, xff_hops=1 if rl.parts(cfg) else 0))
@@ -450,7 +462,8 @@ def run_wrk(port: int, seconds: int, cpu: str | None, cfg: str = "") -> dict[str
         jwt_material()
         cmd[-1:-1] = ["-s", str(JWT_DIR / "tokens.lua")]
         cmd += ["--", str(JWT_DIR / f"{parts[1]}-{parts[2]}.txt")]
-    if (script := rl.wrk_args(cfg, OUT)):  # rate limiting: x-forwarded-for rotated over the clients
+    # Rate limiting: x-forwarded-for rotated over the clients; validation: POST a body.
+    if (script := rl.wrk_args(cfg, OUT) or val.wrk_args(cfg, OUT)):
         cmd[-1:-1] = script[0]
         cmd += script[1]
     if cpu is not None:
@@ -511,6 +524,9 @@ def check_config(cfg: str, port: int, log: Path) -> None:
     if rl.parts(cfg):
         rl.check(cfg, port, log, lambda p, h: http_status(p, headers=h))
         return
+    if val.parts(cfg):
+        val.check(cfg, port, log)
+        return
     tokens = jwt_tokens(cfg)
     status = http_status(port, token=tokens[0] if tokens else None)
     if status != 200:
@@ -543,7 +559,8 @@ def main() -> int:
     for c in CONFIGS:
         need = ("ip_geo" if c.startswith("ip_geo_") else "floor" if c == "floor"
                 else "jwt" if c.startswith("jwt_") and "@" not in c
-                else "rate_limit" if c.startswith("rl_") and "@" not in c else None)
+                else "rate_limit" if c.startswith("rl_") and "@" not in c
+                else "validate" if c.startswith("val_") and "@" not in c else None)
         if c not in ALL_CONFIGS and "@" not in c:
             raise SystemExit(f"unknown configuration {c!r}; known: {', '.join(ALL_CONFIGS)}")
         if need and not module_path(need).exists():
@@ -649,6 +666,8 @@ def main() -> int:
     if any(rl.parts(c) for c in CONFIGS):
         md += "\n" + rl.table({"envoy": results, "kong": kong_results}, tally)
         out["rate_limit_accuracy"] = tally.json()
+    if any(val.parts(c) for c in CONFIGS):
+        md += "\n" + val.table({"envoy": results, "kong": kong_results})
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.md").write_text(md)
     (OUT / "results.json").write_text(json.dumps(out, indent=2))

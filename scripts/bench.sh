@@ -16,6 +16,11 @@
 #   CONFIGS=fleet INSTRUCTIONS=1 scripts/bench.sh   # also the fleet callgrind counts: gateway Envoy,
 #                                           # service and Redis per request, 1-client configurations
 #                                           # (N=1000 WARM=100: ~4 min each on a loaded machine)
+#   CONFIGS=validate scripts/bench.sh       # request validation (issue 14): valid JSON bodies of 200 B,
+#                                           # 10 KB, 100 KB through our filter vs the same POST with no
+#                                           # filter (scripts/bench_validate.py), then the module's size
+#                                           # and its VM memory per worker with the example policy
+#   CONFIGS=validate INSTRUCTIONS=1 scripts/bench.sh   # also their instructions per request
 #   RATELIMIT_MEMORY=1 scripts/bench.sh     # also the rate limiter's bounded memory: 1,000,000 keys
 #                                           # in the Wasm host and on a real Envoy, and 10,000
 #                                           # cycling clients in the Wasm host (~6 min)
@@ -56,6 +61,11 @@ if [[ "${FLEET:-1}" != 0 ]] && { [[ -z "$spec" ]] || [[ ",${spec// /}," =~ ,(all
         > "$out/ratelimit_load.txt" 2>&1 || { cat "$out/ratelimit_load.txt"; die "the service's load test failed"; }
     grep '^gatewarden-ratelimit: ' "$out/ratelimit_load.txt" | tee -a "$out/fleet.md" \
         || die "no checks/s line in $out/ratelimit_load.txt"
+fi
+# Request validation (issue 14): the module's size and the memory of its VM per worker with the
+# example policy (one Envoy per policy and concurrency); when CONFIGS names validate, val_* or post_*.
+if [[ -n "$spec" && ",${spec// /}," =~ ,(all|validate|val_[a-z0-9_@]+|post_[a-z0-9_]+), ]]; then
+    "$PY" "$ROOT/scripts/bench_validate.py" || die "bench_validate.py failed"
 fi
 # The noise-free half: instructions per request under callgrind (needs valgrind; ~3 min per
 # configuration). INSTRUCTIONS=1 scripts/bench.sh

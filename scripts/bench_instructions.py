@@ -50,13 +50,18 @@ def requests(port: int, n: int, tokens: list[str], start: int, cfg: str = "") ->
     Rate-limit configurations: x-forwarded-for rotates over their clients as in bench.py; a
     `tight` one answers 429 once an address has had its 5 (any other status stops the run)."""
     rlp = bench.rl.parts(cfg)
+    vp = bench.val.parts(cfg)  # validation: POST the configuration's body (as bench.py's wrk does)
+    data = bench.val.body(vp[1]) if vp else None
     ok = (200, 429) if rlp and rlp[1] == "tight" else (200,)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     for i in range(n):
         headers = {"Authorization": f"Bearer {tokens[(start + i) % len(tokens)]}"} if tokens else {}
         if rlp:
             headers["X-Forwarded-For"] = bench.rl.address((start + i) % rlp[2])
-        conn.request("GET", "/", headers=headers)
+        if vp:
+            conn.request("POST", bench.val.PATH, body=data, headers=bench.val.HEADERS)
+        else:
+            conn.request("GET", "/", headers=headers)
         r = conn.getresponse()
         r.read()
         if r.status not in ok:
@@ -214,7 +219,8 @@ def main() -> int:
     configs = [c for c in bench.CONFIGS
                if not (c.startswith("ip_geo_") and not bench.module_path("ip_geo").exists())
                and not (c.startswith("jwt_") and "@" not in c and not bench.module_path("jwt").exists())
-               and not (c.startswith("rl_") and "@" not in c and not bench.module_path("rate_limit").exists())]
+               and not (c.startswith("rl_") and "@" not in c and not bench.module_path("rate_limit").exists())
+               and not (c.startswith("val_") and "@" not in c and not bench.module_path("validate").exists())]
     per_req: dict[str, float] = {}
     for c in configs if "envoy" in hosts else []:
         if METHOD == "window":

@@ -83,7 +83,9 @@ def render(cfg: str, workdir: Path, port: int, upstream: str, master: bool = Tru
     return nginxconf.render(nginxconf.Config(
         prefix=workdir, port=port, upstream=upstream, modules=modules, routes=[nginxconf.Route("/", chain)],
         workers=1, log_level="info", request_headers_in_access=True, access_log=False,
-        run_as_root=os.geteuid() == 0, master_process=master))
+        run_as_root=os.geteuid() == 0, master_process=master,
+        # Validation configurations (and their baselines): the body in memory, where the filter reads it.
+        client_body_buffer_size=bench.val.BUFFER if bench.val.parts(cfg) else None))
 
 
 def worker_of(master: int) -> int:
