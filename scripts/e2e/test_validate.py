@@ -304,7 +304,8 @@ SCHEMA_VIOLATIONS = [
     ("/api/orders", new_order(items=0), "application/json", [("/items", "minItems")]),
     ("/api/orders", {**new_order(), "items": [item(0), item(1, quantity=0)]}, "application/json",
      [("/items/1/quantity", "minimum")]),
-    ("/api/orders", {**new_order(), "items": [item(0, sku="abc-1")]}, "application/json", [("/items/0/sku", "pattern")]),
+    ("/api/orders", {**new_order(), "items": [item(0, sku="abc-1")]}, "application/json",
+     [("/items/0/sku", "pattern")]),
     ("/api/orders", {**new_order(), "items": [item(0, unit_price=0)]}, "application/json",
      [("/items/0/unit_price", "exclusiveMinimum")]),
     # Mass assignment: fields the client may not set.
@@ -405,8 +406,10 @@ def test_unknown_path_is_404_and_unknown_method_405_with_allow(gw: BaseGateway) 
     before, mark = snapshot(gw), gw.log_mark()
     for path in ("/api/invoices", "/api/orders/42/items", "/api/", "/legacy/api/customers", "/hooks/github/extra"):
         assert_fixed(send(gw, "GET", path), 404, NOT_FOUND)
-    for method, path, allow in (("PUT", "/api/orders", {"GET", "POST"}), ("POST", "/api/orders/42", {"GET", "PATCH", "DELETE"}),
-                                ("DELETE", "/api/customers", {"POST"}), ("GET", "/api/orders/42/attachments", {"POST"})):
+    for method, path, allow in (("PUT", "/api/orders", {"GET", "POST"}),
+                                ("POST", "/api/orders/42", {"GET", "PATCH", "DELETE"}),
+                                ("DELETE", "/api/customers", {"POST"}),
+                                ("GET", "/api/orders/42/attachments", {"POST"})):
         r = send(gw, method, path, None)
         assert_fixed(r, 405, NOT_ALLOWED)
         assert {m.strip() for m in r.headers.get("allow", "").split(",")} == allow, (path, r.headers)
@@ -709,8 +712,8 @@ def test_document_source_update_changes_the_operations_under_load(start_gateway,
                                                     "openapi": {"source": source}}], "default": {}}
     gw = start_gateway({FILTER: policy}, jwks_files={"orders-api.json": ORDERS_JSON}, **host_kwargs(host))
     harness.poll("the document loaded", lambda: gw.get("/api/orders/7").status == 200, 30.0, 0.1)
-    run_update_under_load(gw, lambda: gw.jwks.put("orders-api.json", json.dumps(with_operation_changes(ORDERS)).encode()),
-                          report, "document source refresh")
+    v2 = json.dumps(with_operation_changes(ORDERS)).encode()
+    run_update_under_load(gw, lambda: gw.jwks.put("orders-api.json", v2), report, "document source refresh")
 
 
 def test_refused_document_from_the_source_keeps_the_last_good_one(start_gateway, host: str) -> None:
@@ -740,7 +743,8 @@ def test_refused_policy_update_keeps_the_last_good_policy(gw: BaseGateway) -> No
     bad["rules"][0]["openapi"]["document"] = bad_doc
     rejected, mark = gw.counter(FILTER, "config_rejected"), gw.log_mark()
     assert gw.push_policy(FILTER, bad) == "rejected"
-    gw.wait_for_log(r"\[error\]\[wasm\].*gatewarden validate: policy refused: rules\[0\]\.openapi.*OrderItem", since=mark)
+    gw.wait_for_log(r"\[error\]\[wasm\].*gatewarden validate: policy refused: rules\[0\]\.openapi.*OrderItem",
+                    since=mark)
     assert gw.counter(FILTER, "config_rejected") > rejected
     # The last good policy decides: no new operation, the old ones as before.
     assert_fixed(send(gw, "GET", "/api/returns/5"), 404, NOT_FOUND)
