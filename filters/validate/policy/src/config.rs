@@ -45,26 +45,38 @@ pub struct ValidateRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub body_schema: Option<serde_json::Value>,
-    /// Whether a request without a body is refused (400 `body_missing`) when `body_schema` is
-    /// set (default `true`).
+    /// Whether a request without a body (none, or an empty one) is refused (400 `body_missing`)
+    /// (default `true`; `false`: a request without a body passes unparsed). Needs `body_schema`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_required: Option<bool>,
-    /// Media types a body may have when `body_schema` is set: `type/subtype`, `type/*`,
-    /// `*/*` or a structured suffix `application/*+json`; parameters (`; charset=utf-8`) are
-    /// ignored, case is not significant (default `["application/json"]`). Others: 415.
+    /// Media types a body may have: `type/subtype`, `type/*`, `*/*` or a structured suffix
+    /// `application/*+json`; parameters (`; charset=utf-8`) are ignored, case is not significant
+    /// (default `["application/json"]`). A body with another content type, or with none, is
+    /// refused (415): at the headers when `content-length` or `transfer-encoding` announce it,
+    /// else once it arrives. Needs `body_schema`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_content_types: Option<Vec<String>>,
     /// Largest body read, in bytes (default 524,288 = 512 KiB, below Envoy's default 1 MiB
     /// connection buffer; 1 to 16,777,216). A larger `content-length` is refused (413) before
-    /// any byte is read; a body without one is refused as soon as it grows past the limit.
+    /// any byte is read; a body without one is refused as soon as it grows past the limit. In
+    /// the plain form it needs `body_schema` (without one the body is never read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
-    /// The path template path parameters are taken from (`/pets/{id}`), matched against the
-    /// request path without its query; a path that does not match is a 404 `unknown_path`.
+    /// The path template path parameters are taken from (`/pets/{id}`, `/files/{name}.json`:
+    /// one `{name}` per segment, with an optional literal prefix and suffix), matched segment
+    /// by segment against the request path without its query (literal segments exactly, a
+    /// parameter's value not empty, then percent-decoded); a path that does not match is a 404
+    /// `unknown_path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_template: Option<String>,
     /// Parameters as OpenAPI 3.1 Parameter Objects (`name`, `in`: `query` | `header` | `path`
-    /// | `cookie`, `required`, `schema`, `style`, `explode`).
+    /// | `cookie`, `required`, `schema` or `content` with one JSON or `text/plain` media type,
+    /// `style`, `explode`), checked before the body: a missing or invalid one is a 400
+    /// `invalid_parameter` whose errors point at `/query/<name>`, `/path/<name>`,
+    /// `/header/<name>` or `/cookie/<name>`. Styles: path `simple` (default), `label`, `matrix`;
+    /// query `form` (default), `spaceDelimited`, `pipeDelimited`, `deepObject`; header
+    /// `simple`; cookie `form`. Values become the integer, number, boolean or null their
+    /// schema's `type` names. A query of more than 256 parameters is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(with = "Vec<serde_json::Map<String, serde_json::Value>>")]
     pub parameters: Vec<serde_json::Value>,

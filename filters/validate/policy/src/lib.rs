@@ -17,14 +17,16 @@
 #![forbid(unsafe_code)]
 
 mod config;
+pub mod media;
 pub mod params;
+mod plain;
 mod policy;
 pub mod schema;
 
 pub use config::{ValidateDocument, ValidateRule};
 pub use params::{ParamInput, ParamSet, PathTemplate};
 pub use policy::{
-    problem_body, BodyInput, BodyPlan, Start, ValidateOutcome, ValidatePolicy, ValidateReason, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ERRORS,
-    INVALID_JSON_BODY, MAX_MAX_BODY_BYTES, MAX_MAX_ERRORS, PROBLEM_JSON, SCHEMA_VIOLATION_BODY,
+    parameter_problem_body, problem_body, BodyInput, BodyPlan, Start, ValidateOutcome, ValidatePolicy, ValidateReason,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ERRORS, INVALID_JSON_BODY, MAX_MAX_BODY_BYTES, MAX_MAX_ERRORS, PROBLEM_JSON, SCHEMA_VIOLATION_BODY,
 };
 pub use schema::{BodyError, BodySchema};

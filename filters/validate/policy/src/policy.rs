@@ -11,6 +11,7 @@ use gatewarden_policy::facts::{HeaderNeeds, RequestFacts};
 use gatewarden_policy::rules::RuleSet;
 
 use crate::config::{ValidateDocument, ValidateRule};
+use crate::plain::PlainRule;
 use crate::schema::{BodyError, BodySchema};
 
 /// Errors listed in a 400 when `max_errors` is not given.
@@ -137,15 +138,49 @@ pub enum Start {
     NeedBody(BodyPlan),
 }
 
+/// What the request headers said about the content type, kept for the body's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ContentTypeCheck {
+    Allowed,
+    NotAllowed,
+    Missing,
+}
+
 /// What to check once the body is in (owned: it waits with the request).
 #[derive(Debug, Clone)]
 pub struct BodyPlan {
     /// Read at most this many bytes: more is `body_too_large`.
     pub max_bytes: usize,
     rule: Arc<str>,
-    schema: Arc<BodySchema>,
+    /// `None`: the body is not parsed (a media type without a schema), only its presence counts.
+    schema: Option<Arc<BodySchema>>,
+    /// An absent or empty body is `body_missing`.
+    required: bool,
+    /// A non-empty body is `unsupported_media_type` unless `Allowed`.
+    content_type: ContentTypeCheck,
     max_errors: usize,
     verbose: bool,
+}
+
+impl BodyPlan {
+    pub(crate) fn new(
+        rule: &Arc<str>,
+        schema: Option<Arc<BodySchema>>,
+        limits: &Limits,
+        required: bool,
+        content_type: ContentTypeCheck,
+    ) -> Self {
+        Self {
+            // max_body_bytes is at most MAX_MAX_BODY_BYTES (16 MiB): it fits a 32-bit usize.
+            max_bytes: usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX),
+            rule: rule.clone(),
+            schema,
+            required,
+            content_type,
+            max_errors: limits.max_errors,
+            verbose: limits.verbose,
+        }
+    }
 }
 
 /// What the host gave for the body.
@@ -161,36 +196,57 @@ pub enum BodyInput<'a> {
     Unavailable,
 }
 
-#[derive(Debug, Clone)]
-struct ValidateAction {
-    body_schema: Option<Arc<BodySchema>>,
-    max_errors: usize,
-    verbose: bool,
+/// What every rule shares, whichever form it takes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_errors: usize,
+    pub(crate) verbose: bool,
+    pub(crate) max_body_bytes: u64,
+    pub(crate) format_assertions: bool,
 }
 
-/// What the validation policy decided about a body.
+#[derive(Debug, Clone)]
+struct ValidateAction {
+    limits: Limits,
+    check: RuleCheck,
+}
+
+/// What a rule checks: the plain fields (an OpenAPI document joins as a second variant).
+#[derive(Debug, Clone)]
+enum RuleCheck {
+    Plain(PlainRule),
+}
+
+/// What the validation policy decided about a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidateOutcome {
     pub decision: Decision,
     /// The denial reason as an enum, `None` when allowed.
     pub reason: Option<ValidateReason>,
-    /// At most `max_errors` errors of a schema violation (also when not `verbose`: for the log).
+    /// At most `max_errors` errors of a schema violation or of invalid parameters (also when
+    /// not `verbose`: for the log).
     pub errors: Vec<BodyError>,
     /// The problem body listing `errors` for a `verbose` rule (`None`: the denial's fixed body).
     pub body: Option<String>,
 }
 
 impl ValidateOutcome {
-    fn allow(rule: &Arc<str>) -> Self {
+    pub(crate) fn allow(rule: &Arc<str>) -> Self {
         Self { decision: Decision::allow(rule), reason: None, errors: Vec::new(), body: None }
     }
 
-    fn deny(rule: &Arc<str>, reason: ValidateReason) -> Self {
+    pub(crate) fn deny(rule: &Arc<str>, reason: ValidateReason) -> Self {
         Self { decision: Decision::deny(rule, reason.denial()), reason: Some(reason), ..Self::allow(rule) }
+    }
+
+    /// A 400 `invalid_parameter` listing `errors` (the problem body only when `verbose`).
+    pub(crate) fn invalid_parameters(rule: &Arc<str>, errors: Vec<BodyError>, verbose: bool) -> Self {
+        let body = verbose.then(|| parameter_problem_body(&errors));
+        Self { errors, body, ..Self::deny(rule, ValidateReason::InvalidParameter) }
     }
 }
 
-/// The compiled validation policy: every body schema compiled once.
+/// The compiled validation policy: every schema compiled once.
 #[derive(Debug, Clone)]
 pub struct ValidatePolicy {
     header: Header,
@@ -212,29 +268,54 @@ impl FilterPolicy for ValidatePolicy {
     }
 }
 
+/// The plain fields, exclusive with `openapi`.
+const PLAIN_FIELDS: [&str; 5] = ["body_schema", "body_required", "allowed_content_types", "path_template", "parameters"];
+
 fn compile_action(rule: &ValidateRule, path: &FieldPath) -> Result<ValidateAction, ConfigError> {
     let max_errors = rule.max_errors.unwrap_or(DEFAULT_MAX_ERRORS);
     if !(1..=MAX_MAX_ERRORS).contains(&max_errors) {
         return Err(path.field("max_errors").error(format!("{max_errors} is not between 1 and {MAX_MAX_ERRORS}")));
     }
-    let format_assertions = rule.format_assertions.unwrap_or(true);
-    let body_schema = rule
-        .body_schema
-        .as_ref()
-        .map(|s| BodySchema::compile(s, format_assertions, &path.field("body_schema")).map(Arc::new))
-        .transpose()?;
-    Ok(ValidateAction { body_schema, max_errors: max_errors as usize, verbose: rule.verbose.unwrap_or(true) })
+    let max_body_bytes = rule.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if !(1..=MAX_MAX_BODY_BYTES).contains(&max_body_bytes) {
+        return Err(path.field("max_body_bytes").error(format!("{max_body_bytes} is not between 1 and {MAX_MAX_BODY_BYTES}")));
+    }
+    let limits = Limits {
+        max_errors: max_errors as usize,
+        verbose: rule.verbose.unwrap_or(true),
+        max_body_bytes,
+        format_assertions: rule.format_assertions.unwrap_or(true),
+    };
+    if rule.openapi.is_some() {
+        let given = [
+            rule.body_schema.is_some(),
+            rule.body_required.is_some(),
+            rule.allowed_content_types.is_some(),
+            rule.path_template.is_some(),
+            !rule.parameters.is_empty(),
+        ];
+        if let Some((field, _)) = PLAIN_FIELDS.iter().zip(given).find(|(_, g)| *g) {
+            return Err(path.field(field).error(format!("openapi and the plain fields ({}) exclude each other", PLAIN_FIELDS.join(", "))));
+        }
+        return Err(path.field("openapi").error("OpenAPI documents are not supported by this build yet"));
+    }
+    let check = RuleCheck::Plain(PlainRule::compile(rule, &limits, path)?);
+    Ok(ValidateAction { limits, check })
 }
 
 impl ValidatePolicy {
-    /// The request headers the policy reads (rule matchers, content type and length, header
-    /// and cookie parameters).
+    /// The request headers the policy reads (rule matchers, the client address, `:path` for
+    /// templates and query parameters, content type, length and transfer encoding, header and
+    /// cookie parameters).
     pub fn header_needs(&self) -> HeaderNeeds {
         let mut needs = HeaderNeeds::default();
         self.rules.add_needs(&mut needs);
         self.header.client_address.add_needs(&mut needs);
-        needs.add("content-type");
-        needs.add("content-length");
+        for rule in self.rules.iter() {
+            match &rule.action.check {
+                RuleCheck::Plain(plain) => plain.add_needs(&mut needs),
+            }
+        }
         needs
     }
 
@@ -242,43 +323,50 @@ impl ValidatePolicy {
     pub fn start(&self, facts: &RequestFacts<'_>) -> Start {
         let rule = self.rules.select(facts);
         let a = &rule.action;
-        match &a.body_schema {
-            None => Start::Done(ValidateOutcome::allow(&rule.name)),
-            Some(schema) => Start::NeedBody(BodyPlan {
-                max_bytes: DEFAULT_MAX_BODY_BYTES as usize,
-                rule: rule.name.clone(),
-                schema: schema.clone(),
-                max_errors: a.max_errors,
-                verbose: a.verbose,
-            }),
+        match &a.check {
+            RuleCheck::Plain(plain) => plain.start(&rule.name, &a.limits, facts),
         }
     }
 
     /// Decides on the body of a request [`Self::start`] asked it for.
     pub fn finish(&self, plan: BodyPlan, body: BodyInput<'_>) -> ValidateOutcome {
         let deny = |reason| ValidateOutcome::deny(&plan.rule, reason);
+        let absent = || if plan.required { deny(ValidateReason::BodyMissing) } else { ValidateOutcome::allow(&plan.rule) };
         match body {
-            BodyInput::Whole(bytes) => check_json(&plan.rule, &plan.schema, plan.max_errors, plan.verbose, bytes),
-            BodyInput::Absent => deny(ValidateReason::BodyMissing),
+            BodyInput::Absent => absent(),
+            BodyInput::Whole([]) => absent(),
+            BodyInput::Whole(bytes) if bytes.len() > plan.max_bytes => deny(ValidateReason::BodyTooLarge),
+            BodyInput::Whole(_) if plan.content_type != ContentTypeCheck::Allowed => deny(ValidateReason::UnsupportedMediaType),
+            BodyInput::Whole(bytes) => match &plan.schema {
+                None => ValidateOutcome::allow(&plan.rule),
+                Some(schema) => check_json(&plan.rule, schema, plan.max_errors, plan.verbose, bytes),
+            },
             BodyInput::TooLarge { .. } => deny(ValidateReason::BodyTooLarge),
             BodyInput::Unavailable => deny(ValidateReason::BodyUnavailable),
         }
     }
 
-    /// Whether the rule selected for `facts` reads the body: bodies of other requests pass
+    /// Whether the rule selected for `facts` has a body schema: bodies of other requests pass
     /// untouched, unread.
     pub fn needs_body(&self, facts: &RequestFacts<'_>) -> bool {
-        self.rules.select(facts).action.body_schema.is_some()
+        match &self.rules.select(facts).action.check {
+            RuleCheck::Plain(plain) => plain.body_schema().is_some(),
+        }
     }
 
-    /// Decides on the whole request body `body` of the request `facts`.
+    /// Decides on the whole request body `body` of the request `facts` against the selected
+    /// rule's body schema alone (no content type, parameter or length check: those are
+    /// [`Self::start`]'s).
     pub fn check_body(&self, facts: &RequestFacts<'_>, body: &[u8]) -> ValidateOutcome {
         let rule = self.rules.select(facts);
         let a = &rule.action;
-        let Some(schema) = &a.body_schema else {
+        let schema = match &a.check {
+            RuleCheck::Plain(plain) => plain.body_schema(),
+        };
+        let Some(schema) = schema else {
             return ValidateOutcome::allow(&rule.name);
         };
-        check_json(&rule.name, schema, a.max_errors, a.verbose, body)
+        check_json(&rule.name, schema, a.limits.max_errors, a.limits.verbose, body)
     }
 }
 
@@ -298,13 +386,23 @@ fn check_json(rule: &Arc<str>, schema: &BodySchema, max_errors: usize, verbose: 
 
 /// The RFC 9457 problem body of a schema violation, listing `errors`.
 pub fn problem_body(errors: &[BodyError]) -> String {
+    problem("the request body does not match the schema", errors)
+}
+
+/// The RFC 9457 problem body of invalid parameters, listing `errors` (pointers `/query/…`,
+/// `/path/…`, `/header/…`, `/cookie/…`).
+pub fn parameter_problem_body(errors: &[BodyError]) -> String {
+    problem("a request parameter is missing or invalid", errors)
+}
+
+fn problem(detail: &str, errors: &[BodyError]) -> String {
     let list: Vec<Value> =
         errors.iter().map(|e| json!({"pointer": e.instance, "schema": e.schema, "keyword": e.keyword, "detail": e.message})).collect();
     json!({
         "type": "about:blank",
         "title": "Bad Request",
         "status": 400,
-        "detail": "the request body does not match the schema",
+        "detail": detail,
         "errors": list,
     })
     .to_string()
