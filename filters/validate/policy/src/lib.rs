@@ -21,6 +21,7 @@ pub mod media;
 pub mod params;
 mod plain;
 mod policy;
+pub mod openapi;
 pub mod schema;
 
 pub use config::{ValidateDocument, ValidateRule};

@@ -11,6 +11,7 @@ use gatewarden_policy::facts::{HeaderNeeds, RequestFacts};
 use gatewarden_policy::rules::RuleSet;
 
 use crate::config::{ValidateDocument, ValidateRule};
+use crate::openapi::{OpenApi, OpenApiOptions, OpenApiRule, RemoteDocument};
 use crate::plain::PlainRule;
 use crate::schema::{BodyError, BodySchema};
 
@@ -211,10 +212,11 @@ struct ValidateAction {
     check: RuleCheck,
 }
 
-/// What a rule checks: the plain fields (an OpenAPI document joins as a second variant).
+/// What a rule checks: the plain fields or an OpenAPI document.
 #[derive(Debug, Clone)]
 enum RuleCheck {
     Plain(PlainRule),
+    OpenApi(OpenApiRule),
 }
 
 /// What the validation policy decided about a request.
@@ -228,11 +230,21 @@ pub struct ValidateOutcome {
     pub errors: Vec<BodyError>,
     /// The problem body listing `errors` for a `verbose` rule (`None`: the denial's fixed body).
     pub body: Option<String>,
+    /// The `Allow` header of a 405 `method_not_allowed`: the path's methods (`GET, POST`).
+    pub allow: Option<Arc<str>>,
+    /// Allowed without validation, and why (log and count it as unvalidated): `unknown_path` /
+    /// `method_not_allowed` with `pass`, `document_unavailable` with failure mode `allow`.
+    pub unvalidated: Option<ValidateReason>,
 }
 
 impl ValidateOutcome {
     pub(crate) fn allow(rule: &Arc<str>) -> Self {
-        Self { decision: Decision::allow(rule), reason: None, errors: Vec::new(), body: None }
+        Self { decision: Decision::allow(rule), reason: None, errors: Vec::new(), body: None, allow: None, unvalidated: None }
+    }
+
+    /// Allowed without validation because of `why`.
+    pub(crate) fn unvalidated(rule: &Arc<str>, why: ValidateReason) -> Self {
+        Self { unvalidated: Some(why), ..Self::allow(rule) }
     }
 
     pub(crate) fn deny(rule: &Arc<str>, reason: ValidateReason) -> Self {
@@ -259,7 +271,11 @@ impl FilterPolicy for ValidatePolicy {
 
     fn compile(doc: ValidateDocument) -> Result<Self, ConfigError> {
         let header = Header::compile(&doc, Self::NAME)?;
-        let rules = RuleSet::compile(&doc.rules, &doc.default, compile_action)?;
+        let mut index = 0;
+        let rules = RuleSet::compile(&doc.rules, &doc.default, |rule, path| {
+            index += 1;
+            compile_action(rule, index - 1, path)
+        })?;
         Ok(Self { header, rules })
     }
 
@@ -271,7 +287,8 @@ impl FilterPolicy for ValidatePolicy {
 /// The plain fields, exclusive with `openapi`.
 const PLAIN_FIELDS: [&str; 5] = ["body_schema", "body_required", "allowed_content_types", "path_template", "parameters"];
 
-fn compile_action(rule: &ValidateRule, path: &FieldPath) -> Result<ValidateAction, ConfigError> {
+/// Compiles the rule numbered `index` (`rules[i]` is `i`, the default `rules.len()`).
+fn compile_action(rule: &ValidateRule, index: usize, path: &FieldPath) -> Result<ValidateAction, ConfigError> {
     let max_errors = rule.max_errors.unwrap_or(DEFAULT_MAX_ERRORS);
     if !(1..=MAX_MAX_ERRORS).contains(&max_errors) {
         return Err(path.field("max_errors").error(format!("{max_errors} is not between 1 and {MAX_MAX_ERRORS}")));
@@ -297,9 +314,11 @@ fn compile_action(rule: &ValidateRule, path: &FieldPath) -> Result<ValidateActio
         if let Some((field, _)) = PLAIN_FIELDS.iter().zip(given).find(|(_, g)| *g) {
             return Err(path.field(field).error(format!("openapi and the plain fields ({}) exclude each other", PLAIN_FIELDS.join(", "))));
         }
-        return Err(path.field("openapi").error("OpenAPI documents are not supported by this build yet"));
     }
-    let check = RuleCheck::Plain(PlainRule::compile(rule, &limits, path)?);
+    let check = match &rule.openapi {
+        Some(spec) => RuleCheck::OpenApi(OpenApiRule::compile(spec, index, &limits, &path.field("openapi"))?),
+        None => RuleCheck::Plain(PlainRule::compile(rule, &limits, path)?),
+    };
     Ok(ValidateAction { limits, check })
 }
 
@@ -314,6 +333,7 @@ impl ValidatePolicy {
         for rule in self.rules.iter() {
             match &rule.action.check {
                 RuleCheck::Plain(plain) => plain.add_needs(&mut needs),
+                RuleCheck::OpenApi(api) => api.add_needs(&mut needs),
             }
         }
         needs
@@ -321,11 +341,48 @@ impl ValidatePolicy {
 
     /// Decides what the request headers allow: done, or read the body.
     pub fn start(&self, facts: &RequestFacts<'_>) -> Start {
+        self.start_with(facts, &|_| None)
+    }
+
+    /// [`Self::start`] with the loaded copies of fetched OpenAPI documents: `documents(i)` is
+    /// the copy for the rule numbered `i` ([`Self::remote_documents`]), `None` while none is
+    /// loaded (`document_unavailable` by the failure mode).
+    pub fn start_with(&self, facts: &RequestFacts<'_>, documents: &dyn Fn(usize) -> Option<Arc<OpenApi>>) -> Start {
         let rule = self.rules.select(facts);
         let a = &rule.action;
         match &a.check {
             RuleCheck::Plain(plain) => plain.start(&rule.name, &a.limits, facts),
+            RuleCheck::OpenApi(api) => api.start(&rule.name, &a.limits, facts, documents, self.header.failure_mode),
         }
+    }
+
+    /// The OpenAPI documents the glue must fetch, one per rule with `openapi.source`.
+    pub fn remote_documents(&self) -> Vec<RemoteDocument<'_>> {
+        self.rules
+            .iter()
+            .filter_map(|r| match &r.action.check {
+                RuleCheck::OpenApi(api) => api.remote(),
+                RuleCheck::Plain(_) => None,
+            })
+            .collect()
+    }
+
+    /// Compiles fetched document text for the rule numbered `rule` (with its options); the
+    /// error names `rules[i].openapi.source`.
+    pub fn compile_document(&self, rule: usize, bytes: &[u8]) -> Result<OpenApi, ConfigError> {
+        let default = OpenApiOptions::default();
+        let options = self.remote_documents().into_iter().find(|d| d.rule == rule).map(|d| d.options.clone()).unwrap_or(default);
+        let path = match self.rules.iter().count().checked_sub(1) {
+            Some(last) if rule == last => FieldPath::root().field("default"),
+            _ => FieldPath::root().field("rules").index(rule),
+        };
+        OpenApi::from_bytes(bytes, &options, &path.field("openapi").field("source"))
+    }
+
+    /// Whether a decision may read any request header: a fetched OpenAPI document's header
+    /// and cookie parameters are known only once it is loaded.
+    pub fn reads_all_headers(&self) -> bool {
+        self.rules.iter().any(|r| matches!(&r.action.check, RuleCheck::OpenApi(api) if api.reads_all_headers()))
     }
 
     /// Decides on the body of a request [`Self::start`] asked it for.
@@ -351,6 +408,7 @@ impl ValidatePolicy {
     pub fn needs_body(&self, facts: &RequestFacts<'_>) -> bool {
         match &self.rules.select(facts).action.check {
             RuleCheck::Plain(plain) => plain.body_schema().is_some(),
+            RuleCheck::OpenApi(_) => matches!(self.start(facts), Start::NeedBody(_)),
         }
     }
 
@@ -362,6 +420,12 @@ impl ValidatePolicy {
         let a = &rule.action;
         let schema = match &a.check {
             RuleCheck::Plain(plain) => plain.body_schema(),
+            RuleCheck::OpenApi(_) => {
+                return match self.start(facts) {
+                    Start::NeedBody(plan) => self.finish(plan, BodyInput::Whole(body)),
+                    Start::Done(outcome) => outcome,
+                }
+            }
         };
         let Some(schema) = schema else {
             return ValidateOutcome::allow(&rule.name);

@@ -109,6 +109,12 @@ impl BodySchema {
         Ok(Self { validator, draft })
     }
 
+    /// A schema compiled elsewhere: an OpenAPI document's, against its registered document
+    /// (`crate::openapi`).
+    pub(crate) fn from_validator(validator: Validator, draft: Draft) -> Self {
+        Self { validator, draft }
+    }
+
     /// The draft the schema was compiled as.
     pub fn draft(&self) -> Draft {
         self.draft
