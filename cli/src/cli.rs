@@ -15,7 +15,7 @@ const AFTER_HELP: &str = "\
 Exit status: 0 ok; 1 invalid or failed (a policy the filter refuses, a test failing, a verify
 failing, a diff with changes); 2 could not run (bad usage, unreadable file, missing module).
 
-Filters: ip_geo, jwt, rate_limit. The modules are found with --modules DIR, else $GATEWARDEN_WASM_DIR, else
+Filters: ip_geo, jwt, rate_limit, validate. The modules are found with --modules DIR, else $GATEWARDEN_WASM_DIR, else
 target/wasm32-wasip1/release. Docs: docs/cli.md.";
 
 /// `gatewarden`: the policy lifecycle command.
@@ -177,6 +177,6 @@ mod tests {
         let c = parse(&["schema", "ip_geo"]);
         assert!(matches!(&c, Ok(Cli { command: Command::Schema(s) }) if s.filter == Filter::IpGeo), "{c:?}");
         let e = parse(&["schema", "ipgeo"]).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.contains("[possible values: ip_geo, jwt, rate_limit]"), "{e}");
+        assert!(e.contains("[possible values: ip_geo, jwt, rate_limit, validate]"), "{e}");
     }
 }

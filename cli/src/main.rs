@@ -3,11 +3,12 @@
 //!
 //! Where things are: `cli.rs` (the parser: the list of commands), `commands/<command>.rs` (one
 //! file per command), `error.rs` (the one error type and the exit statuses), and the pieces the
-//! commands share: `policy_file` (read + compile a policy with the filter's own code),
-//! `policy_doc` (edit a policy file keeping its format), `policy_diff`, `trust` (approvals),
-//! `ecds/` (the directory Envoy watches: resource, history, apply), `hosts/` (Istio, Kong,
-//! nginx, compose configs), `modules` + `run` (a request through a built .wasm in the Wasm host),
-//! `policy_test/` (test files, comparison, reports, JUnit), `atomic`, `timefmt`.
+//! commands share: `policy_file` (read + compile a policy with the filter's own code), `include`
+//! (the files a policy names, inlined), `policy_doc` (edit a policy file keeping its format),
+//! `policy_diff`, `trust` (approvals), `ecds/` (the directory Envoy watches: resource, history,
+//! apply), `hosts/` (Istio, Kong, nginx, compose configs), `modules` + `run` (a request through a
+//! built .wasm in the Wasm host), `policy_test/` (test files, comparison, reports, JUnit),
+//! `atomic`, `timefmt`.
 //! Validation runs exactly the code the filter runs in `on_configure`.
 
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ mod commands;
 mod ecds;
 mod error;
 mod hosts;
+mod include;
 mod modules;
 mod policy_diff;
 mod policy_doc;

@@ -6,6 +6,7 @@ use gatewarden_ip_geo_policy::IpGeoPolicy;
 use gatewarden_jwt_policy::JwtPolicy;
 use gatewarden_policy::{compile, ConfigError, FilterPolicy};
 use gatewarden_rate_limit_policy::RateLimitPolicy;
+use gatewarden_validate_policy::ValidatePolicy;
 
 /// The filters the CLI knows. Adding one is a line here and one in each `match`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,16 +14,18 @@ pub enum Filter {
     IpGeo,
     Jwt,
     RateLimit,
+    Validate,
 }
 
 impl Filter {
-    pub const ALL: [Filter; 3] = [Filter::IpGeo, Filter::Jwt, Filter::RateLimit];
+    pub const ALL: [Filter; 4] = [Filter::IpGeo, Filter::Jwt, Filter::RateLimit, Filter::Validate];
 
     pub fn name(self) -> &'static str {
         match self {
             Filter::IpGeo => IpGeoPolicy::NAME,
             Filter::Jwt => JwtPolicy::NAME,
             Filter::RateLimit => RateLimitPolicy::NAME,
+            Filter::Validate => ValidatePolicy::NAME,
         }
     }
 
@@ -36,6 +39,7 @@ impl Filter {
             Filter::IpGeo => compile::<IpGeoPolicy>(json).map(|p| p.header().policy_version.to_string()),
             Filter::Jwt => compile::<JwtPolicy>(json).map(|p| p.header().policy_version.to_string()),
             Filter::RateLimit => compile::<RateLimitPolicy>(json).map(|p| p.header().policy_version.to_string()),
+            Filter::Validate => compile::<ValidatePolicy>(json).map(|p| p.header().policy_version.to_string()),
         }
     }
 
@@ -44,6 +48,7 @@ impl Filter {
             Filter::IpGeo => gatewarden_policy::schema::of::<gatewarden_ip_geo_policy::IpGeoDocument>(),
             Filter::Jwt => gatewarden_policy::schema::of::<gatewarden_jwt_policy::JwtDocument>(),
             Filter::RateLimit => gatewarden_policy::schema::of::<gatewarden_rate_limit_policy::RateLimitDocument>(),
+            Filter::Validate => gatewarden_policy::schema::of::<gatewarden_validate_policy::ValidateDocument>(),
         }
     }
 
@@ -115,13 +120,20 @@ pub fn load(path: &str, filter: Option<Filter>) -> Result<LoadedPolicy, LoadErro
     load_text(path, &text, filter)
 }
 
-/// [`load`] for text already read; `path` only tells JSON (`.json`) from YAML.
+/// [`load`] for text already read; `path` tells JSON (`.json`) from YAML, and the files the
+/// policy names are read relative to its directory.
 pub fn load_text(path: &str, text: &str, filter: Option<Filter>) -> Result<LoadedPolicy, LoadError> {
     let value: serde_json::Value = if path.ends_with(".json") {
         serde_json::from_str(text).map_err(|e| LoadError::Syntax(format!("not valid JSON: {e}")))?
     } else {
         serde_norway::from_str(text).map_err(|e| LoadError::Syntax(format!("not valid YAML: {e}")))?
     };
+    load_value(path, value, filter)
+}
+
+/// [`load`] for a document already parsed; `path` is the policy file's (the files it names
+/// are read relative to its directory, [`crate::include`]).
+pub fn load_value(path: &str, mut value: serde_json::Value, filter: Option<Filter>) -> Result<LoadedPolicy, LoadError> {
     let named = value.get("filter").and_then(|f| f.as_str());
     let filter = match (filter, named) {
         (Some(f), _) => f,
@@ -132,6 +144,10 @@ pub fn load_text(path: &str, text: &str, filter: Option<Filter>) -> Result<Loade
             return Err(LoadError::UnknownFilter("filter: missing; add `filter: <name>` to the policy or pass --filter".into()))
         }
     };
+    if filter == Filter::Validate {
+        let base = std::path::Path::new(path).parent().unwrap_or(std::path::Path::new(""));
+        crate::include::inline_files(&mut value, base)?;
+    }
     let json = serde_json::to_string(&value).map_err(|e| LoadError::Syntax(e.to_string()))?;
     let policy_version = filter.check(json.as_bytes()).map_err(LoadError::Config)?;
     Ok(LoadedPolicy { filter, policy_version, json })

@@ -50,8 +50,7 @@ pub fn end(file: &str, filter: Option<Filter>, how: Ending) -> CmdResult {
     }
     .ok_or_else(|| CliError::failed(format!("{file}: no rollout to {cmd} (expected rollout.candidate)")))?;
     // Validate the result with the filter's code before touching the file.
-    let json = serde_json::to_string(&new).map_err(|e| CliError::could_not_run(e.to_string()))?;
-    let version = crate::policy_file::load_text("policy.json", &json, filter)
+    let version = crate::policy_file::load_value(file, new.clone(), filter)
         .map(|p| p.policy_version)
         .map_err(|e| CliError::failed(format!("{file}: not changed: the {cmd}d policy would be invalid: {e}")))?;
     let had_signatures = doc.value.get("signatures").is_some_and(|s| s.as_array().is_none_or(|a| !a.is_empty()));

@@ -65,8 +65,24 @@ pub struct RequestSpec {
     /// The peer address `ip:port` (or an IP: port 40000 is added); default `192.0.2.10:40000`.
     #[serde(default)]
     pub peer: Option<String>,
+    /// The body: text as written, or any other YAML/JSON value (a mapping, a list, a number),
+    /// sent as its compact JSON. `content-length` is added as an HTTP/1.1 client sends it, unless
+    /// `headers` has `content-length` or `transfer-encoding` (then the body goes as written, e.g.
+    /// chunked without a length); `content-type` is never added.
     #[serde(default)]
-    pub body: Option<String>,
+    pub body: Option<BodySpec>,
+    /// Instead of `body`: a body of this many bytes (`x` repeated, at most 64 MiB), e.g. to pass
+    /// a `max_body_bytes`.
+    #[serde(default)]
+    pub body_size: Option<usize>,
+    /// Envoy profile: the body reaches the filter in chunks of this many bytes (default 1024).
+    /// Kong's engine hands the whole body over in one call.
+    #[serde(default)]
+    pub body_chunk_size: Option<usize>,
+    /// Kong profile: nginx spilled the body to a temp file (a body larger than
+    /// `client_body_buffer_size`): the filter learns its size but cannot read it.
+    #[serde(default)]
+    pub body_spilled: bool,
     /// The host's clock during this request (overrides the file's `time`).
     #[serde(default)]
     pub time: Option<TimeSpec>,
@@ -81,7 +97,35 @@ impl Default for RequestSpec {
             headers: BTreeMap::new(),
             peer: None,
             body: None,
+            body_size: None,
+            body_chunk_size: None,
+            body_spilled: false,
             time: None,
+        }
+    }
+}
+
+/// A request body as written: text, or a value sent as compact JSON.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum BodySpec {
+    Text(String),
+    Json(serde_json::Value),
+}
+
+/// The most bytes `body_size` may ask for.
+pub const MAX_BODY_SIZE: usize = 64 * 1024 * 1024;
+
+impl RequestSpec {
+    /// The body bytes the client sends (`None`: no body), or why the spec is wrong.
+    pub fn body_bytes(&self) -> Result<Option<Vec<u8>>, String> {
+        match (&self.body, self.body_size) {
+            (Some(_), Some(_)) => Err("request: body and body_size are exclusive".into()),
+            (Some(BodySpec::Text(t)), None) => Ok(Some(t.clone().into_bytes())),
+            (Some(BodySpec::Json(v)), None) => serde_json::to_vec(v).map(Some).map_err(|e| format!("request.body: {e}")),
+            (None, Some(n)) if n > MAX_BODY_SIZE => Err(format!("request.body_size: {n} is more than {MAX_BODY_SIZE}")),
+            (None, Some(n)) => Ok(Some(vec![b'x'; n])),
+            (None, None) => Ok(None),
         }
     }
 }
@@ -232,7 +276,7 @@ fn peer_address(peer: &str) -> String {
 }
 
 /// The request as the host runs it, and the headers the module first saw (for the diff).
-fn build_request(spec: &RequestSpec) -> (Request, Vec<(String, String)>) {
+fn build_request(spec: &RequestSpec, body: Option<&[u8]>) -> (Request, Vec<(String, String)>) {
     let mut r = Request::new(&spec.method, &spec.path).source(&peer_address(spec.peer.as_deref().unwrap_or(DEFAULT_PEER)));
     if let Some(a) = &spec.authority {
         r = r.authority(a);
@@ -254,8 +298,21 @@ fn build_request(spec: &RequestSpec) -> (Request, Vec<(String, String)>) {
             sent.push((name.clone(), v));
         }
     }
-    if let Some(b) = &spec.body {
-        r = r.body(b.clone().into_bytes());
+    if let Some(b) = body {
+        // What an HTTP/1.1 client sends with a body, unless the case says how it is framed.
+        let framed = spec.headers.keys().any(|k| k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding"));
+        if !framed {
+            let length = b.len().to_string();
+            r = r.header("content-length", &length);
+            sent.push(("content-length".to_string(), length));
+        }
+        r = r.body(b.to_vec());
+    }
+    if let Some(size) = spec.body_chunk_size {
+        r = r.chunked(size);
+    }
+    if spec.body_spilled {
+        r = r.spilled();
     }
     (r, sent)
 }
@@ -298,6 +355,7 @@ pub fn run_requests(setup: &Setup<'_>, spec: &RequestSpec, times: u32, every: Du
     if times == 0 || times > MAX_REPEAT {
         return Err(format!("repeat: {times} is not between 1 and {MAX_REPEAT}"));
     }
+    let body = spec.body_bytes()?;
     let host = Host::new(setup.profile);
     host.set_log_level(LogLevel::Info);
     host.set_time(UNIX_EPOCH + Duration::from_secs(setup.time));
@@ -329,7 +387,7 @@ pub fn run_requests(setup: &Setup<'_>, spec: &RequestSpec, times: u32, every: Du
     for i in 0..times {
         host.set_time(start + every.saturating_mul(i));
         host.clear_logs();
-        let (request, sent) = build_request(spec);
+        let (request, sent) = build_request(spec, body.as_deref());
         let outcome = vm.http_request(request).map_err(|e| format!("request {}: {e}", i + 1))?;
         let logs = host.logs();
         let log = logs.iter().rev().find_map(|l| decision_line(&l.message));
@@ -380,6 +438,37 @@ mod tests {
         assert_eq!(peer_address("2001:db8::1"), "[2001:db8::1]:40000");
         assert_eq!(peer_address("203.0.113.5:1234"), "203.0.113.5:1234");
         assert_eq!(peer_address("[2001:db8::1]:1"), "[2001:db8::1]:1");
+    }
+
+    #[test]
+    fn a_body_is_text_a_json_value_or_a_size() {
+        let spec = |yaml: &str| serde_norway::from_str::<RequestSpec>(yaml).map_err(|e| e.to_string()).and_then(|r| r.body_bytes());
+        assert_eq!(spec("body: 'not {json'\n"), Ok(Some(b"not {json".to_vec())));
+        assert_eq!(spec("body: { name: Rex, tags: [a, 1] }\n"), Ok(Some(br#"{"name":"Rex","tags":["a",1]}"#.to_vec())));
+        assert_eq!(spec("body: [1, 2]\n"), Ok(Some(b"[1,2]".to_vec())));
+        assert_eq!(spec("body: 42\n"), Ok(Some(b"42".to_vec())));
+        assert_eq!(spec("body_size: 3\n"), Ok(Some(b"xxx".to_vec())));
+        assert_eq!(spec("path: /\n"), Ok(None));
+        assert_eq!(spec("body: a\nbody_size: 3\n"), Err("request: body and body_size are exclusive".to_string()));
+        assert_eq!(spec("body_size: 67108865\n"), Err("request.body_size: 67108865 is more than 67108864".to_string()));
+    }
+
+    #[test]
+    fn a_body_gets_a_content_length_unless_the_case_frames_it() {
+        let length = |yaml: &str| {
+            let spec: RequestSpec = serde_norway::from_str(yaml).unwrap_or_default();
+            let body = spec.body_bytes().unwrap_or_default();
+            let (r, sent) = build_request(&spec, body.as_deref());
+            let sent_length = sent.iter().find(|(k, _)| k == "content-length").map(|(_, v)| v.clone());
+            let host_length = r.headers.iter().find(|(k, _)| k == "content-length").map(|(_, v)| v.clone());
+            assert_eq!(sent_length, host_length, "{yaml}");
+            host_length
+        };
+        assert_eq!(length("body: { a: 1 }\n"), Some("7".into()));
+        assert_eq!(length("body_size: 20000\n"), Some("20000".into()));
+        assert_eq!(length("path: /\n"), None);
+        assert_eq!(length("body: abc\nheaders: { transfer-encoding: chunked }\n"), None);
+        assert_eq!(length("body: abc\nheaders: { Content-Length: '99' }\n"), Some("99".into()));
     }
 
     #[test]

@@ -128,7 +128,7 @@ fn typos_get_a_suggestion_and_exit_two() {
     assert!(err.contains("a similar argument exists: '--version'"), "{err}");
     let (code, _, err) = run(&["schema", "ipgeo"]);
     assert_eq!(code, 2);
-    assert!(err.contains("[possible values: ip_geo, jwt, rate_limit]"), "{err}");
+    assert!(err.contains("[possible values: ip_geo, jwt, rate_limit, validate]"), "{err}");
 }
 
 #[test]

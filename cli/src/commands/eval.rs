@@ -16,7 +16,9 @@ use crate::cli::FilterArg;
 use crate::error::{CliError, CmdResult};
 use crate::modules::{module_dir, Modules};
 use crate::policy_file::load;
-use crate::run::{parse_profile, run_request, Actual, Fixture, FixtureSpec, HeaderValues, RequestSpec, Setup, TimeSpec, DEFAULT_TIME};
+use crate::run::{
+    parse_profile, run_request, Actual, BodySpec, Fixture, FixtureSpec, HeaderValues, RequestSpec, Setup, TimeSpec, DEFAULT_TIME,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,8 +161,9 @@ pub fn run(o: &Args) -> CmdResult {
     if o.peer.is_some() {
         request.peer = o.peer.clone();
     }
-    if o.body.is_some() {
-        request.body = o.body.clone();
+    if let Some(b) = &o.body {
+        request.body = Some(BodySpec::Text(b.clone()));
+        request.body_size = None;
     }
     if let Some(t) = &o.time {
         request.time = Some(TimeSpec::Text(t.clone()));

@@ -107,6 +107,11 @@ pub fn run(o: &Args) -> CmdResult {
             }
         );
     }
+    if matches!(o.target, Target::Envoy | Target::Istio | Target::Compose) {
+        if let Some(w) = crate::hosts::body::envoy_warning(&policy) {
+            eprintln!("{w}");
+        }
+    }
     let text = match o.target {
         Target::Envoy => ecds_resource(policy.filter, &policy.json, &policy.policy_version, &settings),
         Target::Istio => {

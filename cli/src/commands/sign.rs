@@ -1,7 +1,8 @@
 //! `gatewarden sign --key KEYFILE --key-id ID POLICY`: adds (or replaces) ID's signature. The
 //! signature covers the canonical JSON of the parsed document without `signatures`
 //! (`gatewarden_policy::approvals`), so a YAML file and the JSON the filter receives sign the
-//! same bytes. Only a policy the filter accepts is signed.
+//! same bytes; files the policy names (an OpenAPI `document_file`) are signed inlined, as the
+//! filter receives them. Only a policy the filter accepts is signed.
 
 use ed25519_compact::{KeyPair, Seed};
 use gatewarden_policy::approvals::{decode_b64, encode_b64, signing_message};
@@ -41,9 +42,12 @@ pub fn run(a: &Args) -> CmdResult {
     let (file, key_id) = (a.policy.as_str(), a.key_id.as_str());
     let kp = read_key(&a.key).map_err(CliError::could_not_run)?;
     // Only a policy the filter accepts is worth approving.
-    load(file, a.filter.filter).map_err(|e| CliError::new(load_status(&e), format!("{file}: not signed: {e}")))?;
+    let loaded = load(file, a.filter.filter).map_err(|e| CliError::new(load_status(&e), format!("{file}: not signed: {e}")))?;
     let doc = PolicyText::read(file)?;
-    let message = signing_message(&doc.value).map_err(|e| CliError::could_not_run(format!("{file}: {e}")))?;
+    // What the filter receives is signed: with the files the policy names inlined
+    // (crate::include), so a changed OpenAPI file needs a new signature.
+    let received: Value = serde_json::from_str(&loaded.json).map_err(|e| CliError::could_not_run(format!("{file}: {e}")))?;
+    let message = signing_message(&received).map_err(|e| CliError::could_not_run(format!("{file}: {e}")))?;
     let sig = encode_b64(kp.sk.sign(&message, None).as_ref());
     let mut sigs: Vec<Value> = doc.value.get("signatures").and_then(Value::as_array).cloned().unwrap_or_default();
     sigs.retain(|s| s.get("key_id").and_then(Value::as_str) != Some(key_id));

@@ -19,10 +19,12 @@ pub fn kong(policy: &LoadedPolicy, service: Option<&str>) -> Result<(String, Str
     let doc = serde_json::json!({ "filter_chains": [chain] });
     let head = format!(
         "# Kong (ngx_wasm_module) filter chain for policy_version {:?}, rendered by `gatewarden render --target kong`.\n\
-         # wasm_filters_path must hold {} and {}.meta.json. On Kong, callouts go to host:port.\n",
+         # wasm_filters_path must hold {} and {}.meta.json. On Kong, callouts go to host:port.\n\
+         {}",
         policy.policy_version,
         filter.module_file(),
-        filter.root_id()
+        filter.root_id(),
+        super::body::kong_note(policy),
     );
     let meta = gatewarden_policy::schema::kong_meta(filter.schema());
     let meta = serde_json::to_string_pretty(&meta).map_err(|e| CliError::could_not_run(e.to_string()))? + "\n";

@@ -1,6 +1,7 @@
 //! The configuration each host takes for a filter, rendered from one policy (`gatewarden
 //! render`). Envoy's ECDS resource is in `crate::ecds::resource` (`apply` writes it too).
 
+pub mod body;
 pub mod compose;
 pub mod istio;
 pub mod kong;

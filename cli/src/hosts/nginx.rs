@@ -68,14 +68,17 @@ fn quoted_parameter(text: &str, what: &str) -> Result<String, Refusal> {
 }
 
 /// Every callout target of a policy document: `(field path, value)` of each `cluster` of a
-/// `geo_database` (IP/geo) or a `remote_jwks` (JWT), wherever it is (rollout candidates too).
+/// `geo_database` (IP/geo), a `remote_jwks` (JWT) or an `openapi.source` (validation), wherever
+/// it is (rollout candidates too).
 pub fn callout_targets(doc: &serde_json::Value) -> Vec<(String, String)> {
     fn walk(v: &serde_json::Value, path: &str, out: &mut Vec<(String, String)>) {
         match v {
             serde_json::Value::Object(map) => {
                 for (k, child) in map {
                     let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                    if matches!(k.as_str(), "geo_database" | "remote_jwks") {
+                    let remote_source = matches!(k.as_str(), "geo_database" | "remote_jwks")
+                        || (k == "source" && (path == "openapi" || path.ends_with(".openapi")));
+                    if remote_source {
                         if let Some(c) = child.get("cluster").and_then(|c| c.as_str()) {
                             out.push((format!("{p}.cluster"), c.to_string()));
                         }
@@ -214,7 +217,12 @@ pub fn render(policy: &LoadedPolicy, o: &NginxOptions<'_>) -> Result<NginxConfig
     check_module_name(o.name).map_err(|e| Refusal::could_not_run(format!("--vm-id: {e}")))?;
     check_kong_targets(policy)?;
     let filter = policy.filter;
-    let policy_arg = quoted_parameter(&policy.json, "the policy JSON")?;
+    let policy_arg = quoted_parameter(&policy.json, "the policy JSON").map_err(|mut r| {
+        if filter == crate::policy_file::Filter::Validate {
+            r.message.push_str("; a validation policy can fetch its OpenAPI document instead (openapi.source)");
+        }
+        r
+    })?;
     let module_path = absolute(o.module);
     let mut module_line = format!("    module {} {}", o.name, nginx_quote(&module_path));
     if let Some(vm) = o.vm_configuration {
@@ -266,10 +274,12 @@ pub fn render(policy: &LoadedPolicy, o: &NginxOptions<'_>) -> Result<NginxConfig
          # the filter would refuse, which on this engine would stop the new workers.\n\
          {PROXY_PASS_NOTE}\
          {resolver}\
+         {body}\
          proxy_wasm {} {policy_arg};\n",
         filter.name(),
         quote(&policy.policy_version),
         o.name,
+        body = super::body::nginx_directives(policy),
     );
     Ok(NginxConfig { wasm_block, location })
 }
