@@ -330,6 +330,15 @@ fn an_exploded_form_object_takes_named_members_and_with_additional_properties_th
     );
     // `page` is its own parameter; every other pair is a member of `free`.
     assert_eq!(check(&open, &req(&[], Some("a=1&b=2&page=3"), &[])), vec![]);
+    // A deepObject's `f[x]` pairs are its own, not members of the free-form object.
+    let with_deep = compile(
+        json!([
+            {"name": "free", "in": "query", "schema": {"type": "object", "additionalProperties": {"type": "integer"}}},
+            {"name": "f", "in": "query", "style": "deepObject", "schema": {"type": "object", "additionalProperties": {"type": "string"}}},
+        ]),
+        &[],
+    );
+    assert_eq!(check(&with_deep, &req(&[], Some("a=1&f[x]=y"), &[])), vec![]);
     assert_eq!(brief(&check(&open, &req(&[], Some("a=1&b=x&page=3"), &[]))), vec![("/query/free/b".to_owned(), "type".to_owned())]);
 }
 
