@@ -21,7 +21,9 @@
 //! OpenAPI), `allOf` (all members), `anyOf` / `oneOf` (the union of their members), and failing
 //! all of those the JSON types of `enum` / `const` values. A value that does not parse as any
 //! of the types stays a string, so the validator reports a `type` error at the right pointer.
-//! A schema whose type cannot be seen (`{}`) gets strings. The top-level types also choose the
+//! Numbers follow JSON's grammar (`+1`, `01`, ` 1`, `0x1` stay strings; beyond f64 too);
+//! booleans are `true` / `false`; `null` is `null`, or the empty value when the schema allows
+//! no string. A schema whose type cannot be seen (`{}`) gets strings. The top-level types also choose the
 //! shape: `object` (without `array`) is an object, `array` an array, anything else a primitive;
 //! `deepObject` is always an object.
 //!
@@ -31,12 +33,17 @@
 //!   `%2C` stays inside its item); `spaceDelimited` and `pipeDelimited` split after decoding.
 //!   A query of more than [`MAX_QUERY_PAIRS`] non-empty pairs is refused as a whole (a parameter
 //!   past the limit could otherwise reach the upstream unchecked).
-//! - Path: values arrive percent-decoded (the router decodes a segment once).
+//! - Path: values arrive percent-decoded (the router decodes a segment once), so an encoded
+//!   `,` `.` `;` or `=` inside a `simple` / `label` / `matrix` array or object item splits it.
 //! - Header: every line of the name, joined with `,`; `Accept`, `Content-Type` and
 //!   `Authorization` parameters are ignored (as the specification says).
 //! - Cookie: `cookie` headers split on `;`, values not decoded (RFC 6265 values are opaque);
 //!   more than [`MAX_COOKIE_PAIRS`] pairs is refused as a whole.
 //! - One value yields at most [`MAX_ITEMS`] array items or object members; more is an error.
+//! - `deepObject` reads one level: `f[a][b]=1` is the member `a][b` (which `additionalProperties:
+//!   false` refuses).
+//! - Errors other than the schema's: `required` (missing), `style` (not in the style's form, too
+//!   many items, a member twice), `content` (not JSON), `maxProperties` at `/query` or `/cookie`.
 //! - A primitive given more than once (`?limit=1&limit=9999`) has every occurrence validated, and
 //!   an object member given twice is an error: an upstream reading the last one sees a checked value.
 

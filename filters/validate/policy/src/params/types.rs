@@ -175,7 +175,7 @@ impl TypeFinder<'_> {
     }
 }
 
-/// `s` as the first of `types` it parses as (integer, number, boolean, null), else a string.
+/// `s` as the first of `types` it parses as (integer or number, boolean, null), else a string.
 pub(super) fn coerce(s: &str, types: Types) -> Value {
     let numeric = types.has(Types::INTEGER) || types.has(Types::NUMBER);
     if numeric && s.trim() == s && !s.is_empty() {
