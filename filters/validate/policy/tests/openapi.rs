@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use gatewarden_policy::error::FieldPath;
 use gatewarden_policy::{compile, ConfigError, RequestFacts, Verdict};
-use gatewarden_validate_policy::openapi::{BodyChoice, OpenApi, OpenApiOptions, Route, MAX_OPERATIONS, MAX_PATHS, MAX_REF_HOPS};
+use gatewarden_validate_policy::openapi::{
+    BodyChoice, OpenApi, OpenApiOptions, Route, MAX_IN_PLACE_REFS, MAX_OPERATIONS, MAX_PATHS, MAX_REF_HOPS, MAX_SCHEMAS,
+};
 use gatewarden_validate_policy::{BodyInput, Start, ValidateOutcome, ValidatePolicy};
 use serde_json::{json, Value};
 
@@ -437,16 +439,24 @@ fn hostile_documents_are_bounded() {
     let a = api(&many(MAX_PATHS, &["get", "post"]));
     println!("measured: {MAX_PATHS} paths x 2 operations compiled in {:?} (debug build)", t.elapsed());
     assert_eq!(route(&a, "POST", &format!("/r{}/x", MAX_PATHS - 1)), format!("POST /r{}/{{id}} id=x", MAX_PATHS - 1));
-    // A deep chain of schema $refs (each a component naming the next): compiled without deep recursion.
+    // A deep chain of $refs that each descend into the body (`properties`): compiled without
+    // deep recursion; validating it goes only as deep as the body (at most 128 when parsed).
     let mut schemas = serde_json::Map::new();
     for i in 0..2_000 {
-        schemas.insert(format!("S{i}"), json!({"$ref": format!("#/components/schemas/S{}", i + 1)}));
+        schemas
+            .insert(format!("S{i}"), json!({"type": "object", "properties": {"a": {"$ref": format!("#/components/schemas/S{}", i + 1)}}}));
     }
     schemas.insert("S2000".into(), json!({"type": "integer"}));
     let t = Instant::now();
     let a = api(&body_doc("3.1.0", json!({"$ref": "#/components/schemas/S0"}), Value::Object(schemas)));
-    println!("measured: a chain of 2,000 schema $refs compiled in {:?} (debug build)", t.elapsed());
-    assert!(accepts(&a, &json!(1)) && !accepts(&a, &json!("1")));
+    println!("measured: a chain of 2,000 schemas through properties compiled in {:?} (debug build)", t.elapsed());
+    assert!(accepts(&a, &json!({"a": {"a": {}}})) && !accepts(&a, &json!({"a": {"a": 5}})));
+    // The bound on schemas prepared.
+    let schemas: serde_json::Map<String, Value> = (0..=MAX_SCHEMAS).map(|i| (format!("S{i}"), json!({"type": "integer"}))).collect();
+    let t = Instant::now();
+    let e = refused(&body_doc("3.1.0", json!({"type": "object"}), Value::Object(schemas)));
+    assert_eq!(e, format!("document: more than {MAX_SCHEMAS} schemas: not supported"));
+    println!("measured: {} component schemas refused in {:?} (debug build)", MAX_SCHEMAS + 1, t.elapsed());
 }
 
 // ---- The policy's `openapi` rule ----
@@ -638,4 +648,56 @@ fn example_document_compiles_and_is_measured() {
         );
         assert!(a.operations().count() > 0);
     }
+}
+
+/// Components `S0` … `S{n}`, each `allOf` the next, the last an integer: with the body schema's
+/// own `$ref`, `n + 2` in-place references.
+fn in_place_chain(n: usize) -> Value {
+    let mut schemas = serde_json::Map::new();
+    for i in 0..n {
+        schemas.insert(format!("S{i}"), json!({"allOf": [{"$ref": format!("#/components/schemas/S{}", i + 1)}]}));
+    }
+    schemas.insert(format!("S{n}"), json!({"type": "integer"}));
+    body_doc("3.1.0", json!({"$ref": "#/components/schemas/S0"}), Value::Object(schemas))
+}
+
+#[test]
+fn in_place_ref_chains_are_bounded() {
+    let a = api(&in_place_chain(MAX_IN_PLACE_REFS - 1));
+    assert!(accepts(&a, &json!(1)) && !accepts(&a, &json!("1")));
+    let e = refused(&in_place_chain(MAX_IN_PLACE_REFS));
+    assert_eq!(
+        e,
+        format!("document.paths./items.post.requestBody.content.application/json.schema: a chain of more than {MAX_IN_PLACE_REFS} in-place $refs (allOf, anyOf, oneOf, not, if/then/else or a bare $ref) starts here: not supported")
+    );
+    // 5,000 (which exhausted the stack natively before the bound) is refused the same way.
+    assert!(refused(&in_place_chain(5_000)).contains("in-place $refs"));
+}
+
+/// The worst the bounds allow: a recursive schema whose every level passes through the longest
+/// in-place chain, and a body nested as deep as serde_json parses (128). No stack overflow.
+#[test]
+fn worst_recursion_the_bounds_allow_validates() {
+    let mut schemas = serde_json::Map::new();
+    let n = MAX_IN_PLACE_REFS - 2;
+    schemas.insert("Node".into(), json!({"allOf": [{"$ref": "#/components/schemas/A0"}]}));
+    for i in 0..n {
+        schemas.insert(format!("A{i}"), json!({"anyOf": [{"$ref": format!("#/components/schemas/A{}", i + 1)}]}));
+    }
+    schemas.insert(
+        format!("A{n}"),
+        json!({"type": "object", "properties": {"c": {"$ref": "#/components/schemas/Node"}, "v": {"type": "integer"}}}),
+    );
+    let a = api(&body_doc("3.1.0", json!({"$ref": "#/components/schemas/Node"}), Value::Object(schemas)));
+    let nested = |leaf: Value| {
+        let mut v = json!({"v": leaf});
+        for _ in 0..126 {
+            v = json!({"c": v});
+        }
+        v
+    };
+    let t = Instant::now();
+    assert!(accepts(&a, &nested(json!(1))));
+    assert!(!accepts(&a, &nested(json!("x"))));
+    println!("measured: 127 levels x {MAX_IN_PLACE_REFS} in-place $refs validated twice in {:?} (debug build)", t.elapsed());
 }
