@@ -160,6 +160,14 @@ fn versions_are_3_0_and_3_1_only() {
     assert!(refused(&d).starts_with("document.jsonSchemaDialect: unsupported dialect \"https://example.com/my-dialect\""));
     d["jsonSchemaDialect"] = json!("https://spec.openapis.org/oas/3.1/dialect/base");
     api(&d);
+    // A draft named by jsonSchemaDialect is the draft the schemas compile as: draft-07's tuple
+    // `items` is accepted there, and is a schema error under the default 2020-12.
+    let mut d = body_doc("3.1.0", json!({"type": "array", "items": [{"type": "integer"}]}), json!({}));
+    d["jsonSchemaDialect"] = json!("http://json-schema.org/draft-07/schema#");
+    let a = api(&d);
+    assert!(accepts(&a, &json!([1, "x"])) && !accepts(&a, &json!(["x"])));
+    d.as_object_mut().unwrap().remove("jsonSchemaDialect");
+    assert!(refused(&d).contains("items: not a valid 2020-12 schema"), "{}", refused(&d));
 }
 
 /// A document with one `POST /items` whose JSON body is `schema`.
@@ -647,6 +655,12 @@ fn example_document_compiles_and_is_measured() {
             t.elapsed()
         );
         assert!(a.operations().count() > 0);
+        if name != "orders-api-3.0.yaml" {
+            // The concrete path beside its template, and the base path of servers[0].
+            assert_eq!(route(&a, "GET", "/api/orders/summary"), "GET /orders/summary", "{name}");
+            assert_eq!(route(&a, "GET", "/api/orders/12"), "GET /orders/{orderId} orderId=12", "{name}");
+            assert_eq!(route(&a, "GET", "/orders/12"), "404", "{name}");
+        }
     }
 }
 
