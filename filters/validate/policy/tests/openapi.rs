@@ -715,3 +715,23 @@ fn worst_recursion_the_bounds_allow_validates() {
     assert!(!accepts(&a, &nested(json!("x"))));
     println!("measured: 127 levels x {MAX_IN_PLACE_REFS} in-place $refs validated twice in {:?} (debug build)", t.elapsed());
 }
+
+#[test]
+fn operations_naming_the_same_schema_share_its_validator() {
+    let body = |schema: Value| json!({"requestBody": {"content": {"application/json": {"schema": schema}}}, "responses": {}});
+    let d = doc(
+        "3.1.0",
+        json!({"/a": {"post": body(json!({"$ref": "#/components/schemas/S"})), "put": body(json!({"$ref": "#/components/schemas/S"}))},
+               "/b": {"post": body(json!({"type": "object", "required": ["x"]}))}}),
+        json!({"schemas": {"S": {"type": "integer"}}}),
+    );
+    let a = api(&d);
+    let schema = |method: &str, path: &str| {
+        let Route::Found { op, .. } = a.route(method, path) else { panic!("{method} {path}") };
+        let BodyChoice::Media(_, entry) = op.body_for(Some("application/json")) else { panic!("{method} {path}: no JSON body") };
+        entry.schema().unwrap().clone()
+    };
+    assert!(Arc::ptr_eq(&schema("POST", "/a"), &schema("PUT", "/a")));
+    assert!(!Arc::ptr_eq(&schema("POST", "/a"), &schema("POST", "/b")));
+    assert!(schema("PUT", "/a").is_valid(&json!(1)) && !schema("POST", "/b").is_valid(&json!({})));
+}
