@@ -282,6 +282,26 @@ impl FilterPolicy for ValidatePolicy {
     fn header(&self) -> &Header {
         &self.header
     }
+
+    /// Fetched OpenAPI documents are fetched for the active policy: a candidate's must be the
+    /// active one's, rule for rule (same place, same compile options).
+    fn check_candidate(&self, candidate: &Self) -> Result<(), ConfigError> {
+        let active = self.remote_documents();
+        for doc in candidate.remote_documents() {
+            let served = active.iter().any(|a| a.rule == doc.rule && a.source.same_origin(doc.source) && a.options == doc.options);
+            if !served {
+                let rule = if doc.rule + 1 == candidate.rules.iter().count() {
+                    FieldPath::root().field("default")
+                } else {
+                    FieldPath::root().field("rules").index(doc.rule)
+                };
+                return Err(rule.field("openapi").field("source").error(
+                    "a candidate's openapi.source must be the active policy's for the same rule (same place, base_path and format_assertions): documents are fetched for the active policy; change them in a policy without rollout",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The plain fields, exclusive with `openapi`.

@@ -735,3 +735,21 @@ fn operations_naming_the_same_schema_share_its_validator() {
     assert!(!Arc::ptr_eq(&schema("POST", "/a"), &schema("POST", "/b")));
     assert!(schema("PUT", "/a").is_valid(&json!(1)) && !schema("POST", "/b").is_valid(&json!({})));
 }
+
+#[test]
+fn a_rollout_candidate_uses_the_active_policy_s_fetched_documents() {
+    let with = |candidate_path: &str, base_path: Option<&str>| {
+        let mut openapi = json!({"source": {"cluster": "specs", "path": candidate_path}});
+        if let Some(b) = base_path {
+            openapi["base_path"] = json!(b);
+        }
+        json!({"policy_version": "t1", "default": {"openapi": {"source": {"cluster": "specs", "path": "/shop.yaml"}}},
+            "rollout": {"percent": 10, "candidate": {"policy_version": "t2", "default": {"openapi": openapi}}}})
+    };
+    compile::<ValidatePolicy>(with("/shop.yaml", None).to_string().as_bytes()).unwrap();
+    let refused = |doc: Value| compile::<ValidatePolicy>(doc.to_string().as_bytes()).unwrap_err().to_string();
+    let e = refused(with("/shop-v2.yaml", None));
+    assert!(e.starts_with("rollout.candidate.default.openapi.source: a candidate's openapi.source must be the active policy's"), "{e}");
+    let e = refused(with("/shop.yaml", Some("/v2")));
+    assert!(e.starts_with("rollout.candidate.default.openapi.source:"), "{e}");
+}
