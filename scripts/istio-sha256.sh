@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Fill the sha256 of deploy/istio/wasmplugin-<filter>.yaml (FILTER=ip-geo by default, jwt or rate-limit).
+# Fill the sha256 of deploy/istio/wasmplugin-<filter>.yaml (FILTER=ip-geo by default, jwt, rate-limit or validate).
 #   scripts/istio-sha256.sh                    # sha256 of the built module (file:// or https:// url)
 #   scripts/istio-sha256.sh sha256:<digest>    # an OCI image digest (oci:// url)
 #   FILTER=jwt scripts/istio-sha256.sh
 . "$(dirname "$0")/lib.sh"
 
 filter="${FILTER:-ip-geo}"
-[[ "$filter" == ip-geo || "$filter" == jwt || "$filter" == rate-limit ]] || die "FILTER must be ip-geo, jwt or rate-limit, not $filter"
+[[ "$filter" == ip-geo || "$filter" == jwt || "$filter" == rate-limit || "$filter" == validate ]] ||
+    die "FILTER must be ip-geo, jwt, rate-limit or validate, not $filter"
 file="$ROOT/deploy/istio/wasmplugin-$filter.yaml"
 if (($#)); then
     sum="${1#sha256:}"

@@ -7,7 +7,7 @@
                                            # docs/ points to a file or heading that does not exist
 
 The schemas come from `gatewarden schema <filter>` (schemars, from the Rust types' doc comments), so
-the reference says what the code accepts. Filters: `ip_geo`, `jwt`, `rate_limit`, and every other one that
+the reference says what the code accepts. Filters: `ip_geo`, `jwt`, `rate_limit`, `validate`, and every other one that
 `gatewarden schema --help` lists. The CLI: $GATEWARDEN_CLI, else target/debug/gatewarden (built with
 `cargo build -q -p gatewarden` when missing). Output is deterministic: fields sorted by name.
 """
@@ -26,8 +26,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 REFERENCE = DOCS / "reference"
-BASE_FILTERS = ["ip_geo", "jwt", "rate_limit"]
-TITLES = {"ip_geo": "IP/geo", "jwt": "JWT", "rate_limit": "Rate limit"}
+BASE_FILTERS = ["ip_geo", "jwt", "rate_limit", "validate"]
+TITLES = {"ip_geo": "IP/geo", "jwt": "JWT", "rate_limit": "Rate limit", "validate": "Request validation"}
 
 Schema = dict[str, Any]
 

@@ -2,9 +2,9 @@
 """Check every Envoy config we ship with `envoy --mode validate` (pip Envoy, same version as the image).
 
 - deploy/envoy/envoy.yaml rendered by scripts/envoyconf.py: default (ip_geo), ip_geo + jwt, and
-  floor + ip_geo + jwt + rate_limit + IPv6;
+  floor + ip_geo + jwt + rate_limit + validate + IPv6;
 - the same template rendered by deploy/compose/docker/entrypoint.sh (awk + sed) with ip_geo + jwt +
-  rate_limit, as
+  rate_limit + validate, as
   docker compose does;
 - every ECDS resource in deploy/envoy/ecds/*.json, inlined as a static HTTP filter (validate mode does
   not read ECDS files, so this is how their Wasm config gets checked), and likewise the resources
@@ -51,7 +51,8 @@ def main() -> int:
         t = Path(tmp)
         cases = [("envoy.yaml (ip_geo)", ["ip_geo"], set()),
                  ("envoy.yaml (ip_geo + jwt)", ["ip_geo", "jwt"], set()),
-                 ("envoy.yaml (floor + ip_geo + jwt + rate_limit, IPv6)", ["floor", "ip_geo", "jwt", "rate_limit"],
+                 ("envoy.yaml (floor + ip_geo + jwt + rate_limit + validate, IPv6)",
+                  ["floor", "ip_geo", "jwt", "rate_limit", "validate"],
                   {"ipv6"}),
                  ("envoy.yaml (no filter)", [], set())]
         for i, (label, filters, optional) in enumerate(cases):
@@ -62,8 +63,9 @@ def main() -> int:
         env = dict(os.environ, PATH=f"{ENVOY.parent}:{os.environ.get('PATH', '')}",
                    TEMPLATE=str(ROOT / "deploy" / "envoy" / "envoy.yaml"), OUT=str(t / "docker.yaml"),
                    ECDS_DIR=str(ROOT / "deploy" / "envoy" / "ecds"),  # the container's /gatewarden is the repo
-                   FILTERS="ip_geo jwt rate_limit")  # as docker-compose.yaml sets it
-        ok &= validate("envoy.yaml rendered by docker/entrypoint.sh (ip_geo + jwt + rate_limit)", t / "docker.yaml",
+                   FILTERS="ip_geo jwt rate_limit validate")  # as docker-compose.yaml sets it
+        ok &= validate("envoy.yaml rendered by docker/entrypoint.sh (ip_geo + jwt + rate_limit + validate)",
+                       t / "docker.yaml",
                        ["sh", str(ROOT / "deploy" / "compose" / "docker" / "entrypoint.sh"), "--mode", "validate"], env)
 
         resources = [(f"ecds/{p.name}", p.stem, json.loads(p.read_text()))

@@ -83,7 +83,7 @@ fn render_json_gives_what_the_filter_receives() {
 
 #[test]
 fn shipped_kong_meta_json_matches_the_generated_schema() {
-    for filter in ["ip_geo", "jwt", "rate_limit"] {
+    for filter in ["ip_geo", "jwt", "rate_limit", "validate"] {
         let (code, out, _) = run(&["schema", filter, "--kong"]);
         assert_eq!(code, 0, "{filter}");
         let generated: serde_json::Value = serde_json::from_str(&out).unwrap();
