@@ -274,7 +274,8 @@ fn envoy_body_growing_past_the_limit_is_413_and_never_read() {
     // Exactly at the limit it is read (and judged: blanks are not JSON).
     host.clear_calls();
     let at_limit = vec![b' '; DEFAULT_MAX_BODY_BYTES];
-    let out = vm.http_request(Request::new("POST", "/orders").body(at_limit).chunked(64 * 1024)).unwrap();
+    let request = Request::new("POST", "/orders").header("content-type", "application/json").body(at_limit).chunked(64 * 1024);
+    let out = vm.http_request(request).unwrap();
     assert_denied(&out, 400, "invalid_json", "at the limit");
     assert_eq!(body_reads(&host), 1);
 }

@@ -1,74 +1,119 @@
-//! Gatewarden request validation as a Proxy-Wasm module: glue only. The policy (rules, schemas,
-//! reasons, problem bodies) lives in `gatewarden_validate_policy`; the host adapter in
-//! `gatewarden_glue`, whose pipeline lets a request wait for its body
+//! Gatewarden request validation as a Proxy-Wasm module: glue only. The policy (rules, OpenAPI
+//! routing, parameters, schemas, reasons, problem bodies) lives in `gatewarden_validate_policy`;
+//! the host adapter in `gatewarden_glue`, whose pipeline lets a request wait for its body
 //! (`export_filter!(Validate, waits)`).
 //!
 //! ```text
-//! request headers ─ ValidatePolicy::start ─ Done(outcome) ──────────▶ act (allow, 4xx)
-//!                                          ─ NeedBody(plan) ─▶ Step::NeedBody { max_bytes }
-//! body (whole, or past max_bytes, or none, or unreadable) ─ finish(plan, BodyInput) ─▶ act
+//! request headers ─ ValidatePolicy::start_with ─ Done(outcome) ──────▶ act (allow, 4xx, 503)
+//!                                               ─ NeedBody(plan) ─▶ Step::NeedBody { max_bytes }
+//! body (whole, past max_bytes, none, unreadable) ─ finish(plan, BodyInput) ─▶ act
 //! ```
 //! - The body is read only when the matched rule needs it; the glue stops at `max_bytes`
-//!   (`Resumed::BodyTooLarge`: the bytes past the limit are never read into the VM).
+//!   (`Resumed::BodyTooLarge`: no byte past the limit is read into the VM).
 //! - A denial answers with the outcome's problem body (the verbose error list) or the reason's
-//!   fixed one, as `application/problem+json` (RFC 9457).
+//!   fixed one, as `application/problem+json` (RFC 9457); a 405 carries `Allow`.
 //! - The decision log's detail names the first error's instance pointer, schema location and
-//!   keyword (never a value from the body: pointers are cut by the policy to 120 characters).
-//! - `failure_mode: allow` lets a body the host cannot hand over (Kong: spilled to a temp file)
-//!   through unvalidated; the glue counts it (`gatewarden_validate_body_unavailable`) and logs it.
+//!   keyword (never a value from the request: the policy masks messages, and pointers are
+//!   excerpts of at most 120 characters).
+//! - A request let through unvalidated (an unknown path or method with `pass`, a fetched
+//!   document not loaded yet or a body the host cannot hand over under `failure_mode: allow`) is
+//!   counted `gatewarden_validate_unvalidated_<why>` and logged at info level.
+//! - Fetched OpenAPI documents (`openapi.source`): see [`documents`].
+
+mod documents;
 
 use std::time::Duration;
 
+use gatewarden_glue::decision_log::DecisionRecord;
+use gatewarden_glue::host::{self, Level};
+use gatewarden_glue::metrics::{self, Counter};
 use gatewarden_glue::pipeline::{Pending, Resumed, Step};
 use gatewarden_glue::{export_filter, Enforcer, Outcome};
 use gatewarden_policy::decision::Decision;
 use gatewarden_policy::facts::HeaderNeeds;
 use gatewarden_policy::{FailureMode, FilterPolicy, RequestFacts};
+use gatewarden_validate_policy::openapi::OPENAPI_DOCUMENT;
 use gatewarden_validate_policy::{BodyInput, BodyPlan, Start, ValidateOutcome, ValidatePolicy, ValidateReason, PROBLEM_JSON};
 
-struct Validate;
+use documents::{Documents, Slot};
+
+const FILTER: &str = ValidatePolicy::NAME;
+
+/// Requests let through without validation, by why (`gatewarden_validate_unvalidated_<why>`).
+const UNVALIDATED: [(ValidateReason, Counter); 4] = [
+    (ValidateReason::UnknownPath, Counter::filter("unvalidated_unknown_path")),
+    (ValidateReason::MethodNotAllowed, Counter::filter("unvalidated_method_not_allowed")),
+    (ValidateReason::DocumentUnavailable, Counter::filter("unvalidated_document_unavailable")),
+    (ValidateReason::BodyUnavailable, Counter::filter("unvalidated_body_unavailable")),
+];
+
+struct Validate {
+    documents: Documents,
+}
 
 impl Enforcer for Validate {
     type Policy = ValidatePolicy;
-    type PolicyState = ();
+    /// The policy's fetched OpenAPI documents, filled by its root context.
+    type PolicyState = Slot;
     const WAITS: bool = true;
 
     fn reasons() -> Vec<&'static str> {
         ValidateReason::ALL.iter().map(|r| r.as_str()).collect()
     }
 
-    fn new(_root_context_id: u32) -> Self {
-        Validate
+    fn extra_counters() -> Vec<String> {
+        let mut names: Vec<String> = UNVALIDATED.iter().map(|(_, c)| c.name().to_owned()).collect();
+        names.extend(gatewarden_glue::remote::counter_names(OPENAPI_DOCUMENT.name));
+        names
     }
 
-    fn on_policy(&mut self, _policy: &ValidatePolicy) -> Option<Duration> {
-        None
+    fn new(_root_context_id: u32) -> Self {
+        Validate { documents: Documents::default() }
+    }
+
+    fn on_policy(&mut self, policy: &ValidatePolicy) -> Option<Duration> {
+        self.documents.on_policy(policy)
+    }
+
+    fn on_tick(&mut self, _policy: &ValidatePolicy) -> Option<Duration> {
+        self.documents.on_tick()
+    }
+
+    fn on_http_call_response(&mut self, token: u32, body_size: usize) {
+        self.documents.on_http_call_response(token, body_size);
     }
 
     fn header_needs(policy: &ValidatePolicy) -> HeaderNeeds {
         policy.header_needs()
     }
 
-    fn policy_state(_policy: &ValidatePolicy) {}
-
-    /// Not called: a filter that waits is driven by [`Enforcer::start`]. Kept total anyway: a
-    /// request that needs its body cannot be decided on its headers, so it fails by
-    /// `failure_mode` as a body the host cannot hand over.
-    fn decide(policy: &ValidatePolicy, _state: &(), facts: &RequestFacts<'_>) -> Outcome {
-        match policy.start(facts) {
-            Start::Done(out) => to_outcome(policy, out),
-            Start::NeedBody(plan) => to_outcome(policy, policy.finish(plan, BodyInput::Unavailable)),
-        }
+    fn reads_all_headers(policy: &ValidatePolicy) -> bool {
+        policy.reads_all_headers()
     }
 
-    fn start(policy: &ValidatePolicy, _state: &(), facts: &RequestFacts<'_>) -> Step {
-        match policy.start(facts) {
-            Start::Done(out) => Step::Done(to_outcome(policy, out)),
+    fn policy_state(policy: &ValidatePolicy) -> Slot {
+        documents::slot_for(policy)
+    }
+
+    /// Not called: a filter that waits is driven by [`Enforcer::start`]. Total anyway: a
+    /// request that needs its body cannot be decided on its headers alone, so it is decided as
+    /// one whose body the host cannot hand over (503, or through by `failure_mode`).
+    fn decide(policy: &ValidatePolicy, slot: &Slot, facts: &RequestFacts<'_>) -> Outcome {
+        let out = match policy.start_with(facts, &|rule| slot.get(rule)) {
+            Start::Done(out) => out,
+            Start::NeedBody(plan) => policy.finish(plan, BodyInput::Unavailable),
+        };
+        to_outcome(policy, out, facts.header("x-request-id"))
+    }
+
+    fn start(policy: &ValidatePolicy, slot: &Slot, facts: &RequestFacts<'_>) -> Step {
+        match policy.start_with(facts, &|rule| slot.get(rule)) {
+            Start::Done(out) => Step::Done(to_outcome(policy, out, facts.header("x-request-id"))),
             Start::NeedBody(plan) => Step::NeedBody { max_bytes: plan.max_bytes, pending: Pending::new(plan) },
         }
     }
 
-    fn resume(policy: &ValidatePolicy, _state: &(), pending: Pending, input: Resumed<'_>) -> Step {
+    fn resume(policy: &ValidatePolicy, _slot: &Slot, pending: Pending, input: Resumed<'_>) -> Step {
         let Some(plan) = pending.into_inner::<BodyPlan>() else {
             return Step::Unavailable("validate: resumed with another filter's state");
         };
@@ -81,16 +126,25 @@ impl Enforcer for Validate {
                 return Step::Unavailable("validate: resumed with a callout answer it never asked for")
             }
         };
-        Step::Done(to_outcome(policy, policy.finish(plan, body)))
+        Step::Done(to_outcome(policy, policy.finish(plan, body), None))
     }
 }
 
-/// The glue's outcome of a validation: the problem body and its media type on a denial, the
-/// first error in the log's detail; `body_unavailable` let through under `failure_mode: allow`.
-fn to_outcome(policy: &ValidatePolicy, out: ValidateOutcome) -> Outcome {
-    let ValidateOutcome { decision, reason, errors, body, .. } = out;
-    if reason == Some(ValidateReason::BodyUnavailable) && policy.header().failure_mode == FailureMode::Allow {
-        // The glue counted `body_unavailable` and logged why; the request goes on unvalidated.
+/// The glue's outcome of a validation: the problem body, its media type and `Allow` on a
+/// denial, the first error in the log's detail; an unvalidated request counted and logged.
+/// `request_id`: the `x-request-id` header when it was read with the others.
+fn to_outcome(policy: &ValidatePolicy, out: ValidateOutcome, request_id: Option<&str>) -> Outcome {
+    let ValidateOutcome { decision, reason, errors, body, allow, unvalidated, .. } = out;
+    // A body the host cannot hand over is the failure mode's to decide, like a fetched
+    // document not loaded yet (which the policy decides itself).
+    let unvalidated = match reason {
+        Some(ValidateReason::BodyUnavailable) if policy.header().failure_mode == FailureMode::Allow => {
+            Some(ValidateReason::BodyUnavailable)
+        }
+        _ => unvalidated,
+    };
+    if let Some(why) = unvalidated {
+        count_unvalidated(policy, &decision, why, request_id);
         return Outcome::new(Decision::allow(&decision.rule), None, String::new());
     }
     let detail = match errors.first() {
@@ -100,9 +154,39 @@ fn to_outcome(policy: &ValidatePolicy, out: ValidateOutcome) -> Outcome {
     let mut outcome = Outcome::new(decision, None, detail);
     if reason.is_some() {
         outcome.response_headers.push(("content-type".to_owned(), PROBLEM_JSON.to_owned()));
+        if let Some(methods) = allow {
+            outcome.response_headers.push(("allow".to_owned(), methods.to_string()));
+        }
     }
     outcome.body = body;
     outcome
+}
+
+/// Counts and logs (info) a request let through without validation.
+fn count_unvalidated(policy: &ValidatePolicy, decision: &Decision, why: ValidateReason, request_id: Option<&str>) {
+    if let Some((_, counter)) = UNVALIDATED.iter().find(|(r, _)| *r == why) {
+        metrics::tally(FILTER, *counter);
+    }
+    let read;
+    let request_id = match request_id {
+        Some(id) => id,
+        None => {
+            read = host::request_header("x-request-id").ok().flatten().unwrap_or_default();
+            &read
+        }
+    };
+    let record = DecisionRecord {
+        filter: FILTER,
+        decision: "allow_unvalidated",
+        reason: why.as_str(),
+        rule: &decision.rule,
+        policy_version: &policy.header().policy_version,
+        request_id,
+        client: "",
+        detail: "",
+        rollout: "",
+    };
+    host::log(Level::Info, format_args!("{record}"));
 }
 
 export_filter!(Validate, waits);
