@@ -57,8 +57,8 @@ fn examples_pass_and_the_summary_names_each_module_with_its_sha256() {
     let junit = temp_dir("junit-ok").join("r.xml");
     let (code, out, err) = run(&["test", "--modules", &modules_arg(), "--junit", junit.to_str().unwrap(), "examples"]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains("0 failed, 0 errors in 4 files"), "{out}");
-    for m in ["gatewarden_ip_geo.wasm", "gatewarden_jwt.wasm", "gatewarden_rate_limit.wasm"] {
+    assert!(out.contains("0 failed, 0 errors in 6 files"), "{out}");
+    for m in ["gatewarden_ip_geo.wasm", "gatewarden_jwt.wasm", "gatewarden_rate_limit.wasm", "gatewarden_validate.wasm"] {
         let bytes = std::fs::read(modules_dir().join(m)).unwrap();
         let line = out.lines().find(|l| l.contains(m)).unwrap_or_else(|| panic!("{m} not in {out}"));
         let sha = line.split("sha256:").nth(1).unwrap().trim();
