@@ -300,6 +300,8 @@ fn kong_spilled_body_is_503_body_unavailable_or_let_through_with_failure_mode_al
     assert_eq!(counter(&host, &vm, "body_unavailable"), 1, "counted");
     assert_eq!(counter(&host, &vm, "allowed"), 1);
     assert_eq!(counter(&host, &vm, "denied_body_unavailable"), 0);
+    assert_eq!(counter(&host, &vm, "unvalidated_body_unavailable"), 1, "let through unvalidated");
+    assert_eq!(decision_lines(&host).pop().unwrap()["decision"], "allow_unvalidated");
     let warned = host.logs_at_least(LogLevel::Warn);
     assert!(warned.iter().any(|l| l.message.contains("cannot be read here") && l.message.contains("failure_mode decides")), "{warned:?}");
     // A body that can be read is still validated under failure_mode allow.
@@ -417,5 +419,191 @@ fn every_reason_has_its_counters_from_the_start() {
             let name = format!("gatewarden_validate_{outcome}_{reason}");
             assert!(metrics.contains_key(&name), "{name} defined: {:?}", metrics.keys().collect::<Vec<_>>());
         }
+    }
+}
+
+// ---- the plain form's header checks: decided before any body byte ----
+
+/// A rule's `max_body_bytes`, `allowed_content_types`: refused on the headers, so the held body is
+/// never needed (the request is done without `release_body`).
+#[test]
+fn content_length_past_the_limit_and_a_wrong_content_type_are_refused_on_the_headers() {
+    for profile in PROFILES {
+        let host = Host::new(profile);
+        let mut vm = vm(&host, &policy("v1", 5, json!({"max_body_bytes": 64})));
+        host.clear_calls();
+        let big = vec![b'x'; 1000];
+        let mut request = vm.start_request(post("/orders", &big).hold_body_after(0)).unwrap();
+        let Progress::Done(out) = request.poll().unwrap() else { panic!("{profile:?}: waited for the body") };
+        assert_eq!(assert_denied(&out, 413, "body_too_large", &format!("{profile:?}")), BODY_TOO_LARGE_BODY);
+        assert!(out.upstream_request.is_none(), "{profile:?}: decided before the upstream");
+
+        let text = Request::new("POST", "/orders").header("content-type", "text/plain").header("content-length", "2").body(b"hi".to_vec());
+        let mut request = vm.start_request(text.hold_body_after(0)).unwrap();
+        let Progress::Done(out) = request.poll().unwrap() else { panic!("{profile:?}: waited for the body") };
+        assert_denied(&out, 415, "unsupported_media_type", &format!("{profile:?}"));
+        assert_eq!(body_reads(&host), 0, "{profile:?}");
+        assert_eq!(counter(&host, &vm, "denied_body_too_large"), 1, "{profile:?}");
+        assert_eq!(counter(&host, &vm, "denied_unsupported_media_type"), 1, "{profile:?}");
+    }
+}
+
+/// Envoy, no `content-length`: the rule's limit (64) stops the body as soon as it is passed.
+#[test]
+fn envoy_chunks_past_the_rules_limit_are_413_and_never_read() {
+    let host = Host::new(Profile::Envoy);
+    let mut vm = vm(&host, &policy("v1", 5, json!({"max_body_bytes": 64})));
+    host.clear_calls();
+    let request = Request::new("POST", "/orders").header("content-type", "application/json").body(vec![b' '; 200]).chunked(16);
+    let out = vm.http_request(request).unwrap();
+    assert_denied(&out, 413, "body_too_large", "chunks");
+    assert_eq!(body_reads(&host), 0, "the module was given 0 bytes");
+    // 64 bytes exactly are read.
+    let body = format!("{:<64}", r#"{"sku": "ABC-12", "qty": 2}"#);
+    let request = Request::new("POST", "/orders").header("content-type", "application/json").body(body.as_bytes().to_vec()).chunked(16);
+    assert_forwarded(&vm.http_request(request).unwrap(), body.as_bytes(), "at the limit");
+    assert_eq!(body_reads(&host), 1);
+}
+
+// ---- the OpenAPI form ----
+
+/// A small API: `POST /api/orders` (an order body), `GET /api/orders/{id}` (`id` an integer,
+/// `verbose` a boolean query parameter).
+fn openapi_doc() -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "orders", "version": "1"},
+        "servers": [{"url": "https://shop.example/api"}],
+        "paths": {
+            "/orders": {
+                "post": {
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Order"}}}},
+                    "responses": {"201": {"description": "created"}}
+                }
+            },
+            "/orders/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 1}}],
+                "get": {
+                    "parameters": [{"name": "verbose", "in": "query", "schema": {"type": "boolean"}}],
+                    "responses": {"200": {"description": "the order"}}
+                }
+            }
+        },
+        "components": {"schemas": {"Order": order_schema(5)}}
+    })
+}
+
+fn openapi_policy(version: &str, openapi: Value) -> Value {
+    json!({"policy_version": version, "rules": [{"name": "api", "match": {"path_prefix": "/api"}, "openapi": openapi}]})
+}
+
+#[test]
+fn openapi_routes_validate_bodies_and_parameters_with_404_and_405() {
+    for profile in PROFILES {
+        let host = Host::new(profile);
+        let mut vm = vm(&host, &openapi_policy("o1", json!({"document": openapi_doc()})));
+        let what = |w: &str| format!("{profile:?}: {w}");
+        assert_forwarded(&vm.http_request(post("/api/orders", VALID)).unwrap(), VALID, &what("valid order"));
+        let out = vm.http_request(post("/api/orders", br#"{"sku": "ABC-12", "qty": 9}"#)).unwrap();
+        let problem: Value = serde_json::from_str(&assert_denied(&out, 400, "schema_violation", &what("qty 9"))).unwrap();
+        assert_eq!(problem["errors"][0]["pointer"], "/qty", "{problem}");
+        assert_eq!(problem["errors"][0]["keyword"], "maximum", "{problem}");
+
+        let ok = vm.http_request(Request::get("/api/orders/7?verbose=true")).unwrap();
+        assert_eq!(ok.status, 200, "{}", what("GET with valid parameters"));
+        assert_eq!(ok.upstream_header("x-gatewarden-validate"), Some("allow; rule=api; version=o1"), "decided on the headers");
+        let out = vm.http_request(Request::get("/api/orders/seven?verbose=maybe")).unwrap();
+        let problem: Value = serde_json::from_str(&assert_denied(&out, 400, "invalid_parameter", &what("bad parameters"))).unwrap();
+        assert!(problem["errors"].as_array().is_some_and(|e| !e.is_empty()), "{problem}");
+        assert!(!problem.to_string().contains("maybe"), "the value is not echoed: {problem}");
+
+        let out = vm.http_request(Request::new("DELETE", "/api/orders/7")).unwrap();
+        assert_denied(&out, 405, "method_not_allowed", &what("DELETE"));
+        assert_eq!(out.local_response.as_ref().unwrap().header("allow"), Some("GET"), "{}", what("Allow"));
+        let out = vm.http_request(Request::get("/api/customers")).unwrap();
+        assert_denied(&out, 404, "unknown_path", &what("unknown path"));
+        for reason in ["schema_violation", "invalid_parameter", "method_not_allowed", "unknown_path"] {
+            assert_eq!(counter(&host, &vm, &format!("denied_{reason}")), 1, "{}", what(reason));
+        }
+    }
+}
+
+#[test]
+fn openapi_unknown_routes_with_pass_go_through_unvalidated_counted_and_logged() {
+    let host = Host::new(Profile::Envoy);
+    let openapi = json!({"document": openapi_doc(), "unknown_path": "pass", "unknown_method": "pass"});
+    let mut vm = vm(&host, &openapi_policy("o1", openapi));
+    let out = vm.http_request(Request::get("/api/customers").header("x-request-id", "req-7")).unwrap();
+    assert_eq!(out.status, 200);
+    let out = vm.http_request(Request::new("DELETE", "/api/orders/7")).unwrap();
+    assert_eq!(out.status, 200);
+    assert_eq!(counter(&host, &vm, "unvalidated_unknown_path"), 1);
+    assert_eq!(counter(&host, &vm, "unvalidated_method_not_allowed"), 1);
+    assert_eq!(counter(&host, &vm, "allowed"), 2);
+    let lines = decision_lines(&host);
+    let line = lines.iter().find(|l| l["reason"] == "unknown_path").expect("logged");
+    assert_eq!(line["decision"], "allow_unvalidated");
+    assert_eq!(
+        (line["rule"].as_str(), line["policy_version"].as_str(), line["request_id"].as_str()),
+        (Some("api"), Some("o1"), Some("req-7"))
+    );
+}
+
+const DOCS_PATH: &str = "/specs/orders.json";
+
+fn docs_upstream(profile: Profile) -> &'static str {
+    match profile {
+        Profile::Envoy => "specs",
+        Profile::Kong => "127.0.0.1:9002",
+    }
+}
+
+/// `openapi.source`: 503 `document_unavailable` until the first copy is loaded; one fetch for
+/// two workers; a copy that does not compile is refused and the last good one keeps serving.
+#[test]
+fn a_fetched_openapi_document_is_loaded_by_every_worker_and_a_bad_copy_is_refused() {
+    for profile in PROFILES {
+        let host = Host::new(profile);
+        let upstream = docs_upstream(profile);
+        host.add_cluster(upstream);
+        let source = json!({"cluster": upstream, "path": DOCS_PATH, "refresh_seconds": 60});
+        let policy = openapi_policy("r1", json!({"source": source}));
+        let mut workers = [vm(&host, &policy), vm(&host, &policy)];
+        let what = |w: &str| format!("{profile:?}: {w}");
+        let out = workers[0].http_request(post("/api/orders", VALID)).unwrap();
+        assert_denied(&out, 503, "document_unavailable", &what("before the first fetch"));
+
+        host.script_http_response(upstream, DOCS_PATH, gatewarden_wasm_host::HttpResponse::new(200).body(openapi_doc().to_string()));
+        host.tick().unwrap();
+        host.deliver_pending_calls().unwrap();
+        host.tick().unwrap(); // the other worker loads the published copy
+        assert_eq!(host.http_calls().len(), 1, "{}", what("one fetch for two workers"));
+        for vm in &mut workers {
+            assert_forwarded(&vm.http_request(post("/api/orders", VALID)).unwrap(), VALID, &what("loaded"));
+            let out = vm.http_request(post("/api/orders", br#"{"qty": 9}"#)).unwrap();
+            assert_denied(&out, 400, "schema_violation", &what("validated by the fetched document"));
+        }
+        assert_eq!(host.metric_value("gatewarden_validate_openapi_loaded"), 2, "{}", what("loaded by both"));
+
+        // The next copy does not compile (a $ref to nowhere): refused, the last good one serves.
+        let mut bad = openapi_doc();
+        bad["paths"]["/orders"]["post"]["requestBody"]["content"]["application/json"]["schema"] =
+            json!({"$ref": "#/components/schemas/Nope"});
+        host.script_http_response(upstream, DOCS_PATH, gatewarden_wasm_host::HttpResponse::new(200).body(bad.to_string()));
+        host.advance(std::time::Duration::from_secs(61));
+        host.tick().unwrap();
+        host.deliver_pending_calls().unwrap();
+        host.tick().unwrap();
+        assert_eq!(host.http_calls().len(), 2, "{}", what("refetched after refresh_seconds"));
+        assert_eq!(host.metric_value("gatewarden_validate_openapi_fetch_failed"), 1, "{}", what("the bad copy is refused"));
+        for vm in &mut workers {
+            assert_forwarded(&vm.http_request(post("/api/orders", VALID)).unwrap(), VALID, &what("last good copy"));
+        }
+
+        // A policy update with the same source keeps the loaded copy: no 503 in between.
+        let policy2 = openapi_policy("r2", json!({"source": source, "unknown_path": "pass"}));
+        assert!(workers[0].configure(policy2.to_string().as_bytes()).unwrap());
+        assert_forwarded(&workers[0].http_request(post("/api/orders", VALID)).unwrap(), VALID, &what("after the update"));
+        assert_eq!(workers[0].http_request(Request::get("/api/customers")).unwrap().status, 200, "{}", what("compiled with r2's options"));
     }
 }
