@@ -24,7 +24,7 @@ use std::path::Path;
 use gatewarden_policy::error::{quote, FieldPath};
 use serde_json::{Map, Value};
 
-use crate::policy_file::LoadError;
+use crate::policy_file::{Filter, LoadError};
 
 /// The field naming an OpenAPI document's file, inside `openapi`.
 pub const DOCUMENT_FILE: &str = "document_file";
@@ -92,6 +92,36 @@ fn read_document(name: &str, base: &Path, at: &FieldPath) -> Result<Value, LoadE
         return Err(LoadError::Config(at.error(format!("{}: expected a mapping (an object), got {}", quote(name), kind(&value)))));
     }
     Ok(value)
+}
+
+/// `schema` (a filter's policy JSON Schema) with the fields a policy *file* may also have: the
+/// files this module inlines. For editors and the generated reference; Kong's meta.json (what
+/// the filter takes) is made from the schema without them.
+pub fn with_file_fields(filter: Filter, mut schema: Value) -> Value {
+    if filter != Filter::Validate {
+        return schema;
+    }
+    let mut defs = schema.get_mut("$defs");
+    let mut add = |def: &str, field: &str, description: &str| {
+        let props = defs.as_deref_mut().and_then(|d| d.get_mut(def)).and_then(|d| d.get_mut("properties")).and_then(Value::as_object_mut);
+        if let Some(props) = props {
+            props.insert(field.to_owned(), serde_json::json!({"type": "string", "description": description}));
+        }
+    };
+    add(
+        "OpenApiSpec",
+        DOCUMENT_FILE,
+        "The document's file (YAML, or JSON when it ends in `.json`), relative to the policy file. Read by the \
+         `gatewarden` command, which puts the document in `document` before the filter sees the policy (validate, \
+         test, render, apply, sign); the filter itself takes `document` or `source`.",
+    );
+    add(
+        "ValidateRule",
+        BODY_SCHEMA_FILE,
+        "The body schema's file (YAML, or JSON when it ends in `.json`), relative to the policy file: the \
+         `gatewarden` command puts it in `body_schema` before the filter sees the policy.",
+    );
+    schema
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -167,6 +197,15 @@ mod tests {
         let e = err(inline_files(&mut broken, &d));
         assert!(e.starts_with("rollout.candidate.rules[0].openapi.document_file: \"broken.json\": not valid JSON: "), "{e}");
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_file_fields_are_in_the_policy_file_schema_only_for_validate() {
+        let schema = with_file_fields(Filter::Validate, Filter::Validate.schema());
+        assert_eq!(schema["$defs"]["OpenApiSpec"]["properties"][DOCUMENT_FILE]["type"], "string");
+        assert_eq!(schema["$defs"]["ValidateRule"]["properties"][BODY_SCHEMA_FILE]["type"], "string");
+        assert!(Filter::Validate.schema()["$defs"]["OpenApiSpec"]["properties"].get(DOCUMENT_FILE).is_none());
+        assert_eq!(with_file_fields(Filter::Jwt, Filter::Jwt.schema()), Filter::Jwt.schema());
     }
 
     #[test]

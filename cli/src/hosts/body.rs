@@ -7,8 +7,12 @@
 //!   before any filter runs. So `client_body_buffer_size` ≥ the largest `max_body_bytes`, and
 //!   `client_max_body_size` ≥ it (we never lower nginx's default 1m).
 //! - Envoy: a body the filter waits for is buffered in the stream, up to the listener's
-//!   `per_connection_buffer_limit_bytes` (default 1 MiB); past it Envoy answers 413 itself. The
-//!   ECDS resource cannot set the listener's limit, so `render` warns instead.
+//!   `per_connection_buffer_limit_bytes` (default 1 MiB). Past it Envoy answers 413 itself, and
+//!   that answer reaches the filter before it decided: the glue fails the request closed, so the
+//!   client gets a 503 (measured on Envoy 1.40 with max_body_bytes 4 MiB: a 1,048,576-byte body
+//!   validated, 1,049,000 bytes a 503). With max_body_bytes at most the limit the filter refuses
+//!   larger bodies itself (413) before Envoy's limit is reached. The ECDS resource cannot set the
+//!   listener's limit, so `render` warns instead.
 
 use gatewarden_validate_policy::DEFAULT_MAX_BODY_BYTES;
 use serde_json::Value;
@@ -71,12 +75,12 @@ pub fn kong_note(policy: &LoadedPolicy) -> String {
 /// The warning for Envoy targets when the policy may buffer more than Envoy's default limit.
 pub fn envoy_warning(policy: &LoadedPolicy) -> Option<String> {
     let n = largest_body(policy)?;
-    (n >= ENVOY_DEFAULT_BUFFER_LIMIT).then(|| {
+    (n > ENVOY_DEFAULT_BUFFER_LIMIT).then(|| {
         format!(
             "gatewarden: warning: the policy reads request bodies of up to {n} bytes: Envoy buffers a body the filter \
-             waits for up to the listener's per_connection_buffer_limit_bytes (default {ENVOY_DEFAULT_BUFFER_LIMIT}) and \
-             answers 413 itself past it; set per_connection_buffer_limit_bytes on the listener above {n} \
-             (docs/filters/validate.md)"
+             waits for up to the listener's per_connection_buffer_limit_bytes (default {ENVOY_DEFAULT_BUFFER_LIMIT}), and \
+             a larger one ends in a 503 instead of being validated; set per_connection_buffer_limit_bytes on the listener \
+             to at least {n} (docs/filters/validate.md)"
         )
     })
 }
