@@ -16,6 +16,9 @@
 //!   - name: office network reaches /admin
 //!     request: { method: GET, path: /admin, peer: 10.1.2.3, headers: { x-forwarded-for: 10.1.2.3 },
 //!                body: "...", time: 2030-01-01T00:00:00Z }
+//!     # body: text, or YAML sent as its JSON ({ name: Rex }); or body_size: N (N bytes of `x`).
+//!     # A body gets a content-length unless headers has content-length or transfer-encoding;
+//!     # body_chunk_size: Envoy's chunks (default 1024); body_spilled: true (Kong: nginx spilled it)
 //!     expect:
 //!       status: 200
 //!       decision: allow                 # allow | deny | dry_run_deny | error
