@@ -346,3 +346,42 @@ fn nginx_render_keeps_bodies_in_memory_on_the_real_engine() {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!text.contains("a client request body is buffered to a temporary file"), "a body was spilled:\n{text}");
 }
+
+/// `eval` shows one decision with the problem body a client gets: the JSON pointer, schema
+/// location and keyword of each error (the body from a file, as it is).
+#[test]
+fn eval_shows_the_problem_body_of_a_body_from_a_file() {
+    let module = modules_dir().join("gatewarden_validate.wasm");
+    if !module.is_file() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: no {}", module.display());
+        eprintln!("SKIPPED eval_shows_the_problem_body_of_a_body_from_a_file: no {}", module.display());
+        return;
+    }
+    let d = temp_dir("eval");
+    let body = d.join("order.json");
+    std::fs::write(&body, r#"{"customer_id": "3f0c6a2e-8a8e-4a59-9d87-2b1f5c6d7e80", "items": [{"sku": "abc", "quantity": 1}]}"#).unwrap();
+    let modules = modules_dir();
+    let (code, out, err) = run(&[
+        "eval",
+        "examples/policies/validate.yaml",
+        "--modules",
+        s(&modules),
+        "--method",
+        "POST",
+        "--path",
+        "/api/orders",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "idempotency-key: order-2026-12-03-0001",
+        "--body-file",
+        s(&body),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["status"].as_u64(), v["reason"].as_str(), v["rule"].as_str()), (Some(400), Some("schema_violation"), Some("orders-api")));
+    let problem: Value = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
+    assert_eq!(problem["errors"][0]["pointer"], "/items/0/sku", "{problem}");
+    assert_eq!(problem["errors"][0]["keyword"], "pattern", "{problem}");
+    assert_eq!(problem["errors"][0]["schema"], "/components/schemas/OrderItem/properties/sku/pattern", "{problem}");
+}

@@ -4,7 +4,7 @@
 //!
 //! R.yaml is a request as in a test case (`method`, `path`, `authority`, `headers`, `peer`, `body`,
 //! `time`), or `{ request: {...}, fixtures: [...], profile: kong, time: ... }`. Flags override it:
-//! `--method M --path P --header 'name: value' --peer IP[:PORT] --body TEXT --time T`.
+//! `--method M --path P --header 'name: value' --peer IP[:PORT] --body TEXT | --body-file F --time T`.
 //! `--fixtures FILE` takes the `fixtures` of a test file (paths relative to it).
 //! Exit status: 0 evaluated (whatever the decision), 1 invalid policy, 2 could not run.
 
@@ -98,8 +98,11 @@ pub struct Args {
     #[arg(long, value_name = "IP[:PORT]")]
     pub peer: Option<String>,
     /// The request body.
-    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true, conflicts_with = "body_file")]
     pub body: Option<String>,
+    /// The request body, read from a file (as it is: a JSON file is sent byte for byte).
+    #[arg(long, value_name = "FILE")]
+    pub body_file: Option<String>,
     /// The host clock: 2026-01-01T00:00:00Z or Unix seconds (default 2026-01-01T00:00:00Z).
     #[arg(long, value_name = "T")]
     pub time: Option<String>,
@@ -163,6 +166,11 @@ pub fn run(o: &Args) -> CmdResult {
     }
     if let Some(b) = &o.body {
         request.body = Some(BodySpec::Text(b.clone()));
+        request.body_size = None;
+    }
+    if let Some(f) = &o.body_file {
+        let text = std::fs::read_to_string(f).map_err(|e| could_not(format!("{f}: cannot read: {e}")))?;
+        request.body = Some(BodySpec::Text(text));
         request.body_size = None;
     }
     if let Some(t) = &o.time {
