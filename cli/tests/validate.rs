@@ -385,3 +385,29 @@ fn eval_shows_the_problem_body_of_a_body_from_a_file() {
     assert_eq!(problem["errors"][0]["keyword"], "pattern", "{problem}");
     assert_eq!(problem["errors"][0]["schema"], "/components/schemas/OrderItem/properties/sku/pattern", "{problem}");
 }
+
+/// The Istio render puts each filter where the shipped WasmPlugins do: validation in AUTHZ after
+/// the rate limiter.
+#[test]
+fn istio_render_runs_validation_after_the_rate_limiter() {
+    let mut placed = Vec::new();
+    for (filter, shipped) in [("ip_geo", "ip-geo"), ("jwt", "jwt"), ("rate_limit", "rate-limit"), ("validate", "validate")] {
+        let path = root().join(format!("deploy/istio/wasmplugin-{shipped}.yaml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        // The WasmPlugin is the file's first YAML document (some add a ServiceEntry after it).
+        let first = text.split("\n---\n").next().unwrap();
+        let doc: Value = serde_norway::from_str(first).unwrap();
+        let json = serde_json::to_string(&doc["spec"]["pluginConfig"]).unwrap();
+        let d = temp_dir(&format!("istio-{filter}"));
+        let p = d.join("p.json");
+        std::fs::write(&p, json).unwrap();
+        let sha = "0".repeat(64);
+        let (code, out, err) = run(&["render", "--target", "istio", "--filter", filter, "--sha256", &sha, "--module", "/m.wasm", s(&p)]);
+        assert_eq!(code, 0, "{filter}: {err}");
+        let rendered: Value = serde_norway::from_str(&out).unwrap();
+        assert_eq!(rendered["spec"]["phase"], doc["spec"]["phase"], "{filter}");
+        assert_eq!(rendered["spec"]["priority"], doc["spec"]["priority"], "{filter}");
+        placed.push((rendered["spec"]["phase"].as_str().unwrap().to_string(), rendered["spec"]["priority"].as_u64().unwrap()));
+    }
+    assert_eq!(placed, [("AUTHN".into(), 20), ("AUTHN".into(), 10), ("AUTHZ".into(), 10), ("AUTHZ".into(), 5)]);
+}
