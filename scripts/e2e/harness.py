@@ -1228,8 +1228,16 @@ class Gateway(BaseGateway):
         if not wait:
             return None
         deadline = time.monotonic() + timeout
+        now: dict[str, int] = {}
         while True:
-            now = self.ecds_counts(filter_name)
+            try:
+                now = self.ecds_counts(filter_name)
+            except TimeoutError:
+                # The admin API answers on the main thread, which compiles the pushed module for
+                # the canary VM first (seen: ~10 s for a 5 MB module on a loaded machine).
+                if time.monotonic() >= deadline:
+                    raise AssertionError(f"{filter_name}: the admin API did not answer within {timeout}s") from None
+                continue
             for outcome in ("success", "rejected", "failure"):
                 key = f"update_{outcome}"
                 if now.get(key, 0) > before.get(key, 0):
