@@ -80,6 +80,9 @@ NOT_FOUND = fixed("Not Found", 404, "no operation has this path")
 NOT_ALLOWED = fixed("Method Not Allowed", 405, "the path has no operation for this method")
 BODY_UNAVAILABLE = fixed("Service Unavailable", 503, "the request body cannot be validated")
 MAX_BODY = 512 * 1024  # the default max_body_bytes
+# A push compiles the 5 MB module again (Envoy: for the canary VM, its main thread busy meanwhile;
+# Kong: in every new worker): ~10 s each on a loaded 2-core machine.
+PUSH_TIMEOUT = 120.0
 # Headers each host adds on the way to the upstream (Envoy also replaces a client's x-request-id).
 HOST_ADDED = {"envoy": {"x-forwarded-proto", "x-envoy-external-address", "x-envoy-expected-rq-timeout-ms",
                         "x-request-id"},
@@ -149,13 +152,25 @@ def main_policy(host: str, version: str = VERSION, **extra: Any) -> dict[str, An
 
 
 def host_kwargs(host: str, **kong: Any) -> dict[str, Any]:
-    return {"ipv6": False, **({**KONG_BODY, **kong} if host == "kong" else {})}
+    """Gateway settings: Kong's body buffers (KONG_BODY), and time for each worker (or Envoy VM) to
+    compile the 5 MB module (seen: 17-18 s per nginx worker at a load average of 4)."""
+    return {"ipv6": False, "ready_timeout": 180.0, **({**KONG_BODY, **kong} if host == "kong" else {})}
+
+
+def wait_document(gw: BaseGateway, generation: int, since: int = 0) -> None:
+    """Until every VM has loaded generation `generation` of the fetched document (each worker loads
+    the copy one of them fetched; a request on a worker without one gets 503 document_unavailable)."""
+    gw.wait_for_log_in_every_vm(rf"gatewarden validate: OpenAPI document generation {generation} loaded for rule 0",
+                                timeout=60, since=since)
 
 
 @pytest.fixture(scope="module")
 def gw(start_module_gateway, host: str) -> BaseGateway:
-    return start_module_gateway({FILTER: main_policy(host)}, jwks_files={"orders-api.json": ORDERS_JSON},
-                                **host_kwargs(host))
+    gateway = start_module_gateway({FILTER: main_policy(host)}, jwks_files={"orders-api.json": ORDERS_JSON},
+                                   **host_kwargs(host))
+    if host == "kong":
+        wait_document(gateway, 1)
+    return gateway
 
 
 def send(gw: BaseGateway, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None,
@@ -609,7 +624,7 @@ def test_body_over_nginx_buffer_is_unavailable_on_kong_and_read_on_envoy(start_g
     """nginx's default client_body_buffer_size (16k): a 100 KB body is spilled to a temp file the
     filter cannot read, and failure_mode deny refuses it (503 body_unavailable); Envoy reads it."""
     policy = {"policy_version": "spill-1", "rules": [LEGACY_RULE], "default": {}}
-    gw = start_gateway({FILTER: policy}, ipv6=False)
+    gw = start_gateway({FILTER: policy}, ipv6=False, ready_timeout=180.0)  # nginx default buffers
     body = trim30(new_order(items=2000))
     assert 100_000 < len(as_bytes(body)) < MAX_BODY
     r = send(gw, "POST", "/legacy/api/orders", body, IDEMPOTENCY)
@@ -676,13 +691,17 @@ def small_policy(version: str, doc: Any) -> dict[str, Any]:
 
 
 def run_update_under_load(gw: BaseGateway, update, report, what: str) -> None:
-    """A valid GET under load while `update()` runs: the new operation appears, the removed one
-    goes, and no request of the load fails."""
+    """A valid GET under load while `update()` runs (it returns once every VM has the new
+    document): the new operation appears, the removed one goes, and no request of the load fails.
+    The client waits up to 120 s for an answer: on Kong a reload's new workers compile the module
+    before they answer (~20 s for this one on a loaded machine), so requests wait meanwhile; the
+    longest wait is reported."""
     assert gw.get("/api/returns/5").status == 404
     assert gw.get("/api/orders/7", method="DELETE").status == 200
-    with gw.load("/api/orders/7", duration=60, threads=4) as load:
+    load = harness.LoadGenerator(gw.host_address, gw.port, "/api/orders/7", duration=110, threads=4, timeout=120.0,
+                                 on_start=gw._load_started, on_done=gw._load_done)
+    with load:
         update()
-        harness.poll("the new operation", lambda: gw.get("/api/returns/5").status == 200, 60.0, 0.1)
         load.stop()
     result = load.result
     report(f"validate on {gw.host}, {what}: {result}")
@@ -696,8 +715,8 @@ def test_policy_push_changes_the_operations_under_load(start_gateway, host: str,
     gw = start_gateway({FILTER: small_policy("push-1", SMALL_V1)}, **host_kwargs(host))
     v2 = with_operation_changes(SMALL_V1)
 
-    def push() -> None:
-        assert gw.push_policy(FILTER, small_policy("push-2", v2)) == "success"
+    def push() -> None:  # returns once every VM has the new policy (Envoy: ECDS success; Kong: new workers)
+        assert gw.push_policy(FILTER, small_policy("push-2", v2), timeout=PUSH_TIMEOUT) == "success"
 
     run_update_under_load(gw, push, report, "policy push")
     r = gw.get("/api/orders/7")
@@ -711,9 +730,15 @@ def test_document_source_update_changes_the_operations_under_load(start_gateway,
     policy = {"policy_version": "src-1", "rules": [{"name": "orders", "match": {"path_prefix": "/api/"},
                                                     "openapi": {"source": source}}], "default": {}}
     gw = start_gateway({FILTER: policy}, jwks_files={"orders-api.json": ORDERS_JSON}, **host_kwargs(host))
-    harness.poll("the document loaded", lambda: gw.get("/api/orders/7").status == 200, 30.0, 0.1)
+    wait_document(gw, 1)
     v2 = json.dumps(with_operation_changes(ORDERS)).encode()
-    run_update_under_load(gw, lambda: gw.jwks.put("orders-api.json", v2), report, "document source refresh")
+
+    def update() -> None:
+        mark = gw.log_mark()
+        gw.jwks.put("orders-api.json", v2)
+        wait_document(gw, 2, since=mark)
+
+    run_update_under_load(gw, update, report, "document source refresh")
 
 
 def test_refused_document_from_the_source_keeps_the_last_good_one(start_gateway, host: str) -> None:
@@ -721,15 +746,17 @@ def test_refused_document_from_the_source_keeps_the_last_good_one(start_gateway,
     policy = {"policy_version": "src-2", "rules": [{"name": "orders", "match": {"path_prefix": "/api/"},
                                                     "openapi": {"source": source}}], "default": {}}
     gw = start_gateway({FILTER: policy}, jwks_files={"orders-api.yaml": ORDERS_YAML}, **host_kwargs(host))
-    harness.poll("the YAML document loaded", lambda: gw.get("/api/orders/7").status == 200, 30.0, 0.1)
-    fetches = gw.jwks.fetches("/orders-api.yaml")
+    wait_document(gw, 1)
     mark = gw.log_mark()
     bad = ORDERS_YAML.replace(b"type: integer, minimum: 1 }", b"type: integr, minimum: 1 }", 1)
     assert bad != ORDERS_YAML
     gw.jwks.put("orders-api.yaml", bad)
-    harness.poll("the bad copy fetched", lambda: gw.jwks.fetches("/orders-api.yaml") > fetches, 30.0, 0.1)
-    # Refused where it is compiled, naming the bad value.
-    gw.wait_for_log(r"gatewarden validate: .*integr", since=mark, timeout=10)
+    # The worker that fetches compiles the copy before publishing it: refused there, at the path
+    # inside the document, quoting the bad value; never published, so no VM loads it.
+    gw.wait_for_log(r"gatewarden validate: fetching openapi from \S+ failed: invalid content: "
+                    r"rules\[0\]\.openapi\.source\.components\.parameters\.OrderId\.schema\.type: .*\"integr\"",
+                    since=mark, timeout=60)
+    assert "generation 2 loaded" not in gw.log(mark)
     # The last good document decides: the old operations, the old parameter schema.
     assert gw.get("/api/orders/7").status == 200
     param_error(gw.get("/api/orders/0"), ("/path/orderId", "minimum"))
@@ -742,7 +769,7 @@ def test_refused_policy_update_keeps_the_last_good_policy(gw: BaseGateway) -> No
     bad = main_policy("envoy", version="orders-bad")
     bad["rules"][0]["openapi"]["document"] = bad_doc
     rejected, mark = gw.counter(FILTER, "config_rejected"), gw.log_mark()
-    assert gw.push_policy(FILTER, bad) == "rejected"
+    assert gw.push_policy(FILTER, bad, timeout=PUSH_TIMEOUT) == "rejected"
     gw.wait_for_log(r"\[error\]\[wasm\].*gatewarden validate: policy refused: rules\[0\]\.openapi.*OrderItem",
                     since=mark)
     assert gw.counter(FILTER, "config_rejected") > rejected
@@ -762,13 +789,13 @@ def test_refused_policy_fails_the_filters_routes_closed_on_kong(start_gateway) -
     bad_doc = json.loads(json.dumps(SMALL_V1))
     bad_doc["openapi"] = "2.0"
     mark = gw.log_mark()
-    assert gw.push_policy(FILTER, small_policy("k-bad", bad_doc)) == "refused"
+    assert gw.push_policy(FILTER, small_policy("k-bad", bad_doc), timeout=PUSH_TIMEOUT) == "refused"
     gw.wait_for_log_in_every_vm(r"gatewarden validate: policy refused: rules\[0\]\.openapi.*2\.0", since=mark)
     r = gw.get("/api/orders/7")
     assert r.status == 503 and r.is_local_body(UNAVAILABLE), (r.status, r.body)
     r = gw.get("/open")  # a route without the filter
     assert r.status == 200 and HEADER not in (r.upstream_headers or {}), r.text
-    assert gw.push_policy(FILTER, small_policy("k-2", SMALL_V1)) == "success"
+    assert gw.push_policy(FILTER, small_policy("k-2", SMALL_V1), timeout=PUSH_TIMEOUT) == "success"
     r = gw.get("/api/orders/7")
     assert r.status == 200 and r.upstream_headers[HEADER] == "allow; rule=orders; version=k-2", r.text
 
