@@ -19,6 +19,7 @@
 mod config;
 pub mod media;
 pub mod params;
+mod refs;
 mod plain;
 mod policy;
 pub mod openapi;
@@ -30,4 +31,5 @@ pub use policy::{
     parameter_problem_body, problem_body, BodyInput, BodyPlan, Start, ValidateOutcome, ValidatePolicy, ValidateReason,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ERRORS, INVALID_JSON_BODY, MAX_MAX_BODY_BYTES, MAX_MAX_ERRORS, PROBLEM_JSON, SCHEMA_VIOLATION_BODY,
 };
+pub use refs::{MAX_IN_PLACE_DEPTH, MAX_IN_PLACE_REFS};
 pub use schema::{BodyError, BodySchema};

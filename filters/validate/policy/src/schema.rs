@@ -75,7 +75,10 @@ pub struct BodyError {
 
 impl BodySchema {
     /// Compiles `schema` (found at `path` in the policy document). A schema that does not
-    /// compile is an error at the path of the offending part inside the schema.
+    /// compile is an error at the path of the offending part inside the schema. `$ref`s must be
+    /// JSON pointers into the schema (`#`, `#/$defs/…`); `$dynamicRef`, `$recursiveRef` and a
+    /// nested `$id` are refused, and so are in-place cycles and chains over the bounds of
+    /// [`crate::refs`] ([`crate::MAX_IN_PLACE_REFS`] `$ref`s, [`crate::MAX_IN_PLACE_DEPTH`] steps).
     pub fn compile(schema: &Value, format_assertions: bool, path: &FieldPath) -> Result<Self, ConfigError> {
         let draft = match schema.get("$schema") {
             None => Draft::Draft202012,
@@ -87,6 +90,9 @@ impl BodySchema {
             })?,
             Some(other) => return Err(path.field("$schema").error(format!("$schema must be a string, got {}", quote(&other.to_string())))),
         };
+        // Before the validator sees it: a cycle or an over-long chain of in-place `$ref`s would
+        // recurse while validating without descending into the body (crate::refs).
+        crate::refs::check_in_place(schema, &[Vec::new()], &crate::refs::Resolve::Plain, path)?;
         let patterns = PatternOptions::regex().size_limit(REGEX_SIZE_LIMIT);
         let validator = jsonschema::options()
             .with_draft(draft)

@@ -34,8 +34,10 @@
 //! Bounds: [`MAX_DOCUMENT_BYTES`] (4 MiB) of text, [`MAX_PATHS`](document::MAX_PATHS) (2,000)
 //! paths, [`MAX_OPERATIONS`](document::MAX_OPERATIONS) (4,000) operations, [`MAX_SCHEMAS`]
 //! (10,000) schemas prepared, Reference Object chains of [`MAX_REF_HOPS`](document::MAX_REF_HOPS)
-//! (32), chains of [`MAX_IN_PLACE_REFS`] (16) schemas applying in place of each other. A document
-//! over a bound is refused before (paths, text) or while (schemas) it compiles.
+//! (32); schemas applying in place of each other ([`crate::refs`], shared with the plain form):
+//! no cycle, at most [`MAX_IN_PLACE_REFS`] (4) `$ref`s and [`MAX_IN_PLACE_DEPTH`] (9) steps in a
+//! chain, no `$dynamicRef`/`$recursiveRef`. A document over a bound is refused before (paths,
+//! text) or while (schemas) it compiles.
 //!
 //! # Measured (2026-12-03, the shared 2-core machine, debug build of `tests/openapi.rs`)
 //! - The example API (`deploy/policies/openapi/orders-api.yaml`, 8.7 KB, 11 operations): compiled
@@ -50,8 +52,8 @@
 //! - A chain of 2,000 component schemas, each `properties.a` a `$ref` to the next: 0.3–1.4 s
 //!   (jsonschema compiles `$ref` targets from a work list); validating it goes as deep as the body.
 //!   A chain of 5,000 schemas each `allOf` the next overflowed the 2 MiB native test stack while
-//!   validating, hence [`MAX_IN_PLACE_REFS`]; the worst the bounds allow (a body 127 levels deep,
-//!   each level through 16 in-place `$ref`s) validates in 10 ms.
+//!   validating, hence the in-place bounds; their figures are measured in the Wasm module
+//!   ([`crate::refs`]).
 //! - YAML alias bomb (9^7 nodes): refused by serde_norway's repetition limit in 0.16–0.58 s;
 //!   10,000 nested `[`: refused at depth 128.
 //! - Module size: serde_norway adds ~169 KB and matchit ~39 KB to a wasm32-wasip1 release cdylib
@@ -84,7 +86,7 @@
 
 mod dialect;
 mod document;
-mod pointer;
+pub(crate) mod pointer;
 mod router;
 mod rule;
 
@@ -116,12 +118,9 @@ pub const MAX_DOCUMENT_BYTES: usize = 4 << 20;
 /// The most distinct schemas prepared for one document (component schemas, parameter and media
 /// type schemas, and the places their `$ref`s name).
 pub const MAX_SCHEMAS: usize = 10_000;
-/// The longest chain of schemas that apply in place of each other (`$ref`, and `$ref`s under
-/// `allOf`, `anyOf`, `oneOf`, `not`, `if`, `then`, `else`, `dependentSchemas`): validating such a
-/// chain recurses once per link without descending into the body, so an unbounded one could
-/// exhaust the stack (a chain of 5,000 did, natively). A `$ref` under `properties` or `items`
-/// descends into the body, whose nesting serde_json bounds at 128.
-pub const MAX_IN_PLACE_REFS: usize = 16;
+/// Chains of schemas applying in place of each other are bounded by [`crate::refs`], the same
+/// check as a plain rule's `body_schema`.
+pub use crate::refs::{MAX_IN_PLACE_DEPTH, MAX_IN_PLACE_REFS};
 
 /// How a document is compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,8 +435,6 @@ fn prepare_schemas(doc: &mut Value, roots: &[Loc], dialect: Dialect, draft: Draf
     let read_only = read_only_components(doc);
     let meta = meta_validator(draft);
     let mut done: HashSet<String> = HashSet::new();
-    // Per prepared root, the roots its in-place `$ref`s name: for the chain bound.
-    let mut in_place: Vec<(Loc, Vec<Loc>)> = Vec::new();
     let mut queue: std::collections::VecDeque<Loc> = roots.iter().cloned().collect();
     while let Some(root) = queue.pop_front() {
         if (0..=root.len()).any(|n| done.contains(&pointer::pointer(root.get(..n).unwrap_or_default()))) {
@@ -455,102 +452,15 @@ fn prepare_schemas(doc: &mut Value, roots: &[Loc], dialect: Dialect, draft: Draf
         if done.len() > MAX_SCHEMAS {
             return Err(base.error(format!("more than {MAX_SCHEMAS} schemas: not supported")));
         }
-        let mut targets = Vec::new();
         for FoundRef { target, at, raw } in pass.refs {
             let Some(target_loc) = pointer::locate(doc, &target) else {
                 return Err(field_path(base, &at).error(format!("$ref {} names nothing in the document", quote(&raw))));
             };
-            if at.get(root.len()..).is_some_and(is_in_place) {
-                targets.push(target_loc.clone());
-            }
             queue.push_back(target_loc);
         }
-        in_place.push((root, targets));
     }
-    check_in_place_chains(&in_place, &done, base)
-}
-
-/// Whether a `$ref` at `rel` (relative to its root, ending in `$ref`) applies to the root's
-/// instance itself.
-fn is_in_place(rel: &[Tok]) -> bool {
-    let mut tokens = rel.iter();
-    while let Some(t) = tokens.next() {
-        match t {
-            Tok::Key(k) if k == "$ref" => return tokens.next().is_none(),
-            Tok::Key(k) if ["allOf", "anyOf", "oneOf"].contains(&k.as_str()) => {
-                if !matches!(tokens.next(), Some(Tok::Index(_))) {
-                    return false;
-                }
-            }
-            Tok::Key(k) if k == "dependentSchemas" => {
-                if tokens.next().is_none() {
-                    return false;
-                }
-            }
-            Tok::Key(k) if ["not", "if", "then", "else"].contains(&k.as_str()) => {}
-            _ => return false,
-        }
-    }
-    false
-}
-
-/// Refuses a chain of more than [`MAX_IN_PLACE_REFS`] in-place references between prepared
-/// roots (a cycle counts its length once). Iterative: the chain itself may be long.
-fn check_in_place_chains(roots: &[(Loc, Vec<Loc>)], done: &HashSet<String>, base: &FieldPath) -> Result<(), ConfigError> {
-    let ids: std::collections::HashMap<String, usize> = roots.iter().enumerate().map(|(i, (l, _))| (pointer::pointer(l), i)).collect();
-    // A target inside a prepared root belongs to that root.
-    let owner = |target: &Loc| -> Option<usize> {
-        (0..=target.len()).rev().find_map(|n| {
-            let p = pointer::pointer(target.get(..n).unwrap_or_default());
-            if done.contains(&p) {
-                ids.get(&p).copied()
-            } else {
-                None
-            }
-        })
-    };
-    let edges: Vec<Vec<usize>> = roots.iter().map(|(_, targets)| targets.iter().filter_map(owner).collect()).collect();
-    let mut depth: Vec<Option<usize>> = vec![None; roots.len()];
-    let mut active = vec![false; roots.len()];
-    for start in 0..roots.len() {
-        if depth.get(start).copied().flatten().is_some() {
-            continue;
-        }
-        let mut stack = vec![(start, 0usize)];
-        if let Some(a) = active.get_mut(start) {
-            *a = true;
-        }
-        while let Some(&(v, next)) = stack.last() {
-            let children = edges.get(v).map(Vec::as_slice).unwrap_or_default();
-            if let Some(&w) = children.get(next) {
-                if let Some(top) = stack.last_mut() {
-                    top.1 += 1;
-                }
-                let fresh = depth.get(w).copied().flatten().is_none() && !active.get(w).copied().unwrap_or(true);
-                if fresh {
-                    if let Some(a) = active.get_mut(w) {
-                        *a = true;
-                    }
-                    stack.push((w, 0));
-                }
-                continue;
-            }
-            // Children on the stack (a cycle) count 0; finished ones their depth.
-            let d = 1 + children.iter().filter_map(|&w| depth.get(w).copied().flatten()).max().unwrap_or(0);
-            if d > MAX_IN_PLACE_REFS + 1 {
-                let at = roots.get(v).map(|(l, _)| field_path(base, l)).unwrap_or_else(|| base.clone());
-                return Err(at.error(format!("a chain of more than {MAX_IN_PLACE_REFS} in-place $refs (allOf, anyOf, oneOf, not, if/then/else or a bare $ref) starts here: not supported")));
-            }
-            if let Some(slot) = depth.get_mut(v) {
-                *slot = Some(d);
-            }
-            if let Some(a) = active.get_mut(v) {
-                *a = false;
-            }
-            stack.pop();
-        }
-    }
-    Ok(())
+    let resolve = |r: &str| dialect::parse_local_ref(r).map_err(str::to_owned);
+    crate::refs::check_in_place(doc, roots, &crate::refs::Resolve::Document(&resolve), base)
 }
 
 /// 3.0: the absolute references of component schemas that are `readOnly: true`.
