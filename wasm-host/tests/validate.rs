@@ -607,3 +607,75 @@ fn a_fetched_openapi_document_is_loaded_by_every_worker_and_a_bad_copy_is_refuse
         assert_eq!(workers[0].http_request(Request::get("/api/customers")).unwrap().status, 200, "{}", what("compiled with r2's options"));
     }
 }
+
+/// The policy crate's bounds on schemas applying in place of each other
+/// (`gatewarden_validate_policy::{MAX_IN_PLACE_REFS, MAX_IN_PLACE_DEPTH}`), written out here.
+const MAX_IN_PLACE_REFS: usize = 4;
+const MAX_IN_PLACE_DEPTH: usize = 9;
+
+/// `$defs` `a0` … `a{n}`, each applying the next in place through `keyword` (`allOf`, `anyOf`,
+/// `oneOf`); the last an object whose `c` starts the chain again and whose `v` is an integer,
+/// wrapped in `wraps` inline `allOf`s.
+fn in_place_chain(n: usize, keyword: &str, wraps: usize) -> Value {
+    let mut defs = serde_json::Map::new();
+    for i in 0..n {
+        defs.insert(format!("a{i}"), json!({keyword: [{"$ref": format!("#/$defs/a{}", i + 1)}]}));
+    }
+    let level = json!({"type": "object", "properties": {"c": {"$ref": "#/$defs/a0"}, "v": {"type": "integer"}}});
+    defs.insert(format!("a{n}"), (0..wraps).fold(level, |s, _| json!({"allOf": [s]})));
+    json!({"$defs": defs, "$ref": "#/$defs/a0"})
+}
+
+/// A body schema whose `$defs` chain 5,000 deep through `allOf` (validating it overflowed the
+/// native stack; in a VM, a trap on a policy the filter had accepted) is refused when the policy
+/// is configured, at its path; Envoy keeps the last good policy, Kong fails the route closed.
+#[test]
+fn a_schema_recursing_in_place_without_bound_is_refused_at_configure_time() {
+    let hostile = json!({"policy_version": "v2", "rules": [{"name": "orders", "match": {"path_prefix": "/orders"}, "body_schema": in_place_chain(5_000, "allOf", 0)}]});
+    for profile in PROFILES {
+        let host = Host::new(profile);
+        let mut vm = match profile {
+            Profile::Envoy => vm(&host, &policy("v1", 5, json!({}))),
+            _ => host.load_vm(module(), VmOptions::new(VM_ID).vm_id(VM_ID)).unwrap(),
+        };
+        let accepted = vm.configure(hostile.to_string().as_bytes()).unwrap();
+        assert_eq!(accepted, profile == Profile::Kong, "{profile:?}: Envoy refuses the update, Kong accepts the VM");
+        let refusal =
+            host.logs_at_least(LogLevel::Error).into_iter().find(|l| l.message.contains("policy refused")).expect("refusal logged");
+        assert!(refusal.message.contains("rules[0].body_schema.$defs.a4995.allOf[0]"), "{profile:?}: {}", refusal.message);
+        assert!(refusal.message.contains("in-place $refs"), "{profile:?}: {}", refusal.message);
+        let body = (0..100).fold(json!({"v": 1}), |c, _| json!({"c": c})).to_string();
+        let out = vm.http_request(post("/orders", body.as_bytes())).unwrap();
+        assert!(!out.trapped(), "{profile:?}: {out:?}");
+        match profile {
+            // v1 still serves: this body is no order.
+            Profile::Envoy => drop(assert_denied(&out, 400, "schema_violation", "v1 still serving")),
+            _ => assert_eq!(out.status, 503, "{profile:?}: fails closed"),
+        }
+    }
+}
+
+/// The worst the bounds allow (crate gatewarden_validate_policy::refs): every level of a body
+/// nested 127 deep (serde_json's limit) passes through 4 in-place `$ref`s and 9 steps; valid
+/// and invalid bodies (the error list is the deeper path) are decided without a trap. (Measured
+/// with this host's 512 KiB Wasm stack, 127 levels: a `oneOf` chain traps from 17 steps, 15 pass;
+/// `allOf` traps from 27, 23 pass; the earlier bound let 16 `$ref`s through `allOf`, 31 steps a level: it trapped.)
+#[test]
+fn the_worst_in_place_recursion_the_bounds_allow_validates_without_a_trap() {
+    for keyword in ["allOf", "anyOf", "oneOf"] {
+        let p = json!({"policy_version": "v1", "rules": [{"name": "orders", "match": {"path_prefix": "/orders"}, "body_schema": in_place_chain(MAX_IN_PLACE_REFS - 1, keyword, MAX_IN_PLACE_DEPTH - (2 * MAX_IN_PLACE_REFS - 1))}]});
+        let deep = |leaf: Value| (0..126).fold(json!({"v": leaf}), |c, _| json!({"c": c})).to_string();
+        for profile in PROFILES {
+            let what = format!("{profile:?} {keyword}");
+            let host = Host::new(profile);
+            let mut vm = vm(&host, &p);
+            let good = deep(json!(1));
+            let out = vm.http_request(post("/orders", good.as_bytes())).unwrap();
+            assert!(!out.trapped(), "{what}: {out:?}");
+            assert_forwarded(&out, good.as_bytes(), &what);
+            let out = vm.http_request(post("/orders", deep(json!("x")).as_bytes())).unwrap();
+            assert!(!out.trapped(), "{what}: {out:?}");
+            assert_denied(&out, 400, "schema_violation", &what);
+        }
+    }
+}
