@@ -407,10 +407,10 @@ def build(workdir: Path, configs: list[str]) -> tuple[dict[str, Any], dict[str, 
             filters = [rl.native_filter(cfg)]
         elif val.parts(cfg):  # post_*: the validation configurations' baseline, no filter
             filters = []
-        if val.parts(cfg):  # the body in before the direct_response (bench_validate.BUFFER_FILTER)
-            filters = filters + [val.BUFFER_FILTER]
         else:
             raise SystemExit(f"unknown configuration {cfg!r}; known: {', '.join(ALL_CONFIGS)}")
+        if val.parts(cfg):  # the body in before the direct_response (bench_validate.BUFFER_FILTER)
+            filters = filters + [val.BUFFER_FILTER]
         listeners.append(listener(cfg, ports[cfg], filters, xff_hops=1 if rl.parts(cfg) else 0))
     admin_port = free_port()
     ports["admin"] = admin_port
