@@ -21,6 +21,17 @@ GEO_DB="$ROOT/node_modules/$GEO_DB_PACKAGE/geo-whois-asn-country.mmdb"
 # Filter packages built into .wasm modules; module name = package name with '-' -> '_'.
 WASM_PACKAGES=(gatewarden-ip-geo gatewarden-floor gatewarden-jwt gatewarden-rate-limit gatewarden-validate)
 WASM_DIR="$ROOT/target/$WASM_TARGET/release"
+# Packages whose module is built for size: Cargo profile $SMALL_PROFILE (Cargo.toml), then
+# binaryen's wasm-opt ($WASM_OPT_FLAGS), and installed in $WASM_DIR like the others. The validation
+# filter carries jsonschema, regex and a YAML parser: 5.2 MB at the release profile
+# (docs/design/validator-choice.md, "Module size").
+SMALL_WASM_PACKAGES=(gatewarden-validate)
+SMALL_PROFILE="wasm-small"
+# binaryen from npm (package.json pins it; `npm ci` in ensure_node_modules installs it).
+WASM_OPT="$ROOT/node_modules/.bin/wasm-opt"
+# The features rustc's wasm32-wasip1 output uses (SIMD in a few dependencies' byte scans).
+WASM_OPT_FLAGS=(-Oz --enable-simd --enable-bulk-memory --enable-bulk-memory-opt --enable-sign-ext
+    --enable-nontrapping-float-to-int --enable-mutable-globals --enable-multivalue --enable-reference-types)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -79,14 +90,36 @@ ensure_apt() {
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-# Geo DB from the npm registry, pinned by package.json + package-lock.json.
+# The geo DB and binaryen (wasm-opt) from the npm registry, pinned by package.json + package-lock.json.
 ensure_node_modules() {
-    if [[ -f "$GEO_DB" && "$ROOT/node_modules/.package-lock.json" -nt "$ROOT/package-lock.json" ]]; then
+    if [[ -f "$GEO_DB" && -x "$WASM_OPT" && "$ROOT/node_modules/.package-lock.json" -nt "$ROOT/package-lock.json" ]]; then
         return 0
     fi
     log "npm ci"
     (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error)
     [[ -f "$GEO_DB" ]] || die "npm ci finished but $GEO_DB is missing"
+    [[ -x "$WASM_OPT" ]] || die "npm ci finished but $WASM_OPT is missing"
+}
+
+# is_small_package PACKAGE: built for size (SMALL_WASM_PACKAGES)?
+is_small_package() {
+    local p
+    for p in "${SMALL_WASM_PACKAGES[@]}"; do [[ "$p" == "$1" ]] && return 0; done
+    return 1
+}
+
+# shrink_module SRC DST: wasm-opt SRC into DST, unless DST already is the result for this SRC
+# (a stamp next to SRC holds the sha256 of both).
+shrink_module() {
+    local src="$1" dst="$2" stamp="${1%.wasm}.wasm-opt.sha256" want
+    want="$(sha256sum "$src" | cut -d' ' -f1)"
+    if [[ -f "$dst" && -f "$stamp" && "$(cat "$stamp")" == "$want $(sha256sum "$dst" | cut -d' ' -f1)" ]]; then
+        return 0
+    fi
+    log "wasm-opt ${WASM_OPT_FLAGS[0]} ${src#"$ROOT"/} -> ${dst#"$ROOT"/}"
+    "$WASM_OPT" "${WASM_OPT_FLAGS[@]}" "$src" -o "$dst.tmp" || die "wasm-opt failed on $src"
+    mv "$dst.tmp" "$dst"
+    printf '%s %s\n' "$want" "$(sha256sum "$dst" | cut -d' ' -f1)" >"$stamp"
 }
 
 # Kong's engine for the e2e tests: nginx with ngx_wasm_module. $GATEWARDEN_WASMX, else the prebuilt
