@@ -78,7 +78,9 @@ def parts(cfg: str) -> tuple[str, int] | None:
 
 
 def item(i: int) -> dict[str, Any]:
-    return {"sku": f"ABC-{i % 10000:04d}", "quantity": 1 + i % 5, "unit_price": 9.5 + i % 100}
+    """One order line of ~100 bytes (so that 100 KB stays within the schema's maxItems 2000)."""
+    return {"sku": f"ABC-{i % 10000:04d}", "quantity": 1 + i % 5, "unit_price": 9.5 + i % 100,
+            "gift_wrap": i % 2 == 0, "options": {"colour": "blue", "size": "L"}}
 
 
 def body(size: int) -> bytes:
