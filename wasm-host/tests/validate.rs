@@ -185,7 +185,7 @@ fn schema_violation_is_400_listing_pointer_schema_location_and_keyword() {
         let host = Host::new(profile);
         let mut vm = vm(&host, &policy("v1", 5, json!({})));
         let body = br#"{"sku": "lowercase-secret", "qty": 0}"#;
-        let out = vm.http_request(post("/orders", body)).unwrap();
+        let out = vm.http_request(post("/orders", body).source("192.0.2.7:4000")).unwrap();
         let problem: Value = serde_json::from_str(&assert_denied(&out, 400, "schema_violation", &format!("{profile:?}"))).unwrap();
         assert_eq!(problem["status"], 400);
         assert_eq!(problem["detail"], "the request body does not match the schema");
@@ -215,6 +215,7 @@ fn schema_violation_is_400_listing_pointer_schema_location_and_keyword() {
         assert_eq!(line["reason"], "schema_violation", "{profile:?}");
         assert_eq!(line["rule"], "orders");
         assert_eq!(line["policy_version"], "v1");
+        assert_eq!(line["client"], "192.0.2.7", "{profile:?}: the client, read after the body");
         let detail = line["detail"].as_str().unwrap();
         assert!(
             [
@@ -438,10 +439,15 @@ fn content_length_past_the_limit_and_a_wrong_content_type_are_refused_on_the_hea
         assert_eq!(assert_denied(&out, 413, "body_too_large", &format!("{profile:?}")), BODY_TOO_LARGE_BODY);
         assert!(out.upstream_request.is_none(), "{profile:?}: decided before the upstream");
 
-        let text = Request::new("POST", "/orders").header("content-type", "text/plain").header("content-length", "2").body(b"hi".to_vec());
+        let text = Request::new("POST", "/orders")
+            .header("content-type", "text/plain")
+            .header("content-length", "2")
+            .body(b"hi".to_vec())
+            .source("192.0.2.8:4000");
         let mut request = vm.start_request(text.hold_body_after(0)).unwrap();
         let Progress::Done(out) = request.poll().unwrap() else { panic!("{profile:?}: waited for the body") };
         assert_denied(&out, 415, "unsupported_media_type", &format!("{profile:?}"));
+        assert_eq!(decision_lines(&host).pop().unwrap()["client"], "192.0.2.8", "{profile:?}: the client, on the headers");
         assert_eq!(body_reads(&host), 0, "{profile:?}");
         assert_eq!(counter(&host, &vm, "denied_body_too_large"), 1, "{profile:?}");
         assert_eq!(counter(&host, &vm, "denied_unsupported_media_type"), 1, "{profile:?}");

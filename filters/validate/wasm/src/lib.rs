@@ -22,6 +22,7 @@
 
 mod documents;
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use gatewarden_glue::decision_log::DecisionRecord;
@@ -103,12 +104,12 @@ impl Enforcer for Validate {
             Start::Done(out) => out,
             Start::NeedBody(plan) => policy.finish(plan, BodyInput::Unavailable),
         };
-        to_outcome(policy, out, facts.header("x-request-id"))
+        to_outcome(policy, out, facts.header("x-request-id"), || client_of(policy, facts))
     }
 
     fn start(policy: &ValidatePolicy, slot: &Slot, facts: &RequestFacts<'_>) -> Step {
         match policy.start_with(facts, &|rule| slot.get(rule)) {
-            Start::Done(out) => Step::Done(to_outcome(policy, out, facts.header("x-request-id"))),
+            Start::Done(out) => Step::Done(to_outcome(policy, out, facts.header("x-request-id"), || client_of(policy, facts))),
             Start::NeedBody(plan) => Step::NeedBody { max_bytes: plan.max_bytes, pending: Pending::new(plan) },
         }
     }
@@ -126,14 +127,15 @@ impl Enforcer for Validate {
                 return Step::Unavailable("validate: resumed with a callout answer it never asked for")
             }
         };
-        Step::Done(to_outcome(policy, policy.finish(plan, body), None))
+        Step::Done(to_outcome(policy, policy.finish(plan, body), None, || client_now(policy)))
     }
 }
 
 /// The glue's outcome of a validation: the problem body, its media type and `Allow` on a
 /// denial, the first error in the log's detail; an unvalidated request counted and logged.
-/// `request_id`: the `x-request-id` header when it was read with the others.
-fn to_outcome(policy: &ValidatePolicy, out: ValidateOutcome, request_id: Option<&str>) -> Outcome {
+/// `request_id`: the `x-request-id` header when it was read with the others; `client`: the
+/// client address for the log line of a denial (called for denials only).
+fn to_outcome(policy: &ValidatePolicy, out: ValidateOutcome, request_id: Option<&str>, client: impl FnOnce() -> Option<IpAddr>) -> Outcome {
     let ValidateOutcome { decision, reason, errors, body, allow, unvalidated, .. } = out;
     // A body the host cannot hand over is the failure mode's to decide, like a fetched
     // document not loaded yet (which the policy decides itself).
@@ -151,7 +153,8 @@ fn to_outcome(policy: &ValidatePolicy, out: ValidateOutcome, request_id: Option<
         Some(e) => format!("pointer={}; schema={}; keyword={}", e.instance, e.schema, e.keyword),
         None => String::new(),
     };
-    let mut outcome = Outcome::new(decision, None, detail);
+    let client = if reason.is_some() { client() } else { None };
+    let mut outcome = Outcome::new(decision, client, detail);
     if reason.is_some() {
         outcome.response_headers.push(("content-type".to_owned(), PROBLEM_JSON.to_owned()));
         if let Some(methods) = allow {
@@ -160,6 +163,24 @@ fn to_outcome(policy: &ValidatePolicy, out: ValidateOutcome, request_id: Option<
     }
     outcome.body = body;
     outcome
+}
+
+/// The client address of a request, as the policy's `client_address` settings say (the log
+/// line's client; a request whose address cannot be worked out is logged without one).
+fn client_of(policy: &ValidatePolicy, facts: &RequestFacts<'_>) -> Option<IpAddr> {
+    policy.header().client_address.resolve(facts).ok()
+}
+
+/// [`client_of`] for a request decided after its body, whose request facts are gone: the headers
+/// the settings read and the peer address, read from the host now (denials only).
+fn client_now(policy: &ValidatePolicy) -> Option<IpAddr> {
+    let resolver = &policy.header().client_address;
+    let mut needs = HeaderNeeds::default();
+    resolver.add_needs(&mut needs);
+    let headers: Vec<(String, String)> =
+        needs.names().iter().filter_map(|n| host::request_header(n).ok().flatten().map(|v| (n.clone(), v))).collect();
+    let peer = host::property_encoded(host::SOURCE_ADDRESS).ok().flatten().and_then(|b| String::from_utf8(b).ok());
+    resolver.resolve(&RequestFacts::new(&headers, peer.as_deref())).ok()
 }
 
 /// Counts and logs (info) a request let through without validation.
