@@ -347,6 +347,13 @@ class _Server(_Stoppable):
 class _EchoHandler(_QuietHandler):
     def _echo(self) -> None:
         owner: EchoUpstream = self.server.owner  # type: ignore[attr-defined]
+        early = self.headers.get("x-echo-answer-early")
+        if early:  # an upstream that answers on the headers alone, before reading any body
+            with owner.lock:
+                owner.count += 1
+            self.close_connection = True
+            self._send(int(early), b"answered before the body\n", "text/plain")
+            return
         body = self._read_body()
         headers: dict[str, str] = {}
         for k, v in self.headers.items():
@@ -365,6 +372,8 @@ class _EchoHandler(_QuietHandler):
 
 class EchoUpstream(_Server):
     """Upstream that answers 200 with the request it received as JSON; `count` and `last` record them.
+    A request with `x-echo-answer-early: <status>` is answered with that status at once, its body
+    never read (an upstream that refuses on the headers alone).
     `body_bytes` adds up the request body bytes it received: a request whose headers a proxy sent
     on and then reset (Envoy, when a filter that read the body denies it) counts in `count`, and
     its body in `body_bytes` only as far as any of it arrived."""

@@ -599,6 +599,44 @@ def test_chunked_body_of_5mb_stops_at_the_limit(gw: BaseGateway, host: str, repo
 
 
 @pytest.mark.hosts("envoy")
+def test_an_upstream_answer_before_the_body_goes_on_and_the_body_never_does(gw: BaseGateway) -> None:
+    """Envoy sends the headers of a request that waits for its body on to the upstream; one that
+    answers on the headers alone (here a 401) has its answer passed to the client, counted
+    `answered_before_body`, and not one byte of the held body reaches it (the client has sent a
+    part and holds the rest)."""
+    before = snapshot(gw)
+    head = (f"POST /api/orders HTTP/1.1\r\nhost: shop\r\ncontent-type: application/json\r\n"
+            f"idempotency-key: {IDEMPOTENCY['idempotency-key']}\r\nx-echo-answer-early: 401\r\n"
+            f"content-length: 4096\r\n\r\n")
+    sock = open_request(gw, head)
+    try:
+        sock.sendall(b'{"customer_id": ')
+        r = read_response(gw, sock)
+    finally:
+        sock.close()
+    assert (r.status, r.body) == (401, b"answered before the body\n"), (r.status, r.body)
+    got = harness.counter_changes(before, snapshot(gw))
+    assert got == {"answered_before_body": 1, "rq_4xx": 1}, got
+
+
+@pytest.mark.hosts("envoy")
+def test_envoys_own_413_past_its_buffer_limit_goes_on(start_gateway) -> None:
+    """A rule that reads bodies larger than the listener's per_connection_buffer_limit_bytes (1 MiB
+    by default): Envoy answers 413 itself when the body it buffers for the filter passes the limit.
+    That local reply refuses the request as the filter would have, so it reaches the client (not a
+    503), counted as `body_too_large`; nothing reaches the upstream."""
+    rule = {**HOOKS_RULE, "max_body_bytes": 4 * 1024 * 1024}
+    gw = start_gateway({FILTER: {"policy_version": "limit-1", "rules": [rule], "default": {}}}, **host_kwargs("envoy"))
+    before = snapshot(gw)
+    big = as_bytes({"event": "push", "id": "evt_0a1b2c3d", "data": {"x": "y" * (1536 * 1024)}})
+    r = send(gw, "POST", "/hooks/github", big, SIGNATURE)
+    assert r.status == 413, (r.status, r.text)
+    got = harness.counter_changes(before, snapshot(gw))
+    assert got.get("body_too_large") == 1 and got.get("upstream_body_bytes", 0) == 0, got
+    assert not any(k.startswith("denied") for k in got), got
+
+
+@pytest.mark.hosts("envoy")
 def test_chunked_bodies_are_read_whole_on_envoy(gw: BaseGateway) -> None:
     data = as_bytes(new_order(items=300))
     pieces = [data[i:i + 997] for i in range(0, len(data), 997)]

@@ -7,10 +7,10 @@
 //!   before any filter runs. So `client_body_buffer_size` ≥ the largest `max_body_bytes`, and
 //!   `client_max_body_size` ≥ it (we never lower nginx's default 1m).
 //! - Envoy: a body the filter waits for is buffered in the stream, up to the listener's
-//!   `per_connection_buffer_limit_bytes` (default 1 MiB). Past it Envoy answers 413 itself, and
-//!   that answer reaches the filter before it decided: the glue fails the request closed, so the
-//!   client gets a 503 (measured on Envoy 1.40 with max_body_bytes 4 MiB: a 1,048,576-byte body
-//!   validated, 1,049,000 bytes a 503). With max_body_bytes at most the limit the filter refuses
+//!   `per_connection_buffer_limit_bytes` (default 1 MiB). Past it Envoy answers 413 itself (its
+//!   own body, counted `body_too_large` by the glue), so a body between the limit and
+//!   `max_body_bytes` is refused, never validated (measured on Envoy 1.40 with max_body_bytes 4 MiB:
+//!   a 1,048,576-byte body validated, 1,049,000 bytes Envoy's 413). With max_body_bytes at most the limit the filter refuses
 //!   larger bodies itself (413) before Envoy's limit is reached. The ECDS resource cannot set the
 //!   listener's limit, so `render` warns instead.
 

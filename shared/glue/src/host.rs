@@ -232,10 +232,19 @@ pub fn request_headers() -> Result<Vec<(String, String)>, HostError> {
 
 /// One request header (the first value), `Ok(None)` when absent.
 pub fn request_header(name: &str) -> Result<Option<String>, HostError> {
+    header_value(MAP_HTTP_REQUEST_HEADERS, name)
+}
+
+/// One response header (the first value), `Ok(None)` when absent, in `on_response_headers`.
+pub fn response_header(name: &str) -> Result<Option<String>, HostError> {
+    header_value(MAP_HTTP_RESPONSE_HEADERS, name)
+}
+
+fn header_value(map: u32, name: &str) -> Result<Option<String>, HostError> {
     let mut ptr = null_mut();
     let mut size = 0usize;
     // SAFETY: pointers are valid; the returned buffer is taken by `take`.
-    let code = unsafe { proxy_get_header_map_value(MAP_HTTP_REQUEST_HEADERS, name.as_ptr(), name.len(), &mut ptr, &mut size) };
+    let code = unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut ptr, &mut size) };
     match code {
         // Envoy answers Ok with no bytes for an absent header; Kong answers NotFound.
         STATUS_OK if ptr.is_null() => Ok(None),

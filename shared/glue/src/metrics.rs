@@ -49,6 +49,7 @@ impl Counter {
     pub const CALLOUT_LATE: Counter = Counter("callout_late");
     pub const WAITING_ABANDONED: Counter = Counter("waiting_abandoned");
     pub const WAITING_FAILED: Counter = Counter("waiting_failed");
+    pub const ANSWERED_BEFORE_BODY: Counter = Counter("answered_before_body");
 
     /// A filter's own counter: declare it once as a `const` in the filter and list its name in
     /// `Enforcer::extra_counters` (an undefined counter is never incremented).

@@ -68,6 +68,7 @@ pub const COUNTERS: &[Counter] = &[
     Counter::CALLOUT_FAILED,
     Counter::CALLOUT_TOO_LARGE,
     Counter::WAITING_ABANDONED,
+    Counter::ANSWERED_BEFORE_BODY,
     Counter::WAITING_FAILED,
     Counter::CALLOUT_LATE,
 ];
@@ -357,10 +358,38 @@ impl<F: Enforcer> Waiting<F> {
 /// The request reached the upstream's answer while still waiting (a host that let it go on
 /// without the callback the glue waited for): the upstream has seen it, but the client gets a
 /// 503 instead of the answer, and it is logged and counted as `waiting_failed`.
-pub fn undecided<F: Enforcer>(_waiting: Waiting<F>) -> Flow {
+///
+/// A request waiting for its *body* on Envoy is the exception. Its headers went on (Envoy runs
+/// the body callbacks only then) but not one byte of its body: every chunk is held (stop and
+/// buffer) until the decision. An upstream that answers
+/// on the headers alone (a 401 before reading the body, Envoy's `direct_response`) has seen
+/// nothing the filter would have refused, so its answer goes on, counted as
+/// `answered_before_body` and logged. Envoy's own 413 for a body past the listener's
+/// `per_connection_buffer_limit_bytes` (a local reply, response code details
+/// `request_payload_too_large`) goes on the same way, counted as `body_too_large`: it refuses
+/// the request as the filter would have. Not on ngx_wasm_module: there a request goes on
+/// undecided only when the engine skipped the body callback, and its body may have gone with it.
+pub fn undecided<F: Enforcer>(waiting: Waiting<F>) -> Flow {
     let filter = name::<F>();
+    if matches!(waiting.on, WaitingOn::Body { .. }) && host::host_kind() == HostKind::Envoy {
+        let (counter, what) = if host_refused_the_body() {
+            (Counter::BODY_TOO_LARGE, "the host refused the request body as too large (413)")
+        } else {
+            (Counter::ANSWERED_BEFORE_BODY, "the upstream answered on the request headers, before the body was read")
+        };
+        metrics::tally(filter, counter);
+        host::log(Level::Info, format_args!("gatewarden {filter}: {what}; its answer goes on, the body was never forwarded"));
+        return Flow::Continue;
+    }
     metrics::tally(filter, Counter::WAITING_FAILED);
     fail_closed(filter, "the upstream answered a request the filter had not decided yet", Counter::HOST_ERROR)
+}
+
+/// Whether the response is the host's own 413 for a request body it would not buffer.
+fn host_refused_the_body() -> bool {
+    let status = host::response_header(":status").ok().flatten();
+    let details = host::property(&["response", "code_details"]).ok().flatten();
+    status.as_deref() == Some("413") && details.as_deref() == Some(b"request_payload_too_large".as_slice())
 }
 
 /// The body (or its end, or its overflow) arrived for a request waiting for it.
