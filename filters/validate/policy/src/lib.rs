@@ -18,11 +18,11 @@
 
 mod config;
 pub mod media;
+pub mod openapi;
 pub mod params;
-mod refs;
 mod plain;
 mod policy;
-pub mod openapi;
+mod refs;
 pub mod schema;
 
 pub use config::{ValidateDocument, ValidateRule};
