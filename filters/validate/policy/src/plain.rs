@@ -110,29 +110,13 @@ impl PlainRule {
                 None => return deny(ValidateReason::UnknownPath),
             },
         };
-        if !self.params.is_empty() {
-            let input = ParamInput { path_params: &path_params, raw_query: raw_query(facts), headers: facts.headers };
-            let errors = self.params.check(&input, limits.max_errors);
-            if !errors.is_empty() {
-                return Start::Done(ValidateOutcome::invalid_parameters(rule, errors, limits.verbose));
-            }
+        if let Some(denied) = check_params(rule, &self.params, &path_params, limits, facts) {
+            return denied;
         }
         let Some(schema) = &self.body_schema else {
             return Start::Done(ValidateOutcome::allow(rule));
         };
-        let content_type = self.content_type(facts);
-        match body_length(facts) {
-            BodyLength::Empty if self.body_required => deny(ValidateReason::BodyMissing),
-            BodyLength::Empty => Start::Done(ValidateOutcome::allow(rule)),
-            BodyLength::Over => deny(ValidateReason::BodyTooLarge),
-            BodyLength::Declared(n) if n > limits.max_body_bytes => deny(ValidateReason::BodyTooLarge),
-            BodyLength::Declared(_) | BodyLength::Chunked if content_type != ContentTypeCheck::Allowed => {
-                deny(ValidateReason::UnsupportedMediaType)
-            }
-            BodyLength::Declared(_) | BodyLength::Chunked | BodyLength::Unknown => {
-                Start::NeedBody(BodyPlan::new(rule, Some(schema.clone()), limits, self.body_required, content_type))
-            }
-        }
+        body_step(rule, facts, limits, Some(schema.clone()), self.body_required, self.content_type(facts))
     }
 
     fn content_type(&self, facts: &RequestFacts<'_>) -> ContentTypeCheck {
@@ -151,6 +135,50 @@ pub(crate) fn raw_query<'a>(facts: &RequestFacts<'a>) -> Option<&'a str> {
     let full = facts.header(":path")?;
     let (_, query) = full.split_once('?')?;
     Some(query.split('#').next().unwrap_or(query))
+}
+
+/// The parameters' verdict: `Some` denial (400 `invalid_parameter`, listing the errors) or
+/// `None` when they are valid. Shared by the plain and OpenAPI forms.
+pub(crate) fn check_params(
+    rule: &Arc<str>,
+    params: &ParamSet,
+    path_params: &[(String, String)],
+    limits: &Limits,
+    facts: &RequestFacts<'_>,
+) -> Option<Start> {
+    if params.is_empty() {
+        return None;
+    }
+    let input = ParamInput { path_params, raw_query: raw_query(facts), headers: facts.headers };
+    let errors = params.check(&input, limits.max_errors);
+    (!errors.is_empty()).then(|| Start::Done(ValidateOutcome::invalid_parameters(rule, errors, limits.verbose)))
+}
+
+/// What the request headers decide about a body the rule reads: missing (400), too large (413,
+/// by `content-length`), the wrong content type (415), or read it (at most `max_body_bytes`).
+/// A body the headers do not announce (HTTP/2 without `content-length`) is asked for: `finish`
+/// decides. Shared by the plain and OpenAPI forms.
+pub(crate) fn body_step(
+    rule: &Arc<str>,
+    facts: &RequestFacts<'_>,
+    limits: &Limits,
+    schema: Option<Arc<BodySchema>>,
+    required: bool,
+    content_type: ContentTypeCheck,
+) -> Start {
+    let deny = |reason| Start::Done(ValidateOutcome::deny(rule, reason));
+    match body_length(facts) {
+        BodyLength::Empty if required => deny(ValidateReason::BodyMissing),
+        BodyLength::Empty => Start::Done(ValidateOutcome::allow(rule)),
+        BodyLength::Over => deny(ValidateReason::BodyTooLarge),
+        BodyLength::Declared(n) if n > limits.max_body_bytes => deny(ValidateReason::BodyTooLarge),
+        BodyLength::Declared(_) | BodyLength::Chunked if content_type != ContentTypeCheck::Allowed => {
+            deny(ValidateReason::UnsupportedMediaType)
+        }
+        BodyLength::Declared(_) | BodyLength::Chunked | BodyLength::Unknown => {
+            Start::NeedBody(BodyPlan::new(rule, schema, limits, required, content_type))
+        }
+    }
 }
 
 /// What the headers say about the body's length.

@@ -186,7 +186,7 @@ fn ref_named_in(schema: &Value, message: &str, at: String) -> Option<String> {
 }
 
 /// `s` cut to `max` characters, with `…` when cut.
-fn excerpt(s: &str, max: usize) -> String {
+pub(crate) fn excerpt(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((at, _)) => format!("{}…", s.get(..at).unwrap_or_default()),
         None => s.to_owned(),

@@ -102,7 +102,7 @@ use gatewarden_policy::error::{quote, ConfigError, FieldPath};
 
 use crate::media::{MediaRange, MediaType};
 use crate::params::ParamSet;
-use crate::schema::{draft_name, draft_of, BodySchema, REGEX_SIZE_LIMIT};
+use crate::schema::{draft_name, draft_of, excerpt, BodySchema, REGEX_SIZE_LIMIT};
 
 pub use dialect::Dialect;
 pub use document::{MAX_OPERATIONS, MAX_PATHS, MAX_REF_HOPS};
@@ -606,14 +606,6 @@ fn is_json_key(k: &str) -> bool {
     match essence.split_once('/') {
         Some(("application", sub)) => sub == "json" || sub.ends_with("+json"),
         _ => false,
-    }
-}
-
-/// `s` cut to `max` characters, with `…` when cut.
-fn excerpt(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…", s.get(..at).unwrap_or_default()),
-        None => s.to_owned(),
     }
 }
 

@@ -21,9 +21,8 @@ use gatewarden_policy::facts::{HeaderNeeds, RequestFacts};
 use gatewarden_policy::remote::{RemoteSource, ResourceKind};
 
 use crate::config::{OpenApiSpec, UnknownRoute};
-use crate::params::ParamInput;
-use crate::plain::{body_length, raw_query, BodyLength};
-use crate::policy::{BodyPlan, ContentTypeCheck, Limits, Start, ValidateOutcome, ValidateReason};
+use crate::plain::{body_step, check_params};
+use crate::policy::{ContentTypeCheck, Limits, Start, ValidateOutcome, ValidateReason};
 
 use super::{BodyChoice, OpenApi, OpenApiOptions, Route, MAX_DOCUMENT_BYTES};
 
@@ -153,32 +152,16 @@ impl OpenApiRule {
                 return Start::Done(unknown(rule, self.unknown_method, ValidateReason::MethodNotAllowed, Some(allow)))
             }
         };
-        if !op.params().is_empty() {
-            let input = ParamInput { path_params: &path_params, raw_query: raw_query(facts), headers: facts.headers };
-            let errors = op.params().check(&input, limits.max_errors);
-            if !errors.is_empty() {
-                return Start::Done(ValidateOutcome::invalid_parameters(rule, errors, limits.verbose));
-            }
+        if let Some(denied) = check_params(rule, op.params(), &path_params, limits, facts) {
+            return denied;
         }
-        let deny = |reason| Start::Done(ValidateOutcome::deny(rule, reason));
         let (body, schema, content_type) = match op.body_for(facts.header("content-type")) {
             BodyChoice::NotDescribed => return Start::Done(ValidateOutcome::allow(rule)),
             BodyChoice::Media(body, entry) => (body, entry.schema().cloned(), ContentTypeCheck::Allowed),
             BodyChoice::NoContentType(body) => (body, None, ContentTypeCheck::Missing),
             BodyChoice::Unsupported(body) => (body, None, ContentTypeCheck::NotAllowed),
         };
-        match body_length(facts) {
-            BodyLength::Empty if body.required => deny(ValidateReason::BodyMissing),
-            BodyLength::Empty => Start::Done(ValidateOutcome::allow(rule)),
-            BodyLength::Over => deny(ValidateReason::BodyTooLarge),
-            BodyLength::Declared(n) if n > limits.max_body_bytes => deny(ValidateReason::BodyTooLarge),
-            BodyLength::Declared(_) | BodyLength::Chunked if content_type != ContentTypeCheck::Allowed => {
-                deny(ValidateReason::UnsupportedMediaType)
-            }
-            BodyLength::Declared(_) | BodyLength::Chunked | BodyLength::Unknown => {
-                Start::NeedBody(BodyPlan::new(rule, schema, limits, body.required, content_type))
-            }
-        }
+        body_step(rule, facts, limits, schema, body.required, content_type)
     }
 }
 
