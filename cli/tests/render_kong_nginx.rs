@@ -10,13 +10,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 mod common;
-use common::{modules_dir, root, run, s, trust_settings};
+use common::{engine, modules_dir, root, run, s, trust_settings};
 
 fn temp_dir(name: &str) -> PathBuf {
     common::temp_dir("render-kn", name)
@@ -300,28 +299,6 @@ fn nginx_refuses_a_policy_longer_than_an_nginx_parameter_and_kong_takes_it() {
 
 // ---- the real engine ----
 
-fn engine() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("GATEWARDEN_WASMX").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
-    let shipped = root().join("../shared/wasmx/bin/nginx");
-    shipped.is_file().then_some(shipped)
-}
-
-/// nginx in the foreground, one process (`master_process off`): killed on drop.
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A raw HTTP/1.1 GET; returns the status code.
 fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<u16> {
     get_with_body(port, path, headers).map(|(status, _)| status)
@@ -362,42 +339,10 @@ fn rendered_config_runs_on_the_real_engine() {
     let conf = d.join("conf");
     let (code, _, err) = run(&["render", "--target", "nginx", "--module", s(&module), "--vm-config", s(&trust), "--out", s(&conf), s(&p)]);
     assert_eq!(code, 0, "{err}");
-    let (port, upstream) = (free_port(), free_port());
-    std::fs::create_dir_all(d.join("logs")).unwrap();
-    let main_conf = format!(
-        "daemon off; master_process off; worker_processes 1; error_log logs/error.log info; pid logs/nginx.pid;\n\
-         events {{}}\n\
-         include conf/gatewarden_ip_geo.wasm.conf;\n\
-         http {{\n\
-             access_log off;\n\
-             client_body_temp_path tmp_body; proxy_temp_path tmp_proxy; fastcgi_temp_path tmp_fcgi; uwsgi_temp_path tmp_uwsgi; scgi_temp_path tmp_scgi;\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ include conf/gatewarden_ip_geo.location.conf; proxy_pass http://127.0.0.1:{upstream}/; }} }}\n\
-             server {{ listen 127.0.0.1:{upstream}; location / {{ return 200 \"upstream $request_uri\\n\"; }} }}\n\
-         }}\n"
-    );
-    std::fs::write(d.join("nginx.conf"), main_conf).unwrap();
-    let child = Command::new(&nginx)
-        .args(["-p", s(&d), "-c", s(&d.join("nginx.conf"))])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = Nginx(child);
-    let log = d.join("logs/error.log");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let accepted = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("gatewarden ip_geo: policy \"v1\" accepted") {
-            break true;
-        }
-        if Instant::now() > deadline || text.contains("[emerg]") {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let (port, _nginx) = match common::start_rendered(&nginx, &d, "gatewarden_ip_geo.wasm", "ip_geo", "v1") {
+        Ok(started) => started,
+        Err(log) => panic!("the signed policy was not accepted through the rendered module line:\n{log}"),
     };
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(accepted, "the signed policy was not accepted through the rendered module line:\n{text}");
     // The policy's regex (`\d`), quote and tab survived nginx's parser: only the exact header matches.
     assert_eq!(get(port, "/o'brien/12", &[("x-note", "it's \"quoted\"\ttab")]), Some(403));
     assert_eq!(get(port, "/o'brien/12", &[("x-note", "its \"quoted\"\ttab")]), Some(200));

@@ -11,13 +11,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 mod common;
-use common::{modules_dir, root, run, run_in, s, trust_settings};
+use common::{engine, modules_dir, root, run, run_in, s, trust_settings};
 
 fn temp_dir(name: &str) -> PathBuf {
     common::temp_dir("validate", name)
@@ -213,28 +213,6 @@ fn shipped_validate_policy_example_and_embedded_copies_agree() {
 
 // ---- the real engine ----
 
-fn engine() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("GATEWARDEN_WASMX").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
-    let shipped = root().join("../shared/wasmx/bin/nginx");
-    shipped.is_file().then_some(shipped)
-}
-
-/// nginx in the foreground, one process (`master_process off`): killed on drop.
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A raw HTTP/1.1 POST of `body` (with content-length, or chunked in 8 KiB chunks): the status
 /// and the response body.
 fn post(port: u16, path: &str, body: &[u8], chunked: bool) -> Option<(u16, String)> {
@@ -291,42 +269,11 @@ fn nginx_render_keeps_bodies_in_memory_on_the_real_engine() {
     let conf = d.join("conf");
     let (code, _, err) = run(&["render", "--target", "nginx", "--module", s(&module), "--out", s(&conf), s(&p)]);
     assert_eq!(code, 0, "{err}");
-    let (port, upstream) = (free_port(), free_port());
-    std::fs::create_dir_all(d.join("logs")).unwrap();
-    let main_conf = format!(
-        "daemon off; master_process off; worker_processes 1; error_log logs/error.log info; pid logs/nginx.pid;\n\
-         events {{}}\n\
-         include conf/gatewarden_validate.wasm.conf;\n\
-         http {{\n\
-             access_log off;\n\
-             client_body_temp_path tmp_body; proxy_temp_path tmp_proxy; fastcgi_temp_path tmp_fcgi; uwsgi_temp_path tmp_uwsgi; scgi_temp_path tmp_scgi;\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ include conf/gatewarden_validate.location.conf; proxy_pass http://127.0.0.1:{upstream}/; }} }}\n\
-             server {{ listen 127.0.0.1:{upstream}; location / {{ return 200 \"upstream $request_uri\\n\"; }} }}\n\
-         }}\n"
-    );
-    std::fs::write(d.join("nginx.conf"), main_conf).unwrap();
-    let child = Command::new(&nginx)
-        .args(["-p", s(&d), "-c", s(&d.join("nginx.conf"))])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _guard = Nginx(child);
-    let log = d.join("logs/error.log");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let accepted = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("gatewarden validate: policy \"v1\" accepted") {
-            break true;
-        }
-        if Instant::now() > deadline || text.contains("[emerg]") {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let (port, _nginx) = match common::start_rendered(&nginx, &d, "gatewarden_validate.wasm", "validate", "v1") {
+        Ok(started) => started,
+        Err(log) => panic!("the policy was not accepted:\n{log}"),
     };
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(accepted, "the policy was not accepted:\n{text}");
+    let log = d.join("logs/error.log");
     // Within max_body_bytes: kept in memory (not spilled), read and validated.
     assert_eq!(post(port, "/doc", &json_of('a', 80_000), false).map(|r| r.0), Some(200));
     assert_eq!(post(port, "/doc", &json_of('a', 100_000), false).map(|r| r.0), Some(200), "a body of exactly max_body_bytes");
