@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from policy_reference import cli  # noqa: E402  (the gatewarden binary, built if missing)
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = "deploy/policies/validate.json"
@@ -35,13 +37,6 @@ BEGIN = re.compile(r"^(?P<indent> *)# BEGIN generated: .*$", re.M)
 END = "# END generated"
 
 
-def cli() -> str:
-    if os.environ.get("GATEWARDEN_CLI"):
-        return os.environ["GATEWARDEN_CLI"]
-    path = ROOT / "target" / "debug" / "gatewarden"
-    if not path.exists():
-        subprocess.run(["cargo", "build", "-q", "-p", "gatewarden"], cwd=ROOT, check=True)
-    return str(path)
 
 
 def gatewarden(*args: str) -> str:

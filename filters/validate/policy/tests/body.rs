@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::time::Instant;
-
+mod common;
+use common::measured;
 use gatewarden_policy::{compile, ConfigError, RequestFacts, Verdict};
 use gatewarden_validate_policy::{ValidateOutcome, ValidatePolicy, ValidateReason, INVALID_JSON_BODY};
 use serde_json::{json, Value};
@@ -206,14 +206,6 @@ fn invalid_json_and_rules_without_a_schema() {
     let routed = compile::<ValidatePolicy>(doc.to_string().as_bytes()).unwrap();
     assert!(!routed.needs_body(&facts), "the default has no schema: the body is not read");
     assert_eq!(routed.check_body(&facts, b"not json").decision.verdict, Verdict::Allow);
-}
-
-/// Runs `f`, prints how long it took (the figures in docs/design/validator-choice.md).
-fn measured<T>(what: &str, f: impl FnOnce() -> T) -> T {
-    let t = Instant::now();
-    let out = f();
-    eprintln!("measured: {what}: {:?}", t.elapsed());
-    out
 }
 
 #[test]

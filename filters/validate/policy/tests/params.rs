@@ -5,8 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+use common::measured;
 use std::sync::Arc;
-use std::time::Instant;
 
 use gatewarden_policy::error::FieldPath;
 use gatewarden_validate_policy::params::{ParamInput, ParamSet, MAX_ITEMS, MAX_QUERY_PAIRS};
@@ -451,13 +452,6 @@ fn config_errors_name_the_parameter_field() {
     // `x-` extensions, descriptions, examples and the flags the check ignores are accepted.
     let ok = json!([{"name": "a", "in": "query", "schema": {}, "x-owner": 1, "description": "d", "example": 1, "deprecated": true, "allowEmptyValue": true, "allowReserved": false}]);
     assert!(ParamSet::compile(ok.as_array().unwrap(), &[], &schemas, &FieldPath::root()).is_ok());
-}
-
-fn measured<T>(what: &str, f: impl FnOnce() -> T) -> T {
-    let t = Instant::now();
-    let out = f();
-    eprintln!("measured: {what}: {:?}", t.elapsed());
-    out
 }
 
 #[test]
