@@ -650,7 +650,7 @@ pub fn add_allowed_response_headers<F: Enforcer>(headers: &[(String, String)]) {
 
 /// `allow; rule=<rule>; version=<version>`, built without the formatting machinery (every
 /// allowed request sends it).
-fn allow_header_value(rule: &str, version: &str) -> String {
+pub fn allow_header_value(rule: &str, version: &str) -> String {
     const RULE: &str = "allow; rule=";
     const VERSION: &str = "; version=";
     let mut value = String::with_capacity(RULE.len() + rule.len() + VERSION.len() + version.len());

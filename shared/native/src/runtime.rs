@@ -1,0 +1,748 @@
+//! The native runtime: the same filters (the glue's [`Enforcer`]s, the same policy crates and the
+//! same [`Step`] pipeline) driven by Envoy's dynamic-module event hooks instead of Proxy-Wasm.
+//!
+//! ```text
+//! on_http_filter_config_new(name, filter_config)  main thread, per configuration (ECDS push)
+//!   approvals ─ compile_set::<F::Policy>() ─ check_host ─▶ Native<F>   (or log, count, null:
+//!                                                                    Envoy refuses the update)
+//! on_http_filter_new ─▶ Request<F>               worker thread, per stream
+//! request_headers ─ F::start(policy, state, facts) ─▶ Done ─▶ act (allow / deny / dry run)
+//!                                                  ─▶ NeedBody: StopIteration, body hooks buffer,
+//!                                                     then F::resume(Body | TooLarge | NoBody)
+//!                                                  ─▶ Call(Http): callout, StopIteration, resume
+//! ```
+//!
+//! What differs from the Wasm glue, by design:
+//! - **No VM**: one configuration object serves every worker. A policy and its compiled schemas,
+//!   key sets and tables exist once per process, not once per worker.
+//! - **Policy state** ([`Enforcer::PolicyState`]) is per worker ([`PerWorker`]: one uncontended
+//!   mutex each) unless the filter makes it shared itself (the rate limiter's one table for all
+//!   workers, see the native crate).
+//! - **Counters** go to Envoy at once (an atomic add in Envoy), no tally and flush.
+//! - **Live update**: Envoy builds a new configuration for every filter-config push (ECDS) and
+//!   keeps the old one until its streams end; a refused document returns null and Envoy keeps
+//!   serving the last good configuration. Requests in flight finish with the policy they began with.
+//! - **Trust settings** (approvals) come from the file named by `GATEWARDEN_TRUST_FILE` in Envoy's
+//!   environment (the platform owner's, never the policy's), read once at module load.
+
+use std::cell::OnceCell;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use gatewarden_glue::decision_log::DecisionRecord;
+use gatewarden_glue::metrics::{Counter, OUTCOMES};
+use gatewarden_glue::pipeline::{CallFailure, Callout, HostCaps, Pending, Resumed, Step, MAX_STEPS};
+use gatewarden_glue::rollout::{self as rollout_glue, ShadowRecord};
+use gatewarden_glue::runtime::{allow_header_value, decision_header_name};
+use gatewarden_glue::{Enforcer, Outcome};
+use gatewarden_policy::approvals::TrustConfig;
+use gatewarden_policy::decision::UNAVAILABLE_BODY;
+use gatewarden_policy::facts::HeaderNeeds;
+use gatewarden_policy::rollout::{disagree, Role, Rollout};
+use gatewarden_policy::{compile_set, FilterPolicy, Header, Mode, RequestFacts, Verdict};
+
+use crate::abi;
+use crate::envoy::{self, ConfigHandle, Level, Stream};
+
+/// What this host can do, for [`Enforcer::check_host`]: Envoy's body in chunks; no gRPC callouts
+/// in the dynamic-module ABI (only HTTP), so a policy that needs one is refused at configure time.
+pub const NATIVE_CAPS: HostCaps = HostCaps { grpc: false, chunked_body: true, name: "envoy-native" };
+
+/// A filter the native runtime can serve: the glue's [`Enforcer`] whose policy and state can be
+/// shared by (policy) or moved to (state) worker threads.
+pub trait NativeFilter: Enforcer
+where
+    Self::Policy: Send + Sync,
+    Self::PolicyState: Send,
+{
+}
+impl<F> NativeFilter for F
+where
+    F: Enforcer,
+    F::Policy: Send + Sync,
+    F::PolicyState: Send,
+{
+}
+
+/// The approvals' trust settings of this process (`GATEWARDEN_TRUST_FILE`), or why they are invalid.
+fn trust() -> &'static Result<TrustConfig, String> {
+    static TRUST: OnceLock<Result<TrustConfig, String>> = OnceLock::new();
+    TRUST.get_or_init(|| match std::env::var_os("GATEWARDEN_TRUST_FILE") {
+        None => Ok(TrustConfig::default()),
+        Some(path) => match std::fs::read(&path) {
+            Ok(bytes) => TrustConfig::parse(&bytes).map_err(|e| format!("invalid trust settings in {}: {e}", path.to_string_lossy())),
+            Err(e) => Err(format!("cannot read the trust settings {}: {e}", path.to_string_lossy())),
+        },
+    })
+}
+
+thread_local! {
+    /// Filter-specific counters a decision asked for ([`tally`]), counted when the request is acted on.
+    static TALLY: std::cell::RefCell<Vec<&'static str>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Counts `gatewarden_<filter>_<name>` for the request being decided on this thread (a filter's
+/// own counter, listed in its `Enforcer::extra_counters`).
+pub fn tally(name: &'static str) {
+    TALLY.with(|t| t.borrow_mut().push(name));
+}
+
+/// Per-worker values, one mutex each (a worker only ever locks its own: never contended).
+pub struct PerWorker<S> {
+    slots: Vec<Mutex<S>>,
+}
+
+impl<S> PerWorker<S> {
+    fn new(workers: usize, mut make: impl FnMut() -> S) -> Self {
+        Self { slots: (0..workers.max(1)).map(|_| Mutex::new(make())).collect() }
+    }
+
+    fn with<R>(&self, worker: u32, f: impl FnOnce(&S) -> R) -> Option<R> {
+        let n = self.slots.len();
+        let slot = self.slots.get(usize::try_from(worker).unwrap_or(0) % n.max(1))?;
+        let guard = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Some(f(&guard))
+    }
+}
+
+/// Counter ids of one configuration, by the name after `gatewarden_<filter>_`.
+struct Counters {
+    ids: HashMap<String, usize>,
+    config: ConfigHandle,
+}
+
+impl Counters {
+    fn define<F: Enforcer>(config: ConfigHandle) -> Self {
+        let filter = <F::Policy as FilterPolicy>::NAME;
+        let reasons = F::reasons();
+        let waits: &[Counter] = if F::WAITS { gatewarden_glue::waiting::COUNTERS } else { &[] };
+        let names = OUTCOMES
+            .iter()
+            .chain(rollout_glue::COUNTERS)
+            .chain(waits)
+            .map(|c| c.name().to_owned())
+            .chain(reasons.iter().map(|r| format!("denied_{r}")))
+            .chain(reasons.iter().map(|r| format!("dry_run_denied_{r}")))
+            .chain(F::extra_counters());
+        let mut ids = HashMap::new();
+        for outcome in names {
+            let full = format!("gatewarden_{filter}_{outcome}");
+            match config.define_counter(&full) {
+                Some(id) => {
+                    ids.insert(outcome, id);
+                }
+                None => envoy::log(Level::Warn, format_args!("gatewarden {filter}: cannot define counter {full}")),
+            }
+        }
+        Self { ids, config }
+    }
+
+    fn id(&self, name: &str) -> Option<usize> {
+        self.ids.get(name).copied()
+    }
+
+    /// Counts outside a request (configuration).
+    fn count_config(&self, counter: Counter) {
+        if let Some(id) = self.id(counter.name()) {
+            self.config.increment_counter(id, 1);
+        }
+    }
+
+    fn count(&self, stream: Stream, counter: Counter) {
+        if let Some(id) = self.id(counter.name()) {
+            stream.increment_counter(id, 1);
+        }
+    }
+
+    fn count_reason(&self, stream: Stream, outcome: Counter, reason: &str) {
+        if let Some(id) = self.id(&format!("{}_{reason}", outcome.name())) {
+            stream.increment_counter(id, 1);
+        }
+    }
+}
+
+/// A rollout's candidate policy and its per-worker state.
+type Candidate<F> = (Rollout<<F as Enforcer>::Policy>, PerWorker<<F as Enforcer>::PolicyState>);
+
+/// One filter configuration: a compiled policy document and what its requests need.
+pub struct Native<F: NativeFilter>
+where
+    F::Policy: Send + Sync,
+    F::PolicyState: Send,
+{
+    policy: F::Policy,
+    state: PerWorker<F::PolicyState>,
+    rollout: Option<Candidate<F>>,
+    needs: HeaderNeeds,
+    all_headers: bool,
+    header_name: String,
+    counters: Counters,
+}
+
+fn name<F: Enforcer>() -> &'static str {
+    <F::Policy as FilterPolicy>::NAME
+}
+
+/// Builds a configuration from the `filter_config` bytes; None (logged, counted) refuses it.
+pub fn new_config<F: NativeFilter>(config: ConfigHandle, bytes: &[u8]) -> Option<Native<F>>
+where
+    F::Policy: Send + Sync,
+    F::PolicyState: Send,
+{
+    let filter = name::<F>();
+    let counters = Counters::define::<F>(config);
+    let refuse = |why: &str, extra: Option<Counter>| {
+        envoy::log(Level::Error, format_args!("gatewarden {filter}: policy refused: {why}"));
+        counters.count_config(Counter::CONFIG_REJECTED);
+        if let Some(c) = extra {
+            counters.count_config(c);
+        }
+    };
+    match trust() {
+        Err(why) => {
+            refuse(why, Some(Counter::TRUST_CONFIG_REJECTED));
+            return None;
+        }
+        Ok(trust) if trust.required() > 0 => {
+            if let Err(e) = trust.verify(bytes) {
+                refuse(&e.to_string(), Some(Counter::SIGNATURE_REJECTED));
+                return None;
+            }
+        }
+        Ok(_) => {}
+    }
+    let set = match compile_set::<F::Policy>(bytes) {
+        Ok(set) => set,
+        Err(e) => {
+            refuse(&e.to_string(), None);
+            return None;
+        }
+    };
+    if let Err(why) = F::check_host(&set.active, &NATIVE_CAPS) {
+        refuse(&why, None);
+        return None;
+    }
+    if let Some(r) = &set.rollout {
+        if let Err(why) = F::check_host(&r.candidate, &NATIVE_CAPS) {
+            refuse(&format!("rollout.candidate.{why}"), None);
+            return None;
+        }
+    }
+    let policy = set.active;
+    let mut what = format!("policy {:?} accepted", &*policy.header().policy_version);
+    if let Some(r) = &set.rollout {
+        let v = &*r.candidate.header().policy_version;
+        if r.shadow {
+            what.push_str(&format!(" with candidate {v:?} in shadow"));
+        } else {
+            what.push_str(&format!(" with candidate {v:?} on {}.{:02} % of clients", r.threshold() / 100, r.threshold() % 100));
+        }
+    }
+    envoy::log(Level::Info, format_args!("gatewarden {filter}: {what} (native module)"));
+    counters.count_config(Counter::CONFIG_ACCEPTED);
+    let workers = usize::try_from(envoy::concurrency()).unwrap_or(1);
+    let mut needs = F::header_needs(&policy);
+    let mut all_headers = F::reads_all_headers(&policy);
+    let rollout = set.rollout.map(|r| {
+        for n in F::header_needs(&r.candidate).names() {
+            needs.add(n);
+        }
+        r.add_needs(&mut needs);
+        all_headers |= F::reads_all_headers(&r.candidate);
+        let state = PerWorker::new(workers, || F::policy_state(&r.candidate));
+        (r, state)
+    });
+    let state = PerWorker::new(workers, || F::policy_state(&policy));
+    Some(Native { policy, state, rollout, needs, all_headers, header_name: decision_header_name(filter), counters })
+}
+
+/// What a request waits for, and with which policy it started.
+struct Waiting {
+    role: Option<Role>,
+    pending: Pending,
+    steps: u8,
+    /// The body limit of a [`Step::NeedBody`].
+    max_bytes: usize,
+    /// The callout under way: its id, deadline and answer limit.
+    call: Option<(u64, Instant, Duration, usize)>,
+    /// Whether the request headers went on (a decision may no longer change them).
+    headers_sent: bool,
+}
+
+/// One stream's filter.
+pub struct Request<F: NativeFilter>
+where
+    F::Policy: Send + Sync,
+    F::PolicyState: Send,
+{
+    config: *const Native<F>,
+    waiting: Option<Waiting>,
+    /// Response headers of an allowed request (rate-limit headers), set on the response.
+    allowed_response_headers: Vec<(String, String)>,
+}
+
+/// The event-hook side of a configuration, as the exported hooks see it.
+pub trait AnyConfig: Send + Sync {
+    fn new_request(&self) -> Box<dyn AnyRequest>;
+}
+
+/// The event-hook side of a stream's filter.
+pub trait AnyRequest {
+    fn on_request_headers(&mut self, stream: Stream, end_of_stream: bool) -> u32;
+    fn on_request_body(&mut self, stream: Stream, end_of_stream: bool) -> u32;
+    fn on_response_headers(&mut self, stream: Stream) -> u32;
+    fn on_callout_done(&mut self, stream: Stream, id: u64, result: u32, headers: &[(String, String)], body: &[u8]);
+}
+
+impl<F: NativeFilter> AnyConfig for Native<F>
+where
+    F::Policy: Send + Sync,
+    F::PolicyState: Send,
+{
+    fn new_request(&self) -> Box<dyn AnyRequest> {
+        Box::new(Request::<F> { config: self, waiting: None, allowed_response_headers: Vec::new() })
+    }
+}
+
+/// Reads the headers a policy needs: none, each needed one, or all in one crossing.
+fn read_headers(stream: Stream, needs: &HeaderNeeds, all: bool) -> Vec<(String, String)> {
+    if all {
+        return stream.request_headers();
+    }
+    let mut out = Vec::new();
+    for name in needs.names() {
+        for v in stream.request_header_values(name) {
+            out.push((name.clone(), v));
+        }
+    }
+    out
+}
+
+impl<F: NativeFilter> Request<F>
+where
+    F::Policy: Send + Sync,
+    F::PolicyState: Send,
+{
+    fn native<'a>(&self) -> &'a Native<F> {
+        // SAFETY: Envoy keeps a filter configuration alive until every stream it made is
+        // destroyed (each stream's filter holds a reference to it), so the configuration outlives
+        // this request.
+        unsafe { &*self.config }
+    }
+
+    fn policy_of<'a>(&self, role: Option<Role>) -> (&'a F::Policy, &'a PerWorker<F::PolicyState>) {
+        let n = self.native();
+        match (role, &n.rollout) {
+            (Some(Role::Candidate), Some((r, state))) => (&r.candidate, state),
+            _ => (&n.policy, &n.state),
+        }
+    }
+
+    fn fail_closed(&self, stream: Stream, why: &str, counter: Counter) -> u32 {
+        let n = self.native();
+        let filter = name::<F>();
+        envoy::log(Level::Error, format_args!("gatewarden {filter}: request denied: {why}"));
+        n.counters.count(stream, counter);
+        let details = format!("gatewarden_{filter}_{}", counter.name());
+        stream.send_response(503, &[("content-type", "application/json")], UNAVAILABLE_BODY, &details);
+        abi::HEADERS_STOP_ITERATION
+    }
+
+    fn on_headers(&mut self, stream: Stream, end_of_stream: bool) -> u32 {
+        let n = self.native();
+        let filter = name::<F>();
+        let headers = read_headers(stream, &n.needs, n.all_headers);
+        let peer = OnceCell::new();
+        let read_peer = || stream.source_address();
+        let facts = RequestFacts::with_peer_source(&headers, &peer, &read_peer);
+        let worker = stream.worker_index();
+        let start = |policy: &F::Policy, state: &PerWorker<F::PolicyState>| {
+            state.with(worker, |s| F::start(policy, s, &facts)).unwrap_or(Step::Unavailable("no policy state for this worker"))
+        };
+        let (role, step) = match &n.rollout {
+            None => (None, start(&n.policy, &n.state)),
+            Some((r, rstate)) if r.shadow => match start(&n.policy, &n.state) {
+                Step::Done(eval) => {
+                    if let Step::Done(shadow) = start(&r.candidate, rstate) {
+                        self.compare_shadow(stream, &r.candidate, &eval, &shadow, &facts);
+                    }
+                    (None, Step::Done(eval))
+                }
+                waits => (None, waits),
+            },
+            Some((r, rstate)) => {
+                let role = r.assign(n.policy.header(), &facts);
+                n.counters.count(stream, rollout_glue::assignment_counter(role));
+                let step = match role {
+                    Role::Active => start(&n.policy, &n.state),
+                    Role::Candidate => start(&r.candidate, rstate),
+                };
+                (Some(role), step)
+            }
+        };
+        let _ = filter;
+        self.drive(stream, role, step, 0, Some(end_of_stream), &facts)
+    }
+
+    fn compare_shadow(&self, stream: Stream, candidate: &F::Policy, eval: &Outcome, shadow: &Outcome, facts: &RequestFacts<'_>) {
+        let n = self.native();
+        if disagree(&eval.decision, &shadow.decision) {
+            n.counters.count(stream, Counter::SHADOW_DISAGREED);
+            let client = eval.client.or(shadow.client).map(|ip| ip.to_string()).unwrap_or_default();
+            let request_id = request_id(stream, facts);
+            let line = ShadowRecord {
+                filter: name::<F>(),
+                active_version: &n.policy.header().policy_version,
+                active: &eval.decision,
+                candidate_version: &candidate.header().policy_version,
+                candidate: &shadow.decision,
+                request_id: &request_id,
+                client: &client,
+            };
+            envoy::log(Level::Info, format_args!("{line}"));
+        } else {
+            n.counters.count(stream, Counter::SHADOW_AGREED);
+        }
+    }
+
+    /// Acts on a step. `at_headers`: Some(end_of_stream) in the request-headers hook, None later
+    /// (body or callout hooks). Returns the status for the hook that is running.
+    fn drive(
+        &mut self,
+        stream: Stream,
+        role: Option<Role>,
+        step: Step,
+        steps: u8,
+        at_headers: Option<bool>,
+        facts: &RequestFacts<'_>,
+    ) -> u32 {
+        let n = self.native();
+        let filter = name::<F>();
+        let mut step = step;
+        let mut steps = steps;
+        loop {
+            if steps >= MAX_STEPS {
+                step = Step::Unavailable("the filter asked for more steps than one request may take");
+            }
+            match step {
+                Step::Done(eval) => {
+                    let header = self.policy_of(role).0.header();
+                    let headers_sent = self.waiting.as_ref().is_some_and(|w| w.headers_sent);
+                    self.waiting = None;
+                    return self.act(stream, header, &eval, role, facts, at_headers.is_some(), headers_sent);
+                }
+                Step::Unavailable(why) => {
+                    self.waiting = None;
+                    n.counters.count(stream, Counter::WAITING_FAILED);
+                    return self.fail_closed(stream, why, Counter::HOST_ERROR);
+                }
+                Step::NeedBody { max_bytes, pending } => {
+                    if at_headers == Some(true) {
+                        // No body: resume at once, headers still held.
+                        let (policy, state) = self.policy_of(role);
+                        let worker = stream.worker_index();
+                        step = state
+                            .with(worker, |s| F::resume(policy, s, pending, Resumed::NoBody))
+                            .unwrap_or(Step::Unavailable("no policy state for this worker"));
+                        steps += 1;
+                        continue;
+                    }
+                    self.waiting = Some(Waiting { role, pending, steps, max_bytes, call: None, headers_sent: false });
+                    return abi::HEADERS_STOP_ITERATION;
+                }
+                Step::Call { call, pending } => {
+                    let Callout::Http(http) = call else {
+                        step = Step::Unavailable("gRPC callouts are not available in the native module");
+                        continue;
+                    };
+                    let timeout_ms = u64::try_from(http.timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+                    match stream.http_callout(&http.upstream, &http.headers, &http.body, timeout_ms) {
+                        Ok(id) => {
+                            self.waiting = Some(Waiting {
+                                role,
+                                pending,
+                                steps,
+                                max_bytes: 0,
+                                call: Some((id, Instant::now(), http.timeout, http.max_response_bytes)),
+                                headers_sent: false,
+                            });
+                            return abi::HEADERS_STOP_ITERATION;
+                        }
+                        Err(status) => {
+                            envoy::log(
+                                Level::Warn,
+                                format_args!("gatewarden {filter}: callout to {:?} refused by Envoy (status {status})", http.upstream),
+                            );
+                            n.counters.count(stream, Counter::CALLOUT_DISPATCH_FAILED);
+                            let (policy, state) = self.policy_of(role);
+                            step = state
+                                .with(stream.worker_index(), |s| {
+                                    F::resume(policy, s, pending, Resumed::Failed(CallFailure::DispatchFailed))
+                                })
+                                .unwrap_or(Step::Unavailable("no policy state for this worker"));
+                            steps += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Acts on a decision. `in_headers_hook`: the request-headers hook is running (its status
+    /// holds or passes the request); else a later hook resumes the stopped request itself.
+    #[allow(clippy::too_many_arguments)]
+    fn act(
+        &mut self,
+        stream: Stream,
+        header: &Header,
+        eval: &Outcome,
+        role: Option<Role>,
+        facts: &RequestFacts<'_>,
+        in_headers_hook: bool,
+        _headers_sent: bool,
+    ) -> u32 {
+        let n = self.native();
+        let filter = name::<F>();
+        for extra in TALLY.with(|t| std::mem::take(&mut *t.borrow_mut())) {
+            if let Some(id) = n.counters.id(extra) {
+                stream.increment_counter(id, 1);
+            }
+        }
+        let version = &*header.policy_version;
+        let rule = &*eval.decision.rule;
+        let candidate = role == Some(Role::Candidate);
+        let pass = |this: &mut Self| {
+            if !eval.allowed_response_headers.is_empty() {
+                this.allowed_response_headers = eval.allowed_response_headers.clone();
+            }
+            if in_headers_hook {
+                abi::HEADERS_CONTINUE
+            } else {
+                stream.continue_decoding();
+                abi::BODY_CONTINUE
+            }
+        };
+        match (&eval.decision.verdict, header.mode) {
+            (Verdict::Allow, _) => {
+                if !apply_mutations(stream, eval) {
+                    return self.fail_closed(stream, "cannot change the request headers", Counter::HOST_ERROR);
+                }
+                n.counters.count(stream, Counter::ALLOWED);
+                if candidate {
+                    n.counters.count(stream, Counter::CANDIDATE_ALLOWED);
+                }
+                if header.decision_header {
+                    stream.set_request_header(&n.header_name, &allow_header_value(rule, version));
+                }
+                pass(self)
+            }
+            (Verdict::Deny(denial), mode) => {
+                let dry_run = mode == Mode::DryRun;
+                let request_id = request_id(stream, facts);
+                let client = eval.client.map(|ip| ip.to_string()).unwrap_or_default();
+                let record = DecisionRecord {
+                    filter,
+                    decision: if dry_run { "dry_run_deny" } else { "deny" },
+                    reason: denial.reason,
+                    rule,
+                    policy_version: version,
+                    request_id: &request_id,
+                    client: &client,
+                    detail: &eval.detail,
+                    rollout: role.map(Role::as_str).unwrap_or(""),
+                };
+                envoy::log(Level::Info, format_args!("{record}"));
+                let (outcome, candidate_outcome) = if dry_run {
+                    (Counter::DRY_RUN_DENIED, Counter::CANDIDATE_DRY_RUN_DENIED)
+                } else {
+                    (Counter::DENIED, Counter::CANDIDATE_DENIED)
+                };
+                n.counters.count(stream, outcome);
+                n.counters.count_reason(stream, outcome, denial.reason);
+                if candidate {
+                    n.counters.count(stream, candidate_outcome);
+                }
+                if dry_run {
+                    if !apply_mutations(stream, eval) {
+                        return self.fail_closed(stream, "cannot change the request headers", Counter::HOST_ERROR);
+                    }
+                    if header.decision_header {
+                        let value = format!("dry_run_deny; reason={}; rule={rule}; version={version}", denial.reason);
+                        stream.set_request_header(&n.header_name, &value);
+                    }
+                    return pass(self);
+                }
+                let details = format!("gatewarden_{filter}_{}", denial.reason);
+                let mut headers: Vec<(&str, &str)> = Vec::with_capacity(1 + eval.response_headers.len());
+                if !eval.response_headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+                    headers.push(("content-type", "application/json"));
+                }
+                headers.extend(eval.response_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                let body = eval.body.as_deref().unwrap_or(denial.body);
+                stream.send_response(denial.status, &headers, body, &details);
+                if in_headers_hook {
+                    abi::HEADERS_STOP_ITERATION
+                } else {
+                    abi::BODY_STOP_NO_BUFFER
+                }
+            }
+        }
+    }
+
+    /// Resumes a waiting request with `input` from a body or callout hook.
+    fn resume(&mut self, stream: Stream, input: Resumed<'_>) -> u32 {
+        let Some(w) = self.waiting.take() else { return abi::BODY_CONTINUE };
+        let (policy, state) = self.policy_of(w.role);
+        let step = state
+            .with(stream.worker_index(), |s| F::resume(policy, s, w.pending, input))
+            .unwrap_or(Step::Unavailable("no policy state for this worker"));
+        // The headers a later step may read are the ones read at the start; a resumed decision's
+        // log line reads the request id again.
+        let headers = read_headers(stream, &self.native().needs, self.native().all_headers);
+        let peer = OnceCell::new();
+        let read_peer = || stream.source_address();
+        let facts = RequestFacts::with_peer_source(&headers, &peer, &read_peer);
+        self.drive(stream, w.role, step, w.steps.saturating_add(1), None, &facts)
+    }
+}
+
+fn request_id(stream: Stream, facts: &RequestFacts<'_>) -> String {
+    match facts.header("x-request-id") {
+        Some(id) => id.to_owned(),
+        None => stream.request_header_values("x-request-id").into_iter().next().unwrap_or_default(),
+    }
+}
+
+/// Removes, then sets, the request headers of an evaluation; false if Envoy refused one (a header
+/// the filter could not strip may be a client's forgery: the caller fails closed).
+fn apply_mutations(stream: Stream, eval: &Outcome) -> bool {
+    for name in &eval.remove_headers {
+        // Removing an absent header is not an error; Envoy answers false only without a map.
+        let _ = stream.remove_request_header(name);
+    }
+    eval.set_headers.iter().all(|(name, value)| stream.set_request_header(name, value))
+}
+
+impl<F: NativeFilter> AnyRequest for Request<F>
+where
+    F::Policy: Send + Sync,
+    F::PolicyState: Send,
+{
+    fn on_request_headers(&mut self, stream: Stream, end_of_stream: bool) -> u32 {
+        self.on_headers(stream, end_of_stream)
+    }
+
+    fn on_request_body(&mut self, stream: Stream, end_of_stream: bool) -> u32 {
+        let Some(w) = &self.waiting else { return abi::BODY_CONTINUE };
+        if w.call.is_some() {
+            // Waiting for a service: hold the body meanwhile.
+            return abi::BODY_STOP_AND_BUFFER;
+        }
+        let max = w.max_bytes;
+        let size = stream.request_body_size();
+        if size > max {
+            self.native().counters.count(stream, Counter::BODY_TOO_LARGE);
+            return self.resume(stream, Resumed::BodyTooLarge { seen: size });
+        }
+        if !end_of_stream {
+            return abi::BODY_STOP_AND_BUFFER;
+        }
+        let body = stream.request_body();
+        self.resume(stream, Resumed::Body(&body))
+    }
+
+    fn on_response_headers(&mut self, stream: Stream) -> u32 {
+        if self.waiting.take().is_some() {
+            // Envoy answered (e.g. its own 413 past the connection buffer limit) while the
+            // request waited: that answer goes on; the request never reached the upstream.
+            let counter = if stream.response_status() == Some(413) { Counter::BODY_TOO_LARGE } else { Counter::ANSWERED_BEFORE_BODY };
+            self.native().counters.count(stream, counter);
+        }
+        for (k, v) in std::mem::take(&mut self.allowed_response_headers) {
+            if !stream.set_response_header(&k, &v) {
+                envoy::log(Level::Warn, format_args!("gatewarden {}: cannot add response header {k}", name::<F>()));
+                break;
+            }
+        }
+        abi::HEADERS_CONTINUE
+    }
+
+    fn on_callout_done(&mut self, stream: Stream, id: u64, result: u32, headers: &[(String, String)], body: &[u8]) {
+        let Some(w) = &self.waiting else { return };
+        let Some((call_id, started, timeout, max_bytes)) = w.call else { return };
+        if call_id != id {
+            return;
+        }
+        let counters = &self.native().counters;
+        let status = headers.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| v.parse::<u16>().ok());
+        let input = match (result, status) {
+            (abi::CALLOUT_SUCCESS, Some(_)) if body.len() > max_bytes => {
+                counters.count(stream, Counter::CALLOUT_TOO_LARGE);
+                Resumed::Failed(CallFailure::ResponseTooLarge)
+            }
+            (abi::CALLOUT_SUCCESS, Some(504)) | (abi::CALLOUT_RESET, _) | (abi::CALLOUT_SUCCESS, None) if started.elapsed() >= timeout => {
+                counters.count(stream, Counter::CALLOUT_TIMEOUT);
+                Resumed::Failed(CallFailure::Timeout)
+            }
+            (abi::CALLOUT_SUCCESS, Some(status)) => Resumed::Http { status, headers, body },
+            (abi::CALLOUT_TOO_LARGE, _) => {
+                counters.count(stream, Counter::CALLOUT_TOO_LARGE);
+                Resumed::Failed(CallFailure::ResponseTooLarge)
+            }
+            _ => {
+                counters.count(stream, Counter::CALLOUT_FAILED);
+                Resumed::Failed(CallFailure::CallFailed)
+            }
+        };
+        let status = self.resume(stream, input);
+        // `resume` resumed the stream itself on a pass (continue_decoding) or answered it.
+        let _ = status;
+    }
+}
+
+// ---- Pointers handed to Envoy ----
+
+/// A configuration as Envoy holds it: a thin pointer to a boxed trait object.
+pub fn config_into_raw(config: Box<dyn AnyConfig>) -> abi::ConfigModulePtr {
+    Box::into_raw(Box::new(config)) as *const c_void
+}
+
+/// # Safety
+/// `ptr` came from [`config_into_raw`] and was not destroyed.
+pub unsafe fn config_ref<'a>(ptr: abi::ConfigModulePtr) -> Option<&'a dyn AnyConfig> {
+    // SAFETY: per the contract, a live Box<Box<dyn AnyConfig>>.
+    unsafe { (ptr as *const Box<dyn AnyConfig>).as_ref() }.map(|b| &**b)
+}
+
+/// # Safety
+/// `ptr` came from [`config_into_raw`]; destroyed once.
+pub unsafe fn config_drop(ptr: abi::ConfigModulePtr) {
+    if !ptr.is_null() {
+        // SAFETY: per the contract.
+        drop(unsafe { Box::from_raw(ptr as *mut Box<dyn AnyConfig>) });
+    }
+}
+
+/// A stream's filter as Envoy holds it.
+pub fn request_into_raw(request: Box<dyn AnyRequest>) -> abi::FilterModulePtr {
+    Box::into_raw(Box::new(request)) as *const c_void
+}
+
+/// # Safety
+/// `ptr` came from [`request_into_raw`] and was not destroyed; Envoy calls a stream's hooks on
+/// one thread, one at a time.
+pub unsafe fn request_mut<'a>(ptr: abi::FilterModulePtr) -> Option<&'a mut dyn AnyRequest> {
+    // SAFETY: per the contract.
+    unsafe { (ptr as *mut Box<dyn AnyRequest>).as_mut() }.map(|b| &mut **b)
+}
+
+/// # Safety
+/// `ptr` came from [`request_into_raw`]; destroyed once.
+pub unsafe fn request_drop(ptr: abi::FilterModulePtr) {
+    if !ptr.is_null() {
+        // SAFETY: per the contract.
+        drop(unsafe { Box::from_raw(ptr as *mut Box<dyn AnyRequest>) });
+    }
+}
