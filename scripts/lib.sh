@@ -33,6 +33,13 @@ WASM_OPT="$ROOT/node_modules/.bin/wasm-opt"
 WASM_OPT_FLAGS=(-Oz --enable-simd --enable-bulk-memory --enable-bulk-memory-opt --enable-sign-ext
     --enable-nontrapping-float-to-int --enable-mutable-globals --enable-multivalue --enable-reference-types)
 
+# The native Envoy dynamic module (issue 15): the four filters in one shared object, built for the
+# host (release profile), loaded by Envoy from the directory in ENVOY_DYNAMIC_MODULES_SEARCH_PATH
+# by `dynamic_module_config: {name: gatewarden}`.
+NATIVE_PACKAGE="gatewarden-envoy-native"
+NATIVE_MODULE="$ROOT/target/release/libgatewarden.so"
+NATIVE_DIR="$(dirname "$NATIVE_MODULE")"
+
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
@@ -120,6 +127,15 @@ shrink_module() {
     "$WASM_OPT" "${WASM_OPT_FLAGS[@]}" "$src" -o "$dst.tmp" || die "wasm-opt failed on $src"
     mv "$dst.tmp" "$dst"
     printf '%s %s\n' "$want" "$(sha256sum "$dst" | cut -d' ' -f1)" >"$stamp"
+}
+
+# build_native: the native Envoy module $NATIVE_MODULE, the release build of $NATIVE_PACKAGE (a
+# no-op for cargo when nothing changed). scripts/build.sh calls it; so can the demo and the bench:
+#   build_native && ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$NATIVE_DIR" "$ENVOY" -c envoy.yaml
+build_native() {
+    log "cargo build --release -p $NATIVE_PACKAGE"
+    (cd "$ROOT" && cargo build --release -p "$NATIVE_PACKAGE")
+    [[ -f "$NATIVE_MODULE" ]] || die "$NATIVE_PACKAGE built but $NATIVE_MODULE is missing (is it a cdylib named gatewarden?)"
 }
 
 # Kong's engine for the e2e tests: nginx with ngx_wasm_module. $GATEWARDEN_WASMX, else the prebuilt
