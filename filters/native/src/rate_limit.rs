@@ -65,6 +65,8 @@ fn seed() -> u64 {
 
 pub struct RateLimit;
 
+impl gatewarden_native::NativeFilter for RateLimit {}
+
 impl Enforcer for RateLimit {
     type Policy = RateLimitPolicy;
     type PolicyState = Arc<Table>;

@@ -12,6 +12,7 @@
 
 pub mod abi;
 pub mod envoy;
+pub mod remote;
 pub mod runtime;
 
 use std::ffi::c_char;
@@ -169,6 +170,45 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     r.on_callout_done(Stream(envoy_filter), callout_id, result, &headers, &body);
 }
 
+/// The configuration's tick (its fetch ticker posted it), on the main thread.
+///
+/// # Safety
+/// Envoy passes a live configuration pointer.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    _event: u64,
+) {
+    // SAFETY: per the contract.
+    if let Some(c) = unsafe { runtime::config_ref(config) } {
+        c.on_scheduled(envoy::ConfigHandle::from_raw(config_envoy));
+    }
+}
+
+/// A configuration callout (a fetch) finished, on the main thread.
+///
+/// # Safety
+/// Envoy passes a live configuration pointer and its answer, valid during the hook.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    _config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    callout_id: u64,
+    result: u32,
+    headers: *const EnvoyHttpHeader,
+    headers_size: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_size: usize,
+) {
+    // SAFETY: per the contract.
+    let Some(c) = (unsafe { runtime::config_ref(config) }) else { return };
+    // SAFETY: Envoy's arrays, valid during this hook.
+    let (headers, body) = unsafe { envoy::copy_answer(headers, headers_size, chunks, chunks_size) };
+    c.on_callout_done(callout_id, result == abi::CALLOUT_SUCCESS, &headers, &body);
+}
+
 // ---- Hooks Envoy resolves that Gatewarden does not use: they do nothing. ----
 
 /// Per-route configuration is not used: policies are whole documents per filter configuration.
@@ -227,21 +267,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(_e: F
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(_e: FilterEnvoyPtr, _f: FilterModulePtr, _id: u64, _reason: u32) {}
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_e: FilterEnvoyPtr, _f: FilterModulePtr, _event: u64) {}
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(_c: ConfigEnvoyPtr, _m: ConfigModulePtr, _event: u64) {}
-#[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
-    _c: ConfigEnvoyPtr,
-    _m: ConfigModulePtr,
-    _id: u64,
-    _result: u32,
-    _h: *const EnvoyHttpHeader,
-    _n: usize,
-    _chunks: *const EnvoyBuffer,
-    _chunks_n: usize,
-) {
-}
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_headers(
     _c: ConfigEnvoyPtr,

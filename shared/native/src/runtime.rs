@@ -45,25 +45,25 @@ use gatewarden_policy::{compile_set, FilterPolicy, Header, Mode, RequestFacts, V
 
 use crate::abi;
 use crate::envoy::{self, ConfigHandle, Level, Stream};
+use crate::remote::{Fetcher, Source};
 
 /// What this host can do, for [`Enforcer::check_host`]: Envoy's body in chunks; no gRPC callouts
 /// in the dynamic-module ABI (only HTTP), so a policy that needs one is refused at configure time.
 pub const NATIVE_CAPS: HostCaps = HostCaps { grpc: false, chunked_body: true, name: "envoy-native" };
 
 /// A filter the native runtime can serve: the glue's [`Enforcer`] whose policy and state can be
-/// shared by (policy) or moved to (state) worker threads.
+/// shared by (policy) or moved to (state) worker threads, and the remote resources its policy
+/// fetches (the Wasm glue's `on_policy`/`on_tick` fetches, natively: [`crate::remote`]).
 pub trait NativeFilter: Enforcer
 where
     Self::Policy: Send + Sync,
     Self::PolicyState: Send,
 {
-}
-impl<F> NativeFilter for F
-where
-    F: Enforcer,
-    F::Policy: Send + Sync,
-    F::PolicyState: Send,
-{
+    /// The resources the active policy fetches (a rollout candidate's are the active one's:
+    /// `FilterPolicy::check_candidate` refuses a candidate that would need others).
+    fn sources(_policy: &Self::Policy) -> Vec<Source> {
+        Vec::new()
+    }
 }
 
 /// The approvals' trust settings of this process (`GATEWARDEN_TRUST_FILE`), or why they are invalid.
@@ -143,6 +143,13 @@ impl Counters {
         self.ids.get(name).copied()
     }
 
+    /// Counts `gatewarden_<filter>_<name>` outside a request (fetches); an undefined name is ignored.
+    fn count_named(&self, name: &str) {
+        if let Some(id) = self.id(name) {
+            self.config.increment_counter(id, 1);
+        }
+    }
+
     /// Counts outside a request (configuration).
     fn count_config(&self, counter: Counter) {
         if let Some(id) = self.id(counter.name()) {
@@ -179,6 +186,7 @@ where
     all_headers: bool,
     header_name: String,
     counters: Counters,
+    fetcher: Fetcher,
 }
 
 fn name<F: Enforcer>() -> &'static str {
@@ -254,8 +262,12 @@ where
         let state = PerWorker::new(workers, || F::policy_state(&r.candidate));
         (r, state)
     });
+    let fetcher = Fetcher::new(filter, config, F::sources(&policy));
     let state = PerWorker::new(workers, || F::policy_state(&policy));
-    Some(Native { policy, state, rollout, needs, all_headers, header_name: decision_header_name(filter), counters })
+    let native = Native { policy, state, rollout, needs, all_headers, header_name: decision_header_name(filter), counters, fetcher };
+    // The first fetches start now: a resource this process already holds keeps serving meanwhile.
+    native.on_scheduled(config);
+    Some(native)
 }
 
 /// What a request waits for, and with which policy it started.
@@ -286,6 +298,10 @@ where
 /// The event-hook side of a configuration, as the exported hooks see it.
 pub trait AnyConfig: Send + Sync {
     fn new_request(&self) -> Box<dyn AnyRequest>;
+    /// Main thread: the configuration's tick (remote resources' schedules).
+    fn on_scheduled(&self, config: ConfigHandle);
+    /// Main thread: a configuration callout (a fetch) finished.
+    fn on_callout_done(&self, id: u64, ok: bool, headers: &[(String, String)], body: &[u8]);
 }
 
 /// The event-hook side of a stream's filter.
@@ -303,6 +319,16 @@ where
 {
     fn new_request(&self) -> Box<dyn AnyRequest> {
         Box::new(Request::<F> { config: self, waiting: None, allowed_response_headers: Vec::new() })
+    }
+
+    fn on_scheduled(&self, config: ConfigHandle) {
+        if !self.fetcher.is_empty() {
+            self.fetcher.tick(config, &|name| self.counters.count_named(name));
+        }
+    }
+
+    fn on_callout_done(&self, id: u64, ok: bool, headers: &[(String, String)], body: &[u8]) {
+        let _ = self.fetcher.on_response(id, ok, headers, body, &|name| self.counters.count_named(name));
     }
 }
 
