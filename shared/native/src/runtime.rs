@@ -47,9 +47,53 @@ use crate::abi;
 use crate::envoy::{self, ConfigHandle, Level, Stream};
 use crate::remote::{Fetcher, Source};
 
-/// What this host can do, for [`Enforcer::check_host`]: Envoy's body in chunks; no gRPC callouts
-/// in the dynamic-module ABI (only HTTP), so a policy that needs one is refused at configure time.
-pub const NATIVE_CAPS: HostCaps = HostCaps { grpc: false, chunked_body: true, name: "envoy-native" };
+/// What this host can do, for [`Enforcer::check_host`]: Envoy's body in chunks; gRPC as an
+/// HTTP/2 callout (the dynamic-module ABI has HTTP callouts only, see [`grpc_request`]).
+pub const NATIVE_CAPS: HostCaps = HostCaps { grpc: true, chunked_body: true, name: "envoy-native" };
+
+/// A unary gRPC call as an HTTP callout: `POST /<service>/<method>`, `content-type:
+/// application/grpc`, the message in one length-prefixed frame. The cluster must speak HTTP/2
+/// (as for Envoy's own gRPC clients).
+fn grpc_request(call: &gatewarden_glue::GrpcCallout) -> (Vec<(String, String)>, Vec<u8>) {
+    let mut headers = vec![
+        (":method".to_owned(), "POST".to_owned()),
+        (":path".to_owned(), format!("/{}/{}", call.service, call.method)),
+        (":authority".to_owned(), call.upstream.clone()),
+        ("content-type".to_owned(), "application/grpc".to_owned()),
+        ("te".to_owned(), "trailers".to_owned()),
+    ];
+    headers.extend(call.metadata.iter().cloned());
+    let len = u32::try_from(call.message.len()).unwrap_or(u32::MAX);
+    let mut body = Vec::with_capacity(5 + call.message.len());
+    body.push(0);
+    body.extend_from_slice(&len.to_be_bytes());
+    body.extend_from_slice(&call.message);
+    (headers, body)
+}
+
+/// The gRPC status and message of an HTTP answer to [`grpc_request`]: a `grpc-status` in the
+/// headers (a trailers-only answer: an error) wins; else a 200 with one whole frame is OK (the
+/// callout hands over no trailers, so an OK is recognised by its message); anything else is
+/// UNAVAILABLE (14) with no message.
+fn grpc_answer<'a>(status: u16, headers: &[(String, String)], body: &'a [u8]) -> (u32, &'a [u8]) {
+    if let Some(code) = headers.iter().find(|(k, _)| k == "grpc-status").and_then(|(_, v)| v.trim().parse::<u32>().ok()) {
+        let message = if code == 0 { frame(body).unwrap_or(&[]) } else { &[] };
+        return (code, message);
+    }
+    match (status, frame(body)) {
+        (200, Some(message)) => (0, message),
+        _ => (14, &[]),
+    }
+}
+
+/// The message of one uncompressed length-prefixed gRPC frame that is the whole body.
+fn frame(body: &[u8]) -> Option<&[u8]> {
+    let (&flag, rest) = body.split_first()?;
+    let len_bytes: [u8; 4] = rest.get(..4)?.try_into().ok()?;
+    let len = usize::try_from(u32::from_be_bytes(len_bytes)).ok()?;
+    let message = rest.get(4..)?;
+    (flag == 0 && message.len() == len).then_some(message)
+}
 
 /// A filter the native runtime can serve: the glue's [`Enforcer`] whose policy and state can be
 /// shared by (policy) or moved to (state) worker threads, and the remote resources its policy
@@ -277,10 +321,21 @@ struct Waiting {
     steps: u8,
     /// The body limit of a [`Step::NeedBody`].
     max_bytes: usize,
-    /// The callout under way: its id, deadline and answer limit.
-    call: Option<(u64, Instant, Duration, usize)>,
+    /// The callout under way.
+    call: Option<Call>,
     /// Whether the request headers went on (a decision may no longer change them).
     headers_sent: bool,
+}
+
+/// A callout under way: its id, when it started, its timeout and answer limit, and whether it
+/// carries a gRPC call.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    id: u64,
+    started: Instant,
+    timeout: Duration,
+    max_bytes: usize,
+    grpc: bool,
 }
 
 /// One stream's filter.
@@ -479,19 +534,23 @@ where
                     return abi::HEADERS_STOP_ITERATION;
                 }
                 Step::Call { call, pending } => {
-                    let Callout::Http(http) = call else {
-                        step = Step::Unavailable("gRPC callouts are not available in the native module");
-                        continue;
+                    let (upstream, headers, body, timeout, max_bytes, grpc) = match call {
+                        Callout::Http(h) => (h.upstream, h.headers, h.body, h.timeout, h.max_response_bytes, false),
+                        Callout::Grpc(g) => {
+                            let (headers, body) = grpc_request(&g);
+                            // The frame's 5 bytes come on top of the message limit.
+                            (g.upstream, headers, body, g.timeout, g.max_response_bytes.saturating_add(5), true)
+                        }
                     };
-                    let timeout_ms = u64::try_from(http.timeout.as_millis()).unwrap_or(u64::MAX).max(1);
-                    match stream.http_callout(&http.upstream, &http.headers, &http.body, timeout_ms) {
+                    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+                    match stream.http_callout(&upstream, &headers, &body, timeout_ms) {
                         Ok(id) => {
                             self.waiting = Some(Waiting {
                                 role,
                                 pending,
                                 steps,
                                 max_bytes: 0,
-                                call: Some((id, Instant::now(), http.timeout, http.max_response_bytes)),
+                                call: Some(Call { id, started: Instant::now(), timeout, max_bytes, grpc }),
                                 headers_sent: false,
                             });
                             return abi::HEADERS_STOP_ITERATION;
@@ -499,7 +558,7 @@ where
                         Err(status) => {
                             envoy::log(
                                 Level::Warn,
-                                format_args!("gatewarden {filter}: callout to {:?} refused by Envoy (status {status})", http.upstream),
+                                format_args!("gatewarden {filter}: callout to {upstream:?} refused by Envoy (status {status})"),
                             );
                             n.counters.count(stream, Counter::CALLOUT_DISPATCH_FAILED);
                             let (policy, state) = self.policy_of(role);
@@ -697,7 +756,7 @@ where
 
     fn on_callout_done(&mut self, stream: Stream, id: u64, result: u32, headers: &[(String, String)], body: &[u8]) {
         let Some(w) = &self.waiting else { return };
-        let Some((call_id, started, timeout, max_bytes)) = w.call else { return };
+        let Some(Call { id: call_id, started, timeout, max_bytes, grpc }) = w.call else { return };
         if call_id != id {
             return;
         }
@@ -711,6 +770,10 @@ where
             (abi::CALLOUT_SUCCESS, Some(504)) | (abi::CALLOUT_RESET, _) | (abi::CALLOUT_SUCCESS, None) if started.elapsed() >= timeout => {
                 counters.count(stream, Counter::CALLOUT_TIMEOUT);
                 Resumed::Failed(CallFailure::Timeout)
+            }
+            (abi::CALLOUT_SUCCESS, Some(status)) if grpc => {
+                let (status, message) = grpc_answer(status, headers, body);
+                Resumed::Grpc { status, message }
             }
             (abi::CALLOUT_SUCCESS, Some(status)) => Resumed::Http { status, headers, body },
             (abi::CALLOUT_TOO_LARGE, _) => {
