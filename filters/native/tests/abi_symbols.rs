@@ -11,6 +11,8 @@
 //! The binary comes from `scripts/setup.sh` (the project's virtualenv); the symbols are read with
 //! `nm -D` (binutils).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
