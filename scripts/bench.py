@@ -74,6 +74,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "scripts" / "e2e"))
+import bench_native as native  # noqa: E402
 import bench_ratelimit as rl  # noqa: E402
 import bench_validate as val  # noqa: E402
 import ecds  # noqa: E402
@@ -97,7 +98,7 @@ OUT = Path(os.environ.get("BENCH_OUT", ROOT / "target" / "bench"))
 BASE_CONFIGS = ["none", "floor", "ip_geo_10", "ip_geo_10_quiet", "ip_geo_100k", "rbac_10"]
 JWT_CONFIGS = [f"{flt}_{alg}_{temp}" for alg in ("es256", "rs256") for temp in ("cold", "warm")
                for flt in ("jwt", "authn", "authn_cache")]
-ALL_CONFIGS = BASE_CONFIGS + JWT_CONFIGS + rl.CONFIGS + val.CONFIGS
+ALL_CONFIGS = BASE_CONFIGS + JWT_CONFIGS + rl.CONFIGS + val.CONFIGS + native.CONFIGS
 COLD_TOKENS = int(os.environ.get("COLD_TOKENS", "20000"))
 WARM_TOKENS = int(os.environ.get("WARM_TOKENS", "4"))
 
@@ -106,7 +107,7 @@ def selected_configs(spec: str) -> list[str]:
     """`all`, `jwt` (none, floor + the JWT set), `ratelimit` (none, floor + the rate-limit set) or
     a comma list of names."""
     groups = {"all": ALL_CONFIGS, "jwt": ["none", "floor"] + JWT_CONFIGS, "ratelimit": ["none", "floor"] + rl.CONFIGS,
-              "validate": val.CONFIGS}
+              "validate": val.CONFIGS, **native.groups()}
     out: list[str] = []
     for c in (x.strip() for x in spec.split(",")):
         if c == "fleet" or re.fullmatch(r"(fleet_call|fleet_lease|rls)_\w+", c):
@@ -195,8 +196,9 @@ end
 
 
 def jwt_parts(cfg: str) -> tuple[str, str, str] | None:
-    """("jwt" | "authn" | "authn_cache", "es256" | "rs256", "cold" | "warm") or None."""
-    m = re.fullmatch(r"(jwt|authn|authn_cache)_(es256|rs256)_(cold|warm)(?:@\w+)?", cfg)
+    """("jwt" | "authn" | "authn_cache", "es256" | "rs256", "cold" | "warm") or None; the native
+    module's nat_jwt_* as "jwt" (same tokens and checks; build() gives it the native filter)."""
+    m = re.fullmatch(r"(?:nat_(?=jwt_))?(jwt|authn|authn_cache)_(es256|rs256)_(cold|warm)(?:@\w+)?", cfg)
     return (m.group(1), m.group(2), m.group(3)) if m else None
 
 
@@ -360,7 +362,10 @@ def variant_module(cfg: str, default: str) -> Path:
 
 
 def wasm_filter(cfg: str, cidrs10: list[str] | None = None) -> WasmFilter | None:
-    """The Wasm filter of configuration `cfg`; None for none, rbac_10 and Envoy's jwt_authn ones."""
+    """The Wasm filter of configuration `cfg`; None for none, rbac_10, Envoy's jwt_authn ones and the
+    native module's (the policy of nat_X is the one of X's Wasm filter)."""
+    if native.parts(cfg):
+        return None
     base, _, variant = cfg.partition("@")
     name = cfg.replace("@", "_")
     if base == "floor":
@@ -394,9 +399,13 @@ def build(workdir: Path, configs: list[str]) -> tuple[dict[str, Any], dict[str, 
     for cfg in configs:
         ports[cfg] = free_port()
         wasm = wasm_filter(cfg, cidrs10)
-        if wasm is not None:
+        if (twin := native.parts(cfg)):  # the native module with the policy of the Wasm twin
+            twin_filter = wasm_filter(twin, cidrs10)
+            assert twin_filter is not None
+            filters: list[dict[str, Any]] = [native.http_filter(twin_filter.kind, twin_filter.policy)]
+        elif wasm is not None:
             ecds.push(ecds_dir, wasm.name, wasm.policy, wasm.module, vm_id=wasm.vm_id)
-            filters: list[dict[str, Any]] = [ecds_filter(wasm.name, ecds_dir)]
+            filters = [ecds_filter(wasm.name, ecds_dir)]
         elif cfg == "none":
             filters = []
         elif cfg == "rbac_10":
@@ -457,8 +466,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_wrk(port: int, seconds: int, cpu: str | None, cfg: str = "") -> dict[str, float]:
-    cmd = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"]
+def run_wrk(port: int, seconds: int, cpu: str | None, cfg: str = "", connections: int = CONNECTIONS) -> dict[str, float]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"]
     parts = jwt_parts(cfg)
     if parts:  # JWT configurations: every request carries the next token of the configuration's file
         jwt_material()
@@ -562,10 +571,13 @@ def main() -> int:
         need = ("ip_geo" if c.startswith("ip_geo_") else "floor" if c == "floor"
                 else "jwt" if c.startswith("jwt_") and "@" not in c
                 else "rate_limit" if c.startswith("rl_") and "@" not in c
-                else "validate" if c.startswith("val_") and "@" not in c else None)
+                else "validate" if c.startswith("val_") and "@" not in c
+                else "native" if native.parts(c) else None)
         if c not in ALL_CONFIGS and "@" not in c:
             raise SystemExit(f"unknown configuration {c!r}; known: {', '.join(ALL_CONFIGS)}")
-        if need and not module_path(need).exists():
+        if need == "native" and not native.module().exists():
+            skipped[c] = f"{native.module().name} not built"
+        elif need and need != "native" and not module_path(need).exists():
             skipped[c] = f"{module_path(need).name} not built"
         else:
             configs.append(c)
@@ -611,7 +623,7 @@ def main() -> int:
     kong: dict[str, Any] = {}  # configuration -> bench_kong.Instance
     tally = rl.Tally()  # rate limiting: requests sent and admitted over every run
     with open(log, "wb") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=native.env())
     try:
         wait_ready(proc, ports["admin"], log)
         for c in envoy_configs:
@@ -670,6 +682,8 @@ def main() -> int:
         out["rate_limit_accuracy"] = tally.json()
     if any(val.parts(c) for c in CONFIGS):
         md += "\n" + val.table({"envoy": results, "kong": kong_results})
+    if any(native.parts(c) for c in envoy_configs):
+        md += "\n" + native.table(results)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.md").write_text(md)
     (OUT / "results.json").write_text(json.dumps(out, indent=2))

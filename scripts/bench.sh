@@ -21,6 +21,13 @@
 #                                           # filter (scripts/bench_validate.py), then the module's size
 #                                           # and its VM memory per worker with the example policy
 #   CONFIGS=validate INSTRUCTIONS=1 scripts/bench.sh   # also their instructions per request
+#   HOSTS=envoy CONFIGS=native scripts/bench.sh   # issue 15: the native module (libgatewarden.so,
+#                                           # nat_* configurations) vs Envoy's filters on the same work
+#                                           # (rbac, jwt_authn with/without cache, local_ratelimit) and
+#                                           # vs our .wasm, side by side (scripts/bench_native.py; groups
+#                                           # native_ip_geo, native_jwt, native_rl, native_val), then
+#                                           # memory per worker of each (~4 min); with INSTRUCTIONS=1
+#                                           # also instructions per request
 #   RATELIMIT_MEMORY=1 scripts/bench.sh     # also the rate limiter's bounded memory: 1,000,000 keys
 #                                           # in the Wasm host and on a real Envoy, and 10,000
 #                                           # cycling clients in the Wasm host (~6 min)
@@ -66,6 +73,11 @@ fi
 # example policy (one Envoy per policy and concurrency); when CONFIGS names validate, val_* or post_*.
 if [[ -n "$spec" && ",${spec// /}," =~ ,(all|validate|val_[a-z0-9_@]+|post_[a-z0-9_]+), ]]; then
     "$PY" "$ROOT/scripts/bench_validate.py" || die "bench_validate.py failed"
+fi
+# The native module (issue 15): memory per worker of it, our .wasm and Envoy's filters (one Envoy
+# per configuration at --concurrency 1 and 3); when CONFIGS names native or native_*.
+if [[ -n "$spec" && ",${spec// /}," =~ ,(native|native_[a-z_]+), && "${NATIVE_MEMORY:-1}" != 0 ]]; then
+    "$PY" "$ROOT/scripts/bench_native.py" || die "bench_native.py failed"
 fi
 # The noise-free half: instructions per request under callgrind (needs valgrind; ~3 min per
 # configuration). INSTRUCTIONS=1 scripts/bench.sh

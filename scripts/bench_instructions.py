@@ -101,7 +101,7 @@ def run(cfg: str, n: int, out: Path, window: bool = False) -> int:
            envoy_binary(), "-c", str(work / "envoy.json"), "--concurrency", "1",
            "--disable-hot-restart", "-l", "warning"]
     with log.open("wb") as lf:
-        proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, cwd=bench.ROOT)
+        proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, cwd=bench.ROOT, env=bench.native.env())
     try:
         bench.wait_ready(proc, ports["admin"], log, timeout=float(os.environ.get("READY_TIMEOUT", "1800")))
         tokens = bench.jwt_tokens(cfg)
@@ -220,7 +220,8 @@ def main() -> int:
                if not (c.startswith("ip_geo_") and not bench.module_path("ip_geo").exists())
                and not (c.startswith("jwt_") and "@" not in c and not bench.module_path("jwt").exists())
                and not (c.startswith("rl_") and "@" not in c and not bench.module_path("rate_limit").exists())
-               and not (c.startswith("val_") and "@" not in c and not bench.module_path("validate").exists())]
+               and not (c.startswith("val_") and "@" not in c and not bench.module_path("validate").exists())
+               and not (bench.native.parts(c) and not bench.native.module().exists())]
     per_req: dict[str, float] = {}
     for c in configs if "envoy" in hosts else []:
         if METHOD == "window":
@@ -242,6 +243,9 @@ def main() -> int:
             f"Kong engine (nginx + ngx_wasm_module, master_process off), instructions per request under "
             f"callgrind ({how}; proxy_pass to an Envoy direct_response outside valgrind):", ""]
         lines += count_table(kong_per_req, kong_skipped)
+    if any(bench.native.parts(c) for c in per_req):
+        lines += ["", "Native module against Envoy's filter and our .wasm (speed = theirs ÷ ours):", "",
+                  bench.native.instruction_table(per_req)]
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     print("\n" + text)

@@ -49,6 +49,8 @@ def missing() -> str | None:
 def unsupported(cfg: str) -> str | None:
     """Why configuration `cfg` has no Kong counterpart (None: it has)."""
     base = cfg.partition("@")[0]
+    if base.startswith("nat_"):
+        return "Envoy's dynamic module"
     if base == "rbac_10" or (bench.jwt_parts(cfg) or ("",))[0] in ("authn", "authn_cache"):
         return "Envoy's native filter"
     if (bench.rl.parts(cfg) or ("",))[0] in ("lrl", "lrl20"):

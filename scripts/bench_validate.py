@@ -72,8 +72,9 @@ end
 
 
 def parts(cfg: str) -> tuple[str, int] | None:
-    """(kind, body bytes) of a validation configuration, else None."""
-    m = re.fullmatch(r"(val|post)_(200b|10kb|100kb)(?:@\w+)?", cfg)
+    """(kind, body bytes) of a validation configuration, else None; the native module's nat_val_*
+    as "val" (same body and checks; its table is scripts/bench_native.py's)."""
+    m = re.fullmatch(r"(?:nat_(?=val_))?(val|post)_(200b|10kb|100kb)(?:@\w+)?", cfg)
     return (m.group(1), SIZES[m.group(2)]) if m else None
 
 
@@ -211,7 +212,7 @@ def table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
         added: dict[int, float] = {}
         for cfg in per_cfg:
             p = parts(cfg)
-            if not p or p[0] != OURS or not per_cfg[cfg]:
+            if not p or p[0] != OURS or not per_cfg[cfg] or cfg.startswith("nat_"):
                 continue
             base = counterpart(cfg)
             assert base is not None
