@@ -252,3 +252,56 @@ fn to_outcome(out: RateLimitOutcome, note: Option<&FleetNote>) -> Outcome {
     }
     outcome
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use gatewarden_policy::compile;
+
+    fn policy(max_keys: u32) -> RateLimitPolicy {
+        let doc = format!(
+            r#"{{"policy_version":"t","mode":"enforce","failure_mode":"deny","max_keys":{max_keys},
+                "rules":[],"default":{{"limits":[{{"name":"per-client","rate":50,"per":"1h"}}],"key":["client_address"]}}}}"#
+        );
+        compile::<RateLimitPolicy>(doc.as_bytes()).expect("policy")
+    }
+
+    #[test]
+    fn configurations_of_one_shape_share_one_table_and_others_do_not() {
+        let a = Table::shared(4096);
+        let b = Table::shared(4096);
+        let c = Table::shared(8192);
+        assert!(Arc::ptr_eq(&a, &b), "a policy update with the same max_keys keeps the buckets");
+        assert!(!Arc::ptr_eq(&a, &c));
+    }
+
+    #[test]
+    fn workers_charge_one_budget_per_key() {
+        // Four threads (workers), each with its own state as the runtime gives them, 40 requests
+        // each from one client against 50 per hour: exactly 50 pass in total.
+        let policy = Arc::new(policy(1024));
+        // The configuration makes every worker's state up front (the runtime's PerWorker).
+        let states: Vec<WorkerState> = (0..4).map(|_| RateLimit::policy_state(&policy)).collect();
+        let allowed: usize = states
+            .into_iter()
+            .map(|state| {
+                let policy = Arc::clone(&policy);
+                std::thread::spawn(move || {
+                    let headers = vec![(":path".to_owned(), "/x".to_owned()), (":method".to_owned(), "GET".to_owned())];
+                    (0..40)
+                        .filter(|_| {
+                            let facts = RequestFacts::new(&headers, Some("192.0.2.7:5000"));
+                            matches!(RateLimit::decide(&policy, &state, &facts).decision.verdict, Verdict::Allow)
+                        })
+                        .count()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().expect("worker"))
+            .sum();
+        assert_eq!(allowed, 50);
+    }
+}

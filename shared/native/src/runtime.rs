@@ -835,3 +835,56 @@ pub unsafe fn request_drop(ptr: abi::FilterModulePtr) {
         drop(unsafe { Box::from_raw(ptr as *mut Box<dyn AnyRequest>) });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+    use super::*;
+    use gatewarden_glue::GrpcCallout;
+
+    fn call(message: &[u8]) -> GrpcCallout {
+        GrpcCallout {
+            upstream: "rls".into(),
+            service: "envoy.service.ratelimit.v3.RateLimitService".into(),
+            method: "ShouldRateLimit".into(),
+            metadata: vec![("x-tenant".into(), "a".into())],
+            message: message.to_vec(),
+            timeout: Duration::from_millis(100),
+            max_response_bytes: 1024,
+        }
+    }
+
+    #[test]
+    fn a_grpc_call_is_a_post_with_one_length_prefixed_frame() {
+        let (headers, body) = grpc_request(&call(b"hello"));
+        let get = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get(":path"), Some("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"));
+        assert_eq!(get(":method"), Some("POST"));
+        assert_eq!(get("content-type"), Some("application/grpc"));
+        assert_eq!(get("x-tenant"), Some("a"));
+        assert_eq!(body, [&[0u8, 0, 0, 0, 5][..], b"hello"].concat());
+        assert_eq!(frame(&body), Some(&b"hello"[..]));
+    }
+
+    #[test]
+    fn grpc_answers_read_status_from_headers_or_a_whole_frame() {
+        let ok = [&[0u8, 0, 0, 0, 2][..], b"hi"].concat();
+        assert_eq!(grpc_answer(200, &[], &ok), (0, &b"hi"[..]), "OK: trailers are not handed over, the frame is");
+        let trailers_only = vec![("grpc-status".to_owned(), "8".to_owned())];
+        assert_eq!(grpc_answer(200, &trailers_only, b""), (8, &b""[..]));
+        assert_eq!(grpc_answer(503, &[], b"upstream connect error"), (14, &b""[..]));
+        assert_eq!(grpc_answer(200, &[], &ok[..4]), (14, &b""[..]), "a cut frame is no answer");
+        let compressed = [&[1u8, 0, 0, 0, 2][..], b"hi"].concat();
+        assert_eq!(grpc_answer(200, &[], &compressed), (14, &b""[..]), "compressed frames are not read");
+    }
+
+    #[test]
+    fn per_worker_values_are_distinct_and_an_unknown_worker_wraps() {
+        let counter = std::sync::atomic::AtomicUsize::new(0);
+        let slots = PerWorker::new(2, || counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        assert_eq!(slots.with(0, |v| *v), Some(0));
+        assert_eq!(slots.with(1, |v| *v), Some(1));
+        assert_eq!(slots.with(2, |v| *v), Some(0));
+    }
+}
