@@ -21,7 +21,8 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gatewarden_glue::remote::ResourceEvent;
@@ -158,25 +159,34 @@ pub struct Fetcher {
 }
 
 /// Posts a tick to the configuration's scheduler every [`TICK`] from a small thread, until the
-/// configuration is destroyed (the scheduler is deleted under the same lock the thread uses).
+/// configuration is destroyed: then the scheduler is deleted under the lock the thread uses, the
+/// thread is woken and joined (so no thread of this module outlives the configurations that use
+/// it, even if Envoy unloads the module after the last one).
 struct Ticker {
-    scheduler: Arc<Mutex<Option<Scheduler>>>,
+    shared: Arc<(Mutex<Option<Scheduler>>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Ticker {
     fn start(config: ConfigHandle) -> Option<Self> {
-        let scheduler = Arc::new(Mutex::new(Some(config.scheduler()?)));
-        let shared = Arc::clone(&scheduler);
-        let spawned = std::thread::Builder::new().name("gatewarden-fetch".into()).spawn(move || loop {
-            std::thread::sleep(TICK);
-            let guard = shared.lock().unwrap_or_else(|p| p.into_inner());
-            match guard.as_ref() {
-                Some(s) => s.commit(0),
-                None => return,
+        let shared = Arc::new((Mutex::new(Some(config.scheduler()?)), Condvar::new()));
+        let theirs = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new().name("gatewarden-fetch".into()).spawn(move || {
+            let (lock, wake) = &*theirs;
+            let mut guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                guard = match wake.wait_timeout(guard, TICK) {
+                    Ok((g, _)) => g,
+                    Err(p) => p.into_inner().0,
+                };
+                match guard.as_ref() {
+                    Some(s) => s.commit(0),
+                    None => return,
+                }
             }
         });
         match spawned {
-            Ok(_) => Some(Self { scheduler }),
+            Ok(thread) => Some(Self { shared, thread: Some(thread) }),
             Err(e) => {
                 envoy::log(Level::Error, format_args!("gatewarden: cannot start the fetch ticker thread: {e}"));
                 None
@@ -187,8 +197,13 @@ impl Ticker {
 
 impl Drop for Ticker {
     fn drop(&mut self) {
+        let (lock, wake) = &*self.shared;
         // Deleting the scheduler under the lock: the thread never commits to a deleted one.
-        let _ = self.scheduler.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let _ = lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+        wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
