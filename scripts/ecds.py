@@ -2,13 +2,22 @@
 """Render a Gatewarden policy into the ECDS resource Envoy watches, and write it atomically. Stdlib only.
 
 The ECDS file is a DiscoveryResponse in JSON holding one TypedExtensionConfig named
-`gatewarden.<filter>` that wraps an `envoy.extensions.filters.http.wasm.v3.Wasm` filter whose plugin
-`configuration` is the policy JSON (a google.protobuf.StringValue). Envoy's watched_directory reloads
-the file when a file is moved into the directory, so writes go to a temp file in the same directory,
-then rename(2) over the watched file: Envoy never sees a half-written file, and each push is one reload.
+`gatewarden.<filter>` that wraps either
+- (`--target wasm`, the default) an `envoy.extensions.filters.http.wasm.v3.Wasm` filter whose plugin
+  `configuration` is the policy JSON (a google.protobuf.StringValue), or
+- (`--target envoy-native`) an `envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter`
+  of the native module `gatewarden` (libgatewarden.so, found through Envoy's environment variable
+  ENVOY_DYNAMIC_MODULES_SEARCH_PATH) with `filter_name` <filter> and the same policy JSON as its
+  `filter_config` (a google.protobuf.StringValue). The bootstrap's config_discovery must list that
+  type in its `type_urls`.
+Envoy's watched_directory reloads the file when a file is moved into the directory, so writes go to
+a temp file in the same directory, then rename(2) over the watched file: Envoy never sees a
+half-written file, and each push is one reload.
 
     python3 scripts/ecds.py --filter ip_geo --policy deploy/policies/ip_geo.json \\
         --module target/wasm32-wasip1/release/gatewarden_ip_geo.wasm --ecds-dir /tmp/gw/ecds
+    python3 scripts/ecds.py --target envoy-native --filter ip_geo --policy deploy/policies/ip_geo.json \\
+        --ecds-dir /tmp/gw/ecds
 """
 
 from __future__ import annotations
@@ -23,8 +32,12 @@ from pathlib import Path
 from typing import Any
 
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+DYNAMIC_MODULE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
 EXTENSION_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 STRING_VALUE_TYPE = "type.googleapis.com/google.protobuf.StringValue"
+# The native module's name: Envoy loads lib<name>.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
+NATIVE_MODULE_NAME = "gatewarden"
+TARGETS = ("wasm", "envoy-native")
 
 
 def resource_name(filter_name: str) -> str:
@@ -106,11 +119,45 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
         raise
 
 
+def native_resource(filter_name: str, policy: Any) -> dict[str, Any]:
+    """The ECDS DiscoveryResponse (as a dict) configuring `filter_name` with `policy` in the native
+    module (`envoy-native`). The same policy JSON as the Wasm filter's plugin configuration, as
+    the `filter_config` string. There is no VM configuration: the module reads the approvals'
+    trust settings from the file named by GATEWARDEN_TRUST_FILE in Envoy's environment."""
+    text = policy_text(policy)
+    version = policy.get("policy_version") if isinstance(policy, dict) else None
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return {
+        "version_info": f"{version or 'raw'}-{digest}",
+        "resources": [
+            {
+                "@type": EXTENSION_TYPE,
+                "name": resource_name(filter_name),
+                "typed_config": {
+                    "@type": DYNAMIC_MODULE_TYPE,
+                    "dynamic_module_config": {"name": NATIVE_MODULE_NAME},
+                    "filter_name": filter_name,
+                    "filter_config": {"@type": STRING_VALUE_TYPE, "value": text},
+                },
+            }
+        ],
+    }
+
+
 def push(ecds_dir: str | os.PathLike[str], filter_name: str, policy: Any,
-         module: str | os.PathLike[str], *, vm_id: str | None = None, vm_configuration: Any = None) -> Path:
-    """Render and atomically write `<ecds_dir>/<filter>.json`; returns its path."""
+         module: str | os.PathLike[str] | None, *, vm_id: str | None = None, vm_configuration: Any = None,
+         target: str = "wasm") -> Path:
+    """Render and atomically write `<ecds_dir>/<filter>.json`; returns its path. target "wasm"
+    (`module`: the .wasm file) or "envoy-native" (module, vm_id and vm_configuration unused)."""
     path = Path(ecds_dir) / f"{filter_name}.json"
-    res = resource(filter_name, policy, module, vm_id=vm_id, vm_configuration=vm_configuration)
+    if target == "envoy-native":
+        res = native_resource(filter_name, policy)
+    elif target == "wasm":
+        if module is None:
+            raise ValueError("a Wasm filter's ECDS resource needs the module's path")
+        res = resource(filter_name, policy, module, vm_id=vm_id, vm_configuration=vm_configuration)
+    else:
+        raise ValueError(f"unknown target {target!r} (one of {', '.join(TARGETS)})")
     write_atomic(path, json.dumps(res, indent=2) + "\n")
     return path
 
@@ -119,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--filter", required=True, help="filter name, e.g. ip_geo (resource gatewarden.<filter>)")
     p.add_argument("--policy", required=True, help="policy JSON file ('-' for stdin)")
-    p.add_argument("--module", required=True, help="path of the .wasm module as Envoy will see it")
+    p.add_argument("--target", choices=TARGETS, default="wasm",
+                   help="the Wasm filter (default) or the native Envoy module (libgatewarden.so)")
+    p.add_argument("--module", help="path of the .wasm module as Envoy will see it (--target wasm)")
     p.add_argument("--raw", action="store_true", help="pass the policy bytes verbatim, unparsed")
     p.add_argument("--vm-config", help="file whose content becomes vm_config.configuration "
                    "(e.g. the trust settings of approvals)")
@@ -135,11 +184,19 @@ def main(argv: list[str] | None = None) -> int:
             policy = json.loads(text)
         except json.JSONDecodeError as e:
             p.error(f"{args.policy}: not JSON ({e}); use --raw to push it anyway")
+    if args.target == "wasm" and not args.module:
+        p.error("--module is required with --target wasm")
+    if args.target == "envoy-native" and (args.module or args.vm_config):
+        p.error("--module and --vm-config are Wasm settings; the native module is found by "
+                "ENVOY_DYNAMIC_MODULES_SEARCH_PATH and reads its trust settings from GATEWARDEN_TRUST_FILE")
     vm_configuration = Path(args.vm_config).read_text() if args.vm_config else None
     if args.ecds_dir:
-        print(push(args.ecds_dir, args.filter, policy, args.module, vm_configuration=vm_configuration))
+        print(push(args.ecds_dir, args.filter, policy, args.module, vm_configuration=vm_configuration,
+                   target=args.target))
     else:
-        body = json.dumps(resource(args.filter, policy, args.module, vm_configuration=vm_configuration), indent=2) + "\n"
+        res = (native_resource(args.filter, policy) if args.target == "envoy-native"
+               else resource(args.filter, policy, args.module, vm_configuration=vm_configuration))
+        body = json.dumps(res, indent=2) + "\n"
         if args.out == "-":
             sys.stdout.write(body)
         else:
