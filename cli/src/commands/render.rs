@@ -1,10 +1,13 @@
-//! `gatewarden render --target envoy|istio|kong|nginx|compose POLICY`: the plugin config for each
+//! `gatewarden render --target envoy|envoy-native|istio|kong|nginx|compose POLICY`: the plugin config for each
 //! host, from one policy file. Every target first compiles the policy with the filter's own code
 //! (and, with `--vm-config`, runs its signature check); kong and nginx also refuse callout targets
 //! that are not `host:port`. A refused render writes nothing (exit 1; 2 when it could not run).
 //!
 //! - `envoy`: the ECDS resource Envoy watches (`ecds::resource`) — byte for byte what
 //!   `scripts/ecds.py` writes for the same policy JSON (`gatewarden apply` writes it too).
+//! - `envoy-native`: the same ECDS resource for the native module `libgatewarden.so`
+//!   (`hosts::envoy_native`); with `--vm-config`, the trust settings go to a file for
+//!   `GATEWARDEN_TRUST_FILE` (beside the resource with `--out`), since no filter config carries them.
 //! - `istio`: a `WasmPlugin` with the module's sha256 (`hosts::istio`).
 //! - `kong`: a `filter_chains` entry and, with `--out DIR`, `<module>.meta.json` (`hosts::kong`).
 //! - `nginx`: the ngx_wasm_module configuration for plain nginx/OpenResty (`hosts::nginx`).
@@ -18,9 +21,10 @@ use crate::atomic::write_atomic;
 use crate::cli::{FilterArg, ModuleArgs};
 use crate::ecds::{ecds_resource, ModuleSettings};
 use crate::error::{CliError, CmdResult, Refusal};
+use crate::hosts::envoy_native::{self, ModuleSource};
 use crate::hosts::{compose, istio, kong, nginx};
 use crate::modules::sha256_hex;
-use crate::policy_file::load;
+use crate::policy_file::{load, LoadedPolicy};
 use crate::trust::check_trust;
 
 /// The hosts `render` writes for.
@@ -28,6 +32,8 @@ use crate::trust::check_trust;
 pub enum Target {
     /// Envoy's ECDS resource (what `apply` writes).
     Envoy,
+    /// Envoy's ECDS resource for the native module libgatewarden.so (a dynamic module, no Wasm VM).
+    EnvoyNative,
     /// An Istio `WasmPlugin`.
     Istio,
     /// Kong's declarative `filter_chains` (+ meta.json with --out DIR).
@@ -52,7 +58,7 @@ pub struct Args {
     pub filter: FilterArg,
     #[command(flatten)]
     pub module: ModuleArgs,
-    /// Write here instead of stdout: a file (envoy, istio, compose) or a directory (kong, nginx).
+    /// Write here instead of stdout: a file (envoy, envoy-native, istio, compose) or a directory (kong, nginx).
     #[arg(long, value_name = "PATH")]
     pub out: Option<String>,
     /// Istio: the module URL.
@@ -96,7 +102,7 @@ pub fn run(o: &Args) -> CmdResult {
     if matches!(o.target, Target::Kong | Target::Nginx) {
         nginx::check_kong_targets(&policy).map_err(refused)?;
     }
-    if o.module.vm_config.is_some() && !matches!(o.target, Target::Envoy | Target::Nginx) {
+    if o.module.vm_config.is_some() && !matches!(o.target, Target::Envoy | Target::EnvoyNative | Target::Nginx) {
         eprintln!(
             "gatewarden: warning: --vm-config: the {} output has no place for the VM configuration, so it does not carry \
              the trust settings; the policy's signatures were checked here only",
@@ -107,13 +113,14 @@ pub fn run(o: &Args) -> CmdResult {
             }
         );
     }
-    if matches!(o.target, Target::Envoy | Target::Istio | Target::Compose) {
+    if matches!(o.target, Target::Envoy | Target::EnvoyNative | Target::Istio | Target::Compose) {
         if let Some(w) = crate::hosts::body::envoy_warning(&policy) {
             eprintln!("{w}");
         }
     }
     let text = match o.target {
         Target::Envoy => ecds_resource(policy.filter, &policy.json, &policy.policy_version, &settings),
+        Target::EnvoyNative => return render_native(o, &policy, settings.vm_configuration.as_deref()),
         Target::Istio => {
             let sha = match &o.sha256 {
                 Some(s) => s.clone(),
@@ -165,6 +172,45 @@ pub fn run(o: &Args) -> CmdResult {
         }
         None => print!("{text}"),
     }
+    Ok(())
+}
+
+/// `--target envoy-native`: the resource (stdout or `--out FILE`) and, with `--vm-config`, the trust
+/// settings in `gatewarden-trust.json` beside `--out FILE` (stdout: the `--vm-config` file itself),
+/// each with a note on stderr saying how Envoy gets them.
+fn render_native(o: &Args, policy: &LoadedPolicy, trust: Option<&str>) -> CmdResult {
+    let source = ModuleSource::resolve(o.module.module.as_deref(), o.module.modules.as_deref())
+        .map_err(|e| CliError::usage("render", e).then_line(REFUSED))?;
+    if let Some(id) = &o.module.vm_id {
+        eprintln!("gatewarden: warning: --vm-id {id:?}: the native module runs without a VM; ignored");
+    }
+    let text = envoy_native::ecds_resource(policy.filter, &policy.json, &policy.policy_version, &source);
+    let Some(out) = &o.out else {
+        print!("{text}");
+        if let (Some(path), Some(_)) = (&o.module.vm_config, trust) {
+            eprintln!("{}", envoy_native::trust_note(Path::new(path), false));
+        }
+        return Ok(());
+    };
+    let out = Path::new(out);
+    let cannot = |p: &Path, e: std::io::Error| CliError::could_not_run(format!("gatewarden: {}: {e}", p.display()));
+    let mut written = vec![out.display().to_string()];
+    if let Some(trust) = trust {
+        let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let trust_path = dir.join(envoy_native::TRUST_FILE_NAME);
+        if std::fs::read(&trust_path).is_ok_and(|old| old != trust.as_bytes()) {
+            eprintln!(
+                "gatewarden: warning: {}: the trust settings changed; a running Envoy keeps the ones it loaded until it restarts",
+                trust_path.display()
+            );
+        }
+        // The trust settings first: a resource that needs them never waits in the watched directory for them.
+        write_atomic(&trust_path, trust.as_bytes()).map_err(|e| cannot(&trust_path, e))?;
+        eprintln!("{}", envoy_native::trust_note(&trust_path, true));
+        written.push(trust_path.display().to_string());
+    }
+    write_atomic(out, text.as_bytes()).map_err(|e| cannot(out, e))?;
+    println!("{}", written.join("\n"));
     Ok(())
 }
 

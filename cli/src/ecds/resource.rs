@@ -12,8 +12,8 @@ use crate::modules::{module_dir, sha256_hex};
 use crate::policy_file::Filter;
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
-const EXTENSION_TYPE: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
-const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
+pub(crate) const EXTENSION_TYPE: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+pub(crate) const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
 
 /// Where the module is and how its VM is named, for the host configs.
 #[derive(Debug, Clone)]
@@ -102,7 +102,7 @@ pub fn resource_name(filter: Filter) -> String {
 
 /// Python's `json.dumps(..., ensure_ascii=True)`: every non-ASCII character as `\uXXXX`
 /// (surrogate pairs above the BMP). Only strings hold non-ASCII, so this is safe on JSON text.
-fn ascii_json(text: &str) -> String {
+pub(crate) fn ascii_json(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_ascii() {
