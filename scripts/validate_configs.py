@@ -9,7 +9,11 @@
 - every ECDS resource in deploy/envoy/ecds/*.json, inlined as a static HTTP filter (validate mode does
   not read ECDS files, so this is how their Wasm config gets checked), and likewise the resources
   `gatewarden render --target envoy` writes for examples/policies/*.yaml;
-- the benchmark's bootstrap (scripts/bench.py), with every configuration.
+- the benchmark's bootstrap (scripts/bench.py), with every configuration;
+- the native module's (libgatewarden.so) bootstrap deploy/envoy-native/envoy.yaml, rendered both ways,
+  and its ECDS resources (deploy/envoy-native/ecds/*.json and `gatewarden render --target envoy-native`
+  of examples/policies/*.yaml) inlined: validate mode loads the module and runs its configure, so
+  these also prove that the native module accepts each policy.
 Exit status 1 if any fails. Stdlib only.
 """
 
@@ -28,6 +32,8 @@ sys.path.insert(0, str(ROOT / "scripts" / "e2e"))
 import envoyconf  # noqa: E402
 
 ENVOY = ROOT / ".venv" / "bin" / "envoy"
+NATIVE_TEMPLATE = ROOT / "deploy" / "envoy-native" / "envoy.yaml"
+NATIVE_DIR = ROOT / "target" / "release"  # scripts/build.sh (lib.sh build_native)
 
 
 def validate(label: str, config: Path, cmd: list[str] | None = None, env: dict[str, str] | None = None) -> bool:
@@ -95,13 +101,57 @@ def main() -> int:
             path.write_text(json.dumps(boot))
             ok &= validate(label, path)
 
+        ok &= validate_native(t)
+
         import bench
 
         bootstrap, _ = bench.build(t / "bench", bench.ALL_CONFIGS)
         path = t / "bench.json"
         path.write_text(json.dumps(bootstrap))
-        ok &= validate("bench bootstrap (all configurations)", path)
+        # The search path too: the benchmark compares the native module as well.
+        ok &= validate("bench bootstrap (all configurations)", path,
+                       env=dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE_DIR)))
     return 0 if ok else 1
+
+
+def validate_native(t: Path) -> bool:
+    """deploy/envoy-native: the bootstrap template (envoyconf.py and entrypoint.sh) and every
+    resource for the native module, inlined with the built libgatewarden.so."""
+    ok = True
+    template = NATIVE_TEMPLATE.read_text()
+    path = t / "native-envoy.yaml"
+    path.write_text(envoyconf.render({"ECDS_DIR": ROOT / "deploy" / "envoy-native" / "ecds"},
+                                     ["ip_geo", "jwt", "rate_limit", "validate"], {"ipv6"}, template=template))
+    ok &= validate("envoy-native/envoy.yaml (ip_geo + jwt + rate_limit + validate, IPv6)", path)
+    env = dict(os.environ, PATH=f"{ENVOY.parent}:{os.environ.get('PATH', '')}", TEMPLATE=str(NATIVE_TEMPLATE),
+               OUT=str(t / "native-docker.yaml"), ECDS_DIR=str(ROOT / "deploy" / "envoy-native" / "ecds"),
+               FILTERS="ip_geo jwt rate_limit validate")  # as docker-compose.yaml's envoy-native sets it
+    ok &= validate("envoy-native/envoy.yaml rendered by docker/entrypoint.sh", t / "native-docker.yaml",
+                   ["sh", str(ROOT / "deploy" / "compose" / "docker" / "entrypoint.sh"), "--mode", "validate"], env)
+    if not (NATIVE_DIR / "libgatewarden.so").exists():
+        print(f"FAIL {NATIVE_DIR}/libgatewarden.so not built (scripts/build.sh): the native resources are not checked")
+        return False
+    resources = [(f"envoy-native/ecds/{p.name}", p.stem, json.loads(p.read_text()))
+                 for p in sorted((ROOT / "deploy" / "envoy-native" / "ecds").glob("*.json"))]
+    for policy in sorted((ROOT / "examples" / "policies").glob("*.yaml")):
+        out = subprocess.run(gatewarden_cli() + ["render", "--target", "envoy-native", str(policy)],
+                             cwd=ROOT, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"FAIL gatewarden render --target envoy-native {policy.name}: {out.stderr}", file=sys.stderr)
+            ok = False
+            continue
+        resources.append((f"gatewarden render --target envoy-native examples/policies/{policy.name}",
+                          f"render-native-{policy.stem}", json.loads(out.stdout)))
+    native_env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE_DIR))
+    for name, stem, doc in resources:
+        resource = doc["resources"][0]
+        boot = json.loads(json.dumps(STATIC_BOOTSTRAP))
+        hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["http_filters"].insert(0, {"name": resource["name"], "typed_config": resource["typed_config"]})
+        path = t / f"ecds-{stem}.json"
+        path.write_text(json.dumps(boot))
+        ok &= validate(f"{name} (inlined, native module)", path, env=native_env)
+    return ok
 
 
 def gatewarden_cli() -> list[str]:
