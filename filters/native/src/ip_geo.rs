@@ -12,7 +12,7 @@ use gatewarden_ip_geo_policy::{GeoDb, IpGeoPolicy, IpGeoReason, GEO_DB};
 use gatewarden_native::remote::{self, Local, Parsed, Source};
 use gatewarden_native::NativeFilter;
 use gatewarden_policy::facts::HeaderNeeds;
-use gatewarden_policy::{RequestFacts, Verdict};
+use gatewarden_policy::RequestFacts;
 
 pub struct IpGeo;
 
@@ -60,11 +60,6 @@ impl Enforcer for IpGeo {
     fn decide(policy: &IpGeoPolicy, geo: &RefCell<Option<Local<GeoDb>>>, facts: &RequestFacts<'_>) -> Outcome {
         let mut geo = geo.try_borrow_mut().ok();
         let db = geo.as_deref_mut().and_then(Option::as_mut).and_then(|l| l.current().0.cloned());
-        let out = policy.decide(facts, db.as_deref());
-        let detail = match (&out.decision.verdict, out.country) {
-            (Verdict::Deny(_), Some(cc)) => format!("country={cc}"),
-            _ => String::new(),
-        };
-        Outcome::new(out.decision, out.client, detail)
+        gatewarden_ip_geo_policy::adapter::to_outcome(policy.decide(facts, db.as_deref()))
     }
 }

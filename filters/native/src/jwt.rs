@@ -14,9 +14,8 @@ use gatewarden_jwt_policy::{JwksSet, JwtPolicy, JwtReason, RemoteKeys, TokenCach
 use gatewarden_native::envoy::{self, Level};
 use gatewarden_native::remote::{self, Local, Parsed, Source};
 use gatewarden_native::NativeFilter;
-use gatewarden_policy::cidr::parse_address;
 use gatewarden_policy::facts::HeaderNeeds;
-use gatewarden_policy::{FilterPolicy, RequestFacts, Verdict};
+use gatewarden_policy::{FilterPolicy, RequestFacts};
 
 const FILTER: &str = JwtPolicy::NAME;
 
@@ -105,7 +104,7 @@ impl Enforcer for Jwt {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let Ok(mut state) = state.try_borrow_mut() else {
             // Not reachable (a worker decides one request at a time): decide without cache or keys.
-            return to_outcome(policy.decide(facts, now, &RemoteKeys::new(), None), facts);
+            return gatewarden_jwt_policy::adapter::to_outcome(policy.decide(facts, now, &RemoteKeys::new(), None), facts);
         };
         let WorkerKeys { cache, providers, keys } = &mut *state;
         for (provider, local) in providers.iter_mut() {
@@ -123,22 +122,6 @@ impl Enforcer for Jwt {
                 local.resource().want();
             }
         }
-        to_outcome(out, facts)
+        gatewarden_jwt_policy::adapter::to_outcome(out, facts)
     }
-}
-
-fn to_outcome(out: gatewarden_jwt_policy::JwtOutcome, facts: &RequestFacts<'_>) -> Outcome {
-    let (client, detail) = match (&out.decision.verdict, out.client) {
-        (Verdict::Deny(_), Some(Ok(ip))) => (Some(ip), String::new()),
-        (Verdict::Deny(_), Some(Err(e))) => {
-            let peer = facts.peer_address().and_then(parse_address).map(|ip| format!("; peer={ip}")).unwrap_or_default();
-            (None, format!("client_address={}{peer}", e.as_str()))
-        }
-        _ => (None, String::new()),
-    };
-    let mut outcome = Outcome::new(out.decision, client, detail);
-    outcome.remove_headers = out.remove_headers;
-    outcome.set_headers = out.set_headers;
-    outcome.response_headers = out.response_headers;
-    outcome
 }

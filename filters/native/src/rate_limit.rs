@@ -10,28 +10,22 @@
 //! worker (the runtime's per-worker policy state), like the Wasm module's per VM. Counters and log
 //! lines are the Wasm module's (`fleet_calls`, `fleet_lease_spent`, `fleet_failure_<mode>` …).
 
+use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use std::cell::RefCell;
-
-use gatewarden_glue::pipeline::{Callout, GrpcCallout, HostCaps, HttpCallout, Pending, Resumed, Step};
+use gatewarden_glue::pipeline::{HostCaps, Pending, Resumed, Step};
 use gatewarden_glue::{Enforcer, Outcome};
-use gatewarden_native::envoy::{self, Level};
-use gatewarden_native::runtime::tally;
+use gatewarden_native::runtime::NativeReport;
 use gatewarden_policy::facts::HeaderNeeds;
-use gatewarden_policy::FilterPolicy;
-use gatewarden_policy::{RequestFacts, Verdict};
-use gatewarden_rate_limit_policy::fleet::{
-    self, FleetAnswer, FleetFailure, FleetNote, FleetPending, FleetStep, Leases, Proxy, MAX_ANSWER_BYTES,
-};
-use gatewarden_rate_limit_policy::rls::{self, json};
+use gatewarden_policy::RequestFacts;
+use gatewarden_rate_limit_policy::adapter::{self, to_outcome, FLEET_COUNTERS};
+use gatewarden_rate_limit_policy::fleet::{Leases, Proxy};
 use gatewarden_rate_limit_policy::table::{update_set, Set};
 use gatewarden_rate_limit_policy::{Buckets, KeyState, RateLimitPolicy, RateLimitReason, TableFull, TableShape};
-use gatewarden_rate_limit_policy::{FleetFailureMode, FleetProtocol, RateLimitOutcome};
 
 /// The process's key table of one shape.
 pub struct Table {
@@ -87,10 +81,6 @@ pub struct WorkerState {
     leases: RefCell<Leases>,
 }
 
-const FILTER: &str = RateLimitPolicy::NAME;
-const FLEET_COUNTERS: [&str; 6] =
-    ["fleet_calls", "fleet_lease_spent", "fleet_lease_refused", "fleet_failure_allow", "fleet_failure_deny", "fleet_failure_local"];
-
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
@@ -117,10 +107,7 @@ impl Enforcer for RateLimit {
     }
 
     fn check_host(policy: &RateLimitPolicy, _host: &HostCaps) -> Result<(), String> {
-        match policy.fleet() {
-            Some(f) if !policy.fleet_limits().is_empty() => f.target(Proxy::Envoy).map(|_| ()),
-            _ => Ok(()),
-        }
+        adapter::check_host(policy, Proxy::Envoy)
     }
 
     fn header_needs(policy: &RateLimitPolicy) -> HeaderNeeds {
@@ -137,120 +124,15 @@ impl Enforcer for RateLimit {
 
     fn start(policy: &RateLimitPolicy, state: &WorkerState, facts: &RequestFacts<'_>) -> Step {
         let mut out = policy.decide(facts, now_us(), seed(), &mut Charge(&state.table));
-        match (out.fleet.take(), policy.fleet()) {
-            (Some(check), Some(f)) => match state.leases.try_borrow_mut() {
-                Ok(mut leases) => to_step(policy, fleet::start(f, *check, &mut leases, now_us())),
-                Err(_) => Step::Unavailable("rate_limit: the fleet leases are busy"),
-            },
-            (Some(_), None) => Step::Unavailable("rate_limit: a fleet check without a fleet section"),
-            (None, _) => Step::Done(to_outcome(out, None)),
-        }
+        let Some(check) = out.fleet.take() else { return Step::Done(to_outcome(out, None)) };
+        let Ok(mut leases) = state.leases.try_borrow_mut() else { return Step::Unavailable("rate_limit: the fleet leases are busy") };
+        adapter::fleet_start(policy, &mut leases, *check, now_us(), Proxy::Envoy, &NativeReport)
     }
 
     fn resume(policy: &RateLimitPolicy, state: &WorkerState, pending: Pending, input: Resumed<'_>) -> Step {
-        let Some(pending) = pending.into_inner::<FleetPending>() else {
-            return Step::Unavailable("rate_limit: resumed with another filter's state");
-        };
-        let Some(f) = policy.fleet() else { return Step::Unavailable("rate_limit: a fleet check without a fleet section") };
-        let answer = match input {
-            Resumed::Grpc { status, message } => FleetAnswer::from_grpc(status, message),
-            Resumed::Http { status, body, .. } => FleetAnswer::from_http(status, body),
-            Resumed::Failed(why) => FleetAnswer::Failed(FleetFailure::Call(why.as_str())),
-            _ => return Step::Unavailable("rate_limit: resumed with a body it never asked for"),
-        };
         let Ok(mut leases) = state.leases.try_borrow_mut() else { return Step::Unavailable("rate_limit: the fleet leases are busy") };
-        let step = fleet::resume(f, pending, answer, &mut leases, now_us(), &mut Charge(&state.table), policy.header().failure_mode);
-        to_step(policy, step)
+        adapter::fleet_resume(policy, &mut leases, pending, input, now_us(), &mut Charge(&state.table), Proxy::Envoy, &NativeReport)
     }
-}
-
-/// The runtime's step for a fleet step: a decision (counted as in the Wasm module) or a call.
-fn to_step(policy: &RateLimitPolicy, step: FleetStep) -> Step {
-    match step {
-        FleetStep::Done { outcome, note } => {
-            match &note {
-                FleetNote::Lease => tally("fleet_lease_spent"),
-                FleetNote::Refused => tally("fleet_lease_refused"),
-                FleetNote::Failed { failure, mode } => {
-                    let (counter, word) = match mode {
-                        FleetFailureMode::Allow => ("fleet_failure_allow", "allow"),
-                        FleetFailureMode::Deny => ("fleet_failure_deny", "deny"),
-                        FleetFailureMode::Local => ("fleet_failure_local", "local"),
-                    };
-                    tally(counter);
-                    envoy::log(
-                        Level::Warn,
-                        format_args!(
-                            "gatewarden {FILTER}: rate limit service gave no usable answer ({failure}); fleet failure_mode {word} decides (rule {}, policy {})",
-                            outcome.decision.rule,
-                            policy.header().policy_version
-                        ),
-                    );
-                }
-                FleetNote::NotChecked | FleetNote::Answered => {}
-            }
-            Step::Done(to_outcome(outcome, Some(&note)))
-        }
-        FleetStep::Call(call) => {
-            let Some(f) = policy.fleet() else { return Step::Unavailable("rate_limit: a fleet check without a fleet section") };
-            let Ok(target) = f.target(Proxy::Envoy) else { return Step::Unavailable("rate_limit: no fleet target on this host") };
-            tally("fleet_calls");
-            let callout = match target.protocol {
-                FleetProtocol::Grpc => Callout::Grpc(GrpcCallout {
-                    upstream: target.upstream,
-                    service: rls::GRPC_SERVICE.to_owned(),
-                    method: rls::GRPC_METHOD.to_owned(),
-                    metadata: Vec::new(),
-                    message: rls::encode_request(&call.request),
-                    timeout: target.timeout,
-                    max_response_bytes: MAX_ANSWER_BYTES,
-                }),
-                FleetProtocol::Http => Callout::Http(HttpCallout {
-                    upstream: target.upstream,
-                    headers: vec![
-                        (":method".to_owned(), "POST".to_owned()),
-                        (":path".to_owned(), rls::JSON_PATH.to_owned()),
-                        (":authority".to_owned(), target.authority),
-                        ("content-type".to_owned(), "application/json".to_owned()),
-                    ],
-                    body: json::request_to_json(&call.request).into_bytes(),
-                    timeout: target.timeout,
-                    max_response_bytes: MAX_ANSWER_BYTES,
-                }),
-            };
-            Step::Call { call: callout, pending: Pending::new(call.pending) }
-        }
-    }
-}
-
-/// The runtime's outcome of a decision; `note` says what the fleet check did, if any.
-fn to_outcome(out: RateLimitOutcome, note: Option<&FleetNote>) -> Outcome {
-    let scope = match (out.reason, note) {
-        (Some(RateLimitReason::FleetLimited), Some(FleetNote::Failed { .. })) => " scope=fleet(local fallback)",
-        (Some(RateLimitReason::FleetLimited), _) | (Some(RateLimitReason::FleetUnavailable), _) => " scope=fleet",
-        _ => "",
-    };
-    let failure = match note {
-        Some(FleetNote::Failed { failure, .. }) => format!(" fleet_failure={}", failure.kind()),
-        _ => String::new(),
-    };
-    let detail = match (&out.decision.verdict, &out.key) {
-        (Verdict::Deny(_), Some(k)) if !out.violated.is_empty() => {
-            let names: Vec<&str> = out.violated.iter().map(|n| &**n).collect();
-            format!("key={:016x} limits={}{scope}{failure}", k.fingerprint, names.join(","))
-        }
-        (Verdict::Deny(_), Some(k)) => format!("key={:016x}{scope}{failure}", k.fingerprint),
-        _ => String::new(),
-    };
-    let denied = matches!(out.decision.verdict, Verdict::Deny(_));
-    let mut outcome = Outcome::new(out.decision, out.client, detail);
-    if denied {
-        outcome.body = out.body;
-        outcome.response_headers = out.response_headers;
-    } else {
-        outcome.allowed_response_headers = out.response_headers;
-    }
-    outcome
 }
 
 #[cfg(test)]
@@ -258,7 +140,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
-    use gatewarden_policy::compile;
+    use gatewarden_policy::{compile, Verdict};
 
     fn policy(max_keys: u32) -> RateLimitPolicy {
         let doc = format!(

@@ -5,33 +5,23 @@
 //! a new copy once, when its generation moves (the last good one serves meanwhile).
 
 use std::cell::RefCell;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatewarden_glue::decision_log::DecisionRecord;
 use gatewarden_glue::pipeline::{Pending, Resumed, Step};
 use gatewarden_glue::remote::counter_names;
 use gatewarden_glue::{Enforcer, Outcome};
 use gatewarden_native::envoy::{self, Level};
 use gatewarden_native::remote::{self, Local, Parsed, Source};
-use gatewarden_native::runtime::tally;
+use gatewarden_native::runtime::{self as native, NativeReport};
 use gatewarden_native::NativeFilter;
-use gatewarden_policy::decision::Decision;
 use gatewarden_policy::facts::HeaderNeeds;
-use gatewarden_policy::{FailureMode, FilterPolicy, RequestFacts};
+use gatewarden_policy::{FilterPolicy, RequestFacts};
+use gatewarden_validate_policy::adapter::{self, UNVALIDATED};
 use gatewarden_validate_policy::openapi::{OpenApi, OPENAPI_DOCUMENT};
-use gatewarden_validate_policy::{BodyInput, BodyPlan, Start, ValidateOutcome, ValidatePolicy, ValidateReason, PROBLEM_JSON};
+use gatewarden_validate_policy::{ValidatePolicy, ValidateReason};
 
 const FILTER: &str = ValidatePolicy::NAME;
-
-/// Requests let through without validation, by why (`gatewarden_validate_unvalidated_<why>`).
-const UNVALIDATED: [(ValidateReason, &str); 4] = [
-    (ValidateReason::UnknownPath, "unvalidated_unknown_path"),
-    (ValidateReason::MethodNotAllowed, "unvalidated_method_not_allowed"),
-    (ValidateReason::DocumentUnavailable, "unvalidated_document_unavailable"),
-    (ValidateReason::BodyUnavailable, "unvalidated_body_unavailable"),
-];
 
 pub struct Validate;
 
@@ -116,35 +106,17 @@ impl Enforcer for Validate {
 
     fn decide(policy: &ValidatePolicy, docs: &RefCell<Documents>, facts: &RequestFacts<'_>) -> Outcome {
         let docs = fresh(policy, docs);
-        let out = match policy.start_with(facts, &|rule| docs.as_ref().and_then(|d| d.get(rule))) {
-            Start::Done(out) => out,
-            Start::NeedBody(plan) => policy.finish(plan, BodyInput::Unavailable),
-        };
-        to_outcome(policy, out, facts.header("x-request-id"), || client_of(policy, facts))
+        adapter::decide(policy, facts, &|rule| docs.as_ref().and_then(|d| d.get(rule)), &request_id_now, &NativeReport)
     }
 
     fn start(policy: &ValidatePolicy, docs: &RefCell<Documents>, facts: &RequestFacts<'_>) -> Step {
         let docs = fresh(policy, docs);
-        match policy.start_with(facts, &|rule| docs.as_ref().and_then(|d| d.get(rule))) {
-            Start::Done(out) => Step::Done(to_outcome(policy, out, facts.header("x-request-id"), || client_of(policy, facts))),
-            Start::NeedBody(plan) => Step::NeedBody { max_bytes: plan.max_bytes, pending: Pending::new(plan) },
-        }
+        adapter::start(policy, facts, &|rule| docs.as_ref().and_then(|d| d.get(rule)), &request_id_now, &NativeReport)
     }
 
     fn resume(policy: &ValidatePolicy, _docs: &RefCell<Documents>, pending: Pending, input: Resumed<'_>) -> Step {
-        let Some(plan) = pending.into_inner::<BodyPlan>() else {
-            return Step::Unavailable("validate: resumed with another filter's state");
-        };
-        let body = match input {
-            Resumed::Body(bytes) => BodyInput::Whole(bytes),
-            Resumed::NoBody => BodyInput::Absent,
-            Resumed::BodyTooLarge { seen } => BodyInput::TooLarge { seen },
-            Resumed::BodyUnavailable => BodyInput::Unavailable,
-            Resumed::Http { .. } | Resumed::Grpc { .. } | Resumed::Failed(_) => {
-                return Step::Unavailable("validate: resumed with a callout answer it never asked for")
-            }
-        };
-        Step::Done(to_outcome(policy, policy.finish(plan, body), None, || None))
+        let client = || adapter::client_from(policy, &native::request_header, &native::source_address);
+        adapter::resume(policy, pending, input, &request_id_now, &client, &NativeReport)
     }
 }
 
@@ -157,55 +129,7 @@ fn fresh<'a>(policy: &ValidatePolicy, docs: &'a RefCell<Documents>) -> Option<st
     docs.try_borrow().ok()
 }
 
-/// The runtime's outcome of a validation (as the Wasm module's): the problem body, its media type
-/// and `Allow` on a denial, the first error in the log's detail; an unvalidated request counted
-/// and logged.
-fn to_outcome(policy: &ValidatePolicy, out: ValidateOutcome, request_id: Option<&str>, client: impl FnOnce() -> Option<IpAddr>) -> Outcome {
-    let ValidateOutcome { decision, reason, errors, body, allow, unvalidated, .. } = out;
-    let unvalidated = match reason {
-        Some(ValidateReason::BodyUnavailable) if policy.header().failure_mode == FailureMode::Allow => {
-            Some(ValidateReason::BodyUnavailable)
-        }
-        _ => unvalidated,
-    };
-    if let Some(why) = unvalidated {
-        count_unvalidated(policy, &decision, why, request_id.unwrap_or(""));
-        return Outcome::new(Decision::allow(&decision.rule), None, String::new());
-    }
-    let detail = match errors.first() {
-        Some(e) => format!("pointer={}; schema={}; keyword={}", e.instance, e.schema, e.keyword),
-        None => String::new(),
-    };
-    let client = if reason.is_some() { client() } else { None };
-    let mut outcome = Outcome::new(decision, client, detail);
-    if reason.is_some() {
-        outcome.response_headers.push(("content-type".to_owned(), PROBLEM_JSON.to_owned()));
-        if let Some(methods) = allow {
-            outcome.response_headers.push(("allow".to_owned(), methods.to_string()));
-        }
-    }
-    outcome.body = body;
-    outcome
-}
-
-fn client_of(policy: &ValidatePolicy, facts: &RequestFacts<'_>) -> Option<IpAddr> {
-    policy.header().client_address.resolve(facts).ok()
-}
-
-fn count_unvalidated(policy: &ValidatePolicy, decision: &Decision, why: ValidateReason, request_id: &str) {
-    if let Some((_, counter)) = UNVALIDATED.iter().find(|(r, _)| *r == why) {
-        tally(counter);
-    }
-    let record = DecisionRecord {
-        filter: FILTER,
-        decision: "allow_unvalidated",
-        reason: why.as_str(),
-        rule: &decision.rule,
-        policy_version: &policy.header().policy_version,
-        request_id,
-        client: "",
-        detail: "",
-        rollout: "",
-    };
-    envoy::log(Level::Info, format_args!("{record}"));
+/// The request's `x-request-id`, read from Envoy (log lines of requests let through).
+fn request_id_now() -> String {
+    native::request_header("x-request-id").unwrap_or_default()
 }

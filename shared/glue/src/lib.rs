@@ -9,12 +9,14 @@
 //! There is no proxy-wasm SDK dependency: [`abi`] exports only the callbacks we use.
 
 pub mod abi;
-pub mod decision_log;
+/// The decision log line is plain Rust in the policy core (both hosts write the same line).
+pub use gatewarden_policy::decision_log;
 pub mod fasthash;
 pub mod host;
 pub mod metrics;
 pub mod panic_hook;
-pub mod pipeline;
+/// The pipeline's plain types live in the policy core (the native Envoy module drives the same steps).
+pub use gatewarden_policy::pipeline;
 pub mod remote;
 pub mod rollout;
 pub mod runtime;

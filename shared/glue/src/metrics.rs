@@ -194,3 +194,21 @@ pub fn flush() {
         let _ = host::increment(id, i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
+
+/// The glue's [`Report`](gatewarden_policy::outcome::Report) for filter `.0`: tallies
+/// `gatewarden_<filter>_<name>` and logs through the host.
+pub struct WasmReport(pub &'static str);
+
+impl gatewarden_policy::outcome::Report for WasmReport {
+    fn count(&self, name: &'static str) {
+        tally(self.0, Counter::filter(name));
+    }
+
+    fn log(&self, level: gatewarden_policy::outcome::ReportLevel, message: std::fmt::Arguments<'_>) {
+        let level = match level {
+            gatewarden_policy::outcome::ReportLevel::Info => host::Level::Info,
+            gatewarden_policy::outcome::ReportLevel::Warn => host::Level::Warn,
+        };
+        host::log(level, message);
+    }
+}

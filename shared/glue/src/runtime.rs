@@ -29,19 +29,20 @@
 //! fetch schedules are by the clock, so a tick finer than it asked for only checks more often).
 
 use std::cell::Cell;
-use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use gatewarden_policy::decision::UNAVAILABLE_BODY;
 use gatewarden_policy::facts::HeaderNeeds;
 use gatewarden_policy::rollout::{disagree, Role, Rollout};
-use gatewarden_policy::{compile_set, Decision, FilterPolicy, Header, Mode, RequestFacts, Verdict};
+use gatewarden_policy::{compile_set, FilterPolicy, Header, Mode, RequestFacts, Verdict};
 
 use crate::decision_log::DecisionRecord;
 use crate::host::{self, Level};
 use crate::metrics::{self, Counter};
 use crate::panic_hook;
+pub use gatewarden_policy::outcome::Outcome;
+
 use crate::pipeline::{HostCaps, Pending, Resumed, Step};
 use crate::rollout::{self as rollout_glue, ShadowRecord};
 use crate::waiting::{self, At, BodyAhead, Waiting};
@@ -52,48 +53,6 @@ use crate::waiting::{self, At, BodyAhead, Waiting};
 pub enum Flow {
     Continue = 0,
     Pause = 1,
-}
-
-/// What a filter decided for one request.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub decision: Decision,
-    /// The client address the decision was about, for the log line.
-    pub client: Option<IpAddr>,
-    /// Extra safe detail for the log line of a denial (e.g. `country=KP`); may be empty.
-    pub detail: String,
-    /// Request headers to remove on allow and dry-run (before `set_headers`), e.g. headers the
-    /// filter sets itself and a client must not forge. Empty Vecs do not allocate.
-    pub remove_headers: Vec<String>,
-    /// Request headers to set (replacing any value) on allow and dry-run.
-    pub set_headers: Vec<(String, String)>,
-    /// Extra headers of the local response of a denial (e.g. `www-authenticate`). A
-    /// `content-type` here replaces the glue's `application/json`.
-    pub response_headers: Vec<(String, String)>,
-    /// The denial's body for this request, instead of the [`Denial`]'s fixed one (e.g. a 429
-    /// naming the violated limits). Built from the policy only, never from client input.
-    ///
-    /// [`Denial`]: gatewarden_policy::decision::Denial
-    pub body: Option<String>,
-    /// Headers added to the upstream's response of an allowed (or dry-run) request, e.g. the
-    /// rate-limit `RateLimit` headers; set in `on_response_headers`, replacing the upstream's.
-    pub allowed_response_headers: Vec<(String, String)>,
-}
-
-impl Outcome {
-    /// A decision without header changes.
-    pub fn new(decision: Decision, client: Option<IpAddr>, detail: String) -> Self {
-        Self {
-            decision,
-            client,
-            detail,
-            remove_headers: Vec::new(),
-            set_headers: Vec::new(),
-            response_headers: Vec::new(),
-            body: None,
-            allowed_response_headers: Vec::new(),
-        }
-    }
 }
 
 /// A filter's policy-specific part of the glue.

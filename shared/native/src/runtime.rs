@@ -127,10 +127,60 @@ thread_local! {
     static TALLY: std::cell::RefCell<Vec<&'static str>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+thread_local! {
+    /// The stream whose event hook is running on this thread (see [`request_header`]).
+    static CURRENT: std::cell::Cell<Option<Stream>> = const { std::cell::Cell::new(None) };
+}
+
+/// Sets the current stream for the life of an event hook.
+struct Current;
+
+impl Current {
+    fn enter(stream: Stream) -> Self {
+        CURRENT.with(|c| c.set(Some(stream)));
+        Current
+    }
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(None));
+    }
+}
+
+/// The first value of request header `name` of the request whose hook is running on this
+/// thread (what a filter reads after its request facts are gone: a log line's request id).
+pub fn request_header(name: &str) -> Option<String> {
+    CURRENT.with(|c| c.get()).and_then(|s| s.request_header_values(name).into_iter().next())
+}
+
+/// The peer address (`ip:port`) of the request whose hook is running on this thread.
+pub fn source_address() -> Option<String> {
+    CURRENT.with(|c| c.get()).and_then(Stream::source_address)
+}
+
 /// Counts `gatewarden_<filter>_<name>` for the request being decided on this thread (a filter's
 /// own counter, listed in its `Enforcer::extra_counters`).
 pub fn tally(name: &'static str) {
     TALLY.with(|t| t.borrow_mut().push(name));
+}
+
+/// The native module's [`Report`](gatewarden_policy::outcome::Report): counts through [`tally`]
+/// (for the request being decided on this thread) and logs through Envoy.
+pub struct NativeReport;
+
+impl gatewarden_policy::outcome::Report for NativeReport {
+    fn count(&self, name: &'static str) {
+        tally(name);
+    }
+
+    fn log(&self, level: gatewarden_policy::outcome::ReportLevel, message: std::fmt::Arguments<'_>) {
+        let level = match level {
+            gatewarden_policy::outcome::ReportLevel::Info => Level::Info,
+            gatewarden_policy::outcome::ReportLevel::Warn => Level::Warn,
+        };
+        envoy::log(level, message);
+    }
 }
 
 /// Per-worker values, one mutex each (a worker only ever locks its own: never contended).
@@ -716,10 +766,12 @@ where
     F::PolicyState: Send,
 {
     fn on_request_headers(&mut self, stream: Stream, end_of_stream: bool) -> u32 {
+        let _current = Current::enter(stream);
         self.on_headers(stream, end_of_stream)
     }
 
     fn on_request_body(&mut self, stream: Stream, end_of_stream: bool) -> u32 {
+        let _current = Current::enter(stream);
         let Some(w) = &self.waiting else { return abi::BODY_CONTINUE };
         if w.call.is_some() {
             // Waiting for a service: hold the body meanwhile.
@@ -755,6 +807,7 @@ where
     }
 
     fn on_callout_done(&mut self, stream: Stream, id: u64, result: u32, headers: &[(String, String)], body: &[u8]) {
+        let _current = Current::enter(stream);
         let Some(w) = &self.waiting else { return };
         let Some(Call { id: call_id, started, timeout, max_bytes, grpc }) = w.call else { return };
         if call_id != id {

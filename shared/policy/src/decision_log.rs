@@ -40,7 +40,7 @@ impl DecisionRecord<'_> {
 }
 
 impl std::fmt::Display for DecisionRecord<'_> {
-    /// The JSON line, built only when the log level lets it through (`host::log`).
+    /// The JSON line, built only when the log level lets it through (the host's log call).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.to_line())
     }
@@ -63,7 +63,7 @@ pub fn json_line<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> St
 }
 
 /// Appends `s` as a JSON string literal: the policy crate's writer (the one canonical JSON uses).
-pub use gatewarden_policy::approvals::write_string as push_json_string;
+pub use crate::approvals::write_string as push_json_string;
 
 #[cfg(test)]
 mod tests {

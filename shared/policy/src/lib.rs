@@ -21,8 +21,11 @@
 
 pub mod codec;
 pub mod decision;
+pub mod decision_log;
 pub mod document;
 pub mod error;
+pub mod outcome;
+pub mod pipeline;
 pub mod remote;
 pub mod request;
 pub mod schema;

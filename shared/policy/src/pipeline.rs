@@ -9,9 +9,10 @@
 //! ```
 //! Plain Rust on purpose: no proxy-wasm name appears here, so a second host ABI (Envoy's native
 //! dynamic modules) can drive the same filters. The Proxy-Wasm side (chunked bodies, callout
-//! tokens, effective contexts, `proxy_continue_stream`) is in `crate::waiting`.
+//! tokens, effective contexts, `proxy_continue_stream`) is in the glue's `waiting`; the native
+//! Envoy module's runtime is the other host.
 //!
-//! Host differences the glue hides (see `crate::waiting` for where):
+//! Host differences the glue hides (see the glue's `waiting` for where):
 //! - Envoy delivers the body in chunks; the glue buffers until end of stream, or stops as soon as
 //!   the running size exceeds `max_bytes` ([`Resumed::BodyTooLarge`]). Envoy itself answers 413
 //!   past its own `per_connection_buffer_limit_bytes`.
@@ -19,12 +20,12 @@
 //!   spilled it to a temp file (`client_body_buffer_size`): [`Resumed::BodyUnavailable`], and the
 //!   filter fails by its `failure_mode`.
 //! - Kong has no gRPC (`proxy_grpc_call` traps there): a policy that needs it is refused at
-//!   configure time through [`crate::Enforcer::check_host`] with [`HostCaps::grpc`] false.
+//!   configure time through `Enforcer::check_host` (the glue) with [`HostCaps::grpc`] false.
 
 use std::any::Any;
 use std::time::Duration;
 
-use crate::runtime::Outcome;
+use crate::outcome::Outcome;
 
 /// Most steps (body or callouts) one request may take before the glue fails it closed: a filter
 /// that keeps asking cannot hold a request forever.
@@ -51,7 +52,7 @@ pub enum Step {
 
 /// The state a filter keeps for one request while it waits, handed back to `resume`.
 ///
-/// Type-erased because the [`crate::Enforcer`] trait cannot name a per-filter type without
+/// Type-erased because the glue's `Enforcer` trait cannot name a per-filter type without
 /// breaking the filters that never wait (associated type defaults are not stable Rust). Only a
 /// request that waits allocates one; a headers-only filter never does.
 pub struct Pending(Box<dyn Any>);
@@ -153,7 +154,7 @@ impl CallFailure {
     }
 }
 
-/// What the host can do, for [`crate::Enforcer::check_host`] at configure time.
+/// What the host can do, for `Enforcer::check_host` (the glue) at configure time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostCaps {
     /// `proxy_grpc_call` works (Envoy); Kong's engine has none.

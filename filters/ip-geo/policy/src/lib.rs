@@ -20,10 +20,11 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::type_complexity))]
 
+pub mod adapter;
 mod config;
 mod geo_db;
 mod policy;
 
 pub use config::{GeoDatabaseSource, IpGeoDocument, IpGeoRule, UnknownCountry};
 pub use geo_db::{CountryCode, GeoDb, GeoDbError};
-pub use policy::{IpGeoPolicy, IpGeoReason, GEO_DB};
+pub use policy::{IpGeoOutcome, IpGeoPolicy, IpGeoReason, GEO_DB};

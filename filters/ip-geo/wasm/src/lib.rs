@@ -16,7 +16,7 @@ use gatewarden_glue::remote::{self, RemoteResource, TICK_LOADED, TICK_LOADING};
 use gatewarden_glue::{export_filter, Enforcer, Outcome};
 use gatewarden_ip_geo_policy::{GeoDb, IpGeoPolicy, IpGeoReason, GEO_DB};
 use gatewarden_policy::facts::HeaderNeeds;
-use gatewarden_policy::{FilterPolicy, RequestFacts, Verdict};
+use gatewarden_policy::{FilterPolicy, RequestFacts};
 
 const FILTER: &str = IpGeoPolicy::NAME;
 
@@ -97,13 +97,7 @@ impl Enforcer for IpGeo {
     fn policy_state(_policy: &IpGeoPolicy) {}
 
     fn decide(policy: &IpGeoPolicy, _state: &(), facts: &RequestFacts<'_>) -> Outcome {
-        let out = DB.with(|d| policy.decide(facts, d.borrow().as_deref()));
-        // The detail is for the denial log line only: no formatting on the allow path.
-        let detail = match (&out.decision.verdict, out.country) {
-            (Verdict::Deny(_), Some(cc)) => format!("country={cc}"),
-            _ => String::new(),
-        };
-        Outcome::new(out.decision, out.client, detail)
+        gatewarden_ip_geo_policy::adapter::to_outcome(DB.with(|d| policy.decide(facts, d.borrow().as_deref())))
     }
 }
 

@@ -52,6 +52,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod adapter;
 pub mod b64;
 mod cache;
 mod claims;

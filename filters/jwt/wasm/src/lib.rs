@@ -26,9 +26,8 @@ use gatewarden_glue::host::{self, Level};
 use gatewarden_glue::remote::{self, RemoteResource, TICK_LOADED, TICK_LOADING};
 use gatewarden_glue::{export_filter, Enforcer, Outcome};
 use gatewarden_jwt_policy::{JwksSet, JwtPolicy, JwtReason, NoRemoteKeys, RemoteKeys, TokenCache, JWKS};
-use gatewarden_policy::cidr::parse_address;
 use gatewarden_policy::facts::HeaderNeeds;
-use gatewarden_policy::{FilterPolicy, RequestFacts, Verdict};
+use gatewarden_policy::{FilterPolicy, RequestFacts};
 
 const FILTER: &str = JwtPolicy::NAME;
 
@@ -211,22 +210,7 @@ impl Enforcer for Jwt {
             // Not reachable (no host callback re-enters a request): decide without remote keys.
             Err(_) => policy.decide(facts, now, &NoRemoteKeys, cache.as_deref_mut()),
         });
-        // The log's client (denials only): the policy's client_address settings decide, as in
-        // the IP filter. When they cannot (a malformed x-forwarded-for), the decision stands,
-        // the client is left empty and the detail says why, with the peer.
-        let (client, detail) = match (&out.decision.verdict, out.client) {
-            (Verdict::Deny(_), Some(Ok(ip))) => (Some(ip), String::new()),
-            (Verdict::Deny(_), Some(Err(e))) => {
-                let peer = facts.peer_address().and_then(parse_address).map(|ip| format!("; peer={ip}")).unwrap_or_default();
-                (None, format!("client_address={}{peer}", e.as_str()))
-            }
-            _ => (None, String::new()),
-        };
-        let mut outcome = Outcome::new(out.decision, client, detail);
-        outcome.remove_headers = out.remove_headers;
-        outcome.set_headers = out.set_headers;
-        outcome.response_headers = out.response_headers;
-        outcome
+        gatewarden_jwt_policy::adapter::to_outcome(out, facts)
     }
 }
 

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::type_complexity))]
 
+pub mod adapter;
 mod config;
 pub mod fleet;
 pub mod gcra;

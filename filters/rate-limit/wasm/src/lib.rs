@@ -57,8 +57,8 @@ use gatewarden_glue::metrics::{self, Counter};
 use gatewarden_glue::pipeline::{HostCaps, Pending, Resumed, Step};
 use gatewarden_glue::{export_filter, Enforcer, Outcome};
 use gatewarden_policy::facts::HeaderNeeds;
-use gatewarden_policy::{FilterPolicy, RequestFacts, Verdict};
-use gatewarden_rate_limit_policy::fleet::{FleetNote, Leases};
+use gatewarden_policy::{FilterPolicy, RequestFacts};
+use gatewarden_rate_limit_policy::fleet::Leases;
 use gatewarden_rate_limit_policy::table::{decode_set, encode_set, update_set, Set, WAYS};
 use gatewarden_rate_limit_policy::{Buckets, KeyState, RateLimitOutcome, RateLimitPolicy, RateLimitReason, TableFull, TableShape};
 
@@ -297,39 +297,7 @@ fn evaluate(policy: &RateLimitPolicy, facts: &RequestFacts<'_>) -> RateLimitOutc
     out
 }
 
-/// The glue's outcome of a decision; `note` says what the fleet check did, if any.
-pub(crate) fn to_outcome(out: RateLimitOutcome, note: Option<&FleetNote>) -> Outcome {
-    // The detail is for the denial log line only: no formatting on the allow path.
-    let scope = match (out.reason, note) {
-        (Some(RateLimitReason::FleetLimited), Some(FleetNote::Failed { .. })) => " scope=fleet(local fallback)",
-        (Some(RateLimitReason::FleetLimited), _) => " scope=fleet",
-        (Some(RateLimitReason::FleetUnavailable), _) => " scope=fleet",
-        // A local limit's denial keeps its detail as before (`key=… limits=…`).
-        _ => "",
-    };
-    let failure = match note {
-        Some(FleetNote::Failed { failure, .. }) => format!(" fleet_failure={}", failure.kind()),
-        _ => String::new(),
-    };
-    let detail = match (&out.decision.verdict, &out.key) {
-        (Verdict::Deny(_), Some(k)) if !out.violated.is_empty() => {
-            let names: Vec<&str> = out.violated.iter().map(|n| &**n).collect();
-            format!("key={:016x} limits={}{scope}{failure}", k.fingerprint, names.join(","))
-        }
-        (Verdict::Deny(_), Some(k)) => format!("key={:016x}{scope}{failure}", k.fingerprint),
-        _ => String::new(),
-    };
-    let denied = matches!(out.decision.verdict, Verdict::Deny(_));
-    let mut outcome = Outcome::new(out.decision, out.client, detail);
-    if denied {
-        // The 429's problem+json body names the violated limits; its content type is in the headers.
-        outcome.body = out.body;
-        outcome.response_headers = out.response_headers;
-    } else {
-        outcome.allowed_response_headers = out.response_headers;
-    }
-    outcome
-}
+pub(crate) use gatewarden_rate_limit_policy::adapter::to_outcome;
 
 /// A table that cannot be used (no seed): every key is untracked, `failure_mode` decides.
 struct FailingTable;

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+pub mod adapter;
 pub mod media;
 pub mod openapi;
 pub mod params;

@@ -1,0 +1,75 @@
+//! What a filter decided for one request, as any host acts on it: the decision, the log line's
+//! client and detail, and the header changes. Plain Rust: the Proxy-Wasm glue and the native
+//! Envoy module act on the same value (each filter's policy crate builds it, see its `adapter`).
+
+use std::net::IpAddr;
+
+use crate::decision::Decision;
+
+/// What a filter decided for one request.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub decision: Decision,
+    /// The client address the decision was about, for the log line.
+    pub client: Option<IpAddr>,
+    /// Extra safe detail for the log line of a denial (e.g. `country=KP`); may be empty.
+    pub detail: String,
+    /// Request headers to remove on allow and dry-run (before `set_headers`), e.g. headers the
+    /// filter sets itself and a client must not forge. Empty Vecs do not allocate.
+    pub remove_headers: Vec<String>,
+    /// Request headers to set (replacing any value) on allow and dry-run.
+    pub set_headers: Vec<(String, String)>,
+    /// Extra headers of the local response of a denial (e.g. `www-authenticate`). A
+    /// `content-type` here replaces the glue's `application/json`.
+    pub response_headers: Vec<(String, String)>,
+    /// The denial's body for this request, instead of the [`Denial`]'s fixed one (e.g. a 429
+    /// naming the violated limits). Built from the policy only, never from client input.
+    ///
+    /// [`Denial`]: crate::decision::Denial
+    pub body: Option<String>,
+    /// Headers added to the upstream's response of an allowed (or dry-run) request, e.g. the
+    /// rate-limit `RateLimit` headers; set in `on_response_headers`, replacing the upstream's.
+    pub allowed_response_headers: Vec<(String, String)>,
+}
+
+impl Outcome {
+    /// A decision without header changes.
+    pub fn new(decision: Decision, client: Option<IpAddr>, detail: String) -> Self {
+        Self {
+            decision,
+            client,
+            detail,
+            remove_headers: Vec::new(),
+            set_headers: Vec::new(),
+            response_headers: Vec::new(),
+            body: None,
+            allowed_response_headers: Vec::new(),
+        }
+    }
+}
+
+/// What a filter's adapter reports to its host beside an [`Outcome`]: counters and log lines
+/// (the Wasm glue tallies and logs through Proxy-Wasm, the native module through Envoy's ABI).
+pub trait Report {
+    /// Counts `gatewarden_<filter>_<name>`: one of the filter's own counters (its
+    /// `extra_counters`); an unknown name is not counted.
+    fn count(&self, name: &'static str);
+    /// Logs a line at `level`.
+    fn log(&self, level: ReportLevel, message: std::fmt::Arguments<'_>);
+}
+
+/// The levels an adapter logs at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportLevel {
+    Info,
+    Warn,
+}
+
+/// A [`Report`] that keeps nothing (tests, the CLI's offline evaluation).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoReport;
+
+impl Report for NoReport {
+    fn count(&self, _name: &'static str) {}
+    fn log(&self, _level: ReportLevel, _message: std::fmt::Arguments<'_>) {}
+}
