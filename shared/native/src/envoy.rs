@@ -202,6 +202,10 @@ impl Stream {
             // SAFETY: Envoy's buffer, valid until the hook returns; copied at once.
             out.push(text(unsafe { value.bytes() }));
             index += 1;
+            if index >= count {
+                // The first call said how many values there are: no call to learn there are no more.
+                return out;
+            }
         }
     }
 

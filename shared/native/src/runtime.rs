@@ -26,12 +26,12 @@
 //!   environment (the platform owner's, never the policy's), read once at module load.
 
 use std::cell::OnceCell;
-use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use gatewarden_glue::decision_log::DecisionRecord;
+use gatewarden_glue::fasthash::FastMap;
 use gatewarden_glue::metrics::{Counter, OUTCOMES};
 use gatewarden_glue::pipeline::{CallFailure, Callout, HostCaps, Pending, Resumed, Step, MAX_STEPS};
 use gatewarden_glue::rollout::{self as rollout_glue, ShadowRecord};
@@ -203,7 +203,8 @@ impl<S> PerWorker<S> {
 
 /// Counter ids of one configuration, by the name after `gatewarden_<filter>_`.
 struct Counters {
-    ids: HashMap<String, usize>,
+    /// Looked up on every request (`allowed`): a fast hash of a short name, no allocation.
+    ids: FastMap<String, usize>,
     config: ConfigHandle,
 }
 
@@ -220,7 +221,7 @@ impl Counters {
             .chain(reasons.iter().map(|r| format!("denied_{r}")))
             .chain(reasons.iter().map(|r| format!("dry_run_denied_{r}")))
             .chain(F::extra_counters());
-        let mut ids = HashMap::new();
+        let mut ids = FastMap::default();
         for outcome in names {
             let full = format!("gatewarden_{filter}_{outcome}");
             match config.define_counter(&full) {
