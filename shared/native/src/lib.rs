@@ -134,6 +134,22 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     }
 }
 
+/// Trailers end a request whose body a filter waits for: it is decided here.
+///
+/// # Safety
+/// Envoy passes the stream's live pointers.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    envoy_filter: FilterEnvoyPtr,
+    filter: FilterModulePtr,
+) -> u32 {
+    // SAFETY: per the contract.
+    match unsafe { runtime::request_mut(filter) } {
+        Some(r) => r.on_request_trailers(Stream(envoy_filter)),
+        None => abi::TRAILERS_CONTINUE,
+    }
+}
+
 /// # Safety
 /// Envoy passes the stream's live pointers.
 #[no_mangle]
@@ -218,10 +234,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(_name
 }
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(_config: ConfigModulePtr) {}
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(_e: FilterEnvoyPtr, _f: FilterModulePtr) -> u32 {
-    abi::TRAILERS_CONTINUE
-}
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(_e: FilterEnvoyPtr, _f: FilterModulePtr, _eos: bool) -> u32 {
     abi::BODY_CONTINUE

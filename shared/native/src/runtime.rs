@@ -378,6 +378,40 @@ struct Waiting {
     headers_sent: bool,
 }
 
+/// Which event hook is running when a request is acted on: its return value passes, holds or
+/// ends the request, except after an asynchronous answer, where the request is resumed with
+/// `continue_decoding` (never from inside a hook: returning Continue there resumes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Headers { end_of_stream: bool },
+    Body,
+    Trailers,
+    Async,
+}
+
+impl Phase {
+    /// Lets the request go on. (Continue is 0 for every hook.)
+    fn pass(self, stream: Stream) -> u32 {
+        if self == Phase::Async {
+            stream.continue_decoding();
+        }
+        abi::HEADERS_CONTINUE
+    }
+
+    /// Holds the request while it waits (StopIteration; for a body, StopIterationAndBuffer).
+    fn wait(self) -> u32 {
+        abi::HEADERS_STOP_ITERATION
+    }
+
+    /// The request was answered locally: nothing more of it goes on.
+    fn stop(self) -> u32 {
+        match self {
+            Phase::Body => abi::BODY_STOP_NO_BUFFER,
+            _ => abi::HEADERS_STOP_ITERATION,
+        }
+    }
+}
+
 /// A callout under way: its id, when it started, its timeout and answer limit, and whether it
 /// carries a gRPC call.
 #[derive(Debug, Clone, Copy)]
@@ -414,6 +448,7 @@ pub trait AnyConfig: Send + Sync {
 pub trait AnyRequest {
     fn on_request_headers(&mut self, stream: Stream, end_of_stream: bool) -> u32;
     fn on_request_body(&mut self, stream: Stream, end_of_stream: bool) -> u32;
+    fn on_request_trailers(&mut self, stream: Stream) -> u32;
     fn on_response_headers(&mut self, stream: Stream) -> u32;
     fn on_callout_done(&mut self, stream: Stream, id: u64, result: u32, headers: &[(String, String)], body: &[u8]);
 }
@@ -472,14 +507,14 @@ where
         }
     }
 
-    fn fail_closed(&self, stream: Stream, why: &str, counter: Counter) -> u32 {
+    fn fail_closed(&self, stream: Stream, phase: Phase, why: &str, counter: Counter) -> u32 {
         let n = self.native();
         let filter = name::<F>();
         envoy::log(Level::Error, format_args!("gatewarden {filter}: request denied: {why}"));
         n.counters.count(stream, counter);
         let details = format!("gatewarden_{filter}_{}", counter.name());
         stream.send_response(503, &[("content-type", "application/json")], UNAVAILABLE_BODY, &details);
-        abi::HEADERS_STOP_ITERATION
+        phase.stop()
     }
 
     fn on_headers(&mut self, stream: Stream, end_of_stream: bool) -> u32 {
@@ -515,7 +550,7 @@ where
             }
         };
         let _ = filter;
-        self.drive(stream, role, step, 0, Some(end_of_stream), &facts)
+        self.drive(stream, role, step, 0, Phase::Headers { end_of_stream }, &facts)
     }
 
     fn compare_shadow(&self, stream: Stream, candidate: &F::Policy, eval: &Outcome, shadow: &Outcome, facts: &RequestFacts<'_>) {
@@ -539,17 +574,8 @@ where
         }
     }
 
-    /// Acts on a step. `at_headers`: Some(end_of_stream) in the request-headers hook, None later
-    /// (body or callout hooks). Returns the status for the hook that is running.
-    fn drive(
-        &mut self,
-        stream: Stream,
-        role: Option<Role>,
-        step: Step,
-        steps: u8,
-        at_headers: Option<bool>,
-        facts: &RequestFacts<'_>,
-    ) -> u32 {
+    /// Acts on a step in `phase`; returns the status for the hook that is running.
+    fn drive(&mut self, stream: Stream, role: Option<Role>, step: Step, steps: u8, phase: Phase, facts: &RequestFacts<'_>) -> u32 {
         let n = self.native();
         let filter = name::<F>();
         let mut step = step;
@@ -563,15 +589,15 @@ where
                     let header = self.policy_of(role).0.header();
                     let headers_sent = self.waiting.as_ref().is_some_and(|w| w.headers_sent);
                     self.waiting = None;
-                    return self.act(stream, header, &eval, role, facts, at_headers.is_some(), headers_sent);
+                    return self.act(stream, header, &eval, role, facts, phase, headers_sent);
                 }
                 Step::Unavailable(why) => {
                     self.waiting = None;
                     n.counters.count(stream, Counter::WAITING_FAILED);
-                    return self.fail_closed(stream, why, Counter::HOST_ERROR);
+                    return self.fail_closed(stream, phase, why, Counter::HOST_ERROR);
                 }
                 Step::NeedBody { max_bytes, pending } => {
-                    if at_headers == Some(true) {
+                    if phase == (Phase::Headers { end_of_stream: true }) {
                         // No body: resume at once, headers still held.
                         let (policy, state) = self.policy_of(role);
                         let worker = stream.worker_index();
@@ -582,7 +608,7 @@ where
                         continue;
                     }
                     self.waiting = Some(Waiting { role, pending, steps, max_bytes, call: None, headers_sent: false });
-                    return abi::HEADERS_STOP_ITERATION;
+                    return phase.wait();
                 }
                 Step::Call { call, pending } => {
                     let (upstream, headers, body, timeout, max_bytes, grpc) = match call {
@@ -604,7 +630,7 @@ where
                                 call: Some(Call { id, started: Instant::now(), timeout, max_bytes, grpc }),
                                 headers_sent: false,
                             });
-                            return abi::HEADERS_STOP_ITERATION;
+                            return phase.wait();
                         }
                         Err(status) => {
                             envoy::log(
@@ -626,8 +652,7 @@ where
         }
     }
 
-    /// Acts on a decision. `in_headers_hook`: the request-headers hook is running (its status
-    /// holds or passes the request); else a later hook resumes the stopped request itself.
+    /// Acts on a decision made in `phase`.
     #[allow(clippy::too_many_arguments)]
     fn act(
         &mut self,
@@ -636,7 +661,7 @@ where
         eval: &Outcome,
         role: Option<Role>,
         facts: &RequestFacts<'_>,
-        in_headers_hook: bool,
+        phase: Phase,
         _headers_sent: bool,
     ) -> u32 {
         let n = self.native();
@@ -653,17 +678,12 @@ where
             if !eval.allowed_response_headers.is_empty() {
                 this.allowed_response_headers = eval.allowed_response_headers.clone();
             }
-            if in_headers_hook {
-                abi::HEADERS_CONTINUE
-            } else {
-                stream.continue_decoding();
-                abi::BODY_CONTINUE
-            }
+            phase.pass(stream)
         };
         match (&eval.decision.verdict, header.mode) {
             (Verdict::Allow, _) => {
                 if !apply_mutations(stream, eval) {
-                    return self.fail_closed(stream, "cannot change the request headers", Counter::HOST_ERROR);
+                    return self.fail_closed(stream, phase, "cannot change the request headers", Counter::HOST_ERROR);
                 }
                 n.counters.count(stream, Counter::ALLOWED);
                 if candidate {
@@ -702,7 +722,7 @@ where
                 }
                 if dry_run {
                     if !apply_mutations(stream, eval) {
-                        return self.fail_closed(stream, "cannot change the request headers", Counter::HOST_ERROR);
+                        return self.fail_closed(stream, phase, "cannot change the request headers", Counter::HOST_ERROR);
                     }
                     if header.decision_header {
                         let value = format!("dry_run_deny; reason={}; rule={rule}; version={version}", denial.reason);
@@ -718,17 +738,13 @@ where
                 headers.extend(eval.response_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                 let body = eval.body.as_deref().unwrap_or(denial.body);
                 stream.send_response(denial.status, &headers, body, &details);
-                if in_headers_hook {
-                    abi::HEADERS_STOP_ITERATION
-                } else {
-                    abi::BODY_STOP_NO_BUFFER
-                }
+                phase.stop()
             }
         }
     }
 
-    /// Resumes a waiting request with `input` from a body or callout hook.
-    fn resume(&mut self, stream: Stream, input: Resumed<'_>) -> u32 {
+    /// Resumes a waiting request with `input` in `phase` (a body, trailers or callout hook).
+    fn resume(&mut self, stream: Stream, phase: Phase, input: Resumed<'_>) -> u32 {
         let Some(w) = self.waiting.take() else { return abi::BODY_CONTINUE };
         let (policy, state) = self.policy_of(w.role);
         let step = state
@@ -740,7 +756,7 @@ where
         let peer = OnceCell::new();
         let read_peer = || stream.source_address();
         let facts = RequestFacts::with_peer_source(&headers, &peer, &read_peer);
-        self.drive(stream, w.role, step, w.steps.saturating_add(1), None, &facts)
+        self.drive(stream, w.role, step, w.steps.saturating_add(1), phase, &facts)
     }
 }
 
@@ -782,13 +798,30 @@ where
         let size = stream.request_body_size();
         if size > max {
             self.native().counters.count(stream, Counter::BODY_TOO_LARGE);
-            return self.resume(stream, Resumed::BodyTooLarge { seen: size });
+            return self.resume(stream, Phase::Body, Resumed::BodyTooLarge { seen: size });
         }
         if !end_of_stream {
             return abi::BODY_STOP_AND_BUFFER;
         }
         let body = stream.request_body();
-        self.resume(stream, Resumed::Body(&body))
+        self.resume(stream, Phase::Body, Resumed::Body(&body))
+    }
+
+    fn on_request_trailers(&mut self, stream: Stream) -> u32 {
+        let _current = Current::enter(stream);
+        let Some(w) = &self.waiting else { return abi::TRAILERS_CONTINUE };
+        if w.call.is_some() {
+            return abi::TRAILERS_STOP;
+        }
+        // Trailers end the request: the body (all buffered by now) is whole.
+        let max = w.max_bytes;
+        let size = stream.request_body_size();
+        if size > max {
+            self.native().counters.count(stream, Counter::BODY_TOO_LARGE);
+            return self.resume(stream, Phase::Trailers, Resumed::BodyTooLarge { seen: size });
+        }
+        let body = stream.request_body();
+        self.resume(stream, Phase::Trailers, Resumed::Body(&body))
     }
 
     fn on_response_headers(&mut self, stream: Stream) -> u32 {
@@ -839,9 +872,8 @@ where
                 Resumed::Failed(CallFailure::CallFailed)
             }
         };
-        let status = self.resume(stream, input);
-        // `resume` resumed the stream itself on a pass (continue_decoding) or answered it.
-        let _ = status;
+        // Resumed with continue_decoding on a pass, or answered: the status is for no hook.
+        let _ = self.resume(stream, Phase::Async, input);
     }
 }
 
