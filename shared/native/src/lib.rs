@@ -134,6 +134,18 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     }
 }
 
+/// The stream ended: a request still waiting was abandoned by its client.
+///
+/// # Safety
+/// Envoy passes the stream's live pointers.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(envoy_filter: FilterEnvoyPtr, filter: FilterModulePtr) {
+    // SAFETY: per the contract.
+    if let Some(r) = unsafe { runtime::request_mut(filter) } {
+        r.on_stream_complete(Stream(envoy_filter));
+    }
+}
+
 /// Trailers end a request whose body a filter waits for: it is decided here.
 ///
 /// # Safety
@@ -242,8 +254,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(_e: FilterEn
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(_e: FilterEnvoyPtr, _f: FilterModulePtr) -> u32 {
     abi::TRAILERS_CONTINUE
 }
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(_e: FilterEnvoyPtr, _f: FilterModulePtr) {}
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
     _e: FilterEnvoyPtr,

@@ -449,6 +449,8 @@ pub trait AnyRequest {
     fn on_request_headers(&mut self, stream: Stream, end_of_stream: bool) -> u32;
     fn on_request_body(&mut self, stream: Stream, end_of_stream: bool) -> u32;
     fn on_request_trailers(&mut self, stream: Stream) -> u32;
+    /// The stream ended (answered, or the client went away).
+    fn on_stream_complete(&mut self, stream: Stream);
     fn on_response_headers(&mut self, stream: Stream) -> u32;
     fn on_callout_done(&mut self, stream: Stream, id: u64, result: u32, headers: &[(String, String)], body: &[u8]);
 }
@@ -822,6 +824,13 @@ where
         }
         let body = stream.request_body();
         self.resume(stream, Phase::Trailers, Resumed::Body(&body))
+    }
+
+    fn on_stream_complete(&mut self, stream: Stream) {
+        if self.waiting.take().is_some() {
+            // Still waiting when the stream ended: the client went away (or was reset).
+            self.native().counters.count(stream, Counter::WAITING_ABANDONED);
+        }
     }
 
     fn on_response_headers(&mut self, stream: Stream) -> u32 {
