@@ -12,6 +12,7 @@ seen before in that Envoy lifetime (the first N2 + 10 of bench.py's distinct tok
 cycle through bench.py's few warm tokens. Cold and warm thus differ only in the tokens.
 
   .venv/bin/python scripts/bench_instructions.py     (CONFIGS/BENCH_CONFIGS as in bench.py; N1=100, N2=600)
+  ONE_ENVOY=1 ...   every configuration in one Envoy under callgrind (run_shared: one start-up)
 
 HOSTS=kong (or envoy,kong; default envoy): the same on Kong's engine (scripts/bench_kong.py): each
 configuration's nginx runs under callgrind with `master_process off` (one process serves, as a
@@ -129,6 +130,48 @@ def run(cfg: str, n: int, out: Path, window: bool = False) -> int:
     return int(m.group(1))
 
 
+def run_shared(configs: list[str], out: Path) -> dict[str, float]:
+    """ONE_ENVOY=1: every configuration as a listener of one Envoy under callgrind (one start-up
+    instead of one per configuration: ~1 min each under valgrind). All are warmed up first; then,
+    one configuration at a time, the counts are zeroed, N requests served and the counts dumped
+    (dump k holds configuration k's window only). Instructions/request = Ir(window) / N, as METHOD=window."""
+    work = out / "shared"
+    work.mkdir(parents=True, exist_ok=True)
+    bootstrap, ports = bench.build(work, configs)
+    (work / "envoy.json").write_text(json.dumps(bootstrap))
+    result = work / "callgrind.out"
+    for stale in work.glob("callgrind.out*"):
+        stale.unlink()
+    log = work / "envoy.log"
+    cmd = ["valgrind", "--tool=callgrind", "--smc-check=all", f"--callgrind-out-file={result}",
+           envoy_binary(), "-c", str(work / "envoy.json"), "--concurrency", "1",
+           "--disable-hot-restart", "-l", "warning"]
+    with log.open("wb") as lf:
+        proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, cwd=bench.ROOT, env=bench.native.env())
+    per_req: dict[str, float] = {}
+    try:
+        bench.wait_ready(proc, ports["admin"], log, timeout=float(os.environ.get("READY_TIMEOUT", "1800")))
+        tokens = {c: bench.jwt_tokens(c) for c in configs}
+        for c in configs:
+            if len(tokens[c]) > bench.WARM_TOKENS and len(tokens[c]) < WARM + N:
+                raise SystemExit(f"{c}: {len(tokens[c])} cold tokens, need {WARM + N} (COLD_TOKENS)")
+            requests(ports[c], warm_count(c), tokens[c], 0, c)
+        for k, c in enumerate(configs, start=1):
+            subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+            requests(ports[c], N, tokens[c], warm_count(c), c)
+            subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+            dump = result.with_name(f"{result.name}.{k}")
+            m = re.search(r"^summary: (\d+)", dump.read_text(errors="replace"), re.M)
+            if not m:
+                raise SystemExit(f"no totals in {dump}")
+            per_req[c] = int(m.group(1)) / N
+            print(f"{c:<24} {per_req[c]:>10.0f} instructions/request ({dump.name})", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=300)
+    return per_req
+
+
 def run_kong(cfg: str, n: int, out: Path, upstream: str) -> int:
     """Instructions of the nginx worker of configuration `cfg` (Kong's engine) over `n` requests
     after WARM warm-up requests (ValueError: not expressible in nginx.conf)."""
@@ -223,7 +266,11 @@ def main() -> int:
                and not (c.startswith("val_") and "@" not in c and not bench.module_path("validate").exists())
                and not (bench.native.parts(c) and not bench.native.module().exists())]
     per_req: dict[str, float] = {}
-    for c in configs if "envoy" in hosts else []:
+    if os.environ.get("ONE_ENVOY") == "1" and "envoy" in hosts:
+        if METHOD != "window":
+            raise SystemExit("ONE_ENVOY=1: METHOD=window only")
+        per_req = run_shared(configs, out)
+    for c in configs if "envoy" in hosts and os.environ.get("ONE_ENVOY") != "1" else []:
         if METHOD == "window":
             per_req[c] = run(c, N, out, window=True) / N
         else:
