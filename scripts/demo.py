@@ -1,8 +1,9 @@
-"""Gatewarden demo: the IP/geo, JWT, rate-limit and validation filters with their example policies, first in Envoy,
-then in Kong's engine (nginx + ngx_wasm_module), both on 127.0.0.1: allowed and denied requests, a
-JWT-protected route, a rate limit, request validation (a JSON Schema body, an OpenAPI 3.1 document), a live
-policy update, a refused bad update, then stop. Run via scripts/demo.sh
-(`scripts/demo.sh envoy` or `scripts/demo.sh kong` runs one host only)."""
+"""Gatewarden demo: the IP/geo, JWT, rate-limit and validation filters with their example policies, first in Envoy
+(the .wasm modules), then in Envoy with the native module (libgatewarden.so, the same policies), then in Kong's
+engine (nginx + ngx_wasm_module), all on 127.0.0.1: allowed and denied requests, a JWT-protected route, a rate
+limit, request validation (a JSON Schema body, an OpenAPI 3.1 document), a live policy update, a refused bad
+update, then stop. Run via scripts/demo.sh (`scripts/demo.sh envoy`, `envoy-native` or `kong` runs one host
+only)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ VALIDATE_POLICY = json.loads((ROOT / "deploy/policies/validate.json").read_text(
 ORDERS_API = ROOT / "deploy/policies/openapi/orders-api.yaml"
 JWKS = ROOT / "deploy/jwks/jwks.json"
 LB = "127.0.0.2"  # plays the load balancer in front of the gateway (policy: xff_num_trusted_hops 1)
+HOSTS = {"envoy": "Envoy", "envoy-native": "Envoy with the native module",
+         "kong": "Kong's engine (nginx + ngx_wasm_module)"}
 
 
 def say(text: str) -> None:
@@ -82,22 +85,34 @@ def start(host: str, workdir: str) -> BaseGateway:
                   ready_timeout=180.0)
     if host == "envoy":
         return Gateway(workdir, filters, **common)
+    if host == "envoy-native":
+        return harness.NativeGateway(workdir, filters, component_log_levels="dynamic_modules:info", **common)
     # /health has no filter: it shows that a refused policy takes no route down but the filter's own.
     return KongGateway(workdir, filters, routes={"/": ["ip_geo", "jwt", "rate_limit", "validate"], "/health": []},
                        request_headers_in_access=True, **common)
 
 
-def run(gw: BaseGateway, name: str) -> list[bool]:
-    say(f"{name} on port {gw.port} with gatewarden_ip_geo.wasm (policy {POLICY['policy_version']}) "
-        f"gatewarden_jwt.wasm (policy {JWT_POLICY['policy_version']}), gatewarden_rate_limit.wasm "
-        f"(policy {RATE_POLICY['policy_version']}) and gatewarden_validate.wasm (policy {VALIDATE_POLICY['policy_version']})")
-    # Every VM (one per worker) loads the database and key set from shared data on its next tick.
+def run(gw: BaseGateway, host: str) -> list[bool]:
+    name = HOSTS[host]
+    native = host == "envoy-native"
+    versions = {f: p["policy_version"] for f, p in
+                (("ip_geo", POLICY), ("jwt", JWT_POLICY), ("rate_limit", RATE_POLICY), ("validate", VALIDATE_POLICY))}
+    if native:
+        say(f"{name} on port {gw.port}: libgatewarden.so, one shared object serving "
+            + ", ".join(f"{f} (policy {v})" for f, v in versions.items())
+            + " by filter_name; no Wasm VM, the same policy documents")
+    else:
+        say(f"{name} on port {gw.port} with "
+            + ", ".join(f"gatewarden_{f}.wasm (policy {v})" for f, v in versions.items()))
+    # Wasm: every VM (one per worker) loads the database and key set from shared data on its next
+    # tick. Native: one copy per process, fetched on the main thread, read by every worker.
     gw.wait_for_counter("ip_geo", "geo_db_loaded", gw.vms, timeout=30)
+    loaded = "one copy for every worker (no VM)" if native else f"loaded by all {gw.vms} VMs through shared data"
     print(f"  geo database fetched {gw.geo_db.fetches('/country.mmdb')} time(s) over HTTP from "
-          f"{gw.upstream_ref('geo_db')}, loaded by all {gw.vms} VMs through shared data")
+          f"{gw.upstream_ref('geo_db')}, {loaded}")
     gw.wait_for_counter("jwt", "jwks_loaded", gw.vms, timeout=30)
-    print(f"  JWKS fetched {gw.jwks.fetches('/jwks.json')} time(s) from {gw.upstream_ref('jwks')}, "
-          f"loaded by all {gw.vms} VMs")
+    loaded = "one copy for every worker" if native else f"loaded by all {gw.vms} VMs"
+    print(f"  JWKS fetched {gw.jwks.fetches('/jwks.json')} time(s) from {gw.upstream_ref('jwks')}, {loaded}")
 
     say("requests (the load balancer at 127.0.0.2 adds the client to x-forwarded-for)")
     expect = [
@@ -135,8 +150,11 @@ def run(gw: BaseGateway, name: str) -> list[bool]:
     expect.append(r.status == 200)
 
     say("request validation: a JSON Schema webhook body, and the orders API's OpenAPI 3.1 document (fetched once, "
-        "shared by all VMs)")
-    gw.wait_for_log_in_every_vm(r"gatewarden validate: OpenAPI document generation 1 loaded for rule 1", timeout=60)
+        f"{'one copy for every worker' if native else 'shared by all VMs'})")
+    if native:
+        gw.wait_for_log(r"gatewarden validate: \S+ fetched from .* loaded for rules\[1\]", timeout=60)
+    else:
+        gw.wait_for_log_in_every_vm(r"gatewarden validate: OpenAPI document generation 1 loaded for rule 1", timeout=60)
     hook = {"event": "payment.succeeded", "payment_id": "pay_8f3Kq2LmZ", "amount": 1999, "currency": "EUR"}
     signed = {"x-forwarded-for": "8.8.8.8", "x-signature": "sha256=" + "ab" * 32, "content-type": "application/json"}
     checks = [
@@ -157,7 +175,8 @@ def run(gw: BaseGateway, name: str) -> list[bool]:
         print(f"  {method:<4} {path:<22} -> {r.status}  ({note}){detail}")
         expect.append(r.status == want)
 
-    how = "ECDS file rewritten atomically" if name == "Envoy" else "nginx -s reload: new workers, no restart"
+    envoy = host in ("envoy", "envoy-native")
+    how = "ECDS file rewritten atomically" if envoy else "nginx -s reload: new workers, no restart"
     say(f"live update: add AU to the embargo ({how})")
     updated = copy.deepcopy(gw.filters["ip_geo"])
     updated["policy_version"] = "2026-11-23.2"
@@ -167,7 +186,7 @@ def run(gw: BaseGateway, name: str) -> list[bool]:
     outcome = gw.push_policy("ip_geo", updated)
     print(f"  {name}: {outcome} in {1000 * (time.monotonic() - t0):.0f} ms")
     expect.append(outcome == "success")
-    if name != "Envoy":  # the new workers load the database again, from shared data
+    if not envoy:  # the new workers load the database again, from shared data
         gw.wait_for_counter("ip_geo", "geo_db_loaded", loaded + gw.vms, timeout=30)
     expect.append(show(gw, "/shop", "1.1.1.1", "AU: now denied") == 403)
     expect.append(show(gw, "/shop", "8.8.8.8", "US: still allowed") == 200)
@@ -180,7 +199,7 @@ def run(gw: BaseGateway, name: str) -> list[bool]:
     outcome = gw.push_policy("ip_geo", broken)
     m = gw.wait_for_log(r"policy refused: [^,\n]*", since=mark)
     print(f"  filter log: {m.group(0)}")
-    if name == "Envoy":
+    if envoy:
         print(f"  Envoy: {outcome} (update_rejected={gw.ecds_counts('ip_geo')['update_rejected']}): "
               "the last good policy keeps serving")
         expect.append(outcome == "rejected")
@@ -212,19 +231,32 @@ def run(gw: BaseGateway, name: str) -> list[bool]:
         for counter, value in sorted(harness.counter_snapshot(gw, f).items()):
             if value and counter not in ("upstream_requests",) and not counter.startswith("rq_"):
                 print(f"  gatewarden_{f}_{counter} = {value}")
+    if native:
+        print("  (in Envoy's /stats as dynamicmodulescustom.gatewarden_<filter>_<outcome>; the Wasm build's are "
+              "wasmcustom.gatewarden_<filter>_<outcome>)")
+    if envoy and gw.proc is not None:
+        status = Path(f"/proc/{gw.proc.pid}/status")
+        rss = next((line.split()[1] for line in status.read_text().splitlines() if line.startswith("VmRSS:")), None)
+        if rss is not None:
+            what = "four filters, no VM" if native else f"four filters, {gw.vms} VMs each"
+            print(f"  Envoy's resident memory: {int(rss) / 1024:.0f} MB ({what}, {gw.concurrency} workers)")
     say(f"stopping {name}")
     return expect
 
 
 def main() -> int:
-    hosts = sys.argv[1:] or ["envoy", "kong"]
+    hosts = sys.argv[1:] or list(HOSTS)
+    unknown = [h for h in hosts if h not in HOSTS]
+    if unknown:
+        print(f"unknown host {unknown[0]!r}: one of {', '.join(HOSTS)}", file=sys.stderr)
+        return 2
     expect: list[bool] = []
     for host in hosts:
         if host == "kong" and harness.engine_missing("kong"):
             print(f"\nskipping Kong: {harness.engine_missing('kong')}")
             continue
         with tempfile.TemporaryDirectory(prefix=f"gatewarden-demo-{host}-") as tmp, start(host, tmp) as gw:
-            expect += run(gw, "Envoy" if host == "envoy" else "Kong's engine (nginx + ngx_wasm_module)")
+            expect += run(gw, host)
     ok = bool(expect) and all(expect)
     print("\ndemo " + ("finished: every response was as expected" if ok else "FAILED: see the responses above"))
     return 0 if ok else 1

@@ -78,6 +78,27 @@ fn resource_is_the_dynamic_module_filter_with_the_policy_string() {
 }
 
 #[test]
+fn resource_equals_what_ecds_py_writes() {
+    // The e2e harness pushes native policies with scripts/ecds.py: the same bytes as render's.
+    let d = temp_dir("ecds-py");
+    for (filter, file) in [("validate", "examples/policies/validate.yaml"), ("jwt", "examples/policies/jwt.yaml")] {
+        let (code, json, err) = run(&["render-json", file]);
+        assert_eq!(code, 0, "{err}");
+        let policy = d.join(format!("{filter}.json"));
+        std::fs::write(&policy, json.trim_end()).unwrap();
+        let (code, ours, err) = run(&["render", "--target", "envoy-native", file]);
+        assert_eq!(code, 0, "{err}");
+        let theirs = Command::new("python3")
+            .current_dir(root())
+            .args(["scripts/ecds.py", "--target", "envoy-native", "--filter", filter, "--policy", s(&policy), "--out", "-"])
+            .output()
+            .unwrap();
+        assert!(theirs.status.success(), "{}", String::from_utf8_lossy(&theirs.stderr));
+        assert_eq!(ours, String::from_utf8_lossy(&theirs.stdout), "{filter}");
+    }
+}
+
+#[test]
 fn module_flags_name_the_file_and_a_wasm_file_is_refused() {
     let d = temp_dir("flags");
     let (code, out, err) =
