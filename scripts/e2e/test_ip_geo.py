@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 
+import conftest
 import harness
 from conftest import require_ipv6
 from harness import BaseGateway, Response
@@ -141,7 +142,7 @@ def test_cidr_allow_deny_lists_and_deny_wins(cidr_gw: BaseGateway):
     line = gw.wait_decision(mark, client="127.0.0.4")
     assert {k: line[k] for k in ("filter", "decision", "reason", "rule", "policy_version")} == {
         "filter": "ip_geo", "decision": "deny", "reason": "ip_denied", "rule": "admin", "policy_version": "cidr-1"}
-    if gw.host == "envoy":  # Envoy gives every request an x-request-id; plain nginx sets none
+    if gw.engine == "envoy":  # Envoy gives every request an x-request-id; plain nginx sets none
         assert re.fullmatch(r"[0-9a-f-]{36}", line["request_id"]), line
     else:
         assert line["request_id"] == "", line
@@ -155,7 +156,7 @@ def test_ipv6_peer_allowed_and_denied(cidr_gw: BaseGateway):
     require_ipv6(gw)
     before, mark = snapshot(gw), gw.log_mark()
     upstream = assert_allowed(gw.get("/v6", ipv6=True, source="::1"), "v6-allow", "cidr-1")
-    if gw.host == "envoy":  # Envoy only: its header for the peer
+    if gw.engine == "envoy":  # Envoy only: its header for the peer
         assert upstream["x-envoy-external-address"] == "::1"
     assert_denied(gw.get("/no-v6", ipv6=True, source="::1"))
     assert_allowed(gw.get("/public", ipv6=True, source="::1"), "default", "cidr-1")
@@ -268,6 +269,7 @@ def test_country_rules_with_test_database(geo_gw: BaseGateway):
     assert gw.wait_decision(mark, client="203.0.113.5", rule="us-only")["reason"] == "country_not_allowed"
 
 
+@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 def test_one_fetch_serves_every_worker(geo_gw: BaseGateway):
     gw = geo_gw
     harness.hold("one geo DB fetch", lambda: gw.geo_db.fetches(GEO_PATH) == 1, THREE_TICKS)
@@ -282,6 +284,7 @@ def test_one_fetch_serves_every_worker(geo_gw: BaseGateway):
     assert len(re.findall(r"geo database generation 1 loaded \(Gatewarden-Test-Country-Code", log)) == gw.vms
 
 
+@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 def test_geoip2_layout_database(start_gateway, mmdb):
     db = mmdb("geoip2", "203.0.113.0/24=KP", "198.51.100.0/24=US", "2001:db8:1::/48=IR", layout="geoip2")
     policy = {"policy_version": "geoip2-1", "client_address": ONE_HOP, "geo_database": geo_source(),
@@ -336,11 +339,12 @@ def test_policy_update_keeps_the_loaded_database(start_gateway, mmdb):
 INFLIGHT_DELAY = {"envoy": 1.5, "kong": 4.0}
 
 
+@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 def test_policy_update_during_first_fetch_does_not_stall_loading(start_gateway, mmdb, host):
     db = mmdb("inflight", "203.0.113.0/24=KP")
     policy = {"policy_version": "inflight-1", "client_address": ONE_HOP, "geo_database": geo_source(),
               "default": {"deny_countries": ["KP"]}}
-    gw = start_gateway({FILTER: policy}, geo_files={GEO_FILE: db}, geo_delay_seconds=INFLIGHT_DELAY[host],
+    gw = start_gateway({FILTER: policy}, geo_files={GEO_FILE: db}, geo_delay_seconds=INFLIGHT_DELAY[harness.engine(host)],
                        ipv6=False)
     deadline = time.monotonic() + 5
     while not gw.geo_db.requests:  # the first fetch is in flight (the server answers after the delay)
@@ -354,7 +358,7 @@ def test_policy_update_during_first_fetch_does_not_stall_loading(start_gateway, 
     # within 5 s, not after the lost fetch's 12 s lease. (On Kong the old worker, shutting down,
     # finishes its fetch too and loads it: only the VMs serving now count.)
     gw.wait_for_log_in_every_vm(r"geo database generation \d+ loaded", timeout=5,
-                                since=0 if host == "envoy" else mark)
+                                since=0 if harness.engine(host) == "envoy" else mark)
     assert_denied(gw.get("/", headers=xff(KP_NET), source="127.0.0.2"))
     assert gw.wait_decision(0, client=KP_NET, policy_version="inflight-2")["reason"] == "country_denied"
 
@@ -405,6 +409,7 @@ def refreshing(start_module_gateway, mmdb):
     return SimpleNamespace(before=before, **gws)
 
 
+@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 def test_database_swap_takes_effect_at_refresh(refreshing):
     gw: BaseGateway = refreshing.swap
     assert_denied(refreshing.before["swap"][KP_NET])
@@ -536,7 +541,7 @@ def test_invalid_update_is_refused_and_the_old_policy_keeps_deciding(start_gatew
         assert ecds_after["update_rejected"] == ecds_before.get("update_rejected", 0) + 1
         assert ecds_after["update_success"] == ecds_before["update_success"]
         assert counter(gw, "config_rejected") > rejected_before
-        gw.wait_for_log(r"\[error\]\[wasm\].*gatewarden ip_geo: policy refused: " + re.escape(error), since=mark)
+        gw.wait_for_log(rf"\[error\]\[{gw.log_component}\].*gatewarden ip_geo: policy refused: " + re.escape(error), since=mark)
         gw.wait_for_log(r"Filesystem config update rejected", timeout=5, since=mark)
         assert str(gw.stat(version_text)).startswith("live-2-")
         # The old policy still decides: its allows and its denies alike.
@@ -560,8 +565,8 @@ UPDATES_UNDER_LOAD = {"envoy": 50, "kong": 5}
 
 def test_updates_under_load_lose_no_request(start_gateway, host, record_property, report):
     gw = start_gateway({FILTER: LOAD_A}, ipv6=False)
-    updates = UPDATES_UNDER_LOAD[host]
-    ecds_before = gw.ecds_counts(FILTER) if host == "envoy" else {}
+    updates = UPDATES_UNDER_LOAD[harness.engine(host)]
+    ecds_before = gw.ecds_counts(FILTER) if harness.engine(host) == "envoy" else {}
     before = snapshot(gw)
     started = time.monotonic()
     probes = 0
@@ -593,7 +598,7 @@ def test_updates_under_load_lose_no_request(start_gateway, host, record_property
     assert elapsed < 45, f"{updates} updates took {elapsed:.1f}s"
     assert result.errors == 0 and result.non_2xx == 0, str(result)
     assert result.requests > 100, str(result)
-    if host == "envoy":  # Envoy only: ECDS counts every update
+    if harness.engine(host) == "envoy":  # Envoy only: ECDS counts every update
         ecds_after = gw.ecds_counts(FILTER)
         assert ecds_after["update_success"] - ecds_before["update_success"] == updates
         assert ecds_after.get("update_rejected", 0) == ecds_before.get("update_rejected", 0)
@@ -602,7 +607,7 @@ def test_updates_under_load_lose_no_request(start_gateway, host, record_property
     completed = sum(result.statuses.values())
     assert got.get("denied", 0) == 0 and got.get("no_policy", 0) == 0, got
     assert got.get("config_rejected", 0) == 0, got
-    if host == "envoy":
+    if harness.engine(host) == "envoy":
         # Every request went through the filter and was allowed under one version or the other.
         assert got.get("allowed") == completed + probes, (got, str(result), probes)
     else:

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 
+import conftest
 import harness
 from harness import BaseGateway, Response
 from jwtkit import SigningKey, b64url, jwks_bytes, payload_of, tamper_signature
@@ -46,7 +47,7 @@ def stripped(gw: BaseGateway, upstream: dict, name: str) -> bool:
     """Whether the filter stripped header `name`: gone on Envoy; on Kong, where nginx's proxy_pass
     still sends a header the module removed, present with an empty value (the glue empties it
     first; README "Kong differences")."""
-    return name not in upstream if gw.host == "envoy" else upstream.get(name, "") == ""
+    return name not in upstream if gw.engine == "envoy" else upstream.get(name, "") == ""
 # Three ticks of a filter whose key set is loading (shared_fetch TICK_LOADING, 200 ms): long enough
 # for a second fetch, by a worker that missed the first one, to have started.
 THREE_TICKS = 0.6
@@ -200,7 +201,7 @@ def test_a_claim_header_sent_twice_is_replaced_or_refused(gw: BaseGateway):
     headers = [("authorization", f"Bearer {token}"), ("x-user", "admin"), ("x-user", "root")]
     before, mark = snapshot(gw), gw.log_mark()
     r = gw.get("/orders", headers=headers)
-    if gw.host == "envoy":
+    if gw.engine == "envoy":
         upstream = assert_allowed(r, "default", "jwt-1")
         assert upstream["x-user"] == "user-1", upstream
         assert changes(before, snapshot(gw)) == {"allowed": 1, "rq_2xx": 1, "upstream_requests": 1}
@@ -220,7 +221,7 @@ def test_missing_token_is_401_without_error(gw: BaseGateway):
     line = gw.wait_decision(mark, client="127.0.0.3")
     assert {k: line[k] for k in ("filter", "decision", "reason", "rule", "policy_version")} == {
         "filter": "jwt", "decision": "deny", "reason": "missing", "rule": "default", "policy_version": "jwt-1"}
-    if gw.host == "envoy":  # Envoy gives every request an x-request-id; plain nginx sets none
+    if gw.engine == "envoy":  # Envoy gives every request an x-request-id; plain nginx sets none
         assert re.fullmatch(r"[0-9a-f-]{36}", line["request_id"]), line
     else:
         assert line["request_id"] == "", line
@@ -322,7 +323,7 @@ def test_forward_false_strips_a_token_in_the_query_or_refuses(gw: BaseGateway):
     before, mark = snapshot(gw), gw.log_mark()
     r = gw.get(f"/orders?a=1&hs_token={token}&b=2")
     assert token not in r.text, r.text
-    if gw.host == "envoy":
+    if gw.engine == "envoy":
         upstream = assert_allowed(r, "default", "jwt-1")
         assert r.json()["path"] == "/orders?a=1&b=2", r.json()
         assert upstream["x-user"] == "svc-8"
@@ -356,6 +357,7 @@ def test_cors_preflight_passes_without_a_token(gw: BaseGateway):
                                              "rq_2xx": 2, "rq_4xx": 1, "upstream_requests": 2}
 
 
+@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 def test_one_jwks_fetch_serves_every_worker(gw: BaseGateway):
     assert gw.jwks is not None
     harness.hold("one JWKS fetch", lambda: gw.jwks.fetches(IDP_PATH) == 1, THREE_TICKS)
@@ -432,6 +434,7 @@ def test_key_rotation_refetches_once_and_kid_floods_are_bounded(start_gateway):
 # --------------------------------------------------------------------------------------------
 # JWKS endpoint unavailable: failure_mode
 
+@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 def test_jwks_failing_with_failure_mode_deny_then_recovering(start_gateway):
     p = policy("down-deny", {"idp": idp(retry_seconds=1), "hs": HS_PROVIDER},
                {"requires_any": [{"provider": "idp"}, {"provider": "hs"}]})
@@ -461,6 +464,7 @@ def test_jwks_failing_with_failure_mode_deny_then_recovering(start_gateway):
     assert gw.jwks.fetches(IDP_PATH) == c["jwks_fetch_started"] == c["jwks_fetch_failed"] + 1, (gw.jwks.requests, c)
 
 
+@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 def test_jwks_down_with_failure_mode_allow(start_gateway):
     p = policy("down-allow", {"idp": idp()}, {"provider": "idp"}, failure_mode="allow")
     gw = start_gateway({FILTER: p}, jwks_down=True, ipv6=False)
@@ -483,6 +487,7 @@ def test_jwks_down_with_failure_mode_allow(start_gateway):
 # --------------------------------------------------------------------------------------------
 # A live policy update adding a provider
 
+@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 def test_live_update_adds_a_provider(start_gateway, host):
     v1 = policy("live-1", {"idp": idp()}, {"provider": "idp"})
     gw = start_gateway({FILTER: v1}, ipv6=False, jwks_files={
@@ -506,7 +511,7 @@ def test_live_update_adds_a_provider(start_gateway, host):
     # Kong the reload's new VMs start without them and shared data does not survive a reload
     # (test_ip_geo.py::test_policy_update_keeps_the_loaded_database), so they are fetched again,
     # once for both workers.
-    loads, idp_fetches = (2 * gw.vms, 1) if host == "envoy" else (3 * gw.vms, 2)
+    loads, idp_fetches = (2 * gw.vms, 1) if harness.engine(host) == "envoy" else (3 * gw.vms, 2)
     wait_jwks_loaded(gw, loads)
     gw.wait_for_log_in_every_vm(r"JWKS generation 1 loaded for partner", since=mark)
     upstream = assert_allowed(gw.get("/orders", headers=bearer(theirs)), "default", "live-2")
@@ -525,7 +530,7 @@ def test_live_update_adds_a_provider(start_gateway, host):
     rejected = counter(gw, "config_rejected")
     assert gw.push_policy(FILTER, bad) == "rejected"
     assert counter(gw, "config_rejected") > rejected
-    gw.wait_for_log(r"\[error\]\[wasm\].*gatewarden jwt: policy refused: default\.requires\.provider: "
+    gw.wait_for_log(rf"\[error\]\[{gw.log_component}\].*gatewarden jwt: policy refused: default\.requires\.provider: "
                     r"unknown provider \"partnr\"", since=mark)
     assert_allowed(gw.get("/orders", headers=bearer(theirs)), "default", "live-2")
     assert_unauthorized(gw.get("/orders"), MISSING_CHALLENGE)

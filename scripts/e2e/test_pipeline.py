@@ -35,6 +35,12 @@ import pytest
 import harness
 from harness import BaseGateway, Response
 
+# The test-only module is a .wasm (the glue's pipeline on the Proxy-Wasm ABI); the native module has
+# no such filter. The native runtime's body and callouts run in the validation, JWT, geo database
+# and fleet rate-limit cases instead.
+pytestmark = pytest.mark.wasm_only("the test-only pipeline filter is a .wasm module "
+                                   "(wasm-host/test-modules/pipeline); the native module has none")
+
 FILTER = "test_pipeline"
 FORBIDDEN = b'{"error":"forbidden","message":"access denied by policy"}'
 TOO_LARGE = b'{"error":"payload_too_large","message":"request body too large"}'
@@ -117,7 +123,7 @@ def policy(host: str, authz_port: int, grpc: bool) -> dict[str, Any]:
     """Rules: /body (body up to MAX_BODY), /big (body up to 1 MB), /http (body, then HTTP callout),
     /call (HTTP callout on the headers), /plain (decides on the headers), /grpc (gRPC callout,
     when `grpc`)."""
-    http_target = "pipeline_authz" if host == "envoy" else f"127.0.0.1:{authz_port}"
+    http_target = "pipeline_authz" if harness.engine(host) == "envoy" else f"127.0.0.1:{authz_port}"
     http = {"upstream": http_target, "authority": "authz", "path": "/check", "timeout_ms": CALLOUT_TIMEOUT_MS}
     rules: list[dict[str, Any]] = [
         {"name": "body", "match": {"path_prefix": "/body"}, "body": {"max_bytes": MAX_BODY}},
@@ -145,7 +151,7 @@ class Setup:
 def setup(start_module_gateway, host: str):
     module = harness.pipeline_module()
     authz = AuthzServer()
-    grpc_server = GrpcServer() if host == "envoy" else None
+    grpc_server = GrpcServer() if harness.engine(host) == "envoy" else None
     clusters = {"pipeline_authz": ("127.0.0.1", authz.port, False)}
     if grpc_server is not None:
         clusters["pipeline_grpc"] = ("127.0.0.1", grpc_server.port, True)
@@ -212,7 +218,7 @@ def test_a_body_nginx_spilled_to_a_file_fails_closed_on_kong_only(setup: Setup, 
     gw = setup.gw
     body = b"y" * BIG_BODY
     r = post(gw, "/big", body)
-    if host == "envoy":
+    if harness.engine(host) == "envoy":
         assert_allowed_after_body(r, body)
     else:
         assert_local(r, 503, UNAVAILABLE)
@@ -241,7 +247,7 @@ def test_chunked_body_is_read_on_envoy_and_unavailable_on_kong(setup: Setup, hos
     body counts as unreadable and failure_mode decides; Envoy ends every body and reads it."""
     gw = setup.gw
     empty, denied = chunked_post(gw, "/body", []), chunked_post(gw, "/body", [b"please ", b"deny"])
-    if host == "envoy":
+    if harness.engine(host) == "envoy":
         assert_allowed_after_body(empty, b"")
         assert_local(denied, 403, FORBIDDEN)
     else:

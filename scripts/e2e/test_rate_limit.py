@@ -176,7 +176,7 @@ def test_limit_of_100_per_10s_holds_across_workers_under_concurrent_load(start_g
         "allowed": admitted, "denied": limited, "denied_limited": limited, "host_error": 0,
         "upstream_requests": admitted}, got
 
-    if host != "envoy":
+    if harness.engine(host) != "envoy":
         return
     # Envoy's own local_ratelimit, same bucket, same load, same machine: measured, not assumed.
     native_gw = start_gateway({}, concurrency=2, ipv6=False, native_filters=[NATIVE_LIMIT])
@@ -335,7 +335,7 @@ def test_refused_update_keeps_the_last_good_policy_and_its_state(start_gateway):
     assert_limited(gw.get("/", source=client), ["minute"])
     rejected_before, mark = gw.counter(FILTER, "config_rejected"), gw.log_mark()
     assert gw.push_policy(FILTER, BAD_UPDATE) == "rejected"
-    gw.wait_for_log(r"\[error\]\[wasm\].*gatewarden rate_limit: policy refused: " + BAD_ERROR, since=mark)
+    gw.wait_for_log(rf"\[error\]\[{gw.log_component}\].*gatewarden rate_limit: policy refused: " + BAD_ERROR, since=mark)
     assert gw.counter(FILTER, "config_rejected") > rejected_before
     # The old policy decides, on the old state: still limited; another client is not.
     assert_limited(gw.get("/", source=client), ["minute"])

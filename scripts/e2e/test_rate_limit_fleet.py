@@ -75,12 +75,13 @@ def kong_engine() -> None:
 
 @contextlib.contextmanager
 def fleet(tmp_path: Path, rls: RateLimitService, policies: list[tuple[str, dict[str, Any]]]) -> Iterator[list[harness.BaseGateway]]:
-    """Gateways of the given hosts ("envoy" / "kong") with these policies, all on the one service."""
+    """Gateways of the given hosts ("envoy" / "envoy-native" / "kong") with these policies, all on the
+    one service. The Envoys are of the test's host: Envoy with the .wasm module or with the native one."""
     started: list[harness.BaseGateway] = []
     try:
         for i, (host, doc) in enumerate(policies):
             kwargs: dict[str, Any] = {"concurrency": 2}
-            if host == "envoy":
+            if harness.engine(host) == "envoy":
                 kwargs["clusters"] = {CLUSTER: rls.cluster()}
             gw = harness.GATEWAYS[host](tmp_path / f"{host}-{i}", {FILTER: doc}, **kwargs)
             started.append(gw)
@@ -107,7 +108,7 @@ def spread(gateways: list[harness.BaseGateway], path: str, client: str, n: int, 
 
 def test_two_envoys_and_kong_share_one_limit_of_n(host, tmp_path, rls, kong_engine, report):
     doc = policy(rls.http_address, "fleet-exact")
-    with fleet(tmp_path, rls, [("envoy", doc), ("envoy", doc), ("kong", doc)]) as gateways:
+    with fleet(tmp_path, rls, [(host, doc), (host, doc), ("kong", doc)]) as gateways:
         got = spread(gateways, "/exact", "c-exact", 4 * EXACT)
         statuses = [s for _, s in got]
         per_gw = [sum(1 for g, s in got if g == i and s == 200) for i in range(3)]
@@ -131,8 +132,8 @@ def timed(gw: harness.BaseGateway, path: str, client: str) -> tuple[int, float]:
 
 def test_redis_or_service_down_gives_the_failure_mode_then_recovers(host, tmp_path, rls, redis, kong_engine, report):
     addr = rls.http_address
-    hosts = [("envoy", policy(addr, "fleet-deny", failure_mode="deny")),
-             ("envoy", policy(addr, "fleet-allow", failure_mode="allow")),
+    hosts = [(host, policy(addr, "fleet-deny", failure_mode="deny")),
+             (host, policy(addr, "fleet-allow", failure_mode="allow")),
              ("kong", policy(addr, "fleet-local", failure_mode="local"))]
     with fleet(tmp_path, rls, hosts) as (deny, allow, local):
         for gw in (deny, allow, local):
@@ -173,7 +174,7 @@ def test_redis_or_service_down_gives_the_failure_mode_then_recovers(host, tmp_pa
 
 def test_lease_mode_calls_per_request_and_accuracy(host, tmp_path, rls, kong_engine, report):
     doc = policy(rls.http_address, "fleet-lease", lease=True)
-    with fleet(tmp_path, rls, [("envoy", doc), ("envoy", doc), ("kong", doc)]) as gateways:
+    with fleet(tmp_path, rls, [(host, doc), (host, doc), ("kong", doc)]) as gateways:
         # Under the limit, one request at a time round robin: each VM holds a lease of K.
         n = 60
         got = [gateways[i % 3].get("/leased", headers={"x-client": "c-lease"}).status for i in range(n)]

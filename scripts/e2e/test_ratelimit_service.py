@@ -24,7 +24,10 @@ import pytest
 import harness
 from services import RateLimitService, RedisServer, native_ratelimit_filter, rls_actions
 
-pytestmark = pytest.mark.hosts("envoy")
+# No Gatewarden filter in these chains (Envoy's own ratelimit filter and the service): nothing of
+# the native module to run.
+pytestmark = [pytest.mark.hosts("envoy"),
+              pytest.mark.wasm_only("no Gatewarden filter: Envoy's own ratelimit filter and the service")]
 
 PER_IP = 20
 SHARED = 30

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from typing import Any
 
 import pytest
@@ -118,7 +119,7 @@ def test_shadow_candidate_is_counted_and_logged_never_enforced(start_gateway):
     assert line["active"] == "allow" and line["candidate"] == "deny:ip_denied:403", line
     assert (line["active_version"], line["candidate_version"]) == ("v1", "v2"), line
     assert line["client"] == "198.51.100.7", line
-    if gw.host == "envoy":  # Envoy replaces an external client's x-request-id with its own
+    if gw.engine == "envoy":  # Envoy replaces an external client's x-request-id with its own
         assert line["request_id"] and line["request_id"] != "client-chosen-id", line
     else:  # nginx passes the client's on
         assert line["request_id"] == "client-chosen-id", line
@@ -267,7 +268,7 @@ def test_invalid_trust_settings_fail_closed(start_gateway, bad):
                        vm_configurations={FILTER: bad})
     r = from_client(gw, "203.0.113.1")
     assert r.status >= 500, (r.status, r.text)
-    gw.wait_for_log(r"invalid trust settings in the VM configuration")
+    gw.wait_for_log(rf"invalid trust settings in {re.escape(gw.trust_source)}")
     if gw.host == "kong":  # the VM stays up without a policy: counted, and the filter's own 503
         assert (r.status, r.is_local_body(UNAVAILABLE)) == (503, True), (r.status, r.body)
         moved = {k: v for k, v in counters(gw).items() if v}
