@@ -4,7 +4,8 @@
 #   2. native unit tests + Wasm-host tests (the release .wasm files in our wasmtime host) + CLI tests,
 #      then `gatewarden test examples` (the example policy repo's tests through the release modules)
 #   3. `envoy --mode validate` on every shipped Envoy config
-#   4. end-to-end tests against a real Envoy and Kong's engine (nginx + ngx_wasm_module) on 127.0.0.1
+#   4. end-to-end tests against a real Envoy (with the .wasm modules, and with the native module
+#      libgatewarden.so) and Kong's engine (nginx + ngx_wasm_module) on 127.0.0.1
 #   scripts/test.sh
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -43,7 +44,7 @@ log "policy tests of examples/ through the release modules (gatewarden test)"
 log "envoy --mode validate on every shipped config"
 "$ROOT/scripts/validate-configs.sh"
 
-log "end-to-end tests against Envoy and Kong's engine"
+log "end-to-end tests against Envoy (Wasm and native) and Kong's engine"
 SKIP_SETUP=1 SKIP_BUILD=1 "$ROOT/scripts/e2e.sh"
 
 log "all tests passed in $((SECONDS - start)) s"
