@@ -24,7 +24,7 @@ impl NativeFilter for IpGeo {
             let about = format!("({}, built {})", db.database_type(), db.build_epoch());
             Ok((Arc::new(db) as Parsed, about))
         });
-        vec![Source { source: source.clone(), parse, subject: String::new() }]
+        vec![Source { source: source.clone(), parse }]
     }
 }
 

@@ -41,8 +41,7 @@ impl NativeFilter for Jwt {
         sources
             .into_iter()
             .map(|(source, providers)| {
-                let names = providers.join(",");
-                let logged = names.clone();
+                let logged = providers.join(",");
                 let parse = Arc::new(move |bytes: &[u8]| {
                     let set = JwksSet::parse(bytes).map_err(|e| e.to_string())?;
                     for s in set.skipped() {
@@ -57,10 +56,10 @@ impl NativeFilter for Jwt {
                         );
                     }
                     set.prepare();
-                    let about = format!("({} keys)", set.len());
+                    let about = format!("for {logged} ({} keys)", set.len());
                     Ok((Arc::new(set) as Parsed, about))
                 });
-                Source { source, parse, subject: format!(" of {names}") }
+                Source { source, parse }
             })
             .collect()
     }

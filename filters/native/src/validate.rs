@@ -61,9 +61,9 @@ impl NativeFilter for Validate {
                 let parse = Arc::new(move |bytes: &[u8]| {
                     let doc = check.compile_document(rule, bytes).map_err(|e| e.to_string())?;
                     let _ = doc;
-                    Ok((Arc::new(bytes.to_vec()) as Parsed, format!("for rules[{rule}]")))
+                    Ok((Arc::new(bytes.to_vec()) as Parsed, format!("for rule {rule} ({} bytes)", bytes.len())))
                 });
-                Source { source: d.source.clone(), parse, subject: String::new() }
+                Source { source: d.source.clone(), parse }
             })
             .collect()
     }

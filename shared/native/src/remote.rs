@@ -40,7 +40,6 @@ pub type Parser = Arc<dyn Fn(&[u8]) -> Result<(Parsed, String), String> + Send +
 
 /// One remote resource of the process.
 pub struct Resource {
-    kind: &'static str,
     label: &'static str,
     upstream: String,
     value: RwLock<Option<Parsed>>,
@@ -84,7 +83,6 @@ pub fn resource(source: &RemoteSource) -> Arc<Resource> {
         return r;
     }
     let r = Arc::new(Resource {
-        kind: source.kind,
         label: source.label,
         upstream: source.upstream.clone(),
         value: RwLock::new(None),
@@ -124,19 +122,16 @@ impl<T: Any + Send + Sync> Local<T> {
     }
 }
 
-/// A resource a configuration fetches: where from, how to parse it, who uses it (log lines).
+/// A resource a configuration fetches: where from, and how to parse it.
 pub struct Source {
     pub source: RemoteSource,
     pub parse: Parser,
-    /// Who uses it, for log lines (` of idp,partner`); may be empty.
-    pub subject: String,
 }
 
 struct Fetch {
     resource: Arc<Resource>,
     source: RemoteSource,
     parse: Parser,
-    subject: String,
     pending: Option<u64>,
 }
 
@@ -207,13 +202,27 @@ impl Drop for Ticker {
     }
 }
 
+impl Drop for Fetcher {
+    /// A configuration destroyed with a fetch in flight (Envoy cancels its callouts): the lease is
+    /// given back, so the configuration that replaced it fetches on its next tick instead of
+    /// waiting for the lease to expire.
+    fn drop(&mut self) {
+        let fetches = self.fetches.get_mut().unwrap_or_else(|p| p.into_inner());
+        for f in fetches.iter().filter(|f| f.pending.is_some()) {
+            let mut meta = f.resource.meta.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(m) = meta.as_mut().filter(|m| m.owner == self.owner) {
+                m.owner = 0;
+                m.next_attempt_ms = 0;
+            }
+        }
+    }
+}
+
 impl Fetcher {
     /// The fetches of a new configuration (none: no ticker, nothing to do).
     pub fn new(filter: &'static str, config: ConfigHandle, sources: Vec<Source>) -> Self {
-        let fetches: Vec<Fetch> = sources
-            .into_iter()
-            .map(|s| Fetch { resource: resource(&s.source), source: s.source, parse: s.parse, subject: s.subject, pending: None })
-            .collect();
+        let fetches: Vec<Fetch> =
+            sources.into_iter().map(|s| Fetch { resource: resource(&s.source), source: s.source, parse: s.parse, pending: None }).collect();
         let ticker = if fetches.is_empty() { None } else { Ticker::start(config) };
         Self { filter, owner: next_owner(), fetches: Mutex::new(fetches), ticker }
     }
@@ -296,37 +305,29 @@ impl Fetcher {
         match outcome {
             Ok((value, about)) => {
                 *f.resource.value.write().unwrap_or_else(|p| p.into_inner()) = Some(value);
-                f.resource.generation.fetch_add(1, Ordering::AcqRel);
+                let generation = f.resource.generation.fetch_add(1, Ordering::AcqRel).saturating_add(1);
                 *meta = Some(f.source.schedule.succeeded(meta.as_ref(), now));
                 count(&format!("{}_{}", f.source.kind, ResourceEvent::FetchSucceeded.as_str()));
                 count(&format!("{}_{}", f.source.kind, ResourceEvent::Loaded.as_str()));
+                // The Wasm glue's two lines (fetched once; loaded per VM, here once per process).
                 envoy::log(
                     Level::Info,
-                    format_args!(
-                        "gatewarden {}: {} fetched from {} ({} bytes); {}{} loaded {about}",
-                        self.filter,
-                        f.source.kind,
-                        f.source.upstream,
-                        body.len(),
-                        f.resource.label,
-                        f.subject
-                    ),
+                    format_args!("gatewarden {}: {} fetched from {} ({} bytes)", self.filter, f.source.kind, f.source.upstream, body.len()),
+                );
+                envoy::log(
+                    Level::Info,
+                    format_args!("gatewarden {}: {} generation {generation} loaded {about}", self.filter, f.resource.label),
                 );
             }
             Err(why) => {
                 *meta = Some(f.source.schedule.failed(meta.as_ref(), now));
                 count(&format!("{}_{}", f.source.kind, ResourceEvent::FetchFailed.as_str()));
-                let kept = if f.resource.generation() > 0 { "; the last good copy keeps serving" } else { "" };
                 envoy::log(
                     Level::Warn,
-                    format_args!(
-                        "gatewarden {}: fetching {}{} from {} failed: {why}{kept}",
-                        self.filter, f.source.kind, f.subject, f.resource.upstream
-                    ),
+                    format_args!("gatewarden {}: fetching {} from {} failed: {why}", self.filter, f.source.kind, f.resource.upstream),
                 );
             }
         }
-        let _ = f.resource.kind;
         true
     }
 }

@@ -374,8 +374,6 @@ struct Waiting {
     max_bytes: usize,
     /// The callout under way.
     call: Option<Call>,
-    /// Whether the request headers went on (a decision may no longer change them).
-    headers_sent: bool,
 }
 
 /// Which event hook is running when a request is acted on: its return value passes, holds or
@@ -552,7 +550,7 @@ where
             }
         };
         let _ = filter;
-        self.drive(stream, role, step, 0, Phase::Headers { end_of_stream }, &facts)
+        self.drive(stream, role, step, 0, Phase::Headers { end_of_stream }, false, &facts)
     }
 
     fn compare_shadow(&self, stream: Stream, candidate: &F::Policy, eval: &Outcome, shadow: &Outcome, facts: &RequestFacts<'_>) {
@@ -577,7 +575,17 @@ where
     }
 
     /// Acts on a step in `phase`; returns the status for the hook that is running.
-    fn drive(&mut self, stream: Stream, role: Option<Role>, step: Step, steps: u8, phase: Phase, facts: &RequestFacts<'_>) -> u32 {
+    #[allow(clippy::too_many_arguments)]
+    fn drive(
+        &mut self,
+        stream: Stream,
+        role: Option<Role>,
+        step: Step,
+        steps: u8,
+        phase: Phase,
+        after_body: bool,
+        facts: &RequestFacts<'_>,
+    ) -> u32 {
         let n = self.native();
         let filter = name::<F>();
         let mut step = step;
@@ -589,9 +597,8 @@ where
             match step {
                 Step::Done(eval) => {
                     let header = self.policy_of(role).0.header();
-                    let headers_sent = self.waiting.as_ref().is_some_and(|w| w.headers_sent);
                     self.waiting = None;
-                    return self.act(stream, header, &eval, role, facts, phase, headers_sent);
+                    return self.act(stream, header, &eval, role, facts, phase, after_body);
                 }
                 Step::Unavailable(why) => {
                     self.waiting = None;
@@ -609,7 +616,7 @@ where
                         steps += 1;
                         continue;
                     }
-                    self.waiting = Some(Waiting { role, pending, steps, max_bytes, call: None, headers_sent: false });
+                    self.waiting = Some(Waiting { role, pending, steps, max_bytes, call: None });
                     return phase.wait();
                 }
                 Step::Call { call, pending } => {
@@ -630,7 +637,6 @@ where
                                 steps,
                                 max_bytes: 0,
                                 call: Some(Call { id, started: Instant::now(), timeout, max_bytes, grpc }),
-                                headers_sent: false,
                             });
                             return phase.wait();
                         }
@@ -654,7 +660,10 @@ where
         }
     }
 
-    /// Acts on a decision made in `phase`.
+    /// Acts on a decision made in `phase`. `after_body`: decided on the request body. The request
+    /// headers are still held then (this host, unlike Proxy-Wasm, can hold them until the body is
+    /// decided: an upstream never sees a request before its validation), but they go upstream as
+    /// the Wasm build sends them: no decision header after a body decision.
     #[allow(clippy::too_many_arguments)]
     fn act(
         &mut self,
@@ -664,7 +673,7 @@ where
         role: Option<Role>,
         facts: &RequestFacts<'_>,
         phase: Phase,
-        _headers_sent: bool,
+        after_body: bool,
     ) -> u32 {
         let n = self.native();
         let filter = name::<F>();
@@ -691,7 +700,7 @@ where
                 if candidate {
                     n.counters.count(stream, Counter::CANDIDATE_ALLOWED);
                 }
-                if header.decision_header {
+                if header.decision_header && !after_body {
                     stream.set_request_header(&n.header_name, &allow_header_value(rule, version));
                 }
                 pass(self)
@@ -726,7 +735,7 @@ where
                     if !apply_mutations(stream, eval) {
                         return self.fail_closed(stream, phase, "cannot change the request headers", Counter::HOST_ERROR);
                     }
-                    if header.decision_header {
+                    if header.decision_header && !after_body {
                         let value = format!("dry_run_deny; reason={}; rule={rule}; version={version}", denial.reason);
                         stream.set_request_header(&n.header_name, &value);
                     }
@@ -758,7 +767,7 @@ where
         let peer = OnceCell::new();
         let read_peer = || stream.source_address();
         let facts = RequestFacts::with_peer_source(&headers, &peer, &read_peer);
-        self.drive(stream, w.role, step, w.steps.saturating_add(1), phase, &facts)
+        self.drive(stream, w.role, step, w.steps.saturating_add(1), phase, w.call.is_none(), &facts)
     }
 }
 
