@@ -507,3 +507,74 @@ fn rendered_resources_run_on_the_pinned_envoy() {
     assert!(gw.stat("dynamicmodulescustom.gatewarden_ip_geo_signature_rejected") >= 1, "{log}");
     assert_eq!(request(gw.port, "GET", "/admin/users").0, 200, "v2 still serves");
 }
+
+#[test]
+fn apply_and_rollback_run_on_the_pinned_envoy() {
+    let (envoy, native_dir) = match envoy_and_module() {
+        Ok(found) => found,
+        Err(why) => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: {why}");
+            eprintln!("SKIPPED apply_and_rollback_run_on_the_pinned_envoy: {why}");
+            return;
+        }
+    };
+    let d = temp_dir("apply");
+    let ecds = d.join("ecds");
+    std::fs::create_dir_all(&ecds).unwrap();
+    let trust = trust_settings(&d, 1);
+    let sign = |p: &Path| {
+        let (code, _, err) = run(&["sign", "--key", s(&d.join("alice.key")), "--key-id", "alice", s(p)]);
+        assert_eq!(code, 0, "{err}");
+    };
+    let apply = |p: &Path, extra: &[&str]| {
+        let mut args = vec!["apply", s(p), "--to", s(&ecds), "--target", "envoy-native", "--author", "ann"];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    // v1 with the trust settings: they go beside the resource, where Envoy's environment names them.
+    let v1 = ip_geo_policy(&d, "v1", "10.0.0.0/8");
+    sign(&v1);
+    let (code, out, err) = apply(&v1, &["--vm-config", s(&trust)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("applied version 1 of "), "{out}");
+    assert_eq!(std::fs::read(ecds.join("gatewarden-trust.json")).unwrap(), std::fs::read(&trust).unwrap());
+    let gw = start_envoy(&envoy, &native_dir, &d, &["ip_geo"], &ecds.join("gatewarden-trust.json"));
+    assert_eq!(request(gw.port, "GET", "/admin/users").0, 403, "v1 serves");
+
+    // Without --vm-config, the settings beside the resources still apply: an unsigned v2 is refused.
+    let v2 = ip_geo_policy(&d, "v2", "127.0.0.0/8");
+    let files = std::fs::read_dir(&ecds).unwrap().count();
+    let (code, _, err) = apply(&v2, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the filter would refuse it: signatures: 0 valid signature(s) from distinct trusted keys, 1 required"), "{err}");
+    assert!(err.ends_with("gatewarden: apply refused, nothing changed\n"), "{err}");
+    assert_eq!(std::fs::read_dir(&ecds).unwrap().count(), files, "nothing written");
+
+    let ecds_stat = "extension_config_discovery.http_filter.gatewarden.ip_geo.update_success";
+    sign(&v2);
+    let before = gw.stat(ecds_stat);
+    let (code, out, err) = apply(&v2, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("applied version 2 of "), "{out}");
+    gw.wait_stat_above(ecds_stat, before);
+    assert_eq!(request(gw.port, "GET", "/admin/users").0, 200, "v2 serves");
+
+    // A rollback re-applies v1 as the native module's resource, as it was recorded.
+    let before = gw.stat(ecds_stat);
+    let (code, out, err) = run(&["rollback", "--to", s(&ecds), "--author", "bob"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("applied version 3 of ") && out.contains("(rollback to version 1)"), "{out}");
+    gw.wait_stat_above(ecds_stat, before);
+    assert_eq!(request(gw.port, "GET", "/admin/users").0, 403, "v1 serves again");
+    let resource = json(&std::fs::read_to_string(ecds.join("ip_geo.json")).unwrap());
+    assert_eq!(resource["resources"][0]["typed_config"]["@type"], DYNAMIC_MODULE_FILTER);
+    let (code, out, err) = run(&["history", "--to", s(&ecds), "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let history = json(&out);
+    let versions: Vec<(u64, &str)> =
+        history.as_array().unwrap().iter().map(|h| (h["version"].as_u64().unwrap(), h["policy_version"].as_str().unwrap())).collect();
+    assert_eq!(versions, [(1, "v1"), (2, "v2"), (3, "v1")]);
+    let entry = json(&std::fs::read_to_string(ecds.join(".gatewarden/history/000003.json")).unwrap());
+    assert_eq!((entry["target"].as_str(), entry["module"].as_str()), (Some("envoy-native"), Some("")));
+    assert_eq!(gw.stat("extension_config_discovery.http_filter.gatewarden.ip_geo.update_rejected"), 0);
+}

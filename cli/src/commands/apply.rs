@@ -1,12 +1,15 @@
 //! `gatewarden apply POLICY --to DIR`: validates the policy with the filter's own code, checks its
 //! approvals, renders the ECDS resource, records the version in `DIR/.gatewarden/history/` and
 //! writes `DIR/<filter>.json` atomically (`ecds::apply`). A refused apply changes nothing on disk.
+//! `--target envoy-native` writes the native module's resource (`hosts::envoy_native`) and its
+//! trust settings to `DIR/gatewarden-trust.json`.
 
 use std::path::Path;
 
 use crate::cli::{ChangeArgs, FilterArg, ModuleArgs};
 use crate::ecds::{apply, Applied, Meta, ModuleSettings};
 use crate::error::{CliError, CmdResult};
+use crate::hosts::envoy_native::{self, ModuleSource};
 use crate::policy_file::{load, Filter};
 use crate::timefmt;
 use crate::trust::approved_vm_config;
@@ -29,8 +32,9 @@ pub struct Args {
     pub change: ChangeArgs,
     #[command(flatten)]
     pub module: ModuleArgs,
-    /// Only `envoy`: apply writes Envoy ECDS resources (for Kong or nginx use `render --out DIR`).
-    #[arg(long, value_name = "envoy")]
+    /// `envoy` (the Wasm filter, default) or `envoy-native` (the native module libgatewarden.so):
+    /// apply writes Envoy ECDS resources (for Kong or nginx use `render --out DIR`).
+    #[arg(long, value_name = "envoy|envoy-native")]
     pub target: Option<String>,
 }
 
@@ -39,7 +43,7 @@ pub const REFUSED: &str = "gatewarden: apply refused, nothing changed";
 
 /// `gatewarden apply`.
 pub fn run(o: &Args) -> CmdResult {
-    if let Some(other) = o.target.as_deref().filter(|t| *t != "envoy") {
+    if let Some(other) = o.target.as_deref().filter(|t| *t != "envoy" && *t != envoy_native::TARGET) {
         return Err(CliError::could_not_run(format!(
             "gatewarden: --target {other:?}: apply writes Envoy ECDS resources only; for Kong or nginx use \
              `gatewarden render --target kong|nginx --out DIR` (same checks; nothing is written when it refuses)"
@@ -49,9 +53,20 @@ pub fn run(o: &Args) -> CmdResult {
     let dir = o.to.as_str();
     let policy = load(file, o.filter.filter).map_err(|e| CliError::load(file, &e).then_line(REFUSED))?;
     let mut settings = ModuleSettings::resolve(o.module.module.as_deref(), o.module.modules.as_deref(), policy.filter);
-    settings.vm_id = o.module.vm_id.clone();
-    settings.vm_configuration =
-        approved_vm_config(o.module.vm_config.as_deref(), Path::new(dir), &policy).map_err(|r| r.about(file, REFUSED))?;
+    if o.target.as_deref() == Some(envoy_native::TARGET) {
+        let source = ModuleSource::resolve(o.module.module.as_deref(), o.module.modules.as_deref())
+            .map_err(|e| CliError::usage("apply", e).then_line(REFUSED))?;
+        settings.native = Some(source);
+        if let Some(id) = &o.module.vm_id {
+            eprintln!("gatewarden: warning: --vm-id {id:?}: the native module runs without a VM; ignored");
+        }
+        settings.vm_configuration =
+            envoy_native::approved_trust(o.module.vm_config.as_deref(), Path::new(dir), &policy).map_err(|r| r.about(file, REFUSED))?;
+    } else {
+        settings.vm_id = o.module.vm_id.clone();
+        settings.vm_configuration =
+            approved_vm_config(o.module.vm_config.as_deref(), Path::new(dir), &policy).map_err(|r| r.about(file, REFUSED))?;
+    }
     let meta = Meta {
         author: o.change.author(),
         message: o.change.message.clone().unwrap_or_default(),

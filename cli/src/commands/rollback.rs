@@ -8,6 +8,7 @@ use crate::cli::{ChangeArgs, ModuleArgs};
 use crate::commands::apply::report;
 use crate::ecds::{apply, rollback_target, History, Meta, ModuleSettings};
 use crate::error::{CliError, CmdResult, Status};
+use crate::hosts::envoy_native::{self, ModuleSource};
 use crate::modules::module_dir;
 use crate::policy_file::{load_text, Filter};
 use crate::timefmt;
@@ -51,7 +52,14 @@ pub fn run(o: &Args) -> CmdResult {
     // The same validation as apply: the filter of today must still accept the old policy.
     let policy = load_text("history.json", &target.policy_json, Some(filter))
         .map_err(|e| invalid(format!("version {} no longer validates: {e}", target.version)))?;
-    let vm_configuration = approved_vm_config(o.module.vm_config.as_deref(), Path::new(dir), &policy).map_err(|r| {
+    // The version's own target: the native module's resource again for a native version.
+    let native = target.target.as_deref() == Some(envoy_native::TARGET);
+    let trust = if native {
+        envoy_native::approved_trust(o.module.vm_config.as_deref(), Path::new(dir), &policy)
+    } else {
+        approved_vm_config(o.module.vm_config.as_deref(), Path::new(dir), &policy)
+    };
+    let vm_configuration = trust.map_err(|r| {
         let e = format!("version {}: {}", target.version, r.message);
         if r.status == Status::Failed {
             invalid(e)
@@ -59,12 +67,20 @@ pub fn run(o: &Args) -> CmdResult {
             fail(e)
         }
     })?;
-    let module = match (&o.module.module, &o.module.modules) {
-        (Some(m), _) => m.clone(),
-        (None, Some(d)) => module_dir(Some(d)).join(filter.module_file()).to_string_lossy().into_owned(),
-        (None, None) => target.module.clone(),
+    let settings = if native {
+        let source = match (&o.module.module, &o.module.modules) {
+            (None, None) => ModuleSource::recorded(&target.module),
+            (m, d) => ModuleSource::resolve(m.as_deref(), d.as_deref()).map_err(fail)?,
+        };
+        ModuleSettings { module: String::new(), vm_id: None, vm_configuration, native: Some(source) }
+    } else {
+        let module = match (&o.module.module, &o.module.modules) {
+            (Some(m), _) => m.clone(),
+            (None, Some(d)) => module_dir(Some(d)).join(filter.module_file()).to_string_lossy().into_owned(),
+            (None, None) => target.module.clone(),
+        };
+        ModuleSettings { module, vm_id: o.module.vm_id.clone().or_else(|| target.vm_id.clone()), vm_configuration, native: None }
     };
-    let settings = ModuleSettings { module, vm_id: o.module.vm_id.clone().or_else(|| target.vm_id.clone()), vm_configuration };
     let meta = Meta {
         author: o.change.author(),
         message: o.change.message.clone().unwrap_or_else(|| format!("rollback to version {}", target.version)),

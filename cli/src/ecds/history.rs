@@ -26,7 +26,12 @@ pub struct Entry {
     /// Set when this entry re-applied an earlier version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<u64>,
+    /// The `.wasm` file; with `target` `envoy-native`, the `libgatewarden.so` file, or empty when
+    /// Envoy finds it through `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
     pub module: String,
+    /// `envoy-native` when the native module's resource was written; absent for the Wasm filter's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_id: Option<String>,
     /// The exact configuration the filter received.

@@ -8,8 +8,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::Refusal;
+use crate::hosts::envoy_native::{self, ModuleSource};
 use crate::modules::{module_dir, sha256_hex};
-use crate::policy_file::Filter;
+use crate::policy_file::{Filter, LoadedPolicy};
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 pub(crate) const EXTENSION_TYPE: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
@@ -24,6 +25,10 @@ pub struct ModuleSettings {
     pub vm_id: Option<String>,
     /// `vm_config.configuration`: the platform owner's trust settings of approvals, if any.
     pub vm_configuration: Option<String>,
+    /// The native module instead of the Wasm filter (`--target envoy-native`): how Envoy finds
+    /// `libgatewarden.so`. `module` and `vm_id` are then unused, and `vm_configuration` holds the
+    /// trust settings written beside the resource for `GATEWARDEN_TRUST_FILE`.
+    pub native: Option<ModuleSource>,
 }
 
 impl ModuleSettings {
@@ -31,11 +36,19 @@ impl ModuleSettings {
     pub fn resolve(module: Option<&str>, modules: Option<&str>, filter: Filter) -> Self {
         let module =
             module.map(str::to_string).unwrap_or_else(|| module_dir(modules).join(filter.module_file()).to_string_lossy().into_owned());
-        ModuleSettings { module, vm_id: None, vm_configuration: None }
+        ModuleSettings { module, vm_id: None, vm_configuration: None, native: None }
     }
 
     pub fn id(&self, filter: Filter) -> String {
         self.vm_id.clone().unwrap_or_else(|| filter.root_id())
+    }
+
+    /// The ECDS resource of `policy`: the Wasm filter's, or the native module's.
+    pub fn resource(&self, policy: &LoadedPolicy) -> String {
+        match &self.native {
+            Some(source) => envoy_native::ecds_resource(policy.filter, &policy.json, &policy.policy_version, source),
+            None => ecds_resource(policy.filter, &policy.json, &policy.policy_version, self),
+        }
     }
 }
 
@@ -169,7 +182,12 @@ mod tests {
     use super::*;
 
     fn settings() -> ModuleSettings {
-        ModuleSettings { module: "target/wasm32-wasip1/release/gatewarden_ip_geo.wasm".into(), vm_id: None, vm_configuration: None }
+        ModuleSettings {
+            module: "target/wasm32-wasip1/release/gatewarden_ip_geo.wasm".into(),
+            vm_id: None,
+            vm_configuration: None,
+            native: None,
+        }
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! Applying a policy to an ECDS directory: validation already happened (the policy is loaded);
 //! this records the version in the history, then writes `DIR/<filter>.json` through a temp file
 //! and a rename, so Envoy sees one whole new file. A refused apply (unwritable directory, another
-//! apply running) changes nothing on disk.
+//! apply running) changes nothing on disk. For the native module, trust settings go to
+//! `DIR/gatewarden-trust.json` (read by the module from `GATEWARDEN_TRUST_FILE` when Envoy starts).
 
 use std::path::{Path, PathBuf};
 
 use super::history::{state_dir, Entry, History};
-use super::resource::{ecds_resource, ModuleSettings};
+use super::resource::ModuleSettings;
 use crate::atomic::write_atomic;
+use crate::hosts::envoy_native::{self, ModuleSource};
 use crate::policy_file::LoadedPolicy;
 use crate::{modules::sha256_hex, timefmt};
 
@@ -62,11 +64,17 @@ pub fn apply(ecds_dir: &Path, policy: &LoadedPolicy, settings: &ModuleSettings, 
     let _lock = Lock::take(ecds_dir)?;
     let history = History::open(&ecds_dir.to_string_lossy())?;
     let sha = sha256_hex(policy.json.as_bytes());
-    let text = ecds_resource(policy.filter, &policy.json, &policy.policy_version, settings);
+    let text = settings.resource(policy);
     let target = ecds_dir.join(format!("{}.json", policy.filter.name()));
+    // The native module's trust settings, when they differ from those beside the resources.
+    let trust_path = ecds_dir.join(envoy_native::TRUST_FILE_NAME);
+    let new_trust = match (&settings.native, &settings.vm_configuration) {
+        (Some(_), Some(trust)) => std::fs::read(&trust_path).map_or(true, |old| old != trust.as_bytes()).then_some(trust),
+        _ => None,
+    };
     if let Some(cur) = history.current(policy.filter) {
         let on_disk = std::fs::read_to_string(&target).unwrap_or_default();
-        if cur.sha256 == sha && on_disk == text && meta.rollback_of.is_none() {
+        if cur.sha256 == sha && on_disk == text && meta.rollback_of.is_none() && new_trust.is_none() {
             return Ok(Applied::Unchanged(cur.version));
         }
     }
@@ -80,10 +88,19 @@ pub fn apply(ecds_dir: &Path, policy: &LoadedPolicy, settings: &ModuleSettings, 
         message: meta.message,
         source: meta.source,
         rollback_of: meta.rollback_of,
-        module: settings.module.clone(),
-        vm_id: settings.vm_id.clone(),
+        module: match &settings.native {
+            Some(ModuleSource::File(path)) => path.clone(),
+            Some(ModuleSource::SearchPath) => String::new(),
+            None => settings.module.clone(),
+        },
+        target: settings.native.as_ref().map(|_| envoy_native::TARGET.to_string()),
+        vm_id: settings.native.is_none().then(|| settings.vm_id.clone()).flatten(),
         policy_json: policy.json.clone(),
     };
+    // Read by Envoy only when it starts: written first, so a resource never serves without them.
+    if let Some(trust) = new_trust {
+        write_atomic(&trust_path, trust.as_bytes()).map_err(|e| format!("{}: {e}", trust_path.display()))?;
+    }
     let entry_path = hist_dir.join(format!("{:06}.json", entry.version));
     let body = serde_json::to_string_pretty(&entry).map_err(|e| e.to_string())? + "\n";
     write_atomic(&entry_path, body.as_bytes()).map_err(|e| format!("{}: {e}", entry_path.display()))?;
@@ -119,7 +136,7 @@ mod tests {
     }
 
     fn settings() -> ModuleSettings {
-        ModuleSettings { module: "/m/gatewarden_ip_geo.wasm".into(), vm_id: None, vm_configuration: None }
+        ModuleSettings { module: "/m/gatewarden_ip_geo.wasm".into(), vm_id: None, vm_configuration: None, native: None }
     }
 
     #[test]
@@ -180,6 +197,33 @@ mod tests {
         assert_eq!(h.entries().len(), 3);
         assert_eq!(h.current(Filter::IpGeo).unwrap().rollback_of, Some(1));
         assert_eq!(rollback_target(&h, None, None).unwrap().policy_version, "v2");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn native_apply_records_the_target_and_writes_the_trust_settings_beside() {
+        let d = temp_dir("native");
+        let native = |trust: Option<&str>| ModuleSettings {
+            module: String::new(),
+            vm_id: None,
+            vm_configuration: trust.map(str::to_string),
+            native: Some(ModuleSource::SearchPath),
+        };
+        let r = apply(&d, &policy("v1"), &native(Some("{\"required_signatures\":0}")), meta(0));
+        assert!(matches!(&r, Ok(Applied::New(e)) if e.target.as_deref() == Some("envoy-native") && e.module.is_empty()), "{r:?}");
+        let file = std::fs::read_to_string(d.join("ip_geo.json")).unwrap_or_default();
+        assert!(file.contains("DynamicModuleFilter") && file.contains("\"filter_name\": \"ip_geo\""), "{file}");
+        let trust = d.join("gatewarden-trust.json");
+        assert_eq!(std::fs::read_to_string(&trust).ok().as_deref(), Some("{\"required_signatures\":0}"));
+        // The same policy and settings: unchanged. Other trust settings: a new version.
+        assert_eq!(apply(&d, &policy("v1"), &native(Some("{\"required_signatures\":0}")), meta(1)), Ok(Applied::Unchanged(1)));
+        assert_eq!(apply(&d, &policy("v1"), &native(None), meta(1)), Ok(Applied::Unchanged(1)));
+        let r = apply(&d, &policy("v1"), &native(Some("{}")), meta(2));
+        assert!(matches!(&r, Ok(Applied::New(e)) if e.version == 2), "{r:?}");
+        assert_eq!(std::fs::read_to_string(&trust).ok().as_deref(), Some("{}"));
+        // A Wasm apply afterwards writes the Wasm resource, recorded without a target.
+        let r = apply(&d, &policy("v2"), &settings(), meta(3));
+        assert!(matches!(&r, Ok(Applied::New(e)) if e.target.is_none() && e.module == "/m/gatewarden_ip_geo.wasm"), "{r:?}");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -32,8 +32,10 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::ecds::resource::{ascii_json, resource_name, EXTENSION_TYPE, STRING_VALUE_TYPE};
+use crate::error::Refusal;
 use crate::modules::sha256_hex;
 use crate::policy_file::Filter;
+use crate::trust::check_trust;
 
 const DYNAMIC_MODULE_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
 
@@ -43,8 +45,10 @@ pub const MODULE_NAME: &str = "gatewarden";
 pub const MODULE_FILE: &str = "libgatewarden.so";
 /// The environment variable naming the trust settings file (read by the module at load).
 pub const TRUST_FILE_ENV: &str = "GATEWARDEN_TRUST_FILE";
-/// The file `render --out` writes the trust settings to, beside the resource.
+/// The file `render --out` and `apply` write the trust settings to, beside the resource.
 pub const TRUST_FILE_NAME: &str = "gatewarden-trust.json";
+/// The `--target` value, also recorded in the apply history.
+pub const TARGET: &str = "envoy-native";
 
 /// How Envoy finds the module.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +73,34 @@ impl ModuleSource {
             (None, None) => Ok(ModuleSource::SearchPath),
         }
     }
+
+    /// What an apply history entry's `module` records (`ecds::write`): the file, or empty for the
+    /// search path.
+    pub fn recorded(module: &str) -> Self {
+        if module.is_empty() {
+            ModuleSource::SearchPath
+        } else {
+            ModuleSource::File(module.to_string())
+        }
+    }
+}
+
+/// The trust settings an apply or rollback checks the policy against and writes beside the
+/// resources: `--vm-config FILE` when given, else `DIR/gatewarden-trust.json` when there is one
+/// (what an Envoy started as documented reads; an apply never drops approvals by omission).
+pub fn approved_trust(flag: Option<&str>, dir: &Path, policy: &crate::policy_file::LoadedPolicy) -> Result<Option<String>, Refusal> {
+    let beside = dir.join(TRUST_FILE_NAME);
+    let (label, text) = match flag {
+        Some(path) => (path.to_string(), read_trust(Path::new(path))?),
+        None if beside.exists() => (format!("{} (the trust settings beside the resources)", beside.display()), read_trust(&beside)?),
+        None => return Ok(None),
+    };
+    check_trust(&label, &text, policy)?;
+    Ok(Some(text))
+}
+
+fn read_trust(path: &Path) -> Result<String, Refusal> {
+    std::fs::read_to_string(path).map_err(|e| Refusal::could_not_run(format!("{}: cannot read: {e}", path.display())))
 }
 
 #[derive(Serialize)]
@@ -182,7 +214,7 @@ mod tests {
     #[test]
     fn version_info_equals_the_wasm_resources() {
         let json = r#"{"policy_version":"2026-12-03.1"}"#;
-        let settings = crate::ecds::ModuleSettings { module: "m.wasm".into(), vm_id: None, vm_configuration: None };
+        let settings = crate::ecds::ModuleSettings { module: "m.wasm".into(), vm_id: None, vm_configuration: None, native: None };
         let wasm = doc(&crate::ecds::ecds_resource(Filter::Jwt, json, "2026-12-03.1", &settings));
         let native = doc(&ecds_resource(Filter::Jwt, json, "2026-12-03.1", &ModuleSource::SearchPath));
         assert_eq!(native["version_info"], wasm["version_info"]);
