@@ -479,6 +479,22 @@ fn rendered_resources_run_on_the_pinned_envoy() {
     assert_eq!(statuses, [200, 200, 429]);
     assert_eq!(gw.stat("dynamicmodulescustom.gatewarden_ip_geo_denied"), 1);
     assert_eq!(gw.stat("dynamicmodulescustom.gatewarden_rate_limit_denied"), 1);
+    // The module defines the .wasm's counters, under Envoy's prefix for dynamic modules.
+    for filter in ["ip_geo", "rate_limit"] {
+        let wasm = common::modules_dir().join(format!("gatewarden_{filter}.wasm"));
+        if !wasm.exists() {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: {} missing", wasm.display());
+            eprintln!("counter names not compared: {} missing (scripts/build.sh)", wasm.display());
+            continue;
+        }
+        let (code, listed, err) = run(&["counters", "--module", s(&wasm), "--host-prefix", "envoy-native"]);
+        assert_eq!(code, 0, "{err}");
+        let prefix = format!("dynamicmodulescustom.gatewarden_{filter}_");
+        let stats = request(gw.admin, "GET", &format!("/stats?filter=^{prefix}")).1;
+        let mut shown: Vec<&str> = stats.lines().filter_map(|l| l.split_once(": ").map(|(name, _)| name)).collect();
+        shown.sort_unstable();
+        assert_eq!(shown, listed.lines().collect::<Vec<_>>(), "{filter}");
+    }
 
     // Live update through ECDS: v2 takes the client's network into the office.
     let ecds_stat = |what: &str| format!("extension_config_discovery.http_filter.gatewarden.ip_geo.{what}");

@@ -1,4 +1,4 @@
-//! `gatewarden counters --module PATH.wasm [--host-prefix none|envoy|kong] [--module-name NAME]`:
+//! `gatewarden counters --module PATH.wasm [--host-prefix none|envoy|envoy-native|kong] [--module-name NAME]`:
 //! every metric a filter module defines, one name a line, sorted by name.
 //!
 //! The module runs in the wasmtime Proxy-Wasm host (as for `gatewarden test`): the VM starts and
@@ -9,6 +9,8 @@
 //! `--host-prefix` prints the names as each host exposes them:
 //! - `none`: the name the module defines (`gatewarden_ip_geo_allowed`);
 //! - `envoy`: Envoy's stat name, `wasmcustom.<name>`;
+//! - `envoy-native`: Envoy's stat name with the native module (`libgatewarden.so`), which defines
+//!   the same counters as the `.wasm` of the filter: `dynamicmodulescustom.<name>`;
 //! - `kong`: ngx_wasm_module's, `pw:<module name>:<name>` (docs/METRICS.md "Name Prefixing"),
 //!   where the module name is that of nginx's `module <name> <path>` directive, and on Kong the
 //!   file name without `.wasm` (the default here).
@@ -30,6 +32,8 @@ pub enum HostPrefix {
     None,
     /// Envoy: `wasmcustom.<name>`.
     Envoy,
+    /// Envoy with the native module libgatewarden.so (the same counters): `dynamicmodulescustom.<name>`.
+    EnvoyNative,
     /// Kong / ngx_wasm_module: `pw:<module name>:<name>`.
     Kong,
 }
@@ -54,6 +58,7 @@ pub fn exposed_name(prefix: HostPrefix, module_name: &str, name: &str) -> String
     match prefix {
         HostPrefix::None => name.to_string(),
         HostPrefix::Envoy => format!("wasmcustom.{name}"),
+        HostPrefix::EnvoyNative => format!("dynamicmodulescustom.{name}"),
         HostPrefix::Kong => format!("pw:{module_name}:{name}"),
     }
 }
@@ -126,6 +131,7 @@ mod tests {
     fn host_prefixes() {
         assert_eq!(exposed_name(HostPrefix::None, "m", "gatewarden_jwt_allowed"), "gatewarden_jwt_allowed");
         assert_eq!(exposed_name(HostPrefix::Envoy, "m", "gatewarden_jwt_allowed"), "wasmcustom.gatewarden_jwt_allowed");
+        assert_eq!(exposed_name(HostPrefix::EnvoyNative, "m", "gatewarden_jwt_allowed"), "dynamicmodulescustom.gatewarden_jwt_allowed");
         assert_eq!(exposed_name(HostPrefix::Kong, "gatewarden_jwt", "gatewarden_jwt_allowed"), "pw:gatewarden_jwt:gatewarden_jwt_allowed");
     }
 
