@@ -482,8 +482,6 @@ def updates(gw: harness.Gateway) -> dict[str, int]:
 
 
 @pytest.mark.hosts("envoy")
-@pytest.mark.native_defect("`gatewarden apply` writes Wasm resources only (`--target envoy` is its one target): "
-                           "`--target envoy-native` is the CLI's part of issue 15")
 @pytest.mark.parametrize("how", ["--version 1", "previous"])
 def test_rollback_to_a_version_that_no_longer_validates_is_refused(start_gateway, tmp_path: Path, how: str):
     """History entry 1 holds a policy today's code refuses (as if written by an older version

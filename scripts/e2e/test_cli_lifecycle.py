@@ -80,8 +80,6 @@ def apply(gw: Gateway, file: Path, *extra: str) -> subprocess.CompletedProcess[s
     return gatewarden("apply", str(file), "--to", str(gw.ecds_dir), *gw.cli_target_args(FILTER), *extra)
 
 
-@pytest.mark.native_defect("`gatewarden apply` writes Wasm resources only (`--target envoy` is its one target): "
-                           "`--target envoy-native` is the CLI's part of issue 15")
 def test_apply_update_diff_rollback_each_version_enforced(start_gateway, tmp_path: Path):
     gw = start_gateway({FILTER: {"policy_version": "boot", "rules": []}}, ipv6=False)
     assert gw.get("/", source=A).status == 200
