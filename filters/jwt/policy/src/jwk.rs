@@ -17,9 +17,9 @@ use std::fmt;
 
 use hmac::{Hmac, KeyInit, Mac};
 use p256::ecdsa::signature::Verifier;
-use rsa::{BoxedUint, Pkcs1v15Sign, PublicKey};
+use rsa::{BoxedUint, PublicKey};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256, Sha384, Sha512};
+use sha2::{Sha256, Sha384, Sha512};
 
 use super::b64;
 use super::jose::{Alg, ParsedToken};
@@ -37,12 +37,74 @@ pub const MIN_HMAC_KEY_BYTES: usize = 32;
 #[derive(Clone)]
 enum KeyMaterial {
     Oct(Vec<u8>),
-    Rsa(Box<PublicKey>),
+    Rsa(Box<RsaKey>),
     /// Shared: its precomputed table (built at first use) is 151 KB.
     P256(std::sync::Arc<super::es256::Es256Key>),
     P384(p384::ecdsa::VerifyingKey),
     P521(Box<p521::ecdsa::VerifyingKey>),
     Ed25519(ed25519_compact::PublicKey),
+}
+
+/// An RSA key: validated by the `rsa` crate (the portable verifier), and with the `native-crypto`
+/// feature also in ring's form (the verifier used then).
+#[derive(Clone)]
+struct RsaKey {
+    #[cfg_attr(feature = "native-crypto", allow(dead_code))]
+    key: PublicKey,
+    #[cfg(feature = "native-crypto")]
+    ring: ring::signature::RsaPublicKeyComponents<Vec<u8>>,
+}
+
+impl RsaKey {
+    fn new(n: &[u8], e: &[u8]) -> Result<Self, String> {
+        let key = PublicKey::new_with_size_limits(BoxedUint::from_be_slice_vartime(n), BoxedUint::from_be_slice_vartime(e), 2048..=4096)
+            .map_err(|err| format!("invalid RSA key: {err}"))?;
+        #[cfg(feature = "native-crypto")]
+        let ring = {
+            let unpadded = |b: &[u8]| b.iter().position(|&x| x != 0).map_or_else(Vec::new, |i| b.get(i..).unwrap_or_default().to_vec());
+            ring::signature::RsaPublicKeyComponents { n: unpadded(n), e: unpadded(e) }
+        };
+        Ok(Self {
+            key,
+            #[cfg(feature = "native-crypto")]
+            ring,
+        })
+    }
+
+    #[cfg(not(feature = "native-crypto"))]
+    fn verify(&self, alg: Alg, msg: &[u8], sig: &[u8]) -> bool {
+        use rsa::Pkcs1v15Sign;
+        use sha2::Digest;
+        use Alg::*;
+        let k = &self.key;
+        match alg {
+            RS256 => k.verify(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(msg), sig).is_ok(),
+            RS384 => k.verify(Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(msg), sig).is_ok(),
+            RS512 => k.verify(Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(msg), sig).is_ok(),
+            // PSS with the salt as long as the hash (RFC 7518 §3.5).
+            PS256 => k.verify(rsa::pss::Pss::<Sha256>::new(), &Sha256::digest(msg), sig).is_ok(),
+            PS384 => k.verify(rsa::pss::Pss::<Sha384>::new(), &Sha384::digest(msg), sig).is_ok(),
+            PS512 => k.verify(rsa::pss::Pss::<Sha512>::new(), &Sha512::digest(msg), sig).is_ok(),
+            _ => false,
+        }
+    }
+
+    #[cfg(feature = "native-crypto")]
+    fn verify(&self, alg: Alg, msg: &[u8], sig: &[u8]) -> bool {
+        use ring::signature as r;
+        use Alg::*;
+        // ring's PSS parameters use a salt as long as the hash (RFC 7518 §3.5), as above.
+        let params: &r::RsaParameters = match alg {
+            RS256 => &r::RSA_PKCS1_2048_8192_SHA256,
+            RS384 => &r::RSA_PKCS1_2048_8192_SHA384,
+            RS512 => &r::RSA_PKCS1_2048_8192_SHA512,
+            PS256 => &r::RSA_PSS_2048_8192_SHA256,
+            PS384 => &r::RSA_PSS_2048_8192_SHA384,
+            PS512 => &r::RSA_PSS_2048_8192_SHA512,
+            _ => return false,
+        };
+        self.ring.verify(params, msg, sig).is_ok()
+    }
 }
 
 impl KeyMaterial {
@@ -223,13 +285,7 @@ fn verify_with(alg: Alg, key: &KeyMaterial, msg: &[u8], sig: &[u8]) -> bool {
         (KeyMaterial::Oct(k), HS256) => hmac_ok::<Hmac<Sha256>>(k, msg, sig),
         (KeyMaterial::Oct(k), HS384) => hmac_ok::<Hmac<Sha384>>(k, msg, sig),
         (KeyMaterial::Oct(k), HS512) => hmac_ok::<Hmac<Sha512>>(k, msg, sig),
-        (KeyMaterial::Rsa(k), RS256) => k.verify(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(msg), sig).is_ok(),
-        (KeyMaterial::Rsa(k), RS384) => k.verify(Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(msg), sig).is_ok(),
-        (KeyMaterial::Rsa(k), RS512) => k.verify(Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(msg), sig).is_ok(),
-        // PSS with the salt as long as the hash (RFC 7518 §3.5).
-        (KeyMaterial::Rsa(k), PS256) => k.verify(rsa::pss::Pss::<Sha256>::new(), &Sha256::digest(msg), sig).is_ok(),
-        (KeyMaterial::Rsa(k), PS384) => k.verify(rsa::pss::Pss::<Sha384>::new(), &Sha384::digest(msg), sig).is_ok(),
-        (KeyMaterial::Rsa(k), PS512) => k.verify(rsa::pss::Pss::<Sha512>::new(), &Sha512::digest(msg), sig).is_ok(),
+        (KeyMaterial::Rsa(k), RS256 | RS384 | RS512 | PS256 | PS384 | PS512) => k.verify(alg, msg, sig),
         // JWS ECDSA signatures are the fixed-size R || S (RFC 7518 §3.4), never DER.
         (KeyMaterial::P256(k), ES256) => k.verify(msg, sig),
         (KeyMaterial::P384(k), ES384) => p384::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok()),
@@ -276,10 +332,7 @@ fn parse_jwk(raw: &Value) -> Result<Jwk, String> {
         "RSA" => {
             let n = bytes_field(obj, "n")?;
             let e = bytes_field(obj, "e")?;
-            let key =
-                PublicKey::new_with_size_limits(BoxedUint::from_be_slice_vartime(&n), BoxedUint::from_be_slice_vartime(&e), 2048..=4096)
-                    .map_err(|err| format!("invalid RSA key: {err}"))?;
-            KeyMaterial::Rsa(Box::new(key))
+            KeyMaterial::Rsa(Box::new(RsaKey::new(&n, &e)?))
         }
         "EC" => {
             let crv = str_field(obj, "crv")?;
