@@ -6,6 +6,8 @@
 //! different part lists give the same byte stream, and a `shared` missing part cannot equal any
 //! value.
 
+use std::net::IpAddr;
+
 use gatewarden_policy::client_address::ClientAddressResolver;
 use gatewarden_policy::facts::RequestFacts;
 
@@ -42,7 +44,9 @@ impl KeyPart {
 pub struct BucketKey {
     /// The 64-bit hash that indexes the key table; never 0 (0 marks an empty slot).
     pub fingerprint: u64,
-    /// The parts as (label, value); `None` for a missing part under `shared`.
+    /// The parts as (label, value); `None` for a missing part under `shared`. Built only when
+    /// asked for (`build_key`'s `with_parts`: a rule with fleet limits sends them to the service);
+    /// empty otherwise, so a local limit allocates nothing for its key.
     pub parts: Vec<(String, Option<String>)>,
 }
 
@@ -58,7 +62,8 @@ pub enum KeyOutcome {
 
 /// Builds the key of `facts` for the rule named `rule`. `seed` keys the hash (the glue picks one
 /// per gateway and shares it between workers, so keys cannot be aimed at a slot from outside
-/// unless the seed is known; any constant works for tests and the CLI).
+/// unless the seed is known; any constant works for tests and the CLI). A client address is
+/// hashed as its octets (4 or 16 bytes, tagged), every other part as its text.
 pub fn build_key(
     parts: &[KeyPart],
     rule: &str,
@@ -66,17 +71,22 @@ pub fn build_key(
     facts: &RequestFacts<'_>,
     client: &ClientAddressResolver,
     seed: u64,
+    with_parts: bool,
 ) -> KeyOutcome {
     let mut h = Hasher::new(seed);
     h.part(Some(rule.as_bytes()));
-    let mut out = Vec::with_capacity(parts.len());
+    let mut out = if with_parts { Vec::with_capacity(parts.len()) } else { Vec::new() };
     for part in parts {
-        let value: Option<String> = match part {
-            KeyPart::ClientAddress => client.resolve(facts).ok().map(|ip| ip.to_string()),
-            KeyPart::Header(name) | KeyPart::ClaimHeader(name) => facts.header(name).map(str::to_owned),
-            KeyPart::Path => Some(facts.path().to_owned()),
-            KeyPart::Method => Some(facts.method().to_owned()),
-            KeyPart::Rule => Some(rule.to_owned()),
+        let mut ip = None;
+        let value: Option<&str> = match part {
+            KeyPart::ClientAddress => {
+                ip = client.resolve(facts).ok();
+                ip.map(|_| "")
+            }
+            KeyPart::Header(name) | KeyPart::ClaimHeader(name) => facts.header(name),
+            KeyPart::Path => Some(facts.path()),
+            KeyPart::Method => Some(facts.method()),
+            KeyPart::Rule => Some(rule),
         };
         if value.is_none() {
             match on_missing {
@@ -85,16 +95,23 @@ pub fn build_key(
                 OnMissingKey::Shared => {}
             }
         }
-        // The label too: a rule whose key parts change gets new buckets (see `table`'s live updates).
         h.part(Some(part.label().as_bytes()));
-        h.part(value.as_deref().map(str::as_bytes));
-        out.push((part.label().to_owned(), value));
+        match ip {
+            Some(IpAddr::V4(a)) => h.part(Some(&[&[4u8][..], &a.octets()].concat())),
+            Some(IpAddr::V6(a)) => h.part(Some(&[&[6u8][..], &a.octets()].concat())),
+            None => h.part(value.map(str::as_bytes)),
+        }
+        if with_parts {
+            let text = match ip {
+                Some(ip) => Some(ip.to_string()),
+                None => value.map(str::to_owned),
+            };
+            out.push((part.label().to_owned(), text));
+        }
     }
     KeyOutcome::Key(BucketKey { fingerprint: h.finish(), parts: out })
 }
 
-/// FNV-1a over tagged, length-prefixed parts, seeded, with a 64-bit finaliser (splitmix64) so
-/// every output bit depends on every input bit (the table takes the set from the low bits).
 struct Hasher(u64);
 
 impl Hasher {

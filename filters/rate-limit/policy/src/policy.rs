@@ -283,7 +283,7 @@ impl RateLimitPolicy {
         let Some(cost) = request_cost(&a.cost, facts) else {
             return RateLimitOutcome::deny(&rule.name, RateLimitReason::CostInvalid);
         };
-        let key = match build_key(&a.key, &rule.name, a.on_missing_key, facts, &self.header.client_address, seed) {
+        let key = match build_key(&a.key, &rule.name, a.on_missing_key, facts, &self.header.client_address, seed, a.fleet.is_some()) {
             KeyOutcome::Key(k) => k,
             KeyOutcome::Unlimited => return RateLimitOutcome::allow(&rule.name),
             KeyOutcome::Missing(_) => {

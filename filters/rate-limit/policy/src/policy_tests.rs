@@ -161,7 +161,7 @@ fn keys_are_per_rule_and_client_address_follows_trusted_hops() {
     assert_eq!([via(&mut t, "8.8.8.8"), via(&mut t, "8.8.8.8"), via(&mut t, "8.8.4.4")], ["allow", "limited", "allow"]);
     assert_eq!(via(&mut t, "bogus"), "key_missing");
     let a = decide(&p, &mut t, T0 + 10 * S, "/", "10.0.0.1:1", &[("x-forwarded-for", "8.8.8.8")]).key.unwrap();
-    assert_eq!(a.parts, [("client_address".to_string(), Some("8.8.8.8".to_string()))]);
+    assert!(a.parts.is_empty(), "a rule without fleet limits builds no parts");
     // The same key value under another rule is another bucket.
     let b = decide(&p, &mut t, T0, "/api", "10.0.0.1:1", &[("x-api-key", "8.8.8.8")]).key.unwrap();
     assert_ne!(a.fingerprint, b.fingerprint);
@@ -170,13 +170,29 @@ fn keys_are_per_rule_and_client_address_follows_trusted_hops() {
     let f = RequestFacts::new(&facts_h, Some("10.0.0.1:1"));
     let parts = [crate::key::KeyPart::ClientAddress, crate::key::KeyPart::Path, crate::key::KeyPart::Rule];
     let resolver = &p.header().client_address;
-    let k = |seed| match crate::key::build_key(&parts, "default", OnMissingKey::Deny, &f, resolver, seed) {
+    let k = |seed| match crate::key::build_key(&parts, "default", OnMissingKey::Deny, &f, resolver, seed, true) {
         KeyOutcome::Key(k) => k,
         other => panic!("{other:?}"),
     };
     assert_eq!(k(1), k(1));
     assert_ne!(k(1).fingerprint, k(2).fingerprint);
+    assert_eq!(k(1).parts[0], ("client_address".to_string(), Some("8.8.8.8".to_string())));
     assert_eq!(k(1).parts[2], ("rule".to_string(), Some("default".to_string())));
+    // Parts or not, the same bucket; the decision's key is this key.
+    let bare = match crate::key::build_key(&parts[..1], "default", OnMissingKey::Deny, &f, resolver, SEED, false) {
+        KeyOutcome::Key(k) => k,
+        other => panic!("{other:?}"),
+    };
+    assert!(bare.parts.is_empty());
+    assert_eq!(bare.fingerprint, a.fingerprint);
+    // An IPv4-mapped IPv6 address is the same client as its IPv4 form: the same bucket.
+    let mapped_h = request("/", &[("x-forwarded-for", "::ffff:8.8.8.8")]);
+    let mapped = RequestFacts::new(&mapped_h, Some("10.0.0.1:1"));
+    let m = match crate::key::build_key(&parts[..1], "default", OnMissingKey::Deny, &mapped, resolver, SEED, false) {
+        KeyOutcome::Key(k) => k,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(m.fingerprint, bare.fingerprint);
 }
 
 #[test]
