@@ -113,7 +113,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     end_of_stream: bool,
 ) -> u32 {
     // SAFETY: per the contract.
-    match unsafe { runtime::request_mut(filter) } {
+    match unsafe { runtime::request_ref(filter) } {
         Some(r) => r.on_request_headers(Stream(envoy_filter), end_of_stream),
         None => abi::HEADERS_CONTINUE,
     }
@@ -128,7 +128,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     end_of_stream: bool,
 ) -> u32 {
     // SAFETY: per the contract.
-    match unsafe { runtime::request_mut(filter) } {
+    match unsafe { runtime::request_ref(filter) } {
         Some(r) => r.on_request_body(Stream(envoy_filter), end_of_stream),
         None => abi::BODY_CONTINUE,
     }
@@ -141,7 +141,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(envoy_filter: FilterEnvoyPtr, filter: FilterModulePtr) {
     // SAFETY: per the contract.
-    if let Some(r) = unsafe { runtime::request_mut(filter) } {
+    if let Some(r) = unsafe { runtime::request_ref(filter) } {
         r.on_stream_complete(Stream(envoy_filter));
     }
 }
@@ -156,7 +156,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     filter: FilterModulePtr,
 ) -> u32 {
     // SAFETY: per the contract.
-    match unsafe { runtime::request_mut(filter) } {
+    match unsafe { runtime::request_ref(filter) } {
         Some(r) => r.on_request_trailers(Stream(envoy_filter)),
         None => abi::TRAILERS_CONTINUE,
     }
@@ -171,7 +171,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     _end_of_stream: bool,
 ) -> u32 {
     // SAFETY: per the contract.
-    match unsafe { runtime::request_mut(filter) } {
+    match unsafe { runtime::request_ref(filter) } {
         Some(r) => r.on_response_headers(Stream(envoy_filter)),
         None => abi::HEADERS_CONTINUE,
     }
@@ -192,7 +192,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     chunks_size: usize,
 ) {
     // SAFETY: per the contract.
-    let Some(r) = (unsafe { runtime::request_mut(filter) }) else { return };
+    let Some(r) = (unsafe { runtime::request_ref(filter) }) else { return };
     // SAFETY: Envoy's arrays, valid during this hook.
     let (headers, body) = unsafe { envoy::copy_answer(headers, headers_size, chunks, chunks_size) };
     r.on_callout_done(Stream(envoy_filter), callout_id, result, &headers, &body);

@@ -25,7 +25,7 @@
 //! - **Trust settings** (approvals) come from the file named by `GATEWARDEN_TRUST_FILE` in Envoy's
 //!   environment (the platform owner's, never the policy's), read once at module load.
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::ffi::c_void;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -428,9 +428,12 @@ where
     F::PolicyState: Send,
 {
     config: *const Native<F>,
-    waiting: Option<Waiting>,
+    /// What the request waits for. Cells, not `&mut self`: Envoy re-enters a stream's hooks (a
+    /// local reply runs its response hooks inside `send_response`), so every hook takes `&self`
+    /// and no borrow is held across a call into Envoy.
+    waiting: Cell<Option<Waiting>>,
     /// Response headers of an allowed request (rate-limit headers), set on the response.
-    allowed_response_headers: Vec<(String, String)>,
+    allowed_response_headers: Cell<Vec<(String, String)>>,
 }
 
 /// The event-hook side of a configuration, as the exported hooks see it.
@@ -444,13 +447,13 @@ pub trait AnyConfig: Send + Sync {
 
 /// The event-hook side of a stream's filter.
 pub trait AnyRequest {
-    fn on_request_headers(&mut self, stream: Stream, end_of_stream: bool) -> u32;
-    fn on_request_body(&mut self, stream: Stream, end_of_stream: bool) -> u32;
-    fn on_request_trailers(&mut self, stream: Stream) -> u32;
+    fn on_request_headers(&self, stream: Stream, end_of_stream: bool) -> u32;
+    fn on_request_body(&self, stream: Stream, end_of_stream: bool) -> u32;
+    fn on_request_trailers(&self, stream: Stream) -> u32;
     /// The stream ended (answered, or the client went away).
-    fn on_stream_complete(&mut self, stream: Stream);
-    fn on_response_headers(&mut self, stream: Stream) -> u32;
-    fn on_callout_done(&mut self, stream: Stream, id: u64, result: u32, headers: &[(String, String)], body: &[u8]);
+    fn on_stream_complete(&self, stream: Stream);
+    fn on_response_headers(&self, stream: Stream) -> u32;
+    fn on_callout_done(&self, stream: Stream, id: u64, result: u32, headers: &[(String, String)], body: &[u8]);
 }
 
 impl<F: NativeFilter> AnyConfig for Native<F>
@@ -459,7 +462,7 @@ where
     F::PolicyState: Send,
 {
     fn new_request(&self) -> Box<dyn AnyRequest> {
-        Box::new(Request::<F> { config: self, waiting: None, allowed_response_headers: Vec::new() })
+        Box::new(Request::<F> { config: self, waiting: Cell::new(None), allowed_response_headers: Cell::new(Vec::new()) })
     }
 
     fn on_scheduled(&self, config: ConfigHandle) {
@@ -517,7 +520,15 @@ where
         phase.stop()
     }
 
-    fn on_headers(&mut self, stream: Stream, end_of_stream: bool) -> u32 {
+    /// Whether the request waits for a callout, and its body limit, if it waits at all.
+    fn peek(&self) -> Option<(bool, usize)> {
+        let waiting = self.waiting.take();
+        let info = waiting.as_ref().map(|w| (w.call.is_some(), w.max_bytes));
+        self.waiting.set(waiting);
+        info
+    }
+
+    fn on_headers(&self, stream: Stream, end_of_stream: bool) -> u32 {
         let n = self.native();
         let filter = name::<F>();
         let headers = read_headers(stream, &n.needs, n.all_headers);
@@ -577,7 +588,7 @@ where
     /// Acts on a step in `phase`; returns the status for the hook that is running.
     #[allow(clippy::too_many_arguments)]
     fn drive(
-        &mut self,
+        &self,
         stream: Stream,
         role: Option<Role>,
         step: Step,
@@ -597,11 +608,11 @@ where
             match step {
                 Step::Done(eval) => {
                     let header = self.policy_of(role).0.header();
-                    self.waiting = None;
+                    self.waiting.set(None);
                     return self.act(stream, header, &eval, role, facts, phase, after_body);
                 }
                 Step::Unavailable(why) => {
-                    self.waiting = None;
+                    self.waiting.set(None);
                     n.counters.count(stream, Counter::WAITING_FAILED);
                     return self.fail_closed(stream, phase, why, Counter::HOST_ERROR);
                 }
@@ -616,7 +627,7 @@ where
                         steps += 1;
                         continue;
                     }
-                    self.waiting = Some(Waiting { role, pending, steps, max_bytes, call: None });
+                    self.waiting.set(Some(Waiting { role, pending, steps, max_bytes, call: None }));
                     return phase.wait();
                 }
                 Step::Call { call, pending } => {
@@ -631,13 +642,13 @@ where
                     let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
                     match stream.http_callout(&upstream, &headers, &body, timeout_ms) {
                         Ok(id) => {
-                            self.waiting = Some(Waiting {
+                            self.waiting.set(Some(Waiting {
                                 role,
                                 pending,
                                 steps,
                                 max_bytes: 0,
                                 call: Some(Call { id, started: Instant::now(), timeout, max_bytes, grpc }),
-                            });
+                            }));
                             return phase.wait();
                         }
                         Err(status) => {
@@ -666,7 +677,7 @@ where
     /// the Wasm build sends them: no decision header after a body decision.
     #[allow(clippy::too_many_arguments)]
     fn act(
-        &mut self,
+        &self,
         stream: Stream,
         header: &Header,
         eval: &Outcome,
@@ -685,9 +696,9 @@ where
         let version = &*header.policy_version;
         let rule = &*eval.decision.rule;
         let candidate = role == Some(Role::Candidate);
-        let pass = |this: &mut Self| {
+        let pass = |this: &Self| {
             if !eval.allowed_response_headers.is_empty() {
-                this.allowed_response_headers = eval.allowed_response_headers.clone();
+                this.allowed_response_headers.set(eval.allowed_response_headers.clone());
             }
             phase.pass(stream)
         };
@@ -755,7 +766,7 @@ where
     }
 
     /// Resumes a waiting request with `input` in `phase` (a body, trailers or callout hook).
-    fn resume(&mut self, stream: Stream, phase: Phase, input: Resumed<'_>) -> u32 {
+    fn resume(&self, stream: Stream, phase: Phase, input: Resumed<'_>) -> u32 {
         let Some(w) = self.waiting.take() else { return abi::BODY_CONTINUE };
         let (policy, state) = self.policy_of(w.role);
         let step = state
@@ -793,19 +804,18 @@ where
     F::Policy: Send + Sync,
     F::PolicyState: Send,
 {
-    fn on_request_headers(&mut self, stream: Stream, end_of_stream: bool) -> u32 {
+    fn on_request_headers(&self, stream: Stream, end_of_stream: bool) -> u32 {
         let _current = Current::enter(stream);
         self.on_headers(stream, end_of_stream)
     }
 
-    fn on_request_body(&mut self, stream: Stream, end_of_stream: bool) -> u32 {
+    fn on_request_body(&self, stream: Stream, end_of_stream: bool) -> u32 {
         let _current = Current::enter(stream);
-        let Some(w) = &self.waiting else { return abi::BODY_CONTINUE };
-        if w.call.is_some() {
+        let Some((calling, max)) = self.peek() else { return abi::BODY_CONTINUE };
+        if calling {
             // Waiting for a service: hold the body meanwhile.
             return abi::BODY_STOP_AND_BUFFER;
         }
-        let max = w.max_bytes;
         let size = stream.request_body_size();
         if size > max {
             self.native().counters.count(stream, Counter::BODY_TOO_LARGE);
@@ -818,14 +828,13 @@ where
         self.resume(stream, Phase::Body, Resumed::Body(&body))
     }
 
-    fn on_request_trailers(&mut self, stream: Stream) -> u32 {
+    fn on_request_trailers(&self, stream: Stream) -> u32 {
         let _current = Current::enter(stream);
-        let Some(w) = &self.waiting else { return abi::TRAILERS_CONTINUE };
-        if w.call.is_some() {
+        let Some((calling, max)) = self.peek() else { return abi::TRAILERS_CONTINUE };
+        if calling {
             return abi::TRAILERS_STOP;
         }
         // Trailers end the request: the body (all buffered by now) is whole.
-        let max = w.max_bytes;
         let size = stream.request_body_size();
         if size > max {
             self.native().counters.count(stream, Counter::BODY_TOO_LARGE);
@@ -835,21 +844,21 @@ where
         self.resume(stream, Phase::Trailers, Resumed::Body(&body))
     }
 
-    fn on_stream_complete(&mut self, stream: Stream) {
+    fn on_stream_complete(&self, stream: Stream) {
         if self.waiting.take().is_some() {
             // Still waiting when the stream ended: the client went away (or was reset).
             self.native().counters.count(stream, Counter::WAITING_ABANDONED);
         }
     }
 
-    fn on_response_headers(&mut self, stream: Stream) -> u32 {
+    fn on_response_headers(&self, stream: Stream) -> u32 {
         if self.waiting.take().is_some() {
             // Envoy answered (e.g. its own 413 past the connection buffer limit) while the
             // request waited: that answer goes on; the request never reached the upstream.
             let counter = if stream.response_status() == Some(413) { Counter::BODY_TOO_LARGE } else { Counter::ANSWERED_BEFORE_BODY };
             self.native().counters.count(stream, counter);
         }
-        for (k, v) in std::mem::take(&mut self.allowed_response_headers) {
+        for (k, v) in self.allowed_response_headers.take() {
             if !stream.set_response_header(&k, &v) {
                 envoy::log(Level::Warn, format_args!("gatewarden {}: cannot add response header {k}", name::<F>()));
                 break;
@@ -858,10 +867,12 @@ where
         abi::HEADERS_CONTINUE
     }
 
-    fn on_callout_done(&mut self, stream: Stream, id: u64, result: u32, headers: &[(String, String)], body: &[u8]) {
+    fn on_callout_done(&self, stream: Stream, id: u64, result: u32, headers: &[(String, String)], body: &[u8]) {
         let _current = Current::enter(stream);
-        let Some(w) = &self.waiting else { return };
-        let Some(Call { id: call_id, started, timeout, max_bytes, grpc }) = w.call else { return };
+        let waiting = self.waiting.take();
+        let call = waiting.as_ref().and_then(|w| w.call);
+        self.waiting.set(waiting);
+        let Some(Call { id: call_id, started, timeout, max_bytes, grpc }) = call else { return };
         if call_id != id {
             return;
         }
@@ -925,10 +936,10 @@ pub fn request_into_raw(request: Box<dyn AnyRequest>) -> abi::FilterModulePtr {
 
 /// # Safety
 /// `ptr` came from [`request_into_raw`] and was not destroyed; Envoy calls a stream's hooks on
-/// one thread, one at a time.
-pub unsafe fn request_mut<'a>(ptr: abi::FilterModulePtr) -> Option<&'a mut dyn AnyRequest> {
-    // SAFETY: per the contract.
-    unsafe { (ptr as *mut Box<dyn AnyRequest>).as_mut() }.map(|b| &mut **b)
+/// one thread (one may run inside another: a local reply's response hooks).
+pub unsafe fn request_ref<'a>(ptr: abi::FilterModulePtr) -> Option<&'a dyn AnyRequest> {
+    // SAFETY: per the contract; shared references only (hooks re-enter, see `Request`).
+    unsafe { (ptr as *const Box<dyn AnyRequest>).as_ref() }.map(|b| &**b)
 }
 
 /// # Safety
