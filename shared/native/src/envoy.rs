@@ -51,6 +51,15 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Replaces `out` with `bytes` as text (invalid UTF-8 replaced), keeping `out`'s capacity.
+fn copy_text(out: &mut String, bytes: &[u8]) {
+    out.clear();
+    match std::str::from_utf8(bytes) {
+        Ok(s) => out.push_str(s),
+        Err(_) => out.push_str(&String::from_utf8_lossy(bytes)),
+    }
+}
+
 /// An Envoy filter configuration (`DynamicModuleHttpFilterConfig`).
 #[derive(Debug, Clone, Copy)]
 pub struct ConfigHandle(pub(crate) abi::ConfigEnvoyPtr);
@@ -176,6 +185,45 @@ impl Stream {
     /// Every request header, in order, duplicates included.
     pub fn request_headers(self) -> Vec<(String, String)> {
         self.headers(abi::HEADER_REQUEST)
+    }
+
+    /// Every request header into `out`, reusing its strings (no allocation once they are large
+    /// enough): the per-worker buffer of the runtime.
+    pub fn fill_request_headers(self, out: &mut Vec<(String, String)>) {
+        // SAFETY: a live filter pointer during its event hook.
+        let n = unsafe { abi::envoy_dynamic_module_callback_http_get_headers_size(self.0, abi::HEADER_REQUEST) };
+        // Up to 32 headers on the stack (most requests), more on the heap.
+        let mut stack = [EnvoyHttpHeader::NULL; 32];
+        let mut heap = Vec::new();
+        let raw: &mut [EnvoyHttpHeader] = match stack.get_mut(..n) {
+            Some(r) => r,
+            None => {
+                heap.resize(n, EnvoyHttpHeader::NULL);
+                &mut heap
+            }
+        };
+        // SAFETY: `raw` has room for the `n` headers Envoy just counted.
+        if n == 0 || !unsafe { abi::envoy_dynamic_module_callback_http_get_headers(self.0, abi::HEADER_REQUEST, raw.as_mut_ptr()) } {
+            out.clear();
+            return;
+        }
+        out.truncate(n);
+        for (i, h) in raw.iter().enumerate() {
+            // SAFETY: Envoy filled each header with buffers valid until the hook returns.
+            let (k, v) = unsafe {
+                (
+                    EnvoyBuffer { ptr: h.key_ptr, length: h.key_length }.bytes(),
+                    EnvoyBuffer { ptr: h.value_ptr, length: h.value_length }.bytes(),
+                )
+            };
+            match out.get_mut(i) {
+                Some((key, value)) => {
+                    copy_text(key, k);
+                    copy_text(value, v);
+                }
+                None => out.push((text(k), text(v))),
+            }
+        }
     }
 
     /// Every value of request header `name` (lowercase).

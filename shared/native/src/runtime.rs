@@ -477,17 +477,34 @@ where
 }
 
 /// Reads the headers a policy needs: none, each needed one, or all in one crossing.
-fn read_headers(stream: Stream, needs: &HeaderNeeds, all: bool) -> Vec<(String, String)> {
+fn read_headers(stream: Stream, needs: &HeaderNeeds, all: bool, out: &mut Vec<(String, String)>) {
     if all {
-        return stream.request_headers();
+        stream.fill_request_headers(out);
+        return;
     }
-    let mut out = Vec::new();
+    out.clear();
     for name in needs.names() {
         for v in stream.request_header_values(name) {
             out.push((name.clone(), v));
         }
     }
-    out
+}
+
+thread_local! {
+    /// The request headers of the request being decided on this worker: a buffer reused from
+    /// request to request (its strings keep their capacity), so reading every header costs copies,
+    /// not allocations.
+    static HEADERS: Cell<Vec<(String, String)>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` with the request headers a policy needs (see [`read_headers`]) in this worker's
+/// reused buffer. A hook re-entered meanwhile gets a fresh buffer (the cell is empty then).
+fn with_headers<R>(stream: Stream, needs: &HeaderNeeds, all: bool, f: impl FnOnce(&[(String, String)]) -> R) -> R {
+    let mut buf = HEADERS.with(Cell::take);
+    read_headers(stream, needs, all, &mut buf);
+    let r = f(&buf);
+    HEADERS.with(|h| h.set(buf));
+    r
 }
 
 impl<F: NativeFilter> Request<F>
@@ -530,11 +547,14 @@ where
 
     fn on_headers(&self, stream: Stream, end_of_stream: bool) -> u32 {
         let n = self.native();
-        let filter = name::<F>();
-        let headers = read_headers(stream, &n.needs, n.all_headers);
+        with_headers(stream, &n.needs, n.all_headers, |headers| self.decide_headers(stream, end_of_stream, headers))
+    }
+
+    fn decide_headers(&self, stream: Stream, end_of_stream: bool, headers: &[(String, String)]) -> u32 {
+        let n = self.native();
         let peer = OnceCell::new();
         let read_peer = || stream.source_address();
-        let facts = RequestFacts::with_peer_source(&headers, &peer, &read_peer);
+        let facts = RequestFacts::with_peer_source(headers, &peer, &read_peer);
         let worker = stream.worker_index();
         let start = |policy: &F::Policy, state: &PerWorker<F::PolicyState>| {
             state.with(worker, |s| F::start(policy, s, &facts)).unwrap_or(Step::Unavailable("no policy state for this worker"))
@@ -560,7 +580,6 @@ where
                 (Some(role), step)
             }
         };
-        let _ = filter;
         self.drive(stream, role, step, 0, Phase::Headers { end_of_stream }, false, &facts)
     }
 
@@ -774,11 +793,13 @@ where
             .unwrap_or(Step::Unavailable("no policy state for this worker"));
         // The headers a later step may read are the ones read at the start; a resumed decision's
         // log line reads the request id again.
-        let headers = read_headers(stream, &self.native().needs, self.native().all_headers);
-        let peer = OnceCell::new();
-        let read_peer = || stream.source_address();
-        let facts = RequestFacts::with_peer_source(&headers, &peer, &read_peer);
-        self.drive(stream, w.role, step, w.steps.saturating_add(1), phase, w.call.is_none(), &facts)
+        let n = self.native();
+        with_headers(stream, &n.needs, n.all_headers, |headers| {
+            let peer = OnceCell::new();
+            let read_peer = || stream.source_address();
+            let facts = RequestFacts::with_peer_source(headers, &peer, &read_peer);
+            self.drive(stream, w.role, step, w.steps.saturating_add(1), phase, w.call.is_none(), &facts)
+        })
     }
 }
 
