@@ -95,15 +95,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 NO_HOST = "none-selected"
 
-# Reasons of native_defect marks shared by several tests (say what is missing; the mark goes once fixed).
-NATIVE_REMOTE_LOG = ("the native module's remote resources log other lines than the Wasm glue's "
-                     "(shared/glue/src/remote.rs): Wasm \"<label> generation N loaded <about>\" and \"fetching <kind> "
-                     "from <upstream> failed: <why>\"; native \"<kind> fetched from <upstream> (N bytes); <label> "
-                     "loaded <about>\" (no generation) and \"fetching <kind> of <subject> from ...\"")
-NATIVE_HOLDS_HEADERS = ("the native filter holds the request headers until the body is decided (it adds the "
-                        "decision header after the body; an upstream cannot answer before the body); the Wasm "
-                        "filter sends the headers on first, as its docs and the validation tests say")
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep, drop = [], []

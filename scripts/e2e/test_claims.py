@@ -335,7 +335,6 @@ def test_refused_policy_at_first_start_details_on_envoy(envoy_access_log, start_
 # --------------------------------------------------------------------------------------------
 # 5. JWKS fetch timeout_ms: the host times the callout out
 
-@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 @pytest.mark.parametrize("failure_mode,status", [("deny", 401), ("allow", 200)])
 def test_jwks_fetch_times_out_after_timeout_ms(prepared_gateway, failure_mode: str, status: int):
     """The JWKS server answers only after 30 s; with `timeout_ms: 300` the host ends the callout

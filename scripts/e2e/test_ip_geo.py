@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 
 
-import conftest
 import harness
 from conftest import require_ipv6
 from harness import BaseGateway, Response
@@ -269,7 +268,6 @@ def test_country_rules_with_test_database(geo_gw: BaseGateway):
     assert gw.wait_decision(mark, client="203.0.113.5", rule="us-only")["reason"] == "country_not_allowed"
 
 
-@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 def test_one_fetch_serves_every_worker(geo_gw: BaseGateway):
     gw = geo_gw
     harness.hold("one geo DB fetch", lambda: gw.geo_db.fetches(GEO_PATH) == 1, THREE_TICKS)
@@ -284,7 +282,6 @@ def test_one_fetch_serves_every_worker(geo_gw: BaseGateway):
     assert len(re.findall(r"geo database generation 1 loaded \(Gatewarden-Test-Country-Code", log)) == gw.vms
 
 
-@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 def test_geoip2_layout_database(start_gateway, mmdb):
     db = mmdb("geoip2", "203.0.113.0/24=KP", "198.51.100.0/24=US", "2001:db8:1::/48=IR", layout="geoip2")
     policy = {"policy_version": "geoip2-1", "client_address": ONE_HOP, "geo_database": geo_source(),
@@ -339,7 +336,6 @@ def test_policy_update_keeps_the_loaded_database(start_gateway, mmdb):
 INFLIGHT_DELAY = {"envoy": 1.5, "kong": 4.0}
 
 
-@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 def test_policy_update_during_first_fetch_does_not_stall_loading(start_gateway, mmdb, host):
     db = mmdb("inflight", "203.0.113.0/24=KP")
     policy = {"policy_version": "inflight-1", "client_address": ONE_HOP, "geo_database": geo_source(),
@@ -409,7 +405,6 @@ def refreshing(start_module_gateway, mmdb):
     return SimpleNamespace(before=before, **gws)
 
 
-@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 def test_database_swap_takes_effect_at_refresh(refreshing):
     gw: BaseGateway = refreshing.swap
     assert_denied(refreshing.before["swap"][KP_NET])

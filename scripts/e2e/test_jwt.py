@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 
 
-import conftest
 import harness
 from harness import BaseGateway, Response
 from jwtkit import SigningKey, b64url, jwks_bytes, payload_of, tamper_signature
@@ -357,7 +356,6 @@ def test_cors_preflight_passes_without_a_token(gw: BaseGateway):
                                              "rq_2xx": 2, "rq_4xx": 1, "upstream_requests": 2}
 
 
-@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 def test_one_jwks_fetch_serves_every_worker(gw: BaseGateway):
     assert gw.jwks is not None
     harness.hold("one JWKS fetch", lambda: gw.jwks.fetches(IDP_PATH) == 1, THREE_TICKS)
@@ -434,7 +432,6 @@ def test_key_rotation_refetches_once_and_kid_floods_are_bounded(start_gateway):
 # --------------------------------------------------------------------------------------------
 # JWKS endpoint unavailable: failure_mode
 
-@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 def test_jwks_failing_with_failure_mode_deny_then_recovering(start_gateway):
     p = policy("down-deny", {"idp": idp(retry_seconds=1), "hs": HS_PROVIDER},
                {"requires_any": [{"provider": "idp"}, {"provider": "hs"}]})
@@ -464,7 +461,6 @@ def test_jwks_failing_with_failure_mode_deny_then_recovering(start_gateway):
     assert gw.jwks.fetches(IDP_PATH) == c["jwks_fetch_started"] == c["jwks_fetch_failed"] + 1, (gw.jwks.requests, c)
 
 
-@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 def test_jwks_down_with_failure_mode_allow(start_gateway):
     p = policy("down-allow", {"idp": idp()}, {"provider": "idp"}, failure_mode="allow")
     gw = start_gateway({FILTER: p}, jwks_down=True, ipv6=False)
@@ -487,7 +483,6 @@ def test_jwks_down_with_failure_mode_allow(start_gateway):
 # --------------------------------------------------------------------------------------------
 # A live policy update adding a provider
 
-@pytest.mark.native_defect(conftest.NATIVE_REMOTE_LOG)
 def test_live_update_adds_a_provider(start_gateway, host):
     v1 = policy("live-1", {"idp": idp()}, {"provider": "idp"})
     gw = start_gateway({FILTER: v1}, ipv6=False, jwks_files={
