@@ -599,9 +599,8 @@ def test_chunked_body_of_5mb_stops_at_the_limit(gw: BaseGateway, host: str, repo
 
 
 @pytest.mark.hosts("envoy")
-@pytest.mark.native_defect("the native filter holds the request headers while it waits for the body: the upstream "
-                           "sees nothing before the body is decided (seen: 0 requests after 2 s), so it cannot answer "
-                           "early; the Wasm filter sends the headers on first")
+@pytest.mark.wasm_only("Proxy-Wasm lets the headers of a request that waits for its body go on; the native module "
+                       "holds them until the body is decided (test_the_native_module_holds_the_request_until_its_body_is_decided)")
 def test_an_upstream_answer_before_the_body_goes_on_and_the_body_never_does(gw: BaseGateway) -> None:
     """Envoy sends the headers of a request that waits for its body on to the upstream; one that
     answers on the headers alone (here a 401) has its answer passed to the client, counted
@@ -620,6 +619,34 @@ def test_an_upstream_answer_before_the_body_goes_on_and_the_body_never_does(gw: 
     assert (r.status, r.body) == (401, b"answered before the body\n"), (r.status, r.body)
     got = harness.counter_changes(before, snapshot(gw))
     assert got == {"answered_before_body": 1, "rq_4xx": 1}, got
+
+
+@pytest.mark.hosts("envoy-native")
+def test_the_native_module_holds_the_request_until_its_body_is_decided(gw: BaseGateway) -> None:
+    """The native module holds the request headers while it waits for the body (Proxy-Wasm cannot:
+    its headers go on first): the upstream sees nothing of a request whose body has not been
+    decided. Here an upstream that answers on the headers alone (401) sees the request only once
+    the whole body came and validated; the filter counts it allowed, not answered before its body."""
+    before = snapshot(gw)
+    requests_before = gw.upstream.count
+    body = as_bytes(new_order())
+    head = (f"POST /api/orders HTTP/1.1\r\nhost: shop\r\ncontent-type: application/json\r\n"
+            f"idempotency-key: {IDEMPOTENCY['idempotency-key']}\r\nx-echo-answer-early: 401\r\n"
+            f"content-length: {len(body)}\r\n\r\n")
+    sock = open_request(gw, head)
+    try:
+        sock.sendall(body[:16])
+        harness.hold("the upstream sees nothing while the body is held",
+                     lambda: gw.upstream.count == requests_before, seconds=1.0)
+        sock.sendall(body[16:])
+        r = read_response(gw, sock)
+    finally:
+        sock.close()
+    assert (r.status, r.body) == (401, b"answered before the body\n"), (r.status, r.body)
+    assert gw.upstream.count == requests_before + 1
+    got = harness.counter_changes(before, snapshot(gw))
+    assert got.get("allowed") == 1, got
+    assert "answered_before_body" not in got and not any(k.startswith("denied") for k in got), got
 
 
 @pytest.mark.hosts("envoy")
