@@ -16,8 +16,8 @@
 
 #![forbid(unsafe_code)]
 
-mod config;
 pub mod adapter;
+mod config;
 pub mod media;
 pub mod openapi;
 pub mod params;
