@@ -102,8 +102,13 @@ def policy(cfg: str) -> dict[str, Any]:
         "failure_mode": "deny",
         "client_address": {"xff_num_trusted_hops": 1},
         "max_keys": MAX_KEYS,
-        "default": {"limits": [{"name": "per_ip", "rate": units, "per_seconds": per, "burst": units}],
-                    "key": ["client_address"]},
+        # One rule on "/" named after the configuration: the native module keeps one key table
+        # per process for every configuration with the same max_keys (the rule's name is part of
+        # each key; the default's is fixed), so nat_rl_tight_1 and nat_rl_tight_10k would
+        # otherwise share their clients' buckets.
+        "rules": [{"name": f"per_ip_{cfg.replace('@', '_')}", "match": {"path_prefix": "/"},
+                   "limits": [{"name": "per_ip", "rate": units, "per_seconds": per, "burst": units}],
+                   "key": ["client_address"]}],
     }
 
 
