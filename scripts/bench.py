@@ -44,12 +44,18 @@ Request validation (issue 14; scripts/bench_validate.py has the details), SIZE =
   val_SIZE                our validate filter, POST /api/orders with a valid JSON order of SIZE bytes
                           against the example API's createOrder operation
   post_SIZE               no filter, the same POST: val_SIZE's baseline (ratios val ÷ post)
-ip_geo_*, jwt_* and rl_* are skipped when their module is not built.
+Native module (issue 15; scripts/bench_native.py has the details):
+  nat_X                   the Wasm configuration X (ip_geo_*, jwt_*, rl_*, val_*) with Envoy's
+                          dynamic-module filter serving the same policy from libgatewarden.so
+                          (BENCH_NATIVE_DIR, default target/release); compared with Envoy's filter
+                          on the same work and with X (the `native` group and native_ip_geo,
+                          native_jwt, native_rl, native_val)
+ip_geo_*, jwt_*, rl_*, val_* and nat_* are skipped when their module is not built.
 
 Environment: ROUNDS (5), DURATION (10, seconds per run), WARMUP (2), CONNECTIONS (32),
 CONFIGS or BENCH_CONFIGS (comma list, default: the non-JWT set and the rate-limit set; `all`;
 `jwt`: none, floor and every JWT configuration; `ratelimit`: none, floor and every rate-limit one;
-`validate`: the six validation ones), HOSTS (envoy,kong), GATEWARDEN_WASMX (the Kong engine's nginx),
+`validate`: the six validation ones; `native`: the native module's comparisons), HOSTS (envoy,kong), GATEWARDEN_WASMX (the Kong engine's nginx),
 BENCH_MODULE_DIR (modules other than target/wasm32-wasip1/release), BENCH_OUT (target/bench),
 COLD_TOKENS (20000), WARM_TOKENS (4).
 """
