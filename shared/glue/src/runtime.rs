@@ -37,10 +37,10 @@ use gatewarden_policy::facts::HeaderNeeds;
 use gatewarden_policy::rollout::{disagree, Role, Rollout};
 use gatewarden_policy::{compile_set, FilterPolicy, Header, Mode, RequestFacts, Verdict};
 
-use crate::decision_log::DecisionRecord;
 use crate::host::{self, Level};
 use crate::metrics::{self, Counter};
 use crate::panic_hook;
+use gatewarden_policy::outcome::dry_run_header_value;
 pub use gatewarden_policy::outcome::Outcome;
 
 use crate::pipeline::{HostCaps, Pending, Resumed, Step};
@@ -525,17 +525,7 @@ pub(crate) fn act(
             // Read only on a denial: the id is for the log line.
             let request_id = host::request_header("x-request-id").ok().flatten().unwrap_or_default();
             let client = eval.client.map(|ip| ip.to_string()).unwrap_or_default();
-            let record = DecisionRecord {
-                filter,
-                decision: if dry_run { "dry_run_deny" } else { "deny" },
-                reason: denial.reason,
-                rule,
-                policy_version: version,
-                request_id: &request_id,
-                client: &client,
-                detail: &eval.detail,
-                rollout: role.map(Role::as_str).unwrap_or(""),
-            };
+            let record = eval.denial_record(filter, denial, version, dry_run, &request_id, &client, role.map(Role::as_str).unwrap_or(""));
             host::log(Level::Info, format_args!("{record}"));
             let (outcome, candidate_outcome) = if dry_run {
                 (Counter::DRY_RUN_DENIED, Counter::CANDIDATE_DRY_RUN_DENIED)
@@ -555,19 +545,14 @@ pub(crate) fn act(
                     return fail_closed(filter, &format!("cannot change the request headers (status {})", e.0), Counter::HOST_ERROR);
                 }
                 if header.decision_header {
-                    let value = format!("dry_run_deny; reason={}; rule={rule}; version={version}", denial.reason);
+                    let value = dry_run_header_value(denial.reason, rule, version);
                     let _ = host::set_request_header(header_name, &value);
                 }
                 keep_allowed_response_headers(eval);
                 return Flow::Continue;
             }
             let details = format!("gatewarden_{filter}_{}", denial.reason);
-            let mut headers: Vec<(&str, &str)> = Vec::with_capacity(1 + eval.response_headers.len());
-            if !eval.response_headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
-                headers.push(("content-type", "application/json"));
-            }
-            headers.extend(eval.response_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-            let body = eval.body.as_deref().unwrap_or(denial.body);
+            let (headers, body) = eval.local_response(denial);
             if let Err(e) = host::send_local_response(denial.status, &details, &headers, body) {
                 host::log(Level::Error, format_args!("gatewarden {filter}: cannot send the denial (status {})", e.0));
             }

@@ -157,34 +157,11 @@ impl Drop for Scheduler {
 pub struct Stream(pub(crate) abi::FilterEnvoyPtr);
 
 impl Stream {
-    fn headers(self, header_type: u32) -> Vec<(String, String)> {
-        // SAFETY: a live filter pointer during its event hook.
-        let n = unsafe { abi::envoy_dynamic_module_callback_http_get_headers_size(self.0, header_type) };
-        if n == 0 {
-            return Vec::new();
-        }
-        let mut raw = vec![EnvoyHttpHeader::NULL; n];
-        // SAFETY: `raw` has room for the `n` headers Envoy just counted.
-        if !unsafe { abi::envoy_dynamic_module_callback_http_get_headers(self.0, header_type, raw.as_mut_ptr()) } {
-            return Vec::new();
-        }
-        raw.iter()
-            .map(|h| {
-                // SAFETY: Envoy filled each header with buffers valid until the hook returns.
-                let (k, v) = unsafe {
-                    (
-                        EnvoyBuffer { ptr: h.key_ptr, length: h.key_length }.bytes(),
-                        EnvoyBuffer { ptr: h.value_ptr, length: h.value_length }.bytes(),
-                    )
-                };
-                (text(k), text(v))
-            })
-            .collect()
-    }
-
     /// Every request header, in order, duplicates included.
     pub fn request_headers(self) -> Vec<(String, String)> {
-        self.headers(abi::HEADER_REQUEST)
+        let mut out = Vec::new();
+        self.fill_request_headers(&mut out);
+        out
     }
 
     /// Every request header into `out`, reusing its strings (no allocation once they are large

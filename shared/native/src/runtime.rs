@@ -30,7 +30,6 @@ use std::ffi::c_void;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use gatewarden_glue::decision_log::DecisionRecord;
 use gatewarden_glue::fasthash::FastMap;
 use gatewarden_glue::metrics::{Counter, OUTCOMES};
 use gatewarden_glue::pipeline::{CallFailure, Callout, HostCaps, Pending, Resumed, Step, MAX_STEPS};
@@ -40,6 +39,7 @@ use gatewarden_glue::{Enforcer, Outcome};
 use gatewarden_policy::approvals::TrustConfig;
 use gatewarden_policy::decision::UNAVAILABLE_BODY;
 use gatewarden_policy::facts::HeaderNeeds;
+use gatewarden_policy::outcome::dry_run_header_value;
 use gatewarden_policy::rollout::{disagree, Role, Rollout};
 use gatewarden_policy::{compile_set, FilterPolicy, Header, Mode, RequestFacts, Verdict};
 
@@ -739,17 +739,8 @@ where
                 let dry_run = mode == Mode::DryRun;
                 let request_id = request_id(stream, facts);
                 let client = eval.client.map(|ip| ip.to_string()).unwrap_or_default();
-                let record = DecisionRecord {
-                    filter,
-                    decision: if dry_run { "dry_run_deny" } else { "deny" },
-                    reason: denial.reason,
-                    rule,
-                    policy_version: version,
-                    request_id: &request_id,
-                    client: &client,
-                    detail: &eval.detail,
-                    rollout: role.map(Role::as_str).unwrap_or(""),
-                };
+                let record =
+                    eval.denial_record(filter, denial, version, dry_run, &request_id, &client, role.map(Role::as_str).unwrap_or(""));
                 envoy::log(Level::Info, format_args!("{record}"));
                 let (outcome, candidate_outcome) = if dry_run {
                     (Counter::DRY_RUN_DENIED, Counter::CANDIDATE_DRY_RUN_DENIED)
@@ -766,18 +757,13 @@ where
                         return self.fail_closed(stream, phase, "cannot change the request headers", Counter::HOST_ERROR);
                     }
                     if header.decision_header && !after_body {
-                        let value = format!("dry_run_deny; reason={}; rule={rule}; version={version}", denial.reason);
+                        let value = dry_run_header_value(denial.reason, rule, version);
                         stream.set_request_header(&n.header_name, &value);
                     }
                     return pass(self);
                 }
                 let details = format!("gatewarden_{filter}_{}", denial.reason);
-                let mut headers: Vec<(&str, &str)> = Vec::with_capacity(1 + eval.response_headers.len());
-                if !eval.response_headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
-                    headers.push(("content-type", "application/json"));
-                }
-                headers.extend(eval.response_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-                let body = eval.body.as_deref().unwrap_or(denial.body);
+                let (headers, body) = eval.local_response(denial);
                 stream.send_response(denial.status, &headers, body, &details);
                 phase.stop()
             }

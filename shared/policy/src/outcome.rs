@@ -48,6 +48,51 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// The local response of a denial: the outcome's response headers, led by `content-type:
+    /// application/json` unless they name one, and the outcome's own body, else the denial's fixed
+    /// one. Both hosts answer with this.
+    pub fn local_response<'a>(&'a self, denial: &'a crate::decision::Denial) -> (Vec<(&'a str, &'a str)>, &'a str) {
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(1 + self.response_headers.len());
+        if !self.response_headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            headers.push(("content-type", "application/json"));
+        }
+        headers.extend(self.response_headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        (headers, self.body.as_deref().unwrap_or(denial.body))
+    }
+
+    /// The decision log line of a denial (`dry_run`: a dry-run denial) of this outcome.
+    /// `rollout`: which policy of a canary decided (`active`/`candidate`), empty without one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn denial_record<'a>(
+        &'a self,
+        filter: &'a str,
+        denial: &'a crate::decision::Denial,
+        policy_version: &'a str,
+        dry_run: bool,
+        request_id: &'a str,
+        client: &'a str,
+        rollout: &'a str,
+    ) -> crate::decision_log::DecisionRecord<'a> {
+        crate::decision_log::DecisionRecord {
+            filter,
+            decision: if dry_run { "dry_run_deny" } else { "deny" },
+            reason: denial.reason,
+            rule: &self.decision.rule,
+            policy_version,
+            request_id,
+            client,
+            detail: &self.detail,
+            rollout,
+        }
+    }
+}
+
+/// The decision header of a dry-run denial: `dry_run_deny; reason=…; rule=…; version=…`.
+pub fn dry_run_header_value(reason: &str, rule: &str, version: &str) -> String {
+    format!("dry_run_deny; reason={reason}; rule={rule}; version={version}")
+}
+
 /// What a filter's adapter reports to its host beside an [`Outcome`]: counters and log lines
 /// (the Wasm glue tallies and logs through Proxy-Wasm, the native module through Envoy's ABI).
 pub trait Report {
