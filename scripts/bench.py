@@ -204,7 +204,7 @@ end
 def jwt_parts(cfg: str) -> tuple[str, str, str] | None:
     """("jwt" | "authn" | "authn_cache", "es256" | "rs256", "cold" | "warm") or None; the native
     module's nat_jwt_* as "jwt" (same tokens and checks; build() gives it the native filter)."""
-    m = re.fullmatch(r"(?:nat_(?=jwt_))?(jwt|authn|authn_cache)_(es256|rs256)_(cold|warm)(?:@\w+)?", cfg)
+    m = re.fullmatch(r"(?:nat_(?=jwt_))?(jwt|authn|authn_cache)_(es256|rs256)_(cold|warm)(?:_quiet)?(?:@\w+)?", cfg)
     return (m.group(1), m.group(2), m.group(3)) if m else None
 
 
@@ -408,7 +408,8 @@ def build(workdir: Path, configs: list[str]) -> tuple[dict[str, Any], dict[str, 
         if (twin := native.parts(cfg)):  # the native module with the policy of the Wasm twin
             twin_filter = wasm_filter(twin, cidrs10)
             assert twin_filter is not None
-            filters: list[dict[str, Any]] = [native.http_filter(twin_filter.kind, twin_filter.policy)]
+            policy = {**twin_filter.policy, "decision_header": False} if native.quiet(cfg) else twin_filter.policy
+            filters: list[dict[str, Any]] = [native.http_filter(twin_filter.kind, policy)]
         elif wasm is not None:
             ecds.push(ecds_dir, wasm.name, wasm.policy, wasm.module, vm_id=wasm.vm_id)
             filters = [ecds_filter(wasm.name, ecds_dir)]

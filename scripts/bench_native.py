@@ -55,7 +55,10 @@ IP_GEO = ["ip_geo_10", "ip_geo_10_quiet", "ip_geo_100k"]
 JWT = [f"jwt_{alg}_{temp}" for alg in ("es256", "rs256") for temp in ("cold", "warm")]
 RL = [f"rl_{lim}_{c}" for lim in ("open", "tight") for c in ("1", "10k")]
 VAL = [f"val_{s}" for s in ("200b", "10kb", "100kb")]
-CONFIGS = [PREFIX + c for c in IP_GEO + JWT + RL + VAL]
+# The allowed paths once more with `decision_header: false` (Envoy's filters add no header; the
+# .wasm twins keep their default): nat_jwt_es256_warm_quiet ...
+QUIET = ["jwt_es256_warm", "jwt_rs256_warm", "rl_open_1", "rl_open_10k"]
+CONFIGS = [PREFIX + c for c in IP_GEO + JWT + RL + VAL] + [f"{PREFIX}{c}_quiet" for c in QUIET]
 
 
 def groups() -> dict[str, list[str]]:
@@ -64,7 +67,9 @@ def groups() -> dict[str, list[str]]:
     ip = ["none"] + IP_GEO + ["rbac_10"] + [PREFIX + c for c in IP_GEO]
     jwt = ["none"] + [x for c in JWT for x in (c, authn(c), PREFIX + c)] + [authn(c, cache=True) for c in JWT
                                                                              if c.endswith("_cold")]
+    jwt += [f"{PREFIX}{c}_quiet" for c in QUIET if c.startswith("jwt_")]
     rl = ["none"] + [x for c in RL for x in (c, "l" + c, PREFIX + c)]
+    rl += [f"{PREFIX}{c}_quiet" for c in QUIET if c.startswith("rl_")]
     val = [x for c in VAL for x in (c.replace("val_", "post_"), c, PREFIX + c)]
     out = {"native_ip_geo": ip, "native_jwt": jwt, "native_rl": rl, "native_val": val}
     out["native"] = [c for g in out.values() for c in g if c != "none"]
@@ -86,7 +91,14 @@ def parts(cfg: str) -> str | None:
     if not cfg.startswith(PREFIX):
         return None
     base = cfg[len(PREFIX):]
-    return base if base in IP_GEO + JWT + RL + VAL else None
+    if base in IP_GEO + JWT + RL + VAL:
+        return base
+    return base.removesuffix("_quiet") if quiet(cfg) else None
+
+
+def quiet(cfg: str) -> bool:
+    """nat_X_quiet: the twin's policy with `decision_header: false`."""
+    return cfg.startswith(PREFIX) and cfg.endswith("_quiet") and cfg[len(PREFIX):].removesuffix("_quiet") in QUIET
 
 
 def filter_name(wasm_kind: str) -> str:

@@ -62,7 +62,7 @@ end
 def parts(cfg: str) -> tuple[str, str, int] | None:
     """(impl, limit, clients) of a rate-limit configuration, else None; the native module's
     nat_rl_* as "rl" (the same limit, load, checks and native counterpart as rl_*)."""
-    m = re.fullmatch(r"(?:nat_(?=rl_))?(rl|lrl|lrl20)_(open|tight)_(1|10k)(?:@\w+)?", cfg)
+    m = re.fullmatch(r"(?:nat_(?=rl_))?(rl|lrl|lrl20)_(open|tight)_(1|10k)(?:_quiet)?(?:@\w+)?", cfg)
     return (m.group(1), m.group(2), CLIENTS[m.group(3)]) if m else None
 
 
