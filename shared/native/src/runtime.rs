@@ -205,6 +205,9 @@ impl<S> PerWorker<S> {
 struct Counters {
     /// Looked up on every request (`allowed`): a fast hash of a short name, no allocation.
     ids: FastMap<String, usize>,
+    /// By denial reason: the ids of `denied_<reason>` and `dry_run_denied_<reason>` (a denial
+    /// formats no counter name).
+    reasons: FastMap<&'static str, (Option<usize>, Option<usize>)>,
     config: ConfigHandle,
 }
 
@@ -231,7 +234,11 @@ impl Counters {
                 None => envoy::log(Level::Warn, format_args!("gatewarden {filter}: cannot define counter {full}")),
             }
         }
-        Self { ids, config }
+        let reasons = reasons
+            .iter()
+            .map(|r| (*r, (ids.get(&format!("denied_{r}")).copied(), ids.get(&format!("dry_run_denied_{r}")).copied())))
+            .collect();
+        Self { ids, reasons, config }
     }
 
     fn id(&self, name: &str) -> Option<usize> {
@@ -258,8 +265,10 @@ impl Counters {
         }
     }
 
-    fn count_reason(&self, stream: Stream, outcome: Counter, reason: &str) {
-        if let Some(id) = self.id(&format!("{}_{reason}", outcome.name())) {
+    /// Counts `denied_<reason>` (or `dry_run_denied_<reason>`).
+    fn count_reason(&self, stream: Stream, dry_run: bool, reason: &str) {
+        let id = self.reasons.get(reason).and_then(|(denied, dry)| if dry_run { *dry } else { *denied });
+        if let Some(id) = id {
             stream.increment_counter(id, 1);
         }
     }
@@ -748,7 +757,7 @@ where
                     (Counter::DENIED, Counter::CANDIDATE_DENIED)
                 };
                 n.counters.count(stream, outcome);
-                n.counters.count_reason(stream, outcome, denial.reason);
+                n.counters.count_reason(stream, dry_run, denial.reason);
                 if candidate {
                     n.counters.count(stream, candidate_outcome);
                 }
