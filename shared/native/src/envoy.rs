@@ -100,25 +100,7 @@ impl ConfigHandle {
 
     /// Starts an HTTP call from the configuration (main thread); its id, or None when refused.
     pub fn http_callout(self, cluster: &str, headers: &[(String, String)], body: &[u8], timeout_ms: u64) -> Result<u64, u32> {
-        let raw: Vec<ModuleHttpHeader> = headers.iter().map(|(k, v)| ModuleHttpHeader::of(k, v)).collect();
-        let mut id = 0u64;
-        // SAFETY: every buffer points into `headers`, `raw`, `cluster` or `body`, alive for the call.
-        let status = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_config_http_callout(
-                self.0,
-                &mut id,
-                ModuleBuffer::of(cluster.as_bytes()),
-                raw.as_ptr(),
-                raw.len(),
-                ModuleBuffer::of(body),
-                timeout_ms,
-            )
-        };
-        if status == abi::CALLOUT_INIT_SUCCESS {
-            Ok(id)
-        } else {
-            Err(status)
-        }
+        http_callout(abi::envoy_dynamic_module_callback_http_filter_config_http_callout, self.0, cluster, headers, body, timeout_ms)
     }
 
     /// A scheduler that posts events to this configuration on the main thread, from any thread.
@@ -383,25 +365,34 @@ impl Stream {
 
     /// Starts an HTTP call for this request; its id, or the init status Envoy refused it with.
     pub fn http_callout(self, cluster: &str, headers: &[(String, String)], body: &[u8], timeout_ms: u64) -> Result<u64, u32> {
-        let raw: Vec<ModuleHttpHeader> = headers.iter().map(|(k, v)| ModuleHttpHeader::of(k, v)).collect();
-        let mut id = 0u64;
-        // SAFETY: every buffer points into `headers`, `raw`, `cluster` or `body`, alive for the call.
-        let status = unsafe {
-            abi::envoy_dynamic_module_callback_http_filter_http_callout(
-                self.0,
-                &mut id,
-                ModuleBuffer::of(cluster.as_bytes()),
-                raw.as_ptr(),
-                raw.len(),
-                ModuleBuffer::of(body),
-                timeout_ms,
-            )
-        };
-        if status == abi::CALLOUT_INIT_SUCCESS {
-            Ok(id)
-        } else {
-            Err(status)
-        }
+        http_callout(abi::envoy_dynamic_module_callback_http_filter_http_callout, self.0, cluster, headers, body, timeout_ms)
+    }
+}
+
+/// A configuration's or a stream's HTTP callout callback (the same signature).
+type CalloutFn =
+    unsafe extern "C" fn(*mut std::ffi::c_void, *mut u64, ModuleBuffer, *const ModuleHttpHeader, usize, ModuleBuffer, u64) -> u32;
+
+/// Starts an HTTP call with `start` for `owner` (its configuration or stream pointer); its id, or
+/// the init status Envoy refused it with.
+fn http_callout(
+    start: CalloutFn,
+    owner: *mut std::ffi::c_void,
+    cluster: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    timeout_ms: u64,
+) -> Result<u64, u32> {
+    let raw: Vec<ModuleHttpHeader> = headers.iter().map(|(k, v)| ModuleHttpHeader::of(k, v)).collect();
+    let mut id = 0u64;
+    // SAFETY: `owner` is live for the call (the caller's handle); every buffer points into
+    // `headers`, `raw`, `cluster` or `body`, alive for the call.
+    let status =
+        unsafe { start(owner, &mut id, ModuleBuffer::of(cluster.as_bytes()), raw.as_ptr(), raw.len(), ModuleBuffer::of(body), timeout_ms) };
+    if status == abi::CALLOUT_INIT_SUCCESS {
+        Ok(id)
+    } else {
+        Err(status)
     }
 }
 
