@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use gatewarden_policy::decision::UNAVAILABLE_BODY;
 use gatewarden_policy::facts::HeaderNeeds;
-use gatewarden_policy::rollout::{disagree, Role, Rollout};
+use gatewarden_policy::rollout::{accepted_message, disagree, Role, Rollout};
 use gatewarden_policy::{compile_set, FilterPolicy, Header, Mode, RequestFacts, Verdict};
 
 use crate::host::{self, Level};
@@ -264,15 +264,7 @@ impl<F: Enforcer> Root<F> {
                         return self.refuse(&format!("rollout.candidate.{why}"), &[Counter::CONFIG_REJECTED]);
                     }
                 }
-                let mut what = format!("policy {:?} accepted", &*policy.header().policy_version);
-                if let Some(r) = &set.rollout {
-                    let v = &*r.candidate.header().policy_version;
-                    if r.shadow {
-                        what.push_str(&format!(" with candidate {v:?} in shadow"));
-                    } else {
-                        what.push_str(&format!(" with candidate {v:?} on {}.{:02} % of clients", r.threshold() / 100, r.threshold() % 100));
-                    }
-                }
+                let what = accepted_message(&policy, set.rollout.as_ref());
                 host::log(Level::Info, format_args!("gatewarden {filter}: {what}"));
                 metrics::count(filter, Counter::CONFIG_ACCEPTED);
                 // Background fetches (geo DB, JWKS) follow the active policy; see README "Safe rollout".

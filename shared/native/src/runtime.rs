@@ -40,7 +40,7 @@ use gatewarden_policy::approvals::TrustConfig;
 use gatewarden_policy::decision::UNAVAILABLE_BODY;
 use gatewarden_policy::facts::HeaderNeeds;
 use gatewarden_policy::outcome::dry_run_header_value;
-use gatewarden_policy::rollout::{disagree, Role, Rollout};
+use gatewarden_policy::rollout::{accepted_message, disagree, Role, Rollout};
 use gatewarden_policy::{compile_set, FilterPolicy, Header, Mode, RequestFacts, Verdict};
 
 use crate::abi;
@@ -343,15 +343,7 @@ where
         }
     }
     let policy = set.active;
-    let mut what = format!("policy {:?} accepted", &*policy.header().policy_version);
-    if let Some(r) = &set.rollout {
-        let v = &*r.candidate.header().policy_version;
-        if r.shadow {
-            what.push_str(&format!(" with candidate {v:?} in shadow"));
-        } else {
-            what.push_str(&format!(" with candidate {v:?} on {}.{:02} % of clients", r.threshold() / 100, r.threshold() % 100));
-        }
-    }
+    let what = accepted_message(&policy, set.rollout.as_ref());
     envoy::log(Level::Info, format_args!("gatewarden {filter}: {what} (native module)"));
     counters.count_config(Counter::CONFIG_ACCEPTED);
     let workers = usize::try_from(envoy::concurrency()).unwrap_or(1);

@@ -60,6 +60,21 @@ pub struct Rollout<P> {
     salt: Arc<str>,
 }
 
+/// The log line's words for an accepted document: `policy "v2" accepted`, and its candidate in
+/// shadow or on a share of clients. Both hosts log it.
+pub fn accepted_message<P: FilterPolicy>(active: &P, rollout: Option<&Rollout<P>>) -> String {
+    let mut what = format!("policy {:?} accepted", &*active.header().policy_version);
+    if let Some(r) = rollout {
+        let v = &*r.candidate.header().policy_version;
+        if r.shadow {
+            what.push_str(&format!(" with candidate {v:?} in shadow"));
+        } else {
+            what.push_str(&format!(" with candidate {v:?} on {}.{:02} % of clients", r.threshold() / 100, r.threshold() % 100));
+        }
+    }
+    what
+}
+
 /// A compiled policy document: the active policy and its optional rollout.
 #[derive(Debug)]
 pub struct PolicySet<P> {
