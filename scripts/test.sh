@@ -10,6 +10,8 @@
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 start=$SECONDS
+# A clean clone builds once: incremental caches would only take disk (several GB).
+[[ -n "${CI:-}" ]] && export CARGO_INCREMENTAL=0
 
 "$ROOT/scripts/setup.sh"
 "$ROOT/scripts/build.sh"
