@@ -13,7 +13,8 @@ use gatewarden_policy::rules::{CompiledRule, RuleSet};
 
 use super::cache::TokenCache;
 use super::compile::{
-    compile_claim_requirement, compile_provider, compile_requirement, compile_scopes, validate_provider_name, JwtAction, Provider,
+    compile_claim_requirement, compile_provider, compile_requirement, compile_scopes, validate_provider_name, ClaimCondition, JwtAction,
+    Provider,
 };
 use super::config::JwtDocument;
 use super::evaluate::{Eval, Request};
@@ -208,6 +209,37 @@ impl JwtPolicy {
             .filter_map(|p| p.remote.as_ref().map(|spec| RemoteJwksSource { provider: &p.name, spec }))
     }
 
+    /// The request headers [`Self::decide`] reads, for a host that reads them one by one (the
+    /// native module; it passes the request's header count too, for `max_request_headers`):
+    /// the rules' match conditions, every provider's token headers, `:path` (query parameters,
+    /// forwarding without them), cookies, the CORS preflight's, claims compared with a header,
+    /// the client address settings' (a denial's log line). Not `x-request-id`: a host reads it
+    /// for a log line only.
+    pub fn header_needs(&self) -> gatewarden_policy::facts::HeaderNeeds {
+        let mut needs = gatewarden_policy::facts::HeaderNeeds::default();
+        self.rules.add_needs(&mut needs);
+        for name in [":path", ":method", "origin", "access-control-request-method"] {
+            needs.add(name);
+        }
+        for p in &self.providers {
+            for (name, _) in &p.sources.headers {
+                needs.add(name);
+            }
+            if !p.sources.cookies.is_empty() {
+                needs.add("cookie");
+            }
+        }
+        for rule in self.rules.iter() {
+            for (_, condition) in &rule.action.claims {
+                if let ClaimCondition::EqualsHeader(h) = condition {
+                    needs.add(h);
+                }
+            }
+        }
+        self.header.client_address.add_needs(&mut needs);
+        needs
+    }
+
     /// Every request header this policy may set from a token (always removed from requests).
     pub fn output_headers(&self) -> &[String] {
         &self.output_headers
@@ -227,7 +259,7 @@ impl JwtPolicy {
             verified: Vec::new(),
             client: None,
         };
-        if facts.headers.len() > self.max_request_headers {
+        if facts.header_count() > self.max_request_headers {
             self.deny(&mut out, rule, JwtReason::TooManyHeaders, facts);
             return out;
         }

@@ -137,7 +137,15 @@ fn decide_with(
     cache: Option<&mut TokenCache>,
 ) -> JwtOutcome {
     let h = headers(path, extra);
-    p.decide(&RequestFacts::new(&h, None), now, keys, cache)
+    // The native module reads only the headers `header_needs` lists (and the count): every
+    // decision of these tests must come out the same from those alone.
+    let needs = p.header_needs();
+    let only: Vec<(String, String)> = h.iter().filter(|(k, _)| needs.names().iter().any(|n| n == k)).cloned().collect();
+    let mut copy = cache.as_deref().cloned();
+    let partial = p.decide(&RequestFacts::new(&only, None).with_header_count(h.len()), now, keys, copy.as_mut());
+    let full = p.decide(&RequestFacts::new(&h, None), now, keys, cache);
+    assert_eq!(partial, full, "decided on the headers header_needs lists ({:?}) for {h:?}", needs.names());
+    full
 }
 
 fn decide(p: &JwtPolicy, path: &str, extra: &[(&str, &str)]) -> JwtOutcome {

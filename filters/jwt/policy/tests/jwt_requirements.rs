@@ -105,7 +105,13 @@ fn request(path: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
 
 fn decide_at(p: &JwtPolicy, path: &str, extra: &[(&str, &str)], peer: Option<&str>) -> JwtOutcome {
     let h = request(path, extra);
-    p.decide(&RequestFacts::new(&h, peer), NOW, &NoRemoteKeys, None)
+    // The same decision from only the headers `header_needs` lists (the native module's read).
+    let needs = p.header_needs();
+    let only: Vec<(String, String)> = h.iter().filter(|(k, _)| needs.names().iter().any(|n| n == k)).cloned().collect();
+    let partial = p.decide(&RequestFacts::new(&only, peer).with_header_count(h.len()), NOW, &NoRemoteKeys, None);
+    let full = p.decide(&RequestFacts::new(&h, peer), NOW, &NoRemoteKeys, None);
+    assert_eq!(partial, full, "decided on the headers header_needs lists ({:?}) for {h:?}", needs.names());
+    full
 }
 
 fn decide(p: &JwtPolicy, path: &str, extra: &[(&str, &str)]) -> JwtOutcome {

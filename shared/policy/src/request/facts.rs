@@ -34,6 +34,9 @@ pub struct RequestFacts<'a> {
     /// Where the peer address comes from when `peer` was not read up front: the glue reads it
     /// from the host only for the requests whose decision needs it (the JWT filter: denials).
     pub peer_source: Option<PeerSource<'a>>,
+    /// How many headers the request has, when `headers` holds only the ones a policy reads
+    /// ([`HeaderNeeds`]); None: `headers` is all of them.
+    pub header_count: Option<usize>,
 }
 
 /// Reads the peer address on demand (one host call in the glue), once: the first read fills
@@ -52,7 +55,18 @@ impl std::fmt::Debug for PeerSource<'_> {
 
 impl<'a> RequestFacts<'a> {
     pub fn new(headers: &'a [(String, String)], peer: Option<&'a str>) -> Self {
-        Self { headers, peer, peer_source: None }
+        Self { headers, peer, peer_source: None, header_count: None }
+    }
+
+    /// The same facts for a request of `count` headers, of which `headers` holds the ones the
+    /// policy reads (a host that reads headers one by one knows the count without copying all).
+    pub fn with_header_count(self, count: usize) -> Self {
+        Self { header_count: Some(count), ..self }
+    }
+
+    /// How many headers the request has (pseudo-headers included).
+    pub fn header_count(&self) -> usize {
+        self.header_count.unwrap_or(self.headers.len())
     }
 
     /// Facts whose peer address is read by `read` into `cell` when a decision first asks for it.
@@ -61,7 +75,7 @@ impl<'a> RequestFacts<'a> {
         cell: &'a OnceCell<Option<String>>,
         read: &'a dyn Fn() -> Option<String>,
     ) -> Self {
-        Self { headers, peer: None, peer_source: Some(PeerSource { cell, read }) }
+        Self { headers, peer: None, peer_source: Some(PeerSource { cell, read }), header_count: None }
     }
 
     /// The peer address: the one given, else read (once) from the peer source.
