@@ -111,19 +111,23 @@ impl ClientAddressResolver {
 
     /// The client address of a request.
     pub fn resolve(&self, facts: &RequestFacts<'_>) -> Result<IpAddr, ClientAddressError> {
-        let peer = facts.peer_address().and_then(parse_address).ok_or(ClientAddressError::NoPeer);
+        // The peer is read only where it decides (reading it is a host call natively).
+        let peer = || facts.peer_address().and_then(parse_address).ok_or(ClientAddressError::NoPeer);
         match &self.strategy {
-            Strategy::Peer => peer,
+            Strategy::Peer => peer(),
             Strategy::TrustedHops(n) => {
-                let peer = peer?;
-                let entries = xff_entries(facts)?;
-                match entries.len().checked_sub(*n) {
-                    Some(i) => entries.get(i).and_then(|e| parse_address(e)).ok_or(ClientAddressError::MalformedForwardedFor),
-                    None => Ok(peer),
+                // Counted, then the one entry picked: no list built.
+                let count = xff_iter(facts).count();
+                if count > MAX_XFF_ENTRIES {
+                    return Err(ClientAddressError::MalformedForwardedFor);
+                }
+                match count.checked_sub(*n) {
+                    Some(i) => xff_iter(facts).nth(i).and_then(parse_address).ok_or(ClientAddressError::MalformedForwardedFor),
+                    None => peer(),
                 }
             }
             Strategy::TrustedProxies(trusted) => {
-                let peer = peer?;
+                let peer = peer()?;
                 if !trusted.contains(peer) {
                     return Ok(peer);
                 }
@@ -140,6 +144,11 @@ impl ClientAddressResolver {
             }
         }
     }
+}
+
+/// The entries of every `x-forwarded-for` header, as one list, left to right.
+fn xff_iter<'a>(facts: &RequestFacts<'a>) -> impl Iterator<Item = &'a str> + 'a {
+    facts.header_values("x-forwarded-for").flat_map(|v| v.split(','))
 }
 
 fn xff_entries<'a>(facts: &RequestFacts<'a>) -> Result<Vec<&'a str>, ClientAddressError> {
