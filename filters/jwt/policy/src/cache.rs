@@ -4,12 +4,12 @@
 //! let mut cache = TokenCache::new(1024);     // one per worker and compiled policy
 //! policy.decide(&facts, now, &keys, Some(&mut cache));
 //! ```
-//! - Keyed by (provider, token): a 64-bit SipHash of the token with this VM's random keys
-//!   (std's `RandomState`, seeded by WASI `random_get`) finds the entry, and the entry's stored
-//!   token text must equal the request's byte for byte, so a hash collision is a miss, never a
-//!   wrong hit; random keys keep a client from aiming tokens at one bucket. (SHA-256 of the token
-//!   did the same job at ~20,000 instructions per lookup for a 400-byte token; SipHash costs a
-//!   few hundred.) Only tokens that verified are ever stored, so a client cannot fill it with
+//! - Keyed by (provider, token): a 64-bit keyed hash of the token (foldhash's quality variant,
+//!   seeded from std's `RandomState`: the OS's randomness, WASI `random_get` in a VM) finds the entry, and the entry's stored token text must equal
+//!   the request's byte for byte, so a hash collision is a miss, never a wrong hit; the random
+//!   seed keeps a client from aiming tokens at one bucket. (SHA-256 of the token did the same job
+//!   at ~20,000 instructions per lookup for a 400-byte token, SipHash-1-3 at ~900, foldhash at
+//!   a fraction of that.) Only tokens that verified are ever stored, so a client cannot fill it with
 //!   junk; a token is stored once, so memory is bounded by `capacity × max_token_bytes`.
 //! - Bounded by count; when full, the oldest entry goes (first in, first out). Every operation
 //!   is O(1) (amortised).
@@ -23,13 +23,21 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value};
 
+/// The hash's shared random seed, drawn once per process from std's `RandomState` (foldhash's
+/// own global seed mixes addresses and the time: no randomness in a Wasm VM).
+static SHARED_SEED: OnceLock<foldhash::SharedSeed> = OnceLock::new();
+
 thread_local! {
-    /// Random SipHash keys, once per VM (a VM is one thread).
-    static SEED: RandomState = RandomState::new();
+    /// The hash's random keys, once per thread (a Wasm VM is one thread; natively, a worker).
+    static SEED: foldhash::quality::SeedableRandomState = {
+        let random = RandomState::new();
+        let shared = SHARED_SEED.get_or_init(|| foldhash::SharedSeed::from_u64(random.hash_one(1u64)));
+        foldhash::quality::SeedableRandomState::with_seed(random.hash_one(2u64), shared)
+    };
 }
 
 /// The cache key: the provider index and a keyed 64-bit hash of the token. Equal keys do not
