@@ -85,12 +85,11 @@ impl Enforcer for Jwt {
         None
     }
 
-    fn header_needs(_policy: &JwtPolicy) -> HeaderNeeds {
-        HeaderNeeds::default()
-    }
-
-    fn reads_all_headers(_policy: &JwtPolicy) -> bool {
-        true
+    /// Natively the request's headers are read in one crossing whatever their number, and only
+    /// the named ones copied (with the header count, for `max_request_headers`); the `.wasm`
+    /// reads them all (its host has no count without the whole map).
+    fn header_needs(policy: &JwtPolicy) -> HeaderNeeds {
+        policy.header_needs()
     }
 
     fn policy_state(policy: &JwtPolicy) -> RefCell<WorkerKeys> {

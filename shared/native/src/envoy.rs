@@ -32,13 +32,19 @@ impl Level {
 
 /// Logs under Envoy's `dynamic_modules` logger; the message is formatted only when the level is on.
 pub fn log(level: Level, args: fmt::Arguments<'_>) {
-    // SAFETY: plain value argument; callable from any thread.
-    if !unsafe { abi::envoy_dynamic_module_callback_log_enabled(level.abi()) } {
+    if !log_enabled(level) {
         return;
     }
     let message = args.to_string();
     // SAFETY: the buffer points into `message`, alive for the call.
     unsafe { abi::envoy_dynamic_module_callback_log(level.abi(), ModuleBuffer::of(message.as_bytes())) }
+}
+
+/// Whether Envoy logs `level` (`dynamic_modules` logger): what only a log line needs is not
+/// computed otherwise.
+pub fn log_enabled(level: Level) -> bool {
+    // SAFETY: plain value argument; callable from any thread.
+    unsafe { abi::envoy_dynamic_module_callback_log_enabled(level.abi()) }
 }
 
 /// The number of worker threads (main thread only: at configuration time).
@@ -149,6 +155,14 @@ impl Stream {
     /// Every request header into `out`, reusing its strings (no allocation once they are large
     /// enough): the per-worker buffer of the runtime.
     pub fn fill_request_headers(self, out: &mut Vec<(String, String)>) {
+        self.fill_request_headers_where(out, |_| true);
+    }
+
+    /// The request headers whose (lowercase) name `keep` accepts into `out`, in order, reusing
+    /// its strings; returns how many headers the request has. One crossing for any number of
+    /// names (a lookup by name is one crossing, and an allocation in Envoy, each), and only the
+    /// kept ones are copied.
+    pub fn fill_request_headers_where(self, out: &mut Vec<(String, String)>, keep: impl Fn(&[u8]) -> bool) -> usize {
         // SAFETY: a live filter pointer during its event hook.
         let n = unsafe { abi::envoy_dynamic_module_callback_http_get_headers_size(self.0, abi::HEADER_REQUEST) };
         // Up to 32 headers on the stack (most requests), more on the heap.
@@ -164,25 +178,28 @@ impl Stream {
         // SAFETY: `raw` has room for the `n` headers Envoy just counted.
         if n == 0 || !unsafe { abi::envoy_dynamic_module_callback_http_get_headers(self.0, abi::HEADER_REQUEST, raw.as_mut_ptr()) } {
             out.clear();
-            return;
+            return 0;
         }
-        out.truncate(n);
-        for (i, h) in raw.iter().enumerate() {
+        let mut kept = 0;
+        for h in raw.iter() {
             // SAFETY: Envoy filled each header with buffers valid until the hook returns.
-            let (k, v) = unsafe {
-                (
-                    EnvoyBuffer { ptr: h.key_ptr, length: h.key_length }.bytes(),
-                    EnvoyBuffer { ptr: h.value_ptr, length: h.value_length }.bytes(),
-                )
-            };
-            match out.get_mut(i) {
+            let k = unsafe { EnvoyBuffer { ptr: h.key_ptr, length: h.key_length }.bytes() };
+            if !keep(k) {
+                continue;
+            }
+            // SAFETY: as above.
+            let v = unsafe { EnvoyBuffer { ptr: h.value_ptr, length: h.value_length }.bytes() };
+            match out.get_mut(kept) {
                 Some((key, value)) => {
                     copy_text(key, k);
                     copy_text(value, v);
                 }
                 None => out.push((text(k), text(v))),
             }
+            kept += 1;
         }
+        out.truncate(kept);
+        n
     }
 
     /// Every value of request header `name` (lowercase).
@@ -221,6 +238,21 @@ impl Stream {
         // SAFETY: both buffers are alive for the call.
         unsafe {
             abi::envoy_dynamic_module_callback_http_set_header(
+                self.0,
+                abi::HEADER_REQUEST,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value.as_bytes()),
+            )
+        }
+    }
+
+    /// Adds a value of request header `name` (beside any it has: for a header the request is known
+    /// not to carry, about half the instructions of [`Self::set_request_header`], which first
+    /// looks for and removes the old values). An empty value is not added (false).
+    pub fn add_request_header(self, name: &str, value: &str) -> bool {
+        // SAFETY: both buffers are alive for the call.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_add_header(
                 self.0,
                 abi::HEADER_REQUEST,
                 ModuleBuffer::of(name.as_bytes()),

@@ -48,11 +48,12 @@ macro_rules! export_native {
                         None => std::ptr::null(),
                     },
                 )*
+                b"floor" => $crate::runtime::config_into_raw(Box::new($crate::runtime::Floor)),
                 other => {
                     $crate::envoy::log(
                         $crate::envoy::Level::Error,
                         format_args!("gatewarden: unknown filter_name {:?} (this module serves: {})",
-                            String::from_utf8_lossy(other), [$($name),*].join(", ")),
+                            String::from_utf8_lossy(other), [$($name,)* "floor"].join(", ")),
                     );
                     std::ptr::null()
                 }
@@ -91,7 +92,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(conf
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(config: ConfigModulePtr, _filter: FilterEnvoyPtr) -> FilterModulePtr {
     // SAFETY: per the contract.
     match unsafe { runtime::config_ref(config) } {
-        Some(c) => runtime::request_into_raw(c.new_request()),
+        Some(c) => c.new_request(),
         None => std::ptr::null(),
     }
 }

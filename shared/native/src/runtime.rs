@@ -205,9 +205,9 @@ impl<S> PerWorker<S> {
 struct Counters {
     /// Looked up on every request (`allowed`): a fast hash of a short name, no allocation.
     ids: FastMap<String, usize>,
-    /// By denial reason: the ids of `denied_<reason>` and `dry_run_denied_<reason>` (a denial
-    /// formats no counter name).
-    reasons: FastMap<&'static str, (Option<usize>, Option<usize>)>,
+    /// By denial reason: the ids of `denied_<reason>` and `dry_run_denied_<reason>`, and the
+    /// response details `gatewarden_<filter>_<reason>` (a denial formats no name).
+    reasons: FastMap<&'static str, Reason>,
     config: ConfigHandle,
 }
 
@@ -236,7 +236,14 @@ impl Counters {
         }
         let reasons = reasons
             .iter()
-            .map(|r| (*r, (ids.get(&format!("denied_{r}")).copied(), ids.get(&format!("dry_run_denied_{r}")).copied())))
+            .map(|r| {
+                let reason = Reason {
+                    denied: ids.get(&format!("denied_{r}")).copied(),
+                    dry_run: ids.get(&format!("dry_run_denied_{r}")).copied(),
+                    details: format!("gatewarden_{filter}_{r}"),
+                };
+                (*r, reason)
+            })
             .collect();
         Self { ids, reasons, config }
     }
@@ -267,11 +274,18 @@ impl Counters {
 
     /// Counts `denied_<reason>` (or `dry_run_denied_<reason>`).
     fn count_reason(&self, stream: Stream, dry_run: bool, reason: &str) {
-        let id = self.reasons.get(reason).and_then(|(denied, dry)| if dry_run { *dry } else { *denied });
+        let id = self.reasons.get(reason).and_then(|r| if dry_run { r.dry_run } else { r.denied });
         if let Some(id) = id {
             stream.increment_counter(id, 1);
         }
     }
+}
+
+/// A denial reason's counters and response details.
+struct Reason {
+    denied: Option<usize>,
+    dry_run: Option<usize>,
+    details: String,
 }
 
 /// A rollout's candidate policy and its per-worker state.
@@ -360,7 +374,12 @@ where
     });
     let fetcher = Fetcher::new(filter, config, F::sources(&policy));
     let state = PerWorker::new(workers, || F::policy_state(&policy));
-    let native = Native { policy, state, rollout, needs, all_headers, header_name: decision_header_name(filter), counters, fetcher };
+    let header_name = decision_header_name(filter);
+    if policy.header().decision_header || rollout.as_ref().is_some_and(|(r, _)| r.candidate.header().decision_header) {
+        // Whether the client sent one decides how ours is written (see `put_decision_header`).
+        needs.add(&header_name);
+    }
+    let native = Native { policy, state, rollout, needs, all_headers, header_name, counters, fetcher };
     // The first fetches start now: a resource this process already holds keeps serving meanwhile.
     native.on_scheduled(config);
     Some(native)
@@ -439,7 +458,8 @@ where
 
 /// The event-hook side of a configuration, as the exported hooks see it.
 pub trait AnyConfig: Send + Sync {
-    fn new_request(&self) -> Box<dyn AnyRequest>;
+    /// A new stream's filter, as Envoy holds it ([`request_into_raw`]).
+    fn new_request(&self) -> abi::FilterModulePtr;
     /// Main thread: the configuration's tick (remote resources' schedules).
     fn on_scheduled(&self, config: ConfigHandle);
     /// Main thread: a configuration callout (a fetch) finished.
@@ -462,8 +482,8 @@ where
     F::Policy: Send + Sync,
     F::PolicyState: Send,
 {
-    fn new_request(&self) -> Box<dyn AnyRequest> {
-        Box::new(Request::<F> { config: self, waiting: Cell::new(None), allowed_response_headers: Cell::new(Vec::new()) })
+    fn new_request(&self) -> abi::FilterModulePtr {
+        request_into_raw(Request::<F> { config: self, waiting: Cell::new(None), allowed_response_headers: Cell::new(Vec::new()) })
     }
 
     fn on_scheduled(&self, config: ConfigHandle) {
@@ -477,33 +497,39 @@ where
     }
 }
 
-/// Reads the headers a policy needs: none, each needed one, or all in one crossing.
-fn read_headers(stream: Stream, needs: &HeaderNeeds, all: bool, out: &mut Vec<(String, String)>) {
+/// Reads the headers a policy needs (all of them, or the named ones) into `out`, in one
+/// crossing; returns how many headers the request has.
+fn read_headers(stream: Stream, needs: &HeaderNeeds, all: bool, out: &mut Vec<(String, String)>) -> usize {
     if all {
-        stream.fill_request_headers(out);
-        return;
-    }
-    out.clear();
-    for name in needs.names() {
-        for v in stream.request_header_values(name) {
-            out.push((name.clone(), v));
-        }
+        stream.fill_request_headers_where(out, |_| true)
+    } else if needs.names().is_empty() {
+        // Nothing read: no header, and no count (a policy that counts headers reads some).
+        out.clear();
+        0
+    } else {
+        stream.fill_request_headers_where(out, |k| needs.names().iter().any(|n| n.as_bytes() == k))
     }
 }
 
 thread_local! {
     /// The request headers of the request being decided on this worker: a buffer reused from
-    /// request to request (its strings keep their capacity), so reading every header costs copies,
+    /// request to request (its strings keep their capacity), so reading headers costs copies,
     /// not allocations.
     static HEADERS: Cell<Vec<(String, String)>> = const { Cell::new(Vec::new()) };
 }
 
-/// Runs `f` with the request headers a policy needs (see [`read_headers`]) in this worker's
-/// reused buffer. A hook re-entered meanwhile gets a fresh buffer (the cell is empty then).
-fn with_headers<R>(stream: Stream, needs: &HeaderNeeds, all: bool, f: impl FnOnce(&[(String, String)]) -> R) -> R {
+/// Runs `f` with the facts of the request: the headers a policy needs (see [`read_headers`]) in
+/// this worker's reused buffer, the header count, the peer address on demand. A hook re-entered
+/// meanwhile gets a fresh buffer (the cell is empty then).
+fn with_facts<R>(stream: Stream, needs: &HeaderNeeds, all: bool, f: impl FnOnce(&RequestFacts<'_>) -> R) -> R {
     let mut buf = HEADERS.with(Cell::take);
-    read_headers(stream, needs, all, &mut buf);
-    let r = f(&buf);
+    let count = read_headers(stream, needs, all, &mut buf);
+    let peer = OnceCell::new();
+    let read_peer = || stream.source_address();
+    let r = {
+        let facts = RequestFacts::with_peer_source(&buf, &peer, &read_peer);
+        f(&facts.with_header_count(count))
+    };
     HEADERS.with(|h| h.set(buf));
     r
 }
@@ -548,31 +574,28 @@ where
 
     fn on_headers(&self, stream: Stream, end_of_stream: bool) -> u32 {
         let n = self.native();
-        with_headers(stream, &n.needs, n.all_headers, |headers| self.decide_headers(stream, end_of_stream, headers))
+        with_facts(stream, &n.needs, n.all_headers, |facts| self.decide_headers(stream, end_of_stream, facts))
     }
 
-    fn decide_headers(&self, stream: Stream, end_of_stream: bool, headers: &[(String, String)]) -> u32 {
+    fn decide_headers(&self, stream: Stream, end_of_stream: bool, facts: &RequestFacts<'_>) -> u32 {
         let n = self.native();
-        let peer = OnceCell::new();
-        let read_peer = || stream.source_address();
-        let facts = RequestFacts::with_peer_source(headers, &peer, &read_peer);
         let worker = stream.worker_index();
         let start = |policy: &F::Policy, state: &PerWorker<F::PolicyState>| {
-            state.with(worker, |s| F::start(policy, s, &facts)).unwrap_or(Step::Unavailable("no policy state for this worker"))
+            state.with(worker, |s| F::start(policy, s, facts)).unwrap_or(Step::Unavailable("no policy state for this worker"))
         };
         let (role, step) = match &n.rollout {
             None => (None, start(&n.policy, &n.state)),
             Some((r, rstate)) if r.shadow => match start(&n.policy, &n.state) {
                 Step::Done(eval) => {
                     if let Step::Done(shadow) = start(&r.candidate, rstate) {
-                        self.compare_shadow(stream, &r.candidate, &eval, &shadow, &facts);
+                        self.compare_shadow(stream, &r.candidate, &eval, &shadow, facts);
                     }
                     (None, Step::Done(eval))
                 }
                 waits => (None, waits),
             },
             Some((r, rstate)) => {
-                let role = r.assign(n.policy.header(), &facts);
+                let role = r.assign(n.policy.header(), facts);
                 n.counters.count(stream, rollout_glue::assignment_counter(role));
                 let step = match role {
                     Role::Active => start(&n.policy, &n.state),
@@ -581,7 +604,7 @@ where
                 (Some(role), step)
             }
         };
-        self.drive(stream, role, step, 0, Phase::Headers { end_of_stream }, false, &facts)
+        self.drive(stream, role, step, 0, Phase::Headers { end_of_stream }, false, facts)
     }
 
     fn compare_shadow(&self, stream: Stream, candidate: &F::Policy, eval: &Outcome, shadow: &Outcome, facts: &RequestFacts<'_>) {
@@ -732,17 +755,20 @@ where
                     n.counters.count(stream, Counter::CANDIDATE_ALLOWED);
                 }
                 if header.decision_header && !after_body {
-                    stream.set_request_header(&n.header_name, &allow_header_value(rule, version));
+                    put_decision_header(stream, &n.header_name, &allow_header_value(rule, version), facts);
                 }
                 pass(self)
             }
             (Verdict::Deny(denial), mode) => {
                 let dry_run = mode == Mode::DryRun;
-                let request_id = request_id(stream, facts);
-                let client = eval.client.map(|ip| ip.to_string()).unwrap_or_default();
-                let record =
-                    eval.denial_record(filter, denial, version, dry_run, &request_id, &client, role.map(Role::as_str).unwrap_or(""));
-                envoy::log(Level::Info, format_args!("{record}"));
+                if envoy::log_enabled(Level::Info) {
+                    // The request id and the client are read and written for the log line only.
+                    let request_id = request_id(stream, facts);
+                    let client = eval.client.map(|ip| ip.to_string()).unwrap_or_default();
+                    let rollout = role.map(Role::as_str).unwrap_or("");
+                    let record = eval.denial_record(filter, denial, version, dry_run, &request_id, &client, rollout);
+                    envoy::log(Level::Info, format_args!("{record}"));
+                }
                 let (outcome, candidate_outcome) = if dry_run {
                     (Counter::DRY_RUN_DENIED, Counter::CANDIDATE_DRY_RUN_DENIED)
                 } else {
@@ -759,11 +785,14 @@ where
                     }
                     if header.decision_header && !after_body {
                         let value = dry_run_header_value(denial.reason, rule, version);
-                        stream.set_request_header(&n.header_name, &value);
+                        put_decision_header(stream, &n.header_name, &value, facts);
                     }
                     return pass(self);
                 }
-                let details = format!("gatewarden_{filter}_{}", denial.reason);
+                let details = match n.counters.reasons.get(denial.reason) {
+                    Some(r) => std::borrow::Cow::Borrowed(r.details.as_str()),
+                    None => std::borrow::Cow::Owned(format!("gatewarden_{filter}_{}", denial.reason)),
+                };
                 let (headers, body) = eval.local_response(denial);
                 stream.send_response(denial.status, &headers, body, &details);
                 phase.stop()
@@ -781,11 +810,8 @@ where
         // The headers a later step may read are the ones read at the start; a resumed decision's
         // log line reads the request id again.
         let n = self.native();
-        with_headers(stream, &n.needs, n.all_headers, |headers| {
-            let peer = OnceCell::new();
-            let read_peer = || stream.source_address();
-            let facts = RequestFacts::with_peer_source(headers, &peer, &read_peer);
-            self.drive(stream, w.role, step, w.steps.saturating_add(1), phase, w.call.is_none(), &facts)
+        with_facts(stream, &n.needs, n.all_headers, |facts| {
+            self.drive(stream, w.role, step, w.steps.saturating_add(1), phase, w.call.is_none(), facts)
         })
     }
 }
@@ -794,6 +820,16 @@ fn request_id(stream: Stream, facts: &RequestFacts<'_>) -> String {
     match facts.header("x-request-id") {
         Some(id) => id.to_owned(),
         None => stream.request_header_values("x-request-id").into_iter().next().unwrap_or_default(),
+    }
+}
+
+/// Writes the decision header: added when the request came without one (the cheaper call),
+/// else set, replacing the client's (a forgery).
+fn put_decision_header(stream: Stream, name: &str, value: &str, facts: &RequestFacts<'_>) {
+    if facts.header(name).is_some() {
+        stream.set_request_header(name, value);
+    } else {
+        stream.add_request_header(name, value);
     }
 }
 
@@ -914,6 +950,38 @@ where
     }
 }
 
+/// The floor: a filter that does nothing (`filter_name: floor`, any `filter_config`), as the
+/// `.wasm` floor is for Proxy-Wasm: what the dynamic-module plumbing costs a request (the
+/// stream's filter, its allocation, every hook crossing) before any policy runs. For benchmarks.
+pub struct Floor;
+
+struct FloorRequest;
+
+impl AnyConfig for Floor {
+    fn new_request(&self) -> abi::FilterModulePtr {
+        request_into_raw(FloorRequest)
+    }
+    fn on_scheduled(&self, _config: ConfigHandle) {}
+    fn on_callout_done(&self, _id: u64, _ok: bool, _headers: &[(String, String)], _body: &[u8]) {}
+}
+
+impl AnyRequest for FloorRequest {
+    fn on_request_headers(&self, _stream: Stream, _end_of_stream: bool) -> u32 {
+        abi::HEADERS_CONTINUE
+    }
+    fn on_request_body(&self, _stream: Stream, _end_of_stream: bool) -> u32 {
+        abi::BODY_CONTINUE
+    }
+    fn on_request_trailers(&self, _stream: Stream) -> u32 {
+        abi::TRAILERS_CONTINUE
+    }
+    fn on_stream_complete(&self, _stream: Stream) {}
+    fn on_response_headers(&self, _stream: Stream) -> u32 {
+        abi::HEADERS_CONTINUE
+    }
+    fn on_callout_done(&self, _stream: Stream, _id: u64, _result: u32, _headers: &[(String, String)], _body: &[u8]) {}
+}
+
 // ---- Pointers handed to Envoy ----
 
 /// A configuration as Envoy holds it: a thin pointer to a boxed trait object.
@@ -937,25 +1005,68 @@ pub unsafe fn config_drop(ptr: abi::ConfigModulePtr) {
     }
 }
 
+/// A stream's filter as Envoy holds it: one allocation per stream, a thin pointer to the request
+/// led by the functions that view and free it (a boxed trait object would need a second box:
+/// its pointer is two words, Envoy keeps one).
+#[repr(C)]
+struct Held<R> {
+    hooks: &'static HeldHooks,
+    request: R,
+}
+
+struct HeldHooks {
+    view: unsafe fn(*const c_void) -> *const dyn AnyRequest,
+    free: unsafe fn(*mut c_void),
+}
+
+impl<R: AnyRequest + 'static> Held<R> {
+    const HOOKS: HeldHooks = HeldHooks { view: Self::view, free: Self::free };
+
+    /// # Safety
+    /// `ptr` is a live `Held<R>`.
+    unsafe fn view(ptr: *const c_void) -> *const dyn AnyRequest {
+        // SAFETY: per the contract.
+        let held = unsafe { &*(ptr as *const Self) };
+        &held.request as &dyn AnyRequest as *const dyn AnyRequest
+    }
+
+    /// # Safety
+    /// `ptr` came from `Box::<Held<R>>::into_raw`; freed once.
+    unsafe fn free(ptr: *mut c_void) {
+        // SAFETY: per the contract.
+        drop(unsafe { Box::from_raw(ptr as *mut Self) });
+    }
+}
+
 /// A stream's filter as Envoy holds it.
-pub fn request_into_raw(request: Box<dyn AnyRequest>) -> abi::FilterModulePtr {
-    Box::into_raw(Box::new(request)) as *const c_void
+pub fn request_into_raw<R: AnyRequest + 'static>(request: R) -> abi::FilterModulePtr {
+    Box::into_raw(Box::new(Held { hooks: &Held::<R>::HOOKS, request })) as *const c_void
 }
 
 /// # Safety
 /// `ptr` came from [`request_into_raw`] and was not destroyed; Envoy calls a stream's hooks on
 /// one thread (one may run inside another: a local reply's response hooks).
 pub unsafe fn request_ref<'a>(ptr: abi::FilterModulePtr) -> Option<&'a dyn AnyRequest> {
-    // SAFETY: per the contract; shared references only (hooks re-enter, see `Request`).
-    unsafe { (ptr as *const Box<dyn AnyRequest>).as_ref() }.map(|b| &**b)
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: per the contract, a live `Held<_>`, whose first field (`repr(C)`) is its hooks;
+    // shared references only (hooks re-enter, see `Request`).
+    unsafe {
+        let hooks: &'static HeldHooks = *(ptr as *const &'static HeldHooks);
+        (hooks.view)(ptr).as_ref()
+    }
 }
 
 /// # Safety
 /// `ptr` came from [`request_into_raw`]; destroyed once.
 pub unsafe fn request_drop(ptr: abi::FilterModulePtr) {
     if !ptr.is_null() {
-        // SAFETY: per the contract.
-        drop(unsafe { Box::from_raw(ptr as *mut Box<dyn AnyRequest>) });
+        // SAFETY: per the contract, as in `request_ref`.
+        unsafe {
+            let hooks: &'static HeldHooks = *(ptr as *const &'static HeldHooks);
+            (hooks.free)(ptr as *mut c_void);
+        }
     }
 }
 
