@@ -14,6 +14,8 @@ resources; the per-request path is the same):
                            authn_ALG_TEMP (cold: jwt_authn, no cache; its cache cannot help)
   nat_rl_LIMIT_CLIENTS     vs lrl_LIMIT_CLIENTS (local_ratelimit, max_dynamic_descriptors 65,536)
   nat_val_SIZE             vs post_SIZE (no filter: Envoy has no validation filter) and val_SIZE
+  nat_floor                the module's filter that does nothing (filter_name floor): the
+                           dynamic-module plumbing alone, vs none and the .wasm `floor`
 Envoy finds the module through ENVOY_DYNAMIC_MODULES_SEARCH_PATH (env()): $BENCH_NATIVE_DIR, else
 target/release (scripts/lib.sh build_native). Goal of the issue: native ≥ 1.0× Envoy's filter;
 reported as speed = Envoy's filter ÷ ours (CPU µs/request, instructions/request) and rps ours ÷ its.
@@ -58,7 +60,10 @@ VAL = [f"val_{s}" for s in ("200b", "10kb", "100kb")]
 # The allowed paths once more with `decision_header: false` (Envoy's filters add no header; the
 # .wasm twins keep their default): nat_jwt_es256_warm_quiet ...
 QUIET = ["jwt_es256_warm", "jwt_rs256_warm", "rl_open_1", "rl_open_10k"]
-CONFIGS = [PREFIX + c for c in IP_GEO + JWT + RL + VAL] + [f"{PREFIX}{c}_quiet" for c in QUIET]
+# nat_floor: the module's filter that does nothing (filter_name "floor"): the dynamic-module
+# plumbing alone, as `floor` is the Proxy-Wasm floor.
+FLOOR = ["floor"]
+CONFIGS = [PREFIX + c for c in FLOOR + IP_GEO + JWT + RL + VAL] + [f"{PREFIX}{c}_quiet" for c in QUIET]
 
 
 def groups() -> dict[str, list[str]]:
@@ -73,7 +78,7 @@ def groups() -> dict[str, list[str]]:
     val = [x for c in VAL for x in (c.replace("val_", "post_"), c, PREFIX + c)]
     out = {"native_ip_geo": ip, "native_jwt": jwt, "native_rl": rl, "native_val": val}
     out["native"] = [c for g in out.values() for c in g if c != "none"]
-    out["native"].insert(0, "none")
+    out["native"][:0] = ["none", "floor", PREFIX + "floor"]
     out["native"] = list(dict.fromkeys(out["native"]))
     return out
 
@@ -91,7 +96,7 @@ def parts(cfg: str) -> str | None:
     if not cfg.startswith(PREFIX):
         return None
     base = cfg[len(PREFIX):]
-    if base in IP_GEO + JWT + RL + VAL:
+    if base in FLOOR + IP_GEO + JWT + RL + VAL:
         return base
     return base.removesuffix("_quiet") if quiet(cfg) else None
 
@@ -138,6 +143,8 @@ def counterparts(cfg: str) -> tuple[str | None, str]:
     validation ones "Envoy's filter" is the POST without a filter (Envoy has no validation filter)."""
     base = parts(cfg)
     assert base is not None
+    if base == "floor":
+        return None, base
     if base.startswith("ip_geo_10"):
         return "rbac_10", base
     if base.startswith("ip_geo_"):
