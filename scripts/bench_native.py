@@ -284,7 +284,8 @@ def main() -> int:
         "connections (every worker serves; JWT: cold tokens, the cache fills; rl_open_10k: 10,000 clients). Per worker",
         "= (value at 3 − at 1) ÷ 2 − none's; once per process = (value at 1 − none's at 1) − per worker: both the filter's",
         "share over Envoy with no filter. MB: RSS / 1024 kB;",
-        "MiB: admin /memory allocated (tcmalloc: Envoy's heap and the native module's, which allocates through it).",
+        "MiB: admin /memory allocated (tcmalloc: Envoy's heap; the native module allocates with its own mimalloc, "
+        "seen in RSS only).",
         "",
         "| configuration | RSS x1 MB | RSS x3 MB | RSS per worker MB | RSS once per process MB | allocated x1 MiB "
         "| allocated x3 MiB | allocated per worker MiB | allocated once per process MiB |",
