@@ -148,19 +148,6 @@ pub struct Stream(pub(crate) abi::FilterEnvoyPtr);
 type HeaderWrite = unsafe extern "C" fn(abi::FilterEnvoyPtr, u32, ModuleBuffer, ModuleBuffer) -> bool;
 
 impl Stream {
-    /// Every request header, in order, duplicates included.
-    pub fn request_headers(self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        self.fill_request_headers(&mut out);
-        out
-    }
-
-    /// Every request header into `out`, reusing its strings (no allocation once they are large
-    /// enough): the per-worker buffer of the runtime.
-    pub fn fill_request_headers(self, out: &mut Vec<(String, String)>) {
-        self.fill_request_headers_where(out, |_| true);
-    }
-
     /// The request headers whose (lowercase) name `keep` accepts into `out`, in order, reusing
     /// its strings; returns how many headers the request has. One crossing for any number of
     /// names (a lookup by name is one crossing, and an allocation in Envoy, each), and only the

@@ -152,14 +152,9 @@ fn xff_iter<'a>(facts: &RequestFacts<'a>) -> impl Iterator<Item = &'a str> + 'a 
 }
 
 fn xff_entries<'a>(facts: &RequestFacts<'a>) -> Result<Vec<&'a str>, ClientAddressError> {
-    let mut entries = Vec::new();
-    for value in facts.header_values("x-forwarded-for") {
-        for entry in value.split(',') {
-            if entries.len() == MAX_XFF_ENTRIES {
-                return Err(ClientAddressError::MalformedForwardedFor);
-            }
-            entries.push(entry);
-        }
+    let entries: Vec<&str> = xff_iter(facts).take(MAX_XFF_ENTRIES + 1).collect();
+    if entries.len() > MAX_XFF_ENTRIES {
+        return Err(ClientAddressError::MalformedForwardedFor);
     }
     Ok(entries)
 }
