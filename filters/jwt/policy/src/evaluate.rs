@@ -180,29 +180,28 @@ impl<'a> Request<'_, 'a, '_> {
     }
 
     fn eval_provider(&mut self, i: usize) -> Eval {
-        let state = match self.states.get(i) {
-            Some(Some(s)) => s.clone(),
-            Some(None) => {
-                let s = self.check_provider(i);
-                if let Some(slot) = self.states.get_mut(i) {
-                    *slot = Some(s.clone());
-                }
-                s
+        // Checked once per request, then read where it is kept (no copy of its token locations).
+        if matches!(self.states.get(i), Some(None)) {
+            let s = self.check_provider(i);
+            if let Some(slot) = self.states.get_mut(i) {
+                *slot = Some(s);
             }
-            None => return Eval::Fail(Failure::MISSING),
-        };
-        match state {
-            ProviderState::Missing => Eval::Fail(Failure::MISSING),
-            ProviderState::Failed(f) => Eval::Fail(f),
-            ProviderState::Unavailable => match self.failure_mode(i) {
+        }
+        let mut degraded = false;
+        let eval = match self.states.get(i) {
+            Some(Some(ProviderState::Missing)) | Some(None) | None => Eval::Fail(Failure::MISSING),
+            Some(Some(ProviderState::Failed(f))) => Eval::Fail(*f),
+            Some(Some(ProviderState::Unavailable)) => match self.failure_mode(i) {
                 FailureMode::Deny => Eval::Fail(Failure::claimed(JwtReason::JwksUnavailable)),
                 FailureMode::Allow => {
-                    self.degraded = true;
+                    degraded = true;
                     Eval::Pass(Vec::new())
                 }
             },
-            ProviderState::Verified { .. } => Eval::Pass(vec![i]),
-        }
+            Some(Some(ProviderState::Verified { .. })) => Eval::Pass(vec![i]),
+        };
+        self.degraded |= degraded;
+        eval
     }
 
     /// What a request gets while provider `i`'s key set is unavailable: its remote source's
