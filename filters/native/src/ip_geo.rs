@@ -17,6 +17,8 @@ use gatewarden_policy::RequestFacts;
 pub struct IpGeo;
 
 impl NativeFilter for IpGeo {
+    const BORROWS_HEADERS: bool = true;
+
     fn sources(policy: &IpGeoPolicy) -> Vec<Source> {
         let Some(source) = policy.geo_database() else { return Vec::new() };
         let parse = Arc::new(|bytes: &[u8]| {

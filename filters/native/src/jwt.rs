@@ -30,6 +30,8 @@ pub struct WorkerKeys {
 }
 
 impl NativeFilter for Jwt {
+    const BORROWS_HEADERS: bool = true;
+
     fn sources(policy: &JwtPolicy) -> Vec<Source> {
         let mut sources: Vec<(gatewarden_policy::remote::RemoteSource, Vec<String>)> = Vec::new();
         for src in policy.remote_jwks() {

@@ -73,7 +73,9 @@ fn seed() -> u64 {
 
 pub struct RateLimit;
 
-impl gatewarden_native::NativeFilter for RateLimit {}
+impl gatewarden_native::NativeFilter for RateLimit {
+    const BORROWS_HEADERS: bool = true;
+}
 
 /// A worker's state under one policy: the process's table and this worker's fleet leases.
 pub struct WorkerState {

@@ -148,11 +148,13 @@ pub struct Stream(pub(crate) abi::FilterEnvoyPtr);
 type HeaderWrite = unsafe extern "C" fn(abi::FilterEnvoyPtr, u32, ModuleBuffer, ModuleBuffer) -> bool;
 
 impl Stream {
-    /// The request headers whose (lowercase) name `keep` accepts into `out`, in order, reusing
-    /// its strings; returns how many headers the request has. One crossing for any number of
-    /// names (a lookup by name is one crossing, and an allocation in Envoy, each), and only the
-    /// kept ones are copied.
-    pub fn fill_request_headers_where(self, out: &mut Vec<(String, String)>, keep: impl Fn(&[u8]) -> bool) -> usize {
+    /// Calls `each` with every request header (name and value as Envoy holds them), in order, in
+    /// one crossing; returns how many headers the request has, and false from `each` stops.
+    ///
+    /// # Safety
+    /// The slices point into Envoy's header map: valid during this hook while the request
+    /// headers are not changed.
+    unsafe fn each_request_header<'a>(self, mut each: impl FnMut(&'a [u8], EnvoyBuffer) -> bool) -> usize {
         // SAFETY: a live filter pointer during its event hook.
         let n = unsafe { abi::envoy_dynamic_module_callback_http_get_headers_size(self.0, abi::HEADER_REQUEST) };
         // Up to 32 headers on the stack (most requests), more on the heap.
@@ -167,29 +169,70 @@ impl Stream {
         };
         // SAFETY: `raw` has room for the `n` headers Envoy just counted.
         if n == 0 || !unsafe { abi::envoy_dynamic_module_callback_http_get_headers(self.0, abi::HEADER_REQUEST, raw.as_mut_ptr()) } {
-            out.clear();
             return 0;
         }
-        let mut kept = 0;
         for h in raw.iter() {
-            // SAFETY: Envoy filled each header with buffers valid until the hook returns.
+            // SAFETY: Envoy filled each header with buffers valid per this function's contract.
             let k = unsafe { EnvoyBuffer { ptr: h.key_ptr, length: h.key_length }.bytes() };
-            if !keep(k) {
-                continue;
+            if !each(k, EnvoyBuffer { ptr: h.value_ptr, length: h.value_length }) {
+                break;
             }
-            // SAFETY: as above.
-            let v = unsafe { EnvoyBuffer { ptr: h.value_ptr, length: h.value_length }.bytes() };
-            match out.get_mut(kept) {
-                Some((key, value)) => {
-                    copy_text(key, k);
-                    copy_text(value, v);
-                }
-                None => out.push((text(k), text(v))),
-            }
-            kept += 1;
         }
+        n
+    }
+
+    /// The request headers whose (lowercase) name `keep` accepts into `out`, in order, reusing
+    /// its strings; returns how many headers the request has. One crossing for any number of
+    /// names (a lookup by name is one crossing, and an allocation in Envoy, each), and only the
+    /// kept ones are copied.
+    pub fn fill_request_headers_where(self, out: &mut Vec<(String, String)>, keep: impl Fn(&[u8]) -> bool) -> usize {
+        let mut kept = 0;
+        let copy = |k: &[u8], value: EnvoyBuffer| {
+            if keep(k) {
+                // SAFETY: Envoy's buffer, copied at once, inside this hook, before any header changes.
+                let v = unsafe { value.bytes() };
+                match out.get_mut(kept) {
+                    Some((key, value)) => {
+                        copy_text(key, k);
+                        copy_text(value, v);
+                    }
+                    None => out.push((text(k), text(v))),
+                }
+                kept += 1;
+            }
+            true
+        };
+        // SAFETY: the slices are copied at once (above).
+        let n = unsafe { self.each_request_header(copy) };
         out.truncate(kept);
         n
+    }
+
+    /// The request headers whose (lowercase) name `keep` accepts, **borrowed** from Envoy's map,
+    /// into `out`, in order (no copy: the request's own bytes); returns how many headers the
+    /// request has, or None when a kept one is not UTF-8 (then read them with
+    /// [`Self::fill_request_headers_where`], which replaces invalid bytes).
+    ///
+    /// # Safety
+    /// The strings point into Envoy's header map: they must not be used after this hook returns
+    /// or after the request headers are changed (set, add or remove), whichever comes first.
+    pub unsafe fn borrow_request_headers_where<'a>(self, out: &mut Vec<(&'a str, &'a str)>, keep: impl Fn(&[u8]) -> bool) -> Option<usize> {
+        out.clear();
+        let mut utf8 = true;
+        let borrow = |k: &'a [u8], value: EnvoyBuffer| {
+            if keep(k) {
+                // SAFETY: Envoy's buffer, valid per this function's contract (passed on to the caller).
+                let v: &'a [u8] = unsafe { value.bytes() };
+                match (std::str::from_utf8(k), std::str::from_utf8(v)) {
+                    (Ok(k), Ok(v)) => out.push((k, v)),
+                    _ => utf8 = false,
+                }
+            }
+            utf8
+        };
+        // SAFETY: per this function's contract, passed on to the caller.
+        let n = unsafe { self.each_request_header(borrow) };
+        utf8.then_some(n)
     }
 
     /// Every value of request header `name` (lowercase).

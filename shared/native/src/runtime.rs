@@ -108,6 +108,11 @@ where
     fn sources(_policy: &Self::Policy) -> Vec<Source> {
         Vec::new()
     }
+
+    /// Whether the policy reads request headers only through `RequestFacts`' accessors, so they
+    /// can be lent from Envoy's map instead of copied (`RequestFacts::borrowed`). A policy that
+    /// reads `RequestFacts::headers` itself says false (validation).
+    const BORROWS_HEADERS: bool = false;
 }
 
 /// The approvals' trust settings of this process (`GATEWARDEN_TRUST_FILE`), or why they are invalid.
@@ -208,6 +213,8 @@ struct Counters {
     /// By denial reason: the ids of `denied_<reason>` and `dry_run_denied_<reason>`, and the
     /// response details `gatewarden_<filter>_<reason>` (a denial formats no name).
     reasons: FastMap<&'static str, Reason>,
+    /// `allowed`, counted on most requests: kept apart from the lookup.
+    allowed: Option<usize>,
     config: ConfigHandle,
 }
 
@@ -245,7 +252,8 @@ impl Counters {
                 (*r, reason)
             })
             .collect();
-        Self { ids, reasons, config }
+        let allowed = ids.get(Counter::ALLOWED.name()).copied();
+        Self { ids, reasons, allowed, config }
     }
 
     fn id(&self, name: &str) -> Option<usize> {
@@ -519,13 +527,28 @@ thread_local! {
 }
 
 /// Runs `f` with the facts of the request: the headers a policy needs (see [`read_headers`]) in
-/// this worker's reused buffer, the header count, the peer address on demand. A hook re-entered
-/// meanwhile gets a fresh buffer (the cell is empty then).
-fn with_facts<R>(stream: Stream, needs: &HeaderNeeds, all: bool, f: impl FnOnce(&RequestFacts<'_>) -> R) -> R {
-    let mut buf = HEADERS.with(Cell::take);
-    let count = read_headers(stream, needs, all, &mut buf);
+/// this worker's reused buffer, or lent from Envoy's map (`borrow`, see
+/// [`NativeFilter::BORROWS_HEADERS`]); the header count; the peer address on demand. A hook
+/// re-entered meanwhile gets a fresh buffer (the cell is empty then).
+///
+/// Lent headers are valid until the request's headers change: `f` must read from the facts
+/// whatever it needs before it sets, adds or removes a request header ([`Request::act`] does).
+fn with_facts<R>(stream: Stream, needs: &HeaderNeeds, all: bool, borrow: bool, f: impl FnOnce(&RequestFacts<'_>) -> R) -> R {
     let peer = OnceCell::new();
     let read_peer = || stream.source_address();
+    if borrow && !all && !needs.names().is_empty() {
+        let mut lent = Vec::with_capacity(needs.names().len());
+        // SAFETY: the strings live in `lent`, dropped when `f` returns (this hook); `f` reads the
+        // facts only before it changes request headers (see above).
+        let count = unsafe { stream.borrow_request_headers_where(&mut lent, |k| needs.names().iter().any(|n| n.as_bytes() == k)) };
+        if let Some(count) = count {
+            let facts = RequestFacts::with_peer_source(&[], &peer, &read_peer).with_borrowed_headers(&lent).with_header_count(count);
+            return f(&facts);
+        }
+        // A needed header that is not UTF-8: read them copied (invalid bytes replaced).
+    }
+    let mut buf = HEADERS.with(Cell::take);
+    let count = read_headers(stream, needs, all, &mut buf);
     let r = {
         let facts = RequestFacts::with_peer_source(&buf, &peer, &read_peer);
         f(&facts.with_header_count(count))
@@ -574,7 +597,7 @@ where
 
     fn on_headers(&self, stream: Stream, end_of_stream: bool) -> u32 {
         let n = self.native();
-        with_facts(stream, &n.needs, n.all_headers, |facts| self.decide_headers(stream, end_of_stream, facts))
+        with_facts(stream, &n.needs, n.all_headers, F::BORROWS_HEADERS, |facts| self.decide_headers(stream, end_of_stream, facts))
     }
 
     fn decide_headers(&self, stream: Stream, end_of_stream: bool, facts: &RequestFacts<'_>) -> u32 {
@@ -739,6 +762,10 @@ where
         let version = &*header.policy_version;
         let rule = &*eval.decision.rule;
         let candidate = role == Some(Role::Candidate);
+        // Read from the facts before any request header changes (their headers may be lent
+        // from Envoy's map, see `with_facts`): whether the client sent a decision header.
+        let writes_decision_header = header.decision_header && !after_body;
+        let client_sent_one = writes_decision_header && facts.header(&n.header_name).is_some();
         let pass = |this: &Self| {
             if !eval.allowed_response_headers.is_empty() {
                 this.allowed_response_headers.set(eval.allowed_response_headers.clone());
@@ -750,12 +777,14 @@ where
                 if !apply_mutations(stream, eval) {
                     return self.fail_closed(stream, phase, "cannot change the request headers", Counter::HOST_ERROR);
                 }
-                n.counters.count(stream, Counter::ALLOWED);
+                if let Some(id) = n.counters.allowed {
+                    stream.increment_counter(id, 1);
+                }
                 if candidate {
                     n.counters.count(stream, Counter::CANDIDATE_ALLOWED);
                 }
-                if header.decision_header && !after_body {
-                    put_decision_header(stream, &n.header_name, &allow_header_value(rule, version), facts);
+                if writes_decision_header {
+                    put_decision_header(stream, &n.header_name, &allow_header_value(rule, version), client_sent_one);
                 }
                 pass(self)
             }
@@ -783,9 +812,9 @@ where
                     if !apply_mutations(stream, eval) {
                         return self.fail_closed(stream, phase, "cannot change the request headers", Counter::HOST_ERROR);
                     }
-                    if header.decision_header && !after_body {
+                    if writes_decision_header {
                         let value = dry_run_header_value(denial.reason, rule, version);
-                        put_decision_header(stream, &n.header_name, &value, facts);
+                        put_decision_header(stream, &n.header_name, &value, client_sent_one);
                     }
                     return pass(self);
                 }
@@ -810,7 +839,7 @@ where
         // The headers a later step may read are the ones read at the start; a resumed decision's
         // log line reads the request id again.
         let n = self.native();
-        with_facts(stream, &n.needs, n.all_headers, |facts| {
+        with_facts(stream, &n.needs, n.all_headers, F::BORROWS_HEADERS, |facts| {
             self.drive(stream, w.role, step, w.steps.saturating_add(1), phase, w.call.is_none(), facts)
         })
     }
@@ -825,8 +854,8 @@ fn request_id(stream: Stream, facts: &RequestFacts<'_>) -> String {
 
 /// Writes the decision header: added when the request came without one (the cheaper call),
 /// else set, replacing the client's (a forgery).
-fn put_decision_header(stream: Stream, name: &str, value: &str, facts: &RequestFacts<'_>) {
-    if facts.header(name).is_some() {
+fn put_decision_header(stream: Stream, name: &str, value: &str, client_sent_one: bool) {
+    if client_sent_one {
         stream.set_request_header(name, value);
     } else {
         stream.add_request_header(name, value);

@@ -79,12 +79,12 @@ impl Sources {
     pub fn extract<'a>(&self, facts: &RequestFacts<'a>) -> Extracted<'a> {
         let mut found = Extracted::None;
         for (name, prefix) in &self.headers {
-            for (k, v) in facts.headers {
+            for (k, v) in facts.pairs() {
                 if !k.eq_ignore_ascii_case(name) {
                     continue;
                 }
                 let token = match prefix {
-                    None => Some(v.as_str()),
+                    None => Some(v),
                     Some(p) => strip_prefix_ignore_case(v, p),
                 };
                 if let Some(t) = token.map(str::trim).filter(|t| !t.is_empty()) {

@@ -37,6 +37,10 @@ pub struct RequestFacts<'a> {
     /// How many headers the request has, when `headers` holds only the ones a policy reads
     /// ([`HeaderNeeds`]); None: `headers` is all of them.
     pub header_count: Option<usize>,
+    /// Request headers borrowed from the host (the native module reads them in place, valid
+    /// while the request's headers are unchanged), read by every accessor after `headers`.
+    /// A policy that needs owned strings (`headers` directly) is given owned ones instead.
+    pub borrowed: &'a [(&'a str, &'a str)],
 }
 
 /// Reads the peer address on demand (one host call in the glue), once: the first read fills
@@ -55,7 +59,17 @@ impl std::fmt::Debug for PeerSource<'_> {
 
 impl<'a> RequestFacts<'a> {
     pub fn new(headers: &'a [(String, String)], peer: Option<&'a str>) -> Self {
-        Self { headers, peer, peer_source: None, header_count: None }
+        Self { headers, peer, peer_source: None, header_count: None, borrowed: &[] }
+    }
+
+    /// The same facts with `borrowed` header pairs (see [`Self::borrowed`]).
+    pub fn with_borrowed_headers(self, borrowed: &'a [(&'a str, &'a str)]) -> Self {
+        Self { borrowed, ..self }
+    }
+
+    /// Every header pair, owned ones then borrowed ones.
+    pub fn pairs(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(self.borrowed.iter().copied())
     }
 
     /// The same facts for a request of `count` headers, of which `headers` holds the ones the
@@ -66,7 +80,7 @@ impl<'a> RequestFacts<'a> {
 
     /// How many headers the request has (pseudo-headers included).
     pub fn header_count(&self) -> usize {
-        self.header_count.unwrap_or(self.headers.len())
+        self.header_count.unwrap_or(self.headers.len() + self.borrowed.len())
     }
 
     /// Facts whose peer address is read by `read` into `cell` when a decision first asks for it.
@@ -75,7 +89,7 @@ impl<'a> RequestFacts<'a> {
         cell: &'a OnceCell<Option<String>>,
         read: &'a dyn Fn() -> Option<String>,
     ) -> Self {
-        Self { headers, peer: None, peer_source: Some(PeerSource { cell, read }), header_count: None }
+        Self { headers, peer: None, peer_source: Some(PeerSource { cell, read }), header_count: None, borrowed: &[] }
     }
 
     /// The peer address: the one given, else read (once) from the peer source.
@@ -89,12 +103,12 @@ impl<'a> RequestFacts<'a> {
 
     /// The first value of header `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.pairs().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
     /// Every value of header `name`, in order.
     pub fn header_values(&self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.pairs().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
     pub fn method(&self) -> &'a str {
@@ -137,6 +151,22 @@ mod tests {
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn borrowed_headers_read_as_owned_ones() {
+        let owned = h(&[(":path", "/a?x=1"), ("cookie", "a=1"), ("cookie", "b=2"), ("x-forwarded-for", "1.2.3.4")]);
+        let lent: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let a = RequestFacts::new(&owned, None);
+        let b = RequestFacts::new(&[], None).with_borrowed_headers(&lent);
+        for facts in [a, b] {
+            assert_eq!(facts.path(), "/a");
+            assert_eq!(facts.header("X-Forwarded-For"), Some("1.2.3.4"));
+            assert_eq!(facts.header_values("cookie").collect::<Vec<_>>(), ["a=1", "b=2"]);
+            assert_eq!(facts.header_count(), 4);
+            assert_eq!(facts.pairs().count(), 4);
+        }
+        assert_eq!(RequestFacts::new(&[], None).with_borrowed_headers(&lent).with_header_count(9).header_count(), 9);
     }
 
     #[test]
