@@ -52,18 +52,33 @@ impl ModuleSettings {
     }
 }
 
+/// The ECDS document: one `TypedExtensionConfig` whose `typed_config` is a filter's (the Wasm
+/// filter's here, the native module's in `hosts::envoy_native`).
 #[derive(Serialize)]
-struct DiscoveryResponse<'a> {
+struct DiscoveryResponse<T> {
     version_info: String,
-    resources: [Extension<'a>; 1],
+    resources: [Extension<T>; 1],
 }
 
 #[derive(Serialize)]
-struct Extension<'a> {
+struct Extension<T> {
     #[serde(rename = "@type")]
-    kind: &'a str,
+    kind: &'static str,
     name: String,
-    typed_config: WasmFilter<'a>,
+    typed_config: T,
+}
+
+/// The ECDS file's text for `filter` with `typed_config` (its filter configuration);
+/// `version_info` is the policy version and the digest of `policy_json` (what it carries).
+pub(crate) fn discovery_response<T: Serialize>(filter: Filter, policy_json: &str, policy_version: &str, typed_config: T) -> String {
+    let digest = sha256_hex(policy_json.as_bytes());
+    let version = if policy_version.is_empty() { "raw" } else { policy_version };
+    let doc = DiscoveryResponse {
+        version_info: format!("{version}-{}", digest.get(..12).unwrap_or(&digest)),
+        resources: [Extension { kind: EXTENSION_TYPE, name: resource_name(filter), typed_config }],
+    };
+    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    ascii_json(&text) + "\n"
 }
 
 #[derive(Serialize)]
@@ -97,15 +112,15 @@ struct Code<'a> {
 }
 
 #[derive(Serialize)]
-struct Local<'a> {
-    filename: &'a str,
+pub(crate) struct Local<'a> {
+    pub filename: &'a str,
 }
 
 #[derive(Serialize)]
-struct StringValue<'a> {
+pub(crate) struct StringValue<'a> {
     #[serde(rename = "@type")]
-    kind: &'a str,
-    value: &'a str,
+    pub kind: &'a str,
+    pub value: &'a str,
 }
 
 /// The ECDS resource name; the HTTP filter in the bootstrap has the same name.
@@ -133,33 +148,23 @@ pub(crate) fn ascii_json(text: &str) -> String {
 /// The ECDS file's text (a `DiscoveryResponse` holding one `TypedExtensionConfig`), exactly as
 /// `scripts/ecds.py` renders `policy_json` (the compact JSON the filter receives).
 pub fn ecds_resource(filter: Filter, policy_json: &str, policy_version: &str, settings: &ModuleSettings) -> String {
-    let digest = sha256_hex(policy_json.as_bytes());
-    let version = if policy_version.is_empty() { "raw" } else { policy_version };
     let id = settings.id(filter);
-    let doc = DiscoveryResponse {
-        version_info: format!("{version}-{}", digest.get(..12).unwrap_or(&digest)),
-        resources: [Extension {
-            kind: EXTENSION_TYPE,
+    let wasm = WasmFilter {
+        kind: WASM_TYPE,
+        config: PluginConfig {
             name: resource_name(filter),
-            typed_config: WasmFilter {
-                kind: WASM_TYPE,
-                config: PluginConfig {
-                    name: resource_name(filter),
-                    root_id: id.clone(),
-                    vm_config: VmConfig {
-                        vm_id: id,
-                        runtime: "envoy.wasm.runtime.v8",
-                        code: Code { local: Local { filename: &settings.module } },
-                        configuration: settings.vm_configuration.as_deref().map(|value| StringValue { kind: STRING_VALUE_TYPE, value }),
-                    },
-                    configuration: StringValue { kind: STRING_VALUE_TYPE, value: policy_json },
-                    failure_policy: "FAIL_CLOSED",
-                },
+            root_id: id.clone(),
+            vm_config: VmConfig {
+                vm_id: id,
+                runtime: "envoy.wasm.runtime.v8",
+                code: Code { local: Local { filename: &settings.module } },
+                configuration: settings.vm_configuration.as_deref().map(|value| StringValue { kind: STRING_VALUE_TYPE, value }),
             },
-        }],
+            configuration: StringValue { kind: STRING_VALUE_TYPE, value: policy_json },
+            failure_policy: "FAIL_CLOSED",
+        },
     };
-    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
-    ascii_json(&text) + "\n"
+    discovery_response(filter, policy_json, policy_version, wasm)
 }
 
 /// The trust settings (`vm_config.configuration`) of the resource `dir` serves for `filter`, with

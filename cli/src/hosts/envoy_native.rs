@@ -31,9 +31,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::ecds::resource::{ascii_json, resource_name, EXTENSION_TYPE, STRING_VALUE_TYPE};
+use crate::ecds::resource::{discovery_response, Local, StringValue, STRING_VALUE_TYPE};
 use crate::error::Refusal;
-use crate::modules::sha256_hex;
 use crate::policy_file::Filter;
 use crate::trust::check_trust;
 
@@ -104,20 +103,6 @@ fn read_trust(path: &Path) -> Result<String, Refusal> {
 }
 
 #[derive(Serialize)]
-struct DiscoveryResponse<'a> {
-    version_info: String,
-    resources: [Extension<'a>; 1],
-}
-
-#[derive(Serialize)]
-struct Extension<'a> {
-    #[serde(rename = "@type")]
-    kind: &'a str,
-    name: String,
-    typed_config: DynamicModuleFilter<'a>,
-}
-
-#[derive(Serialize)]
 struct DynamicModuleFilter<'a> {
     #[serde(rename = "@type")]
     kind: &'a str,
@@ -140,42 +125,20 @@ struct AsyncDataSource<'a> {
     local: Local<'a>,
 }
 
-#[derive(Serialize)]
-struct Local<'a> {
-    filename: &'a str,
-}
-
-#[derive(Serialize)]
-struct StringValue<'a> {
-    #[serde(rename = "@type")]
-    kind: &'a str,
-    value: &'a str,
-}
-
 /// The ECDS file's text for `filter` on the native module: `policy_json` (the compact JSON the
 /// filter receives) as the `filter_config` string; `version_info` as the Wasm resource has it.
 pub fn ecds_resource(filter: Filter, policy_json: &str, policy_version: &str, source: &ModuleSource) -> String {
-    let digest = sha256_hex(policy_json.as_bytes());
-    let version = if policy_version.is_empty() { "raw" } else { policy_version };
     let (name, module) = match source {
         ModuleSource::SearchPath => (Some(MODULE_NAME), None),
         ModuleSource::File(path) => (None, Some(AsyncDataSource { local: Local { filename: path } })),
     };
-    let doc = DiscoveryResponse {
-        version_info: format!("{version}-{}", digest.get(..12).unwrap_or(&digest)),
-        resources: [Extension {
-            kind: EXTENSION_TYPE,
-            name: resource_name(filter),
-            typed_config: DynamicModuleFilter {
-                kind: DYNAMIC_MODULE_FILTER_TYPE,
-                dynamic_module_config: DynamicModuleConfig { name, module, do_not_close: true },
-                filter_name: filter.name(),
-                filter_config: StringValue { kind: STRING_VALUE_TYPE, value: policy_json },
-            },
-        }],
+    let native = DynamicModuleFilter {
+        kind: DYNAMIC_MODULE_FILTER_TYPE,
+        dynamic_module_config: DynamicModuleConfig { name, module, do_not_close: true },
+        filter_name: filter.name(),
+        filter_config: StringValue { kind: STRING_VALUE_TYPE, value: policy_json },
     };
-    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
-    ascii_json(&text) + "\n"
+    discovery_response(filter, policy_json, policy_version, native)
 }
 
 /// What `render` says on stderr about the trust settings: where they are and how Envoy gets them.
