@@ -35,7 +35,7 @@ cargo clippy --target "$WASM_TARGET" "${clippy_args[@]}" --quiet -- -D warnings
 
 log "native and wasm-host tests"
 GATEWARDEN_REQUIRE_REAL_DB=1 GATEWARDEN_WASM_DIR="$WASM_DIR" cargo test --workspace --quiet
-# The workspace run unifies features: the JWT policy is tested there with `native-crypto` (ring's
+# The workspace run unifies features: the JWT policy is tested there with `native-crypto` (AWS-LC's
 # RSA, as in the native module). Its portable RSA path (the .wasm modules') alone, too:
 cargo test -p gatewarden-jwt-policy --quiet
 

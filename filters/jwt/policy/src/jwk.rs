@@ -46,28 +46,23 @@ enum KeyMaterial {
 }
 
 /// An RSA key: validated by the `rsa` crate (the portable verifier), and with the `native-crypto`
-/// feature also in ring's form (the verifier used then).
+/// feature also in AWS-LC's form (the verifier used then).
 #[derive(Clone)]
 struct RsaKey {
     #[cfg_attr(feature = "native-crypto", allow(dead_code))]
     key: PublicKey,
     #[cfg(feature = "native-crypto")]
-    ring: ring::signature::RsaPublicKeyComponents<Vec<u8>>,
+    native: native_rsa::Prepared,
 }
 
 impl RsaKey {
     fn new(n: &[u8], e: &[u8]) -> Result<Self, String> {
         let key = PublicKey::new_with_size_limits(BoxedUint::from_be_slice_vartime(n), BoxedUint::from_be_slice_vartime(e), 2048..=4096)
             .map_err(|err| format!("invalid RSA key: {err}"))?;
-        #[cfg(feature = "native-crypto")]
-        let ring = {
-            let unpadded = |b: &[u8]| b.iter().position(|&x| x != 0).map_or_else(Vec::new, |i| b.get(i..).unwrap_or_default().to_vec());
-            ring::signature::RsaPublicKeyComponents { n: unpadded(n), e: unpadded(e) }
-        };
         Ok(Self {
             key,
             #[cfg(feature = "native-crypto")]
-            ring,
+            native: native_rsa::Prepared::new(n, e),
         })
     }
 
@@ -91,19 +86,54 @@ impl RsaKey {
 
     #[cfg(feature = "native-crypto")]
     fn verify(&self, alg: Alg, msg: &[u8], sig: &[u8]) -> bool {
-        use ring::signature as r;
-        use Alg::*;
-        // ring's PSS parameters use a salt as long as the hash (RFC 7518 §3.5), as above.
-        let params: &r::RsaParameters = match alg {
-            RS256 => &r::RSA_PKCS1_2048_8192_SHA256,
-            RS384 => &r::RSA_PKCS1_2048_8192_SHA384,
-            RS512 => &r::RSA_PKCS1_2048_8192_SHA512,
-            PS256 => &r::RSA_PSS_2048_8192_SHA256,
-            PS384 => &r::RSA_PSS_2048_8192_SHA384,
-            PS512 => &r::RSA_PSS_2048_8192_SHA512,
-            _ => return false,
-        };
-        self.ring.verify(params, msg, sig).is_ok()
+        self.native.verify(alg, msg, sig)
+    }
+}
+
+/// RSA verification with AWS-LC, natively. An AWS-LC key is parsed for one algorithm; it is built
+/// the first time a token with that algorithm is checked against this key and kept, so its
+/// Montgomery constants are computed once per key and algorithm, not once per signature. Clones
+/// (a JWKS refreshed with the same key object, a policy copied) share the built keys.
+#[cfg(feature = "native-crypto")]
+mod native_rsa {
+    use super::Alg;
+    use aws_lc_rs::signature::{self as lc, ParsedPublicKey, RsaParameters, RsaPublicKeyComponents};
+    use std::sync::{Arc, OnceLock};
+
+    /// The algorithms an RSA key verifies, in the order of `Prepared::parsed`. PSS uses a salt as
+    /// long as the hash (RFC 7518 §3.5), as the portable verifier does.
+    const ALGS: [(Alg, &RsaParameters); 6] = [
+        (Alg::RS256, &lc::RSA_PKCS1_2048_8192_SHA256),
+        (Alg::RS384, &lc::RSA_PKCS1_2048_8192_SHA384),
+        (Alg::RS512, &lc::RSA_PKCS1_2048_8192_SHA512),
+        (Alg::PS256, &lc::RSA_PSS_2048_8192_SHA256),
+        (Alg::PS384, &lc::RSA_PSS_2048_8192_SHA384),
+        (Alg::PS512, &lc::RSA_PSS_2048_8192_SHA512),
+    ];
+
+    #[derive(Clone)]
+    pub(super) struct Prepared(Arc<Inner>);
+
+    struct Inner {
+        /// Modulus and exponent, big-endian without leading zeros.
+        components: RsaPublicKeyComponents<Vec<u8>>,
+        /// `None` once AWS-LC refused the components (the key then verifies nothing).
+        parsed: [OnceLock<Option<ParsedPublicKey>>; ALGS.len()],
+    }
+
+    impl Prepared {
+        pub(super) fn new(n: &[u8], e: &[u8]) -> Self {
+            let unpadded = |b: &[u8]| b.iter().position(|&x| x != 0).map_or_else(Vec::new, |i| b.get(i..).unwrap_or_default().to_vec());
+            let components = RsaPublicKeyComponents { n: unpadded(n), e: unpadded(e) };
+            Self(Arc::new(Inner { components, parsed: Default::default() }))
+        }
+
+        pub(super) fn verify(&self, alg: Alg, msg: &[u8], sig: &[u8]) -> bool {
+            let Some((i, &(_, params))) = ALGS.iter().enumerate().find(|(_, (a, _))| *a == alg) else { return false };
+            let Some(slot) = self.0.parsed.get(i) else { return false };
+            let key = slot.get_or_init(|| self.0.components.to_parsed_public_key(params).ok());
+            key.as_ref().is_some_and(|k| k.verify_sig(msg, sig).is_ok())
+        }
     }
 }
 
