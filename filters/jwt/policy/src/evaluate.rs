@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use gatewarden_policy::document::FailureMode;
 use gatewarden_policy::facts::RequestFacts;
+use smallvec::{smallvec, SmallVec};
 
 use super::cache::{CacheKey, TokenCache, VerifiedToken};
 use super::claims;
 use super::compile::{ClaimCondition, JwtAction, Requirement};
-use super::extract::{Extracted, Location};
+use super::extract::{Extracted, Locations};
 use super::jose;
 use super::keys::KeyLookup;
 use super::policy::JwtPolicy;
@@ -26,13 +27,19 @@ pub(crate) enum ProviderState<'a> {
     Verified {
         token: Arc<VerifiedToken>,
         text: &'a str,
-        locations: Vec<Location>,
+        locations: Locations,
     },
 }
 
+/// The indices of the providers whose tokens verified (rarely more than one), inline.
+pub(crate) type Verified = SmallVec<[usize; 2]>;
+
+/// Each provider's state, by index (`None`: not looked at yet), inline for a few providers.
+pub(crate) type States<'a> = SmallVec<[Option<ProviderState<'a>>; 4]>;
+
 pub(crate) enum Eval {
     /// Passed, with the indices of the providers whose tokens verified.
-    Pass(Vec<usize>),
+    Pass(Verified),
     Fail(Failure),
 }
 
@@ -88,7 +95,7 @@ pub(crate) struct Request<'p, 'a, 'c> {
     pub(crate) now: i64,
     pub(crate) keys: &'p dyn KeyLookup,
     pub(crate) cache: Option<&'c mut TokenCache>,
-    pub(crate) states: Vec<Option<ProviderState<'a>>>,
+    pub(crate) states: States<'a>,
     pub(crate) needs_keys: Vec<Arc<str>>,
     /// A key set was unavailable and `failure_mode: allow` let the request pass without it.
     pub(crate) degraded: bool,
@@ -124,7 +131,7 @@ impl<'a> Request<'_, 'a, '_> {
                 }
                 let best = best.unwrap_or(Failure::MISSING);
                 if allow_failed || (allow_missing && best == Failure::MISSING) {
-                    Eval::Pass(Vec::new())
+                    Eval::Pass(Verified::new())
                 } else {
                     Eval::Fail(best)
                 }
@@ -132,7 +139,7 @@ impl<'a> Request<'_, 'a, '_> {
             Requirement::All(items) => {
                 // Every part is evaluated, so the most telling failure is reported (a token
                 // that failed rather than another provider's token that is absent).
-                let mut verified = Vec::new();
+                let mut verified = Verified::new();
                 let mut best = None;
                 for item in items {
                     match self.eval(item) {
@@ -152,7 +159,7 @@ impl<'a> Request<'_, 'a, '_> {
                 }
             }
             Requirement::AllowMissing | Requirement::AllowMissingOrFailed => {
-                let mut verified = Vec::new();
+                let mut verified = Verified::new();
                 let mut best = None;
                 // Every listed provider (not the audience copies of `provider_and_audiences`).
                 let listed = self.policy.providers.iter().take_while(|p| p.copy_of.is_none()).count();
@@ -173,7 +180,7 @@ impl<'a> Request<'_, 'a, '_> {
                     _ if !verified.is_empty() => Eval::Pass(verified),
                     // A token that no provider verified: refused (`issuer` if nobody owns it).
                     Some(f) if f != Failure::MISSING => Eval::Fail(f),
-                    _ => Eval::Pass(Vec::new()),
+                    _ => Eval::Pass(Verified::new()),
                 }
             }
         }
@@ -195,10 +202,10 @@ impl<'a> Request<'_, 'a, '_> {
                 FailureMode::Deny => Eval::Fail(Failure::claimed(JwtReason::JwksUnavailable)),
                 FailureMode::Allow => {
                     degraded = true;
-                    Eval::Pass(Vec::new())
+                    Eval::Pass(Verified::new())
                 }
             },
-            Some(Some(ProviderState::Verified { .. })) => Eval::Pass(vec![i]),
+            Some(Some(ProviderState::Verified { .. })) => Eval::Pass(smallvec![i]),
         };
         self.degraded |= degraded;
         eval

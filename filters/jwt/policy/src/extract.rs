@@ -18,6 +18,7 @@
 //! Values are not percent-decoded: a JWT needs no escaping, and an escaped one is malformed.
 
 use gatewarden_policy::facts::RequestFacts;
+use smallvec::{smallvec, SmallVec};
 
 /// Where a provider looks for its token.
 #[derive(Debug, Clone)]
@@ -28,13 +29,17 @@ pub(crate) struct Sources {
     pub cookies: Vec<String>,
 }
 
-/// Where a token was found, so it can be removed before the request goes upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a token was found, so it can be removed before the request goes upstream: the index
+/// of the name in the provider's [`Sources`] list of that kind ([`Sources::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Location {
-    Header(String),
-    Param(String),
-    Cookie(String),
+    Header(usize),
+    Param(usize),
+    Cookie(usize),
 }
+
+/// Everywhere one token was found (nearly always one place), inline.
+pub(crate) type Locations = SmallVec<[Location; 2]>;
 
 /// Most different tokens looked at for one provider in one request.
 pub const MAX_CANDIDATES: usize = 4;
@@ -43,14 +48,17 @@ pub const MAX_CANDIDATES: usize = 4;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Candidate<'a> {
     pub token: &'a str,
-    pub locations: Vec<Location>,
+    pub locations: Locations,
 }
+
+/// The different tokens found (nearly always one), inline.
+pub(crate) type Candidates<'a> = SmallVec<[Candidate<'a>; 2]>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Extracted<'a> {
     None,
     /// One to [`MAX_CANDIDATES`] different tokens, in source order.
-    Some(Vec<Candidate<'a>>),
+    Some(Candidates<'a>),
     /// More than [`MAX_CANDIDATES`] different tokens.
     Multiple,
 }
@@ -58,14 +66,14 @@ pub(crate) enum Extracted<'a> {
 impl<'a> Extracted<'a> {
     fn add(&mut self, token: &'a str, at: Location) {
         match self {
-            Extracted::None => *self = Extracted::Some(vec![Candidate { token, locations: vec![at] }]),
+            Extracted::None => *self = Extracted::Some(smallvec![Candidate { token, locations: smallvec![at] }]),
             Extracted::Some(list) => {
                 if let Some(c) = list.iter_mut().find(|c| c.token == token) {
                     if !c.locations.contains(&at) {
                         c.locations.push(at);
                     }
                 } else if list.len() < MAX_CANDIDATES {
-                    list.push(Candidate { token, locations: vec![at] });
+                    list.push(Candidate { token, locations: smallvec![at] });
                 } else {
                     *self = Extracted::Multiple;
                 }
@@ -76,9 +84,18 @@ impl<'a> Extracted<'a> {
 }
 
 impl Sources {
+    /// The header, query parameter or cookie name of a location.
+    pub fn name(&self, at: Location) -> Option<&str> {
+        match at {
+            Location::Header(i) => self.headers.get(i).map(|(name, _)| name.as_str()),
+            Location::Param(i) => self.params.get(i).map(String::as_str),
+            Location::Cookie(i) => self.cookies.get(i).map(String::as_str),
+        }
+    }
+
     pub fn extract<'a>(&self, facts: &RequestFacts<'a>) -> Extracted<'a> {
         let mut found = Extracted::None;
-        for (name, prefix) in &self.headers {
+        for (at, (name, prefix)) in self.headers.iter().enumerate() {
             for (k, v) in facts.pairs() {
                 if !k.eq_ignore_ascii_case(name) {
                     continue;
@@ -88,7 +105,7 @@ impl Sources {
                     Some(p) => strip_prefix_ignore_case(v, p),
                 };
                 if let Some(t) = token.map(str::trim).filter(|t| !t.is_empty()) {
-                    found.add(t, Location::Header(name.clone()));
+                    found.add(t, Location::Header(at));
                 }
             }
             if found == Extracted::Multiple {
@@ -98,16 +115,16 @@ impl Sources {
         if !self.params.is_empty() {
             let full = facts.header(":path").unwrap_or("");
             for (name, value) in query_pairs(full) {
-                if !value.is_empty() && self.params.iter().any(|p| p == name) {
-                    found.add(value, Location::Param(name.to_owned()));
+                if let Some(at) = self.params.iter().position(|p| p == name).filter(|_| !value.is_empty()) {
+                    found.add(value, Location::Param(at));
                 }
             }
         }
         if !self.cookies.is_empty() {
             for header in facts.header_values("cookie") {
                 for (name, value) in cookie_pairs(header) {
-                    if !value.is_empty() && self.cookies.iter().any(|c| c == name) {
-                        found.add(value, Location::Cookie(name.to_owned()));
+                    if let Some(at) = self.cookies.iter().position(|c| c == name).filter(|_| !value.is_empty()) {
+                        found.add(value, Location::Cookie(at));
                     }
                 }
             }
@@ -211,44 +228,41 @@ mod tests {
     #[test]
     fn table_of_sources() {
         let s = sources();
-        let one = |t: &'static str, at: Location| Extracted::Some(vec![Candidate { token: t, locations: vec![at] }]);
+        let one = |t: &'static str, at: Location| Extracted::Some(smallvec![Candidate { token: t, locations: smallvec![at] }]);
         let two = |a: (&'static str, Location), b: (&'static str, Location)| {
-            Extracted::Some(vec![Candidate { token: a.0, locations: vec![a.1] }, Candidate { token: b.0, locations: vec![b.1] }])
+            Extracted::Some(smallvec![Candidate { token: a.0, locations: smallvec![a.1] }, Candidate { token: b.0, locations: smallvec![b.1] }])
         };
         let cases: Vec<(Vec<(&str, &str)>, Extracted<'static>)> = vec![
             (vec![(":path", "/")], Extracted::None),
-            (vec![(":path", "/"), ("authorization", "Bearer a.b.c")], one("a.b.c", Location::Header("authorization".into()))),
-            (vec![(":path", "/"), ("authorization", "bearer  a.b.c ")], one("a.b.c", Location::Header("authorization".into()))),
+            (vec![(":path", "/"), ("authorization", "Bearer a.b.c")], one("a.b.c", Location::Header(0))),
+            (vec![(":path", "/"), ("authorization", "bearer  a.b.c ")], one("a.b.c", Location::Header(0))),
             (vec![(":path", "/"), ("authorization", "Basic dXNlcg==")], Extracted::None),
             (vec![(":path", "/"), ("authorization", "Bearer ")], Extracted::None),
-            (vec![(":path", "/"), ("x-jwt", "a.b.c")], one("a.b.c", Location::Header("x-jwt".into()))),
-            (vec![(":path", "/x?a=1&access_token=a.b.c#f")], one("a.b.c", Location::Param("access_token".into()))),
+            (vec![(":path", "/"), ("x-jwt", "a.b.c")], one("a.b.c", Location::Header(1))),
+            (vec![(":path", "/x?a=1&access_token=a.b.c#f")], one("a.b.c", Location::Param(0))),
             (vec![(":path", "/x?access_token=")], Extracted::None),
             (vec![(":path", "/x?my_access_token=a.b.c")], Extracted::None),
-            (vec![(":path", "/"), ("cookie", "a=1; session=a.b.c")], one("a.b.c", Location::Cookie("session".into()))),
-            (vec![(":path", "/"), ("cookie", "session=\"a.b.c\"")], one("a.b.c", Location::Cookie("session".into()))),
+            (vec![(":path", "/"), ("cookie", "a=1; session=a.b.c")], one("a.b.c", Location::Cookie(0))),
+            (vec![(":path", "/"), ("cookie", "session=\"a.b.c\"")], one("a.b.c", Location::Cookie(0))),
             (
                 vec![(":path", "/?access_token=a.b.c"), ("authorization", "Bearer a.b.c")],
-                Extracted::Some(vec![Candidate {
-                    token: "a.b.c",
-                    locations: vec![Location::Header("authorization".into()), Location::Param("access_token".into())],
-                }]),
+                Extracted::Some(smallvec![Candidate { token: "a.b.c", locations: smallvec![Location::Header(0), Location::Param(0)] }]),
             ),
             (
                 vec![(":path", "/"), ("authorization", "Bearer a.b.c"), ("authorization", "Bearer a.b.c")],
-                one("a.b.c", Location::Header("authorization".into())),
+                one("a.b.c", Location::Header(0)),
             ),
             (
                 vec![(":path", "/"), ("authorization", "Bearer a.b.c"), ("authorization", "Bearer d.e.f")],
-                two(("a.b.c", Location::Header("authorization".into())), ("d.e.f", Location::Header("authorization".into()))),
+                two(("a.b.c", Location::Header(0)), ("d.e.f", Location::Header(0))),
             ),
             (
                 vec![(":path", "/?access_token=d.e.f"), ("authorization", "Bearer a.b.c")],
-                two(("a.b.c", Location::Header("authorization".into())), ("d.e.f", Location::Param("access_token".into()))),
+                two(("a.b.c", Location::Header(0)), ("d.e.f", Location::Param(0))),
             ),
             (
                 vec![(":path", "/"), ("cookie", "session=a.b.c"), ("x-jwt", "d.e.f")],
-                two(("d.e.f", Location::Header("x-jwt".into())), ("a.b.c", Location::Cookie("session".into()))),
+                two(("d.e.f", Location::Header(1)), ("a.b.c", Location::Cookie(0))),
             ),
             (
                 vec![
@@ -263,8 +277,19 @@ mod tests {
         ];
         for (req, want) in cases {
             let headers = h(&req);
-            assert_eq!(s.extract(&RequestFacts::new(&headers, None)), want, "{req:?}");
+            // Compared as text: `SmallVec` is invariant, so `want` cannot take the facts' lifetime.
+            assert_eq!(format!("{:?}", s.extract(&RequestFacts::new(&headers, None))), format!("{want:?}"), "{req:?}");
         }
+    }
+
+    #[test]
+    fn locations_name_their_source() {
+        let s = sources();
+        assert_eq!(s.name(Location::Header(0)), Some("authorization"));
+        assert_eq!(s.name(Location::Header(1)), Some("x-jwt"));
+        assert_eq!(s.name(Location::Param(0)), Some("access_token"));
+        assert_eq!(s.name(Location::Cookie(0)), Some("session"));
+        assert_eq!(s.name(Location::Cookie(1)), None);
     }
 
     #[test]

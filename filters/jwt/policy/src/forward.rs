@@ -46,15 +46,16 @@ impl Request<'_, '_, '_> {
             if p.forward {
                 continue;
             }
-            for loc in locations {
-                match loc {
-                    Location::Header(h) => {
-                        if !out.remove_headers.contains(h) {
-                            out.remove_headers.push(h.clone());
+            for &at in locations {
+                let Some(name) = p.sources.name(at) else { continue };
+                match at {
+                    Location::Header(_) => {
+                        if !out.remove_headers.iter().any(|h| h == name) {
+                            out.remove_headers.push(name.to_owned());
                         }
                     }
-                    Location::Param(n) => strip_params.push(n.clone()),
-                    Location::Cookie(n) => strip_cookies.push(n.clone()),
+                    Location::Param(_) => strip_params.push(name.to_owned()),
+                    Location::Cookie(_) => strip_cookies.push(name.to_owned()),
                 }
             }
         }

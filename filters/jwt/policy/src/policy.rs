@@ -17,7 +17,7 @@ use super::compile::{
     Provider,
 };
 use super::config::JwtDocument;
-use super::evaluate::{Eval, Request};
+use super::evaluate::{Eval, Request, States};
 use super::keys::KeyLookup;
 use super::reason::JwtReason;
 
@@ -280,7 +280,7 @@ impl JwtPolicy {
             now: i64::try_from(now).unwrap_or(i64::MAX),
             keys,
             cache,
-            states: vec![None; self.providers.len()],
+            states: States::from_elem(None, self.providers.len()),
             needs_keys: Vec::new(),
             degraded: false,
         };
