@@ -4,7 +4,7 @@
 //! let mut cache = TokenCache::new(1024);     // one per worker and compiled policy
 //! policy.decide(&facts, now, &keys, Some(&mut cache));
 //! ```
-//! - Keyed by (provider, token): a 64-bit keyed hash of the token (foldhash's quality variant,
+//! - Keyed by (provider, token): a 64-bit keyed hash of the token's length and end (foldhash's quality variant,
 //!   seeded from std's `RandomState`: the OS's randomness, WASI `random_get` in a VM) finds the entry, and the entry's stored token text must equal
 //!   the request's byte for byte, so a hash collision is a miss, never a wrong hit; the random
 //!   seed keeps a client from aiming tokens at one bucket. (SHA-256 of the token did the same job
@@ -48,9 +48,17 @@ pub(crate) struct CacheKey {
     hash: u64,
 }
 
+/// How much of a token's end the key hashes (with its length): the last 48 characters are
+/// 288 bits of its signature, which differ between any two tokens that verified, so hashing the
+/// rest (a warm token's header and claims, most of its bytes) buys nothing. A client can make
+/// its tokens share an end, but equal keys share one entry (no chain to lengthen), whose text
+/// must still match, and only tokens that verified are stored: a miss, never a wrong hit.
+const HASHED_TAIL: usize = 48;
+
 impl CacheKey {
     pub fn new(provider: usize, token: &str) -> Self {
-        Self { provider, hash: SEED.with(|s| s.hash_one(token)) }
+        let tail = token.get(token.len().saturating_sub(HASHED_TAIL)..).unwrap_or(token);
+        Self { provider, hash: SEED.with(|s| s.hash_one((token.len(), tail))) }
     }
 }
 
@@ -262,6 +270,22 @@ mod tests {
         assert!(c.get(&key, "forged", 0).is_none());
         assert_eq!(c.get(&key, "good", 0).unwrap().token.claims["n"], 1);
         assert_eq!(CacheKey::new(0, "good"), key, "stable within a VM");
+    }
+
+    #[test]
+    fn a_token_forged_onto_a_cached_tokens_end_is_a_miss() {
+        // Same length, same last 48 characters (so the same key), another header and claims.
+        let tail = "S".repeat(HASHED_TAIL);
+        let (good, forged) = (format!("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.{tail}"), format!("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJiIn0.{tail}"));
+        let key = CacheKey::new(0, &good);
+        assert_eq!(CacheKey::new(0, &forged), key);
+        let mut c = TokenCache::new(10);
+        c.insert(key, &good, tok(1), None, 0);
+        assert!(c.get(&key, &forged, 0).is_none());
+        assert!(c.get(&key, &good, 0).is_some());
+        // A different length or end is another key (with overwhelming probability).
+        assert_ne!(CacheKey::new(0, &format!("{good}x")), key);
+        assert_ne!(CacheKey::new(0, &good.replace("SSSS", "SSST")), key);
     }
 
     #[test]

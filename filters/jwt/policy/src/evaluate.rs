@@ -34,8 +34,8 @@ pub(crate) enum ProviderState<'a> {
 /// The indices of the providers whose tokens verified (rarely more than one), inline.
 pub(crate) type Verified = SmallVec<[usize; 2]>;
 
-/// Each provider's state, by index (`None`: not looked at yet), inline for a few providers.
-pub(crate) type States<'a> = SmallVec<[Option<ProviderState<'a>>; 4]>;
+/// Each provider's state, by index (`None`: not looked at yet), inline for two providers.
+pub(crate) type States<'a> = SmallVec<[Option<ProviderState<'a>>; 2]>;
 
 pub(crate) enum Eval {
     /// Passed, with the indices of the providers whose tokens verified.
