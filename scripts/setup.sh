@@ -5,7 +5,8 @@
 
 ensure_wasm_target
 ensure_venv
-ensure_apt wrk redis-server
+# gcc: the C parts of the native module's crates (AWS-LC for RSA, mimalloc); this machine kind has it.
+ensure_apt wrk redis-server gcc
 ensure_node_modules
 log "setup done: $("$ENVOY" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1)"
 # Kong's engine is not installed from a registry: the prebuilt ../shared/wasmx, or GATEWARDEN_WASMX.
