@@ -276,7 +276,8 @@ mod tests {
     fn a_token_forged_onto_a_cached_tokens_end_is_a_miss() {
         // Same length, same last 48 characters (so the same key), another header and claims.
         let tail = "S".repeat(HASHED_TAIL);
-        let (good, forged) = (format!("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.{tail}"), format!("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJiIn0.{tail}"));
+        let (good, forged) =
+            (format!("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.{tail}"), format!("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJiIn0.{tail}"));
         let key = CacheKey::new(0, &good);
         assert_eq!(CacheKey::new(0, &forged), key);
         let mut c = TokenCache::new(10);

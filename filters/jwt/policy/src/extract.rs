@@ -230,7 +230,10 @@ mod tests {
         let s = sources();
         let one = |t: &'static str, at: Location| Extracted::Some(smallvec![Candidate { token: t, locations: smallvec![at] }]);
         let two = |a: (&'static str, Location), b: (&'static str, Location)| {
-            Extracted::Some(smallvec![Candidate { token: a.0, locations: smallvec![a.1] }, Candidate { token: b.0, locations: smallvec![b.1] }])
+            Extracted::Some(smallvec![
+                Candidate { token: a.0, locations: smallvec![a.1] },
+                Candidate { token: b.0, locations: smallvec![b.1] }
+            ])
         };
         let cases: Vec<(Vec<(&str, &str)>, Extracted<'static>)> = vec![
             (vec![(":path", "/")], Extracted::None),
@@ -248,10 +251,7 @@ mod tests {
                 vec![(":path", "/?access_token=a.b.c"), ("authorization", "Bearer a.b.c")],
                 Extracted::Some(smallvec![Candidate { token: "a.b.c", locations: smallvec![Location::Header(0), Location::Param(0)] }]),
             ),
-            (
-                vec![(":path", "/"), ("authorization", "Bearer a.b.c"), ("authorization", "Bearer a.b.c")],
-                one("a.b.c", Location::Header(0)),
-            ),
+            (vec![(":path", "/"), ("authorization", "Bearer a.b.c"), ("authorization", "Bearer a.b.c")], one("a.b.c", Location::Header(0))),
             (
                 vec![(":path", "/"), ("authorization", "Bearer a.b.c"), ("authorization", "Bearer d.e.f")],
                 two(("a.b.c", Location::Header(0)), ("d.e.f", Location::Header(0))),
