@@ -48,8 +48,9 @@ pub(crate) struct CacheKey {
     hash: u64,
 }
 
-/// How much of a token's end the key hashes (with its length): the last 48 characters are
-/// 288 bits of its signature, which differ between any two tokens that verified, so hashing the
+/// How much of a token's end the key hashes (with its length): the last 48 characters hold at
+/// least 256 bits of its signature (the shortest, HS256's, is 43 characters), which differ
+/// between any two different tokens that verified, so hashing the
 /// rest (a warm token's header and claims, most of its bytes) buys nothing. A client can make
 /// its tokens share an end, but equal keys share one entry (no chain to lengthen), whose text
 /// must still match, and only tokens that verified are stored: a miss, never a wrong hit.
